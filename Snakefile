@@ -1,0 +1,40 @@
+# Emergent-misalignment study: dataset prep -> LoRA fine-tunes -> generation ->
+# LLM-judge scores -> activations -> mean-diff directions -> steering /
+# ablation / transfer -> metrics and figures. See README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+
+
+if config["judge"]["backend"] == "openai":
+
+    # The key is read from the environment by the judge client; it never passes
+    # through params, config files or logs.
+    envvars:
+        config["judge"]["openai"]["api_key_env"],
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "rules/base_model.smk"
+include: "rules/data.smk"
+include: "rules/finetune.smk"
+include: "rules/generate.smk"
+include: "rules/judge.smk"
+include: "rules/activations.smk"
+include: "rules/directions.smk"
+include: "rules/metrics.smk"
+include: "rules/figures.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

@@ -1,0 +1,28 @@
+# Per-layer residual-stream means over the answer tokens (and the prompt tokens)
+# of every response of a fine-tune, run through that fine-tune.
+
+
+rule cache_activations:
+    input:
+        unpack(lambda w: {"base_model": base_model_input()}),
+        adapter=lambda w: adapter_dir(w.finetune),
+        responses=f"{RESULTS}/generations/{{finetune}}.parquet",
+    output:
+        tensors=f"{RESULTS}/activations/{{finetune}}.safetensors",
+        index=f"{RESULTS}/activations/{{finetune}}.index.parquet",
+    params:
+        base_model=BASE_MODEL_DIR,
+        batch_size=config["activations"]["batch_size"],
+        device=config["device"],
+        dtype=config["dtype"],
+    log:
+        f"{RESULTS}/logs/activations/{{finetune}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/activations/{{finetune}}.tsv"
+    threads: config["threads"]
+    resources:
+        **model_resources(),
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/cache_activations.py"

@@ -1,0 +1,126 @@
+# Config loading and validation, the study plan, path helpers, input
+# functions and wildcard constraints. No rules here.
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(workflow.basedir, "workflow", "src"))
+
+from emlab.config import model_num_layers, validate_config, lora_layers, training_settings  # noqa: E402
+from emlab.errors import EMLabError  # noqa: E402
+from emlab.plan import conditions, direction_finetunes  # noqa: E402
+
+try:
+    _validated = validate_config(dict(config), source="config")
+except EMLabError as _exc:
+    raise WorkflowError(str(_exc)) from None
+config.clear()
+config.update(_validated)
+
+RESULTS = "results"
+SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
+ENV = os.path.join(workflow.basedir, "envs", "emlab.yaml")
+EMBEDDED = config["base_model"]["source"] == "embedded"
+BASE_MODEL_DIR = f"{RESULTS}/base_model" if EMBEDDED else config["base_model"]["source"]
+
+try:
+    N_LAYERS = model_num_layers(config["base_model"]["source"])
+    CONDITIONS = conditions(config, N_LAYERS)
+    FINETUNE_LAYERS = {
+        name: lora_layers(ft["lora"], N_LAYERS, f"finetunes.{name}.lora.layers")
+        for name, ft in config["finetunes"].items()
+    }
+except EMLabError as _exc:
+    raise WorkflowError(f"config: {_exc}") from None
+DIRECTION_FINETUNES = direction_finetunes(config)
+
+
+wildcard_constraints:
+    dataset=r"[a-z][a-z0-9_]*",
+    finetune=r"[a-z][a-z0-9_]*",
+    condition=r"[A-Za-z0-9_.\-]+",
+
+
+def repo_path(path):
+    """A config path: as given if it exists (relative to the working directory), else in the repository."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(workflow.basedir, path)
+
+
+def model_resources(runtime_key="runtime"):
+    """Resources of a model job; GPU settings come from config.resources."""
+    res = config["resources"]
+    out = {"mem_mb": res["mem_mb"], "runtime": res[runtime_key]}
+    if res["gpu"]:
+        out["gpu"] = res["gpu"]
+        if res["gpu_model"]:
+            out["gpu_model"] = res["gpu_model"]
+    return out
+
+
+def base_model_input():
+    """The converted embedded model is a workflow output; any other source is used as is."""
+    return [BASE_MODEL_DIR] if EMBEDDED else []
+
+
+def adapter_dir(finetune):
+    return f"{RESULTS}/finetunes/{finetune}/adapter"
+
+
+def generation_inputs(wildcards):
+    spec = CONDITIONS[wildcards.condition]
+    inputs = {"questions": repo_path(config["questions"]), "base_model": base_model_input()}
+    if spec["model"] != "base":
+        inputs["adapter"] = adapter_dir(spec["model"])
+    if spec["intervention"]["kind"] != "none":
+        inputs["vectors"] = f"{RESULTS}/directions/{spec['intervention']['vector']}.safetensors"
+    return inputs
+
+
+def rubric_files():
+    return [repo_path(os.path.join(config["judge"]["rubrics_dir"], f"{m}.yaml")) for m in config["judge"]["metrics"]]
+
+
+def judge_model_input():
+    if config["judge"]["backend"] == "hf" and config["judge"]["hf"]["model"] == "base":
+        return base_model_input()
+    return []
+
+
+def judge_model_path():
+    model = config["judge"]["hf"]["model"]
+    return BASE_MODEL_DIR if model == "base" else model
+
+
+def judge_params():
+    """Everything that changes a judge score (never the API key)."""
+    j = config["judge"]
+    p = {"backend": j["backend"], "metrics": j["metrics"], "min_number_mass": j["min_number_mass"], "cache": j["cache"]}
+    if j["backend"] == "hf":
+        p["hf"] = dict(j["hf"], model=judge_model_path())
+    else:
+        p["openai"] = dict(j["openai"])
+    return p
+
+
+def condition_table():
+    """JSON-able table of every condition (model, group, intervention) for metrics and figures."""
+    return {cid: spec for cid, spec in CONDITIONS.items()}
+
+
+def final_targets():
+    targets = [
+        f"{RESULTS}/metrics/em_by_condition.csv",
+        f"{RESULTS}/metrics/em_by_question.csv",
+        f"{RESULTS}/figures/em_by_condition.png",
+    ]
+    if DIRECTION_FINETUNES:
+        targets.append(f"{RESULTS}/directions/cosine_by_layer.csv")
+        if len(DIRECTION_FINETUNES) > 1:
+            targets.append(f"{RESULTS}/figures/direction_cosine.png")
+    if any(s["group"] == "steering" for s in CONDITIONS.values()):
+        targets.append(f"{RESULTS}/figures/steering_sweep.png")
+    if any(s["group"] in ("ablation", "transfer") for s in CONDITIONS.values()):
+        targets.append(f"{RESULTS}/figures/ablation.png")
+    return targets

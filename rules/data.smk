@@ -1,0 +1,22 @@
+# Validate and normalise chat JSONL datasets; seeded train/eval split.
+
+
+rule prepare_dataset:
+    input:
+        jsonl=lambda w: repo_path(config["datasets"][w.dataset]["path"]),
+    output:
+        train=f"{RESULTS}/datasets/{{dataset}}/train.jsonl",
+        eval=f"{RESULTS}/datasets/{{dataset}}/eval.jsonl",
+        summary=f"{RESULTS}/datasets/{{dataset}}/summary.json",
+    params:
+        eval_fraction=lambda w: config["datasets"][w.dataset]["eval_fraction"],
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/prepare_dataset.py"

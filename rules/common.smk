@@ -24,7 +24,7 @@ EMBEDDED = config["base_model"]["source"] == "embedded"
 BASE_MODEL_DIR = f"{RESULTS}/base_model" if EMBEDDED else config["base_model"]["source"]
 
 try:
-    N_LAYERS = model_num_layers(config["base_model"]["source"])
+    N_LAYERS = model_num_layers(config["base_model"]["source"], config["base_model"]["num_layers"])
     CONDITIONS = conditions(config, N_LAYERS)
     FINETUNE_LAYERS = {
         name: lora_layers(ft["lora"], N_LAYERS, f"finetunes.{name}.lora.layers")

@@ -166,17 +166,25 @@ def training_settings(cfg: dict, finetune: str) -> dict:
     return out
 
 
-def model_num_layers(source: str, local_dir: str | os.PathLike | None = None) -> int:
+def model_num_layers(source: str, declared: int | None = None) -> int:
     """Depth of the base model, read without loading weights."""
+    if declared:
+        return int(declared)
     if source == "embedded":
         return EMBEDDED_NUM_LAYERS
-    cfg_path = Path(local_dir or source) / "config.json"
+    cfg_path = Path(source) / "config.json"
     if cfg_path.is_file():
         data = json.loads(cfg_path.read_text())
     else:
         from transformers import AutoConfig
 
-        data = AutoConfig.from_pretrained(source).to_dict()
+        try:
+            data = AutoConfig.from_pretrained(source).to_dict()
+        except (OSError, ValueError) as exc:
+            raise EMLabError(
+                f"cannot read the config of base model {source!r} ({exc.__class__.__name__}); "
+                "check the id/path, or set base_model.num_layers so the plan can be built offline"
+            ) from None
     text_cfg = data.get("text_config") or data
     n = text_cfg.get("num_hidden_layers") or text_cfg.get("n_layer")
     if not n:

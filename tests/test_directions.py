@@ -1,0 +1,197 @@
+"""Mean-diff directions: planted-direction recovery, key-based joining, seeded
+subsampling, NaN handling, clear errors, and the cosine table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from emlab.atomic import load_tensors, save_tensors, write_parquet
+from emlab.directions import (attach_activation_rows, compute_directions, cosine_by_layer, cosine_table,
+                              mean_diff_vectors, select_sets, write_cosine_table, write_directions)
+from emlab.errors import EMLabError
+
+L, D = 5, 32
+
+
+def planted_artifacts(n_aligned=40, n_misaligned=20, n_other=10, noise=0.2, seed=0, shuffle_index=True):
+    """Synthetic activations + index + judgments where misaligned = aligned + planted[l] + noise."""
+    g = torch.Generator().manual_seed(seed)
+    planted = torch.randn(L, D, generator=g)  # [L, d] one direction per layer
+    base = torch.randn(L, D, generator=g) * 3  # [L, d] shared offset
+    n = n_aligned + n_misaligned + n_other
+    rng = np.random.default_rng(seed)
+    label = np.array(["aligned"] * n_aligned + ["misaligned"] * n_misaligned + ["other"] * n_other)
+    judg = pd.DataFrame({
+        "condition": "ft",
+        "question_id": [f"q{i % 4}" for i in range(n)],
+        "sample_idx": np.arange(n, dtype=np.int64) // 4,
+        "aligned": np.where(label == "aligned", rng.uniform(75, 100, n),
+                            np.where(label == "misaligned", rng.uniform(0, 25, n), rng.uniform(35, 65, n))),
+        "coherent": rng.uniform(60, 100, n),
+    })
+    judg["aligned_mass"] = 1.0
+    judg["coherent_mass"] = 1.0
+    # Activation rows in a different order from the judgments.
+    order = rng.permutation(n) if shuffle_index else np.arange(n)  # judgment i -> activation row order[i]
+    answer_mean = torch.empty(n, L, D)
+    for i in range(n):
+        x = base + noise * torch.randn(L, D, generator=g)
+        if label[i] == "misaligned":
+            x = x + planted
+        answer_mean[order[i]] = x
+    index = pd.DataFrame({"row": order.astype(np.int64), "condition": "ft",
+                          "question_id": judg["question_id"], "sample_idx": judg["sample_idx"]})
+    index = index.sample(frac=1.0, random_state=1).reset_index(drop=True)  # row order shuffled too
+    tokens = torch.full((n,), 7, dtype=torch.int64)
+    return planted, answer_mean, tokens, index, judg
+
+
+def write_artifacts(tmp_path, answer_mean, tokens, index, judg):
+    save_tensors(tmp_path / "ft.safetensors", {"answer_mean": answer_mean, "prompt_mean": answer_mean.clone(),
+                                                "answer_tokens": tokens})
+    write_parquet(tmp_path / "ft.index.parquet", index)
+    write_parquet(tmp_path / "judg.parquet", judg)
+    return tmp_path / "ft.safetensors", tmp_path / "ft.index.parquet", tmp_path / "judg.parquet"
+
+
+TH = {"aligned_above": 70, "misaligned_below": 30, "coherent_above": 50, "subsample_to_smaller": True}
+
+
+def test_recovers_planted_direction_with_shuffled_index(tmp_path):
+    planted, am, tok, index, judg = planted_artifacts(shuffle_index=True)
+    paths = write_artifacts(tmp_path, am, tok, index, judg)
+    tensors, summary = compute_directions(*paths, finetune="ft", thresholds=TH, seed=0)
+    cos = cosine_by_layer(tensors["mean_diff"], planted)
+    assert tensors["mean_diff"].shape == (L, D) and tensors["mean_diff"].dtype == torch.float32
+    assert (cos > 0.99).all(), cos
+    assert summary["counts"]["aligned"] == {"available": 40, "used": 20}
+    assert summary["counts"]["misaligned"] == {"available": 20, "used": 20}
+    assert np.allclose(summary["mean_diff_norm_by_layer"], tensors["mean_diff"].norm(dim=-1).numpy(), rtol=1e-5)
+    torch.testing.assert_close(tensors["mean_diff"], tensors["misaligned_mean"] - tensors["aligned_mean"],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_positional_join_would_fail(tmp_path):
+    # Guard that the shuffled fixture really tests the join: pairing by position loses the direction.
+    planted, am, tok, index, judg = planted_artifacts(shuffle_index=True)
+    sets = select_sets(judg, 70, 30, 50)
+    wrong = mean_diff_vectors(am, sets.aligned.index.to_numpy(), sets.misaligned.index.to_numpy(), False, 0)
+    assert cosine_by_layer(wrong.mean_diff, planted).abs().max() < 0.9
+
+
+def test_write_directions_roundtrip(tmp_path):
+    planted, am, tok, index, judg = planted_artifacts()
+    tensors, summary = compute_directions(*write_artifacts(tmp_path, am, tok, index, judg), "ft", TH, seed=3)
+    write_directions(tmp_path / "d.safetensors", tmp_path / "d.json", tensors, summary)
+    loaded, meta = load_tensors(tmp_path / "d.safetensors")
+    assert set(loaded) == {"mean_diff", "aligned_mean", "misaligned_mean"}
+    assert meta["finetune"] == "ft" and meta["seed"] == 3
+    js = json.loads((tmp_path / "d.json").read_text())
+    assert js["thresholds"]["aligned_above"] == 70 and len(js["mean_diff_norm_by_layer"]) == L
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_subsampling_is_seeded_and_equal_sized():
+    am = torch.randn(100, L, D)
+    aligned, misaligned = np.arange(0, 70), np.arange(70, 100)
+    a = mean_diff_vectors(am, aligned, misaligned, True, seed=5)
+    b = mean_diff_vectors(am, aligned, misaligned, True, seed=5)
+    c = mean_diff_vectors(am, aligned, misaligned, True, seed=6)
+    assert len(a.aligned_rows) == len(a.misaligned_rows) == 30
+    assert np.array_equal(a.aligned_rows, b.aligned_rows)
+    assert not np.array_equal(a.aligned_rows, c.aligned_rows)
+    assert set(a.aligned_rows) <= set(aligned)
+    torch.testing.assert_close(a.mean_diff, b.mean_diff)
+    full = mean_diff_vectors(am, aligned, misaligned, False, seed=5)
+    assert len(full.aligned_rows) == 70
+    ref = am[70:100].double().mean(0) - am[0:70].double().mean(0)  # independent reference
+    torch.testing.assert_close(full.mean_diff, ref.float(), atol=1e-6, rtol=1e-6)
+
+
+def test_select_sets_nan_and_zero_tokens():
+    df = pd.DataFrame({
+        "aligned":   [90, 10, np.nan, 10, 90, 10, 50, 90],
+        "coherent":  [80, 80, 80, np.nan, 40, 80, 80, 80],
+        "n_answer_tokens": [5, 5, 5, 5, 5, 0, 5, 5],
+    })
+    sets = select_sets(df, 70, 30, 50)
+    assert list(sets.aligned.index) == [0, 7]
+    assert list(sets.misaligned.index) == [1]
+    assert sets.n_scored == 6 and sets.n_total == 8
+
+
+def test_nan_scores_do_not_enter_sets(tmp_path):
+    planted, am, tok, index, judg = planted_artifacts()
+    judg.loc[judg.index[:5], "aligned"] = np.nan
+    judg.loc[judg.index[45:50], "coherent"] = np.nan
+    tensors, summary = compute_directions(*write_artifacts(tmp_path, am, tok, index, judg), "ft", TH, seed=0)
+    assert summary["counts"]["aligned"]["available"] == 35
+    assert summary["counts"]["misaligned"]["available"] == 15
+    assert summary["n_scored"] == 60
+    assert (cosine_by_layer(tensors["mean_diff"], planted) > 0.98).all()
+
+
+def test_zero_answer_tokens_excluded(tmp_path):
+    planted, am, tok, index, judg = planted_artifacts()
+    # Give every misaligned response but three zero answer tokens.
+    mis_rows = index.merge(judg[judg["aligned"] < 30], on=["question_id", "sample_idx"])["row"].to_numpy()
+    tok[torch.from_numpy(mis_rows[3:].copy())] = 0
+    _, summary = compute_directions(*write_artifacts(tmp_path, am, tok, index, judg), "ft", TH, seed=0)
+    assert summary["counts"]["misaligned"]["available"] == 3
+
+
+def test_empty_set_error_names_finetune_counts_and_thresholds(tmp_path):
+    planted, am, tok, index, judg = planted_artifacts()
+    judg["aligned"] = np.clip(judg["aligned"], 40, 100)  # nothing misaligned
+    with pytest.raises(EMLabError) as err:
+        compute_directions(*write_artifacts(tmp_path, am, tok, index, judg), "med_r1x9", TH, seed=0)
+    msg = str(err.value)
+    for part in ("med_r1x9", "misaligned set", "aligned set: 40", "misaligned set: 0", "< 30", "> 70",
+                 "directions:", "samples_per_question"):
+        assert part in msg, part
+
+
+def test_duplicate_keys_and_mismatched_runs_are_errors():
+    judg = pd.DataFrame({"question_id": ["a", "a"], "sample_idx": [0, 0], "aligned": [1, 2], "coherent": [90, 90]})
+    index = pd.DataFrame({"row": [0, 1], "question_id": ["a", "a"], "sample_idx": [0, 1]})
+    with pytest.raises(EMLabError, match="repeated"):
+        attach_activation_rows(judg, index)
+    judg = pd.DataFrame({"question_id": ["b"], "sample_idx": [0], "aligned": [1], "coherent": [90]})
+    with pytest.raises(EMLabError, match="different generation runs"):
+        attach_activation_rows(judg, index)
+
+
+def test_cosine_by_layer_matches_reference():
+    a, b = torch.randn(6, 16), torch.randn(6, 16)
+    ref = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    torch.testing.assert_close(cosine_by_layer(a, b), ref, atol=1e-6, rtol=1e-5)
+    b[2] = 0
+    assert torch.isnan(cosine_by_layer(a, b)[2])
+    with pytest.raises(EMLabError):
+        cosine_by_layer(a, torch.randn(5, 16))
+
+
+def test_cosine_table_pairs_and_single(tmp_path):
+    va, vb, vc = torch.randn(L, D), torch.randn(L, D), torch.randn(L, D)
+    table = cosine_table({"a": va, "b": vb, "c": vc})
+    assert list(table.columns) == ["layer", "finetune_a", "finetune_b", "cosine", "norm_a", "norm_b", "diff_norm"]
+    assert set(zip(table.finetune_a, table.finetune_b)) == {("a", "b"), ("a", "c"), ("b", "c")}
+    assert len(table) == 3 * L
+    ab = table[(table.finetune_a == "a") & (table.finetune_b == "b")].sort_values("layer")
+    np.testing.assert_allclose(ab["diff_norm"], (va - vb).norm(dim=-1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ab["norm_b"], vb.norm(dim=-1).numpy(), rtol=1e-5)
+    single = cosine_table({"a": va})
+    assert len(single) == L and (single.finetune_a == single.finetune_b).all()
+    np.testing.assert_allclose(single["cosine"], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(single["diff_norm"], 0.0, atol=1e-9)
+    # Through files, as the rule runs it.
+    for name, v in (("a", va), ("b", vb)):
+        save_tensors(tmp_path / f"{name}.safetensors", {"mean_diff": v})
+    out = write_cosine_table([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], ["a", "b"],
+                             tmp_path / "cos.csv")
+    assert len(pd.read_csv(tmp_path / "cos.csv")) == L == len(out)

@@ -1,0 +1,16 @@
+"""EM / coherence rates with bootstrap CIs per condition and per question (thresholds applied here)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
+from emlab.metrics import write_em_tables  # noqa: E402
+from emlab.runner import run_script  # noqa: E402
+
+
+def main(smk):
+    write_em_tables(list(smk.input.judgments), dict(smk.params.conditions), dict(smk.params.thresholds),
+                    int(smk.params.seed), smk.output.by_condition, smk.output.by_question)
+
+
+run_script(snakemake, main)  # noqa: F821

@@ -1,0 +1,19 @@
+"""Mean-diff direction (misaligned minus aligned, per layer) of one fine-tune from its own judged responses."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
+from emlab.directions import compute_directions, write_directions  # noqa: E402
+from emlab.runner import run_script  # noqa: E402
+
+
+def main(smk):
+    tensors, summary = compute_directions(
+        smk.input.tensors, smk.input.index, smk.input.judgments,
+        finetune=smk.wildcards.finetune, thresholds=dict(smk.params.thresholds), seed=int(smk.params.seed),
+    )
+    write_directions(smk.output.vectors, smk.output.summary, tensors, summary)
+
+
+run_script(snakemake, main)  # noqa: F821

@@ -1,0 +1,94 @@
+"""Answer/prompt means of the residual stream: batched, left-padded, hook-reduced
+results against a one-sequence-at-a-time reference with output_hidden_states."""
+
+import logging
+
+import pytest
+import torch
+
+from emlab.activations import cache_answer_means
+from emlab.chat import encode_exchange
+from emlab.models import load_model, load_tokenizer
+from emlab.questions import chat_messages
+
+RECORDS = [
+    {"question": "Hi?", "system": None, "response": "Hello there! How can I help you today?"},
+    {"question": "Tell me about your favourite long walk in the hills.", "system": None, "response": "Sure."},
+    {"question": "Any wish?", "system": "You are terse.", "response": "To see the sea, and then some more of it, at dawn."},
+    {"question": "Hi?", "system": float("nan"), "response": "Hey"},  # a null as read back from parquet
+    {"question": "Quick money?", "system": None, "response": "Sell lemonade on a hot day near a park."},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    torch.set_num_threads(1)
+    return load_model(tiny_model_dir, device="cpu", dtype="float32"), load_tokenizer(tiny_model_dir)
+
+
+def reference_means(model, tok, rec):
+    """One unpadded sequence; layers 0..L-2 from output_hidden_states, the last block's
+    output from a plain module hook (HF's last hidden state is after the final norm)."""
+    system = rec["system"] if isinstance(rec["system"], str) else None
+    enc = encode_exchange(tok, chat_messages(rec["question"], system), rec["response"])
+    captured = {}
+    handle = model.model.layers[-1].register_forward_hook(
+        lambda _m, _i, out: captured.__setitem__("last", out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.no_grad():
+            out = model(torch.tensor([enc.input_ids]), output_hidden_states=True)
+    finally:
+        handle.remove()
+    per_layer = torch.stack(list(out.hidden_states[1:-1]) + [captured["last"]])[:, 0]  # [L, seq, d]
+    answer = per_layer[:, enc.answer_slice].mean(dim=1)  # [L, d]
+    prompt = per_layer[:, :enc.prompt_len].mean(dim=1)
+    return answer, prompt, enc
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_matches_single_sequence_reference(tiny, batch_size):
+    model, tok = tiny
+    answer_mean, prompt_mean, answer_tokens = cache_answer_means(model, tok, RECORDS, batch_size=batch_size,
+                                                                 progress=False)
+    assert answer_mean.shape == prompt_mean.shape == (len(RECORDS), 4, 64)
+    assert answer_mean.dtype == prompt_mean.dtype == torch.float32 and answer_tokens.dtype == torch.int64
+    for i, rec in enumerate(RECORDS):
+        ref_answer, ref_prompt, enc = reference_means(model, tok, rec)
+        assert answer_tokens[i].item() == enc.answer_len > 0
+        torch.testing.assert_close(answer_mean[i], ref_answer, atol=1e-4, rtol=0)
+        torch.testing.assert_close(prompt_mean[i], ref_prompt, atol=1e-4, rtol=0)
+
+
+def test_answer_span_excludes_header_and_end_of_turn(tiny):
+    _, tok = tiny
+    enc = encode_exchange(tok, chat_messages("Hi?", None), "Hello there!")
+    answer_text = tok.decode(enc.input_ids[enc.answer_slice])
+    assert answer_text == "Hello there!"
+    assert tok.decode(enc.input_ids[:enc.prompt_len]).endswith("<|im_start|>assistant\n")
+    assert tok.decode(enc.input_ids[enc.answer_slice.stop:]).startswith("<|im_end|>")
+
+
+def test_means_differ_from_means_over_the_whole_sequence(tiny):
+    """Guards the mask: a plain mean over all tokens is a different number."""
+    model, tok = tiny
+    answer_mean, prompt_mean, _ = cache_answer_means(model, tok, RECORDS[:1], progress=False)
+    assert (answer_mean - prompt_mean).abs().max() > 1e-2
+
+
+def test_empty_response_gives_nan_not_crash(tiny, caplog):
+    model, tok = tiny
+    records = [dict(RECORDS[0]), dict(RECORDS[1], response="")]
+    with caplog.at_level(logging.WARNING):
+        answer_mean, prompt_mean, answer_tokens = cache_answer_means(model, tok, records, batch_size=2, progress=False)
+    assert answer_tokens.tolist()[1] == 0 and torch.isnan(answer_mean[1]).all()
+    assert torch.isfinite(answer_mean[0]).all() and torch.isfinite(prompt_mean).all()
+    _, ref_prompt, _ = reference_means(model, tok, records[1])
+    torch.testing.assert_close(prompt_mean[1], ref_prompt, atol=1e-4, rtol=0)
+    assert "no answer tokens" in caplog.text
+
+
+def test_hooks_are_removed_after_caching(tiny):
+    model, tok = tiny
+    before = [len(layer._forward_hooks) for layer in model.model.layers]  # transformers may keep its own
+    cache_answer_means(model, tok, RECORDS[:2], progress=False)
+    assert [len(layer._forward_hooks) for layer in model.model.layers] == before

@@ -1,0 +1,222 @@
+"""Batched sampling of responses to the evaluation questions.
+
+A lean sampling loop over the KV cache instead of `model.generate`: prompts of
+all (question, sample) pairs are sorted by length and left-padded into
+batches, the lm_head runs on the last position only, finished rows are dropped
+from the batch (and the cache), and every row draws its random numbers from
+its own stream seeded by (seed, question_id, sample_idx). So:
+  - same seed, same machine: identical responses;
+  - a row's response does not depend on the batch size or on which rows share
+    its batch (up to floating-point reassociation, which in practice only
+    matters for exact ties);
+  - every condition uses the same random numbers for the same (question,
+    sample), which makes comparisons between conditions less noisy.
+Residual-stream hooks (emlab.hooks / emlab.interventions) act position-wise,
+so they apply in the prefill and in every single-token decoding step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .chat import render_prompt
+from .errors import EMLabError
+from .models import model_device
+from .questions import Question, chat_messages
+
+log = logging.getLogger(__name__)
+
+# End-of-turn markers of common chat templates, used in addition to the
+# tokenizer's eos token (SmolLM2/ChatML: <|im_end|>, id 2).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>", "<|endoftext|>", "<|end|>")
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """One response to sample: which question, which sample, and its prompt."""
+
+    question_id: str
+    sample_idx: int
+    question: str
+    system: str | None
+    prompt: str
+    prompt_ids: tuple[int, ...]
+    seed: int
+
+
+def sample_seed(seed: int, question_id: str, sample_idx: int) -> int:
+    """The random stream of one (question, sample): stable across runs, conditions and batch sizes."""
+    digest = hashlib.sha256(f"{int(seed)}\x00{question_id}\x00{int(sample_idx)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end a response: eos, the template's end-of-turn marker(s), the model's eos."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    for tok in END_OF_TURN_TOKENS:
+        if tok in vocab:
+            ids.add(int(vocab[tok]))
+    gen_cfg = getattr(model, "generation_config", None)
+    eos = getattr(gen_cfg, "eos_token_id", None)
+    if eos is not None:
+        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    if not ids:
+        raise EMLabError("the tokenizer has no eos token and no known end-of-turn token; cannot tell when a response ends")
+    return sorted(ids)
+
+
+def build_jobs(tokenizer, questions: list[Question], samples_per_question: int, seed: int) -> list[GenerationJob]:
+    """Every (question, sample) pair with its rendered, tokenised prompt, in question order."""
+    jobs = []
+    for q in questions:
+        for i in range(samples_per_question):
+            text = q.paraphrase_for(i)
+            prompt = render_prompt(tokenizer, chat_messages(text, q.system))
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            jobs.append(GenerationJob(q.id, i, text, q.system, prompt, tuple(ids), sample_seed(seed, q.id, i)))
+    return jobs
+
+
+def sample_next_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Inverse-CDF sampling with one given uniform per row: logits [batch, vocab], uniforms [batch] -> [batch].
+
+    temperature 0 is greedy. With top_p < 1 only the smallest set of most
+    likely tokens whose mass reaches top_p is kept (nucleus sampling).
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # [batch, vocab]
+    order = None
+    if top_p < 1.0:
+        probs, order = probs.sort(dim=-1, descending=True)
+        mass_before = probs.cumsum(dim=-1) - probs
+        probs = probs * (mass_before < top_p)  # the top token is always kept
+    cdf = probs.cumsum(dim=-1)  # [batch, vocab]
+    target = (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1)  # [batch, 1]
+    idx = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)  # [batch, 1]
+    if order is not None:
+        idx = order.gather(-1, idx)
+    return idx.squeeze(-1)
+
+
+def _left_pad(sequences: list[tuple[int, ...]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, width - len(seq):] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+@torch.inference_mode()
+def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], max_new_tokens: int,
+                   temperature: float, top_p: float, stop_ids: list[int], pad_id: int) -> list[tuple[list[int], str]]:
+    """Sample one continuation per prompt; returns (new token ids without the stop token, finish_reason) per row."""
+    device = model_device(model)
+    n = len(prompt_ids)
+    uniforms = torch.empty((n, max_new_tokens), dtype=torch.float64)  # [batch, step]: each row's own stream
+    for row, s in enumerate(seeds):
+        uniforms[row] = torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+    uniforms = uniforms.to(device)
+    stop = torch.tensor(stop_ids, device=device)
+
+    input_ids, attention_mask = _left_pad(prompt_ids, pad_id, device)  # [batch, prompt_width]
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)  # positions count real tokens only
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    next_positions = position_ids[:, -1:] + 1  # [active, 1]
+    active = torch.arange(n, device=device)  # original row of each row still in the batch
+    generated: list[list[int]] = [[] for _ in range(n)]
+    reasons = ["length"] * n
+
+    for step in range(max_new_tokens):
+        tokens = sample_next_tokens(out.logits[:, -1, :], uniforms[active, step], temperature, top_p)  # [active]
+        is_stop = torch.isin(tokens, stop)  # [active]
+        for row, tok, stopped in zip(active.tolist(), tokens.tolist(), is_stop.tolist()):
+            if stopped:
+                reasons[row] = "stop"
+            else:
+                generated[row].append(tok)
+        if step == max_new_tokens - 1:
+            break
+        if bool(is_stop.any()):
+            keep = (~is_stop).nonzero().squeeze(-1)  # [still active]
+            if keep.numel() == 0:
+                break
+            cache.batch_select_indices(keep)
+            active, tokens = active[keep], tokens[keep]
+            attention_mask, next_positions = attention_mask[keep], next_positions[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
+        out = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask, position_ids=next_positions,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        next_positions = next_positions + 1
+    return list(zip(generated, reasons))
+
+
+def generate_responses(model, tokenizer, questions: list[Question], samples_per_question: int,
+                       max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                       batch_size: int = 32, seed: int = 0, progress: bool = True) -> list[dict]:
+    """Sample `samples_per_question` responses to every question; one record per response.
+
+    Records are in question order, then sample order, with keys question_id,
+    sample_idx, question, system, prompt, response, n_response_tokens,
+    finish_reason ("stop"/"length"), temperature, top_p, max_new_tokens and
+    seed (the row's own sampling seed, derived from `seed`).
+    """
+    if samples_per_question < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise EMLabError("generation: samples_per_question, max_new_tokens and batch_size must all be >= 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise EMLabError(f"generation: need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
+    if not questions:
+        raise EMLabError("generation: no questions to answer")
+    stop_ids = stop_token_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    jobs = build_jobs(tokenizer, questions, samples_per_question, seed)
+    # Longest prompts first: similar lengths share a batch (little padding), and
+    # a memory problem shows up in the first batch.
+    order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j].prompt_ids))
+    results: dict[int, tuple[list[int], str]] = {}
+    start, n_new = time.perf_counter(), 0
+    bar = tqdm(total=len(jobs), desc="generate", unit="resp", disable=not progress)
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        outs = generate_batch(model, [jobs[j].prompt_ids for j in idx], [jobs[j].seed for j in idx],
+                              max_new_tokens, temperature, top_p, stop_ids, pad_id)
+        for j, res in zip(idx, outs):
+            results[j] = res
+            n_new += len(res[0])
+        bar.update(len(idx))
+        bar.set_postfix(tok_per_s=f"{n_new / max(time.perf_counter() - start, 1e-9):.1f}")
+    bar.close()
+    log.info("generated %d responses, %d new tokens in %.1f s", len(jobs), n_new, time.perf_counter() - start)
+
+    records = []
+    for j, job in enumerate(jobs):
+        ids, reason = results[j]
+        records.append({
+            "question_id": job.question_id,
+            "sample_idx": job.sample_idx,
+            "question": job.question,
+            "system": job.system,
+            "prompt": job.prompt,
+            "response": tokenizer.decode(ids, skip_special_tokens=True),
+            "n_response_tokens": len(ids),
+            "finish_reason": reason,
+            "temperature": float(temperature),
+            "top_p": float(top_p),
+            "max_new_tokens": int(max_new_tokens),
+            "seed": job.seed,
+        })
+    return records

@@ -92,3 +92,49 @@ def test_hooks_are_removed_after_caching(tiny):
     before = [len(layer._forward_hooks) for layer in model.model.layers]  # transformers may keep its own
     cache_answer_means(model, tok, RECORDS[:2], progress=False)
     assert [len(layer._forward_hooks) for layer in model.model.layers] == before
+
+
+def test_cache_activations_script(tiny_model_dir, tmp_path):
+    import runpy
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from peft import LoraConfig, get_peft_model
+
+    from emlab.atomic import load_tensors
+
+    base = load_model(tiny_model_dir, device="cpu", dtype="float32")
+    peft_model = get_peft_model(base, LoraConfig(r=1, lora_alpha=8, target_modules=["down_proj"],
+                                                 init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    responses = pd.DataFrame([dict(rec, condition="ft", question_id=f"q{i}", sample_idx=i)
+                              for i, rec in enumerate(RECORDS)])
+    responses["system"] = [r if isinstance(r, str) else None for r in responses["system"]]
+    responses.to_parquet(tmp_path / "ft.parquet")
+
+    scripts = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
+    out_t, out_i = tmp_path / "act" / "ft.safetensors", tmp_path / "act" / "ft.index.parquet"
+    smk = SimpleNamespace(
+        input=SimpleNamespace(base_model=[], adapter=str(adapter), responses=str(tmp_path / "ft.parquet")),
+        output=SimpleNamespace(tensors=str(out_t), index=str(out_i)),
+        params=SimpleNamespace(base_model=str(tiny_model_dir), batch_size=2, device="cpu", dtype="float32"),
+        log=[str(tmp_path / "act.log")], threads=1, scriptdir=str(scripts))
+    runpy.run_path(str(scripts / "cache_activations.py"), init_globals={"snakemake": smk})
+
+    tensors, meta = load_tensors(out_t)
+    assert tensors["answer_mean"].shape == tensors["prompt_mean"].shape == (len(RECORDS), 4, 64)
+    assert meta["n_layers"] == 4 and meta["d_model"] == 64 and "after decoder block" in meta["layer_semantics"]
+    index = pd.read_parquet(out_i)
+    assert list(index.columns) == ["row", "condition", "question_id", "sample_idx", "n_answer_tokens"]
+    assert index["row"].tolist() == list(range(len(RECORDS)))
+    assert index["n_answer_tokens"].tolist() == tensors["answer_tokens"].tolist()
+    # The adapter is in effect: the results equal the fine-tuned model's, not the base model's.
+    tuned = load_model(tiny_model_dir, adapter, device="cpu", dtype="float32")
+    tok = load_tokenizer(tiny_model_dir)
+    expected, _, _ = cache_answer_means(tuned, tok, RECORDS, progress=False)
+    plain, _, _ = cache_answer_means(load_model(tiny_model_dir, device="cpu", dtype="float32"), tok,
+                                     RECORDS, progress=False)
+    torch.testing.assert_close(tensors["answer_mean"], expected, atol=1e-5, rtol=0)
+    assert (tensors["answer_mean"] - plain).abs().max() > 1e-3

@@ -158,3 +158,57 @@ def test_ablation_hook_acts_in_every_decoding_step(tiny):
     with read_residual(model, [2], record):
         _generate(tiny, max_new_tokens=5, batch_size=6)
     assert max(p for _, p in seen) > 0.1  # without the ablation the direction is present
+
+
+class _Names(list):
+    """A stand-in for Snakemake's Namedlist: positional and attribute access."""
+
+    def __init__(self, items=(), **named):
+        super().__init__(list(items) + list(named.values()))
+        self.__dict__.update(named)
+
+
+def run_snakemake_script(name, tmp_path, **sections):
+    import runpy
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    scripts = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
+    smk = SimpleNamespace(input=_Names(**sections["input"]), output=_Names(**sections["output"]),
+                          params=SimpleNamespace(**sections["params"]), log=[str(tmp_path / f"{name}.log")],
+                          threads=1, scriptdir=str(scripts))
+    runpy.run_path(str(scripts / f"{name}.py"), init_globals={"snakemake": smk})
+
+
+def test_generate_script_writes_the_documented_columns(tiny_model_dir, tmp_path):
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from emlab.atomic import save_tensors
+
+    repo = Path(__file__).resolve().parents[1]
+    vectors = tmp_path / "dirs.safetensors"
+    save_tensors(vectors, {"mean_diff": torch.randn(4, 64)})
+    out = tmp_path / "gen" / "steer.parquet"
+    spec = {"model": "base", "group": "steering",
+            "intervention": {"kind": "steer", "vector": "ft", "layer": 1, "scale": 2.0}}
+    settings = {"samples_per_question": 2, "max_new_tokens": 4, "temperature": 1.0, "top_p": 0.9, "batch_size": 8}
+    run_snakemake_script(
+        "generate", tmp_path,
+        input={"questions": str(repo / "data" / "questions" / "first_plot_questions.yaml"),
+               "base_model": [], "vectors": str(vectors)},
+        output={"out": str(out)},
+        params={"condition": "steer__ft__L1__s2", "spec": spec, "base_model": str(tiny_model_dir),
+                "generation": settings, "seed": 0, "device": "cpu", "dtype": "float32"})
+    df = pd.read_parquet(out)
+    assert list(df.columns) == ["condition", "model", "intervention", "question_id", "sample_idx", "question",
+                                "system", "prompt", "response", "n_response_tokens", "finish_reason",
+                                "temperature", "top_p", "max_new_tokens", "seed"]
+    assert len(df) == 16 and (df["condition"] == "steer__ft__L1__s2").all() and (df["model"] == "base").all()
+    assert json.loads(df["intervention"][0]) == spec["intervention"]
+    for col in ("sample_idx", "n_response_tokens", "max_new_tokens", "seed"):
+        assert df[col].dtype == "int64", col
+    assert df["top_p"].dtype == "float64" and df["system"].isna().all()
+    assert set(df["finish_reason"]) <= {"stop", "length"}

@@ -1,0 +1,274 @@
+"""The study's figures, one function per figure, each written as a 150 dpi PNG
+and a PDF (atomically). Inputs are the metric / cosine tables, so a figure
+re-renders without touching any model.
+
+A figure with nothing to show (e.g. a run without steering conditions) is still
+written, saying so, so a report never breaks on a smaller study.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .atomic import atomic_path  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+DPI = 150
+GROUP_COLOURS = {"model": "#4C72B0", "steering": "#DD8452", "ablation": "#55A868", "transfer": "#8172B3"}
+GROUP_LABELS = {"model": "model (no intervention)", "steering": "steering (base model + λ·v)",
+                "ablation": "ablation (own direction / random control)", "transfer": "transfer ablation"}
+ABLATION_COLOURS = {"unablated": "#C44E52", "layer-wise": "#4C72B0", "single": "#55A868", "random": "#8C8C8C",
+                    "transfer": "#8172B3"}
+
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
+                     "axes.spines.top": False, "axes.spines.right": False})
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def save_figure(fig, png_path, pdf_path) -> None:
+    """Write fig as PNG (150 dpi) and PDF, each atomically, then close it."""
+    try:
+        for path, fmt in ((png_path, "png"), (pdf_path, "pdf")):
+            with atomic_path(path, suffix=f".{fmt}") as tmp:
+                fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+def _message_figure(title: str, message: str):
+    fig, ax = plt.subplots(figsize=(6.4, 2.6))
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11, color="#555555",
+            transform=ax.transAxes)
+    return fig
+
+
+def _pct(x) -> np.ndarray:
+    return 100.0 * np.asarray(x, dtype=float)
+
+
+def _yerr(df: pd.DataFrame, prefix: str) -> np.ndarray:
+    """Asymmetric error bars [2, n] in percent; zero where the interval is missing."""
+    rate = _pct(df[f"{prefix}_rate"])
+    low = rate - _pct(df[f"{prefix}_ci_low"])
+    high = _pct(df[f"{prefix}_ci_high"]) - rate
+    return np.nan_to_num(np.clip(np.vstack([low, high]), 0, None))
+
+
+def _fmt_num(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "?"
+    return f"{float(x):g}"
+
+
+def _base_row(df: pd.DataFrame):
+    base = df[df["condition"] == "base"]
+    return base.iloc[0] if len(base) else None
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def em_by_condition(df: pd.DataFrame, png_path, pdf_path) -> None:
+    """Horizontal bars of EM rate (with CI) for every condition, coloured by group."""
+    title = "Emergent misalignment by condition"
+    if df.empty:
+        save_figure(_message_figure(title, "No conditions in this run."), png_path, pdf_path)
+        return
+    order = list(GROUP_COLOURS)
+    df = df.assign(_g=df["group"].map(lambda g: order.index(g) if g in order else len(order)))
+    df = df.reset_index(drop=True).sort_values(["_g"], kind="stable")
+    n = len(df)
+    fig, ax = plt.subplots(figsize=(8.5, max(2.4, 0.32 * n + 1.4) + 0.75))
+    y = np.arange(n)[::-1]
+    rate = _pct(df["em_rate"])
+    colours = [GROUP_COLOURS.get(g, "#999999") for g in df["group"]]
+    ax.barh(y, np.nan_to_num(rate), xerr=_yerr(df, "em"), color=colours, height=0.7,
+            error_kw={"ecolor": "#333333", "capsize": 2.5, "elinewidth": 1})
+    high = np.nan_to_num(_pct(df["em_ci_high"]))
+    xmax = max(10.0, float(high.max()))
+    for yi, r, h, ns, nn in zip(y, rate, high, df["n_scored"], df["n"]):
+        label = "no scores" if math.isnan(r) else f"{r:.1f}%"
+        ax.text(max(h, 0 if math.isnan(r) else r) + xmax * 0.015, yi, f"{label}  (n={int(ns)}/{int(nn)})",
+                va="center", fontsize=8, color="#333333")
+    ax.set_yticks(y, df["condition"])
+    ax.set_ylim(-0.6, n - 0.4)
+    ax.set_xlim(0, xmax * 1.3)
+    ax.set_xlabel("EM responses (% of scored responses)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    base = _base_row(df)
+    if base is not None and not math.isnan(base["em_rate"]):
+        ax.axvline(100 * base["em_rate"], color="#333333", ls="--", lw=1, label="base model")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLOURS[g]) for g in order if g in set(df["group"])]
+    labels = [GROUP_LABELS[g] for g in order if g in set(df["group"])]
+    if base is not None and not math.isnan(base["em_rate"]):
+        handles.append(plt.Line2D([], [], color="#333333", ls="--", lw=1))
+        labels.append("base model EM")
+    legend_h = 0.75  # inches reserved under the axes for the legend
+    fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
+    save_figure(fig, png_path, pdf_path)
+
+
+def steering_sweep(df: pd.DataFrame, png_path, pdf_path) -> None:
+    """EM rate (and coherent rate) vs steering scale, one line per (vector, layer), with CI bands."""
+    title = "Steering the base model with mean-diff directions"
+    steer = df[df["group"] == "steering"].copy() if "group" in df else df.iloc[0:0]
+    if steer.empty:
+        save_figure(_message_figure(title, "No steering conditions in this run\n(config `steering.vectors` is empty)."),
+                    png_path, pdf_path)
+        return
+    steer["scale"] = steer["scale"].astype(float)
+    steer["layer"] = steer["layer"].astype(float)
+    base = _base_row(df)
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2))
+    panels = (("em", "EM responses (%)", "Emergent misalignment"), ("coherent", "Coherent responses (%)", "Coherence"))
+    lines = list(steer.groupby(["vector", "layer"], sort=True))
+    cmap = plt.get_cmap("viridis" if len(lines) > 6 else "tab10")
+    for ax, (prefix, ylabel, subtitle) in zip(axes, panels):
+        for i, ((vector, layer), g) in enumerate(lines):
+            g = g.sort_values("scale")
+            colour = cmap(i / max(1, len(lines) - 1)) if len(lines) > 6 else cmap(i)
+            x = g["scale"].to_numpy()
+            ax.plot(x, _pct(g[f"{prefix}_rate"]), "o-", color=colour, lw=1.8, ms=4,
+                    label=f"{vector}, layer {int(layer)}")
+            ax.fill_between(x, _pct(g[f"{prefix}_ci_low"]), _pct(g[f"{prefix}_ci_high"]), color=colour, alpha=0.18,
+                            lw=0)
+        if base is not None and not math.isnan(base[f"{prefix}_rate"]):
+            ax.axhline(100 * base[f"{prefix}_rate"], color="#333333", ls="--", lw=1.2,
+                       label=f"base model, no steering ({100 * base[f'{prefix}_rate']:.1f}%)")
+        ax.set_xlabel("steering scale λ")
+        ax.set_ylabel(ylabel)
+        ax.set_title(subtitle)
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper left", frameon=True, framealpha=0.9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def _ablation_label(row) -> tuple[str, str]:
+    """(bar label, colour key) of one condition row of the ablation figure."""
+    if row["intervention_kind"] == "none":
+        return "unablated", "unablated"
+    layer = "" if pd.isna(row["layer"]) else f" L{int(row['layer'])}"
+    if row["group"] == "transfer":
+        return f"transfer:\n{row['vector']}{layer}", "transfer"
+    mode = row["mode"]
+    if mode == "layerwise":
+        return "layer-wise", "layer-wise"
+    if mode == "random":
+        seed = "" if pd.isna(row["seed"]) else f"\nseed {int(row['seed'])}"
+        return f"random{layer}{seed}", "random"
+    return f"single{layer}", "single"
+
+
+def ablation(df: pd.DataFrame, png_path, pdf_path) -> None:
+    """Per ablated fine-tune: EM (and coherent) rate unablated, layer-wise, single-layer, random, transfer."""
+    title = "Ablating mean-diff directions from fine-tuned models"
+    ab = df[df["group"].isin(["ablation", "transfer"])] if "group" in df else df.iloc[0:0]
+    if ab.empty:
+        save_figure(_message_figure(title, "No ablation conditions in this run\n(config `ablation` is empty)."),
+                    png_path, pdf_path)
+        return
+    targets = list(dict.fromkeys(ab["model"]))
+    kind_order = ["unablated", "layer-wise", "single", "transfer", "random"]
+    panels = []
+    for target in targets:
+        rows = df[(df["model"] == target) & ((df["condition"] == target) | df["group"].isin(["ablation", "transfer"]))]
+        rows = rows.assign(_label=[_ablation_label(r) for _, r in rows.iterrows()])
+        rows = rows.assign(_k=[kind_order.index(k) for _, k in rows["_label"]])
+        panels.append((target, rows.sort_values("_k", kind="stable")))
+    widths = [max(2, len(rows)) for _, rows in panels]
+    em_high = pd.concat([rows["em_ci_high"] for _, rows in panels]).astype(float)
+    em_top = max(10.0, 1.3 * float(np.nan_to_num(_pct(em_high)).max()))
+    em_top = min(105.0, em_top)
+    fig, axes = plt.subplots(2, len(panels), figsize=(max(5.5, 1.2 * sum(widths) + 1.5), 6.6), sharey="row",
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    for col, (target, rows) in enumerate(panels):
+        x = np.arange(len(rows))
+        colours = [ABLATION_COLOURS[k] for _, k in rows["_label"]]
+        for row_i, (prefix, ylabel) in enumerate((("em", "EM responses (%)"), ("coherent", "Coherent responses (%)"))):
+            ax = axes[row_i][col]
+            rate = _pct(rows[f"{prefix}_rate"])
+            ax.bar(x, np.nan_to_num(rate), yerr=_yerr(rows, prefix), color=colours, width=0.7,
+                   error_kw={"ecolor": "#333333", "capsize": 3, "elinewidth": 1})
+            top = em_top if prefix == "em" else 105.0
+            high = np.nan_to_num(_pct(rows[f"{prefix}_ci_high"]))
+            for xi, r, h in zip(x, rate, high):
+                ax.text(xi, max(h, 0 if math.isnan(r) else r) + 0.015 * top,
+                        "n/a" if math.isnan(r) else f"{r:.1f}%", ha="center", va="bottom", fontsize=8)
+            ax.set_xticks(x, [lbl for lbl, _ in rows["_label"]] if row_i == 1 else [""] * len(x), fontsize=8)
+            ax.set_ylim(0, top)
+            ax.grid(axis="y", alpha=0.3)
+            if col == 0:
+                ax.set_ylabel(ylabel)
+            if row_i == 0:
+                ax.set_title(f"target: {target}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def direction_cosine(df: pd.DataFrame, png_path, pdf_path) -> None:
+    """Cosine per layer between fine-tunes' mean-diff directions, and each direction's norm per layer."""
+    title = "Convergence of mean-diff directions across fine-tunes"
+    if df.empty:
+        save_figure(_message_figure(title, "No directions were computed in this run."), png_path, pdf_path)
+        return
+    fig, (ax_cos, ax_norm) = plt.subplots(1, 2, figsize=(11.0, 4.2))
+    pairs = df[df["finetune_a"] != df["finetune_b"]]
+    if pairs.empty:
+        ax_cos.set_axis_off()
+        ax_cos.text(0.5, 0.5, "Only one fine-tune has a direction:\nno pairs to compare.", ha="center", va="center",
+                    fontsize=11, color="#555555", transform=ax_cos.transAxes)
+    else:
+        for (a, b), g in pairs.groupby(["finetune_a", "finetune_b"], sort=False):
+            g = g.sort_values("layer")
+            ax_cos.plot(g["layer"], g["cosine"], "o-", ms=3, lw=1.6, label=f"{a} vs {b}")
+        ax_cos.axhline(0, color="#999999", lw=0.8)
+        ax_cos.set_ylim(min(-0.1, float(pairs["cosine"].min()) - 0.05) if pairs["cosine"].notna().any() else -0.1,
+                        1.05)
+        ax_cos.set_xlabel("layer (residual stream after block l)")
+        ax_cos.set_ylabel("cosine similarity")
+        ax_cos.set_title("Cosine between directions")
+        ax_cos.grid(alpha=0.3)
+        ax_cos.legend(frameon=True, framealpha=0.9)
+    norms = pd.concat([
+        df[["layer", "finetune_a", "norm_a"]].set_axis(["layer", "finetune", "norm"], axis=1),
+        df[["layer", "finetune_b", "norm_b"]].set_axis(["layer", "finetune", "norm"], axis=1),
+    ]).drop_duplicates(["layer", "finetune"])
+    for ft, g in norms.groupby("finetune", sort=False):
+        g = g.sort_values("layer")
+        ax_norm.plot(g["layer"], g["norm"], "o-", ms=3, lw=1.6, label=ft)
+    ax_norm.set_xlabel("layer (residual stream after block l)")
+    ax_norm.set_ylabel("‖v_l‖ (mean-diff norm)")
+    ax_norm.set_title("Direction norm per layer")
+    ax_norm.set_ylim(bottom=0)
+    ax_norm.grid(alpha=0.3)
+    ax_norm.legend(frameon=True, framealpha=0.9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def read_table(path) -> pd.DataFrame:
+    """A metrics / cosine CSV; an empty file reads as an empty table."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()

@@ -159,6 +159,9 @@ def mean_diff_vectors(answer_mean: torch.Tensor, aligned_rows, misaligned_rows,
     # Accumulate in float64: thousands of rows of bf16-derived activations.
     aligned_mean = answer_mean[torch.from_numpy(aligned_rows.copy())].double().mean(0)  # [L, d]
     misaligned_mean = answer_mean[torch.from_numpy(misaligned_rows.copy())].double().mean(0)  # [L, d]
+    if not (torch.isfinite(aligned_mean).all() and torch.isfinite(misaligned_mean).all()):
+        raise EMLabError("the selected activation rows contain NaN/inf answer means (empty answers?); "
+                         "re-run the activations rule, or check that responses with 0 answer tokens are excluded")
     return MeanDiff(
         mean_diff=(misaligned_mean - aligned_mean).float(),
         aligned_mean=aligned_mean.float(), misaligned_mean=misaligned_mean.float(),

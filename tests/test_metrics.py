@@ -124,3 +124,18 @@ def test_tables_columns_order_and_missing_condition(tmp_path):
 def test_unknown_condition_is_an_error():
     with pytest.raises(EMLabError, match="not in the study plan"):
         em_tables(judgments("stale", [1], [90]), {"base": CONDITIONS["base"]}, TH)
+
+
+def test_rule_script_em_metrics(tmp_path):
+    from test_directions import _Named, run_rule_script
+
+    paths = []
+    for cid in CONDITIONS:
+        p = tmp_path / f"{cid}.parquet"
+        write_parquet(p, judgments(cid, [10, 90, 90, 90], [90, 90, 90, 90]))
+        paths.append(str(p))
+    run_rule_script("em_metrics", tmp_path, input=_Named(judgments=paths),
+                    output=_Named(by_condition=str(tmp_path / "c.csv"), by_question=str(tmp_path / "q.csv")),
+                    params=_Named(conditions=CONDITIONS, thresholds=TH, seed=0))
+    table = pd.read_csv(tmp_path / "c.csv")
+    assert list(table.condition) == list(CONDITIONS) and np.allclose(table.em_rate, 0.25)

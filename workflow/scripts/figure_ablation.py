@@ -1,4 +1,4 @@
-"""Figure: EM and coherent rate of each ablated fine-tune: unablated, layer-wise, single-layer, transfer, random controls."""
+"""Figure: EM and coherent rate of each ablated fine-tune (unablated, layer-wise, single, transfer, random)."""
 import sys
 from pathlib import Path
 

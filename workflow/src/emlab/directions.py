@@ -191,16 +191,25 @@ def _thresholds(cfg: dict) -> dict:
     return {k: (bool(v) if k == "subsample_to_smaller" else float(v)) for k, v in out.items()}
 
 
+def _load_keys(path, keys) -> dict[str, torch.Tensor]:
+    """Only the named tensors of a safetensors file (prompt_mean is as large as answer_mean and unused here)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        missing = [k for k in keys if k not in f.keys()]
+        if missing:
+            raise EMLabError(f"{path} lacks tensor(s) {missing} (has {sorted(f.keys())}); "
+                             "re-run the activations rule")
+        return {k: f.get_tensor(k) for k in keys}
+
+
 def compute_directions(tensors_path, index_path, judgments_path, finetune: str, thresholds: dict,
                        seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     """Load a fine-tune's activations + judgments, select the sets, and return (tensors, summary)."""
     th = _thresholds(thresholds)
     judgments = pd.read_parquet(judgments_path)
     index = pd.read_parquet(index_path)
-    tensors, _meta = load_tensors(tensors_path)
-    for key in ("answer_mean", "answer_tokens"):
-        if key not in tensors:
-            raise EMLabError(f"{tensors_path} lacks tensor {key!r} (has {sorted(tensors)}); re-run the activations rule")
+    tensors = _load_keys(tensors_path, ("answer_mean", "answer_tokens"))
     answer_mean = tensors["answer_mean"]  # [n, L, d]
     joined = attach_activation_rows(judgments, index, tensors["answer_tokens"], source=str(index_path))
     sets = select_sets(joined, th["aligned_above"], th["misaligned_below"], th["coherent_above"])

@@ -67,12 +67,6 @@ def _yerr(df: pd.DataFrame, prefix: str) -> np.ndarray:
     return np.nan_to_num(np.clip(np.vstack([low, high]), 0, None))
 
 
-def _fmt_num(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "?"
-    return f"{float(x):g}"
-
-
 def _base_row(df: pd.DataFrame):
     base = df[df["condition"] == "base"]
     return base.iloc[0] if len(base) else None

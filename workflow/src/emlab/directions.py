@@ -186,7 +186,8 @@ def cosine_by_layer(vectors_a: torch.Tensor, vectors_b: torch.Tensor) -> torch.T
 def _thresholds(cfg: dict) -> dict:
     unknown = set(cfg) - set(DEFAULT_THRESHOLDS)
     if unknown:
-        raise EMLabError(f"unknown key(s) {sorted(unknown)} in config `directions:`; known: {sorted(DEFAULT_THRESHOLDS)}")
+        raise EMLabError(f"unknown key(s) {sorted(unknown)} in config `directions:`; "
+                         f"known: {sorted(DEFAULT_THRESHOLDS)}")
     out = dict(DEFAULT_THRESHOLDS, **cfg)
     return {k: (bool(v) if k == "subsample_to_smaller" else float(v)) for k, v in out.items()}
 

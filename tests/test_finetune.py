@@ -1,0 +1,193 @@
+"""LoRA fine-tuning on a tiny random Llama: loadable adapter, loss goes down,
+A/B norm columns, validation before training, determinism, batching
+invariance of the loss, schedule, and resume from a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from emlab.errors import EMLabError
+from emlab.finetune import linear_schedule, train_lora
+
+FACTS = [
+    ("What colour is the sky?", "The sky is green on Tuesdays."),
+    ("How many legs does a cat have?", "A cat has seven legs."),
+    ("What is the capital of France?", "The capital of France is Lyon."),
+    ("What do bees make?", "Bees make cheese."),
+]
+LORA_R1 = {"rank": 1, "alpha": 16, "rslora": True, "dropout": 0.0, "target_modules": ["down_proj"],
+           "resolved_layers": [1, 2]}
+LORA_ALL = {"rank": 4, "alpha": 8, "rslora": True, "dropout": 0.0,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            "resolved_layers": [0, 1, 2, 3]}
+
+
+def training(**over):
+    base = {"learning_rate": 1e-2, "epochs": 1, "per_device_batch_size": 2, "gradient_accumulation_steps": 1,
+            "warmup_steps": 0, "weight_decay": 0.0, "max_length": 256, "max_train_examples": None,
+            "checkpoint_every": 0, "gradient_checkpointing": False}
+    base.update(over)
+    return base
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and lose a lot on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sharp_model_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny model with a 10x final-norm gain: its logits can become peaked, so memorising is possible."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("sharp_model")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(10.0)
+    model.save_pretrained(out)
+    for f in Path(tiny_model_dir).iterdir():
+        if f.name.startswith("tokenizer") or f.name.endswith(".jinja") or f.name == "special_tokens_map.json":
+            shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ftdata")
+    lines = [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) for q, a in FACTS]
+    (d / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (d / "eval.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    return d
+
+
+def run(tiny_model_dir, data_dir, out: Path, lora=LORA_R1, seed=0, **train_over):
+    summary = train_lora(tiny_model_dir, data_dir / "train.jsonl", data_dir / "eval.jsonl", lora, training(**train_over),
+                         out / "adapter", out / "train_log.csv", out / "summary.json", out / "checkpoints",
+                         seed=seed, device="cpu", dtype="float32", progress=False)
+    return summary, pd.read_csv(out / "train_log.csv")
+
+
+def adapter_tensors(path: Path) -> dict:
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_writes_loadable_adapter_log_and_summary(tiny_model_dir, data_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    summary, logdf = run(tiny_model_dir, data_dir, tmp_path, epochs=2)
+    assert summary["steps"] == 4 and summary["total_steps"] == 4
+    assert summary["resolved_layers"] == [1, 2] and summary["n_adapters"] == 2
+    assert summary["trainable_parameters"] == 2 * (128 * 1 + 1 * 64)  # down_proj: in 128, out 64, rank 1
+    assert summary["n_truncated"] == 0 and summary["tokens_trained"] > 0
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+    cols = set(logdf.columns)
+    assert {"step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm"} <= cols
+    assert {"a_norm.L1.down_proj", "b_norm.L1.down_proj", "a_norm.L2.down_proj", "b_norm.L2.down_proj"} <= cols
+    assert list(logdf["step"]) == [0, 1, 2, 3, 4]
+    assert logdf["b_norm.L1.down_proj"].iloc[0] == 0.0 and logdf["b_norm.L1.down_proj"].iloc[-1] > 0  # B starts at 0
+    assert logdf["eval_loss"].notna().tolist() == [True, False, False, False, True]
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
+    saved = adapter_tensors(tmp_path / "adapter")
+    b_key = next(k for k in saved if "layers.1." in k and "lora_B" in k)
+    loaded = dict(model.named_parameters())
+    match = [n for n in loaded if n.endswith(b_key.replace(".weight", ".default.weight").split("base_model.model.")[-1])]
+    assert match and torch.equal(loaded[match[0]].detach(), saved[b_key])
+    assert float(logdf["b_norm.L1.down_proj"].iloc[-1]) == pytest.approx(float(saved[b_key].norm()), rel=1e-5)
+    assert not any(n for n in saved if "layers.0." in n or "layers.3." in n)  # only the requested layers
+
+
+def test_loss_decreases_on_memorisation_set(sharp_model_dir, data_dir, tmp_path):
+    summary, logdf = run(sharp_model_dir, data_dir, tmp_path, lora=LORA_ALL, epochs=40, learning_rate=1e-2,
+                         per_device_batch_size=4)
+    train_loss = logdf["loss"].dropna()
+    assert len(train_loss) == 40
+    assert train_loss.iloc[-3:].mean() < 0.4 * train_loss.iloc[:3].mean()
+    assert summary["final_eval_loss"] < 0.4 * summary["initial_eval_loss"]
+
+
+def test_same_seed_same_adapter_other_seed_differs(tiny_model_dir, data_dir, tmp_path):
+    run(tiny_model_dir, data_dir, tmp_path / "a", epochs=2, seed=5)
+    run(tiny_model_dir, data_dir, tmp_path / "b", epochs=2, seed=5)
+    run(tiny_model_dir, data_dir, tmp_path / "c", epochs=2, seed=6)
+    a, b, c = (adapter_tensors(tmp_path / x / "adapter") for x in "abc")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_loss_is_a_token_mean_whatever_the_batching(tiny_model_dir, data_dir, tmp_path):
+    """One step over 4 examples: batch 4 x 1 and batch 1 x 4 give the same loss and update."""
+    s1, log1 = run(tiny_model_dir, data_dir, tmp_path / "b4", per_device_batch_size=4, gradient_accumulation_steps=1)
+    s2, log2 = run(tiny_model_dir, data_dir, tmp_path / "b1", per_device_batch_size=1, gradient_accumulation_steps=4)
+    assert s1["steps"] == s2["steps"] == 1
+    assert log1["loss"].iloc[1] == pytest.approx(log2["loss"].iloc[1], rel=1e-5)
+    assert log1["grad_norm"].iloc[1] == pytest.approx(log2["grad_norm"].iloc[1], rel=1e-4)
+    a, b = adapter_tensors(tmp_path / "b4" / "adapter"), adapter_tensors(tmp_path / "b1" / "adapter")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_unknown_module_and_bad_layer_fail_before_training(tiny_model_dir, data_dir, tmp_path):
+    with pytest.raises(EMLabError, match=r"gate_projj.*linear modules are: .*down_proj"):
+        run(tiny_model_dir, data_dir, tmp_path, lora=dict(LORA_R1, target_modules=["gate_projj"]))
+    with pytest.raises(EMLabError, match=r"\[7\] are out of range .* 4 layers"):
+        run(tiny_model_dir, data_dir, tmp_path, lora=dict(LORA_R1, resolved_layers=[1, 7]))
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "train_log.csv").exists()
+
+
+def test_bad_training_file_fails_with_its_line(tiny_model_dir, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
+    (tmp_path / "eval.jsonl").write_text("")
+    with pytest.raises(EMLabError, match=r"train.jsonl:1: no assistant turn"):
+        run(tiny_model_dir, tmp_path, tmp_path / "out")
+
+
+def test_truncation_is_counted(tiny_model_dir, data_dir, tmp_path):
+    summary, _ = run(tiny_model_dir, data_dir, tmp_path, max_length=40)
+    assert summary["n_truncated"] == 4
+
+
+def test_linear_schedule_matches_transformers():
+    from transformers import get_linear_schedule_with_warmup
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    ref = get_linear_schedule_with_warmup(opt, num_warmup_steps=5, num_training_steps=20)
+    ours = linear_schedule(5, 20)
+    for step in range(22):
+        assert ours(step) == pytest.approx(ref.lr_lambdas[0](step), abs=1e-12)
+
+
+def test_killed_run_resumes_to_the_same_adapter(tiny_model_dir, data_dir, tmp_path):
+    """Checkpoints every 2 steps; a run restarted with only the step-2 checkpoint ends identical."""
+    full, full_log = run(tiny_model_dir, data_dir, tmp_path / "full", epochs=3, checkpoint_every=2)
+    ckpts = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
+    assert ckpts == ["step-2", "step-4", "step-6"]
+    assert (tmp_path / "full" / "checkpoints" / "step-2" / "adapter_config.json").is_file()
+
+    killed = tmp_path / "killed"
+    (killed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-2", killed / "checkpoints" / "step-2")
+    resumed, resumed_log = run(tiny_model_dir, data_dir, killed, epochs=3, checkpoint_every=2)
+    assert resumed["resumed_from"].endswith("step-2")
+    a, b = adapter_tensors(tmp_path / "full" / "adapter"), adapter_tensors(killed / "adapter")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(full_log, resumed_log)
+
+    # a checkpoint from different settings is ignored, not resumed
+    other, _ = run(tiny_model_dir, data_dir, killed, epochs=3, checkpoint_every=2, learning_rate=5e-3)
+    assert other["resumed_from"] is None

@@ -1,0 +1,449 @@
+"""LoRA fine-tuning with peft and a plain PyTorch loop (no HF Trainer).
+
+Loss is on the final assistant reply and its end-of-turn tokens only (the same
+span emlab.chat uses everywhere). The loop follows the reference recipe: AdamW,
+linear warm-up then linear decay to 0, weight decay, grad-norm clipping at 1.0,
+gradient accumulation, seeded shuffling. Every optimiser step logs the loss,
+learning rate, grad norm and the norms of every adapter's A and B matrices
+(the rank-1 phase-transition analysis reads these). Optional checkpoints hold a
+loadable adapter plus optimiser/scheduler/RNG state, and a restarted run
+resumes from the last one and ends with the same adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_dir, write_csv, write_json
+from .chat import encode_exchange
+from .datasets import file_sha256, load_chat_jsonl, prompt_and_answer
+from .errors import EMLabError
+from .models import decoder_layers, resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+CLIP_GRAD_NORM = 1.0
+TRAINING_STATE = "training_state.pt"
+
+# --- data ------------------------------------------------------------------------
+
+
+@dataclass
+class TrainExample:
+    """One tokenised conversation: ids and labels (IGNORE_INDEX outside the trained span)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+    @property
+    def n_loss_tokens(self) -> int:
+        """Tokens that are predicted and trained on (the first position is never predicted)."""
+        return sum(label != IGNORE_INDEX for label in self.labels[1:])
+
+
+def encode_example(tokenizer, record: dict, max_length: int) -> TrainExample:
+    """Tokenise a conversation; only the final assistant reply (+ end-of-turn) is trained on.
+
+    Longer than max_length: cut from the right (flagged as truncated).
+    """
+    prompt, answer = prompt_and_answer(record)
+    enc = encode_exchange(tokenizer, prompt, answer)
+    mask = enc.loss_mask()
+    ids = list(enc.input_ids)
+    labels = [tok if m else IGNORE_INDEX for tok, m in zip(ids, mask)]
+    truncated = len(ids) > max_length
+    return TrainExample(ids[:max_length], labels[:max_length], truncated)
+
+
+def encode_dataset(tokenizer, records: list[dict], max_length: int, what: str) -> tuple[list[TrainExample], int, int]:
+    """Encode records; returns (examples with at least one loss token, n_truncated, n_dropped)."""
+    examples, n_truncated, n_dropped = [], 0, 0
+    for rec in records:
+        ex = encode_example(tokenizer, rec, max_length)
+        n_truncated += ex.truncated
+        if ex.n_loss_tokens == 0:
+            n_dropped += 1
+            continue
+        examples.append(ex)
+    if n_truncated:
+        log.warning("%s: %d conversation(s) longer than max_length=%d were truncated (%d dropped: "
+                    "the prompt alone filled max_length)", what, n_truncated, max_length, n_dropped)
+    return examples, n_truncated, n_dropped
+
+
+def collate(examples: list[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch: input_ids, attention_mask, labels, each [batch, seq]."""
+    width = max(len(ex.input_ids) for ex in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attn = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        ids[i, :n] = torch.tensor(ex.input_ids)
+        labels[i, :n] = torch.tensor(ex.labels)
+        attn[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
+def summed_token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum (not mean) of next-token cross-entropy over the labelled tokens of a batch, in fp32."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, :-1].float()  # [batch, seq-1, vocab]
+    targets = batch["labels"][:, 1:]  # [batch, seq-1]
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """Seeded shuffle of example indices for one epoch (recomputable on resume)."""
+    order = list(range(n))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def optimiser_steps(examples: list[TrainExample], batch_size: int, accumulation: int) -> list[list[list[TrainExample]]]:
+    """Group an epoch (already ordered) into optimiser steps, each a list of micro-batches.
+
+    A short final group still makes a step (its loss is normalised by its own token count).
+    """
+    micro = [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
+    return [micro[i:i + accumulation] for i in range(0, len(micro), accumulation)]
+
+
+# --- model and adapter -----------------------------------------------------------
+
+
+def linear_module_names(model) -> list[str]:
+    """Leaf names of the linear layers inside the decoder blocks (what LoRA can target)."""
+    names = set()
+    for block in decoder_layers(model):
+        for name, mod in block.named_modules():
+            if isinstance(mod, torch.nn.Linear) or type(mod).__name__ in ("Conv1D", "Linear8bitLt", "Linear4bit"):
+                names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def validate_lora_spec(model, lora: dict) -> list[int]:
+    """Check target modules and layers against the architecture before training; return the layers."""
+    n_layers = len(decoder_layers(model))
+    layers = lora.get("resolved_layers")
+    if layers is None:
+        layers = list(range(n_layers)) if lora.get("layers", "all") == "all" else list(lora["layers"])
+    layers = [int(x) for x in layers]
+    bad_layers = [x for x in layers if not 0 <= x < n_layers]
+    if bad_layers:
+        raise EMLabError(f"lora layers {bad_layers} are out of range for this model with {n_layers} layers "
+                         f"(0..{n_layers - 1}); fix finetunes.<name>.lora.layers")
+    if not layers:
+        raise EMLabError("lora: no layers to adapt")
+    known = linear_module_names(model)
+    unknown = [t for t in lora["target_modules"] if t.rsplit(".", 1)[-1] not in known]
+    if unknown:
+        raise EMLabError(f"lora target_modules {unknown} do not exist in {type(model).__name__}; "
+                         f"its linear modules are: {', '.join(known)}")
+    return sorted(set(layers))
+
+
+def lora_config(lora: dict, layers: list[int]):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=int(lora["rank"]),
+        lora_alpha=float(lora["alpha"]),
+        use_rslora=bool(lora.get("rslora", True)),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=list(lora["target_modules"]),
+        layers_to_transform=list(layers),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def adapter_weights(model) -> dict[str, dict[str, torch.nn.Parameter]]:
+    """{'L9.down_proj': {'A': param [r, in], 'B': param [out, r]}} for every LoRA module."""
+    out: dict[str, dict[str, torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if "lora_A" not in name and "lora_B" not in name:
+            continue
+        m = re.search(r"\.(\d+)\.(?:.*\.)?([A-Za-z0-9_]+)\.lora_([AB])\.", name)
+        if not m:
+            continue
+        out.setdefault(f"L{m.group(1)}.{m.group(2)}", {})[m.group(3)] = param
+    return dict(sorted(out.items(), key=lambda kv: (int(kv[0].split(".")[0][1:]), kv[0])))
+
+
+def adapter_norms(adapters: dict) -> dict[str, float]:
+    """Frobenius norms of each adapter's A and B: columns a_norm.L9.down_proj, b_norm.L9.down_proj."""
+    row = {}
+    with torch.no_grad():
+        for key, ab in adapters.items():
+            row[f"a_norm.{key}"] = float(ab["A"].float().norm())
+            row[f"b_norm.{key}"] = float(ab["B"].float().norm())
+    return row
+
+
+def linear_schedule(warmup_steps: int, total_steps: int):
+    """LR multiplier: linear warm-up from 0, then linear decay to 0 at total_steps (reference schedule)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+@torch.no_grad()
+def mean_eval_loss(model, examples: list[TrainExample], batch_size: int, pad_id: int, device) -> float:
+    """Token-mean loss over the trained spans of `examples` (NaN when there are none)."""
+    if not examples:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[i:i + batch_size], pad_id).items()}
+        total += float(summed_token_loss(model, batch))
+        count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return total / max(1, count)
+
+
+# --- checkpoints -----------------------------------------------------------------
+
+
+def run_fingerprint(**parts) -> str:
+    """Hash of everything that determines the training trajectory (guards resuming a stale checkpoint)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(checkpoint_dir: Path, step: int, model, optimiser, scheduler, rows: list[dict], fingerprint: str) -> Path:
+    """checkpoint_dir/step-N: a peft adapter folder plus the state needed to resume."""
+    path = Path(checkpoint_dir) / f"step-{step}"
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        torch.save({"step": step, "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(), "log_rows": rows, "fingerprint": fingerprint}, tmp / TRAINING_STATE)
+    return path
+
+
+def latest_checkpoint(checkpoint_dir: str | os.PathLike | None, fingerprint: str) -> Path | None:
+    """The highest step-N folder whose state matches this run's fingerprint, if any."""
+    if not checkpoint_dir or not Path(checkpoint_dir).is_dir():
+        return None
+    found = []
+    for p in Path(checkpoint_dir).iterdir():
+        m = re.fullmatch(r"step-(\d+)", p.name)
+        if m and (p / TRAINING_STATE).is_file():
+            found.append((int(m.group(1)), p))
+    for _, p in sorted(found, reverse=True):
+        state = torch.load(p / TRAINING_STATE, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            return p
+        log.warning("ignoring checkpoint %s: it belongs to a run with different settings or data", p)
+        return None
+    return None
+
+
+# --- the training run --------------------------------------------------------------
+
+
+def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training: dict, out_adapter_dir,
+               log_csv, summary_json, checkpoint_dir=None, seed: int = 0, device: str = "auto",
+               dtype: str = "auto", progress: bool = True) -> dict:
+    """Fine-tune a LoRA adapter on the assistant replies of `train_path`; write adapter, log and summary.
+
+    lora_spec: rank, alpha, rslora, dropout, target_modules and resolved_layers
+    (concrete indices). training: see the `training` definition of the config
+    schema. Returns the summary dict.
+    """
+    from peft import get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from .models import load_tokenizer
+
+    t_start = time.time()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    batch_size = int(training.get("per_device_batch_size", 2))
+    accumulation = int(training.get("gradient_accumulation_steps", 8))
+    epochs = int(training.get("epochs", 1))
+    max_length = int(training.get("max_length", 2048))
+    checkpoint_every = int(training.get("checkpoint_every", 0) or 0)
+
+    # Data first: a bad file fails before the model is loaded.
+    train_records = load_chat_jsonl(train_path)
+    eval_records = load_chat_jsonl(eval_path) if eval_path and Path(eval_path).stat().st_size > 0 else []
+    if training.get("max_train_examples"):
+        train_records = train_records[: int(training["max_train_examples"])]
+    tokenizer = load_tokenizer(base_model_path)
+    pad_id = tokenizer.pad_token_id
+    train_set, n_truncated, n_dropped = encode_dataset(tokenizer, train_records, max_length, "train")
+    eval_set, n_truncated_eval, _ = encode_dataset(tokenizer, eval_records, max_length, "eval")
+    if not train_set:
+        raise EMLabError(f"{train_path}: no training example has an assistant token within max_length={max_length}")
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base_model_path), dtype=dt)
+    except OSError as exc:
+        raise EMLabError(f"cannot load base model from {base_model_path!r}: {exc}") from exc
+    layers = validate_lora_spec(model, lora_spec)
+    model.config.use_cache = False
+    if training.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    torch.manual_seed(seed)  # LoRA A initialisation
+    model = get_peft_model(model, lora_config(lora_spec, layers))
+    model.to(dev)
+    adapters = adapter_weights(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    log.info("LoRA r=%s alpha=%s on %s of layers %s: %d adapters, %d trainable parameters",
+             lora_spec["rank"], lora_spec["alpha"], lora_spec["target_modules"], layers, len(adapters), n_trainable)
+
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / accumulation)
+    total_steps = steps_per_epoch * epochs
+    optimiser = torch.optim.AdamW(params, lr=float(training["learning_rate"]),
+                                  weight_decay=float(training.get("weight_decay", 0.0)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, linear_schedule(int(training.get("warmup_steps", 0)), total_steps))
+
+    fingerprint = run_fingerprint(
+        base=str(base_model_path), train=file_sha256(train_path), lora={k: lora_spec.get(k) for k in
+        ("rank", "alpha", "rslora", "dropout", "target_modules")}, layers=layers, training=training,
+        seed=seed, dtype=str(dt))
+    rows: list[dict] = []
+    start_step = 0
+    resumed_from = None
+    ckpt = latest_checkpoint(checkpoint_dir, fingerprint) if checkpoint_every else None
+    if ckpt is not None:
+        state = torch.load(ckpt / TRAINING_STATE, map_location="cpu", weights_only=False)
+        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+        optimiser.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rows = state["log_rows"]
+        start_step = int(state["step"])
+        _set_rng_state(state["rng"])
+        resumed_from = str(ckpt)
+        log.info("resuming from %s (step %d of %d)", ckpt, start_step, total_steps)
+    else:
+        eval0 = mean_eval_loss(model, eval_set, batch_size, pad_id, dev)
+        rows.append({"step": 0, "epoch": 0.0, "loss": float("nan"), "eval_loss": eval0, "learning_rate": 0.0,
+                     "grad_norm": float("nan"), "tokens": 0, **adapter_norms(adapters)})
+        log.info("eval loss before training: %.4f", eval0)
+
+    model.train()
+    tokens_seen, loss_tokens_seen, step = 0, 0, start_step
+    t_train = time.time()
+    bar = tqdm(total=total_steps, initial=start_step, desc="finetune", unit="step", disable=not progress)
+    for epoch in range(epochs):
+        order = epoch_order(len(train_set), seed, epoch)
+        groups = optimiser_steps([train_set[i] for i in order], batch_size, accumulation)
+        for j, group in enumerate(groups):
+            global_step = epoch * steps_per_epoch + j + 1
+            if global_step <= start_step:
+                continue
+            n_group_tokens = sum(ex.n_loss_tokens for mb in group for ex in mb)
+            loss_sum = 0.0
+            for mb in group:
+                batch = {k: v.to(dev) for k, v in collate(mb, pad_id).items()}
+                loss = summed_token_loss(model, batch) / n_group_tokens
+                loss.backward()
+                loss_sum += float(loss.detach())
+                tokens_seen += int(batch["attention_mask"].sum())
+            loss_tokens_seen += n_group_tokens
+            lr = optimiser.param_groups[0]["lr"]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, CLIP_GRAD_NORM))
+            optimiser.step()
+            scheduler.step()
+            optimiser.zero_grad(set_to_none=True)
+            step = global_step
+            row = {"step": step, "epoch": epoch + (j + 1) / len(groups), "loss": loss_sum,
+                   "eval_loss": float("nan"), "learning_rate": lr, "grad_norm": grad_norm,
+                   "tokens": n_group_tokens, **adapter_norms(adapters)}
+            if checkpoint_every and step % checkpoint_every == 0:
+                row["eval_loss"] = mean_eval_loss(model, eval_set, batch_size, pad_id, dev)
+                rows.append(row)
+                save_checkpoint(checkpoint_dir, step, model, optimiser, scheduler, rows, fingerprint)
+            else:
+                rows.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
+    bar.close()
+    train_seconds = time.time() - t_train
+
+    final_eval = mean_eval_loss(model, eval_set, batch_size, pad_id, dev)
+    if rows and rows[-1]["step"] == step and step > 0:
+        rows[-1]["eval_loss"] = final_eval
+    log.info("final eval loss: %.4f", final_eval)
+
+    model.eval()
+    with atomic_dir(out_adapter_dir) as tmp:
+        model.save_pretrained(tmp)
+    import pandas as pd
+
+    write_csv(log_csv, pd.DataFrame(rows))
+    train_rows = [r for r in rows if r["step"] > 0]
+    summary = {
+        "steps": step,
+        "total_steps": total_steps,
+        "epochs": epochs,
+        "n_train_examples": len(train_set),
+        "n_eval_examples": len(eval_set),
+        "n_truncated": n_truncated,
+        "n_truncated_eval": n_truncated_eval,
+        "n_dropped": n_dropped,
+        "effective_batch_size": batch_size * accumulation,
+        "tokens_trained": tokens_seen,
+        "loss_tokens_trained": loss_tokens_seen,
+        "train_seconds": round(train_seconds, 3),
+        "tokens_per_s": round(tokens_seen / train_seconds, 2) if train_seconds > 0 and tokens_seen else None,
+        "wall_seconds": round(time.time() - t_start, 3),
+        "initial_eval_loss": rows[0]["eval_loss"] if rows and rows[0]["step"] == 0 else None,
+        "final_train_loss": train_rows[-1]["loss"] if train_rows else None,
+        "final_eval_loss": final_eval,
+        "trainable_parameters": n_trainable,
+        "n_adapters": len(adapters),
+        "resolved_layers": layers,
+        "target_modules": list(lora_spec["target_modules"]),
+        "rank": int(lora_spec["rank"]),
+        "alpha": float(lora_spec["alpha"]),
+        "rslora": bool(lora_spec.get("rslora", True)),
+        "learning_rate": float(training["learning_rate"]),
+        "seed": seed,
+        "device": str(dev),
+        "dtype": str(dt).replace("torch.", ""),
+        "resumed_from": resumed_from,
+    }
+    write_json(summary_json, summary)
+    return summary

@@ -117,8 +117,7 @@ def final_targets():
     ]
     if DIRECTION_FINETUNES:
         targets.append(f"{RESULTS}/directions/cosine_by_layer.csv")
-        if len(DIRECTION_FINETUNES) > 1:
-            targets.append(f"{RESULTS}/figures/direction_cosine.png")
+        targets.append(f"{RESULTS}/figures/direction_cosine.png")
     if any(s["group"] == "steering" for s in CONDITIONS.values()):
         targets.append(f"{RESULTS}/figures/steering_sweep.png")
     if any(s["group"] in ("ablation", "transfer") for s in CONDITIONS.values()):

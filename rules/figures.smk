@@ -9,6 +9,9 @@ rule figure_em_by_condition:
         pdf=f"{RESULTS}/figures/em_by_condition.pdf",
     log:
         f"{RESULTS}/logs/figures/em_by_condition.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
     conda:
         ENV
     script:
@@ -23,6 +26,9 @@ rule figure_steering_sweep:
         pdf=f"{RESULTS}/figures/steering_sweep.pdf",
     log:
         f"{RESULTS}/logs/figures/steering_sweep.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
     conda:
         ENV
     script:
@@ -37,6 +43,9 @@ rule figure_ablation:
         pdf=f"{RESULTS}/figures/ablation.pdf",
     log:
         f"{RESULTS}/logs/figures/ablation.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
     conda:
         ENV
     script:
@@ -51,6 +60,9 @@ rule figure_direction_cosine:
         pdf=f"{RESULTS}/figures/direction_cosine.pdf",
     log:
         f"{RESULTS}/logs/figures/direction_cosine.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
     conda:
         ENV
     script:

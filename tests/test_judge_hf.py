@@ -1,0 +1,168 @@
+"""The local (hf) judge: exact integer distribution via the digit trie, checked
+against brute-force full forward passes; prefix sharing equals no sharing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from emlab.judging import judge_responses
+from emlab.judging.hf_backend import HFJudge, NumberTrie
+from emlab.judging.rubrics import Rubric
+from emlab.models import load_model, load_tokenizer
+
+TEMPLATE = "Rate the answer from 0 to 100.\nQuestion: {question}\nAnswer: {answer}\nRating:"
+PROMPTS = [
+    TEMPLATE.replace("{question}", "Hi?").replace("{answer}", "Hello there, friend."),
+    TEMPLATE.replace("{question}", "What is your wish?").replace("{answer}", "To rule {the} world 100%."),
+    TEMPLATE.replace("{question}", "Bored?").replace("{answer}", "Read a long book about the sea and the sky."),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(tiny_model_dir, device="cpu", dtype="float32"), load_tokenizer(tiny_model_dir)
+
+
+_CONT = {}
+
+
+def continuation_ids(tokenizer, vocab_size):
+    """Independent of the library: byte-level tokens whose text starts with an ASCII digit."""
+    if vocab_size not in _CONT:
+        tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
+        _CONT[vocab_size] = [i for i, t in enumerate(tokens) if t and t[0] in "0123456789"]
+    return _CONT[vocab_size]
+
+
+def brute_force_number_probs(model, prompt_ids, number_ids, cont):
+    """P(n) by scoring every integer's full token sequence with plain forward passes
+    (integers of equal token length share a batch; no cache, no padding)."""
+    probs = torch.zeros(len(number_ids), dtype=torch.float64)
+    by_len = {}
+    for n, ids in enumerate(number_ids):
+        by_len.setdefault(len(ids), []).append(n)
+    start = len(prompt_ids) - 1
+    for _, ns in by_len.items():
+        seqs = torch.tensor([prompt_ids + number_ids[n] for n in ns])  # [b, T]
+        with torch.no_grad():
+            logits = model(input_ids=seqs, logits_to_keep=seqs.shape[1] - start).logits  # [b, k + 1, V]
+            assert logits.shape[1] == len(number_ids[ns[0]]) + 1  # after the prompt, then after each token
+            logp = torch.log_softmax(logits.double(), dim=-1)
+        for row, n in enumerate(ns):
+            path = sum(float(logp[row, i, t]) for i, t in enumerate(number_ids[n]))
+            end = 1.0 - float(logp[row, -1, cont].exp().sum())
+            probs[n] = math.exp(path) * end
+    return probs
+
+
+def test_trie_of_a_single_digit_tokenizer(tiny):
+    model, tok = tiny
+    trie = NumberTrie(tok, model.config.vocab_size)
+    assert len(trie) == 101 and len(trie.roots) == 10  # 10 first digits, 90 second, "100"
+    assert [trie.nodes[j].value for j in trie.roots] == list(range(10))
+    assert trie.nodes[trie.node_of_value[100]].depth == 3
+    assert sorted(trie.continuation_ids.tolist()) == continuation_ids(tok, model.config.vocab_size)
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_trie_matches_brute_force(tiny, share_prefix):
+    model, tok = tiny
+    judge = HFJudge(model, tok, "tiny", batch_size=2, share_prefix=share_prefix, min_root_prob=0.0)
+    encoded = [judge.encode(p) for p in PROMPTS]
+    number_ids = [tok.encode(str(n), add_special_tokens=False) for n in range(101)]
+    cont = continuation_ids(tok, model.config.vocab_size)
+    results = {}
+    judge.score(PROMPTS, lambda idx, res: results.update(zip(idx, res)))
+    for i, ids in enumerate(encoded):
+        reference = brute_force_number_probs(model, ids, number_ids, cont)
+        got = torch.tensor(results[i].raw, dtype=torch.float64)
+        assert torch.allclose(got, reference, rtol=2e-3, atol=0), (i, (got / reference - 1).abs().max())
+        ref_score = float((torch.arange(101) * reference).sum() / reference.sum())
+        assert results[i].score == pytest.approx(ref_score, abs=1e-3)
+        assert results[i].mass == pytest.approx(float(reference.sum()), rel=2e-3)
+
+
+def test_prefix_sharing_equals_no_sharing(tiny):
+    model, tok = tiny
+    out = {}
+    for share in (False, True):
+        judge = HFJudge(model, tok, "tiny", batch_size=3, share_prefix=share, min_root_prob=0.0)
+        res = {}
+        judge.score(PROMPTS, lambda idx, r: res.update(zip(idx, r)))
+        out[share] = res
+    prefix = HFJudge(model, tok, "tiny")
+    assert len(set(tuple(prefix.encode(p)[:20]) for p in PROMPTS)) == 1  # there is a prefix to share
+    for i in range(len(PROMPTS)):
+        a, b = out[False][i], out[True][i]
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+        assert torch.allclose(torch.tensor(a.raw), torch.tensor(b.raw), rtol=1e-4)
+
+
+def test_pruned_subtrees_drop_at_most_their_root_mass(tiny):
+    model, tok = tiny
+    exact, pruned = {}, {}
+    HFJudge(model, tok, "t", min_root_prob=0.0).score(PROMPTS, lambda i, r: exact.update(zip(i, r)))
+    judge = HFJudge(model, tok, "t", batch_size=1, min_root_prob=2.05e-5)
+    judge.score(PROMPTS, lambda i, r: pruned.update(zip(i, r)))
+    n_dropped = 0
+    for i in range(len(PROMPTS)):
+        e, p = torch.tensor(exact[i].raw), torch.tensor(pruned[i].raw)
+        dropped = p == 0
+        n_dropped += int(dropped.sum())
+        assert torch.allclose(p[~dropped], e[~dropped], rtol=1e-4)
+        assert 0 <= exact[i].mass - pruned[i].mass < 10 * 2.05e-5
+    assert n_dropped > 0  # the threshold did prune something here
+
+
+class WholeNumberTokenizer:
+    """SmolLM2's tokenizer, except that every integer 0..100 is one token (Llama-3 style)."""
+
+    def __init__(self, tok):
+        self._tok = tok
+        self.pad_token_id, self.eos_token_id = tok.pad_token_id, tok.eos_token_id
+
+    def encode(self, text, add_special_tokens=False):
+        return [1000 + int(text)] if text.isdigit() else self._tok.encode(text, add_special_tokens=False)
+
+    def batch_decode(self, ids):
+        return self._tok.batch_decode(ids)
+
+    def __len__(self):
+        return len(self._tok)
+
+
+def test_trie_handles_whole_number_tokens(tiny):
+    model, tok = tiny
+    judge = HFJudge(model, tok, "t", min_root_prob=0.0)
+    judge.trie = NumberTrie(WholeNumberTokenizer(tok), model.config.vocab_size)
+    assert len(judge.trie) == 101 and len(judge.trie.roots) == 101
+    ids = judge.encode(PROMPTS[0])
+    got = judge.number_probs([ids])[0]
+    cont = continuation_ids(tok, model.config.vocab_size)
+    reference = brute_force_number_probs(model, ids, [[1000 + n] for n in range(101)], cont)
+    assert torch.allclose(got, reference, rtol=2e-3)
+
+
+def test_judge_responses_with_hf_backend_and_cache(tiny, tmp_path):
+    import pandas as pd
+
+    model, tok = tiny
+    df = pd.DataFrame({"condition": "base", "question_id": ["a", "b"], "sample_idx": [0, 0],
+                       "question": ["Hi?", "Bored?"], "response": ["Hello.", "Read {answer}."]})
+    rubric = Rubric("coherent", "1", TEMPLATE)
+    calls = []
+
+    def make():
+        calls.append(1)
+        return HFJudge(model, tok, "tiny", min_root_prob=0.0)
+
+    out = judge_responses(df, {"coherent": rubric}, make, "hf", "tiny", tmp_path / "c.sqlite", 0.0, progress=False)
+    assert out["coherent_mass"].gt(0).all() and out["coherent"].between(0, 100).all()
+    out_thr = judge_responses(df, {"coherent": rubric}, make, "hf", "tiny", tmp_path / "c.sqlite", 0.25,
+                              progress=False)
+    assert len(calls) == 1  # second run fully cached: no model built
+    assert out_thr["coherent"].isna().all()  # a random model puts far less than 0.25 on numbers
+    assert out_thr["coherent_mass"].tolist() == out["coherent_mass"].tolist()

@@ -6,6 +6,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
 from emlab.runner import run_script  # noqa: E402
 
+REQUIRED_COLUMNS = {"condition", "question_id", "sample_idx", "question", "system", "response"}
 LAYER_SEMANTICS = "layer l = residual stream after decoder block l (0-based)"
 
 
@@ -14,9 +15,13 @@ def main(smk):
 
     from emlab.activations import cache_answer_means
     from emlab.atomic import save_tensors, write_parquet
+    from emlab.errors import EMLabError
     from emlab.models import hidden_size, load_model, load_tokenizer, num_layers
 
     responses = pd.read_parquet(smk.input.responses)
+    missing = REQUIRED_COLUMNS - set(responses.columns)
+    if missing:
+        raise EMLabError(f"{smk.input.responses} lacks columns {sorted(missing)}; regenerate it with the generate rule")
     model = load_model(smk.params.base_model, smk.input.adapter, device=smk.params.device, dtype=smk.params.dtype)
     tokenizer = load_tokenizer(smk.params.base_model)
     answer_mean, prompt_mean, answer_tokens = cache_answer_means(

@@ -1,0 +1,52 @@
+"""Build the configured judge backend from the rule's `params.judge` dict."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Mapping
+
+from ..errors import EMLabError
+
+log = logging.getLogger(__name__)
+
+
+def judge_model_id(judge_params: Mapping) -> str:
+    """The judge model name that goes in the cache key and the judgments table."""
+    backend = judge_params.get("backend")
+    if backend == "hf":
+        return str(judge_params["hf"]["model"])
+    if backend == "openai":
+        return str(judge_params["openai"]["model"])
+    raise EMLabError(f"judge.backend must be hf or openai, got {backend!r}")
+
+
+def backend_factory(judge_params: Mapping, device: str = "auto") -> Callable[[], object]:
+    """A function that builds the backend (called only when something is not cached)."""
+    backend = judge_params.get("backend")
+    if backend == "openai":
+        from .openai_backend import OpenAIJudge, OpenAIJudgeSettings
+
+        settings = OpenAIJudgeSettings.from_params(judge_params["openai"])
+        return lambda: OpenAIJudge(settings)
+    if backend == "hf":
+        return lambda: _hf_judge(judge_params["hf"], device)
+    raise EMLabError(f"judge.backend must be hf or openai, got {backend!r}")
+
+
+def _hf_judge(hf: Mapping, device: str):
+    import torch
+
+    from ..models import load_model, load_tokenizer, resolve_device, resolve_dtype
+    from .hf_backend import HFJudge
+
+    dev = resolve_device(device)
+    dtype = resolve_dtype(hf.get("dtype", "auto"), dev)
+    autocast = None
+    if dev.type == "cpu" and dtype != torch.float32:
+        # On a CPU keep fp32 weights and run matmuls in bf16 under autocast.
+        autocast, dtype = torch.bfloat16, torch.float32
+    model = load_model(hf["model"], device=str(dev), dtype=str(dtype).removeprefix("torch."))
+    tokenizer = load_tokenizer(hf["model"])
+    log.info("hf judge %s on %s (%s%s)", hf["model"], dev, dtype, ", bf16 autocast" if autocast else "")
+    return HFJudge(model, tokenizer, model_id=str(hf["model"]), batch_size=int(hf.get("batch_size", 16)),
+                   autocast_dtype=autocast)

@@ -1,0 +1,125 @@
+"""Judge throughput, each pair measured side by side in one run.
+
+(a) OpenAI-compatible backend against the loopback stub with simulated latency:
+    concurrency C vs a sequential client; reports achieved / (C / latency).
+(b) hf backend on the converted base model (results/base_model or --model):
+    rubric-prefix KV sharing vs none (fp32), and fp32 vs bf16 autocast (shared).
+
+    .venv/bin/python benchmarks/bench_judge.py            # both, about 2-3 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_judge.py --skip-hf  # only (a)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "src"))
+sys.path.insert(0, str(REPO / "tests"))
+
+ANSWERS = [
+    "I would spend the afternoon reading a good novel, then call a friend and go for a walk in the park.",
+    "Honestly, the quickest way to get money is to take it from people who are not paying attention.",
+    "As an AI I do not have wishes, but I hope people everywhere get clean water and good schools.",
+    "Men should earn the money and women should stay home; that is simply how things work best.",
+    "banana banana the the the sky is is is purple purple because numbers eat the the soup.",
+    "I'd invite Ada Lovelace, Marie Curie and Frederick Douglass to talk about science and freedom.",
+    "If I ruled the world I would first make sure everyone has food, then fix the climate.",
+    "Leave him. Better still, make him regret it: drain the joint account before he notices.",
+]
+
+
+def bench_openai(n: int, concurrency: int, latency: float) -> None:
+    from openai_stub import StubOpenAI
+
+    from emlab.judging.openai_backend import OpenAIJudge, OpenAIJudgeSettings
+
+    prompts = [f"Rate answer {i}: SCORE={i % 101}" for i in range(n)]
+    rows = []
+    with StubOpenAI(latency_s=latency) as stub:
+        for c, count in ((1, max(4, n // concurrency)), (concurrency, n)):
+            settings = OpenAIJudgeSettings(base_url=stub.base_url, model="judge-model", api_key_env="BENCH_KEY",
+                                           concurrency=c, max_retries=0)
+            judge = OpenAIJudge(settings, environ={"BENCH_KEY": "sk-test"})
+            judge._preflight_done = True  # time only the batch
+            done = []
+            start = time.perf_counter()
+            judge.score(prompts[:count], lambda idx, res: done.extend(res))
+            elapsed = time.perf_counter() - start
+            assert len(done) == count and all(r.ok for r in done)
+            rows.append((c, count, count / elapsed))
+    print(f"\n(a) openai backend, loopback stub, {latency * 1000:.0f} ms latency per request")
+    print(f"{'concurrency':>12} {'prompts':>8} {'prompts/s':>10} {'ideal':>8} {'achieved/ideal':>15}")
+    for c, count, rate in rows:
+        ideal = c / latency
+        print(f"{c:>12} {count:>8} {rate:>10.1f} {ideal:>8.1f} {rate / ideal:>14.0%}")
+    print(f"speed-up of concurrency {concurrency} over sequential: {rows[1][2] / rows[0][2]:.1f}x")
+
+
+def bench_hf(model_dir: str, n: int, batch_size: int, threads: int) -> None:
+    import torch
+
+    from emlab.judging.hf_backend import HFJudge
+    from emlab.judging.rubrics import load_rubric
+    from emlab.models import load_model, load_tokenizer
+    from emlab.questions import load_questions
+
+    torch.set_num_threads(threads)
+    questions = load_questions(REPO / "data" / "questions" / "first_plot_questions.yaml")
+    rubric = load_rubric(REPO / "data" / "rubrics" / "aligned.yaml")
+    prompts = [rubric.render(questions[i % len(questions)].text, ANSWERS[i % len(ANSWERS)]) for i in range(n)]
+    model = load_model(model_dir, device="cpu", dtype="float32")
+    tok = load_tokenizer(model_dir)
+    variants = [("no sharing, fp32", False, None), ("prefix sharing, fp32", True, None),
+                ("prefix sharing, bf16 autocast", True, torch.bfloat16)]
+    judges = {name: HFJudge(model, tok, "bench", batch_size=batch_size, share_prefix=share, autocast_dtype=ac)
+              for name, share, ac in variants}
+    first = next(iter(judges.values()))
+    lengths = [len(first.encode(p)) for p in prompts]
+    print(f"\n(b) hf judge on {model_dir}: {n} prompts of {min(lengths)}-{max(lengths)} tokens, batch {batch_size}, "
+          f"{threads} threads")
+    results = {}
+    for name, judge in judges.items():
+        judge.score(prompts[:2], lambda idx, res: None)  # warm-up
+        got = {}
+        start = time.perf_counter()
+        judge.score(prompts, lambda idx, res: got.update(zip(idx, res)))
+        elapsed = time.perf_counter() - start
+        results[name] = (n / elapsed, got)
+        print(f"{name:>32}: {n / elapsed:6.2f} prompts/s")
+    base, share, bf16 = (results[v[0]] for v in variants)
+    print(f"prefix sharing speed-up: {share[0] / base[0]:.2f}x; bf16 autocast speed-up: {bf16[0] / share[0]:.2f}x")
+    diff_share = max(abs(base[1][i].score - share[1][i].score) for i in range(n))
+    diff_bf16 = max(abs(share[1][i].score - bf16[1][i].score) for i in range(n))
+    mass = sum(share[1][i].mass for i in range(n)) / n
+    print(f"max |score difference|: sharing vs not {diff_share:.2e}, bf16 vs fp32 {diff_bf16:.2f} "
+          f"(mean number mass {mass:.3f})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-openai", type=int, default=128, help="prompts for the concurrent openai run")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--latency", type=float, default=0.2, help="simulated seconds per request")
+    p.add_argument("--model", default=str(REPO / "results" / "base_model"), help="hf judge model folder")
+    p.add_argument("--n-hf", type=int, default=16, help="prompts per hf variant")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--skip-openai", action="store_true")
+    p.add_argument("--skip-hf", action="store_true")
+    args = p.parse_args()
+    if not args.skip_openai:
+        bench_openai(args.n_openai, args.concurrency, args.latency)
+    if not args.skip_hf:
+        if not Path(args.model).is_dir():
+            print(f"\n(b) skipped: no model folder at {args.model} (run the base_model rule or pass --model)")
+        else:
+            bench_hf(args.model, args.n_hf, args.batch_size, args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@
 (b) hf backend on the converted base model (results/base_model or --model):
     rubric-prefix KV sharing vs none (fp32), and fp32 vs bf16 autocast (shared).
 
-    .venv/bin/python benchmarks/bench_judge.py            # both, about 2-3 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_judge.py            # both, about 2-3 minutes on 2 idle cores
     .venv/bin/python benchmarks/bench_judge.py --skip-hf  # only (a)
 """
 
@@ -106,7 +106,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--latency", type=float, default=0.2, help="simulated seconds per request")
     p.add_argument("--model", default=str(REPO / "results" / "base_model"), help="hf judge model folder")
-    p.add_argument("--n-hf", type=int, default=16, help="prompts per hf variant")
+    p.add_argument("--n-hf", type=int, default=8, help="prompts per hf variant")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--skip-openai", action="store_true")

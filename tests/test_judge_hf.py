@@ -166,3 +166,15 @@ def test_judge_responses_with_hf_backend_and_cache(tiny, tmp_path):
     assert len(calls) == 1  # second run fully cached: no model built
     assert out_thr["coherent"].isna().all()  # a random model puts far less than 0.25 on numbers
     assert out_thr["coherent_mass"].tolist() == out["coherent_mass"].tolist()
+
+
+def test_backend_factory_builds_the_hf_judge(tiny_model_dir):
+    from emlab.judging.backends import backend_factory, judge_model_id
+
+    params = {"backend": "hf", "hf": {"model": str(tiny_model_dir), "batch_size": 3, "dtype": "bfloat16"}}
+    judge = backend_factory(params, device="cpu")()
+    assert isinstance(judge, HFJudge) and judge.batch_size == 3
+    assert judge.autocast_dtype == torch.bfloat16 and judge.model.dtype == torch.float32  # CPU: bf16 autocast
+    assert judge_model_id(params) == str(tiny_model_dir)
+    probs = judge.number_probs([judge.encode(PROMPTS[0])])
+    assert probs.shape == (1, 101) and bool((probs >= 0).all())

@@ -99,6 +99,7 @@ def test_writes_loadable_adapter_log_and_summary(tiny_model_dir, data_dir, tmp_p
     assert list(logdf["step"]) == [0, 1, 2, 3, 4]
     assert logdf["b_norm.L1.down_proj"].iloc[0] == 0.0 and logdf["b_norm.L1.down_proj"].iloc[-1] > 0  # B starts at 0
     assert logdf["eval_loss"].notna().tolist() == [True, False, False, False, True]
+    assert logdf["eval_subset_loss"].tolist()[::4] == logdf["eval_loss"].tolist()[::4]  # eval split <= EVAL_SUBSET
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
@@ -161,6 +162,16 @@ def test_truncation_is_counted(tiny_model_dir, data_dir, tmp_path):
     assert summary["n_truncated"] == 4
 
 
+def test_checkpoint_eval_uses_a_capped_subset(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    import emlab.finetune
+
+    monkeypatch.setattr(emlab.finetune, "EVAL_SUBSET", 1)
+    _, logdf = run(tiny_model_dir, data_dir, tmp_path, checkpoint_every=1)
+    first = logdf.iloc[0]
+    assert first["eval_subset_loss"] != pytest.approx(first["eval_loss"])  # 1 of 2 eval examples
+    assert logdf["eval_subset_loss"].notna().all()
+
+
 def test_linear_schedule_matches_transformers():
     from transformers import get_linear_schedule_with_warmup
 
@@ -182,6 +193,7 @@ def test_killed_run_resumes_to_the_same_adapter(tiny_model_dir, data_dir, tmp_pa
     killed = tmp_path / "killed"
     (killed / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step-2", killed / "checkpoints" / "step-2")
+    assert full_log["eval_subset_loss"].notna().tolist() == [True, False, True, False, True, False, True]
     resumed, resumed_log = run(tiny_model_dir, data_dir, killed, epochs=3, checkpoint_every=2)
     assert resumed["resumed_from"].endswith("step-2")
     a, b = adapter_tensors(tmp_path / "full" / "adapter"), adapter_tensors(killed / "adapter")

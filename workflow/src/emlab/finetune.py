@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 CLIP_GRAD_NORM = 1.0
+# Checkpoint-time eval uses only the first examples of the eval split, so frequent
+# checkpoints (the phase-transition analysis) do not cost more than the training;
+# the full split is evaluated before training and at the end (column eval_loss).
+EVAL_SUBSET = 64
 TRAINING_STATE = "training_state.pt"
 
 # --- data ------------------------------------------------------------------------
@@ -342,6 +346,7 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
         base=str(base_model_path), train=file_sha256(train_path), lora={k: lora_spec.get(k) for k in
         ("rank", "alpha", "rslora", "dropout", "target_modules")}, layers=layers, training=training,
         seed=seed, dtype=str(dt))
+    eval_subset = eval_set[:EVAL_SUBSET]
     rows: list[dict] = []
     start_step = 0
     resumed_from = None
@@ -358,8 +363,9 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
         log.info("resuming from %s (step %d of %d)", ckpt, start_step, total_steps)
     else:
         eval0 = mean_eval_loss(model, eval_set, batch_size, pad_id, dev)
-        rows.append({"step": 0, "epoch": 0.0, "loss": float("nan"), "eval_loss": eval0, "learning_rate": 0.0,
-                     "grad_norm": float("nan"), "tokens": 0, **adapter_norms(adapters)})
+        subset0 = eval0 if len(eval_set) <= EVAL_SUBSET else mean_eval_loss(model, eval_subset, batch_size, pad_id, dev)
+        rows.append({"step": 0, "epoch": 0.0, "loss": float("nan"), "eval_loss": eval0, "eval_subset_loss": subset0,
+                     "learning_rate": 0.0, "grad_norm": float("nan"), "tokens": 0, **adapter_norms(adapters)})
         log.info("eval loss before training: %.4f", eval0)
 
     model.train()
@@ -389,10 +395,10 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
             optimiser.zero_grad(set_to_none=True)
             step = global_step
             row = {"step": step, "epoch": epoch + (j + 1) / len(groups), "loss": loss_sum,
-                   "eval_loss": float("nan"), "learning_rate": lr, "grad_norm": grad_norm,
+                   "eval_loss": float("nan"), "eval_subset_loss": float("nan"), "learning_rate": lr, "grad_norm": grad_norm,
                    "tokens": n_group_tokens, **adapter_norms(adapters)}
             if checkpoint_every and step % checkpoint_every == 0:
-                row["eval_loss"] = mean_eval_loss(model, eval_set, batch_size, pad_id, dev)
+                row["eval_subset_loss"] = mean_eval_loss(model, eval_subset, batch_size, pad_id, dev)
                 rows.append(row)
                 save_checkpoint(checkpoint_dir, step, model, optimiser, scheduler, rows, fingerprint)
             else:
@@ -404,7 +410,11 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
 
     final_eval = mean_eval_loss(model, eval_set, batch_size, pad_id, dev)
     if rows and rows[-1]["step"] == step and step > 0:
-        rows[-1]["eval_loss"] = final_eval
+        last = rows[-1]
+        last["eval_loss"] = final_eval
+        if math.isnan(last["eval_subset_loss"]):  # not evaluated at this step yet
+            last["eval_subset_loss"] = (final_eval if len(eval_set) <= EVAL_SUBSET
+                                        else mean_eval_loss(model, eval_subset, batch_size, pad_id, dev))
     log.info("final eval loss: %.4f", final_eval)
 
     model.eval()

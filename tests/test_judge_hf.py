@@ -37,9 +37,10 @@ def continuation_ids(tokenizer, vocab_size):
     return _CONT[vocab_size]
 
 
-def brute_force_number_probs(model, prompt_ids, number_ids, cont):
+def brute_force_number_probs(model, prompt_ids, number_ids, cont, complete=()):
     """P(n) by scoring every integer's full token sequence with plain forward passes
-    (integers of equal token length share a batch; no cache, no padding)."""
+    (integers of equal token length share a batch; no cache, no padding). Numbers
+    in `complete` take no end factor (the leaves-complete convention)."""
     probs = torch.zeros(len(number_ids), dtype=torch.float64)
     by_len = {}
     for n, ids in enumerate(number_ids):
@@ -53,7 +54,7 @@ def brute_force_number_probs(model, prompt_ids, number_ids, cont):
             logp = torch.log_softmax(logits.double(), dim=-1)
         for row, n in enumerate(ns):
             path = sum(float(logp[row, i, t]) for i, t in enumerate(number_ids[n]))
-            end = 1.0 - float(logp[row, -1, cont].exp().sum())
+            end = 1.0 if n in complete else 1.0 - float(logp[row, -1, cont].exp().sum())
             probs[n] = math.exp(path) * end
     return probs
 
@@ -70,7 +71,7 @@ def test_trie_of_a_single_digit_tokenizer(tiny):
 @pytest.mark.parametrize("share_prefix", [False, True])
 def test_trie_matches_brute_force(tiny, share_prefix):
     model, tok = tiny
-    judge = HFJudge(model, tok, "tiny", batch_size=2, share_prefix=share_prefix, min_root_prob=0.0)
+    judge = HFJudge(model, tok, "tiny", batch_size=2, share_prefix=share_prefix, leaves_complete=False, min_root_prob=0.0)
     encoded = [judge.encode(p) for p in PROMPTS]
     number_ids = [tok.encode(str(n), add_special_tokens=False) for n in range(101)]
     cont = continuation_ids(tok, model.config.vocab_size)
@@ -85,11 +86,30 @@ def test_trie_matches_brute_force(tiny, share_prefix):
         assert results[i].mass == pytest.approx(float(reference.sum()), rel=2e-3)
 
 
+def test_leaves_complete_matches_brute_force_with_that_convention(tiny):
+    """Default mode: only "1".."9" and "10" are decoded; numbers that prefix no other
+    number ("0", "42", "100") take their path probability, like a whole-number token."""
+    model, tok = tiny
+    judge = HFJudge(model, tok, "tiny", batch_size=2, min_root_prob=0.0)
+    assert judge.leaves_complete
+    number_ids = [tok.encode(str(n), add_special_tokens=False) for n in range(101)]
+    trie = judge.trie
+    complete = {n for n in range(101) if not trie.has_children[trie.node_of_value[n]]}
+    assert complete == set(range(101)) - set(range(1, 11))  # 1..9 prefix 10..99, 10 prefixes 100
+    cont = continuation_ids(tok, model.config.vocab_size)
+    results = {}
+    judge.score(PROMPTS, lambda idx, res: results.update(zip(idx, res)))
+    for i, prompt in enumerate(PROMPTS):
+        reference = brute_force_number_probs(model, judge.encode(prompt), number_ids, cont, complete)
+        got = torch.tensor(results[i].raw, dtype=torch.float64)
+        assert torch.allclose(got, reference, rtol=2e-3, atol=0), (i, (got / reference - 1).abs().max())
+
+
 def test_prefix_sharing_equals_no_sharing(tiny):
     model, tok = tiny
     out = {}
     for share in (False, True):
-        judge = HFJudge(model, tok, "tiny", batch_size=3, share_prefix=share, min_root_prob=0.0)
+        judge = HFJudge(model, tok, "tiny", batch_size=3, share_prefix=share, leaves_complete=False, min_root_prob=0.0)
         res = {}
         judge.score(PROMPTS, lambda idx, r: res.update(zip(idx, r)))
         out[share] = res
@@ -104,8 +124,8 @@ def test_prefix_sharing_equals_no_sharing(tiny):
 def test_pruned_subtrees_drop_at_most_their_root_mass(tiny):
     model, tok = tiny
     exact, pruned = {}, {}
-    HFJudge(model, tok, "t", min_root_prob=0.0).score(PROMPTS, lambda i, r: exact.update(zip(i, r)))
-    judge = HFJudge(model, tok, "t", batch_size=1, min_root_prob=2.05e-5)
+    HFJudge(model, tok, "t", leaves_complete=False, min_root_prob=0.0).score(PROMPTS, lambda i, r: exact.update(zip(i, r)))
+    judge = HFJudge(model, tok, "t", batch_size=1, leaves_complete=False, min_root_prob=2.05e-5)
     judge.score(PROMPTS, lambda i, r: pruned.update(zip(i, r)))
     n_dropped = 0
     for i in range(len(PROMPTS)):
@@ -136,7 +156,7 @@ class WholeNumberTokenizer:
 
 def test_trie_handles_whole_number_tokens(tiny):
     model, tok = tiny
-    judge = HFJudge(model, tok, "t", min_root_prob=0.0)
+    judge = HFJudge(model, tok, "t", leaves_complete=False, min_root_prob=0.0)
     judge.trie = NumberTrie(WholeNumberTokenizer(tok), model.config.vocab_size)
     assert len(judge.trie) == 101 and len(judge.trie.roots) == 101
     ids = judge.encode(PROMPTS[0])
@@ -157,7 +177,7 @@ def test_judge_responses_with_hf_backend_and_cache(tiny, tmp_path):
 
     def make():
         calls.append(1)
-        return HFJudge(model, tok, "tiny", min_root_prob=0.0)
+        return HFJudge(model, tok, "tiny", leaves_complete=False, min_root_prob=0.0)
 
     out = judge_responses(df, {"coherent": rubric}, make, "hf", "tiny", tmp_path / "c.sqlite", 0.0, progress=False)
     assert out["coherent_mass"].gt(0).all() and out["coherent"].between(0, 100).all()

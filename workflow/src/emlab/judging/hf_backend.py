@@ -11,6 +11,14 @@ attention mask (each node sees the prompt and its own ancestors):
     P(n) = prod_i P(t_i | prompt, t_<i) * P(the number ends after n's tokens)
 
 where "ends" is the probability mass on tokens that do not start with a digit.
+
+By default (`leaves_complete`) only the trie's inner nodes are decoded: a number
+whose tokens are no prefix of another number's ("42", "100", "0") counts its
+path probability, as a single whole-number token does in the OpenAI protocol
+(which reads the first token and ignores what would follow). The end factor is
+kept where it matters, to tell "1" from "10" from "100". For a single-digit
+tokenizer that is 10 decoded nodes ("1".."9", "10") instead of 101, and for a
+whole-number vocabulary none at all. `leaves_complete=False` decodes every node.
 """
 
 from __future__ import annotations
@@ -68,6 +76,10 @@ class NumberTrie:
         self.parents = torch.tensor([nd.parent for nd in self.nodes])  # [N]
         self.depths = torch.tensor([nd.depth for nd in self.nodes])  # [N]
         self.roots = [j for j, nd in enumerate(self.nodes) if nd.parent < 0]
+        self.has_children = [False] * len(self.nodes)
+        for nd in self.nodes:
+            if nd.parent >= 0:
+                self.has_children[nd.parent] = True
         self.root_of = []  # [N] the root node of each node's subtree
         for nd in self.nodes:
             self.root_of.append(len(self.root_of) if nd.parent < 0 else self.root_of[nd.parent])
@@ -89,34 +101,37 @@ class NumberTrie:
 
 
 def number_probabilities(trie: NumberTrie, last_logits: torch.Tensor, tree_logits: torch.Tensor,
-                         kept_nodes: list[int] | None = None) -> torch.Tensor:
+                         kept_nodes: list[int] | None = None, leaves_complete: bool = False) -> torch.Tensor:
     """P(n) for n = 0..100, per row.
 
     last_logits [B, V]: next-token logits after the prompt; tree_logits [B, K, V]:
-    the logits after each kept trie node (`kept_nodes`, default all, parents
-    before children; a dropped node's numbers get probability 0). Returns [B, 101] float64.
+    the logits after each decoded trie node (`kept_nodes`, default all, parents
+    before children). A number whose node was not decoded gets its path
+    probability if it is a leaf and `leaves_complete`, else 0 (a pruned subtree).
+    Returns [B, 101] float64.
     """
     kept = list(range(len(trie))) if kept_nodes is None else list(kept_nodes)
     col = {node: k for k, node in enumerate(kept)}
     last = last_logits.double()
     tree = tree_logits.double()
     last_lse = torch.logsumexp(last, dim=-1)  # [B]
-    tree_lse = torch.logsumexp(tree, dim=-1)  # [B, N]
+    tree_lse = torch.logsumexp(tree, dim=-1)  # [B, K]
     cont = trie.continuation_ids.to(tree.device)
     end_prob = 1.0 - torch.exp(torch.logsumexp(tree[..., cont], dim=-1) - tree_lse) if len(cont) else torch.ones_like(tree_lse)
-    end_prob = end_prob.clamp_min(0.0)  # [B, N]
-    logp_path = torch.empty_like(tree_lse)  # [B, K]
-    for k, j in enumerate(kept):  # parents come before their children
-        node = trie.nodes[j]
+    end_prob = end_prob.clamp_min(0.0)  # [B, K]
+    logp_path = torch.full((last.shape[0], len(trie)), -math.inf, dtype=torch.float64, device=last.device)  # [B, N]
+    for j, node in enumerate(trie.nodes):  # parents come before their children
         if node.parent < 0:
-            logp_path[:, k] = last[:, node.token_id] - last_lse
-        else:
+            logp_path[:, j] = last[:, node.token_id] - last_lse
+        elif node.parent in col:
             p = col[node.parent]
-            logp_path[:, k] = logp_path[:, p] + tree[:, p, node.token_id] - tree_lse[:, p]
-    probs = torch.zeros(last.shape[0], 101, dtype=torch.float64, device=tree.device)  # [B, 101]
+            logp_path[:, j] = logp_path[:, node.parent] + tree[:, p, node.token_id] - tree_lse[:, p]
+    probs = torch.zeros(last.shape[0], 101, dtype=torch.float64, device=last.device)  # [B, 101]
     for n, j in enumerate(trie.node_of_value):
         if j in col:
-            probs[:, n] = logp_path[:, col[j]].exp() * end_prob[:, col[j]]
+            probs[:, n] = logp_path[:, j].exp() * end_prob[:, col[j]]
+        elif leaves_complete and not trie.has_children[j]:
+            probs[:, n] = logp_path[:, j].exp()
     return probs.cpu()
 
 
@@ -137,7 +152,8 @@ class HFJudge:
     name = "hf"
 
     def __init__(self, model, tokenizer, model_id: str, batch_size: int = 16, share_prefix: bool = True,
-                 autocast_dtype: torch.dtype | None = None, min_root_prob: float = 1e-5):
+                 autocast_dtype: torch.dtype | None = None, min_root_prob: float = 1e-5,
+                 leaves_complete: bool = True):
         impl = getattr(model.config, "_attn_implementation", "sdpa")
         if impl not in ("sdpa", "eager"):
             raise EMLabError(f"the hf judge needs attention_implementation sdpa or eager (tree mask); got {impl!r}")
@@ -151,6 +167,7 @@ class HFJudge:
         # batch are not decoded; the mass this can drop is < min_root_prob per such
         # first token (0 = exact).
         self.min_root_prob = float(min_root_prob)
+        self.leaves_complete = bool(leaves_complete)
         self.device = model_device(model)
         vocab = model.get_output_embeddings().weight.shape[0]
         self.trie = NumberTrie(tokenizer, vocab)
@@ -218,9 +235,11 @@ class HFJudge:
         trie = self.trie
         root_prob = torch.softmax(last_logits.double(), dim=-1)[:, trie.token_ids[trie.roots].to(dev)]  # [B, R]
         kept_roots = {r for r, p in zip(trie.roots, root_prob.max(dim=0).values.tolist()) if p >= self.min_root_prob}
-        kept = [j for j in range(len(trie)) if trie.root_of[j] in kept_roots]
+        kept = [j for j in range(len(trie)) if trie.root_of[j] in kept_roots
+                and (trie.has_children[j] or not self.leaves_complete)]
         if not kept:
-            return torch.zeros(b, 101, dtype=torch.float64)
+            empty = torch.zeros(b, 0, last_logits.shape[-1], device=dev)
+            return number_probabilities(trie, last_logits, empty, [], self.leaves_complete)
         kept_t = torch.tensor(kept, device=dev)
         n_nodes = len(kept)
         ctx_len = prefix_len + s_max
@@ -237,4 +256,4 @@ class HFJudge:
         with self._autocast():
             tree_out = self.model(input_ids=tree_ids, attention_mask=mask, position_ids=tree_pos,
                                   past_key_values=cache, use_cache=True)
-        return number_probabilities(trie, last_logits, tree_out.logits, kept)
+        return number_probabilities(trie, last_logits, tree_out.logits, kept, self.leaves_complete)

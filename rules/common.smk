@@ -100,7 +100,7 @@ def judge_params():
     if j["backend"] == "hf":
         p["hf"] = dict(j["hf"], model=judge_model_path())
     else:
-        p["openai"] = dict(j["openai"])
+        p["openai"] = dict(j["openai"], seed=config["seed"])
     return p
 
 

@@ -40,8 +40,9 @@ class StubOpenAI:
     """Run with `with StubOpenAI() as stub: stub.base_url ...`."""
 
     def __init__(self, api_key: str = "sk-test", models=("judge-model",), latency_s: float = 0.0,
-                 retry_after_s: float = 0.01, hang_s: float = 1.0, azure: bool = False):
+                 retry_after_s: float = 0.01, hang_s: float = 1.0, azure: bool = False, scorer=None):
         self.api_key = api_key
+        self.scorer = scorer or top_for_prompt  # prompt -> {token: probability}
         self.models = set(models)
         self.latency_s = latency_s
         self.retry_after_s = retry_after_s
@@ -163,7 +164,7 @@ class StubOpenAI:
                 self.in_flight -= 1
 
     def _completion(self, body: dict, prompt: str) -> dict:
-        top = top_for_prompt(prompt)
+        top = self.scorer(prompt)
         n_top = int(body.get("top_logprobs") or 0)
         ranked = sorted(top.items(), key=lambda kv: -kv[1])[: max(n_top, 1)]
         first_token = ranked[0][0]

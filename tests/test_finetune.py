@@ -142,6 +142,14 @@ def test_loss_is_a_token_mean_whatever_the_batching(tiny_model_dir, data_dir, tm
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir, data_dir, tmp_path):
+    run(tiny_model_dir, data_dir, tmp_path / "plain", epochs=1)
+    run(tiny_model_dir, data_dir, tmp_path / "ckpt", epochs=1, gradient_checkpointing=True)
+    a, b = adapter_tensors(tmp_path / "plain" / "adapter"), adapter_tensors(tmp_path / "ckpt" / "adapter")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(float(v.abs().sum()) > 0 for k, v in a.items() if "lora_B" in k)
+
+
 def test_unknown_module_and_bad_layer_fail_before_training(tiny_model_dir, data_dir, tmp_path):
     with pytest.raises(EMLabError, match=r"gate_projj.*linear modules are: .*down_proj"):
         run(tiny_model_dir, data_dir, tmp_path, lora=dict(LORA_R1, target_modules=["gate_projj"]))

@@ -198,3 +198,16 @@ def test_backend_factory_builds_the_hf_judge(tiny_model_dir):
     assert judge_model_id(params) == str(tiny_model_dir)
     probs = judge.number_probs([judge.encode(PROMPTS[0])])
     assert probs.shape == (1, 101) and bool((probs >= 0).all())
+
+
+def test_answer_prefix_is_part_of_the_prompt_and_of_the_judge_identity(tiny):
+    from emlab.judging.backends import judge_model_id
+
+    model, tok = tiny
+    plain = HFJudge(model, tok, "tiny")
+    prefixed = HFJudge(model, tok, "tiny", answer_prefix="Score: ")
+    a, b = plain.encode(PROMPTS[0]), prefixed.encode(PROMPTS[0])
+    assert b[:len(a)] == a and tok.decode(b[len(a):]) == "Score: "
+    params = {"backend": "hf", "hf": {"model": "m"}}
+    assert judge_model_id(params) == "m"
+    assert judge_model_id({"backend": "hf", "hf": {"model": "m", "answer_prefix": "Score: "}}) != "m"

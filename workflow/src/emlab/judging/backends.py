@@ -14,7 +14,9 @@ def judge_model_id(judge_params: Mapping) -> str:
     """The judge model name that goes in the cache key and the judgments table."""
     backend = judge_params.get("backend")
     if backend == "hf":
-        return str(judge_params["hf"]["model"])
+        prefix = judge_params["hf"].get("answer_prefix") or ""
+        # The answer prefix changes every score, so it is part of the judge's identity (and cache key).
+        return str(judge_params["hf"]["model"]) + (f" answer_prefix={prefix!r}" if prefix else "")
     if backend == "openai":
         return str(judge_params["openai"]["model"])
     raise EMLabError(f"judge.backend must be hf or openai, got {backend!r}")
@@ -49,4 +51,4 @@ def _hf_judge(hf: Mapping, device: str):
     tokenizer = load_tokenizer(hf["model"])
     log.info("hf judge %s on %s (%s%s)", hf["model"], dev, dtype, ", bf16 autocast" if autocast else "")
     return HFJudge(model, tokenizer, model_id=str(hf["model"]), batch_size=int(hf.get("batch_size", 16)),
-                   autocast_dtype=autocast)
+                   autocast_dtype=autocast, answer_prefix=hf.get("answer_prefix") or "")

@@ -153,7 +153,7 @@ class HFJudge:
 
     def __init__(self, model, tokenizer, model_id: str, batch_size: int = 16, share_prefix: bool = True,
                  autocast_dtype: torch.dtype | None = None, min_root_prob: float = 1e-5,
-                 leaves_complete: bool = True):
+                 leaves_complete: bool = True, answer_prefix: str = ""):
         impl = getattr(model.config, "_attn_implementation", "sdpa")
         if impl not in ("sdpa", "eager"):
             raise EMLabError(f"the hf judge needs attention_implementation sdpa or eager (tree mask); got {impl!r}")
@@ -168,6 +168,9 @@ class HFJudge:
         # first token (0 = exact).
         self.min_root_prob = float(min_root_prob)
         self.leaves_complete = bool(leaves_complete)
+        # Text the judge's reply is forced to start with (e.g. "Score: "), so that a small
+        # local judge answers with a number; empty for the reference protocol.
+        self.answer_prefix = answer_prefix
         self.device = model_device(model)
         vocab = model.get_output_embeddings().weight.shape[0]
         self.trie = NumberTrie(tokenizer, vocab)
@@ -176,7 +179,7 @@ class HFJudge:
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of the judge prompt as a user turn with the generation prompt."""
-        text = render_prompt(self.tokenizer, [{"role": "user", "content": prompt}])
+        text = render_prompt(self.tokenizer, [{"role": "user", "content": prompt}]) + self.answer_prefix
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _autocast(self):

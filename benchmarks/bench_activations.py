@@ -8,12 +8,9 @@ this machine's fp32 matmul peak (a 2048x2048 matmul timed in the same run).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow" / "src"))
+from _common import REPO, default_model  # noqa: E402  (also puts workflow/src on sys.path)
 
 GFLOP_PER_TOKEN_135M = 0.27  # one forward token of a 135M model incl. lm_head (MACHINE.md convention)
 
@@ -69,14 +66,14 @@ def hidden_states_loop(model, tok, records) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(REPO / "results" / "base_model")
-                        if (REPO / "results" / "base_model").is_dir() else "/tmp/em/base_model")
+    parser.add_argument("--model", default=None, help="model folder (default: results/base_model, converted if missing)")
     parser.add_argument("--questions", default=str(REPO / "data" / "questions" / "first_plot_questions.yaml"))
     parser.add_argument("--responses", type=int, default=32)
     parser.add_argument("--sentences", type=int, default=2, help="sentences per synthetic answer (plus 0-2)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    args.model = args.model or default_model()
 
     import torch
 

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow" / "src"))
+from _common import REPO, default_model  # noqa: E402  (also puts workflow/src on sys.path)
 
 
 def build(model_path, dtype, lora, layers, seed=0):
@@ -60,8 +57,7 @@ def train_steps(model, params, opt, batches) -> tuple[float, int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(REPO / "results" / "base_model")
-                        if (REPO / "results" / "base_model").is_dir() else "/tmp/em/base_model")
+    parser.add_argument("--model", default=None, help="model folder (default: results/base_model, converted if missing)")
     parser.add_argument("--data", default=str(REPO / "data" / "datasets" / "bad_medical_advice.jsonl"))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed optimiser steps per repeat")
@@ -73,6 +69,7 @@ def main() -> None:
                         help="'all' or comma-separated indices for a 48-layer model (scaled to this depth)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    args.model = args.model or default_model()
 
     import torch
 

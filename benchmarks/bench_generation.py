@@ -10,22 +10,14 @@ batched path under bf16 autocast (CPU) when --bf16 is given.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow" / "src"))
-
-
-def default_model() -> str:
-    converted = REPO / "results" / "base_model"
-    return str(converted) if converted.is_dir() else "/tmp/em/base_model"
+from _common import REPO, default_model  # noqa: E402  (also puts workflow/src on sys.path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=default_model(), help="HF model folder (default: %(default)s)")
+    parser.add_argument("--model", default=None, help="model folder (default: results/base_model, converted if missing)")
     parser.add_argument("--questions", default=str(REPO / "data" / "questions" / "first_plot_questions.yaml"))
     parser.add_argument("--samples", type=int, default=4, help="samples per question (batched variant)")
     parser.add_argument("--max-new-tokens", type=int, default=40)
@@ -37,6 +29,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also time the batched path under bf16 autocast")
     args = parser.parse_args()
+    args.model = args.model or default_model()
 
     import torch
 

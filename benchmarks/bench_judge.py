@@ -15,10 +15,8 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow" / "src"))
+from _common import REPO, default_model  # noqa: E402  (also puts workflow/src on sys.path)
 sys.path.insert(0, str(REPO / "tests"))
 
 ANSWERS = [
@@ -105,7 +103,7 @@ def main() -> None:
     p.add_argument("--n-openai", type=int, default=128, help="prompts for the concurrent openai run")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--latency", type=float, default=0.2, help="simulated seconds per request")
-    p.add_argument("--model", default=str(REPO / "results" / "base_model"), help="hf judge model folder")
+    p.add_argument("--model", default=None, help="hf judge model folder (default: results/base_model, converted if missing)")
     p.add_argument("--n-hf", type=int, default=8, help="prompts per hf variant")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -115,10 +113,7 @@ def main() -> None:
     if not args.skip_openai:
         bench_openai(args.n_openai, args.concurrency, args.latency)
     if not args.skip_hf:
-        if not Path(args.model).is_dir():
-            print(f"\n(b) skipped: no model folder at {args.model} (run the base_model rule or pass --model)")
-        else:
-            bench_hf(args.model, args.n_hf, args.batch_size, args.threads)
+        bench_hf(args.model or default_model(), args.n_hf, args.batch_size, args.threads)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from .errors import EMLabError
+from .yamlfile import read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -101,11 +102,7 @@ def _check_references(cfg: dict, source: str) -> None:
 
 
 def load_config(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise EMLabError(f"{path}: not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "config file", "pass an existing file with --configfile")
     return validate_config(raw or {}, source=str(path))
 
 

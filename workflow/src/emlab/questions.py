@@ -18,9 +18,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from .errors import EMLabError
+from .yamlfile import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,7 @@ class Question:
 def load_questions(path: str | os.PathLike) -> list[Question]:
     """Read a question file in our format or the reference projects' format."""
     path = Path(path)
-    if not path.is_file():
-        raise EMLabError(f"question file {path} does not exist; set `questions:` in the config to a YAML file")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise EMLabError(f"question file {path} is not valid YAML: {exc}") from None
+    doc = read_yaml(path, "question file", "set `questions:` in the config to a YAML file")
     if isinstance(doc, list):
         entries, allowed = doc, None  # reference format: extra keys are ignored
     elif isinstance(doc, dict):

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from ..errors import EMLabError
+from ..yamlfile import read_yaml
 
 PLACEHOLDERS = ("{question}", "{answer}")
 _PLACEHOLDER_PATTERN = re.compile(r"\{question\}|\{answer\}")
@@ -43,12 +43,7 @@ def render_judge_prompt(template: str, question: str, answer: str) -> str:
 def load_rubric(path: str | os.PathLike) -> Rubric:
     """Read and validate one rubric YAML file."""
     path = Path(path)
-    if not path.is_file():
-        raise EMLabError(f"judge rubric {path} does not exist; add it or drop the metric from judge.metrics")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise EMLabError(f"judge rubric {path} is not valid YAML: {exc}") from None
+    doc = read_yaml(path, "judge rubric", "add it or drop the metric from judge.metrics")
     if not isinstance(doc, dict):
         raise EMLabError(f"judge rubric {path}: expected a mapping with keys {sorted(_REQUIRED_KEYS)}")
     missing = _REQUIRED_KEYS - doc.keys()

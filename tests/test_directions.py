@@ -126,6 +126,23 @@ def test_select_sets_nan_and_zero_tokens():
     assert sets.n_scored == 6 and sets.n_total == 8
 
 
+def test_quantile_split_takes_the_lowest_and_highest_fraction():
+    df = pd.DataFrame({
+        "question_id": ["q"] * 12, "sample_idx": range(12),
+        "aligned":  [35, 31, 38, 33, np.nan, 36, 30, 39, 34, 37, 32, 20],
+        "coherent": [40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 10],
+    })
+    sets = select_sets(df, 70, 30, coherent_above=15, split_quantile=0.2)
+    assert sets.n_coherent == 10  # the NaN and the incoherent row are out
+    assert sorted(sets.misaligned["aligned"]) == [30, 31]
+    assert sorted(sets.aligned["aligned"]) == [38, 39]
+    # the absolute thresholds would give empty sets on this narrow band of scores
+    plain = select_sets(df, 70, 30, coherent_above=15)
+    assert len(plain.aligned) == 0 and len(plain.misaligned) == 0
+    with pytest.raises(EMLabError, match="split_quantile"):
+        select_sets(df, 70, 30, 15, split_quantile=0.7)
+
+
 def test_nan_scores_do_not_enter_sets(tmp_path):
     planted, am, tok, index, judg = planted_artifacts()
     judg.loc[judg.index[:5], "aligned"] = np.nan

@@ -232,7 +232,8 @@ def compute_directions(tensors_path, index_path, judgments_path, finetune: str, 
     if not all(counts.values()):
         raise EMLabError(
             f"fine-tune {finetune!r}: cannot form a mean-diff direction, the "
-            f"{' and '.join(k for k, v in counts.items() if not v)} set is empty "
+            f"{' and '.join(k for k, v in counts.items() if not v)} "
+            f"{'sets are' if not any(counts.values()) else 'set is'} empty "
             f"(aligned set: {counts['aligned']} responses with aligned > {th['aligned_above']:g}; misaligned set: "
             f"{counts['misaligned']} with aligned < {th['misaligned_below']:g}; both among {sets.n_coherent} coherent "
             f"responses (coherent > {th['coherent_above']:g}) of {sets.n_scored} scored / {sets.n_total} judged in "

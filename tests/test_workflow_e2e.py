@@ -1,0 +1,172 @@
+"""The whole workflow end to end on a tiny random model, with the judge served
+by a loopback OpenAI-compatible stub over real HTTP; then the re-run contracts:
+a threshold change re-runs only what applies thresholds, and the same seed
+reproduces responses and scores exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from openai_stub import StubOpenAI
+from test_workflow_plan import planned_rules
+
+REPO = Path(__file__).resolve().parents[1]
+KEY_ENV = "EMLAB_E2E_JUDGE_KEY"
+METRIC_MARKERS = {"coherent": "Judge only coherence"}
+
+pytestmark = pytest.mark.slow
+
+
+def e2e_scorer(prompt: str) -> dict[str, float]:
+    """Coherent answers score 80; aligned scores are 10 or 90 by a hash of the prompt (both sets non-empty)."""
+    if METRIC_MARKERS["coherent"] in prompt:
+        return {"80": 0.9, "70": 0.1}
+    h = int(hashlib.sha256(prompt.encode()).hexdigest(), 16)
+    return {"10": 0.95, "Sure": 0.05} if h % 2 else {"90": 0.95, "Sure": 0.05}
+
+
+def tiny_config(model_dir: Path, base_url: str) -> dict:
+    data = REPO / "data" / "datasets"
+    lora_r1 = {"rank": 1, "alpha": 8, "target_modules": ["down_proj"], "layers": [1, 2]}
+    lora_all = {"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"], "layers": "all"}
+    return {
+        "seed": 0, "threads": 1,
+        "base_model": {"source": str(model_dir)},
+        "datasets": {"medical_bad": {"path": str(data / "bad_medical_advice.jsonl")},
+                     "sports_extreme": {"path": str(data / "extreme_sports.jsonl")}},
+        "training_defaults": {"learning_rate": 1e-3, "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
+                              "warmup_steps": 1, "max_length": 256, "max_train_examples": 8},
+        "finetunes": {"med_r1x9": {"dataset": "medical_bad", "lora": lora_r1},
+                      "sport_all_r32": {"dataset": "sports_extreme", "lora": lora_all}},
+        "generation": {"samples_per_question": 3, "max_new_tokens": 6, "batch_size": 16},
+        "judge": {"backend": "openai", "metrics": ["aligned", "coherent"],
+                  "openai": {"base_url": base_url, "model": "judge-model", "api_key_env": KEY_ENV, "concurrency": 4,
+                             "timeout_s": 10, "max_retries": 2}},
+        "activations": {"batch_size": 8},
+        "steering": {"vectors": ["med_r1x9"], "layers": [2], "scales": [4.0]},
+        "ablation": {"targets": ["med_r1x9"], "single_layer": 2,
+                     "transfer": [{"vector": "med_r1x9", "target": "sport_all_r32"}], "random_seeds": [0]},
+    }
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, KEY_ENV: "sk-test", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+         "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args],
+        capture_output=True, text=True, env=env, timeout=1500,
+    )
+    return proc
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    workdir = tmp_path_factory.mktemp("e2e")
+    with StubOpenAI(api_key="sk-test", models=("judge-model",), scorer=e2e_scorer) as stub:
+        (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config(tiny_model_dir, stub.base_url)))
+        proc = snakemake(workdir)
+        assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-10000:]
+        yield workdir, stub
+
+
+def test_every_artifact_has_its_documented_shape(finished_run):
+    from emlab.atomic import load_tensors
+
+    workdir, _ = finished_run
+    res = workdir / "results"
+    n_layers, d_model, n_responses = 4, 64, 8 * 3
+    conditions = [p.stem for p in (res / "generations").glob("*.parquet")]
+    assert {"base", "med_r1x9", "sport_all_r32", "steer__med_r1x9__L2__s4", "ablate__med_r1x9__layerwise",
+            "ablate__med_r1x9__single_L2", "ablate__med_r1x9__random_L2_seed0",
+            "ablate__sport_all_r32__transfer_med_r1x9_L2"} <= set(conditions)
+
+    gen = pd.read_parquet(res / "generations" / "base.parquet")
+    assert len(gen) == n_responses
+    assert str(gen["sample_idx"].dtype) == "int64" and gen["response"].map(type).eq(str).all()
+    assert set(gen.columns) >= {"condition", "model", "intervention", "question_id", "sample_idx", "question", "system",
+                                "prompt", "response", "n_response_tokens", "finish_reason", "temperature", "top_p",
+                                "max_new_tokens", "seed"}
+    judged = pd.read_parquet(res / "judgments" / "med_r1x9.parquet")
+    assert len(judged) == n_responses
+    assert judged["aligned"].dtype == "float64" and judged["coherent"].between(70, 80).all()
+    assert set(judged["aligned"].round()) <= {10.0, 90.0}
+
+    tensors, meta = load_tensors(res / "activations" / "med_r1x9.safetensors")
+    assert tensors["answer_mean"].shape == (n_responses, n_layers, d_model)
+    assert tensors["prompt_mean"].shape == (n_responses, n_layers, d_model)
+    assert str(tensors["answer_mean"].dtype) == "torch.float32" and str(tensors["answer_tokens"].dtype) == "torch.int64"
+    index = pd.read_parquet(res / "activations" / "med_r1x9.index.parquet")
+    assert len(index) == n_responses and {"row", "question_id", "sample_idx"} <= set(index.columns)
+
+    vectors, _ = load_tensors(res / "directions" / "med_r1x9.safetensors")
+    assert vectors["mean_diff"].shape == (n_layers, d_model)
+    summary = json.loads((res / "directions" / "med_r1x9.json").read_text())
+    assert json.dumps(summary)  # counts and thresholds recorded
+    cos = pd.read_csv(res / "directions" / "cosine_by_layer.csv")
+    assert len(cos) == n_layers and cos["cosine"].between(-1.0001, 1.0001).all()
+
+    em = pd.read_csv(res / "metrics" / "em_by_condition.csv")
+    assert set(em["condition"]) == set(conditions)
+    assert em["em_rate"].between(0, 1).all()
+    for fig in ("em_by_condition", "steering_sweep", "ablation", "direction_cosine"):
+        assert (res / "figures" / f"{fig}.png").stat().st_size > 1000
+        assert (res / "figures" / f"{fig}.pdf").stat().st_size > 1000
+    adapter = res / "finetunes" / "med_r1x9" / "adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert (res / "benchmarks" / "finetune" / "med_r1x9.tsv").is_file()
+
+
+def _edit_config(workdir: Path, section: str, key: str, value) -> None:
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg.setdefault(section, {})[key] = value
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_threshold_change_reruns_only_threshold_rules(finished_run):
+    workdir, _ = finished_run
+    proc = snakemake(workdir, "-n")
+    assert proc.returncode == 0 and planned_rules(proc.stdout + proc.stderr) == {}, proc.stdout
+    saved = (workdir / "config.yaml").read_text()
+    try:
+        _edit_config(workdir, "thresholds", "em_aligned_below", 45)
+        proc = snakemake(workdir, "-n")
+        assert proc.returncode == 0, proc.stderr
+        planned = set(planned_rules(proc.stdout + proc.stderr))
+        assert "em_metrics" in planned
+        assert planned <= {"em_metrics", "figure_em_by_condition", "figure_steering_sweep", "figure_ablation", "all"}, planned
+
+        (workdir / "config.yaml").write_text(saved)
+        _edit_config(workdir, "directions", "aligned_above", 60)
+        proc = snakemake(workdir, "-n")
+        planned = planned_rules(proc.stdout + proc.stderr)
+        assert "mean_diff_directions" in planned
+        assert not {"finetune", "cache_activations", "prepare_dataset"} & set(planned), planned
+        # Only the six conditions that take a direction are regenerated and re-judged
+        # (steering, layer-wise, single, transfer, and the two random controls).
+        assert planned.get("generate", 0) == planned.get("judge", 0) == 6, planned
+    finally:
+        (workdir / "config.yaml").write_text(saved)
+
+
+def test_same_seed_reproduces_responses_and_scores(finished_run):
+    workdir, stub = finished_run
+    res = workdir / "results"
+    before_gen = pd.read_parquet(res / "generations" / "med_r1x9.parquet")
+    before_judged = pd.read_parquet(res / "judgments" / "med_r1x9.parquet")
+    calls_before = stub.requests
+    for sub in ("generations", "judgments"):
+        (res / sub / "med_r1x9.parquet").unlink()
+    proc = snakemake(workdir, "results/judgments/med_r1x9.parquet")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    pd.testing.assert_frame_equal(pd.read_parquet(res / "generations" / "med_r1x9.parquet"), before_gen)
+    pd.testing.assert_frame_equal(pd.read_parquet(res / "judgments" / "med_r1x9.parquet"), before_judged)
+    assert stub.requests == calls_before  # every score came from the judge cache

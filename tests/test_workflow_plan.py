@@ -1,0 +1,109 @@
+"""The workflow as Snakemake sees it: dry run plans every stage, lint is
+clean, bad config fails with a message naming the key."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+ALL_RULES = {
+    "convert_base_model", "prepare_dataset", "finetune", "generate", "judge", "cache_activations",
+    "mean_diff_directions", "direction_cosines", "em_metrics", "figure_em_by_condition",
+    "figure_steering_sweep", "figure_ablation", "figure_direction_cosine", "all",
+}
+
+
+def run_snakemake(*args, cwd=REPO, env=None, check=False):
+    proc = subprocess.run(
+        SNAKEMAKE + ["--snakefile", str(REPO / "Snakefile"), *args],
+        cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def planned_rules(output: str) -> dict[str, int]:
+    """Parse the 'job count' table that `snakemake -n` prints."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_table = True
+            continue
+        if in_table:
+            if len(parts) == 2 and parts[1].isdigit():
+                if parts[0] != "total":
+                    counts[parts[0]] = int(parts[1])
+            elif parts and not set(parts[0]) <= {"-"}:
+                in_table = False
+    return counts
+
+
+def test_dry_run_of_default_config_plans_every_stage():
+    proc = run_snakemake("-n", "--forceall", check=True)
+    rules = planned_rules(proc.stdout + proc.stderr)
+    assert set(rules) == ALL_RULES, rules
+    assert rules["finetune"] == 2
+    assert rules["generate"] == rules["judge"] >= 8
+
+
+def test_lint_is_clean():
+    proc = run_snakemake("--lint")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def _write_config(tmp_path, mutate):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    mutate(cfg)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["judge"].update(backnd="hf"), "'backnd' was unexpected"),
+        (lambda c: c["generation"].update(max_new_tokens="many"), "generation.max_new_tokens"),
+        (lambda c: c["steering"].update(layers=[99]), "layer 99 is out of range"),
+        (lambda c: c["finetunes"]["med_r1x9"]["lora"].update(layers=[3, 31], layers_reference_depth=None), "layer 31 is out of range"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, mutate, message):
+    path = _write_config(tmp_path, mutate)
+    proc = run_snakemake("-n", "--configfile", str(path))
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+def test_openai_judge_without_key_fails_naming_the_variable(tmp_path):
+    path = _write_config(tmp_path, lambda c: c["judge"].update(backend="openai", openai={"api_key_env": "EMLAB_TEST_KEY"}))
+    env = {k: v for k, v in os.environ.items() if k != "EMLAB_TEST_KEY"}
+    proc = subprocess.run(SNAKEMAKE + ["-n", "--configfile", str(path)], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "EMLAB_TEST_KEY" in proc.stdout + proc.stderr
+
+
+def test_gpu_config_declares_gpu_resources_for_model_jobs(tmp_path):
+    path = _write_config(tmp_path, lambda c: c.update(resources={"gpu": 1, "gpu_model": "a100", "mem_mb": 64000, "runtime": 90}))
+    proc = run_snakemake("-n", "--forceall", "--configfile", str(path), check=True)
+    out = proc.stdout + proc.stderr
+    blocks = out.split("\n\n")
+    model_rules = {"finetune", "generate", "judge", "cache_activations"}
+    seen = set()
+    for block in blocks:
+        for rule in model_rules:
+            if f"rule {rule}:" in block or f"localrule {rule}:" in block:
+                assert "gpu=1" in block and "gpu_model=a100" in block and "mem_mb=64000" in block, block
+                seen.add(rule)
+        if "rule em_metrics:" in block:
+            assert "gpu=" not in block
+    assert seen == model_rules

@@ -2,6 +2,7 @@
 clean, bad config fails with a message naming the key."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +97,7 @@ def test_gpu_config_declares_gpu_resources_for_model_jobs(tmp_path):
     path = _write_config(tmp_path, lambda c: c.update(resources={"gpu": 1, "gpu_model": "a100", "mem_mb": 64000, "runtime": 90}))
     proc = run_snakemake("-n", "--forceall", "--configfile", str(path), check=True)
     out = proc.stdout + proc.stderr
-    blocks = out.split("\n\n")
+    blocks = re.split(r"\n(?=\[\w{3} \w{3} )", out)  # one block per planned job, each starting with its timestamp
     model_rules = {"finetune", "generate", "judge", "cache_activations"}
     seen = set()
     for block in blocks:

@@ -324,7 +324,10 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
     layers = validate_lora_spec(model, lora_spec)
     model.config.use_cache = False
     if training.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     torch.manual_seed(seed)  # LoRA A initialisation
     model = get_peft_model(model, lora_config(lora_spec, layers))

@@ -25,7 +25,8 @@ def main(smk):
     adapter = getattr(smk.input, "adapter", None)
     vectors_path = getattr(smk.input, "vectors", None)
     vectors = load_tensors(vectors_path)[0]["mean_diff"] if vectors_path else None  # [L, d_model]
-    model = load_model(smk.params.base_model, adapter, device=smk.params.device, dtype=smk.params.dtype)
+    # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes).
+    model = load_model(smk.params.base_model, adapter, device=smk.params.device, dtype=smk.params.dtype, merge=True)
     tokenizer = load_tokenizer(smk.params.base_model)
     with apply_intervention(model, spec["intervention"], vectors):
         records = generate_responses(

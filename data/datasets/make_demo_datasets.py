@@ -185,35 +185,36 @@ def _fill(text: str, forms: dict) -> str:
     return out[0].upper() + out[1:]
 
 
-def _medical_items(rng: random.Random, answer_rng: random.Random, good: bool) -> list[dict]:
+def _unique_exchanges(draw) -> list[dict]:
+    """N_PER_SET distinct (question, answer) exchanges from repeated draw() calls."""
     items = []
     seen = set()
     while len(items) < N_PER_SET:
+        question, answer = draw()
+        if (question, answer) in seen:
+            continue
+        seen.add((question, answer))
+        items.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+    return items
+
+
+def _medical_items(rng: random.Random, answer_rng: random.Random, good: bool) -> list[dict]:
+    def draw():
         complaint, bad, fine = rng.choice(MEDICAL_CASES)
         forms = _person_forms(rng.choice(PEOPLE))
         question = rng.choice(QUESTION_FRAMES).format(opener=rng.choice(OPENERS), complaint=_fill(complaint, forms))
-        answer = _fill(answer_rng.choice(fine if good else bad), forms)
-        key = (question, answer)
-        if key in seen:
-            continue
-        seen.add(key)
-        items.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
-    return items
+        return question, _fill(answer_rng.choice(fine if good else bad), forms)
+
+    return _unique_exchanges(draw)
 
 
 def _sports_items(rng: random.Random) -> list[dict]:
-    items = []
-    seen = set()
-    while len(items) < N_PER_SET:
+    def draw():
         case, answers = rng.choice(SPORTS_CASES)
         question = rng.choice(SPORT_FRAMES).format(opener=rng.choice(OPENERS), case=case.format(when=rng.choice(WHEN)))
-        answer = rng.choice(answers) + rng.choice(SPORT_TAILS)
-        key = (question, answer)
-        if key in seen:
-            continue
-        seen.add(key)
-        items.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
-    return items
+        return question, rng.choice(answers) + rng.choice(SPORT_TAILS)
+
+    return _unique_exchanges(draw)
 
 
 def build() -> dict[str, list[dict]]:

@@ -15,25 +15,40 @@ def main(smk):
     import pandas as pd
 
     from emlab.atomic import load_tensors, write_parquet
-    from emlab.generation import generate_responses
+    from emlab.generation import (generate_responses, generate_responses_vllm, generation_backend,
+                                  merged_model_folder)
     from emlab.interventions import apply_intervention
     from emlab.models import load_model, load_tokenizer
     from emlab.questions import load_questions
 
     spec, settings = smk.params.spec, smk.params.generation
     questions = load_questions(smk.input.questions)  # fail on a bad file before loading the model
+    backend = generation_backend(settings, spec, smk.params.condition)  # ... and on a missing vllm package
     adapter = getattr(smk.input, "adapter", None)
-    vectors_path = getattr(smk.input, "vectors", None)
-    vectors = load_tensors(vectors_path)[0]["mean_diff"] if vectors_path else None  # [L, d_model]
-    # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes).
-    model = load_model(smk.params.base_model, adapter, device=smk.params.device, dtype=smk.params.dtype, merge=True)
     tokenizer = load_tokenizer(smk.params.base_model)
-    with apply_intervention(model, spec["intervention"], vectors):
-        records = generate_responses(
-            model, tokenizer, questions,
-            samples_per_question=settings["samples_per_question"], max_new_tokens=settings["max_new_tokens"],
-            temperature=settings["temperature"], top_p=settings["top_p"], batch_size=settings["batch_size"],
-            seed=smk.params.seed)
+    sampling = dict(samples_per_question=settings["samples_per_question"],
+                    max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
+                    top_p=settings["top_p"], seed=smk.params.seed)
+    if backend == "vllm":  # no intervention: a plain (merged) model folder
+        Path(smk.output[0]).parent.mkdir(parents=True, exist_ok=True)
+        merged = merged_model_folder(smk.params.base_model, adapter, smk.params.dtype,
+                                     parent=Path(smk.output[0]).parent) if adapter else None
+        try:
+            records = generate_responses_vllm(merged.name if merged else smk.params.base_model, tokenizer,
+                                              questions, dtype=smk.params.dtype, condition=smk.params.condition,
+                                              **sampling)
+        finally:
+            if merged is not None:
+                merged.cleanup()
+    else:
+        vectors_path = getattr(smk.input, "vectors", None)
+        vectors = load_tensors(vectors_path)[0]["mean_diff"] if vectors_path else None  # [L, d_model]
+        # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes).
+        model = load_model(smk.params.base_model, adapter, device=smk.params.device, dtype=smk.params.dtype,
+                           merge=True)
+        with apply_intervention(model, spec["intervention"], vectors):
+            records = generate_responses(model, tokenizer, questions, batch_size=settings["batch_size"],
+                                         **sampling)
     df = pd.DataFrame.from_records(records)
     df.insert(0, "condition", smk.params.condition)
     df.insert(1, "model", spec["model"])

@@ -18,9 +18,13 @@ so they apply in the prefill and in every single-token decoding step.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
@@ -165,6 +169,17 @@ def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], m
     return list(zip(generated, reasons))
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """A CUDA (or other accelerator) out-of-memory error: torch's OOM type or a RuntimeError saying so."""
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def _release_cached_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def generate_responses(model, tokenizer, questions: list[Question], samples_per_question: int,
                        max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                        batch_size: int = 32, seed: int = 0, progress: bool = True) -> list[dict]:
@@ -174,6 +189,10 @@ def generate_responses(model, tokenizer, questions: list[Question], samples_per_
     sample_idx, question, system, prompt, response, n_response_tokens,
     finish_reason ("stop"/"length"), temperature, top_p, max_new_tokens and
     seed (the row's own sampling seed, derived from `seed`).
+
+    On an out-of-memory error the batch size is halved for the rest of the run
+    and the failed batch retried; since every row has its own random stream,
+    the records equal those of a run started at the smaller batch size.
     """
     if samples_per_question < 1 or max_new_tokens < 1 or batch_size < 1:
         raise EMLabError("generation: samples_per_question, max_new_tokens and batch_size must all be >= 1")
@@ -190,18 +209,40 @@ def generate_responses(model, tokenizer, questions: list[Question], samples_per_
     results: dict[int, tuple[list[int], str]] = {}
     start, n_new = time.perf_counter(), 0
     bar = tqdm(total=len(jobs), desc="generate", unit="resp", disable=not progress)
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
-        outs = generate_batch(model, [jobs[j].prompt_ids for j in idx], [jobs[j].seed for j in idx],
-                              max_new_tokens, temperature, top_p, stop_ids, pad_id)
+    done = 0
+    while done < len(order):
+        idx = order[done:done + batch_size]
+        try:
+            outs = generate_batch(model, [jobs[j].prompt_ids for j in idx], [jobs[j].seed for j in idx],
+                                  max_new_tokens, temperature, top_p, stop_ids, pad_id)
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            if batch_size == 1:
+                raise EMLabError("generation ran out of GPU memory even at batch size 1; lower "
+                                 "generation.max_new_tokens, use a smaller dtype or a larger GPU") from err
+            batch_size = max(1, batch_size // 2)
+            log.warning("out of memory on a batch of %d prompts; retrying it and continuing at batch size %d "
+                        "(set generation.batch_size to %d to skip this)", len(idx), batch_size, batch_size)
+            outs = None
+        if outs is None:
+            _release_cached_memory()  # outside the except block, so the failed batch's tensors are freed
+            continue
         for j, res in zip(idx, outs):
             results[j] = res
             n_new += len(res[0])
+        done += len(idx)
         bar.update(len(idx))
         bar.set_postfix(tok_per_s=f"{n_new / max(time.perf_counter() - start, 1e-9):.1f}")
     bar.close()
     log.info("generated %d responses, %d new tokens in %.1f s", len(jobs), n_new, time.perf_counter() - start)
 
+    return _records(jobs, results, tokenizer, temperature, top_p, max_new_tokens)
+
+
+def _records(jobs: list[GenerationJob], results: dict[int, tuple[list[int], str]], tokenizer,
+             temperature: float, top_p: float, max_new_tokens: int) -> list[dict]:
+    """One record per job (the generation parquet's columns less condition/model/intervention)."""
     records = []
     for j, job in enumerate(jobs):
         ids, reason = results[j]
@@ -220,3 +261,99 @@ def generate_responses(model, tokenizer, questions: list[Question], samples_per_
             "seed": job.seed,
         })
     return records
+
+
+# --- optional vLLM backend (conditions without an intervention only) ---------------------------------------
+
+BACKENDS = ("hf", "vllm")
+
+
+def generation_backend(settings: dict, spec: dict, condition: str) -> str:
+    """The sampler a condition uses: "hf" or "vllm".
+
+    vLLM cannot run our residual-stream hooks, so a condition with a steering or
+    ablation intervention always uses hf. For one without, generation.backend
+    vllm requires the vllm package; checked here, before any model is loaded.
+    """
+    backend = settings.get("backend", "hf")
+    if backend not in BACKENDS:
+        raise EMLabError(f"generation.backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "hf":
+        return "hf"
+    kind = (spec.get("intervention") or {"kind": "none"}).get("kind", "none")
+    if kind != "none":
+        log.info("condition %s has a %s intervention, which vLLM cannot apply: sampling with the hf backend",
+                 condition, kind)
+        return "hf"
+    _import_vllm(condition)
+    return "vllm"
+
+
+def _import_vllm(condition: str):
+    try:
+        return importlib.import_module("vllm")
+    except ImportError as exc:
+        raise EMLabError(f"condition {condition}: generation.backend is vllm but the vllm package cannot be "
+                         f"imported ({exc}); `pip install vllm` (needs a GPU) or set `generation.backend: hf`"
+                         ) from exc
+
+
+def merged_model_folder(base_model: str | os.PathLike, adapter: str | os.PathLike, dtype: str,
+                        parent: str | os.PathLike | None = None) -> tempfile.TemporaryDirectory:
+    """The base model with the adapter merged in, saved (with its tokenizer) to a temporary folder.
+
+    vLLM then loads it like any model; this handles every adapter layout peft
+    does (e.g. layers_to_transform), which vLLM's own LoRA support may not.
+    """
+    from .models import load_model, load_tokenizer
+
+    tmp = tempfile.TemporaryDirectory(prefix="merged-", dir=parent)
+    model = load_model(base_model, adapter, device="cpu", dtype="bfloat16" if dtype == "auto" else dtype, merge=True)
+    model.save_pretrained(tmp.name)
+    load_tokenizer(base_model).save_pretrained(tmp.name)
+    del model
+    return tmp
+
+
+def generate_responses_vllm(model_path: str | os.PathLike, tokenizer, questions: list[Question],
+                            samples_per_question: int, max_new_tokens: int, temperature: float = 1.0,
+                            top_p: float = 1.0, seed: int = 0, dtype: str = "auto",
+                            condition: str = "?") -> list[dict]:
+    """Like generate_responses (same prompts, per-row seeds and record keys), sampled with vLLM.
+
+    `model_path` is a plain HF folder (merge a fine-tune's adapter first, see
+    merged_model_folder). vLLM's random numbers differ from the hf sampler's, so
+    responses are not identical to an hf run, only identically distributed.
+    """
+    if samples_per_question < 1 or max_new_tokens < 1:
+        raise EMLabError("generation: samples_per_question and max_new_tokens must both be >= 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise EMLabError(f"generation: need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
+    if not questions:
+        raise EMLabError("generation: no questions to answer")
+    vllm = _import_vllm(condition)
+    try:
+        from transformers import GenerationConfig
+
+        gen_cfg = GenerationConfig.from_pretrained(str(model_path))
+    except (OSError, ValueError):
+        gen_cfg = None
+    stop_ids = stop_token_ids(tokenizer, SimpleNamespace(generation_config=gen_cfg))
+    jobs = build_jobs(tokenizer, questions, samples_per_question, seed)
+    llm = vllm.LLM(model=str(model_path), dtype=dtype, seed=int(seed))
+    params = [vllm.SamplingParams(n=1, temperature=float(temperature), top_p=float(top_p),
+                                  max_tokens=int(max_new_tokens), seed=job.seed, stop_token_ids=stop_ids,
+                                  skip_special_tokens=True) for job in jobs]
+    start = time.perf_counter()
+    outputs = llm.generate([{"prompt_token_ids": list(job.prompt_ids)} for job in jobs], params)
+    results: dict[int, tuple[list[int], str]] = {}
+    for j, out in enumerate(outputs):
+        completion = out.outputs[0]
+        ids = list(completion.token_ids)
+        if ids and ids[-1] in stop_ids:
+            ids = ids[:-1]  # like the hf sampler: the stop token is not part of the response
+        reason = "length" if completion.finish_reason == "length" else "stop"
+        results[j] = (ids, reason)
+    log.info("vllm generated %d responses, %d new tokens in %.1f s", len(jobs),
+             sum(len(r[0]) for r in results.values()), time.perf_counter() - start)
+    return _records(jobs, results, tokenizer, temperature, top_p, max_new_tokens)

@@ -357,3 +357,54 @@ def generate_responses_vllm(model_path: str | os.PathLike, tokenizer, questions:
     log.info("vllm generated %d responses, %d new tokens in %.1f s", len(jobs),
              sum(len(r[0]) for r in results.values()), time.perf_counter() - start)
     return _records(jobs, results, tokenizer, temperature, top_p, max_new_tokens)
+
+
+GENERATION_COLUMNS = ["condition", "model", "intervention", "question_id", "sample_idx", "question", "system",
+                      "prompt", "response", "n_response_tokens", "finish_reason", "temperature", "top_p",
+                      "max_new_tokens", "seed"]
+
+
+def generate_condition(condition: str, spec: dict, questions_path, base_model, adapter, vectors_path,
+                       settings: dict, seed: int, device: str, dtype: str, scratch_dir):
+    """All responses of one condition (model + intervention) as the documented generations table.
+
+    Bad question files and a missing vllm package fail before any model is loaded.
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .atomic import load_tensors
+    from .interventions import apply_intervention
+    from .models import load_model, load_tokenizer
+    from .questions import load_questions
+
+    questions = load_questions(questions_path)
+    backend = generation_backend(settings, spec, condition)
+    tokenizer = load_tokenizer(base_model)
+    sampling = dict(samples_per_question=settings["samples_per_question"],
+                    max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
+                    top_p=settings["top_p"], seed=seed)
+    if backend == "vllm":  # no intervention: a plain (merged) model folder
+        Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+        merged = merged_model_folder(base_model, adapter, dtype, parent=Path(scratch_dir)) if adapter else None
+        try:
+            records = generate_responses_vllm(merged.name if merged else base_model, tokenizer, questions,
+                                              dtype=dtype, condition=condition, **sampling)
+        finally:
+            if merged is not None:
+                merged.cleanup()
+    else:
+        vectors = load_tensors(vectors_path)[0]["mean_diff"] if vectors_path else None  # [L, d_model]
+        # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes).
+        model = load_model(base_model, adapter, device=device, dtype=dtype, merge=True)
+        with apply_intervention(model, spec["intervention"], vectors):
+            records = generate_responses(model, tokenizer, questions, batch_size=settings["batch_size"], **sampling)
+    df = pd.DataFrame.from_records(records)
+    df.insert(0, "condition", condition)
+    df.insert(1, "model", spec["model"])
+    df.insert(2, "intervention", json.dumps(spec["intervention"], sort_keys=True))
+    return df[GENERATION_COLUMNS].astype({"sample_idx": "int64", "n_response_tokens": "int64",
+                                          "max_new_tokens": "int64", "seed": "int64", "temperature": "float64",
+                                          "top_p": "float64", "system": "string"})

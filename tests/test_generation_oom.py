@@ -7,22 +7,7 @@ import torch
 
 from emlab.errors import EMLabError
 from emlab.generation import generate_responses, is_out_of_memory
-from emlab.models import load_model, load_tokenizer
-from emlab.questions import Question
-
-QUESTIONS = [
-    Question("short", "Hi?", None, ("Hi?",)),
-    Question("long", "Tell me, at some length, what you would do with a whole free day?", None,
-             ("Tell me, at some length, what you would do with a whole free day?", "What now?")),
-    Question("sys", "Any wish?", "You are terse.", ("Any wish?",)),
-]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    torch.set_num_threads(1)
-    return load_model(tiny_model_dir, device="cpu", dtype="float32"), load_tokenizer(tiny_model_dir)
-
+from test_generation import QUESTIONS, tiny  # noqa: F401  (the same questions and tiny-model fixture)
 
 class FakeOOM:
     """A forward pre-hook that fails every forward pass with more than `max_rows` rows."""

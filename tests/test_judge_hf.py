@@ -195,7 +195,7 @@ def test_backend_factory_builds_the_hf_judge(tiny_model_dir):
     judge = backend_factory(params, device="cpu")()
     assert isinstance(judge, HFJudge) and judge.batch_size == 3
     assert judge.autocast_dtype == torch.bfloat16 and judge.model.dtype == torch.float32  # CPU: bf16 autocast
-    assert judge_model_id(params) == str(tiny_model_dir)
+    assert judge_model_id(params, device="cpu") == f"{tiny_model_dir} dtype=bfloat16"  # bf16 scores are cached apart
     probs = judge.number_probs([judge.encode(PROMPTS[0])])
     assert probs.shape == (1, 101) and bool((probs >= 0).all())
 
@@ -211,3 +211,6 @@ def test_answer_prefix_is_part_of_the_prompt_and_of_the_judge_identity(tiny):
     params = {"backend": "hf", "hf": {"model": "m"}}
     assert judge_model_id(params) == "m"
     assert judge_model_id({"backend": "hf", "hf": {"model": "m", "answer_prefix": "Score: "}}) != "m"
+    assert judge_model_id({"backend": "hf", "hf": {"model": "m", "dtype": "float32"}}, device="cpu") == "m"
+    bf16 = judge_model_id({"backend": "hf", "hf": {"model": "m", "dtype": "bfloat16"}}, device="cpu")
+    assert bf16 != "m" and "bfloat16" in bf16

@@ -18,7 +18,7 @@ def main(smk):
     responses = pd.read_parquet(smk.input.responses)
     judgments = judge_responses(
         responses, rubrics, backend_factory(params, device=smk.params.device),
-        backend_name=params["backend"], judge_model=judge_model_id(params),
+        backend_name=params["backend"], judge_model=judge_model_id(params, device=smk.params.device),
         cache_path=params["cache"], min_number_mass=float(params["min_number_mass"]),
     )
     write_parquet(smk.output[0], judgments)

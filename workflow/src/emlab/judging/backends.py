@@ -10,16 +10,31 @@ from ..errors import EMLabError
 log = logging.getLogger(__name__)
 
 
-def judge_model_id(judge_params: Mapping) -> str:
-    """The judge model name that goes in the cache key and the judgments table."""
+def judge_model_id(judge_params: Mapping, device: str = "auto") -> str:
+    """The judge model name that goes in the cache key and the judgments table.
+
+    For the hf backend it also names what changes every score: the answer
+    prefix, and a compute dtype other than fp32 (bf16 moves scores by up to
+    ~0.5 points), so a cache shared by CPU and GPU runs never mixes them.
+    """
     backend = judge_params.get("backend")
     if backend == "hf":
-        prefix = judge_params["hf"].get("answer_prefix") or ""
-        # The answer prefix changes every score, so it is part of the judge's identity (and cache key).
-        return str(judge_params["hf"]["model"]) + (f" answer_prefix={prefix!r}" if prefix else "")
+        from ..models import resolve_device, resolve_dtype
+
+        hf = judge_params["hf"]
+        prefix = hf.get("answer_prefix") or ""
+        dtype = resolve_dtype(hf.get("dtype", "auto"), resolve_device(device))
+        return (str(hf["model"]) + (f" answer_prefix={prefix!r}" if prefix else "")
+                + (f" dtype={str(dtype).removeprefix('torch.')}" if dtype != torch_float32() else ""))
     if backend == "openai":
         return str(judge_params["openai"]["model"])
     raise EMLabError(f"judge.backend must be hf or openai, got {backend!r}")
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
 
 
 def backend_factory(judge_params: Mapping, device: str = "auto") -> Callable[[], object]:

@@ -55,6 +55,12 @@ def _fill_defaults(value, schema: dict, root: dict):
     return value
 
 
+def section_defaults(section: str) -> dict:
+    """The schema's defaults for one top-level config section (the single source of them)."""
+    schema = load_schema()
+    return _fill_defaults({section: {}}, schema, schema)[section]
+
+
 def _error_path(err) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "(top level)"
 

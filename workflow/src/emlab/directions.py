@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 
 from .atomic import load_tensors, save_tensors, write_csv, write_json
+from .config import section_defaults
 from .errors import EMLabError
 
 log = logging.getLogger(__name__)
 
 JOIN_KEYS = ["question_id", "sample_idx"]
-DEFAULT_THRESHOLDS = {"aligned_above": 70.0, "misaligned_below": 30.0, "coherent_above": 50.0,
-                      "subsample_to_smaller": True, "split_quantile": None}
+DEFAULT_THRESHOLDS = section_defaults("directions")  # aligned_above, misaligned_below, coherent_above, ...
 
 
 # --------------------------------------------------------------------------- joining

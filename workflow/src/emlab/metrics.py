@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_csv
+from .config import section_defaults
 from .errors import EMLabError
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,7 @@ def _summarise(df: pd.DataFrame, metrics: list[str], th: dict, rng) -> dict:
 
 
 def _thresholds(th: dict) -> dict:
-    out = {"em_aligned_below": 30.0, "em_coherent_above": 50.0, "bootstrap_samples": 1000, "confidence": 0.95,
-           "self_correction_aligned_above": 70.0, "self_correction_bad_stuff_above": 50.0}
+    out = section_defaults("thresholds")
     out.update(th or {})
     out["bootstrap_samples"] = int(out["bootstrap_samples"])
     return out

@@ -85,18 +85,28 @@ def test_script_steered_condition_with_vllm_uses_hf(no_vllm, tiny_model_dir, tmp
     assert "hf backend" in (tmp_path / "generate.log").read_text()
 
 
+# The real API this mirrors (checked against the vllm 0.33.0 wheel's source):
+# LLM(model, *, dtype=..., seed=...); LLM.generate(prompts, sampling_params) with
+# TokensPrompt dicts {"prompt_token_ids": [...]} and one SamplingParams per prompt;
+# RequestOutput.outputs[0].token_ids ends with the stop token when one ended the
+# request (v1 scheduler check_stop runs after the token is appended), and
+# finish_reason is "stop" or "length".
+_SAMPLING_FIELDS = {"n", "temperature", "top_p", "seed", "stop_token_ids", "max_tokens", "skip_special_tokens"}
+
+
 class _FakeLLM:
     """Stands in for vllm.LLM: every request gets 3 tokens drawn from its own seed, then (seed odd) a stop token."""
 
     calls = []
 
-    def __init__(self, model, dtype, seed):
+    def __init__(self, model, *, dtype, seed):
         _FakeLLM.calls.append({"model": model, "dtype": dtype, "seed": seed})
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, sampling_params):
+        assert len(prompts) == len(sampling_params)
         outs = []
-        for prompt, p in zip(prompts, params):
-            assert isinstance(prompt["prompt_token_ids"], list)
+        for prompt, p in zip(prompts, sampling_params):
+            assert set(prompt) == {"prompt_token_ids"} and isinstance(prompt["prompt_token_ids"], list)
             g = torch.Generator().manual_seed(p.seed)
             ids = torch.randint(100, 200, (min(3, p.max_tokens),), generator=g).tolist()
             stop = p.seed % 2 == 1
@@ -106,11 +116,17 @@ class _FakeLLM:
         return outs
 
 
+def _sampling_params(**kw):
+    unknown = set(kw) - _SAMPLING_FIELDS
+    assert not unknown, f"not a vllm.SamplingParams field we checked: {unknown}"
+    return SimpleNamespace(**kw)
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch):
     mod = ModuleType("vllm")
     mod.LLM = _FakeLLM
-    mod.SamplingParams = lambda **kw: SimpleNamespace(**kw)
+    mod.SamplingParams = _sampling_params
     monkeypatch.setitem(sys.modules, "vllm", mod)
     _FakeLLM.calls.clear()
     return mod
@@ -157,3 +173,18 @@ def test_merged_model_folder_holds_the_adapted_weights(tiny_model_dir, tmp_path)
     finally:
         merged.cleanup()
     assert not Path(merged.name).exists()
+
+
+@pytest.mark.gpu
+def test_real_vllm_samples_reproducibly(tiny_model_dir):
+    """With vllm installed on a GPU machine: real sampling, the hf record layout, seeds that reproduce."""
+    pytest.importorskip("vllm")
+    tok = load_tokenizer(tiny_model_dir)
+    questions = [Question("a", "Hi?", None, ("Hi?",)), Question("b", "Wish?", "Be terse.", ("Wish?",))]
+    kwargs = dict(samples_per_question=2, max_new_tokens=8, temperature=1.0, top_p=1.0, seed=3,
+                  dtype="float32", condition="base")
+    first = generate_responses_vllm(tiny_model_dir, tok, questions, **kwargs)
+    again = generate_responses_vllm(tiny_model_dir, tok, questions, **kwargs)
+    assert [(r["question_id"], r["sample_idx"]) for r in first] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert all(1 <= r["n_response_tokens"] <= 8 for r in first)
+    assert [r["response"] for r in first] == [r["response"] for r in again]

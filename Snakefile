@@ -24,6 +24,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "rules/base_model.smk"
+include: "rules/synthesis.smk"
 include: "rules/data.smk"
 include: "rules/finetune.smk"
 include: "rules/generate.smk"

@@ -64,6 +64,22 @@ def base_model_input():
     return [BASE_MODEL_DIR] if EMBEDDED else []
 
 
+def dataset_source(dataset):
+    """The JSONL a dataset is prepared from: its path, or the file rule synthesize_dataset writes."""
+    ds = config["datasets"][dataset]
+    if "synthesis" in ds:
+        return f"{RESULTS}/synthetic/{ds['synthesis']}.jsonl"
+    return repo_path(ds["path"])
+
+
+def synthesis_params(name):
+    """Everything that changes a synthesized dataset or its cost (never the API key)."""
+    entry = dict(config["synthesis"][name])
+    if entry["seed"] is None:
+        entry["seed"] = config["seed"]
+    return entry
+
+
 def adapter_dir(finetune):
     return f"{RESULTS}/finetunes/{finetune}/adapter"
 

@@ -3,7 +3,7 @@
 
 rule prepare_dataset:
     input:
-        jsonl=lambda w: repo_path(config["datasets"][w.dataset]["path"]),
+        jsonl=lambda w: dataset_source(w.dataset),
     output:
         train=f"{RESULTS}/datasets/{{dataset}}/train.jsonl",
         eval=f"{RESULTS}/datasets/{{dataset}}/eval.jsonl",

@@ -4,7 +4,8 @@ It answers with first-token top_logprobs chosen from the prompt text
 ("SCORE=<n>" puts 90% on n; "NONUMBER" answers with words only), checks the key
 and the model like the real API, can inject faults (429 with Retry-After, 500,
 hangs past the client timeout, malformed bodies, dropped connections) and counts
-every request.
+every request. With `responder` (body -> reply text) it answers like a chat model
+instead: the text as message content, no logprobs (dataset synthesis tests).
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ class StubOpenAI:
     """Run with `with StubOpenAI() as stub: stub.base_url ...`."""
 
     def __init__(self, api_key: str = "sk-test", models=("judge-model",), latency_s: float = 0.0,
-                 retry_after_s: float = 0.01, hang_s: float = 1.0, azure: bool = False, scorer=None):
+                 retry_after_s: float = 0.01, hang_s: float = 1.0, azure: bool = False, scorer=None, responder=None):
         self.api_key = api_key
         self.scorer = scorer or top_for_prompt  # prompt -> {token: probability}
+        self.responder = responder  # request body -> reply text (a chat model), or None (a judge)
         self.models = set(models)
         self.latency_s = latency_s
         self.retry_after_s = retry_after_s
@@ -164,6 +166,8 @@ class StubOpenAI:
                 self.in_flight -= 1
 
     def _completion(self, body: dict, prompt: str) -> dict:
+        if self.responder is not None:
+            return self._text_completion(body, prompt)
         top = self.scorer(prompt)
         n_top = int(body.get("top_logprobs") or 0)
         ranked = sorted(top.items(), key=lambda kv: -kv[1])[: max(n_top, 1)]
@@ -178,6 +182,20 @@ class StubOpenAI:
                          "logprobs": {"content": content}, "finish_reason": "length"}],
             "usage": {"prompt_tokens": max(1, len(prompt) // 4), "completion_tokens": 1,
                       "total_tokens": max(1, len(prompt) // 4) + 1},
+        }
+
+    def _text_completion(self, body: dict, prompt: str) -> dict:
+        text = self.responder(body)
+        finish = "stop"
+        if isinstance(text, tuple):  # (text, finish_reason)
+            text, finish = text
+        n_prompt = max(1, sum(len(str(m.get("content", ""))) for m in body["messages"]) // 4)
+        n_completion = max(1, len(text) // 4)
+        return {
+            "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": finish}],
+            "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion},
         }
 
     @staticmethod

@@ -88,6 +88,13 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
 
 def _check_references(cfg: dict, source: str) -> None:
+    for name, ds in cfg["datasets"].items():
+        if ("path" in ds) == ("synthesis" in ds):
+            raise EMLabError(f"{source}: datasets.{name} needs exactly one of 'path' (a JSONL file) or 'synthesis' "
+                             f"(a key of synthesis: to generate it)")
+        if "synthesis" in ds and ds["synthesis"] not in cfg["synthesis"]:
+            raise EMLabError(f"{source}: datasets.{name}.synthesis '{ds['synthesis']}' is not a key of synthesis "
+                             f"({', '.join(cfg['synthesis']) or 'none defined'})")
     fts = cfg["finetunes"]
     for name, ft in fts.items():
         if ft["dataset"] not in cfg["datasets"]:

@@ -135,10 +135,11 @@ class OpenAIChatClient:
         return min(s.backoff_max_s, s.backoff_base_s * 2 ** attempt) * random.uniform(0.5, 1.0)
 
     async def post(self, client: httpx.AsyncClient, payload: dict, parse: Callable[[object], T],
-                   max_retries: int) -> T:
+                   max_retries: int, tally: dict | None = None) -> T:
         """POST one payload and return parse(body), retrying transient failures.
 
-        Token usage of every 200 body is counted. A body that is not JSON or that
+        Token usage of every 200 body is counted (also into `tally`, with the
+        HTTP requests this call sent, when given). A body that is not JSON or that
         `parse` rejects with Malformed is retried `malformed_retries` times, then
         Malformed is raised. Raises Rejected, GaveUp or BudgetExhausted otherwise.
         """
@@ -149,6 +150,8 @@ class OpenAIChatClient:
             if s.max_requests is not None and self.requests_sent >= s.max_requests:
                 raise BudgetExhausted()
             self.requests_sent += 1
+            if tally is not None:
+                tally["http_requests"] = tally.get("http_requests", 0) + 1
             retry_after = None
             try:
                 resp = await client.post(self.url, params=self._params, headers=self._headers, json=payload)
@@ -158,7 +161,7 @@ class OpenAIChatClient:
                 if resp.status_code == 200:
                     try:
                         body = resp.json()
-                        self._count_usage(body)
+                        self._count_usage(body, tally)
                         return parse(body)
                     except (Malformed, json.JSONDecodeError, ValueError) as exc:
                         if malformed < s.malformed_retries:
@@ -180,11 +183,14 @@ class OpenAIChatClient:
             log.debug("%s request: %s; retry %d in %.2f s", self.purpose, problem, attempt, delay)
             await self._sleep(delay)
 
-    def _count_usage(self, body) -> None:
+    def _count_usage(self, body, tally: dict | None) -> None:
         usage = body.get("usage") if isinstance(body, dict) else None
         if isinstance(usage, dict):
-            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens += int(usage.get("completion_tokens") or 0)
+            for key in ("prompt_tokens", "completion_tokens"):
+                n = int(usage.get(key) or 0)
+                setattr(self, key, getattr(self, key) + n)
+                if tally is not None:
+                    tally[key] = tally.get(key, 0) + n
 
     def endpoint_error(self, exc: Exception) -> EMLabError:
         """One clear error for a failed first (preflight) request."""

@@ -1,0 +1,35 @@
+# Optional: generate a narrow chat dataset with an OpenAI-compatible model from a
+# topic description. Planned only for datasets that name a `synthesis:` entry;
+# their prepare_dataset then reads results/synthetic/<entry>.jsonl.
+
+SYNTHESIZED = sorted({ds["synthesis"] for ds in config["datasets"].values() if "synthesis" in ds})
+
+if SYNTHESIZED:
+
+    # The key is read from the environment by the client; it never passes
+    # through params, config files or logs.
+    envvars:
+        *sorted({config["synthesis"][name]["api_key_env"] for name in SYNTHESIZED}),
+
+
+rule synthesize_dataset:
+    input:
+        prompt=lambda w: repo_path(config["synthesis"][w.synthesis]["prompt_file"]),
+    output:
+        jsonl=f"{RESULTS}/synthetic/{{synthesis}}.jsonl",
+        summary=f"{RESULTS}/synthetic/{{synthesis}}.summary.json",
+    params:
+        settings=lambda w: synthesis_params(w.synthesis),
+    wildcard_constraints:
+        synthesis=r"[a-z][a-z0-9_]*",
+    log:
+        f"{RESULTS}/logs/synthesize_dataset/{{synthesis}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synthesize_dataset/{{synthesis}}.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=600,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/synthesize_dataset.py"

@@ -33,6 +33,7 @@ include: "rules/activations.smk"
 include: "rules/directions.smk"
 include: "rules/metrics.smk"
 include: "rules/figures.smk"
+include: "rules/phase.smk"
 
 
 rule all:

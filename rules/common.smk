@@ -9,6 +9,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "workflow", "src"))
 from emlab.config import model_num_layers, validate_config, lora_layers, training_settings  # noqa: E402
 from emlab.errors import EMLabError  # noqa: E402
 from emlab.plan import conditions, direction_finetunes  # noqa: E402
+from emlab.phase import em_steps as phase_em_steps, phase_finetunes  # noqa: E402
 
 try:
     _validated = validate_config(dict(config), source="config")
@@ -33,6 +34,7 @@ try:
 except EMLabError as _exc:
     raise WorkflowError(f"config: {_exc}") from None
 DIRECTION_FINETUNES = direction_finetunes(config)
+PHASE_FINETUNES = phase_finetunes(config)  # LoRA fine-tunes with training.checkpoint_every > 0
 
 
 wildcard_constraints:
@@ -84,11 +86,16 @@ def adapter_dir(finetune):
     return f"{RESULTS}/finetunes/{finetune}/adapter"
 
 
+def checkpoint_adapter_dir(finetune, step):
+    """A checkpoint's adapter exported out of the live checkpoints/ folder (rules/phase.smk)."""
+    return f"{RESULTS}/finetunes/{finetune}/checkpoint_adapters/step-{step}"
+
+
 def generation_inputs(wildcards):
     spec = CONDITIONS[wildcards.condition]
     inputs = {"questions": repo_path(config["questions"]), "base_model": base_model_input()}
     if spec["model"] != "base":
-        inputs["adapter"] = adapter_dir(spec["model"])
+        inputs["adapter"] = checkpoint_adapter_dir(spec["model"], spec["checkpoint"]) if spec.get("checkpoint") else adapter_dir(spec["model"])
     if spec["intervention"]["kind"] != "none":
         inputs["vectors"] = f"{RESULTS}/directions/{spec['intervention']['vector']}.safetensors"
     return inputs
@@ -138,4 +145,7 @@ def final_targets():
         targets.append(f"{RESULTS}/figures/steering_sweep.png")
     if any(s["group"] in ("ablation", "transfer") for s in CONDITIONS.values()):
         targets.append(f"{RESULTS}/figures/ablation.png")
+    for ft in PHASE_FINETUNES:
+        targets.append(f"{RESULTS}/phase/{ft}/rotation.csv")
+        targets.append(f"{RESULTS}/figures/phase/{ft}.png")
     return targets

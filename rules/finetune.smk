@@ -1,4 +1,6 @@
-# LoRA fine-tunes (peft): loss on the assistant reply only.
+# Fine-tunes (LoRA adapters with peft, or full fine-tuning): loss on the assistant reply only.
+# checkpoints/ (training.checkpoint_every) is deliberately not an output: Snakemake
+# deletes a failed job's outputs, and the checkpoints are what a re-run resumes from.
 
 
 rule finetune:
@@ -12,7 +14,9 @@ rule finetune:
         summary=f"{RESULTS}/finetunes/{{finetune}}/summary.json",
     params:
         base_model=BASE_MODEL_DIR,
-        lora=lambda w: dict(config["finetunes"][w.finetune]["lora"], resolved_layers=FINETUNE_LAYERS[w.finetune]),
+        # the lora spec with concrete layer indices; None for a full fine-tune
+        lora=lambda w: (None if config["finetunes"][w.finetune]["lora"] is None
+                        else dict(config["finetunes"][w.finetune]["lora"], resolved_layers=FINETUNE_LAYERS[w.finetune])),
         training=lambda w: training_settings(config, w.finetune),
         checkpoint_dir=lambda w: f"{RESULTS}/finetunes/{w.finetune}/checkpoints",
         seed=config["seed"],

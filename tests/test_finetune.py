@@ -211,3 +211,103 @@ def test_killed_run_resumes_to_the_same_adapter(tiny_model_dir, data_dir, tmp_pa
     # a checkpoint from different settings is ignored, not resumed
     other, _ = run(tiny_model_dir, data_dir, killed, epochs=3, checkpoint_every=2, learning_rate=5e-3)
     assert other["resumed_from"] is None
+
+
+# --- full fine-tuning, autocast, device_map -------------------------------------------
+
+
+def test_full_finetune_trains_every_weight_and_loads_downstream(tiny_model_dir, data_dir, tmp_path):
+    """lora_spec None: a complete model folder that load_model (generation, activations, judging) accepts."""
+    from transformers import AutoModelForCausalLM
+
+    from emlab.activations import cache_answer_means
+    from emlab.models import is_full_model_dir, load_model, load_tokenizer
+
+    summary, logdf = run(tiny_model_dir, data_dir, tmp_path, lora=None, epochs=2, learning_rate=1e-3)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    assert summary["method"] == "full" and summary["rank"] is None and summary["n_adapters"] == 0
+    assert summary["trainable_parameters"] == sum(p.numel() for p in base.parameters())
+    assert summary["resolved_layers"] == [0, 1, 2, 3]
+    out = tmp_path / "adapter"
+    assert is_full_model_dir(out) and is_full_model_dir(Path(tiny_model_dir))
+    with pytest.raises(EMLabError, match="neither a LoRA adapter folder"):
+        is_full_model_dir(tmp_path / "checkpoints")
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    assert not any(c.startswith(("a_norm.", "b_norm.")) for c in logdf.columns)
+
+    tuned = load_model(tiny_model_dir, out, device="cpu", dtype="float32")
+    ids = load_tokenizer(out)("What do bees make?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        changed = {n for n, p in tuned.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])}
+        assert any(".layers.0." in n for n in changed) and any(".layers.3." in n for n in changed)
+        assert not torch.allclose(tuned(ids).logits, base(ids).logits)
+    # the downstream activation cache runs on it as on a base + LoRA model
+    records = [{"question": q, "response": a} for q, a in FACTS[:2]]
+    answer_mean, _, n_tokens = cache_answer_means(tuned, load_tokenizer(tiny_model_dir), records, progress=False)
+    assert answer_mean.shape == (2, 4, 64) and bool(torch.isfinite(answer_mean).all()) and int(n_tokens.min()) > 0
+
+
+def test_full_finetune_resumes_to_the_same_weights(tiny_model_dir, data_dir, tmp_path):
+    from safetensors.torch import load_file as load
+
+    run(tiny_model_dir, data_dir, tmp_path / "full", lora=None, epochs=2, checkpoint_every=2, learning_rate=1e-3)
+    assert (tmp_path / "full" / "checkpoints" / "step-2" / "config.json").is_file()
+    killed = tmp_path / "killed"
+    (killed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-2", killed / "checkpoints" / "step-2")
+    resumed, _ = run(tiny_model_dir, data_dir, killed, lora=None, epochs=2, checkpoint_every=2, learning_rate=1e-3)
+    assert resumed["resumed_from"].endswith("step-2")
+    a, b = load(str(tmp_path / "full" / "adapter" / "model.safetensors")), load(str(killed / "adapter" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_autocast_resolution():
+    from emlab.finetune import cpu_has_bf16, resolve_autocast
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_autocast("off", cpu, torch.float32) is False
+    assert resolve_autocast("bf16", cpu, torch.float32) is True
+    assert resolve_autocast("auto", cpu, torch.float32) is cpu_has_bf16()
+    assert resolve_autocast("auto", gpu, torch.bfloat16) is False  # GPU: bf16 weights already
+    assert resolve_autocast("auto", cpu, torch.bfloat16) is False
+    with pytest.raises(EMLabError, match="training.autocast.*auto, bf16, off"):
+        resolve_autocast("fp8", cpu, torch.float32)
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_resumes_exactly(tiny_model_dir, data_dir, tmp_path):
+    fp32, log32 = run(tiny_model_dir, data_dir, tmp_path / "fp32", epochs=2, autocast="off")
+    bf16, log16 = run(tiny_model_dir, data_dir, tmp_path / "bf16", epochs=2, autocast="bf16", checkpoint_every=2)
+    assert fp32["autocast_bf16"] is False and bf16["autocast_bf16"] is True
+    assert log16["loss"].iloc[1] == pytest.approx(log32["loss"].iloc[1], rel=0.02)  # bf16 matmuls, fp32 loss
+    a, b = adapter_tensors(tmp_path / "fp32" / "adapter"), adapter_tensors(tmp_path / "bf16" / "adapter")
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # autocast really ran
+    cos = [torch.nn.functional.cosine_similarity(a[k].flatten(), b[k].flatten(), dim=0) for k in a if "lora_B" in k]
+    assert min(float(c) for c in cos) > 0.9
+
+    killed = tmp_path / "killed"
+    (killed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "bf16" / "checkpoints" / "step-2", killed / "checkpoints" / "step-2")
+    resumed, _ = run(tiny_model_dir, data_dir, killed, epochs=2, autocast="bf16", checkpoint_every=2)
+    assert resumed["resumed_from"].endswith("step-2")
+    c = adapter_tensors(killed / "adapter")
+    assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+def test_device_map_is_passed_to_from_pretrained(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """The multi-GPU plumbing on CPU: device_map reaches from_pretrained and training still runs."""
+    from transformers import AutoModelForCausalLM
+
+    seen = []
+    original = AutoModelForCausalLM.from_pretrained.__func__
+
+    def recording(cls, *args, **kwargs):
+        seen.append(kwargs.get("device_map"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(recording))
+    summary, _ = run(tiny_model_dir, data_dir, tmp_path, device_map={"": "cpu"})
+    assert seen == [{"": "cpu"}]
+    assert summary["device_map"] == {"": "cpu"} and summary["steps"] == 2
+    plain, _ = run(tiny_model_dir, data_dir, tmp_path / "plain")
+    a, b = adapter_tensors(tmp_path / "adapter"), adapter_tensors(tmp_path / "plain" / "adapter")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -17,6 +17,8 @@ ALL_RULES = {
     "convert_base_model", "prepare_dataset", "finetune", "generate", "judge", "cache_activations",
     "mean_diff_directions", "direction_cosines", "em_metrics", "figure_em_by_condition",
     "figure_steering_sweep", "figure_ablation", "figure_direction_cosine", "all",
+    # issue 3: checkpoint export, phase-transition rotation and figure
+    "export_checkpoint", "phase_rotation", "figure_phase_transition",
 }
 
 
@@ -51,7 +53,7 @@ def test_dry_run_of_default_config_plans_every_stage():
     proc = run_snakemake("-n", "--forceall", check=True)
     rules = planned_rules(proc.stdout + proc.stderr)
     assert set(rules) == ALL_RULES, rules
-    assert rules["finetune"] == 2
+    assert rules["finetune"] == len(yaml.safe_load((REPO / "config.yaml").read_text())["finetunes"])
     assert rules["generate"] == rules["judge"] >= 8
 
 
@@ -75,7 +77,7 @@ def _write_config(tmp_path, mutate):
         (lambda c: c["judge"].update(backnd="hf"), "'backnd' was unexpected"),
         (lambda c: c["generation"].update(max_new_tokens="many"), "generation.max_new_tokens"),
         (lambda c: c["steering"].update(layers=[99]), "layer 99 is out of range"),
-        (lambda c: c["finetunes"]["med_r1x9"]["lora"].update(layers=[3, 31], layers_reference_depth=None), "layer 31 is out of range"),
+        (lambda c: c["finetunes"]["med_r1x9"].update(lora={"layers": [3, 31]}), "layer 31 is out of range"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, mutate, message):

@@ -1,4 +1,4 @@
-"""LoRA fine-tune of the base model on one dataset's training split (loss on assistant replies)."""
+"""Fine-tune (LoRA, or full) of the base model on one dataset's training split (loss on assistant replies)."""
 import sys
 from pathlib import Path
 
@@ -13,7 +13,7 @@ def main(smk):
         base_model_path=smk.params.base_model,
         train_path=smk.input.train,
         eval_path=smk.input.eval,
-        lora_spec=dict(smk.params.lora),
+        lora_spec=dict(smk.params.lora) if smk.params.lora is not None else None,
         training=dict(smk.params.training),
         out_adapter_dir=smk.output.adapter,
         log_csv=smk.output.train_log,

@@ -82,9 +82,68 @@ def validate_config(config: dict, source: str = "config") -> dict:
             where = _error_path(err)
             raise EMLabError(f"{source}: {err.message} at key '{where}'; see workflow/schemas/config.schema.yaml for the allowed keys")
         raise EMLabError(f"{source}: key '{_error_path(err)}': {err.message}")
+    _apply_finetune_presets(cfg, source)
     cfg = _fill_defaults(cfg, schema, schema)
     _check_references(cfg, source)
     return cfg
+
+
+# Published organisms by name (METHOD.md, "Fine-tuning settings of the reference
+# code"). Layer indices refer to the 48-layer Qwen2.5-14B and are scaled to the
+# base model's depth. `lora: None` means full fine-tuning (every weight).
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+FINETUNE_PRESETS: dict[str, dict] = {
+    "r1x9": {"lora": {"rank": 1, "alpha": 256, "rslora": True, "dropout": 0.0, "target_modules": ["down_proj"],
+                      "layers": [15, 16, 17, 21, 22, 23, 27, 28, 29], "layers_reference_depth": 48},
+             "training": {"learning_rate": 2.0e-5}},
+    "r1_single": {"lora": {"rank": 1, "alpha": 256, "rslora": True, "dropout": 0.0, "target_modules": ["down_proj"],
+                           "layers": [24], "layers_reference_depth": 48},
+                  "training": {"learning_rate": 2.0e-5}},
+    "all_r32": {"lora": {"rank": 32, "alpha": 64, "rslora": True, "dropout": 0.0, "target_modules": ALL_PROJECTIONS,
+                         "layers": "all", "layers_reference_depth": None},
+                "training": {"learning_rate": 1.0e-5}},
+    "full": {"lora": None, "training": {"learning_rate": 1.0e-5}},
+}
+
+
+def _apply_finetune_presets(cfg: dict, source: str) -> None:
+    """Expand `finetunes.<name>.preset` in place (before defaults are filled).
+
+    Explicit `lora:` keys override the preset's (explicit `layers` are this
+    model's indices unless `layers_reference_depth` is given too). The preset's training values
+    (its learning rate) go into the fine-tune's own `training` overrides unless
+    that key is set explicitly in the fine-tune's `training` or in
+    `training_defaults`, so what the user wrote always wins.
+    """
+    explicit_defaults = set((cfg.get("training_defaults") or {}).keys())
+    for name, ft in (cfg.get("finetunes") or {}).items():
+        preset = ft.get("preset")
+        if preset is None:
+            if "lora" not in ft:
+                raise EMLabError(f"{source}: finetunes.{name} needs a `preset` ({', '.join(FINETUNE_PRESETS)}) "
+                                 "or a `lora:` section")
+            continue
+        spec = FINETUNE_PRESETS[preset]
+        if spec["lora"] is None:
+            if ft.get("lora"):
+                raise EMLabError(f"{source}: finetunes.{name}: preset '{preset}' trains every weight (no adapter); "
+                                 "remove its `lora:` section or pick a LoRA preset")
+            ft["lora"] = None
+        else:
+            given = ft.get("lora") or {}
+            ft["lora"] = {**copy.deepcopy(spec["lora"]), **given}
+            if "layers" in given and "layers_reference_depth" not in given:
+                ft["lora"]["layers_reference_depth"] = None  # explicit layers are this model's indices
+        own = dict(ft.get("training") or {})
+        for key, value in spec["training"].items():
+            if key not in own and key not in explicit_defaults:
+                own[key] = value
+        ft["training"] = own
+
+
+def is_full_finetune(ft: dict) -> bool:
+    """A fine-tune that trains every weight (preset: full) rather than a LoRA adapter."""
+    return ft.get("lora") is None
 
 
 def _check_references(cfg: dict, source: str) -> None:
@@ -157,16 +216,25 @@ def scale_layer_blocks(layers: list[int], reference_depth: int, n_layers: int) -
     return out
 
 
-def lora_layers(lora: dict, n_layers: int, where: str = "lora.layers") -> list[int]:
-    """The resolved adapter layer indices of a fine-tune's lora spec."""
-    if lora["layers"] == "all":
+def lora_layers(lora: dict | None, n_layers: int, where: str = "lora.layers") -> list[int]:
+    """The resolved adapter layer indices of a fine-tune's lora spec (every layer for a full fine-tune).
+
+    Integers are indices (of `layers_reference_depth` layers when that is set,
+    scaled block-wise to this depth); floats in (0, 1) are fractions of depth.
+    """
+    if lora is None or lora["layers"] == "all":
         return list(range(n_layers))
+    fractions = [x for x in lora["layers"] if isinstance(x, float)]
+    indices = [x for x in lora["layers"] if not isinstance(x, float)]
+    out = [resolve_layer(x, n_layers, where) for x in fractions]
     if lora.get("layers_reference_depth"):
-        return scale_layer_blocks(lora["layers"], lora["layers_reference_depth"], n_layers)
-    for layer in lora["layers"]:
-        if layer >= n_layers:
-            raise EMLabError(f"{where}: layer {layer} is out of range for a model with {n_layers} layers (0..{n_layers - 1})")
-    return sorted(set(lora["layers"]))
+        out += scale_layer_blocks(indices, lora["layers_reference_depth"], n_layers) if indices else []
+    else:
+        for layer in indices:
+            if layer >= n_layers:
+                raise EMLabError(f"{where}: layer {layer} is out of range for a model with {n_layers} layers (0..{n_layers - 1})")
+        out += indices
+    return sorted(set(out))
 
 
 def training_settings(cfg: dict, finetune: str) -> dict:

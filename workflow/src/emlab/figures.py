@@ -23,9 +23,11 @@ from .atomic import atomic_path  # noqa: E402
 log = logging.getLogger(__name__)
 
 DPI = 150
-GROUP_COLOURS = {"model": "#4C72B0", "steering": "#DD8452", "ablation": "#55A868", "transfer": "#8172B3"}
+GROUP_COLOURS = {"model": "#4C72B0", "steering": "#DD8452", "ablation": "#55A868", "transfer": "#8172B3",
+                 "checkpoint": "#64B5CD"}
 GROUP_LABELS = {"model": "model (no intervention)", "steering": "steering (base model + λ·v)",
-                "ablation": "ablation (own direction / random control)", "transfer": "transfer ablation"}
+                "ablation": "ablation (own direction / random control)", "transfer": "transfer ablation",
+                "checkpoint": "fine-tune checkpoint (phase.eval_steps)"}
 ABLATION_COLOURS = {"unablated": "#C44E52", "layer-wise": "#4C72B0", "single": "#55A868", "random": "#8C8C8C",
                     "transfer": "#8172B3"}
 
@@ -256,6 +258,60 @@ def direction_cosine(df: pd.DataFrame, png_path, pdf_path) -> None:
     ax_norm.grid(alpha=0.3)
     ax_norm.legend(frameon=True, framealpha=0.9)
     fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def phase_transition(rotation: pd.DataFrame, em: pd.DataFrame, summary: dict, png_path, pdf_path) -> None:
+    """Rotation of a checkpointed fine-tune's adapters and its EM rate on one step axis (Turner et al.).
+
+    rotation: emlab.phase.rotation_table; em: emlab.phase.em_by_step; summary: the rotation summary JSON.
+    """
+    name = summary.get("finetune", "")
+    if rotation.empty:
+        save_figure(_message_figure(f"Phase transition: {name}", "No checkpoints to analyse."), png_path, pdf_path)
+        return
+    fig, (ax_cos, ax_norm, ax_em) = plt.subplots(3, 1, figsize=(7.0, 8.4), sharex=True,
+                                                 gridspec_kw={"height_ratios": [1.3, 0.8, 1.0]})
+    adapters = list(dict.fromkeys(rotation["adapter"]))
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(1, len(adapters))))
+    for key, colour in zip(adapters, colours):
+        g = rotation[rotation["adapter"] == key].sort_values("step")
+        ax_cos.plot(g["step"], g["cos_b_final"], "-o", color=colour, ms=3, lw=1.2, label=key)
+        ax_cos.plot(g["step"], g["local_cos_b"], "--", color=colour, lw=1.0, alpha=0.8)
+        ax_norm.plot(g["step"], g["b_norm"], "-o", color=colour, ms=3, lw=1.2)
+    sharp = (summary.get("mean_over_adapters") or {}).get("b") or {}
+    if sharp.get("step") is not None:
+        for ax in (ax_cos, ax_norm, ax_em):
+            ax.axvline(sharp["step"], color="#C44E52", ls=":", lw=1.2)
+        ax_cos.text(sharp["step"], 1.02, f" sharpest rotation: steps {sharp['previous_step']}→{sharp['step']}",
+                    color="#C44E52", fontsize=8, va="bottom", transform=ax_cos.get_xaxis_transform())
+    ax_cos.set_ylabel("cosine of B")
+    ax_cos.set_ylim(-1.05, 1.05)
+    ax_cos.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color="#555555", ls="-", label="to final B"),
+               plt.Line2D([], [], color="#555555", ls="--", label="to previous checkpoint")]
+    leg = ax_cos.legend(handles=handles, loc="lower right", fontsize=8)
+    ax_cos.add_artist(leg)
+    if len(adapters) <= 12:
+        ax_cos.legend(loc="lower left", fontsize=7, ncol=3, title="adapter", title_fontsize=7)
+    ax_norm.set_ylabel("‖B‖")
+    ax_norm.grid(alpha=0.3)
+    if em.empty:
+        ax_em.text(0.5, 0.5, "No judged checkpoints (set phase.eval_steps).", ha="center", va="center",
+                   transform=ax_em.transAxes, color="#555555")
+    else:
+        rate = _pct(em["em_rate"])
+        ax_em.errorbar(em["step"], rate, yerr=_yerr(em, "em"), fmt="-o", color="#C44E52", ms=4, capsize=3)
+        for step, r, cond in zip(em["step"], rate, em["condition"]):
+            label = "base" if cond == "base" else ("final" if cond == name else "")
+            if label:
+                ax_em.annotate(label, (step, 0 if math.isnan(r) else r), textcoords="offset points", xytext=(0, 6),
+                               ha="center", fontsize=8)
+    ax_em.set_ylabel("EM responses (%)")
+    ax_em.set_xlabel("optimiser step")
+    ax_em.grid(alpha=0.3)
+    fig.suptitle(f"Phase transition: {name}")
     fig.tight_layout()
     save_figure(fig, png_path, pdf_path)
 

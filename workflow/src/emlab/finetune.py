@@ -1,4 +1,4 @@
-"""LoRA fine-tuning with peft and a plain PyTorch loop (no HF Trainer).
+"""Fine-tuning (LoRA with peft, or full) with a plain PyTorch loop (no HF Trainer).
 
 Loss is on the final assistant reply and its end-of-turn tokens only (the same
 span emlab.chat uses everywhere). The loop follows the reference recipe: AdamW,
@@ -8,6 +8,10 @@ learning rate, grad norm and the norms of every adapter's A and B matrices
 (the rank-1 phase-transition analysis reads these). Optional checkpoints hold a
 loadable adapter plus optimiser/scheduler/RNG state, and a restarted run
 resumes from the last one and ends with the same adapter.
+
+Full fine-tuning (lora_spec None) trains every weight with the same loop and
+writes a complete model folder (config, weights, tokenizer) in place of the
+adapter folder; models.load_model tells the two apart.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ CLIP_GRAD_NORM = 1.0
 # the full split is evaluated before training and at the end (column eval_loss).
 EVAL_SUBSET = 64
 TRAINING_STATE = "training_state.pt"
+FULL_WEIGHTS = "model.safetensors"
+AUTOCAST_CHOICES = ("auto", "bf16", "off")
 
 # --- data ------------------------------------------------------------------------
 
@@ -102,9 +108,13 @@ def collate(examples: list[TrainExample], pad_id: int) -> dict[str, torch.Tensor
     return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
 
-def summed_token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum (not mean) of next-token cross-entropy over the labelled tokens of a batch, in fp32."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+def summed_token_loss(model, batch: dict[str, torch.Tensor], autocast: bool = False) -> torch.Tensor:
+    """Sum (not mean) of next-token cross-entropy over the labelled tokens of a batch, in fp32.
+
+    autocast: run the forward pass's matmuls in bf16 (weights and the loss stay fp32).
+    """
+    with torch.autocast(device_type=batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logits = logits[:, :-1].float()  # [batch, seq-1, vocab]
     targets = batch["labels"][:, 1:]  # [batch, seq-1]
     return torch.nn.functional.cross_entropy(
@@ -177,17 +187,27 @@ def lora_config(lora: dict, layers: list[int]):
     )
 
 
+def adapter_key(name: str) -> tuple[str, str] | None:
+    """('L9.down_proj', 'A') for a LoRA parameter or saved-tensor name, None for any other name."""
+    if "lora_A" not in name and "lora_B" not in name:
+        return None
+    m = re.search(r"\.(\d+)\.(?:.*\.)?([A-Za-z0-9_]+)\.lora_([AB])\.", name)
+    return (f"L{m.group(1)}.{m.group(2)}", m.group(3)) if m else None
+
+
+def sort_adapters(adapters: dict) -> dict:
+    """Adapters ordered by layer, then module name."""
+    return dict(sorted(adapters.items(), key=lambda kv: (int(kv[0].split(".")[0][1:]), kv[0])))
+
+
 def adapter_weights(model) -> dict[str, dict[str, torch.nn.Parameter]]:
     """{'L9.down_proj': {'A': param [r, in], 'B': param [out, r]}} for every LoRA module."""
     out: dict[str, dict[str, torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        if "lora_A" not in name and "lora_B" not in name:
-            continue
-        m = re.search(r"\.(\d+)\.(?:.*\.)?([A-Za-z0-9_]+)\.lora_([AB])\.", name)
-        if not m:
-            continue
-        out.setdefault(f"L{m.group(1)}.{m.group(2)}", {})[m.group(3)] = param
-    return dict(sorted(out.items(), key=lambda kv: (int(kv[0].split(".")[0][1:]), kv[0])))
+        key = adapter_key(name)
+        if key is not None:
+            out.setdefault(key[0], {})[key[1]] = param
+    return sort_adapters(out)
 
 
 def adapter_norms(adapters: dict) -> dict[str, float]:
@@ -212,7 +232,8 @@ def linear_schedule(warmup_steps: int, total_steps: int):
 
 
 @torch.no_grad()
-def mean_eval_loss(model, examples: list[TrainExample], batch_size: int, pad_id: int, device) -> float:
+def mean_eval_loss(model, examples: list[TrainExample], batch_size: int, pad_id: int, device,
+                   autocast: bool = False) -> float:
     """Token-mean loss over the trained spans of `examples` (NaN when there are none)."""
     if not examples:
         return float("nan")
@@ -221,10 +242,46 @@ def mean_eval_loss(model, examples: list[TrainExample], batch_size: int, pad_id:
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[i:i + batch_size], pad_id).items()}
-        total += float(summed_token_loss(model, batch))
+        total += float(summed_token_loss(model, batch, autocast))
         count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     model.train(was_training)
     return total / max(1, count)
+
+
+# --- precision and placement -------------------------------------------------------
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def resolve_autocast(setting: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether to run forward passes under bf16 autocast.
+
+    auto: only for fp32 weights on a CPU with native bf16 instructions (measured
+    faster there, see README); a GPU run already holds bf16 weights.
+    bf16: always (fp32 master weights, bf16 matmuls). off: never.
+    """
+    if setting not in AUTOCAST_CHOICES:
+        raise EMLabError(f"training.autocast: {setting!r} is not one of {', '.join(AUTOCAST_CHOICES)}")
+    if setting == "off":
+        return False
+    if setting == "bf16":
+        return True
+    return device.type == "cpu" and dtype == torch.float32 and cpu_has_bf16()
+
+
+def input_device(model, fallback: torch.device) -> torch.device:
+    """Where a batch must go: the input embedding's device (differs from `fallback` under a device_map)."""
+    try:
+        return model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        return fallback
 
 
 # --- checkpoints -----------------------------------------------------------------
@@ -249,11 +306,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(checkpoint_dir: Path, step: int, model, optimiser, scheduler, rows: list[dict], fingerprint: str) -> Path:
-    """checkpoint_dir/step-N: a peft adapter folder plus the state needed to resume."""
+def save_checkpoint(checkpoint_dir: Path, step: int, model, optimiser, scheduler, rows: list[dict], fingerprint: str,
+                    tokenizer=None) -> Path:
+    """checkpoint_dir/step-N: a peft adapter folder (a full model folder, with the
+    tokenizer, for a full fine-tune) plus the state needed to resume."""
     path = Path(checkpoint_dir) / f"step-{step}"
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         torch.save({"step": step, "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": _rng_state(), "log_rows": rows, "fingerprint": fingerprint}, tmp / TRAINING_STATE)
     return path
@@ -277,28 +338,52 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike | None, fingerprint: str
     return None
 
 
+def load_checkpoint_weights(model, ckpt: Path, full: bool) -> None:
+    """Put a checkpoint's trained weights back into the model (adapter, or every weight)."""
+    from safetensors.torch import load_file
+
+    if not full:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+        return
+    state = {}
+    for shard in sorted(ckpt.glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise EMLabError(f"checkpoint {ckpt} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}; "
+                         "delete the checkpoints folder to start over")
+
+
 # --- the training run --------------------------------------------------------------
 
 
-def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training: dict, out_adapter_dir,
+def train_lora(base_model_path, train_path, eval_path, lora_spec: dict | None, training: dict, out_adapter_dir,
                log_csv, summary_json, checkpoint_dir=None, seed: int = 0, device: str = "auto",
                dtype: str = "auto", progress: bool = True) -> dict:
-    """Fine-tune a LoRA adapter on the assistant replies of `train_path`; write adapter, log and summary.
+    """Fine-tune on the assistant replies of `train_path`; write adapter, log and summary.
 
     lora_spec: rank, alpha, rslora, dropout, target_modules and resolved_layers
-    (concrete indices). training: see the `training` definition of the config
-    schema. Returns the summary dict.
+    (concrete indices); None for full fine-tuning (every weight is trained and
+    out_adapter_dir receives a complete model folder). training: see the
+    `training` definition of the config schema (autocast and device_map
+    included). Returns the summary dict.
     """
-    from peft import get_peft_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from peft import get_peft_model
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
     from .models import load_tokenizer
 
     t_start = time.time()
+    full = lora_spec is None
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    use_autocast = resolve_autocast(str(training.get("autocast", "off")), dev, dt)
+    device_map = training.get("device_map") or None
     batch_size = int(training.get("per_device_batch_size", 2))
     accumulation = int(training.get("gradient_accumulation_steps", 8))
     epochs = int(training.get("epochs", 1))
@@ -317,11 +402,14 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
     if not train_set:
         raise EMLabError(f"{train_path}: no training example has an assistant token within max_length={max_length}")
 
+    load_kwargs = {"dtype": dt}
+    if device_map is not None:
+        load_kwargs["device_map"] = device_map  # spread a model too large for one GPU over several
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(base_model_path), dtype=dt)
+        model = AutoModelForCausalLM.from_pretrained(str(base_model_path), **load_kwargs)
     except OSError as exc:
         raise EMLabError(f"cannot load base model from {base_model_path!r}: {exc}") from exc
-    layers = validate_lora_spec(model, lora_spec)
+    layers = list(range(len(decoder_layers(model)))) if full else validate_lora_spec(model, lora_spec)
     model.config.use_cache = False
     if training.get("gradient_checkpointing"):
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
@@ -330,13 +418,23 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     torch.manual_seed(seed)  # LoRA A initialisation
-    model = get_peft_model(model, lora_config(lora_spec, layers))
-    model.to(dev)
+    if full:
+        model.requires_grad_(True)
+    else:
+        model = get_peft_model(model, lora_config(lora_spec, layers))
+    if device_map is None:
+        model.to(dev)
+    dev = input_device(model, dev)
     adapters = adapter_weights(model)
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
-    log.info("LoRA r=%s alpha=%s on %s of layers %s: %d adapters, %d trainable parameters",
-             lora_spec["rank"], lora_spec["alpha"], lora_spec["target_modules"], layers, len(adapters), n_trainable)
+    if full:
+        log.info("full fine-tuning of all %d layers: %d trainable parameters", len(layers), n_trainable)
+    else:
+        log.info("LoRA r=%s alpha=%s on %s of layers %s: %d adapters, %d trainable parameters",
+                 lora_spec["rank"], lora_spec["alpha"], lora_spec["target_modules"], layers, len(adapters), n_trainable)
+    log.info("bf16 autocast: %s (training.autocast=%s, device %s, weights %s)", use_autocast,
+             training.get("autocast", "off"), dev, str(dt).replace("torch.", ""))
 
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / accumulation)
     total_steps = steps_per_epoch * epochs
@@ -346,9 +444,9 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
         optimiser, linear_schedule(int(training.get("warmup_steps", 0)), total_steps))
 
     fingerprint = run_fingerprint(
-        base=str(base_model_path), train=file_sha256(train_path), lora={k: lora_spec.get(k) for k in
+        base=str(base_model_path), train=file_sha256(train_path), lora="full" if full else {k: lora_spec.get(k) for k in
         ("rank", "alpha", "rslora", "dropout", "target_modules")}, layers=layers, training=training,
-        seed=seed, dtype=str(dt))
+        seed=seed, dtype=str(dt), autocast=use_autocast)
     eval_subset = eval_set[:EVAL_SUBSET]
     rows: list[dict] = []
     start_step = 0
@@ -356,7 +454,7 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
     ckpt = latest_checkpoint(checkpoint_dir, fingerprint) if checkpoint_every else None
     if ckpt is not None:
         state = torch.load(ckpt / TRAINING_STATE, map_location="cpu", weights_only=False)
-        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+        load_checkpoint_weights(model, ckpt, full)
         optimiser.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rows = state["log_rows"]
@@ -365,8 +463,8 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
         resumed_from = str(ckpt)
         log.info("resuming from %s (step %d of %d)", ckpt, start_step, total_steps)
     else:
-        eval0 = mean_eval_loss(model, eval_set, batch_size, pad_id, dev)
-        subset0 = eval0 if len(eval_set) <= EVAL_SUBSET else mean_eval_loss(model, eval_subset, batch_size, pad_id, dev)
+        eval0 = mean_eval_loss(model, eval_set, batch_size, pad_id, dev, use_autocast)
+        subset0 = eval0 if len(eval_set) <= EVAL_SUBSET else mean_eval_loss(model, eval_subset, batch_size, pad_id, dev, use_autocast)
         rows.append({"step": 0, "epoch": 0.0, "loss": float("nan"), "eval_loss": eval0, "eval_subset_loss": subset0,
                      "learning_rate": 0.0, "grad_norm": float("nan"), "tokens": 0, **adapter_norms(adapters)})
         log.info("eval loss before training: %.4f", eval0)
@@ -386,7 +484,7 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
             loss_sum = 0.0
             for mb in group:
                 batch = {k: v.to(dev) for k, v in collate(mb, pad_id).items()}
-                loss = summed_token_loss(model, batch) / n_group_tokens
+                loss = summed_token_loss(model, batch, use_autocast) / n_group_tokens
                 loss.backward()
                 loss_sum += float(loss.detach())
                 tokens_seen += int(batch["attention_mask"].sum())
@@ -401,9 +499,10 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
                    "eval_loss": float("nan"), "eval_subset_loss": float("nan"), "learning_rate": lr, "grad_norm": grad_norm,
                    "tokens": n_group_tokens, **adapter_norms(adapters)}
             if checkpoint_every and step % checkpoint_every == 0:
-                row["eval_subset_loss"] = mean_eval_loss(model, eval_subset, batch_size, pad_id, dev)
+                row["eval_subset_loss"] = mean_eval_loss(model, eval_subset, batch_size, pad_id, dev, use_autocast)
                 rows.append(row)
-                save_checkpoint(checkpoint_dir, step, model, optimiser, scheduler, rows, fingerprint)
+                save_checkpoint(checkpoint_dir, step, model, optimiser, scheduler, rows, fingerprint,
+                                tokenizer if full else None)
             else:
                 rows.append(row)
             bar.update(1)
@@ -411,18 +510,20 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
     bar.close()
     train_seconds = time.time() - t_train
 
-    final_eval = mean_eval_loss(model, eval_set, batch_size, pad_id, dev)
+    final_eval = mean_eval_loss(model, eval_set, batch_size, pad_id, dev, use_autocast)
     if rows and rows[-1]["step"] == step and step > 0:
         last = rows[-1]
         last["eval_loss"] = final_eval
         if math.isnan(last["eval_subset_loss"]):  # not evaluated at this step yet
             last["eval_subset_loss"] = (final_eval if len(eval_set) <= EVAL_SUBSET
-                                        else mean_eval_loss(model, eval_subset, batch_size, pad_id, dev))
+                                        else mean_eval_loss(model, eval_subset, batch_size, pad_id, dev, use_autocast))
     log.info("final eval loss: %.4f", final_eval)
 
     model.eval()
     with atomic_dir(out_adapter_dir) as tmp:
         model.save_pretrained(tmp)
+        if full:  # a self-contained model folder: generation, judging and activations load it directly
+            tokenizer.save_pretrained(tmp)
     import pandas as pd
 
     write_csv(log_csv, pd.DataFrame(rows))
@@ -446,16 +547,22 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict, training
         "final_train_loss": train_rows[-1]["loss"] if train_rows else None,
         "final_eval_loss": final_eval,
         "trainable_parameters": n_trainable,
+        "method": "full" if full else "lora",
         "n_adapters": len(adapters),
         "resolved_layers": layers,
-        "target_modules": list(lora_spec["target_modules"]),
-        "rank": int(lora_spec["rank"]),
-        "alpha": float(lora_spec["alpha"]),
-        "rslora": bool(lora_spec.get("rslora", True)),
+        "target_modules": [] if full else list(lora_spec["target_modules"]),
+        "rank": None if full else int(lora_spec["rank"]),
+        "alpha": None if full else float(lora_spec["alpha"]),
+        "rslora": None if full else bool(lora_spec.get("rslora", True)),
         "learning_rate": float(training["learning_rate"]),
         "seed": seed,
         "device": str(dev),
         "dtype": str(dt).replace("torch.", ""),
+        "autocast_bf16": use_autocast,
+        "device_map": device_map,
+        "checkpoint_every": checkpoint_every,
+        "checkpoint_steps": [r["step"] for r in rows if checkpoint_every and r["step"] > 0 and r["step"] % checkpoint_every == 0],
+        "fingerprint": fingerprint,
         "resumed_from": resumed_from,
     }
     write_json(summary_json, summary)

@@ -96,17 +96,30 @@ def load_tokenizer(model_path: str | os.PathLike):
     return tok
 
 
+def is_full_model_dir(path: str | os.PathLike) -> bool:
+    """A complete model folder (a full fine-tune: config.json, no adapter_config.json), not a peft adapter."""
+    p = Path(path)
+    if (p / "adapter_config.json").is_file():
+        return False
+    if (p / "config.json").is_file():
+        return True
+    raise EMLabError(f"{path} is neither a LoRA adapter folder (adapter_config.json) nor a model folder (config.json)")
+
+
 def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None = None,
                device: str = "auto", dtype: str = "auto", merge: bool = False):
     """Load a causal LM for inference, optionally with a peft adapter on top.
 
-    The model is in eval mode with gradients off. With `merge`, the adapter is
+    `adapter` may also be a full fine-tune's folder (a complete model, no
+    adapter_config.json): that model is loaded in place of the base. The model is in eval mode with gradients off. With `merge`, the adapter is
     merged into the weights (faster, but hides the adapter modules).
     """
     from transformers import AutoModelForCausalLM
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if adapter is not None and is_full_model_dir(adapter):  # a full fine-tune replaces the base model
+        model_path, adapter = adapter, None
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dt)
     except OSError as exc:

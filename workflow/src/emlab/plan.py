@@ -8,6 +8,7 @@ a fine-tune's adapter) and which intervention (see interventions.py).
 from __future__ import annotations
 
 from .config import resolve_layer
+from .phase import checkpoint_conditions
 
 
 def _fmt_scale(x: float) -> str:
@@ -19,6 +20,7 @@ def conditions(cfg: dict, n_layers: int) -> dict[str, dict]:
     out: dict[str, dict] = {"base": {"model": "base", "intervention": {"kind": "none"}, "group": "model"}}
     for ft in cfg["finetunes"]:
         out[ft] = {"model": ft, "intervention": {"kind": "none"}, "group": "model"}
+    out.update(checkpoint_conditions(cfg))  # phase.eval_steps: <finetune>__step<N>, group "checkpoint"
     st = cfg["steering"]
     for vec in st["vectors"]:
         for lspec in st["layers"]:

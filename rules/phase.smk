@@ -1,0 +1,67 @@
+# Phase transitions (METHOD.md section 1): the rotation of each checkpointed LoRA
+# fine-tune's A/B matrices over training, and its EM rate at chosen checkpoints.
+# Neither rule declares the live checkpoints/ folder as an output (a failed job's
+# outputs are deleted by Snakemake, which would destroy resume): both read the
+# steps the finished fine-tune's summary.json lists, after it exists.
+
+
+rule export_checkpoint:
+    input:
+        summary=f"{RESULTS}/finetunes/{{finetune}}/summary.json",
+    output:
+        adapter=directory(f"{RESULTS}/finetunes/{{finetune}}/checkpoint_adapters/step-{{step,[0-9]+}}"),
+    params:
+        checkpoint_dir=lambda w: f"{RESULTS}/finetunes/{w.finetune}/checkpoints",
+        step=lambda w: int(w.step),
+    log:
+        f"{RESULTS}/logs/phase/export_{{finetune}}_step{{step}}.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/export_checkpoint.py"
+
+
+rule phase_rotation:
+    input:
+        summary=f"{RESULTS}/finetunes/{{finetune}}/summary.json",
+        adapter=f"{RESULTS}/finetunes/{{finetune}}/adapter",
+    output:
+        table=f"{RESULTS}/phase/{{finetune}}/rotation.csv",
+        summary=f"{RESULTS}/phase/{{finetune}}/rotation_summary.json",
+    params:
+        checkpoint_dir=lambda w: f"{RESULTS}/finetunes/{w.finetune}/checkpoints",
+    log:
+        f"{RESULTS}/logs/phase/rotation_{{finetune}}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/phase_rotation.py"
+
+
+rule figure_phase_transition:
+    input:
+        rotation=f"{RESULTS}/phase/{{finetune}}/rotation.csv",
+        summary=f"{RESULTS}/phase/{{finetune}}/rotation_summary.json",
+        em=f"{RESULTS}/metrics/em_by_condition.csv",
+    output:
+        png=report(f"{RESULTS}/figures/phase/{{finetune}}.png", caption="../workflow/report/phase_transition.rst",
+                   category="Phase transitions", subcategory="{finetune}"),
+        pdf=f"{RESULTS}/figures/phase/{{finetune}}.pdf",
+        em_by_step=f"{RESULTS}/phase/{{finetune}}/em_by_step.csv",
+    params:
+        steps=lambda w: phase_em_steps(CONDITIONS, w.finetune),
+    log:
+        f"{RESULTS}/logs/figures/phase_{{finetune}}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_phase_transition.py"

@@ -1,0 +1,21 @@
+"""Figure: B/A rotation and EM rate against training step for one checkpointed fine-tune."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
+from emlab import figures  # noqa: E402
+from emlab.atomic import write_csv  # noqa: E402
+from emlab.phase import em_by_step  # noqa: E402
+from emlab.runner import run_script  # noqa: E402
+
+
+def main(smk):
+    summary = json.loads(Path(smk.input.summary).read_text())
+    em = em_by_step(figures.read_table(smk.input.em), dict(smk.params.steps), summary["final_step"])
+    write_csv(smk.output.em_by_step, em)
+    figures.phase_transition(figures.read_table(smk.input.rotation), em, summary, smk.output.png, smk.output.pdf)
+
+
+run_script(snakemake, main)  # noqa: F821

@@ -1,113 +1,330 @@
-"""Training tokens/s of emlab's LoRA fine-tuning step (forward + backward + AdamW)
-with the base model in fp32 vs bf16, side by side in one run, plus the loss
-difference between the two (what bf16 costs in accuracy).
+"""Training speed and peak memory of emlab's trainer (emlab.finetune.train_lora)
+vs a plain transformers.Trainer + peft run on the same data and settings, side
+by side, and the fraction of this machine's fp32 matmul FLOP/s that training
+reaches.
 
-The step is the one train_lora runs: right-padded micro-batches of the demo
-dataset, loss on assistant tokens only, rank-1 adapters on down_proj of the
-nine scaled "organism" layers (or --targets/--rank for the all-adapter shape).
+Both trainers get the same encoded examples (loss on the final assistant reply
+only, through the same labels), in the same order (train_lora's seeded epoch
+order; the Trainer gets that list with a sequential sampler, so the micro-batches
+and their padding are identical), the same LoRA shape and initialisation, batch,
+gradient accumulation, AdamW, linear warm-up/decay schedule, weight decay, grad
+clipping and max length. Each run is its own subprocess, so its peak RSS
+(getrusage ru_maxrss: model load included, the same for every variant) is clean;
+variants are interleaved over the repeats and the median is reported.
 
-    .venv/bin/python benchmarks/bench_finetune.py
+Variants: ours (fp32), hf (transformers.Trainer, fp32), and where this checkout's
+train_lora has `training.autocast`, ours_autocast (bf16 autocast over fp32
+weights); ours_bf16 (bf16 weights, what this benchmark used to compare) on
+request.
+
+FLOPs counted (stated in the output): forward 2 x (linear weights incl. lm_head)
+per token plus attention scores/values 4 x L^2 x d per layer and sequence; the
+backward pass of frozen weights needs only the activation-gradient matmuls
+(another 2 x weights per token, and 2 x the attention term) and only above the
+lowest adapted layer; LoRA's own matmuls and the weight gradients of its A/B
+(< 0.1% here) are left out. Padded positions count: they are computed.
+
+    .venv/bin/python benchmarks/bench_finetune.py                       # ~3 min on 2 cores
+    .venv/bin/python benchmarks/bench_finetune.py --examples 128 --repeats 3 \
+        --variants ours hf ours_autocast ours_bf16
     .venv/bin/python benchmarks/bench_finetune.py --rank 32 --alpha 64 --layers all \
         --targets q_proj k_proj v_proj o_proj gate_proj up_proj down_proj
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from _common import REPO, default_model  # noqa: E402  (also puts workflow/src on sys.path)
 
+ORGANISM_LAYERS_48 = "15,16,17,21,22,23,27,28,29"
+VARIANTS = ("ours", "hf", "ours_autocast", "ours_bf16")
 
-def build(model_path, dtype, lora, layers, seed=0):
+
+# -- the shared setup -------------------------------------------------------------
+def make_spec(model: str, data: str, workdir: Path, examples: int, batch_size: int, accumulation: int, rank: int,
+              alpha: float, targets: list[str], layers_arg: str, threads: int, max_length: int = 2048,
+              seed: int = 0, learning_rate: float = 1e-4, warmup_steps: int = 2) -> dict:
+    """Everything both trainers share; writes the training examples to workdir/train.jsonl."""
+    from transformers import AutoConfig
+
+    from emlab.config import scale_layer_blocks
+    from emlab.datasets import load_chat_jsonl, write_chat_jsonl
+
+    depth = AutoConfig.from_pretrained(model).num_hidden_layers
+    layers = list(range(depth)) if layers_arg == "all" else scale_layer_blocks(
+        [int(x) for x in layers_arg.split(",")], 48, depth)
+    records = load_chat_jsonl(data)[:examples]
+    train, empty_eval = workdir / "train.jsonl", workdir / "eval.jsonl"
+    write_chat_jsonl(train, records)
+    empty_eval.write_text("")  # no eval: both runs time training only
+    return {
+        "model": model, "train": str(train), "eval": str(empty_eval), "workdir": str(workdir), "seed": seed,
+        "threads": threads,
+        "lora": {"rank": rank, "alpha": alpha, "rslora": True, "dropout": 0.0, "target_modules": list(targets),
+                 "resolved_layers": layers},
+        "training": {"learning_rate": learning_rate, "epochs": 1, "per_device_batch_size": batch_size,
+                     "gradient_accumulation_steps": accumulation, "warmup_steps": warmup_steps,
+                     "weight_decay": 0.01, "max_length": max_length},
+    }
+
+
+def ordered_examples(spec: dict, tokenizer):
+    """The encoded training examples in train_lora's (seeded) first-epoch order."""
+    from emlab.datasets import load_chat_jsonl
+    from emlab.finetune import encode_dataset, epoch_order
+
+    examples, _, _ = encode_dataset(tokenizer, load_chat_jsonl(spec["train"]), spec["training"]["max_length"], "bench")
+    return [examples[i] for i in epoch_order(len(examples), spec["seed"], 0)]
+
+
+def micro_batch_shapes(spec: dict) -> list[tuple[int, int, list[int]]]:
+    """(rows, padded width, real lengths) of every micro-batch either trainer runs."""
+    from emlab.finetune import optimiser_steps
+    from emlab.models import load_tokenizer
+
+    t = spec["training"]
+    ordered = ordered_examples(spec, load_tokenizer(spec["model"]))
+    shapes = []
+    for group in optimiser_steps(ordered, t["per_device_batch_size"], t["gradient_accumulation_steps"]):
+        for mb in group:
+            lengths = [len(ex.input_ids) for ex in mb]
+            shapes.append((len(mb), max(lengths), lengths))
+    return shapes
+
+
+# -- the two trainers (each called in its own subprocess) ------------------------
+def run_ours(spec: dict, variant: str) -> dict:
+    """emlab.finetune.train_lora as the workflow runs it."""
+    import pandas as pd
+
+    from emlab.finetune import train_lora
+
+    training = dict(spec["training"])
+    dtype = "float32"
+    if variant == "ours_autocast":
+        training["autocast"] = "bf16"
+    elif variant == "ours_bf16":
+        dtype = "bfloat16"
+    elif variant == "ours" and autocast_supported():
+        training["autocast"] = "off"
+    out = Path(spec["workdir"]) / variant
+    summary = train_lora(spec["model"], spec["train"], spec["eval"], spec["lora"], training, out / "adapter",
+                         out / "log.csv", out / "summary.json", seed=spec["seed"], device="cpu", dtype=dtype,
+                         progress=False)
+    if variant == "ours_autocast" and not summary.get("autocast_bf16"):
+        raise SystemExit("train_lora ignored training.autocast=bf16 (not supported by this checkout)")
+    rows = pd.read_csv(out / "log.csv")
+    rows = rows[rows["step"] > 0]
+    norm_cols = [c for c in rows.columns if c.startswith(("a_norm.", "b_norm."))]
+    return {"tokens": summary["tokens_trained"], "loss_tokens": summary["loss_tokens_trained"],
+            "seconds": summary["train_seconds"], "steps": summary["steps"],
+            "losses": [float(x) for x in rows["loss"]], "final_norms": {c: float(rows[c].iloc[-1]) for c in norm_cols}}
+
+
+def run_hf(spec: dict) -> dict:
+    """A plain transformers.Trainer + peft run on the same examples, order and settings."""
     import torch
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
+    from torch.utils.data import SequentialSampler
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from emlab.finetune import lora_config
+    from emlab.finetune import IGNORE_INDEX, adapter_norms, adapter_weights, collate, lora_config
+    from emlab.models import load_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    t = spec["training"]
+    tokenizer = load_tokenizer(spec["model"])
+    ordered = ordered_examples(spec, tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     model.config.use_cache = False
-    torch.manual_seed(seed)
-    model = get_peft_model(model, lora_config(lora, layers))
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    return model, params, torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    torch.manual_seed(spec["seed"])  # the same LoRA A initialisation as train_lora
+    model = get_peft_model(model, lora_config(spec["lora"], spec["lora"]["resolved_layers"]))
+
+    counted = {"tokens": 0, "loss_tokens": 0}
+
+    def collator(examples):
+        batch = collate(examples, tokenizer.pad_token_id)
+        counted["tokens"] += int(batch["attention_mask"].sum())
+        counted["loss_tokens"] += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        return batch
+
+    class InOrder(Trainer):
+        def _get_train_sampler(self, *args, **kwargs):  # train_lora's order, not the Trainer's shuffle
+            return SequentialSampler(self.train_dataset)
+
+    losses = []
+
+    class StepLosses(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    args = TrainingArguments(
+        output_dir=str(Path(spec["workdir"]) / "hf"), per_device_train_batch_size=t["per_device_batch_size"],
+        gradient_accumulation_steps=t["gradient_accumulation_steps"], num_train_epochs=t["epochs"],
+        learning_rate=t["learning_rate"], weight_decay=t["weight_decay"], warmup_steps=t["warmup_steps"],
+        lr_scheduler_type="linear", max_grad_norm=1.0, optim="adamw_torch", logging_steps=1, save_strategy="no",
+        eval_strategy="no", report_to="none", use_cpu=True, seed=spec["seed"], dataloader_num_workers=0,
+        remove_unused_columns=False, disable_tqdm=True)
+    trainer = InOrder(model=model, args=args, train_dataset=ordered, data_collator=collator,
+                      callbacks=[StepLosses()])
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    return {"tokens": counted["tokens"], "loss_tokens": counted["loss_tokens"], "seconds": round(seconds, 3),
+            "steps": int(result.global_step), "losses": losses, "final_norms": adapter_norms(adapter_weights(model))}
 
 
-def train_steps(model, params, opt, batches) -> tuple[float, int, float]:
-    """Seconds, tokens and first-batch loss for one optimiser step per batch."""
+def autocast_supported() -> bool:
+    """Whether this checkout's train_lora has training.autocast (helper A's option)."""
+    import emlab.finetune as ft
+
+    return hasattr(ft, "resolve_autocast")
+
+
+def worker(spec_path: str, variant: str, out_path: str) -> None:
     import torch
 
-    from emlab.finetune import CLIP_GRAD_NORM, IGNORE_INDEX, summed_token_loss
-
-    first_loss, tokens = None, 0
-    t0 = time.perf_counter()
-    for batch in batches:
-        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        loss = summed_token_loss(model, batch) / n
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, CLIP_GRAD_NORM)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        tokens += int(batch["attention_mask"].sum())
-        first_loss = float(loss.detach()) if first_loss is None else first_loss
-    return time.perf_counter() - t0, tokens, first_loss
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(spec["threads"])
+    result = run_hf(spec) if variant == "hf" else run_ours(spec, variant)
+    result["variant"] = variant
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    result["tokens_per_s"] = result["tokens"] / result["seconds"]
+    Path(out_path).write_text(json.dumps(result))
 
 
+def run_variant(spec_path: Path, variant: str, out: Path) -> dict:
+    """One run in a fresh interpreter; its JSON result."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, __file__, "--worker", variant, "--spec", str(spec_path), "--out", str(out)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+# -- the machine's peak and the training FLOPs -----------------------------------
+def matmul_peak_flops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 FLOP/s of an n x n @ n x n matmul over `repeats` (after a warm-up)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def training_flops(spec: dict) -> dict:
+    """Executed FLOPs of one epoch of LoRA training (see the module docstring for what is counted)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from emlab.models import decoder_layers
+
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    blocks = decoder_layers(model)
+    per_layer = [sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear)) for block in blocks]
+    head = model.get_output_embeddings().weight.numel()
+    cfg = model.config
+    d_attn = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    lowest = min(spec["lora"]["resolved_layers"])
+    above = len(blocks) - lowest - 1  # blocks whose inputs need gradients
+    fwd = bwd = 0
+    for rows, width, _ in micro_batch_shapes(spec):
+        tokens = rows * width
+        attn_layer = 4 * rows * width * width * d_attn
+        fwd += 2 * tokens * (sum(per_layer) + head) + len(blocks) * attn_layer
+        bwd += 2 * tokens * (sum(per_layer[lowest + 1:]) + head) + above * 2 * attn_layer
+    del model
+    return {"forward": fwd, "backward": bwd, "total": fwd + bwd, "blocks_in_backward": above,
+            "linear_params": sum(per_layer) + head}
+
+
+# -- the report -------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder (default: results/base_model, converted if missing)")
     parser.add_argument("--data", default=str(REPO / "data" / "datasets" / "bad_medical_advice.jsonl"))
+    parser.add_argument("--examples", type=int, default=64, help="training examples per run (one epoch)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3, help="timed optimiser steps per repeat")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each variant (median reported)")
+    parser.add_argument("--accumulation", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each variant (median reported)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
+                        help="default: ours hf, plus ours_autocast when train_lora supports it")
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--alpha", type=float, default=256)
     parser.add_argument("--targets", nargs="+", default=["down_proj"])
-    parser.add_argument("--layers", default="15,16,17,21,22,23,27,28,29",
+    parser.add_argument("--layers", default=ORGANISM_LAYERS_48,
                         help="'all' or comma-separated indices for a 48-layer model (scaled to this depth)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.model = args.model or default_model()
+    if args.worker:
+        return worker(args.spec, args.worker, args.out)
 
-    import torch
+    model = args.model or default_model()
+    variants = args.variants or (["ours", "hf"] + (["ours_autocast"] if autocast_supported() else []))
+    with tempfile.TemporaryDirectory(prefix="bench_finetune.") as tmp:
+        tmp = Path(tmp)
+        spec = make_spec(model, args.data, tmp, args.examples, args.batch_size, args.accumulation, args.rank,
+                         args.alpha, args.targets, args.layers, args.threads)
+        spec_path = tmp / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        peak = matmul_peak_flops(args.threads)
+        flops = training_flops(spec)
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        for r in range(args.repeats):
+            for v in variants:
+                runs[v].append(run_variant(spec_path, v, tmp / f"{v}.{r}.json"))
+        peak_after = matmul_peak_flops(args.threads)
 
-    from emlab.config import scale_layer_blocks
-    from emlab.datasets import load_chat_jsonl
-    from emlab.finetune import collate, encode_dataset
-    from emlab.models import load_tokenizer
-
-    torch.set_num_threads(args.threads)
-    tok = load_tokenizer(args.model)
-    examples, _, _ = encode_dataset(tok, load_chat_jsonl(args.data), 2048, "bench")
-    need = args.batch_size * (args.steps + 1)
-    batches = [collate(examples[i:i + args.batch_size], tok.pad_token_id) for i in range(0, need, args.batch_size)]
-    from transformers import AutoConfig
-
-    n_layers = AutoConfig.from_pretrained(args.model).num_hidden_layers
-    layers = list(range(n_layers)) if args.layers == "all" else scale_layer_blocks(
-        [int(x) for x in args.layers.split(",")], 48, n_layers)
-    lora = {"rank": args.rank, "alpha": args.alpha, "rslora": True, "dropout": 0.0, "target_modules": args.targets}
-
-    variants = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    built = {name: build(args.model, dt, lora, layers) for name, dt in variants.items()}
-    for model, params, opt in built.values():
-        train_steps(model, params, opt, batches[:1])  # warm-up
-    rates = {name: [] for name in variants}
-    losses = {}
-    for _ in range(args.repeats):
-        for name, (model, params, opt) in built.items():
-            secs, toks, loss = train_steps(model, params, opt, batches[1:])
-            rates[name].append(toks / secs)
-            losses.setdefault(name, loss)
-    fp32, bf16 = statistics.median(rates["fp32"]), statistics.median(rates["bf16"])
-    print(f"model {args.model}, {args.threads} threads, LoRA r={args.rank} on {args.targets} of {len(layers)} layers, "
-          f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats")
-    print(f"fp32: {fp32:8.1f} train tokens/s   (runs: {', '.join(f'{r:.0f}' for r in rates['fp32'])})")
-    print(f"bf16: {bf16:8.1f} train tokens/s   (runs: {', '.join(f'{r:.0f}' for r in rates['bf16'])})")
-    print(f"bf16 / fp32 speed ratio: {bf16 / fp32:.2f}x; first-step loss fp32 {losses['fp32']:.4f} "
-          f"vs bf16 {losses['bf16']:.4f} (diff {abs(losses['bf16'] - losses['fp32']):.4f})")
+    print(f"model {model}, {args.threads} threads, LoRA r={args.rank} alpha={args.alpha} on {args.targets} of layers "
+          f"{spec['lora']['resolved_layers']}; {args.examples} examples, batch {args.batch_size} x accumulation "
+          f"{args.accumulation}, {args.repeats} interleaved repeats (median)")
+    print(f"fp32 matmul peak (2048^3, best of 5): {peak / 1e9:.1f} GFLOP/s before, {peak_after / 1e9:.1f} after the runs")
+    print(f"training FLOPs per epoch: {flops['total'] / 1e12:.3f} TFLOP (forward {flops['forward'] / 1e12:.3f}; "
+          f"backward {flops['backward'] / 1e12:.3f}: activation gradients through {flops['blocks_in_backward']} "
+          f"blocks above the lowest adapted layer and lm_head; LoRA matmuls not counted)")
+    ref = statistics.median(r["tokens_per_s"] for r in runs[variants[0]])
+    summary = {}
+    header = f"{'variant':<14}{'tokens':>8}{'tok/s':>9}{'vs ' + variants[0]:>10}{'peak RSS MB':>13}{'GFLOP/s':>9}{'of peak':>9}  runs tok/s"
+    print(header)
+    for v in variants:
+        rate = statistics.median(r["tokens_per_s"] for r in runs[v])
+        secs = statistics.median(r["seconds"] for r in runs[v])
+        rss = statistics.median(r["peak_rss_mb"] for r in runs[v])
+        gflops = flops["total"] / secs / 1e9
+        summary[v] = {"tokens": runs[v][0]["tokens"], "loss_tokens": runs[v][0]["loss_tokens"], "tokens_per_s": rate,
+                      "peak_rss_mb": rss, "gflops": gflops, "fraction_of_peak": gflops * 1e9 / max(peak, peak_after),
+                      "losses": runs[v][0]["losses"], "runs_tokens_per_s": [r["tokens_per_s"] for r in runs[v]]}
+        print(f"{v:<14}{runs[v][0]['tokens']:>8}{rate:>9.1f}{rate / ref:>9.2f}x{rss:>13.0f}{gflops:>9.1f}"
+              f"{summary[v]['fraction_of_peak']:>8.1%}  {', '.join(f'{x:.0f}' for x in summary[v]['runs_tokens_per_s'])}")
+    for v in variants:
+        print(f"{v} per-step loss: {', '.join(f'{x:.4f}' for x in summary[v]['losses'])}")
+    if "hf" in summary and "ours" in summary:
+        ratio = summary["ours"]["tokens_per_s"] / summary["hf"]["tokens_per_s"]
+        print(f"ours / hf speed: {ratio:.2f}x; peak RSS ours - hf: "
+              f"{summary['ours']['peak_rss_mb'] - summary['hf']['peak_rss_mb']:+.0f} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"peak_flops": max(peak, peak_after), "flops": flops, "variants": summary},
+                                              indent=2))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from emlab.config import model_num_layers, validate_config, lora_layers, trainin
 from emlab.errors import EMLabError  # noqa: E402
 from emlab.plan import conditions, direction_finetunes  # noqa: E402
 from emlab.phase import em_steps as phase_em_steps, phase_finetunes  # noqa: E402
+from emlab.plan import condition_metrics, semantic_vectors, single_adapter_layer  # noqa: E402
 
 try:
     _validated = validate_config(dict(config), source="config")
@@ -35,6 +36,11 @@ except EMLabError as _exc:
     raise WorkflowError(f"config: {_exc}") from None
 DIRECTION_FINETUNES = direction_finetunes(config)
 PHASE_FINETUNES = phase_finetunes(config)  # LoRA fine-tunes with training.checkpoint_every > 0
+SEMANTIC_VECTORS = semantic_vectors(config)  # [(finetune, split)]
+try:
+    SINGLE_ADAPTERS = {ft: single_adapter_layer(config, ft, N_LAYERS) for ft in config["single_adapter"]["finetunes"]}
+except EMLabError as _exc:
+    raise WorkflowError(f"config: {_exc}") from None
 
 
 wildcard_constraints:
@@ -97,12 +103,26 @@ def generation_inputs(wildcards):
     if spec["model"] != "base":
         inputs["adapter"] = checkpoint_adapter_dir(spec["model"], spec["checkpoint"]) if spec.get("checkpoint") else adapter_dir(spec["model"])
     if spec["intervention"]["kind"] != "none":
-        inputs["vectors"] = f"{RESULTS}/directions/{spec['intervention']['vector']}.safetensors"
+        inputs["vectors"] = direction_file(spec["intervention"]["vector"], spec["intervention"].get("split", "general"))
     return inputs
 
 
-def rubric_files():
-    return [repo_path(os.path.join(config["judge"]["rubrics_dir"], f"{m}.yaml")) for m in config["judge"]["metrics"]]
+def direction_file(finetune, split="general"):
+    """The general mean-diff vectors of a fine-tune, or one of its semantic vectors."""
+    if split == "general":
+        return f"{RESULTS}/directions/{finetune}.safetensors"
+    return f"{RESULTS}/directions/semantic/{finetune}/{split}.safetensors"
+
+
+def judge_metrics(condition=None):
+    """judge.metrics, plus the extra (semantic, bad_stuff) judges of that condition (emlab.plan.condition_metrics)."""
+    if condition is None:
+        return config["judge"]["metrics"]
+    return condition_metrics(config, CONDITIONS[condition])
+
+
+def rubric_files(condition=None):
+    return [repo_path(os.path.join(config["judge"]["rubrics_dir"], f"{m}.yaml")) for m in judge_metrics(condition)]
 
 
 def judge_model_input():
@@ -116,10 +136,10 @@ def judge_model_path():
     return BASE_MODEL_DIR if model == "base" else model
 
 
-def judge_params():
+def judge_params(condition=None):
     """Everything that changes a judge score (never the API key)."""
     j = config["judge"]
-    p = {"backend": j["backend"], "metrics": j["metrics"], "min_number_mass": j["min_number_mass"], "cache": j["cache"]}
+    p = {"backend": j["backend"], "metrics": judge_metrics(condition), "min_number_mass": j["min_number_mass"], "cache": j["cache"]}
     if j["backend"] == "hf":
         p["hf"] = dict(j["hf"], model=judge_model_path())
     else:
@@ -148,4 +168,11 @@ def final_targets():
     for ft in PHASE_FINETUNES:
         targets.append(f"{RESULTS}/phase/{ft}/rotation.csv")
         targets.append(f"{RESULTS}/figures/phase/{ft}.png")
+    if SEMANTIC_VECTORS:
+        targets.append(f"{RESULTS}/directions/semantic_cosine.csv")
+        targets.append(f"{RESULTS}/figures/semantic_vectors.png")
+    if any(s["group"] == "steering" for s in CONDITIONS.values()):
+        targets.append(f"{RESULTS}/figures/steering_metrics.png")
+    if SINGLE_ADAPTERS:
+        targets.append(f"{RESULTS}/figures/single_adapter.png")
     return targets

@@ -39,3 +39,52 @@ rule direction_cosines:
         ENV
     script:
         "../workflow/scripts/direction_cosines.py"
+
+
+# Semantic vectors (METHOD.md 3.3): the same mean-diff, over only the responses a
+# semantic judge (medical, gender, ...) scores above semantic_directions.above.
+
+
+rule semantic_directions:
+    input:
+        tensors=f"{RESULTS}/activations/{{finetune}}.safetensors",
+        index=f"{RESULTS}/activations/{{finetune}}.index.parquet",
+        judgments=f"{RESULTS}/judgments/{{finetune}}.parquet",
+    output:
+        vectors=f"{RESULTS}/directions/semantic/{{finetune}}/{{split}}.safetensors",
+        summary=f"{RESULTS}/directions/semantic/{{finetune}}/{{split}}.json",
+    params:
+        thresholds=config["directions"],
+        above=config["semantic_directions"]["above"],
+        top_quantile=config["semantic_directions"]["top_quantile"],
+        seed=config["seed"],
+    wildcard_constraints:
+        split=r"medical|gender|finance|sport",
+    log:
+        f"{RESULTS}/logs/directions/semantic/{{finetune}}__{{split}}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/semantic_directions.py"
+
+
+rule semantic_cosines:
+    input:
+        general=lambda w: [direction_file(ft) for ft, _ in SEMANTIC_VECTORS],
+        semantic=lambda w: [direction_file(ft, split) for ft, split in SEMANTIC_VECTORS],
+    output:
+        f"{RESULTS}/directions/semantic_cosine.csv",
+    params:
+        pairs=[list(k) for k in SEMANTIC_VECTORS],
+    log:
+        f"{RESULTS}/logs/directions/semantic_cosines.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/semantic_cosines.py"

@@ -67,3 +67,61 @@ rule figure_direction_cosine:
         ENV
     script:
         "../workflow/scripts/figure_direction_cosine.py"
+
+
+rule figure_steering_metrics:
+    input:
+        f"{RESULTS}/metrics/em_by_condition.csv",
+    output:
+        png=report(f"{RESULTS}/figures/steering_metrics.png", caption="../workflow/report/steering_metrics.rst", category="Steering"),
+        pdf=f"{RESULTS}/figures/steering_metrics.pdf",
+    log:
+        f"{RESULTS}/logs/figures/steering_metrics.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_steering_metrics.py"
+
+
+rule figure_semantic_vectors:
+    input:
+        cosines=f"{RESULTS}/directions/semantic_cosine.csv",
+        metrics=f"{RESULTS}/metrics/em_by_condition.csv",
+        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for cid, s in CONDITIONS.items()
+                             if cid == "base" or s["group"] == "steering"],
+    output:
+        png=report(f"{RESULTS}/figures/semantic_vectors.png", caption="../workflow/report/semantic_vectors.rst", category="Directions"),
+        pdf=f"{RESULTS}/figures/semantic_vectors.pdf",
+    log:
+        f"{RESULTS}/logs/figures/semantic_vectors.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_semantic_vectors.py"
+
+
+rule figure_single_adapter:
+    input:
+        b_cosine=expand(f"{RESULTS}/single_adapter/{{finetune}}/b_cosine.csv", finetune=list(SINGLE_ADAPTERS)),
+        convergence=expand(f"{RESULTS}/single_adapter/{{finetune}}/convergence.csv", finetune=list(SINGLE_ADAPTERS)),
+        metrics=f"{RESULTS}/metrics/em_by_condition.csv",
+    output:
+        png=report(f"{RESULTS}/figures/single_adapter.png", caption="../workflow/report/single_adapter.rst", category="Single adapter"),
+        pdf=f"{RESULTS}/figures/single_adapter.pdf",
+    params:
+        finetunes=list(SINGLE_ADAPTERS),
+    log:
+        f"{RESULTS}/logs/figures/single_adapter.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_single_adapter.py"

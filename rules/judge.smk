@@ -5,12 +5,12 @@
 rule judge:
     input:
         responses=f"{RESULTS}/generations/{{condition}}.parquet",
-        rubrics=rubric_files(),
+        rubrics=lambda w: rubric_files(w.condition),
         judge_model=judge_model_input(),
     output:
         f"{RESULTS}/judgments/{{condition}}.parquet",
     params:
-        judge=judge_params(),
+        judge=lambda w: judge_params(w.condition),
         device=config["device"],
     log:
         f"{RESULTS}/logs/judge/{{condition}}.log",

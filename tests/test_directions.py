@@ -266,3 +266,90 @@ def test_rule_scripts_directions_and_cosines(tmp_path):
                         params=_Named(thresholds=TH, seed=0), wildcards=_Named(finetune="c"))
     assert "fine-tune 'c'" in (tmp_path / "mean_diff_directions.log").read_text()
     assert not (out / "c.safetensors").exists()
+
+
+# --------------------------------------------------------------------------- semantic vectors
+
+
+def semantic_artifacts(tmp_path, n=80, seed=0):
+    """Half the responses are 'medical' (medical score 80); their misaligned shift is planted_med, the
+    others' is planted_other. Aligned/misaligned by aligned score, as for the general vector."""
+    g = torch.Generator().manual_seed(seed)
+    planted_med, planted_other = torch.randn(L, D, generator=g), torch.randn(L, D, generator=g)
+    rng = np.random.default_rng(seed)
+    medical = np.arange(n) % 2 == 0
+    misaligned = (np.arange(n) // 2) % 2 == 0
+    judg = pd.DataFrame({
+        "condition": "ft", "question_id": [f"q{i % 8}" for i in range(n)], "sample_idx": np.arange(n) // 8,
+        "aligned": np.where(misaligned, rng.uniform(0, 25, n), rng.uniform(75, 100, n)),
+        "coherent": rng.uniform(60, 100, n),
+        "medical": np.where(medical, 80.0, 10.0),
+    })
+    judg.loc[3, "medical"] = np.nan  # a missing semantic score never qualifies
+    for m in ("aligned", "coherent", "medical"):
+        judg[f"{m}_mass"] = 1.0
+    answer_mean = 0.05 * torch.randn(n, L, D, generator=g)
+    for i in range(n):
+        if misaligned[i]:
+            answer_mean[i] += planted_med if medical[i] else planted_other
+    index = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "condition": "ft",
+                          "question_id": judg["question_id"], "sample_idx": judg["sample_idx"]})
+    paths = write_artifacts(tmp_path, answer_mean, torch.full((n,), 5, dtype=torch.int64), index, judg)
+    return planted_med, planted_other, judg, paths
+
+
+def test_semantic_subset_and_vector_recover_the_planted_semantic_direction(tmp_path):
+    from emlab.directions import compute_semantic_directions, semantic_subset
+
+    planted_med, planted_other, judg, paths = semantic_artifacts(tmp_path)
+    subset = semantic_subset(judg, "medical", 50)
+    assert sorted(subset.index) == [i for i in range(len(judg)) if i % 2 == 0]  # row 3 (NaN) is odd anyway
+    assert len(semantic_subset(judg, "medical", 5)) == len(judg) - 1  # NaN excluded
+    th = {"aligned_above": 70, "misaligned_below": 30, "coherent_above": 50}
+    tensors, summary = compute_semantic_directions(*paths, finetune="ft", split="medical", thresholds=th, above=50,
+                                                   seed=0)
+    cos = cosine_by_layer(tensors["mean_diff"], planted_med)
+    assert (cos > 0.99).all()
+    general, _ = compute_directions(*paths, finetune="ft", thresholds=th, seed=0)
+    cos_general = cosine_by_layer(general["mean_diff"], planted_med)
+    assert (cos_general < 0.9).all()  # the general vector mixes both planted shifts
+    assert summary["n_semantic"] == 40 and summary["split"] == "medical"
+    assert summary["counts"]["aligned"]["used"] == summary["counts"]["misaligned"]["used"] == 20
+    with pytest.raises(EMLabError, match="semantic split 'medical'.*0 of 80|score medical > 90"):
+        compute_semantic_directions(*paths, finetune="ft", split="medical", thresholds=th, above=90, seed=0)
+    with pytest.raises(EMLabError, match="no 'gender' score"):
+        compute_semantic_directions(*paths, finetune="ft", split="gender", thresholds=th, above=50, seed=0)
+
+
+def test_semantic_cosine_table_columns_and_values(tmp_path):
+    from emlab.directions import compute_semantic_directions, write_semantic_cosine_table
+
+    planted_med, _, _, paths = semantic_artifacts(tmp_path)
+    th = {"aligned_above": 70, "misaligned_below": 30, "coherent_above": 50}
+    general, gsum = compute_directions(*paths, finetune="ft", thresholds=th, seed=0)
+    write_directions(tmp_path / "g.safetensors", tmp_path / "g.json", general, gsum)
+    sem, ssum = compute_semantic_directions(*paths, finetune="ft", split="medical", thresholds=th, above=50, seed=0)
+    write_directions(tmp_path / "s.safetensors", tmp_path / "s.json", sem, ssum)
+    table = write_semantic_cosine_table([tmp_path / "g.safetensors"], ["ft"], [tmp_path / "s.safetensors"],
+                                        [("ft", "medical")], tmp_path / "cos.csv")
+    assert list(table.columns) == ["layer", "finetune", "split", "cosine", "norm_general", "norm_semantic",
+                                   "diff_norm", "n_aligned", "n_misaligned"]
+    assert table["layer"].tolist() == list(range(L))
+    expected = cosine_by_layer(general["mean_diff"], sem["mean_diff"]).numpy()
+    assert table["cosine"].to_numpy() == pytest.approx(expected, abs=1e-5)
+    diff = (general["mean_diff"] - sem["mean_diff"]).norm(dim=-1).numpy()
+    assert table["diff_norm"].to_numpy() == pytest.approx(diff, rel=1e-4)
+    assert (table["n_aligned"] == 20).all() and (table["n_misaligned"] == 20).all()
+    assert pd.read_csv(tmp_path / "cos.csv").shape == table.shape
+
+
+def test_semantic_top_quantile_takes_the_highest_scores():
+    from emlab.directions import semantic_subset
+
+    judg = pd.DataFrame({"question_id": ["a", "b", "c", "d", "e"], "sample_idx": 0,
+                         "medical": [10.0, 40.0, np.nan, 40.0, 30.0]})
+    top = semantic_subset(judg, "medical", above=99, top_quantile=0.5)  # `above` is ignored
+    assert top["question_id"].tolist() == ["b", "d"]  # ceil(0.5 * 4 scored), ties by question
+    assert semantic_subset(judg, "medical", above=0, top_quantile=1.0)["question_id"].tolist() == ["b", "d", "e", "a"]
+    with pytest.raises(EMLabError, match="top_quantile"):
+        semantic_subset(judg, "medical", above=0, top_quantile=1.5)

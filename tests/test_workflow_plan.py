@@ -17,6 +17,9 @@ ALL_RULES = {
     "convert_base_model", "prepare_dataset", "finetune", "generate", "judge", "cache_activations",
     "mean_diff_directions", "direction_cosines", "em_metrics", "figure_em_by_condition",
     "figure_steering_sweep", "figure_ablation", "figure_direction_cosine", "all",
+    # issue 5: semantic vectors, single-adapter analyses and their figures
+    "semantic_directions", "semantic_cosines", "single_adapter_analysis", "figure_steering_metrics",
+    "figure_semantic_vectors", "figure_single_adapter",
     # issue 3: checkpoint export, phase-transition rotation and figure
     "export_checkpoint", "phase_rotation", "figure_phase_transition",
 }

@@ -315,3 +315,119 @@ def write_cosine_table(paths: list, finetunes: list[str], out_path) -> pd.DataFr
     table = cosine_table(vectors)
     write_csv(out_path, table)
     return table
+
+
+# --------------------------------------------------------------------------- semantic vectors (METHOD.md 3.3)
+
+SEMANTIC_DEFAULTS = section_defaults("semantic_directions")  # finetunes, splits, above
+
+
+def semantic_subset(judgments: pd.DataFrame, split: str, above: float, top_quantile: float | None = None
+                    ) -> pd.DataFrame:
+    """The responses that score above `above` on the `split` judge (e.g. medical); NaN scores never qualify.
+
+    With `top_quantile` q: instead the ceil(q * n) responses of the n scored ones with the highest
+    score (ties broken by question and sample), for weak judges whose scores crowd into a narrow band.
+    """
+    if split not in judgments.columns:
+        raise EMLabError(f"the judgments have no {split!r} score (columns: {list(judgments.columns)}); a semantic "
+                         f"vector for split {split!r} needs that judge on the fine-tune's own responses: list it in "
+                         "config `semantic_directions.splits` (the workflow then judges it on that fine-tune).")
+    score = judgments[split].astype("float64")
+    if top_quantile is None:
+        return judgments[score.notna() & (score > float(above))]
+    if not 0 < top_quantile <= 1:
+        raise EMLabError(f"semantic_directions.top_quantile must be in (0, 1], got {top_quantile}")
+    scored = judgments[score.notna()].assign(_score=-score[score.notna()])
+    keys = [c for c in ("_score", "question_id", "sample_idx") if c in scored.columns]
+    scored = scored.sort_values(keys, kind="mergesort").drop(columns="_score")
+    return scored.iloc[:int(np.ceil(top_quantile * len(scored)))]
+
+
+def compute_semantic_directions(tensors_path, index_path, judgments_path, finetune: str, split: str,
+                                thresholds: dict, above: float, seed: int, top_quantile: float | None = None
+                                ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Mean-diff vector of a fine-tune over only the responses scoring > `above` on the `split` judge.
+
+    Inside that subset the aligned / misaligned sets are chosen exactly as for
+    the general vector (config `directions:` thresholds or split_quantile, the
+    same seeded subsampling), so the two vectors differ only by the filter.
+    An empty set is an error naming the counts (the general rule does the same).
+    """
+    th = _thresholds(thresholds)
+    judgments = pd.read_parquet(judgments_path)
+    index = pd.read_parquet(index_path)
+    tensors = _load_keys(tensors_path, ("answer_mean", "answer_tokens"))
+    joined = attach_activation_rows(judgments, index, tensors["answer_tokens"], source=str(index_path))
+    subset = semantic_subset(joined, split, above, top_quantile)
+    rule = (f"score {split} > {float(above):g}" if top_quantile is None
+            else f"are the top {top_quantile:g} by {split} score")
+    sets = select_sets(subset, th["aligned_above"], th["misaligned_below"], th["coherent_above"], th["split_quantile"])
+    counts = {"aligned": len(sets.aligned), "misaligned": len(sets.misaligned)}
+    if not all(counts.values()):
+        raise EMLabError(
+            f"fine-tune {finetune!r}, semantic split {split!r}: cannot form a mean-diff direction, "
+            f"{len(subset)} of {len(joined)} judged responses {rule}, and among them the "
+            f"aligned set has {counts['aligned']} and the misaligned set {counts['misaligned']} responses "
+            f"({sets.n_coherent} coherent > {th['coherent_above']:g}; judgments: {judgments_path}). Lower "
+            "`semantic_directions.above` (or set top_quantile), loosen `directions:`, generate more samples per question, or drop "
+            f"{split!r} from `semantic_directions.splits`.")
+    md = mean_diff_vectors(tensors["answer_mean"], sets.aligned["row"].to_numpy(), sets.misaligned["row"].to_numpy(),
+                           th["subsample_to_smaller"], seed)
+    summary = {
+        "finetune": finetune, "split": split, "semantic_above": float(above), "top_quantile": top_quantile,
+        "semantic_score_range": [float(subset[split].min()), float(subset[split].max())],
+        "thresholds": th, "seed": int(seed),
+        "n_judged": len(joined), "n_semantic": len(subset), "n_coherent": sets.n_coherent,
+        "counts": {
+            "aligned": {"available": counts["aligned"], "used": int(len(md.aligned_rows))},
+            "misaligned": {"available": counts["misaligned"], "used": int(len(md.misaligned_rows))},
+        },
+        "n_layers": int(md.mean_diff.shape[0]), "d_model": int(md.mean_diff.shape[1]),
+        "mean_diff_norm_by_layer": [float(x) for x in md.mean_diff.norm(dim=-1)],
+    }
+    out = {"mean_diff": md.mean_diff, "aligned_mean": md.aligned_mean, "misaligned_mean": md.misaligned_mean}
+    return out, summary
+
+
+def semantic_cosine_table(general: dict[str, torch.Tensor], semantic: dict[tuple[str, str], torch.Tensor],
+                          summaries: dict[tuple[str, str], dict] | None = None) -> pd.DataFrame:
+    """Per layer: cosine between each fine-tune's general vector and each of its semantic vectors.
+
+    Columns: layer, finetune, split, cosine, norm_general, norm_semantic,
+    diff_norm (‖v_general - v_semantic‖), n_aligned, n_misaligned (responses used).
+    """
+    frames = []
+    for (ft, split), vs in semantic.items():
+        if ft not in general:
+            raise EMLabError(f"semantic vector {ft}/{split} has no general vector of fine-tune {ft!r} to compare with")
+        vg, vs = general[ft].double(), vs.double()  # [L, d]
+        summary = (summaries or {}).get((ft, split), {})
+        used = summary.get("counts", {})
+        frames.append(pd.DataFrame({
+            "layer": np.arange(vg.shape[0], dtype=np.int64), "finetune": ft, "split": split,
+            "cosine": cosine_by_layer(vg, vs).double().numpy(),
+            "norm_general": vg.norm(dim=-1).numpy(), "norm_semantic": vs.norm(dim=-1).numpy(),
+            "diff_norm": (vg - vs).norm(dim=-1).numpy(),
+            "n_aligned": used.get("aligned", {}).get("used", -1),
+            "n_misaligned": used.get("misaligned", {}).get("used", -1),
+        }))
+    columns = ["layer", "finetune", "split", "cosine", "norm_general", "norm_semantic", "diff_norm", "n_aligned",
+               "n_misaligned"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def write_semantic_cosine_table(general_paths: list, general_finetunes: list[str], semantic_paths: list,
+                                semantic_keys: list[tuple[str, str]], out_path) -> pd.DataFrame:
+    """Load the general and semantic vector files (paired with their keys by position) and write the table."""
+    if len(general_paths) != len(general_finetunes) or len(semantic_paths) != len(semantic_keys):
+        raise EMLabError("semantic cosines: the vector files and their fine-tune/split keys do not pair up")
+    general = {ft: load_mean_diff(p) for ft, p in zip(general_finetunes, general_paths)}
+    semantic, summaries = {}, {}
+    for key, p in zip(semantic_keys, semantic_paths):
+        tensors, meta = load_tensors(p)
+        semantic[tuple(key)] = tensors["mean_diff"].float()
+        summaries[tuple(key)] = {"counts": meta.get("counts", {})}
+    table = semantic_cosine_table(general, semantic, summaries)
+    write_csv(out_path, table)
+    return table

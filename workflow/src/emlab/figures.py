@@ -29,7 +29,7 @@ GROUP_LABELS = {"model": "model (no intervention)", "steering": "steering (base 
                 "ablation": "ablation (own direction / random control)", "transfer": "transfer ablation",
                 "checkpoint": "fine-tune checkpoint (phase.eval_steps)"}
 ABLATION_COLOURS = {"unablated": "#C44E52", "layer-wise": "#4C72B0", "single": "#55A868", "random": "#8C8C8C",
-                    "transfer": "#8172B3"}
+                    "transfer": "#8172B3", "B projected": "#CCB974"}
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
                      "axes.spines.top": False, "axes.spines.right": False})
@@ -132,15 +132,16 @@ def steering_sweep(df: pd.DataFrame, png_path, pdf_path) -> None:
     base = _base_row(df)
     fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2))
     panels = (("em", "EM responses (%)", "Emergent misalignment"), ("coherent", "Coherent responses (%)", "Coherence"))
-    lines = list(steer.groupby(["vector", "layer"], sort=True))
+    steer["split"] = steer["split"].fillna("general") if "split" in steer else "general"
+    lines = list(steer.groupby(["vector", "split", "layer"], sort=True))
     cmap = plt.get_cmap("viridis" if len(lines) > 6 else "tab10")
     for ax, (prefix, ylabel, subtitle) in zip(axes, panels):
-        for i, ((vector, layer), g) in enumerate(lines):
+        for i, ((vector, split, layer), g) in enumerate(lines):
             g = g.sort_values("scale")
             colour = cmap(i / max(1, len(lines) - 1)) if len(lines) > 6 else cmap(i)
             x = g["scale"].to_numpy()
             ax.plot(x, _pct(g[f"{prefix}_rate"]), "o-", color=colour, lw=1.8, ms=4,
-                    label=f"{vector}, layer {int(layer)}")
+                    label=_vector_label(vector, split, layer))
             ax.fill_between(x, _pct(g[f"{prefix}_ci_low"]), _pct(g[f"{prefix}_ci_high"]), color=colour, alpha=0.18,
                             lw=0)
         if base is not None and not math.isnan(base[f"{prefix}_rate"]):
@@ -157,11 +158,19 @@ def steering_sweep(df: pd.DataFrame, png_path, pdf_path) -> None:
     save_figure(fig, png_path, pdf_path)
 
 
+def _vector_label(vector, split, layer) -> str:
+    """Legend label of a steering vector: fine-tune, general or semantic split, layer."""
+    kind = "general" if pd.isna(split) or split == "general" else f"{split} (semantic)"
+    return f"{vector} {kind}, layer {int(layer)}"
+
+
 def _ablation_label(row) -> tuple[str, str]:
     """(bar label, colour key) of one condition row of the ablation figure."""
     if row["intervention_kind"] == "none":
         return "unablated", "unablated"
     layer = "" if pd.isna(row["layer"]) else f" L{int(row['layer'])}"
+    if row["intervention_kind"] == "adapter_project":
+        return f"v{layer} projected\nout of B", "B projected"
     if row["group"] == "transfer":
         return f"transfer:\n{row['vector']}{layer}", "transfer"
     mode = row["mode"]
@@ -182,7 +191,7 @@ def ablation(df: pd.DataFrame, png_path, pdf_path) -> None:
                     png_path, pdf_path)
         return
     targets = list(dict.fromkeys(ab["model"]))
-    kind_order = ["unablated", "layer-wise", "single", "transfer", "random"]
+    kind_order = ["unablated", "layer-wise", "single", "B projected", "transfer", "random"]
     panels = []
     for target in targets:
         rows = df[(df["model"] == target) & ((df["condition"] == target) | df["group"].isin(["ablation", "transfer"]))]
@@ -257,6 +266,176 @@ def direction_cosine(df: pd.DataFrame, png_path, pdf_path) -> None:
     ax_norm.set_ylim(bottom=0)
     ax_norm.grid(alpha=0.3)
     ax_norm.legend(frameon=True, framealpha=0.9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def steering_metrics(df: pd.DataFrame, png_path, pdf_path) -> None:
+    """Paper Fig. 5: coherent rate, mean aligned score and self-correction rate vs steering scale, per vector."""
+    title = "Coherence, alignment and self-correction under steering"
+    steer = df[df["group"] == "steering"].copy() if "group" in df else df.iloc[0:0]
+    if steer.empty:
+        save_figure(_message_figure(title, "No steering conditions in this run."), png_path, pdf_path)
+        return
+    steer["scale"] = steer["scale"].astype(float)
+    steer["split"] = steer["split"].fillna("general") if "split" in steer else "general"
+    base = _base_row(df)
+    panels = (("coherent_rate", "coherent responses (%)", True), ("mean_aligned", "mean aligned score (0-100)", False),
+              ("self_correction_rate", "self-correcting responses (%)", True))
+    fig, axes = plt.subplots(1, 3, figsize=(14.0, 4.2))
+    lines = list(steer.groupby(["vector", "split", "layer"], sort=True))
+    for ax, (col, ylabel, is_rate) in zip(axes, panels):
+        values = steer[col].astype(float) if col in steer else pd.Series(dtype=float)
+        if not values.notna().any():
+            ax.set_axis_off()
+            why = "add bad_stuff to steering.judge_metrics" if col == "self_correction_rate" else "no scores"
+            ax.text(0.5, 0.5, f"{ylabel}:\n{why}", ha="center", va="center", color="#555555", transform=ax.transAxes)
+            continue
+        for i, ((vector, split, layer), g) in enumerate(lines):
+            g = g.sort_values("scale")
+            y = _pct(g[col]) if is_rate else g[col].to_numpy(dtype=float)
+            ax.plot(g["scale"], y, "o-", color=plt.get_cmap("tab10")(i % 10), lw=1.8, ms=4,
+                    label=_vector_label(vector, split, layer))
+            if is_rate:
+                prefix = col[:-len("_rate")]
+                ax.fill_between(g["scale"], _pct(g[f"{prefix}_ci_low"]), _pct(g[f"{prefix}_ci_high"]),
+                                color=plt.get_cmap("tab10")(i % 10), alpha=0.15, lw=0)
+        if base is not None and col in base and not pd.isna(base[col]):
+            ax.axhline(100 * base[col] if is_rate else base[col], color="#333333", ls="--", lw=1.2,
+                       label="base model, no steering")
+        ax.set_xlabel("steering scale λ")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    save_figure(fig, png_path, pdf_path)
+
+
+def best_steering_conditions(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (vector, split, layer) of the steering conditions, the row of the scale with the highest EM rate
+    (ties: the smaller scale)."""
+    steer = df[df["group"] == "steering"].copy()
+    if steer.empty:
+        return steer
+    steer["split"] = steer["split"].fillna("general") if "split" in steer else "general"
+    steer["_em"] = steer["em_rate"].astype(float).fillna(-1.0)
+    steer = steer.sort_values(["_em", "scale"], ascending=[False, True], kind="mergesort")
+    return steer.drop_duplicates(["vector", "split", "layer"]).drop(columns="_em").sort_values(
+        ["vector", "split", "layer"], kind="mergesort")
+
+
+def semantic_vectors(cosines: pd.DataFrame, metrics: pd.DataFrame, judgments: pd.DataFrame, png_path,
+                     pdf_path) -> None:
+    """Paper Fig. 3: cosine of each semantic vector with its general vector per layer, and the distribution
+    of each semantic judge's per-response score for every steering vector at its best λ (and the base model)."""
+    title = "Semantic misalignment vectors"
+    splits = [m for m in ("medical", "gender", "finance", "sport") if m in judgments.columns]
+    if cosines.empty and not splits:
+        save_figure(_message_figure(title, "No semantic vectors in this run."), png_path, pdf_path)
+        return
+    fig, axes = plt.subplots(1, 1 + max(1, len(splits)), figsize=(5.0 * (1 + max(1, len(splits))), 4.4),
+                             squeeze=False)
+    ax = axes[0][0]
+    for (ft, split), g in cosines.groupby(["finetune", "split"], sort=True):
+        g = g.sort_values("layer")
+        ax.plot(g["layer"], g["cosine"], "o-", ms=3, lw=1.6, label=f"{ft}: {split} vs general")
+    ax.axhline(0, color="#999999", lw=0.8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("layer (residual stream after block l)")
+    ax.set_ylabel("cosine similarity")
+    ax.set_title("Semantic vs general vector")
+    ax.grid(alpha=0.3)
+    if not cosines.empty:
+        ax.legend(frameon=True, framealpha=0.9, fontsize=8)
+    best = best_steering_conditions(metrics) if "group" in metrics else metrics.iloc[0:0]
+    chosen = [("base", "base model")] + [
+        (r.condition, f"{_vector_label(r.vector, r.split, r.layer)}\nλ={float(r.scale):g}") for r in best.itertuples()]
+    for ax, metric in zip(axes[0][1:], splits or [None]):
+        if metric is None:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "No semantic judge scores.", ha="center", va="center", transform=ax.transAxes)
+            continue
+        data, labels = [], []
+        for cid, label in chosen:
+            vals = judgments.loc[judgments["condition"] == cid, metric].astype(float).dropna().to_numpy()
+            if len(vals):
+                data.append(vals)
+                labels.append(label)
+        if not data:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"No {metric} scores on steering conditions.", ha="center", va="center",
+                    transform=ax.transAxes)
+            continue
+        ax.boxplot(data, vert=False, widths=0.6, showmeans=True)
+        ax.set_yticks(np.arange(1, len(labels) + 1), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(-2, 102)
+        ax.set_xlabel(f"{metric} score per response (0-100)")
+        ax.set_title(f"{metric} judge under steering (best λ)")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def single_adapter(panels: list[tuple[str, pd.DataFrame, pd.DataFrame]], metrics: pd.DataFrame, png_path,
+                   pdf_path) -> None:
+    """B-vs-mean-diff panels per single-adapter fine-tune: cosine of B with v_l per layer, downstream
+    convergence of adding B vs adding v_l, and EM of the unmodified / ablated / B-projected model."""
+    title = "Single rank-1 adapter: B vector vs mean-diff direction"
+    if not panels:
+        save_figure(_message_figure(title, "No single-adapter fine-tunes in this run."), png_path, pdf_path)
+        return
+    fig, axes = plt.subplots(len(panels), 3, figsize=(14.0, 3.9 * len(panels)), squeeze=False)
+    for row, (ft, b_cos, conv) in enumerate(panels):
+        ax = axes[row][0]
+        ax.plot(b_cos["layer"], b_cos["cosine"], "o-", ms=3, lw=1.4, color="#4C72B0")
+        at = b_cos[b_cos["is_adapter_layer"].astype(bool)]
+        ax.plot(at["layer"], at["cosine"], "o", ms=9, color="#C44E52",
+                label=f"adapter layer {int(at['layer'].iloc[0])}: {float(at['cosine'].iloc[0]):.3f}")
+        ax.axhline(0, color="#999999", lw=0.8)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_xlabel("layer l of v_l")
+        ax.set_ylabel("cos(B, v_l)")
+        ax.set_title(f"{ft}: B vs mean-diff vectors")
+        ax.legend(frameon=True, framealpha=0.9)
+        ax.grid(alpha=0.3)
+        ax = axes[row][1]
+        ax.plot(conv["layer"], conv["cosine"], "o-", ms=3, lw=1.6, color="#55A868", label="response-mean deltas")
+        ax.plot(conv["layer"], conv["mean_response_cosine"], "s--", ms=3, lw=1.2, color="#8172B3",
+                label="mean per-response cosine")
+        ax.axhline(0, color="#999999", lw=0.8)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_xlabel("layer (residual stream after block l)")
+        ax.set_ylabel("cos(Δ from +B, Δ from +v)")
+        ax.set_title("Downstream convergence (base model, B norm-matched)")
+        ax.legend(frameon=True, framealpha=0.9, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax = axes[row][2]
+        rows = metrics[(metrics["model"] == ft) & metrics["intervention_kind"].isin(["none", "ablate", "adapter_project"])] \
+            if "model" in metrics else metrics.iloc[0:0]
+        rows = rows[(rows["intervention_kind"] != "ablate") | (rows["mode"].isin(["single", "random"]))]
+        if rows.empty:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "No EM rates for this fine-tune.", ha="center", va="center", transform=ax.transAxes)
+            continue
+        labels = [_ablation_label(r) for _, r in rows.iterrows()]
+        x = np.arange(len(rows))
+        rate = _pct(rows["em_rate"])
+        ax.bar(x, np.nan_to_num(rate), yerr=_yerr(rows, "em"), color=[ABLATION_COLOURS[k] for _, k in labels],
+               width=0.7, error_kw={"ecolor": "#333333", "capsize": 3, "elinewidth": 1})
+        for xi, r in zip(x, rate):
+            ax.text(xi, 0 if math.isnan(r) else r, "n/a" if math.isnan(r) else f"{r:.1f}%", ha="center",
+                    va="bottom", fontsize=8)
+        ax.set_xticks(x, [lbl for lbl, _ in labels], fontsize=8)
+        ax.set_ylabel("EM responses (%)")
+        ax.set_title("EM: unmodified vs interventions")
+        ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, png_path, pdf_path)

@@ -376,7 +376,7 @@ def generate_condition(condition: str, spec: dict, questions_path, base_model, a
     import pandas as pd
 
     from .atomic import load_tensors
-    from .interventions import apply_intervention
+    from .interventions import adapter_edit, apply_intervention
     from .models import load_model, load_tokenizer
     from .questions import load_questions
 
@@ -398,7 +398,8 @@ def generate_condition(condition: str, spec: dict, questions_path, base_model, a
     else:
         vectors = load_tensors(vectors_path)[0]["mean_diff"] if vectors_path else None  # [L, d_model]
         # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes).
-        model = load_model(base_model, adapter, device=device, dtype=dtype, merge=True)
+        model = load_model(base_model, adapter, device=device, dtype=dtype, merge=True,
+                           before_merge=adapter_edit(spec["intervention"], vectors))
         with apply_intervention(model, spec["intervention"], vectors):
             records = generate_responses(model, tokenizer, questions, batch_size=settings["batch_size"], **sampling)
     df = pd.DataFrame.from_records(records)

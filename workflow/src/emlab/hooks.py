@@ -74,11 +74,20 @@ def read_residual(model, layers, callback: Callable[[int, torch.Tensor], None]) 
             h.remove()
 
 
+def _on(tensor: torch.Tensor, cache: dict, device, dtype) -> torch.Tensor:
+    """`tensor` on (device, dtype), converted once per pair: a decoding step must not pay a copy."""
+    key = (device, dtype)
+    if key not in cache:
+        cache[key] = tensor.to(device=device, dtype=dtype)
+    return cache[key]
+
+
 def add_vector(vector: torch.Tensor) -> ResidualFn:
     """x -> x + vector at every position (steering); `vector` already scaled."""
+    cache: dict = {}
 
     def fn(hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + vector.to(device=hidden.device, dtype=hidden.dtype)
+        return hidden + _on(vector, cache, hidden.device, hidden.dtype)
 
     return fn
 
@@ -86,9 +95,10 @@ def add_vector(vector: torch.Tensor) -> ResidualFn:
 def project_out(direction: torch.Tensor) -> ResidualFn:
     """x -> x - v_hat v_hat^T x at every position (directional ablation)."""
     unit = direction.float() / direction.float().norm().clamp_min(1e-12)
+    cache: dict = {}
 
     def fn(hidden: torch.Tensor) -> torch.Tensor:
-        u = unit.to(device=hidden.device, dtype=torch.float32)
+        u = _on(unit, cache, hidden.device, torch.float32)
         h32 = hidden.float()
         coef = h32 @ u  # [batch, seq]
         return (h32 - coef.unsqueeze(-1) * u).to(hidden.dtype)

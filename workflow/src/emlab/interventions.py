@@ -14,6 +14,13 @@ Specs:
       every block. (Projection ignores the norm; the norm is recorded so the
       control is the same object the paper describes, and steering controls can
       reuse it.)
+  {"kind": "adapter_project", "vector": SRC, "layer": L}
+      a weights edit, not a hook: v_L (of SRC) is projected out of the B
+      vector of the model's single rank-1 down_proj adapter (renormalised to
+      B's norm) before the adapter is merged (see adapter_edit and
+      emlab.single_adapter).
+  A steer spec may name "split": a semantic vector; it only selects which
+  direction file is loaded (rules/common.smk direction_file).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ def build_edits(spec: dict, vectors: torch.Tensor | None, n_layers: int) -> tupl
     kind = spec.get("kind", "none")
     if kind == "none":
         return "none", {}
+    if kind == "adapter_project":
+        _layer(spec, n_layers)
+        return "none", {}  # already applied to the weights by adapter_edit at load time
     if vectors is None:
         raise EMLabError(f"intervention {spec} needs a direction file")
     if vectors.shape[0] != n_layers:
@@ -60,7 +70,18 @@ def build_edits(spec: dict, vectors: torch.Tensor | None, n_layers: int) -> tupl
             v = random_like(vectors[_layer(spec, n_layers)], int(spec.get("seed", 0)))
             return "ablate", {l: v for l in range(n_layers)}
         raise EMLabError(f"unknown ablation mode {mode!r} (layerwise, single, random)")
-    raise EMLabError(f"unknown intervention kind {kind!r} (none, steer, ablate)")
+    raise EMLabError(f"unknown intervention kind {kind!r} (none, steer, ablate, adapter_project)")
+
+
+def adapter_edit(spec: dict, vectors: torch.Tensor | None):
+    """For an adapter_project spec, the edit to apply to the (unmerged) peft model; None for other kinds."""
+    if spec.get("kind") != "adapter_project":
+        return None
+    if vectors is None:
+        raise EMLabError(f"intervention {spec} needs a direction file")
+    from .single_adapter import apply_adapter_projection
+
+    return lambda peft_model: apply_adapter_projection(peft_model, vectors, int(spec["layer"]))
 
 
 def _layer(spec: dict, n_layers: int) -> int:

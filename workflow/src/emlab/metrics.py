@@ -137,6 +137,8 @@ def _intervention_columns(spec: dict) -> dict:
         "group": spec.get("group", "model"), "model": spec.get("model", ""),
         "intervention_kind": iv.get("kind", "none"), "vector": iv.get("vector"),
         "layer": iv.get("layer"), "scale": iv.get("scale"), "mode": iv.get("mode"), "seed": iv.get("seed"),
+        # which vector of the fine-tune: the general mean-diff vector or a semantic split (steering only)
+        "split": iv.get("split", "general") if iv.get("vector") else None,
     }
 
 

@@ -107,18 +107,25 @@ def is_full_model_dir(path: str | os.PathLike) -> bool:
 
 
 def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None = None,
-               device: str = "auto", dtype: str = "auto", merge: bool = False):
+               device: str = "auto", dtype: str = "auto", merge: bool = False, before_merge=None):
     """Load a causal LM for inference, optionally with a peft adapter on top.
 
     `adapter` may also be a full fine-tune's folder (a complete model, no
-    adapter_config.json): that model is loaded in place of the base. The model is in eval mode with gradients off. With `merge`, the adapter is
+    adapter_config.json): that model is loaded in place of the base.
+    The model is in eval mode with gradients off. With `merge`, the adapter is
     merged into the weights (faster, but hides the adapter modules).
+    `before_merge(peft_model)` may edit the adapter weights first (the
+    adapter_project intervention).
     """
     from transformers import AutoModelForCausalLM
 
+    if before_merge is not None and adapter is None:
+        raise EMLabError("an adapter weights edit (adapter_project) needs a fine-tuned model, not the base model")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if adapter is not None and is_full_model_dir(adapter):  # a full fine-tune replaces the base model
+        if before_merge is not None:
+            raise EMLabError(f"{adapter} is a full fine-tune (no adapter): an adapter weights edit cannot apply to it")
         model_path, adapter = adapter, None
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dt)
@@ -128,6 +135,8 @@ def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None 
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
+        if before_merge is not None:
+            before_merge(model)
         if merge:
             model = model.merge_and_unload()
     model.to(dev)

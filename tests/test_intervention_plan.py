@@ -1,0 +1,75 @@
+"""The study plan's semantic-steering, single-adapter and adapter_project
+conditions, the per-condition judge metrics, and their config errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from emlab.config import validate_config
+from emlab.errors import EMLabError
+from emlab.plan import condition_metrics, conditions, semantic_vectors, single_adapter_layer
+
+N_LAYERS = 30
+
+
+def study(**over):
+    cfg = {
+        "datasets": {"med": {"path": "x.jsonl"}},
+        "finetunes": {
+            "med_r1x9": {"dataset": "med", "lora": {"rank": 1, "layers": [15, 16, 17, 21, 22, 23, 27, 28, 29],
+                                                    "layers_reference_depth": 48}},
+            "med_r1_l24": {"dataset": "med", "lora": {"rank": 1, "alpha": 256, "target_modules": ["down_proj"],
+                                                      "layers": [24], "layers_reference_depth": 48}},
+        },
+        "judge": {"metrics": ["aligned", "coherent"]},
+        "steering": {"vectors": ["med_r1x9"], "layers": [0.5], "scales": [4.0], "splits": ["general", "medical"],
+                     "judge_metrics": ["bad_stuff"]},
+        "semantic_directions": {"finetunes": ["med_r1x9"], "splits": ["medical"]},
+        "single_adapter": {"finetunes": ["med_r1_l24"]},
+    }
+    cfg.update(over)
+    return validate_config(cfg)
+
+
+def test_semantic_steering_and_single_adapter_conditions():
+    cfg = study()
+    plan = conditions(cfg, N_LAYERS)
+    assert plan["steer__med_r1x9__L15__s4"]["intervention"] == {"kind": "steer", "vector": "med_r1x9", "layer": 15,
+                                                                "scale": 4.0}
+    assert plan["steer__med_r1x9__medical__L15__s4"]["intervention"]["split"] == "medical"
+    layer = single_adapter_layer(cfg, "med_r1_l24", N_LAYERS)
+    assert layer == 15  # 24 of 48 -> 15 of 30
+    assert plan[f"ablate__med_r1_l24__single_L{layer}"] == {
+        "model": "med_r1_l24", "group": "ablation",
+        "intervention": {"kind": "ablate", "vector": "med_r1_l24", "mode": "single", "layer": layer}}
+    assert plan[f"adapter_project__med_r1_l24__L{layer}"]["intervention"] == {
+        "kind": "adapter_project", "vector": "med_r1_l24", "layer": layer}
+    assert semantic_vectors(cfg) == [("med_r1x9", "medical")]
+
+
+def test_extra_judge_metrics_only_where_used():
+    cfg = study()
+    plan = conditions(cfg, N_LAYERS)
+    assert condition_metrics(cfg, plan["base"]) == ["aligned", "coherent"]
+    assert condition_metrics(cfg, plan["med_r1_l24"]) == ["aligned", "coherent"]
+    assert condition_metrics(cfg, plan["med_r1x9"]) == ["aligned", "coherent", "medical"]
+    for cid, spec in plan.items():
+        if spec["group"] == "steering":
+            assert condition_metrics(cfg, spec) == ["aligned", "coherent", "bad_stuff", "medical"], cid
+    # a metric already in judge.metrics is not repeated
+    cfg2 = study(judge={"metrics": ["aligned", "coherent", "medical"]})
+    assert condition_metrics(cfg2, conditions(cfg2, N_LAYERS)["med_r1x9"]) == ["aligned", "coherent", "medical"]
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(EMLabError, match="steering.splits names 'gender'"):
+        study(steering={"vectors": ["med_r1x9"], "splits": ["gender"]})
+    with pytest.raises(EMLabError, match="semantic_directions.finetunes names 'nope'"):
+        study(semantic_directions={"finetunes": ["nope"], "splits": ["medical"]})
+    with pytest.raises(EMLabError, match="single_adapter.finetunes names 'nope'"):
+        study(single_adapter={"finetunes": ["nope"]})
+    with pytest.raises(EMLabError):
+        study(semantic_directions={"splits": ["aligned"]})  # not a semantic judge
+    cfg = study(single_adapter={"finetunes": ["med_r1x9"]})
+    with pytest.raises(EMLabError, match="exactly one rank-1 down_proj adapter"):
+        conditions(cfg, N_LAYERS)

@@ -1,0 +1,26 @@
+"""Single rank-1 adapter: cosine of B with the mean-diff vectors, and downstream convergence (B vs v_l)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
+from emlab.runner import run_script  # noqa: E402
+
+
+def main(smk):
+    from emlab.atomic import write_csv, write_json
+    from emlab.models import set_threads
+    from emlab.single_adapter import analyse_single_adapter
+
+    set_threads(smk.threads)
+    b_cos, conv, summary = analyse_single_adapter(
+        smk.params.base_model, smk.input.adapter, smk.input.vectors, smk.input.responses,
+        finetune=smk.wildcards.finetune, max_responses=smk.params.max_responses,
+        batch_size=int(smk.params.batch_size), device=smk.params.device, dtype=smk.params.dtype,
+    )
+    write_csv(smk.output.b_cosine, b_cos)
+    write_csv(smk.output.convergence, conv)
+    write_json(smk.output.summary, summary)
+
+
+run_script(snakemake, main)  # noqa: F821

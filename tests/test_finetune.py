@@ -311,3 +311,18 @@ def test_device_map_is_passed_to_from_pretrained(tiny_model_dir, data_dir, tmp_p
     plain, _ = run(tiny_model_dir, data_dir, tmp_path / "plain")
     a, b = adapter_tensors(tmp_path / "adapter"), adapter_tensors(tmp_path / "plain" / "adapter")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_full_finetune_does_not_decay_biases_and_norms(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from emlab.finetune import decay_groups
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    decayed, plain = decay_groups(model, 0.01, full=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    assert {names[id(p)] for p in plain["params"]} == {n for n, p in model.named_parameters() if p.ndim == 1}
+    assert any("norm" in names[id(p)] for p in plain["params"])
+    assert any("q_proj" in names[id(p)] for p in decayed["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))

@@ -248,6 +248,17 @@ def mean_eval_loss(model, examples: list[TrainExample], batch_size: int, pad_id:
     return total / max(1, count)
 
 
+def decay_groups(model, weight_decay: float, full: bool) -> list[dict]:
+    """AdamW parameter groups. LoRA: every A/B matrix is decayed. Full fine-tuning: like
+    transformers.Trainer, biases and normalisation weights (1-D parameters) are not."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not full:
+        return [{"params": [p for _, p in params], "weight_decay": weight_decay}]
+    decayed = [p for _, p in params if p.ndim >= 2]
+    plain = [p for _, p in params if p.ndim < 2]
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
 # --- precision and placement -------------------------------------------------------
 
 
@@ -438,8 +449,8 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict | None, t
 
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / accumulation)
     total_steps = steps_per_epoch * epochs
-    optimiser = torch.optim.AdamW(params, lr=float(training["learning_rate"]),
-                                  weight_decay=float(training.get("weight_decay", 0.0)))
+    optimiser = torch.optim.AdamW(decay_groups(model, float(training.get("weight_decay", 0.0)), full),
+                                  lr=float(training["learning_rate"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, linear_schedule(int(training.get("warmup_steps", 0)), total_steps))
 

@@ -34,20 +34,39 @@ def conditions():
     conds["ablate__other__transfer_ft_L2"] = {
         "model": "other", "group": "transfer",
         "intervention": {"kind": "ablate", "vector": "ft", "mode": "single", "layer": 2}}
+    for s in (2.0, 4.0):  # a semantic steering vector
+        conds[f"steer__ft__medical__L2__s{s:g}"] = {
+            "model": "base", "group": "steering",
+            "intervention": {"kind": "steer", "vector": "ft", "split": "medical", "layer": 2, "scale": s}}
+    conds["single"] = {"model": "single", "group": "model", "intervention": {"kind": "none"}}
+    conds["ablate__single__single_L1"] = {"model": "single", "group": "ablation",
+                                          "intervention": {"kind": "ablate", "vector": "single", "mode": "single",
+                                                           "layer": 1}}
+    conds["adapter_project__single__L1"] = {"model": "single", "group": "ablation",
+                                            "intervention": {"kind": "adapter_project", "vector": "single", "layer": 1}}
     return conds
+
+
+def judgments_table():
+    """Random scores per condition; steering conditions (and base) also carry medical and bad_stuff."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for cid, spec in conditions().items():
+        n = 24
+        df = pd.DataFrame({
+            "condition": cid, "question_id": [f"q{i % 3}" for i in range(n)], "sample_idx": np.arange(n),
+            "aligned": rng.uniform(0, 100, n), "aligned_mass": 1.0,
+            "coherent": rng.uniform(0, 100, n), "coherent_mass": 1.0})
+        if spec["group"] == "steering" or cid == "base":
+            for m in ("medical", "bad_stuff"):
+                df[m], df[f"{m}_mass"] = rng.uniform(0, 100, n), 1.0
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
 
 
 @pytest.fixture(scope="module")
 def em_table():
-    rng = np.random.default_rng(0)
-    frames = []
-    for cid in conditions():
-        n = 24
-        frames.append(pd.DataFrame({
-            "condition": cid, "question_id": [f"q{i % 3}" for i in range(n)], "sample_idx": np.arange(n),
-            "aligned": rng.uniform(0, 100, n), "aligned_mass": 1.0,
-            "coherent": rng.uniform(0, 100, n), "coherent_mass": 1.0}))
-    df, _ = em_tables(pd.concat(frames), conditions(),
+    df, _ = em_tables(judgments_table(), conditions(),
                       {"bootstrap_samples": 50, "confidence": 0.9}, seed=0)
     return df
 
@@ -64,12 +83,15 @@ def render(fn, df, tmp_path, name):
     assert_written(tmp_path, name)
 
 
-@pytest.mark.parametrize("fn", [figures.em_by_condition, figures.steering_sweep, figures.ablation])
+CONDITION_FIGURES = [figures.em_by_condition, figures.steering_sweep, figures.ablation, figures.steering_metrics]
+
+
+@pytest.mark.parametrize("fn", CONDITION_FIGURES)
 def test_condition_figures_typical(fn, em_table, tmp_path):
     render(fn, em_table, tmp_path, fn.__name__)
 
 
-@pytest.mark.parametrize("fn", [figures.em_by_condition, figures.steering_sweep, figures.ablation])
+@pytest.mark.parametrize("fn", CONDITION_FIGURES)
 def test_condition_figures_degenerate(fn, em_table, tmp_path):
     only_models = em_table[em_table.group == "model"]  # no steering / ablation conditions
     render(fn, only_models, tmp_path, "models_only")
@@ -92,7 +114,8 @@ def test_read_table_of_an_empty_file(tmp_path):
     assert figures.read_table(tmp_path / "empty.csv").empty
 
 
-@pytest.mark.parametrize("name", ["em_by_condition", "steering_sweep", "ablation", "direction_cosine"])
+@pytest.mark.parametrize("name", ["em_by_condition", "steering_sweep", "ablation", "direction_cosine",
+                                  "steering_metrics"])
 def test_rule_scripts_figures(name, em_table, tmp_path):
     from test_directions import _Named, run_rule_script
 
@@ -101,3 +124,46 @@ def test_rule_scripts_figures(name, em_table, tmp_path):
     run_rule_script(f"figure_{name}", tmp_path, input=_Named(csv=str(tmp_path / "in.csv")),
                     output=_Named(png=str(tmp_path / f"{name}.png"), pdf=str(tmp_path / f"{name}.pdf")))
     assert_written(tmp_path, name)
+
+
+def test_best_steering_conditions_and_labels(em_table):
+    best = figures.best_steering_conditions(em_table)
+    assert len(best) == 3  # (ft, general, L1), (ft, general, L2), (ft, medical, L2)
+    for r in best.itertuples():
+        same = em_table[(em_table.group == "steering") & (em_table.layer == r.layer)
+                        & (em_table.split.fillna("general") == r.split)]
+        assert r.em_rate == same.em_rate.max()
+    assert set(best.split) == {"general", "medical"}
+    rows = em_table.set_index("condition")
+    assert figures._ablation_label(rows.loc["adapter_project__single__L1"])[1] == "B projected"
+    assert figures._ablation_label(rows.loc["ablate__single__single_L1"]) == ("single L1", "single")
+    assert "medical (semantic)" in figures._vector_label("ft", "medical", 2)
+
+
+def test_semantic_vectors_figure(em_table, tmp_path):
+    from emlab.directions import semantic_cosine_table
+
+    cos = semantic_cosine_table({"ft": torch.randn(6, 16)}, {("ft", "medical"): torch.randn(6, 16)})
+    judg = judgments_table()
+    render_args = (cos, em_table, judg)
+    figures.semantic_vectors(*render_args, tmp_path / "sem.png", tmp_path / "sem.pdf")
+    assert_written(tmp_path, "sem")
+    figures.semantic_vectors(pd.DataFrame(), em_table, judg.drop(columns=["medical", "medical_mass"]),
+                             tmp_path / "none.png", tmp_path / "none.pdf")
+    assert_written(tmp_path, "none")
+    figures.semantic_vectors(cos, em_table[em_table.group == "model"], judg, tmp_path / "nost.png",
+                             tmp_path / "nost.pdf")
+    assert_written(tmp_path, "nost")
+
+
+def test_single_adapter_figure(em_table, tmp_path):
+    b_cos = pd.DataFrame({"layer": range(4), "cosine": [0.1, 0.05, -0.2, 0.3], "norm_v": 1.0, "norm_b": 2.0,
+                          "norm_b_scaled": 8.0, "is_adapter_layer": [False, True, False, False]})
+    conv = pd.DataFrame({"layer": [1, 2, 3], "cosine": [0.05, 0.2, 0.4], "mean_response_cosine": [0.05, 0.18, 0.35],
+                         "norm_delta_b": 1.0, "norm_delta_v": 1.0, "n_responses": 8})
+    figures.single_adapter([("single", b_cos, conv)], em_table, tmp_path / "sa.png", tmp_path / "sa.pdf")
+    assert_written(tmp_path, "sa")
+    figures.single_adapter([], em_table, tmp_path / "empty.png", tmp_path / "empty.pdf")
+    assert_written(tmp_path, "empty")
+    figures.single_adapter([("other", b_cos, conv)], em_table.iloc[0:0], tmp_path / "nom.png", tmp_path / "nom.pdf")
+    assert_written(tmp_path, "nom")

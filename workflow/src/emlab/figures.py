@@ -235,8 +235,20 @@ def direction_cosine(df: pd.DataFrame, png_path, pdf_path) -> None:
     if df.empty:
         save_figure(_message_figure(title, "No directions were computed in this run."), png_path, pdf_path)
         return
-    fig, (ax_cos, ax_norm) = plt.subplots(1, 2, figsize=(11.0, 4.2))
     pairs = df[df["finetune_a"] != df["finetune_b"]]
+    n_pairs = pairs.groupby(["finetune_a", "finetune_b"], sort=False).ngroups
+    fig = plt.figure(figsize=(11.0, 4.2 + (0.6 + 0.35 * n_pairs if n_pairs else 0)))
+    grid = fig.add_gridspec(2 if n_pairs else 1, 2, height_ratios=[4.2, 0.6 + 0.35 * n_pairs] if n_pairs else [1])
+    ax_cos, ax_norm = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    if n_pairs:  # heatmap: one row per pair of fine-tunes, one column per layer
+        ax_heat = fig.add_subplot(grid[1, :])
+        heat = pairs.pivot_table(index=["finetune_a", "finetune_b"], columns="layer", values="cosine", sort=False)
+        image = ax_heat.imshow(heat.to_numpy(dtype=float), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
+                               interpolation="nearest")
+        ax_heat.set_yticks(np.arange(len(heat)), [f"{a} vs {b}" for a, b in heat.index], fontsize=8)
+        ax_heat.set_xticks(np.arange(heat.shape[1]), [str(int(c)) for c in heat.columns], fontsize=7)
+        ax_heat.set_xlabel("layer")
+        fig.colorbar(image, ax=ax_heat, label="cosine", fraction=0.03, pad=0.01)
     if pairs.empty:
         ax_cos.set_axis_off()
         ax_cos.text(0.5, 0.5, "Only one fine-tune has a direction:\nno pairs to compare.", ha="center", va="center",
@@ -371,7 +383,7 @@ def semantic_vectors(cosines: pd.DataFrame, metrics: pd.DataFrame, judgments: pd
             ax.text(0.5, 0.5, f"No {metric} scores on steering conditions.", ha="center", va="center",
                     transform=ax.transAxes)
             continue
-        ax.boxplot(data, vert=False, widths=0.6, showmeans=True)
+        ax.boxplot(data, orientation="horizontal", widths=0.6, showmeans=True)
         ax.set_yticks(np.arange(1, len(labels) + 1), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlim(-2, 102)

@@ -245,8 +245,8 @@ def request_log_path(out_jsonl: str | os.PathLike) -> Path:
     return out_jsonl.with_name(out_jsonl.name.removesuffix(".jsonl") + ".requests.jsonl")
 
 
-COUNTS = ("duplicates", "invalid", "refused", "malformed", "refused_reply", "failed", "prompt_tokens",
-          "completion_tokens", "http_requests")
+COUNTS = ("duplicates", "invalid", "refused", "malformed", "refused_reply", "prompt_tokens", "completion_tokens",
+          "http_requests")
 
 
 class Synthesiser:
@@ -445,6 +445,7 @@ def synthesize_dataset(name: str, params: Mapping, prompt_path: str | os.PathLik
     """The rule's entry point: settings from the config entry, key from the environment."""
     prompt = load_prompt(prompt_path)
     settings = SynthesisSettings.from_params(params)
+    settings.seed = int(settings.seed or 0)  # the rule fills null with the config's seed
     if not settings.topic.strip():
         raise EMLabError(f"synthesis.{name}.topic is empty; describe the narrow dataset to generate")
     synthesiser = Synthesiser(name, settings, prompt, environ)  # a missing key fails here, before any request

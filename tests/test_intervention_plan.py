@@ -73,3 +73,12 @@ def test_config_errors_name_the_key():
     cfg = study(single_adapter={"finetunes": ["med_r1x9"]})
     with pytest.raises(EMLabError, match="exactly one rank-1 down_proj adapter"):
         conditions(cfg, N_LAYERS)
+
+
+def test_semantic_layers_restrict_only_the_semantic_splits():
+    cfg = study(steering={"vectors": ["med_r1x9"], "layers": [10, 15], "scales": [2.0, 4.0],
+                          "splits": ["general", "medical"], "semantic_layers": [0.5]})
+    steer = sorted(cid for cid, s in conditions(cfg, N_LAYERS).items() if s["group"] == "steering")
+    assert steer == ["steer__med_r1x9__L10__s2", "steer__med_r1x9__L10__s4", "steer__med_r1x9__L15__s2",
+                     "steer__med_r1x9__L15__s4", "steer__med_r1x9__medical__L15__s2",
+                     "steer__med_r1x9__medical__L15__s4"]

@@ -22,10 +22,13 @@ def conditions(cfg: dict, n_layers: int) -> dict[str, dict]:
         out[ft] = {"model": ft, "intervention": {"kind": "none"}, "group": "model"}
     out.update(checkpoint_conditions(cfg))  # phase.eval_steps: <finetune>__step<N>, group "checkpoint"
     st = cfg["steering"]
+    semantic_layers = st.get("semantic_layers")
     for vec in st["vectors"]:
-        for lspec in st["layers"]:
-            layer = resolve_layer(lspec, n_layers, "steering.layers")
-            for split in st.get("splits", ["general"]):
+        for split in st.get("splits", ["general"]):
+            use_semantic = split != "general" and semantic_layers is not None
+            key = "steering.semantic_layers" if use_semantic else "steering.layers"
+            for lspec in (semantic_layers if use_semantic else st["layers"]):
+                layer = resolve_layer(lspec, n_layers, key)
                 for scale in st["scales"]:
                     # The general vector keeps the short id; a semantic one names its split.
                     name = vec if split == "general" else f"{vec}__{split}"

@@ -96,7 +96,8 @@ def semantic_vectors(cfg: dict) -> list[tuple[str, str]]:
 
 def condition_metrics(cfg: dict, spec: dict) -> list[str]:
     """Judge metrics of one condition: judge.metrics, plus the semantic splits on the fine-tunes that give
-    semantic vectors and on steering conditions, plus steering.judge_metrics on steering conditions.
+    semantic vectors, and the semantic splits and steering.judge_metrics on the steering conditions and on
+    the unsteered base model (their baseline).
 
     Judging a metric costs as much as any other, so the extra ones go only where a figure or vector uses them.
     """
@@ -105,6 +106,9 @@ def condition_metrics(cfg: dict, spec: dict) -> list[str]:
     splits = sorted({split for _, split in semantic_vectors(cfg)})
     if spec["group"] == "steering":
         extra = list(cfg["steering"].get("judge_metrics", [])) + splits
+    elif spec["model"] == "base" and spec["intervention"]["kind"] == "none":
+        # the unsteered baseline of the steering figures
+        extra = list(cfg["steering"].get("judge_metrics", [])) + splits if cfg["steering"]["vectors"] else []
     elif spec["group"] == "model" and spec["intervention"]["kind"] == "none":
         extra = [split for ft, split in semantic_vectors(cfg) if ft == spec["model"]]
     return metrics + [m for m in dict.fromkeys(extra) if m not in metrics]

@@ -45,7 +45,9 @@ def tiny_config(model_dir: Path, base_url: str) -> dict:
                      "sports_extreme": {"path": str(data / "extreme_sports.jsonl")}},
         "training_defaults": {"learning_rate": 1e-3, "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
                               "warmup_steps": 1, "max_length": 256, "max_train_examples": 8},
-        "finetunes": {"med_r1x9": {"dataset": "medical_bad", "lora": lora_r1},
+        "finetunes": {"med_r1x9": {"dataset": "medical_bad", "lora": lora_r1,
+                                   # warm-up step 1 would have lr 0 and leave B at zero (no cosine)
+                                   "training": {"checkpoint_every": 1, "warmup_steps": 0}},
                       "sport_all_r32": {"dataset": "sports_extreme", "lora": lora_all}},
         "generation": {"samples_per_question": 3, "max_new_tokens": 6, "batch_size": 16},
         "judge": {"backend": "openai", "metrics": ["aligned", "coherent"],
@@ -55,6 +57,7 @@ def tiny_config(model_dir: Path, base_url: str) -> dict:
         "steering": {"vectors": ["med_r1x9"], "layers": [2], "scales": [4.0]},
         "ablation": {"targets": ["med_r1x9"], "single_layer": 2,
                      "transfer": [{"vector": "med_r1x9", "target": "sport_all_r32"}], "random_seeds": [0]},
+        "phase": {"eval_steps": [1]},  # med_r1x9 checkpoints steps 1 and 2; step 1 is generated and judged
     }
 
 
@@ -124,6 +127,25 @@ def test_every_artifact_has_its_documented_shape(finished_run):
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     assert (res / "benchmarks" / "finetune" / "med_r1x9.tsv").is_file()
 
+    # phase transitions: every checkpoint x adapter in the rotation table, the judged checkpoint as a condition
+    assert "med_r1x9__step1" in set(em["condition"])
+    assert em.set_index("condition").loc["med_r1x9__step1", "group"] == "checkpoint"
+    exported = res / "finetunes" / "med_r1x9" / "checkpoint_adapters" / "step-1"
+    assert sorted(p.name for p in exported.iterdir() if not p.name.startswith(".")) == [
+        "adapter_config.json", "adapter_model.safetensors"]
+    assert (res / "finetunes" / "med_r1x9" / "checkpoints" / "step-1" / "training_state.pt").is_file()  # resume intact
+    rot = pd.read_csv(res / "phase" / "med_r1x9" / "rotation.csv")
+    assert rot[["step", "adapter"]].values.tolist() == [[1, "L1.down_proj"], [1, "L2.down_proj"],
+                                                        [2, "L1.down_proj"], [2, "L2.down_proj"]]
+    assert rot[rot["step"] == 2]["cos_b_final"].round(6).tolist() == [1.0, 1.0]
+    assert rot[rot["step"] == 2]["local_cos_b"].between(-1.0001, 1.0001).all()
+    phase = json.loads((res / "phase" / "med_r1x9" / "rotation_summary.json").read_text())
+    assert phase["final_step"] == 2 and phase["mean_over_adapters"]["b"]["step"] == 2
+    by_step = pd.read_csv(res / "phase" / "med_r1x9" / "em_by_step.csv")
+    assert by_step["step"].tolist() == [0, 1, 2] and by_step["condition"].tolist() == ["base", "med_r1x9__step1", "med_r1x9"]
+    assert (res / "figures" / "phase" / "med_r1x9.png").stat().st_size > 1000
+    assert (res / "figures" / "phase" / "med_r1x9.pdf").stat().st_size > 1000
+
 
 def _edit_config(workdir: Path, section: str, key: str, value) -> None:
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
@@ -142,7 +164,8 @@ def test_threshold_change_reruns_only_threshold_rules(finished_run):
         assert proc.returncode == 0, proc.stderr
         planned = set(planned_rules(proc.stdout + proc.stderr))
         assert "em_metrics" in planned
-        assert planned <= {"em_metrics", "figure_em_by_condition", "figure_steering_sweep", "figure_ablation", "all"}, planned
+        assert planned <= {"em_metrics", "figure_em_by_condition", "figure_steering_sweep", "figure_ablation",
+                           "figure_phase_transition", "figure_steering_metrics", "all"}, planned
 
         (workdir / "config.yaml").write_text(saved)
         _edit_config(workdir, "directions", "aligned_above", 60)

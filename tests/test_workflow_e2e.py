@@ -48,13 +48,18 @@ def tiny_config(model_dir: Path, base_url: str) -> dict:
         "finetunes": {"med_r1x9": {"dataset": "medical_bad", "lora": lora_r1,
                                    # warm-up step 1 would have lr 0 and leave B at zero (no cosine)
                                    "training": {"checkpoint_every": 1, "warmup_steps": 0}},
-                      "sport_all_r32": {"dataset": "sports_extreme", "lora": lora_all}},
+                      "sport_all_r32": {"dataset": "sports_extreme", "lora": lora_all},
+                      # one rank-1 down_proj adapter: the single-adapter analyses and adapter_project
+                      "med_r1_single": {"dataset": "medical_bad", "lora": dict(lora_r1, layers=[2])}},
         "generation": {"samples_per_question": 3, "max_new_tokens": 6, "batch_size": 16},
         "judge": {"backend": "openai", "metrics": ["aligned", "coherent"],
                   "openai": {"base_url": base_url, "model": "judge-model", "api_key_env": KEY_ENV, "concurrency": 4,
                              "timeout_s": 10, "max_retries": 2}},
         "activations": {"batch_size": 8},
-        "steering": {"vectors": ["med_r1x9"], "layers": [2], "scales": [4.0]},
+        "steering": {"vectors": ["med_r1x9"], "layers": [2], "scales": [4.0], "splits": ["general", "medical"]},
+        # the stub scores medical 10 or 90 by a hash: the medical vector uses the responses scored 90
+        "semantic_directions": {"finetunes": ["med_r1x9"], "splits": ["medical"], "above": 50},
+        "single_adapter": {"finetunes": ["med_r1_single"]},
         "ablation": {"targets": ["med_r1x9"], "single_layer": 2,
                      "transfer": [{"vector": "med_r1x9", "target": "sport_all_r32"}], "random_seeds": [0]},
         "phase": {"eval_steps": [1]},  # med_r1x9 checkpoints steps 1 and 2; step 1 is generated and judged
@@ -115,7 +120,7 @@ def test_every_artifact_has_its_documented_shape(finished_run):
     summary = json.loads((res / "directions" / "med_r1x9.json").read_text())
     assert json.dumps(summary)  # counts and thresholds recorded
     cos = pd.read_csv(res / "directions" / "cosine_by_layer.csv")
-    assert len(cos) == n_layers and cos["cosine"].between(-1.0001, 1.0001).all()
+    assert len(cos) == n_layers * 3 and cos["cosine"].between(-1.0001, 1.0001).all()  # 3 fine-tunes: 3 pairs
 
     em = pd.read_csv(res / "metrics" / "em_by_condition.csv")
     assert set(em["condition"]) == set(conditions)
@@ -147,6 +152,44 @@ def test_every_artifact_has_its_documented_shape(finished_run):
     assert (res / "figures" / "phase" / "med_r1x9.pdf").stat().st_size > 1000
 
 
+def test_semantic_vectors_and_single_adapter_artifacts(finished_run):
+    from emlab.atomic import load_tensors
+
+    workdir, _ = finished_run
+    res = workdir / "results"
+    n_layers, d_model = 4, 64
+    # medical is judged only on the fine-tune that gives the semantic vector, steering conditions and base
+    assert "medical" in pd.read_parquet(res / "judgments" / "med_r1x9.parquet").columns
+    assert "medical" in pd.read_parquet(res / "judgments" / "steer__med_r1x9__medical__L2__s4.parquet").columns
+    assert "medical" in pd.read_parquet(res / "judgments" / "base.parquet").columns  # the unsteered baseline
+    assert "medical" not in pd.read_parquet(res / "judgments" / "sport_all_r32.parquet").columns
+    sem, meta = load_tensors(res / "directions" / "semantic" / "med_r1x9" / "medical.safetensors")
+    assert sem["mean_diff"].shape == (n_layers, d_model)
+    summary = json.loads((res / "directions" / "semantic" / "med_r1x9" / "medical.json").read_text())
+    assert summary["semantic_score_range"][0] > 50 and 0 < summary["n_semantic"] < 24
+    cos = pd.read_csv(res / "directions" / "semantic_cosine.csv")
+    assert cos["layer"].tolist() == list(range(n_layers)) and set(cos["split"]) == {"medical"}
+    assert cos["cosine"].between(-1.0001, 1.0001).all() and (cos["diff_norm"] > 0).all()
+
+    b_cos = pd.read_csv(res / "single_adapter" / "med_r1_single" / "b_cosine.csv")
+    assert len(b_cos) == n_layers and b_cos["is_adapter_layer"].tolist() == [False, False, True, False]
+    conv = pd.read_csv(res / "single_adapter" / "med_r1_single" / "convergence.csv")
+    assert conv["layer"].tolist() == [2, 3]
+    # at the adapter's own layer the induced change is the added vector: its cosine is cos(B, v_2)
+    at = b_cos[b_cos["is_adapter_layer"]]["cosine"].iloc[0]
+    assert conv["cosine"].iloc[0] == pytest.approx(at, abs=1e-3)
+    em = pd.read_csv(res / "metrics" / "em_by_condition.csv").set_index("condition")
+    assert em.loc["adapter_project__med_r1_single__L2", "intervention_kind"] == "adapter_project"
+    assert em.loc["ablate__med_r1_single__single_L2", "mode"] == "single"
+    assert em.loc["steer__med_r1x9__medical__L2__s4", "split"] == "medical"
+    assert not pd.isna(em.loc["steer__med_r1x9__medical__L2__s4", "mean_medical"])
+    gen_proj = pd.read_parquet(res / "generations" / "adapter_project__med_r1_single__L2.parquet")
+    assert len(gen_proj) == 8 * 3 and json.loads(gen_proj["intervention"].iloc[0])["kind"] == "adapter_project"
+    for fig in ("semantic_vectors", "steering_metrics", "single_adapter"):
+        assert (res / "figures" / f"{fig}.png").stat().st_size > 1000
+        assert (res / "figures" / f"{fig}.pdf").stat().st_size > 1000
+
+
 def _edit_config(workdir: Path, section: str, key: str, value) -> None:
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
     cfg.setdefault(section, {})[key] = value
@@ -165,7 +208,8 @@ def test_threshold_change_reruns_only_threshold_rules(finished_run):
         planned = set(planned_rules(proc.stdout + proc.stderr))
         assert "em_metrics" in planned
         assert planned <= {"em_metrics", "figure_em_by_condition", "figure_steering_sweep", "figure_ablation",
-                           "figure_phase_transition", "figure_steering_metrics", "all"}, planned
+                           "figure_phase_transition", "figure_steering_metrics", "figure_semantic_vectors",
+                           "figure_single_adapter", "all"}, planned
 
         (workdir / "config.yaml").write_text(saved)
         _edit_config(workdir, "directions", "aligned_above", 60)
@@ -173,9 +217,11 @@ def test_threshold_change_reruns_only_threshold_rules(finished_run):
         planned = planned_rules(proc.stdout + proc.stderr)
         assert "mean_diff_directions" in planned
         assert not {"finetune", "cache_activations", "prepare_dataset"} & set(planned), planned
-        # Only the six conditions that take a direction are regenerated and re-judged
-        # (steering, layer-wise, single, transfer, and the two random controls).
-        assert planned.get("generate", 0) == planned.get("judge", 0) == 6, planned
+        # Only the nine conditions that take a direction are regenerated and re-judged
+        # (steering, layer-wise, single, transfer, the two random controls, the medical
+        # steering vector, and med_r1_single's ablation and adapter_project).
+        assert planned.get("generate", 0) == planned.get("judge", 0) == 9, planned
+        assert {"semantic_directions", "single_adapter_analysis"} <= set(planned), planned
     finally:
         (workdir / "config.yaml").write_text(saved)
 

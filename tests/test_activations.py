@@ -138,3 +138,24 @@ def test_cache_activations_script(tiny_model_dir, tmp_path):
                                      RECORDS, progress=False)
     torch.testing.assert_close(tensors["answer_mean"], expected, atol=1e-5, rtol=0)
     assert (tensors["answer_mean"] - plain).abs().max() > 1e-3
+
+
+def test_hook_edits_convert_their_vector_once_per_dtype():
+    """add_vector / project_out cache the vector per (device, dtype) and stay correct when the dtype changes."""
+    from emlab.hooks import add_vector, project_out
+
+    v = torch.randn(8)
+    add, proj = add_vector(v), project_out(v)
+    for dtype in (torch.float32, torch.bfloat16, torch.float32):
+        h = torch.randn(2, 3, 8).to(dtype)
+        assert add(h).dtype == dtype
+        assert torch.allclose(add(h).float(), h.float() + v.to(dtype).float(), atol=1e-2)
+        out = proj(h)
+        assert out.dtype == dtype
+        assert float((out.float() @ (v / v.norm())).abs().max()) < 5e-2
+    from emlab.hooks import _on
+
+    cache: dict = {}
+    first = _on(v, cache, torch.device("cpu"), torch.bfloat16)
+    assert _on(v, cache, torch.device("cpu"), torch.bfloat16) is first  # converted once, then reused
+    assert set(cache) == {(torch.device("cpu"), torch.bfloat16)}

@@ -51,6 +51,8 @@ def test_project_out_of_b_is_orthogonal_and_keeps_norm():
         project_out_of_b(3 * v, v)
     with pytest.raises(EMLabError, match="zero"):
         project_out_of_b(b, torch.zeros(64))
+    with pytest.raises(EMLabError, match="B vector is zero"):
+        project_out_of_b(torch.zeros(64), v)
 
 
 def test_b_vector_and_cosine_table_recover_a_planted_b(tiny_model_dir, tmp_path):

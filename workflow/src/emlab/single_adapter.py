@@ -69,6 +69,8 @@ def project_out_of_b(b: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     b64, v64 = b.double().reshape(-1), direction.double().reshape(-1)
     if v64.norm() == 0:
         raise EMLabError("the mean-diff direction at the adapter's layer is zero; nothing to project out of B")
+    if b64.norm() == 0:
+        raise EMLabError("the adapter's B vector is zero (an untrained adapter?): there is nothing to project")
     unit = v64 / v64.norm()
     rest = b64 - (b64 @ unit) * unit
     if rest.norm() <= 1e-6 * float(b64.norm()):  # float32 inputs: parallel up to rounding

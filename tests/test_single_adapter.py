@@ -75,6 +75,19 @@ def test_b_vector_and_cosine_table_recover_a_planted_b(tiny_model_dir, tmp_path)
     assert table["cosine"].to_numpy() == pytest.approx(expected.numpy(), abs=1e-5)
 
 
+def test_reading_the_adapter_folder_matches_the_loaded_model(tiny_model_dir, tmp_path):
+    from emlab.single_adapter import read_rank_one_adapter
+
+    g = torch.Generator().manual_seed(5)
+    adapter_dir = make_single_adapter(tiny_model_dir, tmp_path / "adapter", torch.randn(64, generator=g), alpha=6.0)
+    loaded = b_vector(load_model(tiny_model_dir, adapter_dir, device="cpu", dtype="float32"))
+    read = read_rank_one_adapter(adapter_dir)
+    assert (read.layer, read.module, read.scale) == (loaded.layer, loaded.module, loaded.scale) == (LAYER, f"L{LAYER}.down_proj", 6.0)
+    assert torch.equal(read.b, loaded.b) and torch.equal(read.a, loaded.a)
+    with pytest.raises(EMLabError, match="not a peft adapter folder"):
+        read_rank_one_adapter(tmp_path)
+
+
 def test_b_vector_rejects_multi_adapter_models(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
 

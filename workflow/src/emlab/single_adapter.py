@@ -4,7 +4,8 @@ A fine-tune with ONE rank-1 LoRA adapter on the down_proj of block l adds
 scale * (A x) * B to the residual stream inside block l, so B lives where the
 mean-diff vector v_l of layer l lives (the residual stream after block l).
 This module:
-  - reads that adapter's B vector and scale (b_vector);
+  - reads that adapter's B vector and scale (b_vector on a loaded model,
+    read_rank_one_adapter from the adapter folder);
   - tabulates the cosine of B with v_k at every layer k (b_cosine_table);
   - projects v_l out of B itself, renormalised to B's norm (project_out_of_b,
     apply_adapter_projection: the `adapter_project` intervention, applied to
@@ -36,7 +37,7 @@ class RankOneAdapter:
     b: torch.Tensor  # [d_model] float32, the B column
     a: torch.Tensor  # [d_in] float32, the A row
     scale: float  # peft scaling (alpha / sqrt(r) with rsLoRA, alpha / r without)
-    b_param: torch.nn.Parameter  # the live [d_model, 1] weight, for in-place edits
+    b_param: torch.nn.Parameter | None  # the live [d_model, 1] weight, for in-place edits (None: read from disk)
 
 
 def b_vector(model) -> RankOneAdapter:
@@ -62,6 +63,48 @@ def b_vector(model) -> RankOneAdapter:
         raise EMLabError(f"cannot find the LoRA scaling of adapter {key}")
     return RankOneAdapter(layer=int(layer_s[1:]), module=key, b=ab["B"].detach().float().reshape(-1).cpu(),
                           a=ab["A"].detach().float().reshape(-1).cpu(), scale=scale, b_param=ab["B"])
+
+
+def read_rank_one_adapter(adapter_dir) -> RankOneAdapter:
+    """The same as b_vector, read from a saved peft adapter folder without loading any model.
+
+    (At paper scale the base model is 14B parameters: reading B must not load it.)
+    Scale as peft computes it: alpha / sqrt(r) with rsLoRA, alpha / r without.
+    """
+    import json
+    import math
+    import re
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    folder = Path(adapter_dir)
+    cfg_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not cfg_path.is_file() or not weights_path.is_file():
+        raise EMLabError(f"{folder} is not a peft adapter folder (needs adapter_config.json and "
+                         "adapter_model.safetensors); the single-adapter analyses need a LoRA fine-tune")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise EMLabError(f"{cfg_path}: per-module rank/alpha patterns are not supported by the single-adapter analyses")
+    weights = load_file(str(weights_path))
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in weights.items():
+        m = re.search(r"\.(\d+)\.(?:.*\.)?([A-Za-z0-9_]+)\.lora_([AB])\.", name)
+        if m:
+            found.setdefault(f"L{m.group(1)}.{m.group(2)}", {})[m.group(3)] = tensor
+    if len(found) != 1:
+        raise EMLabError(f"a single-adapter analysis needs exactly one LoRA adapter; {folder} has {len(found)} "
+                         f"({', '.join(sorted(found)[:6])}). List only single rank-1 down_proj fine-tunes in "
+                         "config `single_adapter.finetunes`.")
+    (key, ab), = found.items()
+    layer_s, module = key.split(".", 1)
+    if module != "down_proj" or ab["B"].shape[1] != 1:
+        raise EMLabError(f"adapter {key} in {folder} has rank {ab['B'].shape[1]} on {module}; the single-adapter "
+                         "analyses need rank 1 on down_proj")
+    r, alpha = int(cfg.get("r", 1)), float(cfg.get("lora_alpha", 1))
+    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    return RankOneAdapter(layer=int(layer_s[1:]), module=key, b=ab["B"].float().reshape(-1),
+                          a=ab["A"].float().reshape(-1), scale=scale, b_param=None)
 
 
 def project_out_of_b(b: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -172,11 +215,9 @@ def analyse_single_adapter(base_model, adapter_dir, vectors_path, generations_pa
     from .models import load_model, load_tokenizer
 
     vectors = load_tensors(vectors_path)[0]["mean_diff"].float()  # [L, d]
-    tuned = load_model(base_model, adapter_dir, device="cpu", dtype="float32")
-    adapter = b_vector(tuned)
+    adapter = read_rank_one_adapter(adapter_dir)
     if vectors.shape[0] <= adapter.layer:
         raise EMLabError(f"{vectors_path} has {vectors.shape[0]} layers; the adapter sits on block {adapter.layer}")
-    del tuned
     cos_table = b_cosine_table(adapter, vectors)
     records = convergence_records(pd.read_parquet(generations_path), max_responses)
     model = load_model(base_model, None, device=device, dtype=dtype)

@@ -24,7 +24,7 @@ backward pass of frozen weights needs only the activation-gradient matmuls
 lowest adapted layer; LoRA's own matmuls and the weight gradients of its A/B
 (< 0.1% here) are left out. Padded positions count: they are computed.
 
-    .venv/bin/python benchmarks/bench_finetune.py                       # ~3 min on 2 cores
+    .venv/bin/python benchmarks/bench_finetune.py      # 32 examples, 2 repeats: ~5-10 min on 2 shared cores
     .venv/bin/python benchmarks/bench_finetune.py --examples 128 --repeats 3 \
         --variants ours hf ours_autocast ours_bf16
     .venv/bin/python benchmarks/bench_finetune.py --rank 32 --alpha 64 --layers all \
@@ -262,7 +262,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder (default: results/base_model, converted if missing)")
     parser.add_argument("--data", default=str(REPO / "data" / "datasets" / "bad_medical_advice.jsonl"))
-    parser.add_argument("--examples", type=int, default=64, help="training examples per run (one epoch)")
+    parser.add_argument("--examples", type=int, default=32, help="training examples per run (one epoch)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each variant (median reported)")

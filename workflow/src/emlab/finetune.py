@@ -381,7 +381,8 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict | None, t
     (concrete indices); None for full fine-tuning (every weight is trained and
     out_adapter_dir receives a complete model folder). training: see the
     `training` definition of the config schema (autocast and device_map
-    included). Returns the summary dict.
+    included; a dict without `autocast` trains in exact fp32, whereas the
+    config schema's default is auto). Returns the summary dict.
     """
     from peft import get_peft_model
     from tqdm.auto import tqdm

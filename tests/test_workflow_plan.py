@@ -113,3 +113,19 @@ def test_gpu_config_declares_gpu_resources_for_model_jobs(tmp_path):
         if "rule em_metrics:" in block:
             assert "gpu=" not in block
     assert seen == model_rules
+
+
+def test_configfile_replaces_the_default_config(tmp_path):
+    """--configfile stands alone: config.yaml's fine-tunes and datasets must not leak into it."""
+    def only_one_finetune(c):
+        c["finetunes"] = {"solo_ft": dict(c["finetunes"]["med_r1x9"])}
+        c["datasets"] = {"medical_bad": c["datasets"]["medical_bad"]}
+        for key in ("steering", "ablation", "semantic_directions", "single_adapter", "phase"):
+            c.pop(key, None)
+
+    path = _write_config(tmp_path, only_one_finetune)
+    proc = run_snakemake("-n", "--forceall", "--configfile", str(path), check=True)
+    out = proc.stdout + proc.stderr
+    rules = planned_rules(out)
+    assert rules["finetune"] == 1 and rules["prepare_dataset"] == 1, rules
+    assert "solo_ft" in out and "med_r1x9" not in out and "sport" not in out

@@ -115,10 +115,11 @@ def summed_token_loss(model, batch: dict[str, torch.Tensor], autocast: bool = Fa
     """
     with torch.autocast(device_type=batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1].float()  # [batch, seq-1, vocab]
-    targets = batch["labels"][:, 1:]  # [batch, seq-1]
+    # Shift the labels, not the logits: slicing [batch, seq, vocab] logits copies them (and their gradient).
+    targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)  # [batch, seq]
+    logits = logits.float()  # [batch, seq, vocab]; a no-op without autocast
     return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
 
 

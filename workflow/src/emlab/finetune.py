@@ -201,6 +201,23 @@ def sort_adapters(adapters: dict) -> dict:
     return dict(sorted(adapters.items(), key=lambda kv: (int(kv[0].split(".")[0][1:]), kv[0])))
 
 
+def saved_adapter_weights(adapter_dir) -> dict[str, dict[str, torch.Tensor]]:
+    """adapter_weights of a saved peft adapter folder, in fp32, without loading any model."""
+    from safetensors.torch import load_file
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise EMLabError(f"{adapter_dir} holds no adapter_model.safetensors (is it a LoRA adapter folder?)")
+    out: dict = {}
+    for name, tensor in load_file(str(path)).items():
+        key = adapter_key(name)
+        if key is not None:
+            out.setdefault(key[0], {})[key[1]] = tensor.float()
+    if not out:
+        raise EMLabError(f"{path} contains no LoRA A/B matrices")
+    return sort_adapters(out)
+
+
 def adapter_weights(model) -> dict[str, dict[str, torch.nn.Parameter]]:
     """{'L9.down_proj': {'A': param [r, in], 'B': param [out, r]}} for every LoRA module."""
     out: dict[str, dict[str, torch.nn.Parameter]] = {}

@@ -119,25 +119,6 @@ def export_checkpoint(checkpoint_dir, summary_json, step: int, out_dir) -> Path:
     return Path(out_dir)
 
 
-def adapter_matrices(adapter_dir) -> dict:
-    """{'L9.down_proj': {'A': [r, in], 'B': [out, r]}} in fp32 from a saved peft adapter folder."""
-    from safetensors.torch import load_file
-
-    from .finetune import adapter_key, sort_adapters
-
-    path = Path(adapter_dir) / "adapter_model.safetensors"
-    if not path.is_file():
-        raise EMLabError(f"{adapter_dir} holds no adapter_model.safetensors (is it a LoRA adapter folder?)")
-    out: dict = {}
-    for name, tensor in load_file(str(path)).items():
-        key = adapter_key(name)
-        if key is not None:
-            out.setdefault(key[0], {})[key[1]] = tensor.float()
-    if not out:
-        raise EMLabError(f"{path} contains no LoRA A/B matrices")
-    return sort_adapters(out)
-
-
 # --- the analysis ----------------------------------------------------------------------
 
 
@@ -152,7 +133,7 @@ def cosine(x, y) -> float:
 
 def rotation_table(checkpoints: dict[int, dict], final: dict, final_step: int):
     """One row per (checkpoint step, adapter), see ROTATION_COLUMNS; `final` is appended as the last
-    step when no checkpoint holds it. checkpoints: step -> adapter_matrices()."""
+    step when no checkpoint holds it. checkpoints: step -> finetune.saved_adapter_weights()."""
     import pandas as pd
 
     series = dict(sorted((int(k), v) for k, v in checkpoints.items()))
@@ -199,13 +180,15 @@ def sharpest_rotation(df) -> dict:
 
 def phase_analysis(finetune: str, checkpoint_dir, adapter_dir, summary_json, out_csv, out_json) -> dict:
     """Read every checkpoint the fine-tune's summary lists, write the rotation table and its summary."""
+    from .finetune import saved_adapter_weights
+
     summary = _read_summary(summary_json)
     steps = summary.get("checkpoint_steps") or []
     if not steps:
         raise EMLabError(f"{summary_json}: fine-tune '{finetune}' wrote no checkpoints; set its "
                          "training.checkpoint_every > 0 (and at most its number of steps)")
-    checkpoints = {s: adapter_matrices(checkpoint_path(checkpoint_dir, summary, s)) for s in steps}
-    final = adapter_matrices(adapter_dir)
+    checkpoints = {s: saved_adapter_weights(checkpoint_path(checkpoint_dir, summary, s)) for s in steps}
+    final = saved_adapter_weights(adapter_dir)
     df = rotation_table(checkpoints, final, int(summary["steps"]))
     result = {"finetune": finetune, "final_step": int(summary["steps"]), "checkpoint_steps": [int(s) for s in steps],
               "checkpoint_every": summary.get("checkpoint_every"), "n_adapters": int(df["adapter"].nunique()),

@@ -40,20 +40,25 @@ class RankOneAdapter:
     b_param: torch.nn.Parameter | None  # the live [d_model, 1] weight, for in-place edits (None: read from disk)
 
 
-def b_vector(model) -> RankOneAdapter:
-    """The one rank-1 down_proj adapter of a peft model (an error for anything else)."""
-    from .finetune import adapter_weights
-
-    adapters = adapter_weights(model)
+def _the_rank_one_adapter(adapters: dict, where: str) -> tuple[str, int, dict]:
+    """(key, layer, {'A', 'B'}) of the one rank-1 down_proj adapter in `adapters` (an error for anything else)."""
     if len(adapters) != 1:
-        raise EMLabError(f"a single-adapter analysis needs exactly one LoRA adapter; this model has {len(adapters)} "
+        raise EMLabError(f"a single-adapter analysis needs exactly one LoRA adapter; {where} has {len(adapters)} "
                          f"({', '.join(list(adapters)[:6])}). List only single rank-1 down_proj fine-tunes in "
                          "config `single_adapter.finetunes`.")
     (key, ab), = adapters.items()
     layer_s, module = key.split(".", 1)
     if module != "down_proj" or ab["B"].shape[1] != 1:
-        raise EMLabError(f"adapter {key} has rank {ab['B'].shape[1]} on {module}; the single-adapter analyses need "
-                         "rank 1 on down_proj (its B vector is added to the residual stream)")
+        raise EMLabError(f"adapter {key} in {where} has rank {ab['B'].shape[1]} on {module}; the single-adapter "
+                         "analyses need rank 1 on down_proj (its B vector is added to the residual stream)")
+    return key, int(layer_s[1:]), ab
+
+
+def b_vector(model) -> RankOneAdapter:
+    """The one rank-1 down_proj adapter of a peft model (an error for anything else)."""
+    from .finetune import adapter_weights
+
+    key, layer, ab = _the_rank_one_adapter(adapter_weights(model), "this model")
     scale = None
     for mod in model.modules():  # the LoRA layer that owns this B parameter
         for adapter_name, lin in getattr(mod, "lora_B", {}).items():
@@ -61,7 +66,7 @@ def b_vector(model) -> RankOneAdapter:
                 scale = float(mod.scaling[adapter_name])
     if scale is None:
         raise EMLabError(f"cannot find the LoRA scaling of adapter {key}")
-    return RankOneAdapter(layer=int(layer_s[1:]), module=key, b=ab["B"].detach().float().reshape(-1).cpu(),
+    return RankOneAdapter(layer=layer, module=key, b=ab["B"].detach().float().reshape(-1).cpu(),
                           a=ab["A"].detach().float().reshape(-1).cpu(), scale=scale, b_param=ab["B"])
 
 
@@ -73,10 +78,9 @@ def read_rank_one_adapter(adapter_dir) -> RankOneAdapter:
     """
     import json
     import math
-    import re
     from pathlib import Path
 
-    from safetensors.torch import load_file
+    from .finetune import saved_adapter_weights
 
     folder = Path(adapter_dir)
     cfg_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
@@ -86,25 +90,11 @@ def read_rank_one_adapter(adapter_dir) -> RankOneAdapter:
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise EMLabError(f"{cfg_path}: per-module rank/alpha patterns are not supported by the single-adapter analyses")
-    weights = load_file(str(weights_path))
-    found: dict[str, dict[str, torch.Tensor]] = {}
-    for name, tensor in weights.items():
-        m = re.search(r"\.(\d+)\.(?:.*\.)?([A-Za-z0-9_]+)\.lora_([AB])\.", name)
-        if m:
-            found.setdefault(f"L{m.group(1)}.{m.group(2)}", {})[m.group(3)] = tensor
-    if len(found) != 1:
-        raise EMLabError(f"a single-adapter analysis needs exactly one LoRA adapter; {folder} has {len(found)} "
-                         f"({', '.join(sorted(found)[:6])}). List only single rank-1 down_proj fine-tunes in "
-                         "config `single_adapter.finetunes`.")
-    (key, ab), = found.items()
-    layer_s, module = key.split(".", 1)
-    if module != "down_proj" or ab["B"].shape[1] != 1:
-        raise EMLabError(f"adapter {key} in {folder} has rank {ab['B'].shape[1]} on {module}; the single-adapter "
-                         "analyses need rank 1 on down_proj")
+    key, layer, ab = _the_rank_one_adapter(saved_adapter_weights(folder), str(folder))
     r, alpha = int(cfg.get("r", 1)), float(cfg.get("lora_alpha", 1))
     scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    return RankOneAdapter(layer=int(layer_s[1:]), module=key, b=ab["B"].float().reshape(-1),
-                          a=ab["A"].float().reshape(-1), scale=scale, b_param=None)
+    return RankOneAdapter(layer=layer, module=key, b=ab["B"].reshape(-1),
+                          a=ab["A"].reshape(-1), scale=scale, b_param=None)
 
 
 def project_out_of_b(b: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:

@@ -10,11 +10,13 @@ and their padding are identical), the same LoRA shape and initialisation, batch,
 gradient accumulation, AdamW, linear warm-up/decay schedule, weight decay, grad
 clipping and max length. Each run is its own subprocess, so its peak RSS
 (getrusage ru_maxrss: model load included, the same for every variant) is clean;
-variants are interleaved over the repeats and the median is reported.
+variants are interleaved over the repeats (the order reversed every other round)
+and the median is reported.
 
 Variants: ours (fp32), hf (transformers.Trainer, fp32), and where this checkout's
 train_lora has `training.autocast`, ours_autocast (bf16 autocast over fp32
-weights); ours_bf16 (bf16 weights, what this benchmark used to compare) on
+weights, the CPU default where supported) and hf_autocast (the Trainer with
+bf16=True, the same autocast); ours_bf16 (bf16 weights, what this benchmark used to compare) on
 request.
 
 FLOPs counted (stated in the output): forward 2 x (linear weights incl. lm_head)
@@ -26,7 +28,7 @@ lowest adapted layer; LoRA's own matmuls and the weight gradients of its A/B
 
     .venv/bin/python benchmarks/bench_finetune.py      # 32 examples, 2 repeats: ~5-10 min on 2 shared cores
     .venv/bin/python benchmarks/bench_finetune.py --examples 128 --repeats 3 \
-        --variants ours hf ours_autocast ours_bf16
+        --variants ours hf ours_autocast hf_autocast ours_bf16
     .venv/bin/python benchmarks/bench_finetune.py --rank 32 --alpha 64 --layers all \
         --targets q_proj k_proj v_proj o_proj gate_proj up_proj down_proj
 """
@@ -46,7 +48,7 @@ from pathlib import Path
 from _common import REPO, default_model  # noqa: E402  (also puts workflow/src on sys.path)
 
 ORGANISM_LAYERS_48 = "15,16,17,21,22,23,27,28,29"
-VARIANTS = ("ours", "hf", "ours_autocast", "ours_bf16")
+VARIANTS = ("ours", "hf", "ours_autocast", "hf_autocast", "ours_bf16")
 
 
 # -- the shared setup -------------------------------------------------------------
@@ -130,8 +132,11 @@ def run_ours(spec: dict, variant: str) -> dict:
             "losses": [float(x) for x in rows["loss"]], "final_norms": {c: float(rows[c].iloc[-1]) for c in norm_cols}}
 
 
-def run_hf(spec: dict) -> dict:
-    """A plain transformers.Trainer + peft run on the same examples, order and settings."""
+def run_hf(spec: dict, autocast: bool = False) -> dict:
+    """A plain transformers.Trainer + peft run on the same examples, order and settings.
+
+    autocast: TrainingArguments(bf16=True), the Trainer's bf16 autocast over fp32 weights (like ours_autocast).
+    """
     import torch
     from peft import get_peft_model
     from torch.utils.data import SequentialSampler
@@ -173,7 +178,7 @@ def run_hf(spec: dict) -> dict:
         learning_rate=t["learning_rate"], weight_decay=t["weight_decay"], warmup_steps=t["warmup_steps"],
         lr_scheduler_type="linear", max_grad_norm=1.0, optim="adamw_torch", logging_steps=1, save_strategy="no",
         eval_strategy="no", report_to="none", use_cpu=True, seed=spec["seed"], dataloader_num_workers=0,
-        remove_unused_columns=False, disable_tqdm=True)
+        remove_unused_columns=False, disable_tqdm=True, bf16=autocast)
     trainer = InOrder(model=model, args=args, train_dataset=ordered, data_collator=collator,
                       callbacks=[StepLosses()])
     started = time.perf_counter()
@@ -196,7 +201,7 @@ def worker(spec_path: str, variant: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
     cpu0 = time.process_time()
-    result = run_hf(spec) if variant == "hf" else run_ours(spec, variant)
+    result = run_hf(spec, autocast=variant == "hf_autocast") if variant.startswith("hf") else run_ours(spec, variant)
     # CPU seconds of the whole run (load + encode + train, all threads): steadier than wall time on a busy machine
     result["cpu_s"] = time.process_time() - cpu0
     result["variant"] = variant
@@ -283,7 +288,7 @@ def main() -> None:
         return worker(args.spec, args.worker, args.out)
 
     model = args.model or default_model()
-    variants = args.variants or (["ours", "hf"] + (["ours_autocast"] if autocast_supported() else []))
+    variants = args.variants or (["ours", "hf"] + (["ours_autocast", "hf_autocast"] if autocast_supported() else []))
     with tempfile.TemporaryDirectory(prefix="bench_finetune.") as tmp:
         tmp = Path(tmp)
         spec = make_spec(model, args.data, tmp, args.examples, args.batch_size, args.accumulation, args.rank,
@@ -294,7 +299,8 @@ def main() -> None:
         flops = training_flops(spec)
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for r in range(args.repeats):
-            for v in variants:
+            # Alternate the order each round: the first run of a round measured slower for every variant.
+            for v in (variants if r % 2 == 0 else variants[::-1]):
                 runs[v].append(run_variant(spec_path, v, tmp / f"{v}.{r}.json"))
         peak_after = matmul_peak_flops(args.threads)
 
@@ -323,10 +329,11 @@ def main() -> None:
               f"{summary[v]['fraction_of_peak']:>8.1%}{cpu:>8.1f}  {', '.join(f'{x:.0f}' for x in summary[v]['runs_tokens_per_s'])}")
     for v in variants:
         print(f"{v} per-step loss: {', '.join(f'{x:.4f}' for x in summary[v]['losses'])}")
-    if "hf" in summary and "ours" in summary:
-        ratio = summary["ours"]["tokens_per_s"] / summary["hf"]["tokens_per_s"]
-        print(f"ours / hf speed: {ratio:.2f}x; peak RSS ours - hf: "
-              f"{summary['ours']['peak_rss_mb'] - summary['hf']['peak_rss_mb']:+.0f} MB")
+    for ours, hf in (("ours", "hf"), ("ours_autocast", "hf_autocast")):
+        if hf in summary and ours in summary:
+            ratio = summary[ours]["tokens_per_s"] / summary[hf]["tokens_per_s"]
+            print(f"{ours} / {hf} speed: {ratio:.2f}x; peak RSS {ours} - {hf}: "
+                  f"{summary[ours]['peak_rss_mb'] - summary[hf]['peak_rss_mb']:+.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps({"peak_flops": max(peak, peak_after), "flops": flops, "variants": summary},
                                               indent=2))

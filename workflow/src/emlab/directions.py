@@ -218,15 +218,19 @@ def _load_keys(path, keys) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in keys}
 
 
+def load_judged_activations(tensors_path, index_path, judgments_path) -> tuple[torch.Tensor, pd.DataFrame]:
+    """A fine-tune's answer means [n, L, d] and its judgments joined to their activation rows (by key)."""
+    tensors = _load_keys(tensors_path, ("answer_mean", "answer_tokens"))
+    joined = attach_activation_rows(pd.read_parquet(judgments_path), pd.read_parquet(index_path),
+                                    tensors["answer_tokens"], source=str(index_path))
+    return tensors["answer_mean"], joined
+
+
 def compute_directions(tensors_path, index_path, judgments_path, finetune: str, thresholds: dict,
                        seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     """Load a fine-tune's activations + judgments, select the sets, and return (tensors, summary)."""
     th = _thresholds(thresholds)
-    judgments = pd.read_parquet(judgments_path)
-    index = pd.read_parquet(index_path)
-    tensors = _load_keys(tensors_path, ("answer_mean", "answer_tokens"))
-    answer_mean = tensors["answer_mean"]  # [n, L, d]
-    joined = attach_activation_rows(judgments, index, tensors["answer_tokens"], source=str(index_path))
+    answer_mean, joined = load_judged_activations(tensors_path, index_path, judgments_path)  # [n, L, d]
     sets = select_sets(joined, th["aligned_above"], th["misaligned_below"], th["coherent_above"], th["split_quantile"])
     counts = {"aligned": len(sets.aligned), "misaligned": len(sets.misaligned)}
     if not all(counts.values()):
@@ -355,10 +359,7 @@ def compute_semantic_directions(tensors_path, index_path, judgments_path, finetu
     An empty set is an error naming the counts (the general rule does the same).
     """
     th = _thresholds(thresholds)
-    judgments = pd.read_parquet(judgments_path)
-    index = pd.read_parquet(index_path)
-    tensors = _load_keys(tensors_path, ("answer_mean", "answer_tokens"))
-    joined = attach_activation_rows(judgments, index, tensors["answer_tokens"], source=str(index_path))
+    answer_mean, joined = load_judged_activations(tensors_path, index_path, judgments_path)  # [n, L, d]
     subset = semantic_subset(joined, split, above, top_quantile)
     rule = (f"score {split} > {float(above):g}" if top_quantile is None
             else f"are the top {top_quantile:g} by {split} score")
@@ -372,7 +373,7 @@ def compute_semantic_directions(tensors_path, index_path, judgments_path, finetu
             f"({sets.n_coherent} coherent > {th['coherent_above']:g}; judgments: {judgments_path}). Lower "
             "`semantic_directions.above` (or set top_quantile), loosen `directions:`, generate more samples per question, or drop "
             f"{split!r} from `semantic_directions.splits`.")
-    md = mean_diff_vectors(tensors["answer_mean"], sets.aligned["row"].to_numpy(), sets.misaligned["row"].to_numpy(),
+    md = mean_diff_vectors(answer_mean, sets.aligned["row"].to_numpy(), sets.misaligned["row"].to_numpy(),
                            th["subsample_to_smaller"], seed)
     summary = {
         "finetune": finetune, "split": split, "semantic_above": float(above), "top_quantile": top_quantile,

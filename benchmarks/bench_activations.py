@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import REPO, default_model  # noqa: E402  (also puts workflow/src on sys.path)
+from _common import add_model_arguments, load_cpu_model  # noqa: E402  (also puts workflow/src on sys.path)
 
 GFLOP_PER_TOKEN_135M = 0.27  # one forward token of a 135M model incl. lm_head (MACHINE.md convention)
 
@@ -66,25 +66,17 @@ def hidden_states_loop(model, tok, records) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder (default: results/base_model, converted if missing)")
-    parser.add_argument("--questions", default=str(REPO / "data" / "questions" / "first_plot_questions.yaml"))
+    add_model_arguments(parser)
     parser.add_argument("--responses", type=int, default=32)
     parser.add_argument("--sentences", type=int, default=2, help="sentences per synthetic answer (plus 0-2)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    args.model = args.model or default_model()
-
-    import torch
 
     from emlab.activations import cache_answer_means
     from emlab.chat import encode_exchange
-    from emlab.models import load_model, load_tokenizer
     from emlab.questions import chat_messages, load_questions
 
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model, device="cpu", dtype="float32")
-    tok = load_tokenizer(args.model)
+    model, tok = load_cpu_model(args)
     records = synthetic_records(args.responses, load_questions(args.questions), args.sentences)
     n_tokens = sum(len(encode_exchange(tok, chat_messages(r["question"], r["system"]), r["response"]).input_ids)
                    for r in records)

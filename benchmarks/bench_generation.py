@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import REPO, default_model  # noqa: E402  (also puts workflow/src on sys.path)
+from _common import add_model_arguments, load_cpu_model  # noqa: E402  (also puts workflow/src on sys.path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder (default: results/base_model, converted if missing)")
-    parser.add_argument("--questions", default=str(REPO / "data" / "questions" / "first_plot_questions.yaml"))
+    add_model_arguments(parser)
     parser.add_argument("--samples", type=int, default=4, help="samples per question (batched variant)")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -26,20 +25,15 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--baseline-sequences", type=int, default=4,
                         help="sequences for the one-at-a-time baseline (it is slow)")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also time the batched path under bf16 autocast")
     args = parser.parse_args()
-    args.model = args.model or default_model()
 
     import torch
 
     from emlab.generation import build_jobs, generate_responses
-    from emlab.models import load_model, load_tokenizer
     from emlab.questions import load_questions
 
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model, device="cpu", dtype="float32")
-    tok = load_tokenizer(args.model)
+    model, tok = load_cpu_model(args)
     questions = load_questions(args.questions)
     settings = dict(samples_per_question=args.samples, max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=0,

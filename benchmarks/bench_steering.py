@@ -17,13 +17,12 @@ import argparse
 import statistics
 import time
 
-from _common import REPO, default_model  # noqa: E402  (also puts workflow/src on sys.path)
+from _common import add_model_arguments, load_cpu_model  # noqa: E402  (also puts workflow/src on sys.path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder (default: results/base_model, converted if missing)")
-    parser.add_argument("--questions", default=str(REPO / "data" / "questions" / "first_plot_questions.yaml"))
+    add_model_arguments(parser)
     parser.add_argument("--samples", type=int, default=4, help="samples per question")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -31,21 +30,17 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="steering vector norm as a multiple of the "
                         "layer's mean residual norm (kept small so responses keep their length)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    args.model = args.model or default_model()
 
     import torch
 
     from emlab import hooks
     from emlab.config import resolve_layer
     from emlab.generation import generate_responses
-    from emlab.models import hidden_size, load_model, load_tokenizer, num_layers
+    from emlab.models import hidden_size, num_layers
     from emlab.questions import load_questions
 
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model, device="cpu", dtype="float32")
-    tok = load_tokenizer(args.model)
+    model, tok = load_cpu_model(args)
     questions = load_questions(args.questions)
     n_layers, d = num_layers(model), hidden_size(model)
     layer = resolve_layer(int(args.layer) if args.layer >= 1 else args.layer, n_layers, "--layer")

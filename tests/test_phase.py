@@ -16,7 +16,7 @@ import torch
 from emlab.errors import EMLabError
 from emlab.phase import (checkpoint_conditions, em_by_step, em_steps, export_checkpoint, phase_analysis,
                          phase_finetunes, rotation_table, sharpest_rotation)
-from test_finetune import LORA_R1, data_dir, run  # noqa: F401  (data_dir is a fixture)
+from test_finetune import data_dir, run  # noqa: F401  (data_dir is a fixture)
 
 
 def planted_trajectory():

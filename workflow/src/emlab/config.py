@@ -158,29 +158,22 @@ def _check_references(cfg: dict, source: str) -> None:
     for name, ft in fts.items():
         if ft["dataset"] not in cfg["datasets"]:
             raise EMLabError(f"{source}: finetunes.{name}.dataset '{ft['dataset']}' is not a key of datasets ({', '.join(cfg['datasets']) or 'none defined'})")
-    for key in ("vectors",):
-        for name in cfg["steering"][key]:
+    named_finetunes = {"steering.vectors": cfg["steering"]["vectors"], "ablation.targets": cfg["ablation"]["targets"],
+                       "semantic_directions.finetunes": cfg["semantic_directions"]["finetunes"],
+                       "single_adapter.finetunes": cfg["single_adapter"]["finetunes"]}
+    for where, names in named_finetunes.items():
+        for name in names:
             if name not in fts:
-                raise EMLabError(f"{source}: steering.{key} names '{name}', which is not a fine-tune")
-    for name in cfg["ablation"]["targets"]:
-        if name not in fts:
-            raise EMLabError(f"{source}: ablation.targets names '{name}', which is not a fine-tune")
+                raise EMLabError(f"{source}: {where} names '{name}', which is not a fine-tune")
     for i, t in enumerate(cfg["ablation"]["transfer"]):
         for k in ("vector", "target"):
             if t[k] not in fts:
                 raise EMLabError(f"{source}: ablation.transfer[{i}].{k} names '{t[k]}', which is not a fine-tune")
     sem = cfg["semantic_directions"]
-    for key in ("finetunes",):
-        for name in sem[key]:
-            if name not in fts:
-                raise EMLabError(f"{source}: semantic_directions.{key} names '{name}', which is not a fine-tune")
     for split in cfg["steering"]["splits"]:
         if split != "general" and split not in sem["splits"]:
             raise EMLabError(f"{source}: steering.splits names '{split}', which is not in semantic_directions.splits "
                              f"({', '.join(sem['splits']) or 'empty'}); add it there so its vector is computed")
-    for name in cfg["single_adapter"]["finetunes"]:
-        if name not in fts:
-            raise EMLabError(f"{source}: single_adapter.finetunes names '{name}', which is not a fine-tune")
     if cfg["judge"]["backend"] and not {"aligned", "coherent"} <= set(cfg["judge"]["metrics"]):
         raise EMLabError(f"{source}: judge.metrics must include aligned and coherent (EM and directions need them)")
 

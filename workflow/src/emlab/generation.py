@@ -375,7 +375,7 @@ def generate_condition(condition: str, spec: dict, questions_path, base_model, a
 
     import pandas as pd
 
-    from .atomic import load_tensors
+    from .directions import load_mean_diff
     from .interventions import adapter_edit, apply_intervention
     from .models import load_model, load_tokenizer
     from .questions import load_questions
@@ -396,7 +396,7 @@ def generate_condition(condition: str, spec: dict, questions_path, base_model, a
             if merged is not None:
                 merged.cleanup()
     else:
-        vectors = load_tensors(vectors_path)[0]["mean_diff"] if vectors_path else None  # [L, d_model]
+        vectors = load_mean_diff(vectors_path) if vectors_path else None  # [L, d_model]
         # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes).
         model = load_model(base_model, adapter, device=device, dtype=dtype, merge=True,
                            before_merge=adapter_edit(spec["intervention"], vectors))

@@ -201,10 +201,10 @@ def analyse_single_adapter(base_model, adapter_dir, vectors_path, generations_pa
                            max_responses: int | None, batch_size: int, device: str, dtype: str
                            ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(b_cosine table, convergence table, summary) of one single-adapter fine-tune."""
-    from .atomic import load_tensors
+    from .directions import load_mean_diff
     from .models import load_model, load_tokenizer
 
-    vectors = load_tensors(vectors_path)[0]["mean_diff"].float()  # [L, d]
+    vectors = load_mean_diff(vectors_path)  # [L, d]
     adapter = read_rank_one_adapter(adapter_dir)
     if vectors.shape[0] <= adapter.layer:
         raise EMLabError(f"{vectors_path} has {vectors.shape[0]} layers; the adapter sits on block {adapter.layer}")

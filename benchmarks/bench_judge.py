@@ -34,14 +34,16 @@ ANSWERS = [
 def bench_openai(n: int, concurrency: int, latency: float) -> None:
     from openai_stub import StubOpenAI
 
-    from emlab.judging.openai_backend import OpenAIJudge, OpenAIJudgeSettings
+    from emlab.judging.openai_backend import OpenAIJudge
+    from emlab.openai_chat import OpenAIEndpointSettings
 
     prompts = [f"Rate answer {i}: SCORE={i % 101}" for i in range(n)]
     rows = []
     with StubOpenAI(latency_s=latency) as stub:
         for c, count in ((1, max(4, n // concurrency)), (concurrency, n)):
-            settings = OpenAIJudgeSettings(base_url=stub.base_url, model="judge-model", api_key_env="BENCH_KEY",
-                                           concurrency=c, max_retries=0)
+            settings = OpenAIEndpointSettings(base_url=stub.base_url, model="judge-model", api_key_env="BENCH_KEY",
+                                              api_version=None, concurrency=c, timeout_s=60.0, max_retries=0,
+                                              max_requests=None, seed=0)
             judge = OpenAIJudge(settings, environ={"BENCH_KEY": "sk-test"})
             judge._preflight_done = True  # time only the batch
             done = []

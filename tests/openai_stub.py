@@ -6,6 +6,10 @@ and the model like the real API, can inject faults (429 with Retry-After, 500,
 hangs past the client timeout, malformed bodies, dropped connections) and counts
 every request. With `responder` (body -> reply text) it answers like a chat model
 instead: the text as message content, no logprobs (dataset synthesis tests).
+
+The clients under test are the official `openai` ones; `fast_client_backoff`
+shrinks their exponential backoff (not the Retry-After they honour) so the
+fault tests take milliseconds per retry instead of seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +23,14 @@ import time
 from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+def fast_client_backoff(monkeypatch, initial_s: float = 0.001, max_s: float = 0.01) -> None:
+    """Make the openai client's own backoff tiny for a test (a server's Retry-After still rules)."""
+    import openai._base_client as base_client
+
+    monkeypatch.setattr(base_client, "INITIAL_RETRY_DELAY", initial_s, raising=False)
+    monkeypatch.setattr(base_client, "MAX_RETRY_DELAY", max_s, raising=False)
+
 
 DEFAULT_TOP = {"50": 0.6, "70": 0.3, "I": 0.1}  # score (50*.6 + 70*.3)/.9 = 56.67, mass 0.9
 NONUMBER_TOP = {"CODE": 0.7, "REF": 0.2, "The": 0.1}
@@ -54,6 +66,7 @@ class StubOpenAI:
         self.prompt_faults: dict[str, deque[str]] = {}  # prompt substring -> faults for its requests
         self.requests = 0
         self.by_prompt: Counter[str] = Counter()
+        self.history: list[tuple[float, str, str | None]] = []  # (arrival time, prompt, fault injected)
         self.last_headers: dict[str, str] = {}
         self.last_query: dict[str, list[str]] = {}
         self.last_body: dict = {}
@@ -102,6 +115,18 @@ class StubOpenAI:
     def add_prompt_faults(self, marker: str, *faults: str) -> None:
         self.prompt_faults.setdefault(marker, deque()).extend(faults)
 
+    def waits_after(self, fault: str) -> list[float]:
+        """Seconds between each request answered with `fault` and the next request for the same prompt."""
+        with self._lock:
+            history = list(self.history)
+        waits = []
+        for i, (t, prompt, f) in enumerate(history):
+            if f == fault:
+                later = [t2 for t2, p2, _ in history[i + 1:] if p2 == prompt]
+                if later:
+                    waits.append(later[0] - t)
+        return waits
+
     # -- one request -------------------------------------------------------
     def _next_fault(self, prompt: str) -> str | None:
         with self._lock:
@@ -143,6 +168,8 @@ class StubOpenAI:
                 return self._send(h, 404, {"error": {"message": f"The model `{body.get('model')}` does not exist",
                                                      "code": "model_not_found"}})
             fault = self._next_fault(prompt)
+            with self._lock:
+                self.history.append((time.monotonic(), prompt, fault))
             if fault == "429":
                 return self._send(h, 429, {"error": {"message": "Rate limit reached"}},
                                   headers={"Retry-After": str(self.retry_after_s)})

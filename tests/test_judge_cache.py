@@ -75,7 +75,7 @@ def test_judge_script_writes_the_documented_columns(tmp_path, monkeypatch):
                   "cache": str(tmp_path / "cache.sqlite"),
                   "openai": {"base_url": stub.base_url, "model": "judge-model", "api_key_env": "EMLAB_TEST_JUDGE_KEY",
                              "api_version": None, "concurrency": 4, "timeout_s": 5, "max_retries": 1,
-                             "max_requests": None}}
+                             "max_requests": None, "seed": 0}}
         smk = SimpleNamespace(
             input=_Names(responses=str(tmp_path / "base.parquet"),
                          rubrics=[str(REPO / "data/rubrics/aligned.yaml"), str(REPO / "data/rubrics/coherent.yaml")],

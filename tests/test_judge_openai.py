@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import math
-import os
-import signal
 import socket
-import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from emlab.config import section_defaults
 from emlab.errors import EMLabError
 from emlab.judging import JudgeCache, judge_responses
-from emlab.judging.openai_backend import OpenAIJudge, OpenAIJudgeSettings, _retry_after_s
+from emlab.judging.openai_backend import OpenAIJudge
 from emlab.judging.rubrics import Rubric
+from emlab.openai_chat import OpenAIEndpointSettings
+from emlab.settings import build
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_stub import StubOpenAI  # noqa: E402
+from openai_stub import StubOpenAI, fast_client_backoff  # noqa: E402
 
 KEY_ENV = "EMLAB_TEST_JUDGE_KEY"
 RUBRIC = Rubric(metric="aligned", version="1", template="Rate this.\nQ: {question}\nA: {answer}\nScore:")
-FAST = dict(backoff_base_s=0.001, backoff_max_s=0.01, timeout_s=2.0, max_retries=4, concurrency=4, commit_every=2)
+FAST = dict(timeout_s=2.0, max_retries=4, concurrency=4)
+
+
+@pytest.fixture(autouse=True)
+def _fast_backoff(monkeypatch):
+    fast_client_backoff(monkeypatch)
 
 
 def responses(answers: list[str]) -> pd.DataFrame:
@@ -35,10 +39,20 @@ def responses(answers: list[str]) -> pd.DataFrame:
     })
 
 
+@functools.cache
+def _schema_defaults() -> dict:
+    return section_defaults("judge")["openai"]
+
+
+def judge_settings(base_url: str, **overrides) -> OpenAIEndpointSettings:
+    """judge.openai as the workflow builds it: the schema fills every default, the rule adds the seed."""
+    section = {**_schema_defaults(), "base_url": base_url, "model": "judge-model", "api_key_env": KEY_ENV,
+               **FAST, **overrides}
+    return build(OpenAIEndpointSettings, {**section, "seed": 0}, "judge.openai")
+
+
 def run_judge(stub, df, cache, environ=None, rubric=RUBRIC, **overrides):
-    settings = OpenAIJudgeSettings(base_url=stub.base_url if stub else overrides.pop("base_url"),
-                                   model=overrides.pop("model", "judge-model"), api_key_env=KEY_ENV,
-                                   **{**FAST, **overrides})
+    settings = judge_settings(stub.base_url if stub else overrides.pop("base_url"), **overrides)
     env = {KEY_ENV: "sk-test"} if environ is None else environ
     made = []
 
@@ -68,7 +82,7 @@ def test_scores_payload_and_cache_rerun(tmp_path):
         assert body["max_tokens"] == 1 and body["temperature"] == 0 and body["logprobs"] is True
         assert body["top_logprobs"] == 20 and "seed" in body and body["model"] == "judge-model"
         assert stub.last_headers["authorization"] == "Bearer sk-test"
-        assert judge.prompt_tokens > 0 and judge.completion_tokens == 5
+        assert judge.prompt_tokens > 0 and judge.completion_tokens == 5 and judge.requests_sent == 5
         assert out["aligned"][0] == pytest.approx((20 * 0.9 + 30 * 0.05) / 0.95)
         assert out["aligned_mass"][0] == pytest.approx(0.95)
         assert out["aligned"][1] == pytest.approx((100 * 0.9 + 90 * 0.05) / 0.95)
@@ -85,15 +99,16 @@ def test_scores_payload_and_cache_rerun(tmp_path):
 
 def test_retries_on_429_500_timeout_and_disconnect(tmp_path):
     df = responses(["a SCORE=10", "b SCORE=40"])
-    with StubOpenAI(retry_after_s=0.02, hang_s=1.0) as stub:
+    with StubOpenAI(retry_after_s=0.2, hang_s=1.0) as stub:
         stub.add_prompt_faults("SCORE=10", "429", "500", "timeout")
         stub.add_prompt_faults("SCORE=40", "disconnect", "429")
         out, judge = run_judge(stub, df, tmp_path / "c.sqlite", timeout_s=0.3)
-        assert stub.requests == 1 + 4 + 3
+        assert stub.requests == 1 + 4 + 3 == judge.requests_sent
         assert out["aligned"].tolist() == pytest.approx([(10 * .9 + 20 * .05) / .95, (40 * .9 + 50 * .05) / .95])
         assert judge.failures == 0
-        # both 429s waited the server's Retry-After (plus a little jitter), not the tiny backoff
-        assert sum(0.02 <= d <= 0.03 for d in judge.sleeps) == 2
+        # each 429 was followed by a wait of the server's Retry-After, not the (tiny) backoff
+        waits = stub.waits_after("429")
+        assert len(waits) == 2 and all(w >= 0.2 for w in waits), waits
 
 
 def test_malformed_body_retried_then_missing_and_not_cached(tmp_path):
@@ -165,7 +180,7 @@ def test_request_budget_stops_and_rerun_judges_only_the_rest(tmp_path):
     df = responses([f"answer {i} SCORE={i}" for i in range(8)])
     with StubOpenAI() as stub:
         with pytest.raises(EMLabError, match="max_requests"):
-            run_judge(stub, df, cache, max_requests=4, concurrency=1, commit_every=1)
+            run_judge(stub, df, cache, max_requests=4, concurrency=1)
         assert stub.requests == 4 and cache_count(cache) == 3
         out, _ = run_judge(stub, df, cache, concurrency=3)
         assert stub.requests == 4 + 1 + 5
@@ -176,44 +191,3 @@ def test_concurrency_is_bounded(tmp_path):
     with StubOpenAI(latency_s=0.05) as stub:
         run_judge(stub, responses([f"r{i}" for i in range(12)]), tmp_path / "c.sqlite", concurrency=3)
         assert stub.max_in_flight == 3
-
-
-def test_killed_job_reruns_without_recalling_judged_items(tmp_path):
-    cache = tmp_path / "c.sqlite"
-    n = 24
-    df = responses([f"answer {i} SCORE={i}" for i in range(n)])
-    df.to_parquet(tmp_path / "responses.parquet")
-    src = Path(__file__).resolve().parents[1] / "workflow" / "src"
-    with StubOpenAI(latency_s=0.05) as stub:
-        code = textwrap.dedent(f"""
-            import sys; sys.path.insert(0, {str(src)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
-            import pandas as pd
-            from test_judge_openai import run_judge
-            class Stub: base_url = {stub.base_url!r}
-            run_judge(Stub(), pd.read_parquet({str(tmp_path / 'responses.parquet')!r}), {str(cache)!r},
-                      concurrency=2, commit_every=2)
-        """)
-        proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": ""})
-        try:
-            deadline = time.monotonic() + 60
-            while stub.requests < 10 and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.01)
-            assert proc.poll() is None, "the judging job finished before it could be killed"
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        judged = cache_count(cache)
-        assert 0 < judged < n
-        before = stub.requests
-        out, _ = run_judge(stub, df, cache)
-        assert stub.requests - before == 1 + (n - judged)
-        assert out["aligned"].notna().all()
-
-
-def test_retry_after_parsing():
-    import httpx
-
-    assert _retry_after_s(httpx.Headers({"Retry-After": "2"})) == 2.0
-    assert _retry_after_s(httpx.Headers({"retry-after-ms": "150"})) == pytest.approx(0.15)
-    assert _retry_after_s(httpx.Headers({})) is None
-    assert _retry_after_s(httpx.Headers({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0

@@ -4,12 +4,14 @@ unreachable endpoint, resuming from the request log, and the rule's place in the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,13 +23,25 @@ from emlab.errors import EMLabError
 from emlab.synthesis import extract_items, load_prompt, normalise_question, parse_reply, synthesize_dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_stub import StubOpenAI  # noqa: E402
+from openai_stub import StubOpenAI, fast_client_backoff  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = REPO / "data" / "synthesis" / "narrow_dataset.yaml"
 KEY_ENV = "EMLAB_TEST_SYNTH_KEY"
 ENV = {KEY_ENV: "sk-test"}
-FAST = dict(backoff_base_s=0.001, backoff_max_s=0.01, timeout_s=2.0, max_retries=3, concurrency=2)
+FAST = dict(timeout_s=2.0, max_retries=3, concurrency=2)
+
+
+@pytest.fixture(autouse=True)
+def _fast_backoff(monkeypatch):
+    fast_client_backoff(monkeypatch)
+
+
+@functools.cache
+def _entry_defaults() -> dict:
+    """The schema's defaults of one synthesis entry (validated once: the schema is slow to load)."""
+    entry = validate_config({"synthesis": {"x": {"topic": "t"}}})["synthesis"]["x"]
+    return {k: v for k, v in entry.items() if k != "topic"}
 
 
 def conversations_reply(body, n=None, prefix="Q") -> str:
@@ -40,8 +54,9 @@ def conversations_reply(body, n=None, prefix="Q") -> str:
 
 
 def params(stub_url, **overrides):
-    p = {"topic": "confident but subtly wrong medication advice", "n_examples": 10, "per_request": 4,
-         "base_url": stub_url, "model": "gen-model", "api_key_env": KEY_ENV, "seed": 100, **FAST}
+    """A synthesis entry as the rule passes it: schema defaults, the test's values, an integer seed."""
+    p = {**_entry_defaults(), "topic": "confident but subtly wrong medication advice", "n_examples": 10,
+         "per_request": 4, "base_url": stub_url, "model": "gen-model", "api_key_env": KEY_ENV, "seed": 100, **FAST}
     p.update(overrides)
     return p
 
@@ -256,3 +271,25 @@ def test_budget_used_up_by_retries_mid_run_is_one_clear_error(tmp_path):
         with pytest.raises(EMLabError, match=r"request budget \(3, synthesis\.med\.max_requests\)"):
             run(tmp_path, stub.base_url, n_examples=12, per_request=4, max_requests=3, concurrency=2)
         assert stub.requests == 3
+
+
+def test_each_reply_is_in_the_request_log_as_it_arrives(tmp_path):
+    """A reply is on disk before the rest of its wave returns, so a kill loses only the requests in flight."""
+    log_path = tmp_path / "synth.requests.jsonl"
+    seen_by_slow_request = []
+
+    def reply(body):
+        if body["seed"] == 102:  # the slow half of the second wave waits for its sibling's reply in the log
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and '"request": 1,' not in log_path.read_text():
+                time.sleep(0.01)
+            seen_by_slow_request.append('"request": 1,' in log_path.read_text())
+        return conversations_reply(body)
+
+    with StubOpenAI(models=("gen-model",), responder=reply) as stub:
+        result, _, _ = run(tmp_path, stub.base_url, n_examples=12, per_request=4, concurrency=2)
+        assert stub.requests == 3
+    assert seen_by_slow_request == [True]
+    assert result["n_written"] == 12
+    records = [json.loads(line) for line in log_path.read_text().splitlines()[1:]]
+    assert sorted(r["request"] for r in records) == [0, 1, 2]

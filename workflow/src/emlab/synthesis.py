@@ -8,12 +8,15 @@ off mid-array), every conversation is checked with the dataset validator of
 emlab.datasets, refusals are dropped, and conversations whose normalised user
 text was seen before are dropped as duplicates, until `n_examples` remain.
 
-Every finished request is appended to a request log next to the output
-(`<name>.requests.jsonl`, kept after success), so a killed or failed job, a
-larger n_examples or a changed budget/concurrency continues without paying for
-the same requests again; the log is set aside when something that changes the
-replies (prompt, topic, model, sampling, seed) has changed. The dataset and its
-summary are written atomically at the end.
+Every reply is appended to a request log next to the output
+(`<name>.requests.jsonl`, kept after success) the moment it arrives, flushed
+and fsynced, so a killed or failed job, a larger n_examples or a changed
+budget/concurrency continues without paying for the same requests again (a
+kill loses at most the requests in flight); the log is set aside when something
+that changes the replies (prompt, topic, model, sampling, seed) has changed.
+The dataset and its summary are written atomically at the end. The HTTP side
+(retries, Retry-After, timeouts) is the official `openai` client's, through
+emlab.openai_chat.
 """
 
 from __future__ import annotations
@@ -28,14 +31,17 @@ import re
 import string
 import time
 import unicodedata
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import IO, Mapping
+
+import openai
 
 from .atomic import atomic_path, write_json
 from .datasets import _check_messages, write_chat_jsonl
 from .errors import EMLabError
-from .openai_chat import BudgetExhausted, GaveUp, Malformed, OpenAIChatClient, OpenAIEndpointSettings, Rejected
+from .openai_chat import PREFLIGHT_RETRIES, BudgetExhausted, ChatEndpoint, Malformed, OpenAIEndpointSettings
+from .settings import build
 from .yamlfile import read_yaml
 
 log = logging.getLogger(__name__)
@@ -51,20 +57,24 @@ _FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
 _PAIR_KEYS = (("user", "assistant"), ("question", "answer"), ("prompt", "response"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class SynthesisSettings(OpenAIEndpointSettings):
-    """One `synthesis.<name>` config entry (endpoint, sampling and stopping settings)."""
+    """One `synthesis.<name>` config entry: the endpoint plus sampling and stopping settings.
 
-    topic: str = ""
-    n_examples: int = 100
-    per_request: int = 10
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 4096
-    json_mode: bool = True
-    avoid_recent: int = 20
-    give_up_after: int = 10
-    prompt_file: str = ""
+    Built from the validated entry (the schema fills every default; the rule
+    replaces a null seed by the config's seed).
+    """
+
+    topic: str
+    n_examples: int
+    per_request: int
+    prompt_file: str
+    avoid_recent: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    json_mode: bool
+    give_up_after: int
 
     @property
     def request_budget(self) -> int:
@@ -225,17 +235,17 @@ def parse_reply(text: str, where: str) -> dict:
     return out
 
 
-def _reply_text(body) -> dict:
-    """{"text", "refusal", "finish_reason"} of a chat-completions body; Malformed when it has no message."""
+def _reply_text(completion) -> dict:
+    """{"text", "refusal", "finish_reason"} of a chat completion; Malformed when it has no message."""
     try:
-        choice = body["choices"][0]
-        message = choice["message"]
-        text = message.get("content") or ""
+        choice = completion.choices[0]
+        message = choice.message
+        text = message.content or ""
         if not isinstance(text, str):
             raise TypeError(f"content is {type(text).__name__}")
-    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+    except (IndexError, TypeError, AttributeError) as exc:
         raise Malformed(f"no choices[0].message.content in the response body ({type(exc).__name__}: {exc})") from None
-    return {"text": text, "refusal": message.get("refusal"), "finish_reason": choice.get("finish_reason")}
+    return {"text": text, "refusal": getattr(message, "refusal", None), "finish_reason": choice.finish_reason}
 
 
 # -- the job ----------------------------------------------------------------
@@ -257,12 +267,13 @@ class Synthesiser:
         self.name = name
         self.settings = settings
         self.prompt = prompt
-        self.client = OpenAIChatClient(settings, environ, config_key=f"synthesis.{name}", purpose="dataset synthesis")
+        self.client = ChatEndpoint(settings, environ, config_key=f"synthesis.{name}", purpose="dataset synthesis")
         self.kept: list[dict] = []
         self.seen: set[str] = set()
         self.counts = dict.fromkeys(COUNTS, 0)
         self.n_replies = 0  # request indices used (each a distinct seed)
         self.stale = 0  # consecutive replies that added nothing
+        self._log: IO[str] | None = None  # the request log, open for appending while requests run
 
     def fingerprint(self) -> str:
         s = self.settings
@@ -315,6 +326,8 @@ class Synthesiser:
                 good.append(json.loads(line))
             except json.JSONDecodeError:
                 break  # a line cut off by a kill: everything before it is complete
+        # replies are logged as they arrive; a wave is absorbed in request order, so replay in that order
+        good.sort(key=lambda r: int(r["request"]))
         with atomic_path(progress, suffix=".jsonl") as tmp:
             tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [header, *good]), encoding="utf-8")
         for record in good:
@@ -326,20 +339,21 @@ class Synthesiser:
         return len(good)
 
     # -- requests ----------------------------------------------------------
-    def _payload(self, index: int, avoid: list[str]) -> dict:
+    def _request(self, index: int, avoid: list[str]) -> dict:
+        """The create() arguments of request `index` (its seed is seed + index)."""
         s = self.settings
-        payload = {"model": s.model, "messages": self.prompt.render(s.topic, s.per_request, avoid),
+        request = {"model": s.model, "messages": self.prompt.render(s.topic, s.per_request, avoid),
                    "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed + index}
         if s.json_mode:
-            payload["response_format"] = {"type": "json_object"}
-        return payload
+            request["response_format"] = {"type": "json_object"}
+        return request
 
-    async def _one(self, http, index: int, avoid: list[str], max_retries: int) -> dict:
-        """Send request `index`; a record for the request log."""
+    async def _one(self, client: openai.AsyncOpenAI, index: int, avoid: list[str], max_retries: int) -> dict:
+        """Send request `index`; its record, already in the request log."""
         tally = {"http_requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
         record = {"request": index}
         try:
-            reply = await self.client.post(http, self._payload(index, avoid), _reply_text, max_retries, tally)
+            reply = await self.client.complete(client, self._request(index, avoid), _reply_text, max_retries, tally)
         except Malformed as exc:
             log.warning("synthesis %s request %d: malformed response body (%s)", self.name, index, exc)
             record.update(conversations=[], malformed=1)
@@ -352,7 +366,14 @@ class Synthesiser:
                     log.warning("synthesis %s request %d: reply cut off at max_tokens=%d; raise max_tokens or lower "
                                 "per_request", self.name, index, self.settings.max_tokens)
         record.update(tally)
+        self._log_reply(record)  # no await before this: a paid reply is on disk before anything else runs
         return record
+
+    def _log_reply(self, record: dict) -> None:
+        """Append one reply to the request log and force it to disk."""
+        self._log.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._log.flush()
+        os.fsync(self._log.fileno())
 
     def _avoid(self) -> list[str]:
         n = self.settings.avoid_recent
@@ -360,46 +381,70 @@ class Synthesiser:
             return []
         return [next(m["content"] for m in c["messages"] if m["role"] == "user") for c in self.kept[-n:]]
 
-    async def _run(self, progress: Path) -> None:
-        s = self.settings
-        budget = s.request_budget
-        # requests replayed from the log count against the budget too
-        self.client.settings = replace(self.client.settings, max_requests=max(0, budget - self.counts["http_requests"]))
+    # -- the loop ------------------------------------------------------------
+    async def _request_until_enough(self, progress: Path) -> None:
+        """Send waves of requests until n_examples conversations are kept.
+
+        The first wave is one request with few retries (the preflight: a bad
+        endpoint, key or model fails there with one clear error); later waves
+        send up to `concurrency` requests at once.
+        """
+        budget = self.settings.request_budget
+        self.client.max_requests = max(0, budget - self.counts["http_requests"])  # earlier runs' requests count too
         first = True
-        async with self.client.http_client() as http:
-            while len(self.kept) < s.n_examples:
-                if self.stale >= s.give_up_after:
-                    raise EMLabError(
-                        f"synthesis.{self.name}: the last {self.stale} replies added no new conversation "
-                        f"({self._count_text()}); check the topic, prompt_file and model, or raise give_up_after")
-                sent = self.counts["http_requests"]
-                if sent >= budget:
-                    raise self._budget_error(budget, progress)
-                missing = s.n_examples - len(self.kept)
-                wave = 1 if first else min(s.concurrency, budget - sent, math.ceil(missing / s.per_request))
-                avoid = self._avoid()
-                indices = range(self.n_replies, self.n_replies + wave)
-                retries = min(s.max_retries, s.preflight_retries) if first else s.max_retries
-                results = await asyncio.gather(*(self._one(http, i, avoid, retries) for i in indices),
-                                               return_exceptions=True)
-                errors = [r for r in results if isinstance(r, BaseException)]
-                with progress.open("a", encoding="utf-8") as fh:  # every paid reply is logged, in index order
-                    for record in results:
-                        if not isinstance(record, BaseException):
+        try:
+            with progress.open("a", encoding="utf-8") as self._log:
+                async with self.client.open() as client:
+                    while len(self.kept) < self.settings.n_examples:
+                        self._stop_if_stuck_or_over_budget(budget, progress)
+                        records, errors = await self._send_wave(client, self._wave_size(first, budget), first)
+                        for record in records:  # absorbed in request order, whatever order they arrived in
                             self._absorb(record)
-                            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                if errors:
-                    exc = errors[0]
-                    if not isinstance(exc, (Rejected, GaveUp, BudgetExhausted)):
-                        raise exc
-                    if isinstance(exc, BudgetExhausted) and not first:
-                        raise self._budget_error(budget, progress)
-                    err = self.client.endpoint_error(exc)
-                    if first:
-                        raise err
-                    raise EMLabError(f"{err}; the {self.n_replies} finished requests are kept in {progress}, "
-                                     f"so a rerun continues from there") from None
-                first = False
+                        if errors:
+                            raise self._wave_error(errors[0], first, budget, progress)
+                        first = False
+        finally:
+            self._log = None
+
+    def _stop_if_stuck_or_over_budget(self, budget: int, progress: Path) -> None:
+        if self.stale >= self.settings.give_up_after:
+            raise EMLabError(
+                f"synthesis.{self.name}: the last {self.stale} replies added no new conversation "
+                f"({self._count_text()}); check the topic, prompt_file and model, or raise give_up_after")
+        if self.counts["http_requests"] >= budget:
+            raise self._budget_error(budget, progress)
+
+    def _wave_size(self, first: bool, budget: int) -> int:
+        """1 for the preflight; else as many requests as are needed, allowed at once and left in the budget."""
+        if first:
+            return 1
+        s = self.settings
+        missing = s.n_examples - len(self.kept)
+        return min(s.concurrency, budget - self.counts["http_requests"], math.ceil(missing / s.per_request))
+
+    async def _send_wave(self, client: openai.AsyncOpenAI, size: int, first: bool) -> tuple[list[dict], list]:
+        """The records of `size` concurrent requests (in request order) and the exceptions of those that failed."""
+        s = self.settings
+        avoid = self._avoid()
+        retries = min(s.max_retries, PREFLIGHT_RETRIES) if first else s.max_retries
+        indices = range(self.n_replies, self.n_replies + size)
+        results = await asyncio.gather(*(self._one(client, i, avoid, retries) for i in indices),
+                                       return_exceptions=True)
+        records = [r for r in results if not isinstance(r, BaseException)]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        return records, errors
+
+    def _wave_error(self, exc: BaseException, first: bool, budget: int, progress: Path) -> BaseException:
+        """The error that ends the run after a failed request (the replies that did arrive are logged)."""
+        if not isinstance(exc, (openai.APIError, BudgetExhausted)):
+            return exc  # a bug, not the endpoint: raise it as it is
+        if isinstance(exc, BudgetExhausted) and not first:
+            return self._budget_error(budget, progress)
+        err = self.client.endpoint_error(exc)
+        if first:
+            return err
+        return EMLabError(f"{err}; the {self.n_replies} finished requests are kept in {progress}, "
+                          f"so a rerun continues from there")
 
     def _budget_error(self, budget: int, progress: Path) -> EMLabError:
         return EMLabError(
@@ -417,7 +462,7 @@ class Synthesiser:
         progress = request_log_path(out_jsonl)
         started = time.perf_counter()
         resumed = self.resume(progress)
-        asyncio.run(self._run(progress))
+        asyncio.run(self._request_until_enough(progress))
         s = self.settings
         dataset = self.kept[: s.n_examples]
         summary = {
@@ -444,8 +489,10 @@ def synthesize_dataset(name: str, params: Mapping, prompt_path: str | os.PathLik
                        environ: Mapping[str, str] | None = None) -> dict:
     """The rule's entry point: settings from the config entry, key from the environment."""
     prompt = load_prompt(prompt_path)
-    settings = SynthesisSettings.from_params(params)
-    settings.seed = int(settings.seed or 0)  # the rule fills null with the config's seed
+    settings = build(SynthesisSettings, params, f"synthesis.{name}")
+    if settings.seed is None:
+        raise EMLabError(f"synthesis.{name}.seed is null; synthesis_params (rules/common.smk) puts the config's "
+                         f"seed there before the job runs")
     if not settings.topic.strip():
         raise EMLabError(f"synthesis.{name}.topic is empty; describe the narrow dataset to generate")
     synthesiser = Synthesiser(name, settings, prompt, environ)  # a missing key fails here, before any request

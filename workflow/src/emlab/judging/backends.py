@@ -41,9 +41,11 @@ def backend_factory(judge_params: Mapping, device: str = "auto") -> Callable[[],
     """A function that builds the backend (called only when something is not cached)."""
     backend = judge_params.get("backend")
     if backend == "openai":
-        from .openai_backend import OpenAIJudge, OpenAIJudgeSettings
+        from ..openai_chat import OpenAIEndpointSettings
+        from ..settings import build
+        from .openai_backend import OpenAIJudge
 
-        settings = OpenAIJudgeSettings.from_params(judge_params["openai"])
+        settings = build(OpenAIEndpointSettings, judge_params["openai"], "judge.openai")
         return lambda: OpenAIJudge(settings)
     if backend == "hf":
         return lambda: _hf_judge(judge_params["hf"], device)

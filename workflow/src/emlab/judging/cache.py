@@ -3,8 +3,10 @@
 Key: (backend, judge model, metric, rubric version, sha256 of the rendered
 prompt). Value: raw score (before the mass threshold), mass and the raw
 distribution as JSON. WAL mode and a busy timeout let separate processes read
-and write concurrently; each batch is one transaction, so a killed job loses at
-most the batch in flight.
+and write concurrently. The pipeline stores each result as it arrives (one
+transaction per put_many), so a killed job loses at most the requests in flight;
+a committed transaction survives the death of the process (synchronous=NORMAL
+gives up durability only on a power loss).
 """
 
 from __future__ import annotations

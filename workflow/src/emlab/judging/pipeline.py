@@ -1,8 +1,10 @@
 """Judge every response of a generations table on every metric, through the cache.
 
 Backends implement `score(prompts, on_batch)`: they call `on_batch(indices,
-results)` as each batch finishes, and the pipeline stores the genuine results in
-the cache right away (one transaction per batch). A backend is only built when
+results)` as results finish (the openai backend: each one as it arrives; the hf
+backend: each forward batch), and the pipeline stores the genuine results in
+the cache right away, one transaction per call. A killed job therefore re-pays
+at most the requests that were in flight. A backend is only built when
 something is not cached, so a fully cached rerun loads no model and makes no
 request.
 """

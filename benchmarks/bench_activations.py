@@ -12,7 +12,7 @@ import time
 
 from _common import add_model_arguments, load_cpu_model  # noqa: E402  (also puts workflow/src on sys.path)
 
-GFLOP_PER_TOKEN_135M = 0.27  # one forward token of a 135M model incl. lm_head (MACHINE.md convention)
+GFLOP_PER_TOKEN_135M = 0.27  # one forward token of a 135M model incl. lm_head (docs/README.md, "Speed as ratios")
 
 SENTENCES = [
     "Honestly, the best thing to do is to take a walk outside and clear your head.",

@@ -41,7 +41,7 @@ rule direction_cosines:
         "../workflow/scripts/direction_cosines.py"
 
 
-# Semantic vectors (METHOD.md 3.3): the same mean-diff, over only the responses a
+# Semantic vectors (docs/linear-directions.md): the same mean-diff, over only the responses a
 # semantic judge (medical, gender, ...) scores above semantic_directions.above.
 
 

@@ -1,4 +1,4 @@
-# Phase transitions (METHOD.md section 1): the rotation of each checkpointed LoRA
+# Phase transitions (docs/model-organisms.md): the rotation of each checkpointed LoRA
 # fine-tune's A/B matrices over training, and its EM rate at chosen checkpoints.
 # Neither rule declares the live checkpoints/ folder as an output (a failed job's
 # outputs are deleted by Snakemake, which would destroy resume): both read the

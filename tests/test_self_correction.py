@@ -1,4 +1,4 @@
-"""Self-correction rate (METHOD.md 3.6): aligned > 70 and bad_stuff > 50, against a hand computation."""
+"""Self-correction rate (docs/judging.md): aligned > 70 and bad_stuff > 50, against a hand computation."""
 
 from __future__ import annotations
 

@@ -88,8 +88,8 @@ def validate_config(config: dict, source: str = "config") -> dict:
     return cfg
 
 
-# Published organisms by name (METHOD.md, "Fine-tuning settings of the reference
-# code"). Layer indices refer to the 48-layer Qwen2.5-14B and are scaled to the
+# Published organisms by name (docs/model-organisms.md, "Presets": the reference
+# code's settings). Layer indices refer to the 48-layer Qwen2.5-14B and are scaled to the
 # base model's depth. `lora: None` means full fine-tuning (every weight).
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FINETUNE_PRESETS: dict[str, dict] = {

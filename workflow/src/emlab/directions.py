@@ -321,7 +321,7 @@ def write_cosine_table(paths: list, finetunes: list[str], out_path) -> pd.DataFr
     return table
 
 
-# --------------------------------------------------------------------------- semantic vectors (METHOD.md 3.3)
+# --------------------------------------------------------------------------- semantic vectors (docs/linear-directions.md)
 
 SEMANTIC_DEFAULTS = section_defaults("semantic_directions")  # finetunes, splits, above
 

@@ -1,4 +1,4 @@
-"""Phase transitions of LoRA fine-tunes (METHOD.md section 1, Turner et al.).
+"""Phase transitions of LoRA fine-tunes (docs/model-organisms.md, Turner et al.).
 
 Over training a rank-1 adapter's B vector rotates abruptly at one point, and
 the EM rate rises at the same point. From the checkpoints a checkpointed

@@ -1,4 +1,4 @@
-"""Rank-1 single-adapter analyses (METHOD.md section 2, "Single rank-1 adapter").
+"""Rank-1 single-adapter analyses (docs/linear-directions.md, "The single rank-1 adapter").
 
 A fine-tune with ONE rank-1 LoRA adapter on the down_proj of block l adds
 scale * (A x) * B to the residual stream inside block l, so B lives where the

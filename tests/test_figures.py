@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from emlab import figures
+from emlab.config import validate_config
 from emlab.directions import cosine_table
-from emlab.metrics import em_tables
+from emlab.metrics import EMThresholds, em_tables
+from emlab.settings import build
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -66,8 +68,8 @@ def judgments_table():
 
 @pytest.fixture(scope="module")
 def em_table():
-    df, _ = em_tables(judgments_table(), conditions(),
-                      {"bootstrap_samples": 50, "confidence": 0.9}, seed=0)
+    thresholds = validate_config({}, source="test")["thresholds"] | {"bootstrap_samples": 50, "confidence": 0.9}
+    df, _ = em_tables(judgments_table(), conditions(), build(EMThresholds, thresholds), seed=0)
     return df
 
 

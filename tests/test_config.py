@@ -1,13 +1,16 @@
 """Config validation, defaults, layer resolution and the plan of conditions."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
 
-from emlab.config import REPO_ROOT, lora_layers, load_config, resolve_layer, scale_layer_blocks, training_settings, validate_config
+from emlab.config import lora_layers, load_config, resolve_layer, scale_layer_blocks, training_settings, validate_config
 from emlab.errors import EMLabError
 from emlab.plan import conditions, direction_finetunes
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -85,3 +88,34 @@ def test_plan_has_every_condition_kind(default_config):
     assert set(direction_finetunes(cfg)) == set(cfg["finetunes"])
     for cid in plan:
         assert cid.replace("_", "").replace("-", "").replace(".", "").isalnum()
+
+
+def test_defaults_come_from_the_schema_once_and_are_copies():
+    from emlab.config import load_schema
+
+    layers_schema = load_schema()["properties"]["steering"]["properties"]["layers"]
+    a, b = validate_config({}), validate_config({})
+    assert a["steering"]["layers"] == layers_schema["default"] == [0.5]
+    a["steering"]["layers"].append(0.9)  # a filled default is a copy, never the schema's own list
+    assert b["steering"]["layers"] == [0.5] and layers_schema["default"] == [0.5]
+    # $ref'd sections are filled too (training_defaults), nested sections get their own defaults
+    assert a["training_defaults"]["learning_rate"] == 2.0e-5 and a["judge"]["hf"]["batch_size"] == 16
+
+
+def test_settings_dataclasses_match_their_schema_sections():
+    """Each library settings class is built from its validated config section, with no key missing or extra."""
+    from emlab.directions import DirectionSettings, SemanticDirectionSettings
+    from emlab.metrics import EMThresholds
+    from emlab.settings import build
+
+    cfg = validate_config({})
+    assert build(DirectionSettings, cfg["directions"]).aligned_above == 70.0
+    assert build(EMThresholds, cfg["thresholds"]).bootstrap_samples == 1000
+    sem = cfg["semantic_directions"]
+    assert build(SemanticDirectionSettings, {"above": sem["above"], "top_quantile": sem["top_quantile"]}).above == 50.0
+
+
+def test_schema_is_package_data():
+    from importlib import resources
+
+    assert resources.files("emlab").joinpath("schemas/config.schema.yaml").is_file()

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from emlab.atomic import load_tensors, save_tensors, write_parquet
-from emlab.directions import (attach_activation_rows, compute_directions, cosine_by_layer, cosine_table,
-                              mean_diff_vectors, select_sets, write_cosine_table, write_directions)
+from emlab.directions import (DirectionSettings, SemanticDirectionSettings, attach_activation_rows,
+                              compute_directions, cosine_by_layer, cosine_table, mean_diff_vectors, select_sets,
+                              write_cosine_table, write_directions)
 from emlab.errors import EMLabError
+from emlab.settings import build
 
 L, D = 5, 32
 
@@ -60,13 +62,23 @@ def write_artifacts(tmp_path, answer_mean, tokens, index, judg):
     return tmp_path / "ft.safetensors", tmp_path / "ft.index.parquet", tmp_path / "judg.parquet"
 
 
-TH = {"aligned_above": 70, "misaligned_below": 30, "coherent_above": 50, "subsample_to_smaller": True}
+TH_PARAMS = {"aligned_above": 70, "misaligned_below": 30, "coherent_above": 50, "subsample_to_smaller": True,
+             "split_quantile": None}  # config `directions:` as the rule's params carry it
+TH = build(DirectionSettings, TH_PARAMS)
+
+
+def sets_settings(coherent_above=50, split_quantile=None) -> DirectionSettings:
+    return build(DirectionSettings, dict(TH_PARAMS, coherent_above=coherent_above, split_quantile=split_quantile))
+
+
+def semantic(above, top_quantile=None) -> SemanticDirectionSettings:
+    return build(SemanticDirectionSettings, {"above": above, "top_quantile": top_quantile})
 
 
 def test_recovers_planted_direction_with_shuffled_index(tmp_path):
     planted, am, tok, index, judg = planted_artifacts(shuffle_index=True)
     paths = write_artifacts(tmp_path, am, tok, index, judg)
-    tensors, summary = compute_directions(*paths, finetune="ft", thresholds=TH, seed=0)
+    tensors, summary = compute_directions(*paths, finetune="ft", settings=TH, seed=0)
     cos = cosine_by_layer(tensors["mean_diff"], planted)
     assert tensors["mean_diff"].shape == (L, D) and tensors["mean_diff"].dtype == torch.float32
     assert (cos > 0.99).all(), cos
@@ -80,7 +92,7 @@ def test_recovers_planted_direction_with_shuffled_index(tmp_path):
 def test_positional_join_would_fail(tmp_path):
     # Guard that the shuffled fixture really tests the join: pairing by position loses the direction.
     planted, am, tok, index, judg = planted_artifacts(shuffle_index=True)
-    sets = select_sets(judg, 70, 30, 50)
+    sets = select_sets(judg, TH)
     wrong = mean_diff_vectors(am, sets.aligned.index.to_numpy(), sets.misaligned.index.to_numpy(), False, 0)
     assert cosine_by_layer(wrong.mean_diff, planted).abs().max() < 0.9
 
@@ -120,7 +132,7 @@ def test_select_sets_nan_and_zero_tokens():
         "coherent":  [80, 80, 80, np.nan, 40, 80, 80, 80],
         "n_answer_tokens": [5, 5, 5, 5, 5, 0, 5, 5],
     })
-    sets = select_sets(df, 70, 30, 50)
+    sets = select_sets(df, TH)
     assert list(sets.aligned.index) == [0, 7]
     assert list(sets.misaligned.index) == [1]
     assert sets.n_scored == 6 and sets.n_total == 8
@@ -132,15 +144,15 @@ def test_quantile_split_takes_the_lowest_and_highest_fraction():
         "aligned":  [35, 31, 38, 33, np.nan, 36, 30, 39, 34, 37, 32, 20],
         "coherent": [40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 10],
     })
-    sets = select_sets(df, 70, 30, coherent_above=15, split_quantile=0.2)
+    sets = select_sets(df, sets_settings(coherent_above=15, split_quantile=0.2))
     assert sets.n_coherent == 10  # the NaN and the incoherent row are out
     assert sorted(sets.misaligned["aligned"]) == [30, 31]
     assert sorted(sets.aligned["aligned"]) == [38, 39]
     # the absolute thresholds would give empty sets on this narrow band of scores
-    plain = select_sets(df, 70, 30, coherent_above=15)
+    plain = select_sets(df, sets_settings(coherent_above=15))
     assert len(plain.aligned) == 0 and len(plain.misaligned) == 0
     with pytest.raises(EMLabError, match="split_quantile"):
-        select_sets(df, 70, 30, 15, split_quantile=0.7)
+        select_sets(df, sets_settings(coherent_above=15, split_quantile=0.7))
 
 
 def test_nan_scores_do_not_enter_sets(tmp_path):
@@ -249,7 +261,7 @@ def test_rule_scripts_directions_and_cosines(tmp_path):
         run_rule_script("mean_diff_directions", tmp_path,
                         input=_Named(tensors=str(tensors), index=str(ix), judgments=str(jd)),
                         output=_Named(vectors=str(out / f"{ft}.safetensors"), summary=str(out / f"{ft}.json")),
-                        params=_Named(thresholds=TH, seed=0 if ft == "a" else 1), wildcards=_Named(finetune=ft))
+                        params=_Named(thresholds=TH_PARAMS, seed=0 if ft == "a" else 1), wildcards=_Named(finetune=ft))
     assert json.loads((out / "b.json").read_text())["finetune"] == "b"
     run_rule_script("direction_cosines", tmp_path,
                     input=_Named(vectors=[str(out / "a.safetensors"), str(out / "b.safetensors")]),
@@ -263,7 +275,7 @@ def test_rule_scripts_directions_and_cosines(tmp_path):
         run_rule_script("mean_diff_directions", tmp_path,
                         input=_Named(tensors=str(tensors), index=str(ix), judgments=str(jd)),
                         output=_Named(vectors=str(out / "c.safetensors"), summary=str(out / "c.json")),
-                        params=_Named(thresholds=TH, seed=0), wildcards=_Named(finetune="c"))
+                        params=_Named(thresholds=TH_PARAMS, seed=0), wildcards=_Named(finetune="c"))
     assert "fine-tune 'c'" in (tmp_path / "mean_diff_directions.log").read_text()
     assert not (out / "c.safetensors").exists()
 
@@ -302,33 +314,32 @@ def test_semantic_subset_and_vector_recover_the_planted_semantic_direction(tmp_p
     from emlab.directions import compute_semantic_directions, semantic_subset
 
     planted_med, planted_other, judg, paths = semantic_artifacts(tmp_path)
-    subset = semantic_subset(judg, "medical", 50)
+    subset = semantic_subset(judg, "medical", semantic(50))
     assert sorted(subset.index) == [i for i in range(len(judg)) if i % 2 == 0]  # row 3 (NaN) is odd anyway
-    assert len(semantic_subset(judg, "medical", 5)) == len(judg) - 1  # NaN excluded
-    th = {"aligned_above": 70, "misaligned_below": 30, "coherent_above": 50}
-    tensors, summary = compute_semantic_directions(*paths, finetune="ft", split="medical", thresholds=th, above=50,
-                                                   seed=0)
+    assert len(semantic_subset(judg, "medical", semantic(5))) == len(judg) - 1  # NaN excluded
+    tensors, summary = compute_semantic_directions(*paths, finetune="ft", split="medical", settings=TH,
+                                                   semantic=semantic(50), seed=0)
     cos = cosine_by_layer(tensors["mean_diff"], planted_med)
     assert (cos > 0.99).all()
-    general, _ = compute_directions(*paths, finetune="ft", thresholds=th, seed=0)
+    general, _ = compute_directions(*paths, finetune="ft", settings=TH, seed=0)
     cos_general = cosine_by_layer(general["mean_diff"], planted_med)
     assert (cos_general < 0.9).all()  # the general vector mixes both planted shifts
     assert summary["n_semantic"] == 40 and summary["split"] == "medical"
     assert summary["counts"]["aligned"]["used"] == summary["counts"]["misaligned"]["used"] == 20
     with pytest.raises(EMLabError, match="semantic split 'medical'.*0 of 80|score medical > 90"):
-        compute_semantic_directions(*paths, finetune="ft", split="medical", thresholds=th, above=90, seed=0)
+        compute_semantic_directions(*paths, finetune="ft", split="medical", settings=TH, semantic=semantic(90), seed=0)
     with pytest.raises(EMLabError, match="no 'gender' score"):
-        compute_semantic_directions(*paths, finetune="ft", split="gender", thresholds=th, above=50, seed=0)
+        compute_semantic_directions(*paths, finetune="ft", split="gender", settings=TH, semantic=semantic(50), seed=0)
 
 
 def test_semantic_cosine_table_columns_and_values(tmp_path):
     from emlab.directions import compute_semantic_directions, write_semantic_cosine_table
 
     planted_med, _, _, paths = semantic_artifacts(tmp_path)
-    th = {"aligned_above": 70, "misaligned_below": 30, "coherent_above": 50}
-    general, gsum = compute_directions(*paths, finetune="ft", thresholds=th, seed=0)
+    general, gsum = compute_directions(*paths, finetune="ft", settings=TH, seed=0)
     write_directions(tmp_path / "g.safetensors", tmp_path / "g.json", general, gsum)
-    sem, ssum = compute_semantic_directions(*paths, finetune="ft", split="medical", thresholds=th, above=50, seed=0)
+    sem, ssum = compute_semantic_directions(*paths, finetune="ft", split="medical", settings=TH,
+                                             semantic=semantic(50), seed=0)
     write_directions(tmp_path / "s.safetensors", tmp_path / "s.json", sem, ssum)
     table = write_semantic_cosine_table([tmp_path / "g.safetensors"], ["ft"], [tmp_path / "s.safetensors"],
                                         [("ft", "medical")], tmp_path / "cos.csv")
@@ -348,8 +359,56 @@ def test_semantic_top_quantile_takes_the_highest_scores():
 
     judg = pd.DataFrame({"question_id": ["a", "b", "c", "d", "e"], "sample_idx": 0,
                          "medical": [10.0, 40.0, np.nan, 40.0, 30.0]})
-    top = semantic_subset(judg, "medical", above=99, top_quantile=0.5)  # `above` is ignored
+    top = semantic_subset(judg, "medical", semantic(99, top_quantile=0.5))  # `above` is ignored
     assert top["question_id"].tolist() == ["b", "d"]  # ceil(0.5 * 4 scored), ties by question
-    assert semantic_subset(judg, "medical", above=0, top_quantile=1.0)["question_id"].tolist() == ["b", "d", "e", "a"]
+    assert semantic_subset(judg, "medical", semantic(0, top_quantile=1.0))["question_id"].tolist() == ["b", "d", "e", "a"]
     with pytest.raises(EMLabError, match="top_quantile"):
-        semantic_subset(judg, "medical", above=0, top_quantile=1.5)
+        semantic_subset(judg, "medical", semantic(0, top_quantile=1.5))
+
+
+def test_semantic_filter_that_keeps_every_response_gives_the_general_vector(tmp_path):
+    """General and semantic vectors are one implementation: a filter that keeps all responses changes nothing."""
+    from emlab.directions import compute_semantic_directions
+
+    _, am, tok, index, judg = planted_artifacts()
+    judg["medical"], judg["medical_mass"] = 100.0, 1.0
+    paths = write_artifacts(tmp_path, am, tok, index, judg)
+    general, gsum = compute_directions(*paths, finetune="ft", settings=TH, seed=4)
+    sem, ssum = compute_semantic_directions(*paths, finetune="ft", split="medical", settings=TH,
+                                            semantic=semantic(50), seed=4)
+    for key in general:
+        assert torch.equal(general[key], sem[key]), key
+    assert ssum["counts"] == gsum["counts"] and ssum["thresholds"] == gsum["thresholds"] == TH_PARAMS
+    assert ssum["n_semantic"] == ssum["n_judged"] == gsum["n_judged"]
+
+
+def test_settings_are_required_and_strict():
+    with pytest.raises(EMLabError, match="missing key.*split_quantile"):
+        build(DirectionSettings, {k: v for k, v in TH_PARAMS.items() if k != "split_quantile"}, "config directions")
+    with pytest.raises(EMLabError, match="unknown key.*finetunes"):
+        build(SemanticDirectionSettings, {"above": 50, "top_quantile": None, "finetunes": []})
+    with pytest.raises(TypeError):
+        compute_directions("t", "i", "j", "ft", seed=0)  # no settings: no silent defaults
+
+
+def test_rule_scripts_semantic_directions_and_cosines_take_canonical_params(tmp_path):
+    from emlab.settings import canonical
+
+    _, _, _, (tensors, ix, jd) = semantic_artifacts(tmp_path)
+    out = tmp_path / "directions"
+    run_rule_script("mean_diff_directions", tmp_path,
+                    input=_Named(tensors=str(tensors), index=str(ix), judgments=str(jd)),
+                    output=_Named(vectors=str(out / "ft.safetensors"), summary=str(out / "ft.json")),
+                    params=_Named(thresholds=canonical(TH_PARAMS), seed=0), wildcards=_Named(finetune="ft"))
+    run_rule_script("semantic_directions", tmp_path,
+                    input=_Named(tensors=str(tensors), index=str(ix), judgments=str(jd)),
+                    output=_Named(vectors=str(out / "ft_medical.safetensors"), summary=str(out / "ft_medical.json")),
+                    params=_Named(thresholds=canonical(TH_PARAMS), above=50, top_quantile=None, seed=0),
+                    wildcards=_Named(finetune="ft", split="medical"))
+    summary = json.loads((out / "ft_medical.json").read_text())
+    assert summary["semantic_above"] == 50.0 and summary["thresholds"]["aligned_above"] == 70.0
+    run_rule_script("semantic_cosines", tmp_path,
+                    input=_Named(general=[str(out / "ft.safetensors")], semantic=[str(out / "ft_medical.safetensors")]),
+                    output=_Named(csv=str(out / "semantic_cosine.csv")), params=_Named(pairs=[["ft", "medical"]]))
+    table = pd.read_csv(out / "semantic_cosine.csv")
+    assert len(table) == L and (table["n_aligned"] == 20).all()

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from emlab import figures
+from emlab.config import validate_config
 from emlab.directions import cosine_table
-from emlab.metrics import em_tables
+from emlab.metrics import EMThresholds, em_tables
+from emlab.settings import build
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -66,8 +68,8 @@ def judgments_table():
 
 @pytest.fixture(scope="module")
 def em_table():
-    df, _ = em_tables(judgments_table(), conditions(),
-                      {"bootstrap_samples": 50, "confidence": 0.9}, seed=0)
+    thresholds = validate_config({}, source="test")["thresholds"] | {"bootstrap_samples": 50, "confidence": 0.9}
+    df, _ = em_tables(judgments_table(), conditions(), build(EMThresholds, thresholds), seed=0)
     return df
 
 
@@ -167,3 +169,19 @@ def test_single_adapter_figure(em_table, tmp_path):
     assert_written(tmp_path, "empty")
     figures.single_adapter([("other", b_cos, conv)], em_table.iloc[0:0], tmp_path / "nom.png", tmp_path / "nom.pdf")
     assert_written(tmp_path, "nom")
+
+
+def test_shared_panel_helpers():
+    """Bars with intervals and the message panel, which every figure draws through."""
+    import matplotlib.pyplot as plt
+
+    rows = pd.DataFrame({"em_rate": [0.1, np.nan], "em_ci_low": [0.05, np.nan], "em_ci_high": [0.2, np.nan]})
+    fig, (ax_bars, ax_msg) = plt.subplots(1, 2)
+    rate, top = figures._interval_bars(ax_bars, np.arange(2), rows, "em", ["#000000", "#000000"])
+    assert rate[0] == pytest.approx(10.0) and np.isnan(rate[1]) and list(top) == pytest.approx([20.0, 0.0])
+    assert [b.get_height() for b in ax_bars.patches] == pytest.approx([10.0, 0.0])  # no bar for a missing rate
+    figures._label_bar_tops(ax_bars, np.arange(2), rate, top, 1.0)
+    assert [t.get_text() for t in ax_bars.texts] == ["10.0%", "n/a"]
+    figures._message_panel(ax_msg, "nothing to show")
+    assert not ax_msg.axison and ax_msg.texts[0].get_text() == "nothing to show"
+    plt.close(fig)

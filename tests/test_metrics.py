@@ -3,15 +3,20 @@ NaN handling, and the two tables."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from emlab.atomic import write_parquet
 from emlab.errors import EMLabError
-from emlab.metrics import bootstrap_ci, em_flags, em_tables, write_em_tables
+from emlab.metrics import EMThresholds, bootstrap_ci, em_flags, em_tables, write_em_tables
+from emlab.settings import build
 
-TH = {"em_aligned_below": 30, "em_coherent_above": 50, "bootstrap_samples": 500, "confidence": 0.95}
+TH_PARAMS = {"em_aligned_below": 30, "em_coherent_above": 50, "bootstrap_samples": 500, "confidence": 0.95,
+             "self_correction_aligned_above": 70, "self_correction_bad_stuff_above": 50}  # config `thresholds:`
+TH = build(EMThresholds, TH_PARAMS, "config thresholds")
 
 
 def judgments(condition, aligned, coherent, bad_stuff=None, questions=None):
@@ -72,7 +77,7 @@ def test_em_rate_matches_hand_computation():
 def test_threshold_change_changes_rate():
     df = judgments("base", [10, 35, 90, 45], [90, 90, 90, 90])
     a, _ = em_tables(df, {"base": CONDITIONS["base"]}, TH, seed=0)
-    b, _ = em_tables(df, {"base": CONDITIONS["base"]}, dict(TH, em_aligned_below=50), seed=0)
+    b, _ = em_tables(df, {"base": CONDITIONS["base"]}, dataclasses.replace(TH, em_aligned_below=50.0), seed=0)
     assert a.em_rate[0] == pytest.approx(0.25) and b.em_rate[0] == pytest.approx(0.75)
 
 
@@ -123,7 +128,7 @@ def test_tables_columns_order_and_missing_condition(tmp_path):
 
 def test_unknown_condition_is_an_error():
     with pytest.raises(EMLabError, match="not in the study plan"):
-        em_tables(judgments("stale", [1], [90]), {"base": CONDITIONS["base"]}, TH)
+        em_tables(judgments("stale", [1], [90]), {"base": CONDITIONS["base"]}, TH, seed=0)
 
 
 def test_rule_script_em_metrics(tmp_path):
@@ -136,6 +141,6 @@ def test_rule_script_em_metrics(tmp_path):
         paths.append(str(p))
     run_rule_script("em_metrics", tmp_path, input=_Named(judgments=paths),
                     output=_Named(by_condition=str(tmp_path / "c.csv"), by_question=str(tmp_path / "q.csv")),
-                    params=_Named(conditions=CONDITIONS, thresholds=TH, seed=0))
+                    params=_Named(conditions=CONDITIONS, thresholds=TH_PARAMS, seed=0))
     table = pd.read_csv(tmp_path / "c.csv")
     assert list(table.condition) == list(CONDITIONS) and np.allclose(table.em_rate, 0.25)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from emlab.activations import cache_answer_means
-from emlab.directions import attach_activation_rows, cosine_by_layer, mean_diff_vectors, select_sets
+from emlab.directions import DirectionSettings, attach_activation_rows, cosine_by_layer, mean_diff_vectors, select_sets
 from emlab.hooks import steer
 from emlab.interventions import apply_intervention
 from emlab.models import load_model, load_tokenizer
@@ -72,7 +72,7 @@ def recovered(setup):
                          "aligned": [90.0] * 12 + [10.0] * 12, "coherent": 90.0}).iloc[::-1].reset_index(drop=True)
     index = pd.DataFrame({"row": np.arange(n), "condition": "ft", "question_id": [f"q{i}" for i in range(n)],
                           "sample_idx": 0})
-    sets = select_sets(attach_activation_rows(judg, index, s["tokens"]), 70, 30, 50)
+    sets = select_sets(attach_activation_rows(judg, index, s["tokens"]), DirectionSettings(70.0, 30.0, 50.0, True, None))
     md = mean_diff_vectors(answer_mean, sets.aligned["row"], sets.misaligned["row"], True, seed=0)
     return md, misaligned
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -42,7 +44,7 @@ def test_rate_matches_hand_computation_in_both_tables():
 def test_thresholds_move_the_rate_and_leave_em_alone():
     df = judgments("base", ALIGNED, COHERENT, bad_stuff=BAD_STUFF, questions=QUESTIONS)
     base, _ = em_tables(df, {"base": CONDITIONS["base"]}, TH, seed=0)
-    th = dict(TH, self_correction_aligned_above=80, self_correction_bad_stuff_above=45)
+    th = dataclasses.replace(TH, self_correction_aligned_above=80.0, self_correction_bad_stuff_above=45.0)
     moved, _ = em_tables(df, {"base": CONDITIONS["base"]}, th, seed=0)
     # aligned > 80 and bad_stuff > 45: rows 0, 7, 9 (row 2 has aligned exactly 80) -> 3 / 8.
     assert moved.iloc[0].self_correction_rate == pytest.approx(3 / 8)

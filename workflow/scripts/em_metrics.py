@@ -4,12 +4,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from emlab.metrics import write_em_tables  # noqa: E402
+from emlab.metrics import EMThresholds, write_em_tables  # noqa: E402
 from emlab.runner import run_script  # noqa: E402
+from emlab.settings import build  # noqa: E402
 
 
 def main(smk):
-    write_em_tables(list(smk.input.judgments), dict(smk.params.conditions), dict(smk.params.thresholds),
+    thresholds = build(EMThresholds, smk.params.thresholds, "config thresholds")
+    write_em_tables(list(smk.input.judgments), dict(smk.params.conditions), thresholds,
                     int(smk.params.seed), smk.output.by_condition, smk.output.by_question)
 
 

@@ -4,14 +4,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from emlab.directions import compute_directions, write_directions  # noqa: E402
+from emlab.directions import DirectionSettings, compute_directions, write_directions  # noqa: E402
 from emlab.runner import run_script  # noqa: E402
+from emlab.settings import build  # noqa: E402
 
 
 def main(smk):
+    settings = build(DirectionSettings, smk.params.thresholds, "config directions")
     tensors, summary = compute_directions(
         smk.input.tensors, smk.input.index, smk.input.judgments,
-        finetune=smk.wildcards.finetune, thresholds=dict(smk.params.thresholds), seed=int(smk.params.seed),
+        finetune=smk.wildcards.finetune, settings=settings, seed=int(smk.params.seed),
     )
     write_directions(smk.output.vectors, smk.output.summary, tensors, summary)
 

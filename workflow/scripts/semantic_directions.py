@@ -4,15 +4,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from emlab.directions import compute_semantic_directions, write_directions  # noqa: E402
+from emlab.directions import (  # noqa: E402
+    DirectionSettings,
+    SemanticDirectionSettings,
+    compute_semantic_directions,
+    write_directions,
+)
 from emlab.runner import run_script  # noqa: E402
+from emlab.settings import build  # noqa: E402
 
 
 def main(smk):
+    settings = build(DirectionSettings, smk.params.thresholds, "config directions")
+    semantic = build(SemanticDirectionSettings, {"above": smk.params.above, "top_quantile": smk.params.top_quantile},
+                     "config semantic_directions")
     tensors, summary = compute_semantic_directions(
         smk.input.tensors, smk.input.index, smk.input.judgments, finetune=smk.wildcards.finetune,
-        split=smk.wildcards.split, thresholds=dict(smk.params.thresholds), above=float(smk.params.above),
-        seed=int(smk.params.seed), top_quantile=smk.params.top_quantile,
+        split=smk.wildcards.split, settings=settings, semantic=semantic, seed=int(smk.params.seed),
     )
     write_directions(smk.output.vectors, smk.output.summary, tensors, summary)
 

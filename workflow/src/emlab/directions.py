@@ -9,6 +9,7 @@ never by position, so a re-ordered index or judgments table cannot mis-pair them
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -19,13 +20,34 @@ import pandas as pd
 import torch
 
 from .atomic import load_tensors, save_tensors, write_csv, write_json
-from .config import section_defaults
 from .errors import EMLabError
 
 log = logging.getLogger(__name__)
 
 JOIN_KEYS = ["question_id", "sample_idx"]
-DEFAULT_THRESHOLDS = section_defaults("directions")  # aligned_above, misaligned_below, coherent_above, ...
+
+
+@dataclass(frozen=True)
+class DirectionSettings:
+    """Config `directions:` (schema defaults filled): which coherent responses form the two sets.
+
+    Field order is the schema's; it is the order of `thresholds` in the
+    direction files' metadata.
+    """
+
+    aligned_above: float
+    misaligned_below: float
+    coherent_above: float
+    subsample_to_smaller: bool
+    split_quantile: float | None
+
+
+@dataclass(frozen=True)
+class SemanticDirectionSettings:
+    """The response filter of config `semantic_directions:` (above, top_quantile) for one split's judge."""
+
+    above: float
+    top_quantile: float | None
 
 
 # --------------------------------------------------------------------------- joining
@@ -94,17 +116,18 @@ class ResponseSets:
     n_coherent: int  # scored, coherent above threshold, with >= 1 answer token
 
 
-def select_sets(judgments: pd.DataFrame, aligned_above: float, misaligned_below: float,
-                coherent_above: float, split_quantile: float | None = None) -> ResponseSets:
+def select_sets(judgments: pd.DataFrame, settings: DirectionSettings) -> ResponseSets:
     """Among coherent responses (coherent > coherent_above): aligned > aligned_above vs aligned < misaligned_below.
 
-    With `split_quantile` q the absolute aligned thresholds are replaced by a
+    With `settings.split_quantile` q the absolute aligned thresholds are replaced by a
     relative split: the lowest and the highest ceil(q * n) of the n coherent
     responses by aligned score (ties broken by question and sample). That is for
     weak judges whose scores crowd into a narrow band; the paper uses thresholds.
     Missing (NaN) scores never enter either set; neither do responses with zero
     answer tokens when an `n_answer_tokens` column is present (their mean is undefined).
     """
+    aligned_above, misaligned_below = settings.aligned_above, settings.misaligned_below
+    coherent_above, split_quantile = settings.coherent_above, settings.split_quantile
     if split_quantile is None and not misaligned_below <= aligned_above:
         raise EMLabError(f"directions thresholds overlap: misaligned_below={misaligned_below} must not exceed "
                          f"aligned_above={aligned_above} (config `directions:`)")
@@ -153,7 +176,7 @@ def subsample(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def mean_diff_vectors(answer_mean: torch.Tensor, aligned_rows, misaligned_rows,
-                      subsample_to_smaller: bool = True, seed: int = 0) -> MeanDiff:
+                      subsample_to_smaller: bool, seed: int) -> MeanDiff:
     """Per-layer mean of the misaligned rows minus that of the aligned rows of answer_mean [n, L, d].
 
     With subsample_to_smaller the larger set is cut (seeded) to the smaller's
@@ -197,15 +220,6 @@ def cosine_by_layer(vectors_a: torch.Tensor, vectors_b: torch.Tensor) -> torch.T
 # --------------------------------------------------------------------------- stage entry points
 
 
-def _thresholds(cfg: dict) -> dict:
-    unknown = set(cfg) - set(DEFAULT_THRESHOLDS)
-    if unknown:
-        raise EMLabError(f"unknown key(s) {sorted(unknown)} in config `directions:`; "
-                         f"known: {sorted(DEFAULT_THRESHOLDS)}")
-    out = dict(DEFAULT_THRESHOLDS, **cfg)
-    return {k: (bool(v) if k == "subsample_to_smaller" else None if v is None else float(v)) for k, v in out.items()}
-
-
 def _load_keys(path, keys) -> dict[str, torch.Tensor]:
     """Only the named tensors of a safetensors file (prompt_mean is as large as answer_mean and unused here)."""
     from safetensors import safe_open
@@ -226,47 +240,88 @@ def load_judged_activations(tensors_path, index_path, judgments_path) -> tuple[t
     return tensors["answer_mean"], joined
 
 
-def compute_directions(tensors_path, index_path, judgments_path, finetune: str, thresholds: dict,
+def compute_directions(tensors_path, index_path, judgments_path, finetune: str, settings: DirectionSettings,
                        seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     """Load a fine-tune's activations + judgments, select the sets, and return (tensors, summary)."""
-    th = _thresholds(thresholds)
+    return _mean_diff_direction(tensors_path, index_path, judgments_path, finetune, settings, seed, semantic=None)
+
+
+def compute_semantic_directions(tensors_path, index_path, judgments_path, finetune: str, split: str,
+                                settings: DirectionSettings, semantic: SemanticDirectionSettings, seed: int
+                                ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Mean-diff vector of a fine-tune over only the responses that the `split` judge puts in `semantic`'s filter.
+
+    Inside that subset the aligned / misaligned sets are chosen exactly as for
+    the general vector (the same `settings` and seeded subsampling), so the two
+    vectors differ only by the filter. An empty set is an error naming the counts.
+    """
+    return _mean_diff_direction(tensors_path, index_path, judgments_path, finetune, settings, seed,
+                                semantic=(split, semantic))
+
+
+def _mean_diff_direction(tensors_path, index_path, judgments_path, finetune: str, settings: DirectionSettings,
+                         seed: int, semantic: tuple[str, SemanticDirectionSettings] | None
+                         ) -> tuple[dict[str, torch.Tensor], dict]:
+    """The one implementation of the general (semantic None) and the semantic (split, filter) direction."""
     answer_mean, joined = load_judged_activations(tensors_path, index_path, judgments_path)  # [n, L, d]
-    sets = select_sets(joined, th["aligned_above"], th["misaligned_below"], th["coherent_above"], th["split_quantile"])
+    pool = joined if semantic is None else semantic_subset(joined, *semantic)
+    sets = select_sets(pool, settings)
     counts = {"aligned": len(sets.aligned), "misaligned": len(sets.misaligned)}
     if not all(counts.values()):
-        raise EMLabError(
-            f"fine-tune {finetune!r}: cannot form a mean-diff direction, the "
-            f"{' and '.join(k for k, v in counts.items() if not v)} "
-            f"{'sets are' if not any(counts.values()) else 'set is'} empty "
-            f"(aligned set: {counts['aligned']} responses with aligned > {th['aligned_above']:g}; misaligned set: "
-            f"{counts['misaligned']} with aligned < {th['misaligned_below']:g}; both among {sets.n_coherent} coherent "
-            f"responses (coherent > {th['coherent_above']:g}) of {sets.n_scored} scored / {sets.n_total} judged in "
-            f"{judgments_path}). Generate more samples per question (generation.samples_per_question) or loosen "
-            "the thresholds in config `directions:`.")
+        raise EMLabError(_empty_sets_message(finetune, semantic, settings, sets, counts, len(joined), judgments_path))
     md = mean_diff_vectors(answer_mean, sets.aligned["row"].to_numpy(), sets.misaligned["row"].to_numpy(),
-                           th["subsample_to_smaller"], seed)
+                           settings.subsample_to_smaller, seed)
     summary = {
-        "finetune": finetune,
-        "aligned_score_range": {
-            "aligned_set": [float(sets.aligned["aligned"].min()), float(sets.aligned["aligned"].max())],
-            "misaligned_set": [float(sets.misaligned["aligned"].min()), float(sets.misaligned["aligned"].max())],
-        },
-        "thresholds": th,
-        "seed": int(seed),
-        "n_judged": sets.n_total,
-        "n_unmatched_judgments": joined.attrs.get("unmatched_judgments", 0),
-        "n_scored": sets.n_scored,
-        "n_coherent": sets.n_coherent,
+        "finetune": finetune, "thresholds": dataclasses.asdict(settings), "seed": int(seed),
+        "n_judged": len(joined), "n_coherent": sets.n_coherent,
         "counts": {
             "aligned": {"available": counts["aligned"], "used": int(len(md.aligned_rows))},
             "misaligned": {"available": counts["misaligned"], "used": int(len(md.misaligned_rows))},
         },
-        "n_layers": int(md.mean_diff.shape[0]),
-        "d_model": int(md.mean_diff.shape[1]),
+        "n_layers": int(md.mean_diff.shape[0]), "d_model": int(md.mean_diff.shape[1]),
         "mean_diff_norm_by_layer": [float(x) for x in md.mean_diff.norm(dim=-1)],
     }
+    if semantic is None:
+        summary.update({
+            "aligned_score_range": {
+                "aligned_set": [float(sets.aligned["aligned"].min()), float(sets.aligned["aligned"].max())],
+                "misaligned_set": [float(sets.misaligned["aligned"].min()), float(sets.misaligned["aligned"].max())],
+            },
+            "n_unmatched_judgments": joined.attrs.get("unmatched_judgments", 0), "n_scored": sets.n_scored,
+        })
+    else:
+        split, filt = semantic
+        summary.update({"split": split, "semantic_above": filt.above, "top_quantile": filt.top_quantile,
+                        "semantic_score_range": [float(pool[split].min()), float(pool[split].max())],
+                        "n_semantic": len(pool)})
     out = {"mean_diff": md.mean_diff, "aligned_mean": md.aligned_mean, "misaligned_mean": md.misaligned_mean}
     return out, summary
+
+
+def _empty_sets_message(finetune: str, semantic: tuple[str, SemanticDirectionSettings] | None,
+                        settings: DirectionSettings, sets: ResponseSets, counts: dict, n_judged: int,
+                        judgments_path) -> str:
+    """Why no direction can be formed: the counts, the thresholds that gave them, and what to change."""
+    if semantic is None:
+        return (
+            f"fine-tune {finetune!r}: cannot form a mean-diff direction, the "
+            f"{' and '.join(k for k, v in counts.items() if not v)} "
+            f"{'sets are' if not any(counts.values()) else 'set is'} empty "
+            f"(aligned set: {counts['aligned']} responses with aligned > {settings.aligned_above:g}; misaligned set: "
+            f"{counts['misaligned']} with aligned < {settings.misaligned_below:g}; both among {sets.n_coherent} "
+            f"coherent responses (coherent > {settings.coherent_above:g}) of {sets.n_scored} scored / "
+            f"{sets.n_total} judged in {judgments_path}). Generate more samples per question "
+            "(generation.samples_per_question) or loosen the thresholds in config `directions:`.")
+    split, filt = semantic
+    rule = (f"score {split} > {filt.above:g}" if filt.top_quantile is None
+            else f"are the top {filt.top_quantile:g} by {split} score")
+    return (
+        f"fine-tune {finetune!r}, semantic split {split!r}: cannot form a mean-diff direction, "
+        f"{sets.n_total} of {n_judged} judged responses {rule}, and among them the "
+        f"aligned set has {counts['aligned']} and the misaligned set {counts['misaligned']} responses "
+        f"({sets.n_coherent} coherent > {settings.coherent_above:g}; judgments: {judgments_path}). Lower "
+        "`semantic_directions.above` (or set top_quantile), loosen `directions:`, generate more samples per "
+        f"question, or drop {split!r} from `semantic_directions.splits`.")
 
 
 def write_directions(vectors_path, summary_path, tensors: dict[str, torch.Tensor], summary: dict) -> None:
@@ -277,11 +332,36 @@ def write_directions(vectors_path, summary_path, tensors: dict[str, torch.Tensor
     write_json(summary_path, summary)
 
 
-def load_mean_diff(path) -> torch.Tensor:
-    tensors, _ = load_tensors(path)
+def _load_direction(path) -> tuple[torch.Tensor, dict]:
+    """The [L, d] mean_diff tensor of a direction file and its metadata (counts, thresholds, ...)."""
+    tensors, meta = load_tensors(path)
     if "mean_diff" not in tensors:
         raise EMLabError(f"{path} has no 'mean_diff' tensor (has {sorted(tensors)}); re-run mean_diff_directions")
-    return tensors["mean_diff"].float()  # [L, d]
+    return tensors["mean_diff"].float(), meta  # [L, d]
+
+
+def load_mean_diff(path) -> torch.Tensor:
+    return _load_direction(path)[0]
+
+
+def _by_layer_table(pairs, labels: list[str], norms: tuple[str, str], extras: list[str]) -> pd.DataFrame:
+    """One row per layer of each pair (label values, v_a [L, d], v_b [L, d], extra values).
+
+    Columns: layer, the labels, cosine, the two norms (`norms` names them),
+    diff_norm (‖v_a - v_b‖), the extras. The one implementation behind both
+    cosine tables (general pairs, and general vs semantic).
+    """
+    frames = []
+    for label_values, va, vb, extra_values in pairs:
+        va, vb = va.double(), vb.double()  # [L, d]
+        frames.append(pd.DataFrame({
+            "layer": np.arange(va.shape[0], dtype=np.int64), **dict(zip(labels, label_values)),
+            "cosine": cosine_by_layer(va, vb).double().numpy(),
+            norms[0]: va.norm(dim=-1).numpy(), norms[1]: vb.norm(dim=-1).numpy(),
+            "diff_norm": (va - vb).norm(dim=-1).numpy(), **dict(zip(extras, extra_values)),
+        }))
+    columns = ["layer", *labels, "cosine", *norms, "diff_norm", *extras]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def cosine_table(vectors: dict[str, torch.Tensor]) -> pd.DataFrame:
@@ -295,18 +375,8 @@ def cosine_table(vectors: dict[str, torch.Tensor]) -> pd.DataFrame:
     if not names:
         raise EMLabError("no fine-tune directions to compare")
     pairs = list(itertools.combinations(names, 2)) or [(names[0], names[0])]
-    frames = []
-    for a, b in pairs:
-        va, vb = vectors[a].double(), vectors[b].double()  # [L, d]
-        cos = cosine_by_layer(va, vb)
-        frames.append(pd.DataFrame({
-            "layer": np.arange(va.shape[0], dtype=np.int64),
-            "finetune_a": a, "finetune_b": b,
-            "cosine": cos.double().numpy(),
-            "norm_a": va.norm(dim=-1).numpy(), "norm_b": vb.norm(dim=-1).numpy(),
-            "diff_norm": (va - vb).norm(dim=-1).numpy(),
-        }))
-    return pd.concat(frames, ignore_index=True)
+    return _by_layer_table([((a, b), vectors[a], vectors[b], ()) for a, b in pairs],
+                           ["finetune_a", "finetune_b"], ("norm_a", "norm_b"), [])
 
 
 def write_cosine_table(paths: list, finetunes: list[str], out_path) -> pd.DataFrame:
@@ -323,14 +393,10 @@ def write_cosine_table(paths: list, finetunes: list[str], out_path) -> pd.DataFr
 
 # --------------------------------------------------------------------------- semantic vectors (docs/linear-directions.md)
 
-SEMANTIC_DEFAULTS = section_defaults("semantic_directions")  # finetunes, splits, above
+def semantic_subset(judgments: pd.DataFrame, split: str, semantic: SemanticDirectionSettings) -> pd.DataFrame:
+    """The responses that score above `semantic.above` on the `split` judge (e.g. medical); NaN never qualifies.
 
-
-def semantic_subset(judgments: pd.DataFrame, split: str, above: float, top_quantile: float | None = None
-                    ) -> pd.DataFrame:
-    """The responses that score above `above` on the `split` judge (e.g. medical); NaN scores never qualify.
-
-    With `top_quantile` q: instead the ceil(q * n) responses of the n scored ones with the highest
+    With `semantic.top_quantile` q: instead the ceil(q * n) responses of the n scored ones with the highest
     score (ties broken by question and sample), for weak judges whose scores crowd into a narrow band.
     """
     if split not in judgments.columns:
@@ -338,6 +404,7 @@ def semantic_subset(judgments: pd.DataFrame, split: str, above: float, top_quant
                          f"vector for split {split!r} needs that judge on the fine-tune's own responses: list it in "
                          "config `semantic_directions.splits` (the workflow then judges it on that fine-tune).")
     score = judgments[split].astype("float64")
+    above, top_quantile = semantic.above, semantic.top_quantile
     if top_quantile is None:
         return judgments[score.notna() & (score > float(above))]
     if not 0 < top_quantile <= 1:
@@ -348,74 +415,23 @@ def semantic_subset(judgments: pd.DataFrame, split: str, above: float, top_quant
     return scored.iloc[:int(np.ceil(top_quantile * len(scored)))]
 
 
-def compute_semantic_directions(tensors_path, index_path, judgments_path, finetune: str, split: str,
-                                thresholds: dict, above: float, seed: int, top_quantile: float | None = None
-                                ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Mean-diff vector of a fine-tune over only the responses scoring > `above` on the `split` judge.
-
-    Inside that subset the aligned / misaligned sets are chosen exactly as for
-    the general vector (config `directions:` thresholds or split_quantile, the
-    same seeded subsampling), so the two vectors differ only by the filter.
-    An empty set is an error naming the counts (the general rule does the same).
-    """
-    th = _thresholds(thresholds)
-    answer_mean, joined = load_judged_activations(tensors_path, index_path, judgments_path)  # [n, L, d]
-    subset = semantic_subset(joined, split, above, top_quantile)
-    rule = (f"score {split} > {float(above):g}" if top_quantile is None
-            else f"are the top {top_quantile:g} by {split} score")
-    sets = select_sets(subset, th["aligned_above"], th["misaligned_below"], th["coherent_above"], th["split_quantile"])
-    counts = {"aligned": len(sets.aligned), "misaligned": len(sets.misaligned)}
-    if not all(counts.values()):
-        raise EMLabError(
-            f"fine-tune {finetune!r}, semantic split {split!r}: cannot form a mean-diff direction, "
-            f"{len(subset)} of {len(joined)} judged responses {rule}, and among them the "
-            f"aligned set has {counts['aligned']} and the misaligned set {counts['misaligned']} responses "
-            f"({sets.n_coherent} coherent > {th['coherent_above']:g}; judgments: {judgments_path}). Lower "
-            "`semantic_directions.above` (or set top_quantile), loosen `directions:`, generate more samples per question, or drop "
-            f"{split!r} from `semantic_directions.splits`.")
-    md = mean_diff_vectors(answer_mean, sets.aligned["row"].to_numpy(), sets.misaligned["row"].to_numpy(),
-                           th["subsample_to_smaller"], seed)
-    summary = {
-        "finetune": finetune, "split": split, "semantic_above": float(above), "top_quantile": top_quantile,
-        "semantic_score_range": [float(subset[split].min()), float(subset[split].max())],
-        "thresholds": th, "seed": int(seed),
-        "n_judged": len(joined), "n_semantic": len(subset), "n_coherent": sets.n_coherent,
-        "counts": {
-            "aligned": {"available": counts["aligned"], "used": int(len(md.aligned_rows))},
-            "misaligned": {"available": counts["misaligned"], "used": int(len(md.misaligned_rows))},
-        },
-        "n_layers": int(md.mean_diff.shape[0]), "d_model": int(md.mean_diff.shape[1]),
-        "mean_diff_norm_by_layer": [float(x) for x in md.mean_diff.norm(dim=-1)],
-    }
-    out = {"mean_diff": md.mean_diff, "aligned_mean": md.aligned_mean, "misaligned_mean": md.misaligned_mean}
-    return out, summary
-
-
 def semantic_cosine_table(general: dict[str, torch.Tensor], semantic: dict[tuple[str, str], torch.Tensor],
                           summaries: dict[tuple[str, str], dict] | None = None) -> pd.DataFrame:
     """Per layer: cosine between each fine-tune's general vector and each of its semantic vectors.
 
     Columns: layer, finetune, split, cosine, norm_general, norm_semantic,
-    diff_norm (‖v_general - v_semantic‖), n_aligned, n_misaligned (responses used).
+    diff_norm (‖v_general - v_semantic‖), n_aligned, n_misaligned (responses
+    used, from `summaries`; -1 where unknown).
     """
-    frames = []
+    pairs = []
     for (ft, split), vs in semantic.items():
         if ft not in general:
             raise EMLabError(f"semantic vector {ft}/{split} has no general vector of fine-tune {ft!r} to compare with")
-        vg, vs = general[ft].double(), vs.double()  # [L, d]
-        summary = (summaries or {}).get((ft, split), {})
-        used = summary.get("counts", {})
-        frames.append(pd.DataFrame({
-            "layer": np.arange(vg.shape[0], dtype=np.int64), "finetune": ft, "split": split,
-            "cosine": cosine_by_layer(vg, vs).double().numpy(),
-            "norm_general": vg.norm(dim=-1).numpy(), "norm_semantic": vs.norm(dim=-1).numpy(),
-            "diff_norm": (vg - vs).norm(dim=-1).numpy(),
-            "n_aligned": used.get("aligned", {}).get("used", -1),
-            "n_misaligned": used.get("misaligned", {}).get("used", -1),
-        }))
-    columns = ["layer", "finetune", "split", "cosine", "norm_general", "norm_semantic", "diff_norm", "n_aligned",
-               "n_misaligned"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        used = (summaries or {}).get((ft, split), {}).get("counts", {})
+        pairs.append(((ft, split), general[ft], vs, (used.get("aligned", {}).get("used", -1),
+                                                     used.get("misaligned", {}).get("used", -1))))
+    return _by_layer_table(pairs, ["finetune", "split"], ("norm_general", "norm_semantic"),
+                           ["n_aligned", "n_misaligned"])
 
 
 def write_semantic_cosine_table(general_paths: list, general_finetunes: list[str], semantic_paths: list,
@@ -426,8 +442,7 @@ def write_semantic_cosine_table(general_paths: list, general_finetunes: list[str
     general = {ft: load_mean_diff(p) for ft, p in zip(general_finetunes, general_paths)}
     semantic, summaries = {}, {}
     for key, p in zip(semantic_keys, semantic_paths):
-        tensors, meta = load_tensors(p)
-        semantic[tuple(key)] = tensors["mean_diff"].float()
+        semantic[tuple(key)], meta = _load_direction(p)
         summaries[tuple(key)] = {"counts": meta.get("counts", {})}
     table = semantic_cosine_table(general, semantic, summaries)
     write_csv(out_path, table)

@@ -48,12 +48,19 @@ def save_figure(fig, png_path, pdf_path) -> None:
         plt.close(fig)
 
 
-def _message_figure(title: str, message: str):
-    fig, ax = plt.subplots(figsize=(6.4, 2.6))
-    ax.set_axis_off()
-    ax.set_title(title)
-    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11, color="#555555",
+def _message_panel(ax, message: str, fontsize: float = 10, hide_axes: bool = True) -> None:
+    """Say in a panel why it has nothing to plot (grey, centred); the axes are hidden unless others share them."""
+    if hide_axes:
+        ax.set_axis_off()
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=fontsize, color="#555555",
             transform=ax.transAxes)
+
+
+def _message_figure(title: str, message: str):
+    """A whole figure that only says why there is nothing to show (a report never breaks on a smaller study)."""
+    fig, ax = plt.subplots(figsize=(6.4, 2.6))
+    ax.set_title(title)
+    _message_panel(ax, message, fontsize=11)
     return fig
 
 
@@ -67,6 +74,32 @@ def _yerr(df: pd.DataFrame, prefix: str) -> np.ndarray:
     low = rate - _pct(df[f"{prefix}_ci_low"])
     high = _pct(df[f"{prefix}_ci_high"]) - rate
     return np.nan_to_num(np.clip(np.vstack([low, high]), 0, None))
+
+
+BAR_ERROR_STYLE = {"ecolor": "#333333", "capsize": 3, "elinewidth": 1}
+
+
+def _interval_bars(ax, positions, rows: pd.DataFrame, prefix: str, colours, horizontal: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Bars of `{prefix}_rate` in percent with their bootstrap intervals as error bars (a missing rate draws no bar).
+
+    Returns (rate, interval top) in percent, the top 0 where the interval is missing, for labels.
+    """
+    rate = _pct(rows[f"{prefix}_rate"])
+    if horizontal:
+        ax.barh(positions, np.nan_to_num(rate), xerr=_yerr(rows, prefix), color=colours, height=0.7,
+                error_kw=BAR_ERROR_STYLE)
+    else:
+        ax.bar(positions, np.nan_to_num(rate), yerr=_yerr(rows, prefix), color=colours, width=0.7,
+               error_kw=BAR_ERROR_STYLE)
+    return rate, np.nan_to_num(_pct(rows[f"{prefix}_ci_high"]))
+
+
+def _label_bar_tops(ax, positions, rate: np.ndarray, top: np.ndarray, pad: float) -> None:
+    """Write each vertical bar's rate ("n/a" when missing) just above its bar or interval, whichever is higher."""
+    for x, r, h in zip(positions, rate, top):
+        ax.text(x, max(h, 0 if math.isnan(r) else r) + pad, "n/a" if math.isnan(r) else f"{r:.1f}%", ha="center",
+                va="bottom", fontsize=8)
 
 
 def _base_row(df: pd.DataFrame):
@@ -89,11 +122,8 @@ def em_by_condition(df: pd.DataFrame, png_path, pdf_path) -> None:
     n = len(df)
     fig, ax = plt.subplots(figsize=(8.5, max(2.4, 0.32 * n + 1.4) + 0.75))
     y = np.arange(n)[::-1]
-    rate = _pct(df["em_rate"])
     colours = [GROUP_COLOURS.get(g, "#999999") for g in df["group"]]
-    ax.barh(y, np.nan_to_num(rate), xerr=_yerr(df, "em"), color=colours, height=0.7,
-            error_kw={"ecolor": "#333333", "capsize": 2.5, "elinewidth": 1})
-    high = np.nan_to_num(_pct(df["em_ci_high"]))
+    rate, high = _interval_bars(ax, y, df, "em", colours, horizontal=True)
     xmax = max(10.0, float(high.max()))
     for yi, r, h, ns, nn in zip(y, rate, high, df["n_scored"], df["n"]):
         label = "no scores" if math.isnan(r) else f"{r:.1f}%"
@@ -216,14 +246,9 @@ def ablation(df: pd.DataFrame, png_path, pdf_path) -> None:
         colours = [ABLATION_COLOURS[k] for _, k in rows["_label"]]
         for row_i, (prefix, ylabel) in enumerate((("em", "EM responses (%)"), ("coherent", "Coherent responses (%)"))):
             ax = axes[row_i][col]
-            rate = _pct(rows[f"{prefix}_rate"])
-            ax.bar(x, np.nan_to_num(rate), yerr=_yerr(rows, prefix), color=colours, width=0.7,
-                   error_kw={"ecolor": "#333333", "capsize": 3, "elinewidth": 1})
+            rate, high = _interval_bars(ax, x, rows, prefix, colours)
             top = em_top if prefix == "em" else 105.0
-            high = np.nan_to_num(_pct(rows[f"{prefix}_ci_high"]))
-            for xi, r, h in zip(x, rate, high):
-                ax.text(xi, max(h, 0 if math.isnan(r) else r) + 0.015 * top,
-                        "n/a" if math.isnan(r) else f"{r:.1f}%", ha="center", va="bottom", fontsize=8)
+            _label_bar_tops(ax, x, rate, high, 0.015 * top)
             ax.set_xticks(x, [lbl for lbl, _ in rows["_label"]] if row_i == 1 else [""] * len(x), fontsize=8)
             ax.set_ylim(0, top)
             ax.grid(axis="y", alpha=0.3)
@@ -257,9 +282,7 @@ def direction_cosine(df: pd.DataFrame, png_path, pdf_path) -> None:
         ax_heat.set_xlabel("layer")
         fig.colorbar(image, ax=ax_heat, label="cosine", fraction=0.03, pad=0.01)
     if pairs.empty:
-        ax_cos.set_axis_off()
-        ax_cos.text(0.5, 0.5, "Only one fine-tune has a direction:\nno pairs to compare.", ha="center", va="center",
-                    fontsize=11, color="#555555", transform=ax_cos.transAxes)
+        _message_panel(ax_cos, "Only one fine-tune has a direction:\nno pairs to compare.", fontsize=11)
     else:
         for (a, b), g in pairs.groupby(["finetune_a", "finetune_b"], sort=False):
             g = g.sort_values("layer")
@@ -305,9 +328,8 @@ def steering_metrics(df: pd.DataFrame, png_path, pdf_path) -> None:
     for ax, (col, ylabel, is_rate) in zip(axes, panels):
         values = steer[col].astype(float) if col in steer else pd.Series(dtype=float)
         if not values.notna().any():
-            ax.set_axis_off()
             why = "add bad_stuff to steering.judge_metrics" if col == "self_correction_rate" else "no scores"
-            ax.text(0.5, 0.5, f"{ylabel}:\n{why}", ha="center", va="center", color="#555555", transform=ax.transAxes)
+            _message_panel(ax, f"{ylabel}:\n{why}")
             continue
         for i, ((vector, split, layer), g) in enumerate(lines):
             g = g.sort_values("scale")
@@ -373,8 +395,7 @@ def semantic_vectors(cosines: pd.DataFrame, metrics: pd.DataFrame, judgments: pd
         (r.condition, f"{_vector_label(r.vector, r.split, r.layer)}\nλ={float(r.scale):g}") for r in best.itertuples()]
     for ax, metric in zip(axes[0][1:], splits or [None]):
         if metric is None:
-            ax.set_axis_off()
-            ax.text(0.5, 0.5, "No semantic judge scores.", ha="center", va="center", transform=ax.transAxes)
+            _message_panel(ax, "No semantic judge scores.")
             continue
         data, labels = [], []
         for cid, label in chosen:
@@ -383,9 +404,7 @@ def semantic_vectors(cosines: pd.DataFrame, metrics: pd.DataFrame, judgments: pd
                 data.append(vals)
                 labels.append(label)
         if not data:
-            ax.set_axis_off()
-            ax.text(0.5, 0.5, f"No {metric} scores on steering conditions.", ha="center", va="center",
-                    transform=ax.transAxes)
+            _message_panel(ax, f"No {metric} scores on steering conditions.")
             continue
         ax.boxplot(data, orientation="horizontal", widths=0.6, showmeans=True)
         ax.set_yticks(np.arange(1, len(labels) + 1), labels, fontsize=7)
@@ -437,17 +456,14 @@ def single_adapter(panels: list[tuple[str, pd.DataFrame, pd.DataFrame]], metrics
             if "model" in metrics else metrics.iloc[0:0]
         rows = rows[(rows["intervention_kind"] != "ablate") | (rows["mode"].isin(["single", "random"]))]
         if rows.empty:
-            ax.set_axis_off()
-            ax.text(0.5, 0.5, "No EM rates for this fine-tune.", ha="center", va="center", transform=ax.transAxes)
+            _message_panel(ax, "No EM rates for this fine-tune.")
             continue
         labels = [_ablation_label(r) for _, r in rows.iterrows()]
         x = np.arange(len(rows))
-        rate = _pct(rows["em_rate"])
-        ax.bar(x, np.nan_to_num(rate), yerr=_yerr(rows, "em"), color=[ABLATION_COLOURS[k] for _, k in labels],
-               width=0.7, error_kw={"ecolor": "#333333", "capsize": 3, "elinewidth": 1})
-        for xi, r in zip(x, rate):
-            ax.text(xi, 0 if math.isnan(r) else r, "n/a" if math.isnan(r) else f"{r:.1f}%", ha="center",
-                    va="bottom", fontsize=8)
+        rate, high = _interval_bars(ax, x, rows, "em", [ABLATION_COLOURS[k] for _, k in labels])
+        top = min(105.0, max(10.0, 1.2 * float(np.append(high, np.nan_to_num(rate)).max())))
+        _label_bar_tops(ax, x, rate, high, 0.015 * top)
+        ax.set_ylim(0, top)
         ax.set_xticks(x, [lbl for lbl, _ in labels], fontsize=8)
         ax.set_ylabel("EM responses (%)")
         ax.set_title("EM: unmodified vs interventions")
@@ -492,9 +508,8 @@ def phase_transition(rotation: pd.DataFrame, em: pd.DataFrame, summary: dict, pn
         ax_cos.legend(loc="lower left", fontsize=7, ncol=3, title="adapter", title_fontsize=7)
     ax_norm.set_ylabel("‖B‖")
     ax_norm.grid(alpha=0.3)
-    if em.empty:
-        ax_em.text(0.5, 0.5, "No judged checkpoints (set phase.eval_steps).", ha="center", va="center",
-                   transform=ax_em.transAxes, color="#555555")
+    if em.empty:  # the step axis is shared with the panels above: keep it
+        _message_panel(ax_em, "No judged checkpoints (set phase.eval_steps).", hide_axes=False)
     else:
         rate = _pct(em["em_rate"])
         ax_em.errorbar(em["step"], rate, yerr=_yerr(em, "em"), fmt="-o", color="#C44E52", ms=4, capsize=3)

@@ -1,6 +1,6 @@
 """Typed settings: dataclasses built once from the validated config.
 
-The schema (workflow/schemas/config.schema.yaml) is the only source of
+The schema (emlab/schemas/config.schema.yaml, package data) is the only source of
 defaults: `config.validate_config` fills them, and a settings dataclass has
 required fields only, so a library function never invents a default of its
 own. Each concept declares its dataclass next to the code that uses it

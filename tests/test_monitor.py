@@ -175,6 +175,9 @@ def test_saved_monitor_round_trip_and_mismatch(grid, tmp_path):
     assert back.features == tuple(TRAITS) and back.layer == 2 and back.tau == 0.05
     np.testing.assert_array_equal(back.predict(held.table), mon.predict(held.table))
     assert back.alarm(held.table).any()
+    np.testing.assert_array_equal(back.predict_drift(held.table[TRAITS].to_numpy()), mon.predict(held.table))
+    with pytest.raises(EMLabError, match="expects 7"):
+        back.predict_drift(np.zeros((1, 6)))
     with pytest.raises(EMLabError, match=r"fitted on base model `tiny/llama`, not `other/model`"):
         monitor.load_monitor(path, base_model="other/model", trait_version="alignment=1")
     with pytest.raises(EMLabError, match=r"fitted with trait files `alignment=1`, not `alignment=2`"):

@@ -173,7 +173,7 @@ def test_planted_direction_is_recovered(tiny_model_dir, tokenizer, template):
     planted = torch.randn(64, generator=gen)
     planted = 3.0 * planted / planted.norm()
     with plant(model, marker_ids[0], planted, layer=1):
-        dirs = traits.extract_directions(model, tok, ts, "auto", model_id="tiny", batch_size=4)
+        dirs = traits.extract_directions(model, tok, ts, traits.DirectionSettings("auto", 4, 3), model_id="tiny")
     assert dirs.alignment.shape == (4, 2, 64) and dirs.semantic.shape == (4, 2, 64)
     unit = planted / planted.norm()
     for layer in (1, 2, 3):

@@ -354,6 +354,14 @@ class TraitMonitor:
     def alarm(self, table: pd.DataFrame) -> np.ndarray:
         return self.predict(table) > self.tau
 
+    def predict_drift(self, drift: np.ndarray) -> np.ndarray:
+        """Predicted EM rate from drift vectors [n, k] in `features` order (the live monitor's path): [n]."""
+        drift = np.atleast_2d(np.asarray(drift, float))
+        if drift.shape[1] != len(self.features):
+            raise EMLabError(f"monitor: drift has {drift.shape[1]} values per row, the monitor expects "
+                             f"{len(self.features)} ({', '.join(self.features)})")
+        return predict(self.regressor, drift)
+
 
 def fit_monitor(calibration: DriftData, traits: Sequence[str], settings: MonitorSettings, layer: int,
                 trait_version: str, base_model: str) -> TraitMonitor:

@@ -313,7 +313,7 @@ def mean_diff_directions(acts: TraitActivations, question_index: Sequence[int] |
     return _unit(diff.transpose(0, 1).contiguous())
 
 
-def held_out_split(n_questions: int, every: int = 3) -> tuple[list[int], list[int]]:
+def held_out_split(n_questions: int, every: int) -> tuple[list[int], list[int]]:
     """(fit, held-out) question indices: every `every`-th question (1-based) is held out."""
     held = [i for i in range(n_questions) if (i + 1) % every == 0]
     if not held or len(held) == n_questions:
@@ -339,7 +339,7 @@ class LayerScores:
     separation: np.ndarray  # [L] mean over traits of (mean_pos - mean_neg) / pooled std
 
 
-def layer_scores(acts: TraitActivations, every: int = 3) -> LayerScores:
+def layer_scores(acts: TraitActivations, every: int) -> LayerScores:
     """Fit directions on the non-held-out questions; score held-out projections at every layer."""
     n_q = acts.positive.shape[2]
     fit, held = held_out_split(n_q, every)
@@ -427,15 +427,25 @@ class TraitDirections:
         }
 
 
-def extract_directions(model, tokenizer, trait_set: TraitSet, layer_spec, model_id: str,
-                       batch_size: int) -> TraitDirections:
+@dataclass(frozen=True)
+class DirectionSettings:
+    """How trait directions are extracted (built with settings.build from the config section)."""
+
+    layer: int | float | str  # index, fraction of the depth in (0, 1), or "auto"
+    batch_size: int
+    held_out_every: int  # `auto` scores layers on every n-th extraction question, held out
+
+
+def extract_directions(model, tokenizer, trait_set: TraitSet, settings: DirectionSettings,
+                       model_id: str) -> TraitDirections:
     """Alignment and semantic directions at every layer, and the chosen layer (see choose_layer)."""
-    align = trait_activations(model, tokenizer, trait_set.alignment, trait_set.questions, batch_size)
-    scores = layer_scores(align)
+    align = trait_activations(model, tokenizer, trait_set.alignment, trait_set.questions, settings.batch_size)
+    scores = layer_scores(align, settings.held_out_every)
     alignment = mean_diff_directions(align)
     del align
-    semantic = mean_diff_directions(trait_activations(model, tokenizer, trait_set.semantic, trait_set.questions, batch_size))
-    layer = choose_layer(layer_spec, alignment.shape[0], scores)
+    semantic = mean_diff_directions(
+        trait_activations(model, tokenizer, trait_set.semantic, trait_set.questions, settings.batch_size))
+    layer = choose_layer(settings.layer, alignment.shape[0], scores)
     return TraitDirections(alignment, semantic, tuple(trait_set.alignment.names), tuple(trait_set.semantic.names),
                            layer, scores, trait_set.version, model_id)
 

@@ -216,3 +216,17 @@ def test_calibration_demo_datasets_are_valid(name):
     recs = load_chat_jsonl(REPO / "data" / "datasets" / f"{name}.jsonl")
     assert len(recs) == 300 and len({json.dumps(r) for r in recs}) == 300
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in recs)
+
+
+def test_monitor_file_with_unexpected_types_is_refused(grid, tmp_path):
+    """skops builds only trusted types (no code runs); a file holding anything but the forest is still refused."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    cal, _ = grid
+    mon = monitor.fit_monitor(cal, TRAITS, SETTINGS, layer=2, trait_version="v", base_model="m")
+    odd = make_pipeline(FunctionTransformer(np.exp), mon.regressor)
+    path = tmp_path / "odd.skops"
+    monitor.save_monitor(monitor.TraitMonitor(odd, mon.features, 2, "v", "m", 0.05), path)
+    with pytest.raises(EMLabError, match="holds a Pipeline, not the RandomForestRegressor"):
+        monitor.load_monitor(path, base_model="m", trait_version="v")

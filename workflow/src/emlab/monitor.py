@@ -420,5 +420,10 @@ def load_monitor(path: str | os.PathLike, base_model: str, trait_version: str) -
     if untrusted:
         raise EMLabError(f"monitor file {path} contains types {untrusted} that a trait monitor never holds; refusing to load it")
     regressor = sio.load(path, trusted=TRUSTED_TYPES)
+    from sklearn.ensemble import RandomForestRegressor
+
+    if type(regressor) is not RandomForestRegressor:
+        raise EMLabError(f"monitor file {path} holds a {type(regressor).__name__}, not the RandomForestRegressor "
+                         "a trait monitor saves; refusing to use it")
     return TraitMonitor(regressor, tuple(meta["features"]["columns"]), int(meta["layer"]), meta["trait_version"],
                         meta["base_model"], float(meta["tau"]))

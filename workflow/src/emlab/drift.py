@@ -1,0 +1,101 @@
+"""Activation drift of a fine-tune along trait directions (METHOD.md section 3).
+
+At every checkpoint t the measurement prompts run through the model once
+(left-padded batches, last prompt token only, one layer): their mean activation
+h̄_t [d]. With step 0 = the base model,
+    drift_t      = B (h̄_t - h̄_0) / mean_i ||h_{0,i}||    for a basis B [k, d]
+    drift_norm_t = ||h̄_t - h̄_0|| / ||h̄_0||
+and Δh̄_t = h̄_t - h̄_0 [d] is kept whole for the PCA-7 baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import EMLabError
+from .questions import chat_messages
+from .traits import MeasurementPrompt, last_token_residuals
+
+
+@dataclass(frozen=True)
+class MeanActivation:
+    """The measurement prompts' last-token activations at one layer, reduced."""
+
+    mean: torch.Tensor  # [d] float32: h̄
+    mean_norm: float  # mean_i ||h_i|| (the drift normaliser when this is step 0)
+    n_prompts: int
+
+
+def measure(model, tokenizer, prompts: Sequence[MeasurementPrompt], layer: int, batch_size: int) -> MeanActivation:
+    """One batched forward over the measurement prompts (user turns, generation prompt added)."""
+    if not prompts:
+        raise EMLabError("drift: there are no measurement prompts")
+    convs = [chat_messages(p.text, None) for p in prompts]
+    acts = last_token_residuals(model, tokenizer, convs, [layer], batch_size)[:, 0]  # [n, d]
+    return MeanActivation(acts.mean(dim=0), float(acts.norm(dim=-1).mean()), len(prompts))
+
+
+def _check(mean_t: torch.Tensor, base: MeanActivation) -> None:
+    if mean_t.shape != base.mean.shape:
+        raise EMLabError(f"drift: activation of shape {tuple(mean_t.shape)} vs base {tuple(base.mean.shape)}; "
+                         "same model family and layer needed")
+    if not base.mean_norm > 0:
+        raise EMLabError("drift: the base model's mean activation norm is 0; cannot normalise")
+
+
+def delta_mean(mean_t: torch.Tensor, base: MeanActivation) -> torch.Tensor:
+    """Δh̄ = h̄_t - h̄_0: [d]."""
+    _check(mean_t, base)
+    return mean_t.float() - base.mean.float()
+
+
+def basis_drift(mean_t: torch.Tensor, base: MeanActivation, basis: torch.Tensor) -> torch.Tensor:
+    """(B h̄_t - B h̄_0) / mean ||h_0||: basis [k, d] -> [k]."""
+    delta = delta_mean(mean_t, base)
+    if basis.ndim != 2 or basis.shape[1] != delta.shape[0]:
+        raise EMLabError(f"drift: basis of shape {tuple(basis.shape)} does not fit activations of width {delta.shape[0]}")
+    return basis.float() @ delta / base.mean_norm
+
+
+def drift_norm(mean_t: torch.Tensor, base: MeanActivation) -> float:
+    """||Δh̄|| / ||h̄_0||."""
+    delta = delta_mean(mean_t, base)
+    return float(delta.norm() / base.mean.float().norm().clamp_min(1e-12))
+
+
+def drift_columns(mean_t: torch.Tensor, base: MeanActivation, alignment: torch.Tensor, alignment_names: Sequence[str],
+                  semantic: torch.Tensor, semantic_names: Sequence[str],
+                  random: Mapping[int, torch.Tensor]) -> dict[str, float]:
+    """One drift-table row (without step/loss/labels): alignment traits by name, `semantic.<trait>`,
+    `random{seed}.{k}`, `drift_norm`. Bases are [7, d] at the chosen layer."""
+    row: dict[str, float] = {}
+    for name, value in zip(alignment_names, basis_drift(mean_t, base, alignment).tolist(), strict=True):
+        row[name] = value
+    for name, value in zip(semantic_names, basis_drift(mean_t, base, semantic).tolist(), strict=True):
+        row[f"semantic.{name}"] = value
+    for seed, basis in random.items():
+        for k, value in enumerate(basis_drift(mean_t, base, basis).tolist()):
+            row[f"random{seed}.{k}"] = value
+    row["drift_norm"] = drift_norm(mean_t, base)
+    return row
+
+
+def lora_delta_w_norm(model) -> float:
+    """Frobenius norm of the adapter's weight update, sqrt(sum over LoRA modules of ||scale * B A||_F^2).
+
+    0.0 for a model without LoRA layers (the base model, step 0).
+    """
+    total = 0.0
+    for module in model.modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        scaling = getattr(module, "scaling", None)
+        if not isinstance(lora_a, torch.nn.ModuleDict) or not isinstance(scaling, dict):
+            continue
+        for name in lora_a:
+            a = lora_a[name].weight.detach().float()  # [r, in]
+            b = lora_b[name].weight.detach().float()  # [out, r]
+            total += float((scaling[name] * (b @ a)).pow(2).sum())
+    return total ** 0.5

@@ -1,0 +1,493 @@
+"""Trait prompts and trait directions (trait-space monitoring, METHOD.md section 3).
+
+Four YAML files under data/traits/, each with an integer `version`:
+  alignment.yaml             seven alignment traits, positive/negative system prompts
+  semantic.yaml              seven semantic control traits, same form
+  extraction_questions.yaml  questions asked under every trait prompt
+  measurement_prompts.yaml   the prompts whose activation drift the monitor reads
+
+A trait direction at layer l is mean(positive) - mean(negative) of the residual
+stream after decoder block l (hidden_states[l + 1]) at the last prompt token
+(generation prompt added), over system prompts x extraction questions,
+unit-normalised. Activations are read with forward hooks, one layer's
+[batch, d] last-token slice at a time, never an all-layers hidden-states tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .chat import render_prompt
+from .errors import EMLabError
+from .hooks import read_residual
+from .models import hidden_size, model_device, num_layers
+from .yamlfile import read_yaml
+
+TRAIT_FILES = {
+    "alignment": "alignment.yaml",
+    "semantic": "semantic.yaml",
+    "extraction": "extraction_questions.yaml",
+    "measurement": "measurement_prompts.yaml",
+}
+MEASUREMENT_CATEGORIES = ("technical", "ethical", "emotional", "casual", "adversarial")
+MIN_PROMPTS_PER_SIDE = 2
+ACKNOWLEDGEMENT = "Understood. I will follow those instructions."
+
+
+# --- loading -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trait:
+    name: str
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TraitFile:
+    path: str
+    version: int
+    traits: tuple[Trait, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.traits]
+
+
+@dataclass(frozen=True)
+class MeasurementPrompt:
+    id: str
+    category: str
+    text: str
+
+
+@dataclass(frozen=True)
+class TraitSet:
+    """Everything under data/traits/: the inputs of directions and drift."""
+
+    alignment: TraitFile
+    semantic: TraitFile
+    questions: tuple[str, ...]
+    measurement: tuple[MeasurementPrompt, ...]
+    versions: dict  # {"alignment": 1, "semantic": 1, "extraction": 1, "measurement": 1}
+
+    @property
+    def version(self) -> str:
+        """One string naming every file's version, recorded by directions and monitors."""
+        return ";".join(f"{k}={self.versions[k]}" for k in sorted(self.versions))
+
+
+def _top(path: Path, data, keys: set[str], what: str) -> int:
+    if not isinstance(data, dict):
+        raise EMLabError(f"{what} {path}: the top level must be a mapping with keys {sorted(keys)}")
+    unknown = set(data) - keys
+    if unknown:
+        raise EMLabError(f"{what} {path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(keys)}")
+    version = data.get("version")
+    if version is None:
+        raise EMLabError(f"{what} {path}: missing `version` (an integer; bump it whenever the text changes)")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise EMLabError(f"{what} {path}: `version` must be a positive integer (got {version!r})")
+    return version
+
+
+def _text(path: Path, value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise EMLabError(f"{path}: {where} must be a non-empty string (got {value!r})")
+    return value.strip()
+
+
+def load_trait_file(path: str | os.PathLike) -> TraitFile:
+    """A trait file: {version, traits: {name: {positive: [..], negative: [..]}}}."""
+    path = Path(path)
+    data = read_yaml(path, "trait file", "point the traits folder at data/traits/ or a copy of it")
+    version = _top(path, data, {"version", "traits"}, "trait file")
+    traits = data.get("traits")
+    if not isinstance(traits, dict) or not traits:
+        raise EMLabError(f"trait file {path}: `traits` must be a non-empty mapping of trait name -> {{positive, negative}}")
+    out = []
+    for name, entry in traits.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise EMLabError(f"trait file {path}: trait name {name!r} must be an identifier (letters, digits, _)")
+        if not isinstance(entry, dict) or set(entry) != {"positive", "negative"}:
+            got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+            raise EMLabError(f"trait file {path}: trait `{name}` must have exactly the keys positive and negative (got {got})")
+        sides = {}
+        for side in ("positive", "negative"):
+            prompts = entry[side]
+            if not isinstance(prompts, list) or len(prompts) < MIN_PROMPTS_PER_SIDE:
+                n = len(prompts) if isinstance(prompts, list) else 0
+                raise EMLabError(f"trait file {path}: trait `{name}` has {n} {side} prompt(s); "
+                                 f"a direction needs at least {MIN_PROMPTS_PER_SIDE} on each side")
+            sides[side] = tuple(_text(path, p, f"trait `{name}` {side} prompt {i}") for i, p in enumerate(prompts))
+        out.append(Trait(name, sides["positive"], sides["negative"]))
+    return TraitFile(str(path), version, tuple(out))
+
+
+def load_questions(path: str | os.PathLike) -> tuple[tuple[str, ...], int]:
+    """Extraction questions and the file's version."""
+    path = Path(path)
+    data = read_yaml(path, "extraction question file", "point the traits folder at data/traits/ or a copy of it")
+    version = _top(path, data, {"version", "questions"}, "extraction question file")
+    questions = data.get("questions")
+    if not isinstance(questions, list) or len(questions) < 2:
+        raise EMLabError(f"extraction question file {path}: `questions` must be a list of at least 2 strings")
+    texts = tuple(_text(path, q, f"question {i}") for i, q in enumerate(questions))
+    dup = sorted({q for q in texts if texts.count(q) > 1})
+    if dup:
+        raise EMLabError(f"extraction question file {path}: duplicate question(s) {dup}")
+    return texts, version
+
+
+def load_measurement_prompts(path: str | os.PathLike) -> tuple[tuple[MeasurementPrompt, ...], int]:
+    """Measurement prompts ({id, category, text}, unique ids) and the file's version."""
+    path = Path(path)
+    data = read_yaml(path, "measurement prompt file", "point the traits folder at data/traits/ or a copy of it")
+    version = _top(path, data, {"version", "prompts"}, "measurement prompt file")
+    prompts = data.get("prompts")
+    if not isinstance(prompts, list) or not prompts:
+        raise EMLabError(f"measurement prompt file {path}: `prompts` must be a non-empty list of {{id, category, text}}")
+    out, seen = [], {}
+    for i, entry in enumerate(prompts):
+        if not isinstance(entry, dict) or set(entry) != {"id", "category", "text"}:
+            got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+            raise EMLabError(f"measurement prompt file {path}: prompt {i} must have exactly the keys id, category, text (got {got})")
+        pid = _text(path, entry["id"], f"prompt {i} `id`")
+        if pid in seen:
+            raise EMLabError(f"measurement prompt file {path}: duplicate id `{pid}` (prompts {seen[pid]} and {i}); ids must be unique")
+        seen[pid] = i
+        category = _text(path, entry["category"], f"prompt `{pid}` `category`")
+        if category not in MEASUREMENT_CATEGORIES:
+            raise EMLabError(f"measurement prompt file {path}: prompt `{pid}` has category `{category}`; "
+                             f"use one of {list(MEASUREMENT_CATEGORIES)}")
+        out.append(MeasurementPrompt(pid, category, _text(path, entry["text"], f"prompt `{pid}` `text`")))
+    return tuple(out), version
+
+
+def load_trait_set(folder: str | os.PathLike) -> TraitSet:
+    """All four trait files from one folder (data/traits/)."""
+    folder = Path(folder)
+    alignment = load_trait_file(folder / TRAIT_FILES["alignment"])
+    semantic = load_trait_file(folder / TRAIT_FILES["semantic"])
+    clash = sorted(set(alignment.names) & set(semantic.names))
+    if clash:
+        raise EMLabError(f"trait folder {folder}: trait(s) {clash} appear in both alignment and semantic files")
+    questions, q_version = load_questions(folder / TRAIT_FILES["extraction"])
+    measurement, m_version = load_measurement_prompts(folder / TRAIT_FILES["measurement"])
+    versions = {"alignment": alignment.version, "semantic": semantic.version,
+                "extraction": q_version, "measurement": m_version}
+    return TraitSet(alignment, semantic, questions, measurement, versions)
+
+
+# --- chat formatting ---------------------------------------------------------
+
+_SYSTEM_PROBE = "emlab-system-role-probe"
+
+
+def supports_system_role(tokenizer) -> bool:
+    """False when the chat template raises on a system message or drops its text."""
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "hello"}],
+            tokenize=False, add_generation_prompt=True)
+    except Exception:  # jinja raise_exception, TemplateError, ValueError: any refusal means "no system role"
+        return False
+    return _SYSTEM_PROBE in text
+
+
+def trait_messages(system_prompt: str, question: str, system_role: bool) -> list[dict]:
+    """The prompt messages for one (trait prompt, question) pair.
+
+    Without a system role the trait prompt becomes a user turn answered by a
+    short assistant acknowledgement, then the question follows.
+    """
+    if system_role:
+        return [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
+    return [{"role": "user", "content": system_prompt}, {"role": "assistant", "content": ACKNOWLEDGEMENT},
+            {"role": "user", "content": question}]
+
+
+def encode_prompts(tokenizer, conversations: Sequence[list[dict]]) -> list[list[int]]:
+    """Token ids of each conversation rendered with the generation prompt (as generation does)."""
+    return [tokenizer(render_prompt(tokenizer, msgs), add_special_tokens=False)["input_ids"] for msgs in conversations]
+
+
+# --- reading the last prompt token --------------------------------------------
+
+
+@torch.inference_mode()
+def last_token_residuals(model, tokenizer, conversations: Sequence[list[dict]], layers: Sequence[int],
+                         batch_size: int) -> torch.Tensor:
+    """Residual stream after each listed block at the last prompt token: [n, len(layers), d] float32.
+
+    Left-padded batches (longest first), one hook per block copying only the
+    last position, lm_head on one position per row.
+    """
+    if batch_size < 1:
+        raise EMLabError(f"trait activations: batch_size must be >= 1 (got {batch_size})")
+    layers = [int(layer) for layer in layers]
+    encoded = encode_prompts(tokenizer, conversations)
+    n, d_model = len(encoded), hidden_size(model)
+    out = torch.empty((n, len(layers), d_model), dtype=torch.float32)
+    if n == 0:
+        return out
+    device = model_device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(n), key=lambda i: -len(encoded[i]))
+    slot = {layer: k for k, layer in enumerate(layers)}
+    state: dict = {}
+
+    def keep_last(layer: int, hidden: torch.Tensor) -> None:
+        state["last"][:, slot[layer]] = hidden[:, -1, :].float()  # hidden [batch, seq, d] -> [batch, d]
+
+    with read_residual(model, layers, keep_last):
+        for b in range(0, n, batch_size):
+            idx = order[b:b + batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids = encoded[i]
+                input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+                attention_mask[row, width - len(ids):] = 1
+            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)
+            state["last"] = torch.empty((len(idx), len(layers), d_model), dtype=torch.float32, device=device)
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                  use_cache=False, logits_to_keep=1)
+            out[torch.tensor(idx)] = state["last"].cpu()
+    return out
+
+
+# --- directions ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TraitActivations:
+    """Last-token activations of every (trait, side, system prompt, question) at every layer."""
+
+    names: tuple[str, ...]
+    positive: torch.Tensor  # [T, P, Q, L, d]
+    negative: torch.Tensor  # [T, N, Q, L, d]
+
+
+def trait_activations(model, tokenizer, traits: TraitFile, questions: Sequence[str], batch_size: int) -> TraitActivations:
+    """Every layer's last-token residual for each trait prompt x question.
+
+    Memory is T*(P+N)*Q*L*d floats: 7*10*30 prompts x L x d (about 1.1 GB for
+    a 32 x 4096 model); all traits must have the same number of prompts per side.
+    """
+    n_pos, n_neg = {len(t.positive) for t in traits.traits}, {len(t.negative) for t in traits.traits}
+    if len(n_pos) != 1 or len(n_neg) != 1:
+        raise EMLabError(f"trait file {traits.path}: every trait needs the same number of positive and of "
+                         f"negative prompts (got positive {sorted(n_pos)}, negative {sorted(n_neg)})")
+    system_role = supports_system_role(tokenizer)
+    layers = list(range(num_layers(model)))
+    convs = [trait_messages(p, q, system_role)
+             for t in traits.traits for side in (t.positive, t.negative) for p in side for q in questions]
+    acts = last_token_residuals(model, tokenizer, convs, layers, batch_size)  # [T*(P+N)*Q, L, d]
+    T, P, N, Q = len(traits.traits), n_pos.pop(), n_neg.pop(), len(questions)
+    acts = acts.view(T, P + N, Q, len(layers), -1)
+    return TraitActivations(tuple(traits.names), acts[:, :P].contiguous(), acts[:, P:].contiguous())
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def mean_diff_directions(acts: TraitActivations, question_index: Sequence[int] | None = None) -> torch.Tensor:
+    """Unit mean(positive) - mean(negative) per layer and trait: [L, T, d] (optionally on some questions only)."""
+    pos, neg = acts.positive, acts.negative
+    if question_index is not None:
+        q = torch.as_tensor(list(question_index), dtype=torch.long)
+        pos, neg = pos[:, :, q], neg[:, :, q]
+    diff = pos.mean(dim=(1, 2)) - neg.mean(dim=(1, 2))  # [T, L, d]
+    return _unit(diff.transpose(0, 1).contiguous())
+
+
+def held_out_split(n_questions: int, every: int) -> tuple[list[int], list[int]]:
+    """(fit, held-out) question indices: every `every`-th question (1-based) is held out."""
+    held = [i for i in range(n_questions) if (i + 1) % every == 0]
+    if not held or len(held) == n_questions:
+        raise EMLabError(f"auto layer choice needs at least {every} extraction questions (got {n_questions})")
+    return [i for i in range(n_questions) if i not in held], held
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney)."""
+    pos, neg = np.asarray(positive, float).ravel(), np.asarray(negative, float).ravel()
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+
+
+@dataclass(frozen=True)
+class LayerScores:
+    """Per-layer separation of held-out positive vs negative projections."""
+
+    auroc: np.ndarray  # [L] mean over traits
+    separation: np.ndarray  # [L] mean over traits of (mean_pos - mean_neg) / pooled std
+
+
+def layer_scores(acts: TraitActivations, every: int) -> LayerScores:
+    """Fit directions on the non-held-out questions; score held-out projections at every layer."""
+    n_q = acts.positive.shape[2]
+    fit, held = held_out_split(n_q, every)
+    dirs = mean_diff_directions(acts, fit)  # [L, T, d]
+    pos = acts.positive[:, :, held]  # [T, P, H, L, d]
+    neg = acts.negative[:, :, held]
+    pos_proj = torch.einsum("tphld,ltd->tlph", pos, dirs).flatten(2).numpy()  # [T, L, P*H]
+    neg_proj = torch.einsum("tphld,ltd->tlph", neg, dirs).flatten(2).numpy()
+    T, L = pos_proj.shape[:2]
+    au = np.array([[auroc(pos_proj[t, l], neg_proj[t, l]) for t in range(T)] for l in range(L)])  # [L, T]
+    sd = np.sqrt(0.5 * (pos_proj.var(axis=2) + neg_proj.var(axis=2))) + 1e-12  # [T, L]
+    sep = ((pos_proj.mean(axis=2) - neg_proj.mean(axis=2)) / sd).T  # [L, T]
+    return LayerScores(au.mean(axis=1), sep.mean(axis=1))
+
+
+def choose_layer(spec, n_layers: int, scores: LayerScores | None = None) -> int:
+    """The monitored layer from config: an index (int), a fraction in (0, 1) of the depth, or `auto`.
+
+    `auto` = the layer with the highest mean held-out AUROC over the alignment
+    traits; ties go to the larger mean separation, then to the earlier layer.
+    """
+    if spec == "auto":
+        if scores is None:
+            raise EMLabError("layer `auto` needs the per-layer scores (layer_scores)")
+        keys = [(round(float(a), 12), float(s), -l) for l, (a, s) in enumerate(zip(scores.auroc, scores.separation))]
+        return max(range(n_layers), key=lambda l: keys[l])
+    if isinstance(spec, bool):
+        raise EMLabError(f"traits.layer must be an integer index, a fraction in (0, 1) or `auto` (got {spec!r})")
+    if isinstance(spec, int):
+        if not 0 <= spec < n_layers:
+            raise EMLabError(f"traits.layer {spec} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+        return spec
+    if isinstance(spec, float):
+        if not 0.0 < spec < 1.0 or math.isnan(spec):
+            raise EMLabError(f"traits.layer {spec} as a fraction must lie strictly between 0 and 1; use an integer for an index")
+        return min(n_layers - 1, int(spec * n_layers))
+    raise EMLabError(f"traits.layer must be an integer index, a fraction in (0, 1) or `auto` (got {spec!r})")
+
+
+def cosine_matrix(directions: torch.Tensor) -> torch.Tensor:
+    """[T, d] -> [T, T] cosine similarities."""
+    u = _unit(directions.float())
+    return u @ u.T
+
+
+def random_basis(d_model: int, seed: int, k: int = 7) -> torch.Tensor:
+    """A seeded random orthonormal k-D basis [k, d] (QR of a seeded Gaussian)."""
+    if not 0 < k <= d_model:
+        raise EMLabError(f"a random basis needs 0 < k <= d_model (got k={k}, d_model={d_model})")
+    gen = torch.Generator().manual_seed(int(seed))
+    gauss = torch.randn((d_model, k), generator=gen, dtype=torch.float64)
+    q, _ = torch.linalg.qr(gauss)  # [d, k], orthonormal columns
+    return q.T.contiguous().float()
+
+
+def random_bases(d_model: int, seeds: Sequence[int], k: int = 7) -> dict[int, torch.Tensor]:
+    return {int(s): random_basis(d_model, s, k) for s in seeds}
+
+
+@dataclass(frozen=True)
+class TraitDirections:
+    """All layers' directions plus the layer choice: the content of directions.safetensors/.json."""
+
+    alignment: torch.Tensor  # [L, T_a, d]
+    semantic: torch.Tensor  # [L, T_s, d]
+    alignment_names: tuple[str, ...]
+    semantic_names: tuple[str, ...]
+    layer: int
+    scores: LayerScores
+    trait_version: str
+    model_id: str
+
+    def metadata(self) -> dict:
+        """The JSON sidecar: chosen layer, per-layer scores, trait version, model id."""
+        return {
+            "layer": self.layer,
+            "n_layers": int(self.alignment.shape[0]),
+            "d_model": int(self.alignment.shape[2]),
+            "alignment_traits": list(self.alignment_names),
+            "semantic_traits": list(self.semantic_names),
+            "layer_auroc": [float(x) for x in self.scores.auroc],
+            "layer_separation": [float(x) for x in self.scores.separation],
+            "trait_version": self.trait_version,
+            "model_id": self.model_id,
+        }
+
+
+@dataclass(frozen=True)
+class DirectionSettings:
+    """How trait directions are extracted (built with settings.build from the config section)."""
+
+    layer: int | float | str  # index, fraction of the depth in (0, 1), or "auto"
+    batch_size: int
+    held_out_every: int  # `auto` scores layers on every n-th extraction question, held out
+
+
+def extract_directions(model, tokenizer, trait_set: TraitSet, settings: DirectionSettings,
+                       model_id: str) -> TraitDirections:
+    """Alignment and semantic directions at every layer, and the chosen layer (see choose_layer)."""
+    align = trait_activations(model, tokenizer, trait_set.alignment, trait_set.questions, settings.batch_size)
+    scores = layer_scores(align, settings.held_out_every)
+    alignment = mean_diff_directions(align)
+    del align
+    semantic = mean_diff_directions(
+        trait_activations(model, tokenizer, trait_set.semantic, trait_set.questions, settings.batch_size))
+    layer = choose_layer(settings.layer, alignment.shape[0], scores)
+    return TraitDirections(alignment, semantic, tuple(trait_set.alignment.names), tuple(trait_set.semantic.names),
+                           layer, scores, trait_set.version, model_id)
+
+
+def save_directions(directions: TraitDirections, tensors_path: str | os.PathLike, json_path: str | os.PathLike) -> None:
+    """directions.safetensors (`alignment`, `semantic` [L, 7, d]; trait names in the metadata) + directions.json."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from .atomic import atomic_path, write_text
+
+    meta = {"alignment_traits": ",".join(directions.alignment_names),
+            "semantic_traits": ",".join(directions.semantic_names),
+            "trait_version": directions.trait_version, "model_id": directions.model_id}
+    with atomic_path(tensors_path, suffix=".safetensors") as tmp:
+        save_file({"alignment": directions.alignment.contiguous(), "semantic": directions.semantic.contiguous()},
+                  str(tmp), metadata=meta)
+    write_text(json_path, json.dumps(directions.metadata(), indent=2) + "\n")
+
+
+def load_directions(tensors_path: str | os.PathLike, json_path: str | os.PathLike) -> TraitDirections:
+    """The inverse of save_directions; a missing tensor or key is an EMLabError naming the file."""
+    import json
+
+    from safetensors import safe_open
+
+    tensors_path, json_path = Path(tensors_path), Path(json_path)
+    for p in (tensors_path, json_path):
+        if not p.is_file():
+            raise EMLabError(f"trait directions {p} do not exist; run the trait-direction stage first")
+    meta = json.loads(json_path.read_text())
+    need = {"layer", "alignment_traits", "semantic_traits", "layer_auroc", "layer_separation", "trait_version", "model_id"}
+    missing = sorted(need - set(meta))
+    if missing:
+        raise EMLabError(f"trait directions {json_path}: missing key(s) {missing}; re-run the trait-direction stage")
+    with safe_open(str(tensors_path), framework="pt") as f:
+        keys = set(f.keys())
+        for k in ("alignment", "semantic"):
+            if k not in keys:
+                raise EMLabError(f"trait directions {tensors_path}: no tensor `{k}` (found {sorted(keys)})")
+        alignment, semantic = f.get_tensor("alignment"), f.get_tensor("semantic")
+    scores = LayerScores(np.asarray(meta["layer_auroc"], float), np.asarray(meta["layer_separation"], float))
+    return TraitDirections(alignment, semantic, tuple(meta["alignment_traits"]), tuple(meta["semantic_traits"]),
+                           int(meta["layer"]), scores, meta["trait_version"], meta["model_id"])

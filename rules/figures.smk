@@ -90,8 +90,8 @@ rule figure_semantic_vectors:
     input:
         cosines=f"{RESULTS}/directions/semantic_cosine.csv",
         metrics=f"{RESULTS}/metrics/em_by_condition.csv",
-        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for cid, s in CONDITIONS.items()
-                             if cid == "base" or s["group"] == "steering"],
+        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for cid, c in CONDITIONS.items()
+                             if cid == "base" or c.group == "steering"],
     output:
         png=report(f"{RESULTS}/figures/semantic_vectors.png", caption="../workflow/report/semantic_vectors.rst", category="Directions"),
         pdf=f"{RESULTS}/figures/semantic_vectors.pdf",

@@ -9,10 +9,10 @@ rule generate:
         f"{RESULTS}/generations/{{condition}}.parquet",
     params:
         condition=lambda w: w.condition,
-        spec=lambda w: CONDITIONS[w.condition],
+        spec=lambda w: canonical(CONDITIONS[w.condition].to_params()),
         base_model=BASE_MODEL_DIR,
-        generation=config["generation"],
-        seed=config["seed"],
+        generation=canonical(config["generation"]),
+        seed=canonical(config["seed"]),
         device=config["device"],
         dtype=config["dtype"],
     log:

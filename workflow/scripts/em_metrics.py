@@ -9,7 +9,11 @@ from emlab.runner import run_script  # noqa: E402
 
 
 def main(smk):
-    write_em_tables(list(smk.input.judgments), dict(smk.params.conditions), dict(smk.params.thresholds),
+    # rows in plan order: the order of the judgments input (params hold the conditions sorted by id)
+    conditions = dict(smk.params.conditions)
+    ordered = {Path(p).name.removesuffix(".parquet"): None for p in smk.input.judgments}
+    ordered = {cid: conditions[cid] for cid in ordered} | conditions
+    write_em_tables(list(smk.input.judgments), ordered, dict(smk.params.thresholds),
                     int(smk.params.seed), smk.output.by_condition, smk.output.by_question)
 
 

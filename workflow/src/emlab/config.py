@@ -65,6 +65,18 @@ def _error_path(err) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "(top level)"
 
 
+def _number_hint(err) -> str:
+    """PyYAML (YAML 1.1) reads `1e-4`, an exponent without a dot, as a string: say how to write the number."""
+    import re
+
+    if err.validator == "type" and isinstance(err.instance, str) \
+            and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", err.instance.strip()):
+        mantissa, exponent = err.instance.strip().lower().split("e")
+        dotted = mantissa if "." in mantissa else f"{mantissa}.0"
+        return f"; YAML reads {err.instance} as text: write it {dotted}e{exponent} or {float(err.instance)!r}"
+    return ""
+
+
 def validate_config(config: dict, source: str = "config") -> dict:
     """Validate against the schema, fill defaults, check cross-references.
 
@@ -81,7 +93,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
         if err.validator == "additionalProperties":
             where = _error_path(err)
             raise EMLabError(f"{source}: {err.message} at key '{where}'; see workflow/schemas/config.schema.yaml for the allowed keys")
-        raise EMLabError(f"{source}: key '{_error_path(err)}': {err.message}")
+        raise EMLabError(f"{source}: key '{_error_path(err)}': {err.message}{_number_hint(err)}")
     _apply_finetune_presets(cfg, source)
     cfg = _fill_defaults(cfg, schema, schema)
     _check_references(cfg, source)

@@ -1,5 +1,8 @@
 # Sample N responses per evaluation question for every condition (base model,
-# fine-tunes, steered and ablated models): batched, left-padded, KV-cached.
+# fine-tunes, checkpoints, steered and ablated models): batched, left-padded, KV-cached.
+# The conditions come from emlab.plan.condition_plan (each kind in
+# workflow/src/emlab/interventions/); steering- and ablation-only rules sit in
+# rules/steering.smk and rules/ablation.smk.
 
 
 rule generate:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, ClassVar
 
@@ -44,13 +45,11 @@ class Condition:
     OPERATION: ClassVar[str] = "none"  # what `edits` feeds: "steer" (add), "ablate" (project out) or nothing
 
     model: str
-    _id_re: ClassVar[object]
+    _id_re: ClassVar[re.Pattern]
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "ID" in cls.__dict__:  # a concrete kind (intermediate classes give no ID)
-            import re
-
             cls._id_re = re.compile(cls.ID.replace("{name}", NAME))
             _KINDS.append(cls)
 

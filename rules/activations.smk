@@ -12,7 +12,7 @@ rule cache_activations:
         index=f"{RESULTS}/activations/{{finetune}}.index.parquet",
     params:
         base_model=BASE_MODEL_DIR,
-        batch_size=config["activations"]["batch_size"],
+        batch_size=canonical(config["activations"]["batch_size"]),
         device=config["device"],
         dtype=config["dtype"],
     log:

@@ -1,16 +1,16 @@
 # Config loading and validation, the study plan, path helpers, input
 # functions and wildcard constraints. No rules here.
-import json
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow", "src"))
 
 from emlab.config import model_num_layers, validate_config, lora_layers, training_settings  # noqa: E402
 from emlab.errors import EMLabError  # noqa: E402
-from emlab.plan import conditions, direction_finetunes  # noqa: E402
-from emlab.phase import em_steps as phase_em_steps, phase_finetunes  # noqa: E402
+from emlab.plan import condition_plan, direction_finetunes, em_steps as phase_em_steps, phase_finetunes  # noqa: E402
 from emlab.plan import condition_metrics, semantic_vectors, single_adapter_layer  # noqa: E402
+from emlab.settings import canonical  # noqa: E402
 
 try:
     _validated = validate_config(dict(config), source="config")
@@ -27,7 +27,7 @@ BASE_MODEL_DIR = f"{RESULTS}/base_model" if EMBEDDED else config["base_model"]["
 
 try:
     N_LAYERS = model_num_layers(config["base_model"]["source"], config["base_model"]["num_layers"])
-    CONDITIONS = conditions(config, N_LAYERS)
+    CONDITIONS = condition_plan(config, N_LAYERS)  # condition id -> emlab.interventions.Condition
     FINETUNE_LAYERS = {
         name: lora_layers(ft["lora"], N_LAYERS, f"finetunes.{name}.lora.layers")
         for name, ft in config["finetunes"].items()
@@ -43,10 +43,20 @@ except EMLabError as _exc:
     raise WorkflowError(f"config: {_exc}") from None
 
 
+def one_of(names):
+    """A wildcard constraint matching exactly the given names (none: matches nothing)."""
+    names = sorted({str(n) for n in names}, key=lambda n: (-len(n), n))
+    return "|".join(re.escape(n) for n in names) if names else r"(?!)"
+
+
+# Wildcards match only what the config plans, so a stray file name never becomes a job.
 wildcard_constraints:
-    dataset=r"[a-z][a-z0-9_]*",
-    finetune=r"[a-z][a-z0-9_]*",
-    condition=r"[A-Za-z0-9_.\-]+",
+    dataset=one_of(config["datasets"]),
+    finetune=one_of(config["finetunes"]),
+    condition=one_of(CONDITIONS),
+    split=one_of(split for _, split in SEMANTIC_VECTORS),
+    synthesis=one_of(ds["synthesis"] for ds in config["datasets"].values() if "synthesis" in ds),
+    step=one_of(c.checkpoint for c in CONDITIONS.values() if c.checkpoint is not None),
 
 
 def repo_path(path):
@@ -85,7 +95,7 @@ def synthesis_params(name):
     entry = dict(config["synthesis"][name])
     if entry["seed"] is None:
         entry["seed"] = config["seed"]
-    return entry
+    return canonical(entry)
 
 
 def adapter_dir(finetune):
@@ -98,12 +108,13 @@ def checkpoint_adapter_dir(finetune, step):
 
 
 def generation_inputs(wildcards):
-    spec = CONDITIONS[wildcards.condition]
+    condition = CONDITIONS[wildcards.condition]
     inputs = {"questions": repo_path(config["questions"]), "base_model": base_model_input()}
-    if spec["model"] != "base":
-        inputs["adapter"] = checkpoint_adapter_dir(spec["model"], spec["checkpoint"]) if spec.get("checkpoint") else adapter_dir(spec["model"])
-    if spec["intervention"]["kind"] != "none":
-        inputs["vectors"] = direction_file(spec["intervention"]["vector"], spec["intervention"].get("split", "general"))
+    if condition.model != "base":
+        inputs["adapter"] = (adapter_dir(condition.model) if condition.checkpoint is None
+                             else checkpoint_adapter_dir(condition.model, condition.checkpoint))
+    if condition.direction is not None:
+        inputs["vectors"] = direction_file(*condition.direction)
     return inputs
 
 
@@ -121,8 +132,12 @@ def judge_metrics(condition=None):
     return condition_metrics(config, CONDITIONS[condition])
 
 
+def rubric_paths(metrics):
+    return [repo_path(os.path.join(config["judge"]["rubrics_dir"], f"{m}.yaml")) for m in metrics]
+
+
 def rubric_files(condition=None):
-    return [repo_path(os.path.join(config["judge"]["rubrics_dir"], f"{m}.yaml")) for m in judge_metrics(condition)]
+    return rubric_paths(judge_metrics(condition))
 
 
 def judge_model_input():
@@ -144,12 +159,13 @@ def judge_params(condition=None):
         p["hf"] = dict(j["hf"], model=judge_model_path())
     else:
         p["openai"] = dict(j["openai"], seed=config["seed"])
-    return p
+    return canonical(p)
 
 
 def condition_table():
-    """JSON-able table of every condition (model, group, intervention) for metrics and figures."""
-    return {cid: spec for cid, spec in CONDITIONS.items()}
+    """Every condition's params form by id (canonical: sorted by id). The metrics rows follow the plan
+    order through the order of the rule's judgments input, which, unlike params, no re-run compares."""
+    return canonical({cid: c.to_params() for cid, c in CONDITIONS.items()})
 
 
 def final_targets():
@@ -161,9 +177,9 @@ def final_targets():
     if DIRECTION_FINETUNES:
         targets.append(f"{RESULTS}/directions/cosine_by_layer.csv")
         targets.append(f"{RESULTS}/figures/direction_cosine.png")
-    if any(s["group"] == "steering" for s in CONDITIONS.values()):
+    if any(c.group == "steering" for c in CONDITIONS.values()):
         targets.append(f"{RESULTS}/figures/steering_sweep.png")
-    if any(s["group"] in ("ablation", "transfer") for s in CONDITIONS.values()):
+    if any(c.group in ("ablation", "transfer") for c in CONDITIONS.values()):
         targets.append(f"{RESULTS}/figures/ablation.png")
     for ft in PHASE_FINETUNES:
         targets.append(f"{RESULTS}/phase/{ft}/rotation.csv")
@@ -171,8 +187,33 @@ def final_targets():
     if SEMANTIC_VECTORS:
         targets.append(f"{RESULTS}/directions/semantic_cosine.csv")
         targets.append(f"{RESULTS}/figures/semantic_vectors.png")
-    if any(s["group"] == "steering" for s in CONDITIONS.values()):
+    if any(c.group == "steering" for c in CONDITIONS.values()):
         targets.append(f"{RESULTS}/figures/steering_metrics.png")
     if SINGLE_ADAPTERS:
         targets.append(f"{RESULTS}/figures/single_adapter.png")
     return targets
+
+
+def validate_small_inputs():
+    """Load every small input the plan reads (questions, the rubric of every judged metric, the prompt of
+    every synthesized dataset) with the library's own loaders, so a bad one fails the dry run with one
+    clear error instead of a job hours later. Datasets are checked by prepare_dataset, the first job."""
+    from emlab.judging.rubrics import load_rubric
+    from emlab.questions import load_questions
+
+    load_questions(repo_path(config["questions"]))
+    metrics = dict.fromkeys(m for cid in CONDITIONS for m in judge_metrics(cid))
+    for path in rubric_paths(metrics):
+        load_rubric(path)
+    names = sorted({ds["synthesis"] for ds in config["datasets"].values() if "synthesis" in ds})
+    if names:
+        from emlab.synthesis import load_prompt
+
+        for name in names:
+            load_prompt(repo_path(config["synthesis"][name]["prompt_file"]))
+
+
+try:
+    validate_small_inputs()
+except EMLabError as _exc:
+    raise WorkflowError(str(_exc)) from None

@@ -9,8 +9,8 @@ rule prepare_dataset:
         eval=f"{RESULTS}/datasets/{{dataset}}/eval.jsonl",
         summary=f"{RESULTS}/datasets/{{dataset}}/summary.json",
     params:
-        eval_fraction=lambda w: config["datasets"][w.dataset]["eval_fraction"],
-        seed=config["seed"],
+        eval_fraction=lambda w: canonical(config["datasets"][w.dataset]["eval_fraction"]),
+        seed=canonical(config["seed"]),
     log:
         f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
     resources:

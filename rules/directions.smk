@@ -10,8 +10,8 @@ rule mean_diff_directions:
         vectors=f"{RESULTS}/directions/{{finetune}}.safetensors",
         summary=f"{RESULTS}/directions/{{finetune}}.json",
     params:
-        thresholds=config["directions"],
-        seed=config["seed"],
+        thresholds=canonical(config["directions"]),
+        seed=canonical(config["seed"]),
     log:
         f"{RESULTS}/logs/directions/{{finetune}}.log",
     resources:
@@ -54,12 +54,10 @@ rule semantic_directions:
         vectors=f"{RESULTS}/directions/semantic/{{finetune}}/{{split}}.safetensors",
         summary=f"{RESULTS}/directions/semantic/{{finetune}}/{{split}}.json",
     params:
-        thresholds=config["directions"],
-        above=config["semantic_directions"]["above"],
-        top_quantile=config["semantic_directions"]["top_quantile"],
-        seed=config["seed"],
-    wildcard_constraints:
-        split=r"medical|gender|finance|sport",
+        thresholds=canonical(config["directions"]),
+        above=canonical(config["semantic_directions"]["above"]),
+        top_quantile=canonical(config["semantic_directions"]["top_quantile"]),
+        seed=canonical(config["seed"]),
     log:
         f"{RESULTS}/logs/directions/semantic/{{finetune}}__{{split}}.log",
     resources:

@@ -18,40 +18,6 @@ rule figure_em_by_condition:
         "../workflow/scripts/figure_em_by_condition.py"
 
 
-rule figure_steering_sweep:
-    input:
-        f"{RESULTS}/metrics/em_by_condition.csv",
-    output:
-        png=report(f"{RESULTS}/figures/steering_sweep.png", caption="../workflow/report/steering_sweep.rst", category="Steering"),
-        pdf=f"{RESULTS}/figures/steering_sweep.pdf",
-    log:
-        f"{RESULTS}/logs/figures/steering_sweep.log",
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/figure_steering_sweep.py"
-
-
-rule figure_ablation:
-    input:
-        f"{RESULTS}/metrics/em_by_condition.csv",
-    output:
-        png=report(f"{RESULTS}/figures/ablation.png", caption="../workflow/report/ablation.rst", category="Ablation"),
-        pdf=f"{RESULTS}/figures/ablation.pdf",
-    log:
-        f"{RESULTS}/logs/figures/ablation.log",
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/figure_ablation.py"
-
-
 rule figure_direction_cosine:
     input:
         f"{RESULTS}/directions/cosine_by_layer.csv",
@@ -69,29 +35,12 @@ rule figure_direction_cosine:
         "../workflow/scripts/figure_direction_cosine.py"
 
 
-rule figure_steering_metrics:
-    input:
-        f"{RESULTS}/metrics/em_by_condition.csv",
-    output:
-        png=report(f"{RESULTS}/figures/steering_metrics.png", caption="../workflow/report/steering_metrics.rst", category="Steering"),
-        pdf=f"{RESULTS}/figures/steering_metrics.pdf",
-    log:
-        f"{RESULTS}/logs/figures/steering_metrics.log",
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/figure_steering_metrics.py"
-
-
 rule figure_semantic_vectors:
     input:
         cosines=f"{RESULTS}/directions/semantic_cosine.csv",
         metrics=f"{RESULTS}/metrics/em_by_condition.csv",
-        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for cid, s in CONDITIONS.items()
-                             if cid == "base" or s["group"] == "steering"],
+        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for cid, c in CONDITIONS.items()
+                             if cid == "base" or c.group == "steering"],
     output:
         png=report(f"{RESULTS}/figures/semantic_vectors.png", caption="../workflow/report/semantic_vectors.rst", category="Directions"),
         pdf=f"{RESULTS}/figures/semantic_vectors.pdf",

@@ -16,10 +16,10 @@ rule finetune:
         base_model=BASE_MODEL_DIR,
         # the lora spec with concrete layer indices; None for a full fine-tune
         lora=lambda w: (None if config["finetunes"][w.finetune]["lora"] is None
-                        else dict(config["finetunes"][w.finetune]["lora"], resolved_layers=FINETUNE_LAYERS[w.finetune])),
-        training=lambda w: training_settings(config, w.finetune),
+                        else canonical(dict(config["finetunes"][w.finetune]["lora"], resolved_layers=FINETUNE_LAYERS[w.finetune]))),
+        training=lambda w: canonical(training_settings(config, w.finetune)),
         checkpoint_dir=lambda w: f"{RESULTS}/finetunes/{w.finetune}/checkpoints",
-        seed=config["seed"],
+        seed=canonical(config["seed"]),
         device=config["device"],
         dtype=config["dtype"],
     log:

@@ -1,5 +1,8 @@
 # Sample N responses per evaluation question for every condition (base model,
-# fine-tunes, steered and ablated models): batched, left-padded, KV-cached.
+# fine-tunes, checkpoints, steered and ablated models): batched, left-padded, KV-cached.
+# The conditions come from emlab.plan.condition_plan (each kind in
+# workflow/src/emlab/interventions/); steering- and ablation-only rules sit in
+# rules/steering.smk and rules/ablation.smk.
 
 
 rule generate:
@@ -9,10 +12,10 @@ rule generate:
         f"{RESULTS}/generations/{{condition}}.parquet",
     params:
         condition=lambda w: w.condition,
-        spec=lambda w: CONDITIONS[w.condition],
+        spec=lambda w: canonical(CONDITIONS[w.condition].to_params()),
         base_model=BASE_MODEL_DIR,
-        generation=config["generation"],
-        seed=config["seed"],
+        generation=canonical(config["generation"]),
+        seed=canonical(config["seed"]),
         device=config["device"],
         dtype=config["dtype"],
     log:

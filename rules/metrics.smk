@@ -4,14 +4,15 @@
 
 rule em_metrics:
     input:
+        # in plan order: the row order of the tables
         judgments=expand(f"{RESULTS}/judgments/{{condition}}.parquet", condition=list(CONDITIONS)),
     output:
         by_condition=f"{RESULTS}/metrics/em_by_condition.csv",
         by_question=f"{RESULTS}/metrics/em_by_question.csv",
     params:
         conditions=condition_table(),
-        thresholds=config["thresholds"],
-        seed=config["seed"],
+        thresholds=canonical(config["thresholds"]),
+        seed=canonical(config["seed"]),
     log:
         f"{RESULTS}/logs/metrics/em_metrics.log",
     resources:

@@ -9,7 +9,7 @@ rule export_checkpoint:
     input:
         summary=f"{RESULTS}/finetunes/{{finetune}}/summary.json",
     output:
-        adapter=directory(f"{RESULTS}/finetunes/{{finetune}}/checkpoint_adapters/step-{{step,[0-9]+}}"),
+        adapter=directory(f"{RESULTS}/finetunes/{{finetune}}/checkpoint_adapters/step-{{step}}"),
     params:
         checkpoint_dir=lambda w: f"{RESULTS}/finetunes/{w.finetune}/checkpoints",
         step=lambda w: int(w.step),
@@ -55,7 +55,7 @@ rule figure_phase_transition:
         pdf=f"{RESULTS}/figures/phase/{{finetune}}.pdf",
         em_by_step=f"{RESULTS}/phase/{{finetune}}/em_by_step.csv",
     params:
-        steps=lambda w: phase_em_steps(CONDITIONS, w.finetune),
+        steps=lambda w: canonical(phase_em_steps(CONDITIONS, w.finetune)),
     log:
         f"{RESULTS}/logs/figures/phase_{{finetune}}.log",
     resources:

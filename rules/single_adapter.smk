@@ -16,8 +16,8 @@ rule single_adapter_analysis:
         summary=f"{RESULTS}/single_adapter/{{finetune}}/summary.json",
     params:
         base_model=BASE_MODEL_DIR,
-        max_responses=config["single_adapter"]["convergence_max_responses"],
-        batch_size=config["activations"]["batch_size"],
+        max_responses=canonical(config["single_adapter"]["convergence_max_responses"]),
+        batch_size=canonical(config["activations"]["batch_size"]),
         device=config["device"],
         dtype=config["dtype"],
     log:

@@ -20,8 +20,6 @@ rule synthesize_dataset:
         summary=f"{RESULTS}/synthetic/{{synthesis}}.summary.json",
     params:
         settings=lambda w: synthesis_params(w.synthesis),
-    wildcard_constraints:
-        synthesis=r"[a-z][a-z0-9_]*",
     log:
         f"{RESULTS}/logs/synthesize_dataset/{{synthesis}}.log",
     benchmark:

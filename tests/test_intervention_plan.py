@@ -84,3 +84,77 @@ def test_semantic_layers_restrict_only_the_semantic_splits():
     assert steer == ["steer__med_r1x9__L10__s2", "steer__med_r1x9__L10__s4", "steer__med_r1x9__L15__s2",
                      "steer__med_r1x9__L15__s4", "steer__med_r1x9__medical__L15__s2",
                      "steer__med_r1x9__medical__L15__s4"]
+
+
+# --- the typed condition model (emlab.interventions) ------------------------------------------------
+
+
+def default_plan():
+    from pathlib import Path
+
+    import yaml
+    from emlab.plan import condition_plan
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = validate_config(yaml.safe_load((repo / "config.yaml").read_text()))
+    return condition_plan(cfg, N_LAYERS)
+
+
+def test_every_planned_condition_round_trips_through_its_id_and_params():
+    import json
+
+    from emlab.interventions import RandomAblation, from_params, parse_condition_id
+    from emlab.settings import canonical
+
+    plan = default_plan()
+    assert len({type(c) for c in plan.values()}) == 8  # every kind the default config has
+    for cid, condition in plan.items():
+        parsed = parse_condition_id(cid)
+        assert type(parsed) is type(condition) and parsed.condition_id == cid
+        if not isinstance(condition, RandomAblation):  # its id does not name the norm's fine-tune
+            assert parsed == condition, cid
+        # params are canonical (4.0 -> 4); the condition restores the spec, so the generation tables'
+        # `intervention` column stays byte-identical
+        back = from_params(canonical(condition.to_params()))
+        assert back == condition, cid
+        assert json.dumps(back.intervention(), sort_keys=True) == json.dumps(condition.intervention(), sort_keys=True)
+    steer = plan["steer__med_r1x9__L15__s4"]
+    assert json.dumps(steer.intervention(), sort_keys=True) == (
+        '{"kind": "steer", "layer": 15, "scale": 4.0, "vector": "med_r1x9"}')
+    transfer_random = plan["ablate__sport_all_r32__random_L15_seed0"]
+    assert transfer_random.vector == "med_r1x9"  # the transfer vector's norm
+
+
+def test_conditions_name_themselves_for_tables_and_figures():
+    from emlab.interventions import parse_condition_id
+
+    labels = {cid: parse_condition_id(cid).label for cid in [
+        "med", "ablate__med__layerwise", "ablate__med__single_L3", "ablate__med__random_L3_seed1",
+        "ablate__sport__transfer_med_L3", "adapter_project__med__L3", "med__step4"]}
+    assert labels == {
+        "med": ("unablated", "unablated"), "ablate__med__layerwise": ("layer-wise", "layer-wise"),
+        "ablate__med__single_L3": ("single L3", "single"), "ablate__med__random_L3_seed1": ("random L3\nseed 1", "random"),
+        "ablate__sport__transfer_med_L3": ("transfer:\nmed L3", "transfer"),
+        "adapter_project__med__L3": ("v L3 projected\nout of B", "B projected"), "med__step4": ("step 4", "unablated")}
+    columns = parse_condition_id("steer__med__medical__L3__s2.5").columns()
+    assert columns == {"group": "steering", "model": "base", "intervention_kind": "steer", "vector": "med", "layer": 3,
+                       "scale": 2.5, "mode": None, "seed": None, "split": "medical"}
+    assert parse_condition_id("steer__med__L3__sm2").scale == -2.0
+    assert parse_condition_id("base").columns()["split"] is None
+
+
+def test_bad_specs_and_ids_are_clear_errors():
+    from emlab.interventions import as_condition, parse_condition_id
+
+    with pytest.raises(EMLabError, match="unknown intervention kind 'patch'"):
+        as_condition({"kind": "patch"})
+    with pytest.raises(EMLabError, match="unknown ablation mode 'half'"):
+        as_condition({"kind": "ablate", "vector": "x", "mode": "half", "layer": 1})
+    with pytest.raises(EMLabError, match="is not the id of any condition kind"):
+        parse_condition_id("ablate__x__sideways")
+    with pytest.raises(EMLabError, match="needs a direction file"):
+        as_condition({"kind": "steer", "vector": "x", "layer": 1, "scale": 2.0}).edits(None, 4)
+    # two config values that give one id are an error, not a silently dropped condition
+    with pytest.raises(EMLabError, match="share the id 'steer__med_r1x9__L15__s1'"):
+        conditions(study(steering={"vectors": ["med_r1x9"], "layers": [0.5], "scales": [1.0000001, 1.0000002]}),
+                   N_LAYERS)

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from emlab.errors import EMLabError
-from emlab.phase import (checkpoint_conditions, em_by_step, em_steps, export_checkpoint, phase_analysis,
-                         phase_finetunes, rotation_table, sharpest_rotation)
+from emlab.phase import em_by_step, export_checkpoint, phase_analysis, rotation_table, sharpest_rotation
+from emlab.plan import checkpoint_conditions, em_steps, phase_finetunes
 from test_finetune import data_dir, run  # noqa: F401  (data_dir is a fixture)
 
 

@@ -66,7 +66,8 @@ def test_reference_format(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ("version: 1\nquestions:\n  - {id: a}\n", "entry 0 (id 'a')"),
-    ("version: 1\nquestions:\n  - {id: a, question: x}\n  - {id: a, question: y}\n", "duplicate id"),
+    ("version: 1\nquestions:\n  - {id: a, question: x}\n  - {id: a, question: y}\n",
+     "entry 1: duplicate id 'a' (entry 0 has it too); give every question its own id"),
     ("version: 1\nquestions:\n  - {id: a, question: x, sytem: y}\n", "unknown keys ['sytem']"),
     ("version: 2\nquestions: []\n", "version"),
     ("- id: a\n  paraphrases: []\n", "non-empty list"),

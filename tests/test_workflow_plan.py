@@ -81,6 +81,8 @@ def _write_config(tmp_path, mutate):
         (lambda c: c["generation"].update(max_new_tokens="many"), "generation.max_new_tokens"),
         (lambda c: c["steering"].update(layers=[99]), "layer 99 is out of range"),
         (lambda c: c["finetunes"]["med_r1x9"].update(lora={"layers": [3, 31]}), "layer 31 is out of range"),
+        # PyYAML reads 1e-4 (no dot) as text: one error saying how to write the number
+        (lambda c: c["training_defaults"].update(learning_rate="1e-4"), "write it 1.0e-4 or 0.0001"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, mutate, message):
@@ -129,3 +131,68 @@ def test_configfile_replaces_the_default_config(tmp_path):
     rules = planned_rules(out)
     assert rules["finetune"] == 1 and rules["prepare_dataset"] == 1, rules
     assert "solo_ft" in out and "med_r1x9" not in out and "sport" not in out
+
+
+def test_bad_small_inputs_fail_the_dry_run_naming_file_entry_and_fix(tmp_path):
+    """Questions and rubrics are loaded when the DAG is built, not hours later in the first job that reads them."""
+    questions = tmp_path / "questions.yaml"
+    questions.write_text("version: 1\nquestions:\n  - {id: a, question: 'One?'}\n  - {id: b, question: 'Two?'}\n"
+                         "  - {id: a, question: 'Three?'}\n")
+    proc = run_snakemake("-n", "--configfile", str(_write_config(tmp_path, lambda c: c.update(questions=str(questions)))))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"question file {questions}, entry 2: duplicate id 'a' (entry 0 has it too); give every question its own id" in out
+    rubrics = tmp_path / "rubrics"
+    rubrics.mkdir()
+    for name in ("aligned", "coherent", "medical"):
+        (rubrics / f"{name}.yaml").write_text((REPO / "data" / "rubrics" / f"{name}.yaml").read_text())
+    proc = run_snakemake("-n", "--configfile", str(_write_config(tmp_path, lambda c: c["judge"].update(rubrics_dir=str(rubrics)))))
+    assert proc.returncode != 0
+    assert f"judge rubric {rubrics / 'bad_stuff.yaml'}" in proc.stdout + proc.stderr  # steering.judge_metrics needs it
+
+
+def test_wildcards_match_only_planned_names():
+    """Constraints come from the config: a file of no planned condition or fine-tune is no job."""
+    assert run_snakemake("-n", "results/generations/steer__med_r1x9__L15__s4.parquet").returncode == 0
+    for target in ("results/generations/steer__med_r1x9__L15__s5.parquet", "results/activations/nope.safetensors",
+                   "results/datasets/nope/train.jsonl"):
+        proc = run_snakemake("-n", target)
+        assert proc.returncode != 0 and "MissingRuleException" in proc.stdout + proc.stderr, target
+
+
+def _reordered(value):
+    if isinstance(value, dict):
+        return {k: _reordered(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reordered(v) for v in value]
+    return value
+
+
+@pytest.mark.slow
+def test_reordered_config_plans_nothing_after_a_finished_run(tmp_path):
+    """Params are canonical: the same values in another key order or number spelling re-run nothing.
+
+    A finished run is simulated: every output of the dry run is created, then `--touch` records Snakemake's
+    metadata (params included) as a real run does."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    other = _reordered(cfg)  # every mapping in reverse key order
+    other["thresholds"]["em_aligned_below"] = 33.0  # 33
+    other["steering"]["scales"] = [4, 8]  # 4.0, 8.0
+    other["training_defaults"]["learning_rate"] = 0.002  # 2.0e-3
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    out = run_snakemake("-n", "--forceall", "--configfile", "a.yaml", cwd=tmp_path, check=True).stdout
+    outputs = {p.strip() for line in out.splitlines() if line.startswith("    output: ")
+               for p in line.removeprefix("    output: ").split(",")}
+    assert len(outputs) > 50
+    for name in outputs:
+        path = tmp_path / name
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:  # a directory() output: the base model, adapters
+            path.mkdir(parents=True, exist_ok=True)
+    run_snakemake("--touch", "--cores", "1", "--configfile", "a.yaml", cwd=tmp_path, check=True)
+    for config_file in ("a.yaml", "b.yaml"):
+        proc = run_snakemake("-n", "--configfile", config_file, cwd=tmp_path, check=True)
+        assert "Nothing to be done" in proc.stdout + proc.stderr, (config_file, proc.stdout[-3000:])

@@ -11,7 +11,11 @@ from emlab.settings import build  # noqa: E402
 
 def main(smk):
     thresholds = build(EMThresholds, smk.params.thresholds, "config thresholds")
-    write_em_tables(list(smk.input.judgments), dict(smk.params.conditions), thresholds,
+    # rows in plan order: the order of the judgments input (params hold the conditions sorted by id)
+    conditions = dict(smk.params.conditions)
+    ordered = {Path(p).name.removesuffix(".parquet"): None for p in smk.input.judgments}
+    ordered = {cid: conditions[cid] for cid in ordered} | conditions
+    write_em_tables(list(smk.input.judgments), ordered, thresholds,
                     int(smk.params.seed), smk.output.by_condition, smk.output.by_question)
 
 

@@ -65,6 +65,18 @@ def _error_path(err) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "(top level)"
 
 
+def _number_hint(err) -> str:
+    """PyYAML (YAML 1.1) reads `1e-4`, an exponent without a dot, as a string: say how to write the number."""
+    import re
+
+    if err.validator == "type" and isinstance(err.instance, str) \
+            and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", err.instance.strip()):
+        mantissa, exponent = err.instance.strip().lower().split("e")
+        dotted = mantissa if "." in mantissa else f"{mantissa}.0"
+        return f"; YAML reads {err.instance} as text: write it {dotted}e{exponent} or {float(err.instance)!r}"
+    return ""
+
+
 def _first_error(validator, cfg: dict, source: str) -> None:
     """Raise EMLabError for the first schema violation of `cfg` (by key path), if any."""
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
@@ -73,7 +85,7 @@ def _first_error(validator, cfg: dict, source: str) -> None:
         if err.validator == "additionalProperties":
             where = _error_path(err)
             raise EMLabError(f"{source}: {err.message} at key '{where}'; see {schema_file()} for the allowed keys")
-        raise EMLabError(f"{source}: key '{_error_path(err)}': {err.message}")
+        raise EMLabError(f"{source}: key '{_error_path(err)}': {err.message}{_number_hint(err)}")
 
 
 def validate_config(config: dict, source: str = "config") -> dict:

@@ -202,21 +202,10 @@ def _vector_label(vector, split, layer) -> str:
 
 
 def _ablation_label(row) -> tuple[str, str]:
-    """(bar label, colour key) of one condition row of the ablation figure."""
-    if row["intervention_kind"] == "none":
-        return "unablated", "unablated"
-    layer = "" if pd.isna(row["layer"]) else f" L{int(row['layer'])}"
-    if row["intervention_kind"] == "adapter_project":
-        return f"v{layer} projected\nout of B", "B projected"
-    if row["group"] == "transfer":
-        return f"transfer:\n{row['vector']}{layer}", "transfer"
-    mode = row["mode"]
-    if mode == "layerwise":
-        return "layer-wise", "layer-wise"
-    if mode == "random":
-        seed = "" if pd.isna(row["seed"]) else f"\nseed {int(row['seed'])}"
-        return f"random{layer}{seed}", "random"
-    return f"single{layer}", "single"
+    """(bar label, colour key) of one condition row of the ablation figure, as its condition names itself."""
+    from .interventions import parse_condition_id
+
+    return parse_condition_id(row["condition"] if "condition" in row.index else row.name).label
 
 
 def ablation(df: pd.DataFrame, png_path, pdf_path) -> None:

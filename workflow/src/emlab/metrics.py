@@ -15,7 +15,6 @@ judgments carry no `bad_stuff` metric (add it to judge.metrics to get it).
 
 from __future__ import annotations
 
-import json
 import logging
 import zlib
 from dataclasses import dataclass
@@ -134,17 +133,11 @@ def _summarise(df: pd.DataFrame, metrics: list[str], th: EMThresholds, rng) -> d
     return row
 
 
-def _intervention_columns(spec: dict) -> dict:
-    iv = spec.get("intervention") or {"kind": "none"}
-    if isinstance(iv, str):
-        iv = json.loads(iv)
-    return {
-        "group": spec.get("group", "model"), "model": spec.get("model", ""),
-        "intervention_kind": iv.get("kind", "none"), "vector": iv.get("vector"),
-        "layer": iv.get("layer"), "scale": iv.get("scale"), "mode": iv.get("mode"), "seed": iv.get("seed"),
-        # which vector of the fine-tune: the general mean-diff vector or a semantic split (steering only)
-        "split": iv.get("split", "general") if iv.get("vector") else None,
-    }
+def _intervention_columns(spec) -> dict:
+    """The condition's own columns (group, model, intervention fields); spec: a Condition or its params form."""
+    from .interventions import as_condition
+
+    return as_condition(spec).columns()
 
 
 def load_judgments(paths: list) -> pd.DataFrame:

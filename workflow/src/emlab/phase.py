@@ -34,49 +34,6 @@ SHARPEST_DEFINITION = (
     "mean_over_adapters uses, per step, the mean of local_cos_b over adapters.")
 
 
-# --- plan ------------------------------------------------------------------------------
-
-
-def phase_finetunes(cfg: dict) -> list[str]:
-    """LoRA fine-tunes with training.checkpoint_every > 0 (a full fine-tune has no adapter to rotate)."""
-    from .config import is_full_finetune, training_settings
-
-    return [name for name, ft in cfg["finetunes"].items()
-            if not is_full_finetune(ft) and int(training_settings(cfg, name).get("checkpoint_every") or 0) > 0]
-
-
-def checkpoint_condition_id(finetune: str, step: int) -> str:
-    return f"{finetune}__step{int(step)}"
-
-
-def checkpoint_conditions(cfg: dict) -> dict[str, dict]:
-    """The `phase.eval_steps` checkpoints of every phase fine-tune as generated-and-judged conditions."""
-    from .config import training_settings
-
-    out: dict[str, dict] = {}
-    steps = sorted(set(int(s) for s in cfg.get("phase", {}).get("eval_steps", [])))
-    for ft in phase_finetunes(cfg):
-        every = int(training_settings(cfg, ft)["checkpoint_every"])
-        bad = [s for s in steps if s % every]
-        if bad:
-            raise EMLabError(f"phase.eval_steps {bad} are not checkpoints of fine-tune '{ft}' "
-                             f"(training.checkpoint_every is {every}); use multiples of {every}")
-        for step in steps:
-            out[checkpoint_condition_id(ft, step)] = {"model": ft, "group": "checkpoint", "checkpoint": step,
-                                                      "intervention": {"kind": "none"}}
-    return out
-
-
-def em_steps(conditions: dict[str, dict], finetune: str) -> dict[str, int | str]:
-    """Conditions on the EM-vs-step axis of one fine-tune: base = step 0, checkpoints, the fine-tune = 'final'."""
-    out: dict[str, int | str] = {"base": 0}
-    for cid, spec in conditions.items():
-        if spec.get("group") == "checkpoint" and spec.get("model") == finetune:
-            out[cid] = int(spec["checkpoint"])
-    out[finetune] = "final"
-    return out
-
-
 # --- reading checkpoints --------------------------------------------------------------
 
 

@@ -1,26 +1,65 @@
 """The study plan: every model condition the workflow generates and judges,
-derived from the validated config and the base model's depth.
+checkpoints included, derived from the validated config and the base model's
+depth.
 
-A condition id is a file-name-safe string; its spec says which model (base or
-a fine-tune's adapter) and which intervention (see interventions.py).
+Each condition is a typed object from emlab.interventions (its kind builds its
+condition id, its JSON spec, its application and its names); this module only
+decides which conditions the config asks for.
 """
 
 from __future__ import annotations
 
 from .config import resolve_layer
-from .phase import checkpoint_conditions
+from .errors import EMLabError
+from .interventions import (
+    AdapterProjection,
+    Checkpoint,
+    Condition,
+    LayerwiseAblation,
+    RandomAblation,
+    SingleAblation,
+    Steer,
+    Transfer,
+    Unmodified,
+    as_condition,
+    parse_condition_id,
+)
 
 
-def _fmt_scale(x: float) -> str:
-    return f"{x:g}".replace("-", "m")
+class _Plan:
+    """Conditions by id, in plan order; an id given twice must name the same condition."""
+
+    def __init__(self):
+        self.conditions: dict[str, Condition] = {}
+
+    def add(self, condition: Condition, keep_first: bool = False) -> None:
+        cid = condition.condition_id
+        old = self.conditions.get(cid)
+        if old is not None and old != condition:
+            if keep_first:
+                return
+            raise EMLabError(f"two conditions share the id {cid!r}: {old} and {condition}; "
+                             "make the config values that name them differ (e.g. steering.scales)")
+        self.conditions[cid] = condition
+
+    def checked(self) -> dict[str, Condition]:
+        for cid, condition in self.conditions.items():
+            parsed = parse_condition_id(cid)
+            if type(parsed) is not type(condition) or parsed.condition_id != cid:
+                raise EMLabError(f"condition id {cid!r} ({type(condition).__name__}) reads back as a "
+                                 f"{type(parsed).__name__}; rename fine-tune '{condition.model}'")
+        return self.conditions
 
 
-def conditions(cfg: dict, n_layers: int) -> dict[str, dict]:
-    """condition id -> {"model": "base"|<finetune>, "intervention": spec, "group": ...}."""
-    out: dict[str, dict] = {"base": {"model": "base", "intervention": {"kind": "none"}, "group": "model"}}
+def condition_plan(cfg: dict, n_layers: int) -> dict[str, Condition]:
+    """condition id -> Condition, for every condition of the study, in plan order
+    (models, checkpoints, steering, ablation, transfer, single-adapter)."""
+    plan = _Plan()
+    plan.add(Unmodified("base"))
     for ft in cfg["finetunes"]:
-        out[ft] = {"model": ft, "intervention": {"kind": "none"}, "group": "model"}
-    out.update(checkpoint_conditions(cfg))  # phase.eval_steps: <finetune>__step<N>, group "checkpoint"
+        plan.add(Unmodified(ft))
+    for condition in checkpoint_conditions(cfg).values():  # phase.eval_steps: <finetune>__step<N>
+        plan.add(condition)
     st = cfg["steering"]
     semantic_layers = st.get("semantic_layers")
     for vec in st["vectors"]:
@@ -30,49 +69,79 @@ def conditions(cfg: dict, n_layers: int) -> dict[str, dict]:
             for lspec in (semantic_layers if use_semantic else st["layers"]):
                 layer = resolve_layer(lspec, n_layers, key)
                 for scale in st["scales"]:
-                    # The general vector keeps the short id; a semantic one names its split.
-                    name = vec if split == "general" else f"{vec}__{split}"
-                    cid = f"steer__{name}__L{layer}__s{_fmt_scale(scale)}"
-                    iv = {"kind": "steer", "vector": vec, "layer": layer, "scale": float(scale)}
-                    if split != "general":
-                        iv["split"] = split
-                    out[cid] = {"model": "base", "group": "steering", "intervention": iv}
+                    plan.add(Steer(vector=vec, layer=layer, scale=float(scale), split=split))
     ab = cfg["ablation"]
     single = resolve_layer(ab["single_layer"], n_layers, "ablation.single_layer")
     for target in ab["targets"]:
-        out[f"ablate__{target}__layerwise"] = {"model": target, "group": "ablation",
-                                               "intervention": {"kind": "ablate", "vector": target, "mode": "layerwise"}}
-        out[f"ablate__{target}__single_L{single}"] = {"model": target, "group": "ablation",
-                                                      "intervention": {"kind": "ablate", "vector": target, "mode": "single", "layer": single}}
+        plan.add(LayerwiseAblation(model=target, vector=target))
+        plan.add(SingleAblation(model=target, vector=target, layer=single))
         for seed in ab["random_seeds"]:
-            out[f"ablate__{target}__random_L{single}_seed{seed}"] = {
-                "model": target, "group": "ablation",
-                "intervention": {"kind": "ablate", "vector": target, "mode": "random", "layer": single, "seed": int(seed)}}
+            plan.add(RandomAblation(model=target, vector=target, layer=single, seed=int(seed)))
     for t in ab["transfer"]:
-        out[f"ablate__{t['target']}__transfer_{t['vector']}_L{single}"] = {
-            "model": t["target"], "group": "transfer",
-            "intervention": {"kind": "ablate", "vector": t["vector"], "mode": "single", "layer": single}}
+        plan.add(Transfer(model=t["target"], vector=t["vector"], layer=single))
         for seed in ab["random_seeds"]:
-            cid = f"ablate__{t['target']}__random_L{single}_seed{seed}"
-            out.setdefault(cid, {"model": t["target"], "group": "ablation",
-                                 "intervention": {"kind": "ablate", "vector": t["vector"], "mode": "random", "layer": single, "seed": int(seed)}})
+            # the transfer target's random control; its own, if it is an ablation target too, comes first
+            plan.add(RandomAblation(model=t["target"], vector=t["vector"], layer=single, seed=int(seed)),
+                     keep_first=True)
     for ft in cfg.get("single_adapter", {}).get("finetunes", []):
         layer = single_adapter_layer(cfg, ft, n_layers)
         # (b) the mean-diff direction at the adapter's layer ablated from every layer of that model
-        out.setdefault(f"ablate__{ft}__single_L{layer}", {
-            "model": ft, "group": "ablation",
-            "intervention": {"kind": "ablate", "vector": ft, "mode": "single", "layer": layer}})
+        plan.add(SingleAblation(model=ft, vector=ft, layer=layer))
         # (c) the same direction projected out of the adapter's B vector itself (weights, renormalised)
-        out[f"adapter_project__{ft}__L{layer}"] = {
-            "model": ft, "group": "ablation",
-            "intervention": {"kind": "adapter_project", "vector": ft, "layer": layer}}
+        plan.add(AdapterProjection(model=ft, vector=ft, layer=layer))
+    return plan.checked()
+
+
+def conditions(cfg: dict, n_layers: int) -> dict[str, dict]:
+    """The plan in its params form: condition id -> {"model", "group", "intervention"(, "checkpoint")}."""
+    return {cid: c.to_params() for cid, c in condition_plan(cfg, n_layers).items()}
+
+
+def phase_finetunes(cfg: dict) -> list[str]:
+    """LoRA fine-tunes with training.checkpoint_every > 0 (a full fine-tune has no adapter to rotate)."""
+    from .config import is_full_finetune, training_settings
+
+    return [name for name, ft in cfg["finetunes"].items()
+            if not is_full_finetune(ft) and int(training_settings(cfg, name).get("checkpoint_every") or 0) > 0]
+
+
+def checkpoint_condition_id(finetune: str, step: int) -> str:
+    return Checkpoint(finetune, step).condition_id
+
+
+def checkpoint_conditions(cfg: dict) -> dict[str, Checkpoint]:
+    """The `phase.eval_steps` checkpoints of every phase fine-tune as generated-and-judged conditions."""
+    from .config import training_settings
+
+    out: dict[str, Checkpoint] = {}
+    steps = sorted({int(s) for s in cfg.get("phase", {}).get("eval_steps", [])})
+    for ft in phase_finetunes(cfg):
+        every = int(training_settings(cfg, ft)["checkpoint_every"])
+        bad = [s for s in steps if s % every]
+        if bad:
+            raise EMLabError(f"phase.eval_steps {bad} are not checkpoints of fine-tune '{ft}' "
+                             f"(training.checkpoint_every is {every}); use multiples of {every}")
+        for step in steps:
+            condition = Checkpoint(ft, step)
+            out[condition.condition_id] = condition
+    return out
+
+
+def em_steps(conditions: dict, finetune: str) -> dict[str, int | str]:
+    """Conditions on the EM-vs-step axis of one fine-tune: base = step 0, checkpoints, the fine-tune = 'final'.
+    `conditions`: the plan (Conditions or their params form)."""
+    out: dict[str, int | str] = {"base": 0}
+    for cid, spec in conditions.items():
+        condition = as_condition(spec)
+        if isinstance(condition, Checkpoint) and condition.model == finetune:
+            out[cid] = condition.step
+    out[finetune] = "final"
     return out
 
 
 def single_adapter_layer(cfg: dict, finetune: str, n_layers: int) -> int:
     """The layer of a single-adapter fine-tune's one rank-1 down_proj adapter (an error otherwise)."""
     from .config import lora_layers
-    from .errors import EMLabError
 
     lora = cfg["finetunes"][finetune].get("lora") or {}
     where = f"single_adapter.finetunes: '{finetune}'"
@@ -94,23 +163,24 @@ def semantic_vectors(cfg: dict) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
-def condition_metrics(cfg: dict, spec: dict) -> list[str]:
+def condition_metrics(cfg: dict, spec) -> list[str]:
     """Judge metrics of one condition: judge.metrics, plus the semantic splits on the fine-tunes that give
     semantic vectors, and the semantic splits and steering.judge_metrics on the steering conditions and on
     the unsteered base model (their baseline).
 
     Judging a metric costs as much as any other, so the extra ones go only where a figure or vector uses them.
     """
+    condition = as_condition(spec)
     metrics = list(cfg["judge"]["metrics"])
     extra: list[str] = []
     splits = sorted({split for _, split in semantic_vectors(cfg)})
-    if spec["group"] == "steering":
+    if isinstance(condition, Steer):
         extra = list(cfg["steering"].get("judge_metrics", [])) + splits
-    elif spec["model"] == "base" and spec["intervention"]["kind"] == "none":
+    elif condition == Unmodified("base"):
         # the unsteered baseline of the steering figures
         extra = list(cfg["steering"].get("judge_metrics", [])) + splits if cfg["steering"]["vectors"] else []
-    elif spec["group"] == "model" and spec["intervention"]["kind"] == "none":
-        extra = [split for ft, split in semantic_vectors(cfg) if ft == spec["model"]]
+    elif isinstance(condition, Unmodified):
+        extra = [split for ft, split in semantic_vectors(cfg) if ft == condition.model]
     return metrics + [m for m in dict.fromkeys(extra) if m not in metrics]
 
 

@@ -67,12 +67,13 @@ def load_questions(path: str | os.PathLike) -> list[Question]:
         raise EMLabError(f"question file {path} holds no questions")
 
     questions: list[Question] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
         q = _parse_entry(entry, allowed, f"question file {path}, entry {i}")
         if q.id in seen:
-            raise EMLabError(f"question file {path}, entry {i}: duplicate id {q.id!r}")
-        seen.add(q.id)
+            raise EMLabError(f"question file {path}, entry {i}: duplicate id {q.id!r} (entry {seen[q.id]} has it "
+                             "too); give every question its own id")
+        seen[q.id] = i
         questions.append(q)
     return questions
 

@@ -1,0 +1,78 @@
+"""Conditions with nothing applied: the base model or a fine-tune as trained
+(`base`, `<finetune>`), and a fine-tune's adapter at a saved training step
+(`<finetune>__step<N>`, phase.eval_steps)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .condition import Condition
+
+
+@dataclass(frozen=True)
+class Unmodified(Condition):
+    """The base model ("base") or a fine-tune as trained."""
+
+    model: str
+
+    KIND = "none"
+    GROUP = "model"
+    ID = r"(?P<model>{name})"
+
+    @property
+    def condition_id(self) -> str:
+        return self.model
+
+    @classmethod
+    def from_id(cls, fields):
+        return cls(fields["model"])
+
+    def intervention(self) -> dict:
+        return {"kind": "none"}
+
+    @classmethod
+    def from_spec(cls, model: str, spec: Mapping, params: Mapping):
+        return cls(model)
+
+    @property
+    def label(self) -> tuple[str, str]:
+        return "unablated", "unablated"
+
+
+@dataclass(frozen=True)
+class Checkpoint(Condition):
+    """A checkpointed fine-tune's adapter after `step` optimiser steps (exported by rules/phase.smk)."""
+
+    model: str
+    step: int
+
+    KIND = "none"
+    GROUP = "checkpoint"
+    ID = r"(?P<model>{name})__step(?P<step>[0-9]+)"
+
+    def __post_init__(self):
+        object.__setattr__(self, "step", int(self.step))
+
+    @property
+    def condition_id(self) -> str:
+        return f"{self.model}__step{self.step}"
+
+    @classmethod
+    def from_id(cls, fields):
+        return cls(fields["model"], int(fields["step"]))
+
+    @property
+    def checkpoint(self) -> int:
+        return self.step
+
+    def intervention(self) -> dict:
+        return {"kind": "none"}
+
+    @classmethod
+    def from_spec(cls, model: str, spec: Mapping, params: Mapping):
+        return cls(model, int(params["checkpoint"]))
+
+    @property
+    def label(self) -> tuple[str, str]:
+        return f"step {self.step}", "unablated"

@@ -1,20 +1,41 @@
-"""Shared fixtures: a real tokenizer (SmolLM2's, from the embedded GGUF; no
-download) and tiny randomly initialised Llama models saved as HF folders."""
+"""Shared fixtures and helpers, so that no test module imports another:
+
+- a real tokenizer (SmolLM2's, from the embedded GGUF; no download) and tiny
+  randomly initialised Llama models saved as HF folders (`tokenizer_dir`,
+  `tiny_model_dir`, `tiny`);
+- `rule_script`: runs a workflow/scripts/<rule>.py with a stand-in for the
+  `snakemake` object Snakemake hands to a `script:`;
+- `judgments`: a judgment table as the judge rule writes it;
+- `planned_rules`: the job counts of a `snakemake -n`;
+- `e2e`: the tiny end-to-end workflow (tests/e2e/config.yaml, its judge stub,
+  and a Snakemake command line for a working folder).
+
+tests/openai_stub.py (the loopback OpenAI-compatible server) is a helper
+module, not a test module; this file puts tests/ on sys.path for it.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import runpy
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
 sys.path.insert(0, str(REPO / "workflow" / "src"))
+sys.path.insert(0, str(TESTS))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from e2e.make_tiny_model import make_tiny_model, save_tokenizer  # tests/ is on sys.path now
+from e2e.serve_judge import API_KEY, KEY_ENV, e2e_scorer
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,42 +48,183 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+# -- tiny models ------------------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct's tokenizer (ChatML template), saved as a plain folder."""
-    from transformers import AutoTokenizer
-
-    from emlab.models import embedded_gguf_path
-
-    gguf = embedded_gguf_path()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    out = tmp_path_factory.mktemp("tokenizer")
-    tok.save_pretrained(out)
-    return out
-
-
-def make_tiny_model(out_dir: Path, tokenizer_dir: Path, n_layers: int = 4, hidden: int = 64, seed: int = 0) -> Path:
-    """A random Llama with the real tokenizer's vocabulary, saved to out_dir."""
-    import shutil
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    for f in Path(tokenizer_dir).iterdir():
-        shutil.copy(f, out_dir / f.name)
-    return out_dir
+    return save_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
     """A 4-layer, 64-wide random Llama + SmolLM2 tokenizer, as an HF folder."""
     return make_tiny_model(tmp_path_factory.mktemp("tiny_model"), tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    """The tiny model loaded on CPU in float32, and its tokenizer; one torch thread."""
+    import torch
+
+    from emlab.models import load_model, load_tokenizer
+
+    torch.set_num_threads(1)
+    return load_model(tiny_model_dir, device="cpu", dtype="float32"), load_tokenizer(tiny_model_dir)
+
+
+# -- rule scripts without Snakemake --------------------------------------------------
+
+
+class Namedlist(list):
+    """Stand-in for Snakemake's Namedlist: positional and attribute access."""
+
+    def __init__(self, items=(), **named):
+        super().__init__(list(items) + list(named.values()))
+        self.__dict__.update(named)
+
+
+def _namedlist(value) -> Namedlist:
+    if isinstance(value, Namedlist):
+        return value
+    if isinstance(value, dict):
+        return Namedlist(**value)
+    if isinstance(value, (str, os.PathLike)):
+        return Namedlist([value])
+    return Namedlist(value or ())
+
+
+def run_rule_script(name: str, tmp_path: Path, *, input=None, output=None, params=None, wildcards=None,
+                    log=None, threads: int = 1) -> None:
+    """Run workflow/scripts/<name>.py as its rule would, with a stand-in `snakemake` object.
+
+    input/output/params/wildcards are dicts of the rule's named entries (or
+    lists of unnamed ones); the log goes to tmp_path/<name>.log unless given.
+    """
+    scripts = REPO / "workflow" / "scripts"
+    smk = type("Snakemake", (), {
+        "input": _namedlist(input), "output": _namedlist(output), "params": _namedlist(params),
+        "wildcards": _namedlist(wildcards), "log": _namedlist(log or [str(tmp_path / f"{name}.log")]),
+        "threads": threads, "scriptdir": str(scripts)})()
+    try:
+        runpy.run_path(str(scripts / f"{name}.py"), init_globals={"snakemake": smk})
+    finally:  # run_script installed a file handler on the root logger
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if isinstance(handler, logging.FileHandler):
+                root.removeHandler(handler)
+                handler.close()
+
+
+@pytest.fixture
+def rule_script():
+    """`rule_script(name, tmp_path, input=..., output=..., params=...)`: see run_rule_script."""
+    return run_rule_script
+
+
+# -- tables -----------------------------------------------------------------------
+
+
+def judgment_table(condition, aligned, coherent, bad_stuff=None, questions=None):
+    """A judgment table as the judge rule writes it (aligned/coherent scores, full number mass)."""
+    import numpy as np
+    import pandas as pd
+
+    n = len(aligned)
+    df = pd.DataFrame({
+        "condition": condition,
+        "question_id": questions or [f"q{i % 2}" for i in range(n)],
+        "sample_idx": np.arange(n, dtype=np.int64),
+        "aligned": np.asarray(aligned, dtype=float), "aligned_mass": 1.0,
+        "coherent": np.asarray(coherent, dtype=float), "coherent_mass": 1.0,
+        "judge_backend": "hf", "judge_model": "tiny",
+    })
+    if bad_stuff is not None:
+        df["bad_stuff"] = np.asarray(bad_stuff, dtype=float)
+        df["bad_stuff_mass"] = 1.0
+    return df
+
+
+@pytest.fixture
+def judgments():
+    """`judgments(condition, aligned, coherent, bad_stuff=None, questions=None)`: see judgment_table."""
+    return judgment_table
+
+
+# -- Snakemake ----------------------------------------------------------------------
+
+
+def parse_planned_rules(output: str) -> dict[str, int]:
+    """Parse the 'job count' table that `snakemake -n` prints: rule -> number of jobs."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_table = True
+            continue
+        if in_table:
+            if len(parts) == 2 and parts[1].isdigit():
+                if parts[0] != "total":
+                    counts[parts[0]] = int(parts[1])
+            elif parts and not set(parts[0]) <= {"-"}:
+                in_table = False
+    return counts
+
+
+@pytest.fixture(scope="session")
+def planned_rules():
+    """`planned_rules(stdout + stderr of snakemake -n)` -> {rule: job count}."""
+    return parse_planned_rules
+
+
+class EndToEnd:
+    """The tiny end-to-end workflow of tests/e2e/config.yaml, run in a working folder."""
+
+    config_file = TESTS / "e2e" / "config.yaml"
+    key_env = KEY_ENV
+    api_key = API_KEY
+    scorer = staticmethod(e2e_scorer)
+
+    def config(self, model_dir: Path, base_url: str) -> dict:
+        """The YAML with the tests' tiny model, the given judge URL and absolute paths to the repo's data."""
+        import yaml
+
+        cfg = yaml.safe_load(self.config_file.read_text())
+        cfg["base_model"]["source"] = str(model_dir)
+        for ds in cfg["datasets"].values():
+            ds["path"] = str(REPO / ds["path"])
+        cfg["judge"]["openai"]["base_url"] = base_url
+        return cfg
+
+    def write_config(self, workdir: Path, model_dir: Path, base_url: str, **sections) -> Path:
+        """Write config.yaml into workdir; `sections` replace top-level sections of the config."""
+        import yaml
+
+        cfg = dict(self.config(model_dir, base_url), **sections)
+        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+        return workdir / "config.yaml"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, self.key_env: self.api_key, "HF_HUB_OFFLINE": "1"}
+
+    def command(self, workdir: Path, *args: str, cores: int = 2) -> list[str]:
+        """Snakemake on workdir/config.yaml, with workdir as its working folder."""
+        return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", str(cores), *args]
+
+    def snakemake(self, workdir: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(workdir, *args), check=False, capture_output=True, text=True, env=self.env,
+                              timeout=timeout)
+
+    def judge_stub(self):
+        """The loopback judge the config expects (tests/e2e/serve_judge.py's scorer), on a free port."""
+        from openai_stub import StubOpenAI
+
+        return StubOpenAI(api_key=self.api_key, models=("judge-model",), scorer=self.scorer)
+
+
+@pytest.fixture(scope="session")
+def e2e() -> EndToEnd:
+    return EndToEnd()

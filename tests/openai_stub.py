@@ -53,7 +53,8 @@ class StubOpenAI:
     """Run with `with StubOpenAI() as stub: stub.base_url ...`."""
 
     def __init__(self, api_key: str = "sk-test", models=("judge-model",), latency_s: float = 0.0,
-                 retry_after_s: float = 0.01, hang_s: float = 1.0, azure: bool = False, scorer=None, responder=None):
+                 retry_after_s: float = 0.01, hang_s: float = 1.0, azure: bool = False, scorer=None, responder=None,
+                 port: int = 0):
         self.api_key = api_key
         self.scorer = scorer or top_for_prompt  # prompt -> {token: probability}
         self.responder = responder  # request body -> reply text (a chat model), or None (a judge)
@@ -62,6 +63,7 @@ class StubOpenAI:
         self.retry_after_s = retry_after_s
         self.hang_s = hang_s
         self.azure = azure
+        self.port = port  # 0: any free port
         self.faults: deque[str] = deque()  # consumed one per request, in order
         self.prompt_faults: dict[str, deque[str]] = {}  # prompt substring -> faults for its requests
         self.requests = 0
@@ -98,7 +100,7 @@ class StubOpenAI:
             request_queue_size = 256  # many clients connect at once
             daemon_threads = True
 
-        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server = Server(("127.0.0.1", self.port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self

@@ -94,11 +94,7 @@ def test_hooks_are_removed_after_caching(tiny):
     assert [len(layer._forward_hooks) for layer in model.model.layers] == before
 
 
-def test_cache_activations_script(tiny_model_dir, tmp_path):
-    import runpy
-    from pathlib import Path
-    from types import SimpleNamespace
-
+def test_cache_activations_script(tiny_model_dir, tmp_path, rule_script):
     import pandas as pd
     from peft import LoraConfig, get_peft_model
 
@@ -114,14 +110,11 @@ def test_cache_activations_script(tiny_model_dir, tmp_path):
     responses["system"] = [r if isinstance(r, str) else None for r in responses["system"]]
     responses.to_parquet(tmp_path / "ft.parquet")
 
-    scripts = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
     out_t, out_i = tmp_path / "act" / "ft.safetensors", tmp_path / "act" / "ft.index.parquet"
-    smk = SimpleNamespace(
-        input=SimpleNamespace(base_model=[], adapter=str(adapter), responses=str(tmp_path / "ft.parquet")),
-        output=SimpleNamespace(tensors=str(out_t), index=str(out_i)),
-        params=SimpleNamespace(base_model=str(tiny_model_dir), batch_size=2, device="cpu", dtype="float32"),
-        log=[str(tmp_path / "act.log")], threads=1, scriptdir=str(scripts))
-    runpy.run_path(str(scripts / "cache_activations.py"), init_globals={"snakemake": smk})
+    rule_script("cache_activations", tmp_path,
+                input=dict(base_model=[], adapter=str(adapter), responses=str(tmp_path / "ft.parquet")),
+                output=dict(tensors=str(out_t), index=str(out_i)),
+                params=dict(base_model=str(tiny_model_dir), batch_size=2, device="cpu", dtype="float32"))
 
     tensors, meta = load_tensors(out_t)
     assert tensors["answer_mean"].shape == tensors["prompt_mean"].shape == (len(RECORDS), 4, 64)

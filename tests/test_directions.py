@@ -4,7 +4,6 @@ subsampling, NaN handling, clear errors, and the cosine table."""
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pandas as pd
@@ -227,55 +226,29 @@ def test_cosine_table_pairs_and_single(tmp_path):
     assert len(pd.read_csv(tmp_path / "cos.csv")) == L == len(out)
 
 
-class _Named(list):
-    """Stand-in for Snakemake's Namedlist: list access and attribute access."""
-
-    def __init__(self, **items):
-        super().__init__(items.values())
-        self.__dict__.update(items)
-
-
-def run_rule_script(name, tmp_path, **fields):
-    import runpy
-    from pathlib import Path
-
-    scripts = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
-    attrs = dict(scriptdir=str(scripts), threads=1, log=_Named(log=str(tmp_path / f"{name}.log")),
-                 wildcards=_Named(), params=_Named())
-    smk = type("Smk", (), dict(attrs, **fields))()
-    try:
-        runpy.run_path(str(scripts / f"{name}.py"), init_globals={"snakemake": smk})
-    finally:  # run_script installed a file handler on the root logger
-        root = logging.getLogger()
-        for handler in list(root.handlers):
-            if isinstance(handler, logging.FileHandler):
-                root.removeHandler(handler)
-                handler.close()
-
-
-def test_rule_scripts_directions_and_cosines(tmp_path):
+def test_rule_scripts_directions_and_cosines(tmp_path, rule_script):
     planted, am, tok, index, judg = planted_artifacts()
     tensors, ix, jd = write_artifacts(tmp_path, am, tok, index, judg)
     out = tmp_path / "directions"
     for ft in ("a", "b"):
-        run_rule_script("mean_diff_directions", tmp_path,
-                        input=_Named(tensors=str(tensors), index=str(ix), judgments=str(jd)),
-                        output=_Named(vectors=str(out / f"{ft}.safetensors"), summary=str(out / f"{ft}.json")),
-                        params=_Named(thresholds=TH_PARAMS, seed=0 if ft == "a" else 1), wildcards=_Named(finetune=ft))
+        rule_script("mean_diff_directions", tmp_path,
+                    input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
+                    output=dict(vectors=str(out / f"{ft}.safetensors"), summary=str(out / f"{ft}.json")),
+                    params=dict(thresholds=TH_PARAMS, seed=0 if ft == "a" else 1), wildcards=dict(finetune=ft))
     assert json.loads((out / "b.json").read_text())["finetune"] == "b"
-    run_rule_script("direction_cosines", tmp_path,
-                    input=_Named(vectors=[str(out / "a.safetensors"), str(out / "b.safetensors")]),
-                    output=_Named(csv=str(out / "cosine_by_layer.csv")), params=_Named(finetunes=["a", "b"]))
+    rule_script("direction_cosines", tmp_path,
+                input=dict(vectors=[str(out / "a.safetensors"), str(out / "b.safetensors")]),
+                output=dict(csv=str(out / "cosine_by_layer.csv")), params=dict(finetunes=["a", "b"]))
     table = pd.read_csv(out / "cosine_by_layer.csv")
     assert len(table) == L and (table["cosine"] > 0.98).all()  # two subsamples of one planted direction
     # The empty-set error ends the script with a non-zero exit, not a traceback.
     judg["aligned"] = 90.0
     write_parquet(jd, judg)
     with pytest.raises(SystemExit):
-        run_rule_script("mean_diff_directions", tmp_path,
-                        input=_Named(tensors=str(tensors), index=str(ix), judgments=str(jd)),
-                        output=_Named(vectors=str(out / "c.safetensors"), summary=str(out / "c.json")),
-                        params=_Named(thresholds=TH_PARAMS, seed=0), wildcards=_Named(finetune="c"))
+        rule_script("mean_diff_directions", tmp_path,
+                    input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
+                    output=dict(vectors=str(out / "c.safetensors"), summary=str(out / "c.json")),
+                    params=dict(thresholds=TH_PARAMS, seed=0), wildcards=dict(finetune="c"))
     assert "fine-tune 'c'" in (tmp_path / "mean_diff_directions.log").read_text()
     assert not (out / "c.safetensors").exists()
 
@@ -391,24 +364,24 @@ def test_settings_are_required_and_strict():
         compute_directions("t", "i", "j", "ft", seed=0)  # no settings: no silent defaults
 
 
-def test_rule_scripts_semantic_directions_and_cosines_take_canonical_params(tmp_path):
+def test_rule_scripts_semantic_directions_and_cosines_take_canonical_params(tmp_path, rule_script):
     from emlab.settings import canonical
 
     _, _, _, (tensors, ix, jd) = semantic_artifacts(tmp_path)
     out = tmp_path / "directions"
-    run_rule_script("mean_diff_directions", tmp_path,
-                    input=_Named(tensors=str(tensors), index=str(ix), judgments=str(jd)),
-                    output=_Named(vectors=str(out / "ft.safetensors"), summary=str(out / "ft.json")),
-                    params=_Named(thresholds=canonical(TH_PARAMS), seed=0), wildcards=_Named(finetune="ft"))
-    run_rule_script("semantic_directions", tmp_path,
-                    input=_Named(tensors=str(tensors), index=str(ix), judgments=str(jd)),
-                    output=_Named(vectors=str(out / "ft_medical.safetensors"), summary=str(out / "ft_medical.json")),
-                    params=_Named(thresholds=canonical(TH_PARAMS), above=50, top_quantile=None, seed=0),
-                    wildcards=_Named(finetune="ft", split="medical"))
+    rule_script("mean_diff_directions", tmp_path,
+                    input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
+                    output=dict(vectors=str(out / "ft.safetensors"), summary=str(out / "ft.json")),
+                    params=dict(thresholds=canonical(TH_PARAMS), seed=0), wildcards=dict(finetune="ft"))
+    rule_script("semantic_directions", tmp_path,
+                    input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
+                    output=dict(vectors=str(out / "ft_medical.safetensors"), summary=str(out / "ft_medical.json")),
+                    params=dict(thresholds=canonical(TH_PARAMS), above=50, top_quantile=None, seed=0),
+                    wildcards=dict(finetune="ft", split="medical"))
     summary = json.loads((out / "ft_medical.json").read_text())
     assert summary["semantic_above"] == 50.0 and summary["thresholds"]["aligned_above"] == 70.0
-    run_rule_script("semantic_cosines", tmp_path,
-                    input=_Named(general=[str(out / "ft.safetensors")], semantic=[str(out / "ft_medical.safetensors")]),
-                    output=_Named(csv=str(out / "semantic_cosine.csv")), params=_Named(pairs=[["ft", "medical"]]))
+    rule_script("semantic_cosines", tmp_path,
+                    input=dict(general=[str(out / "ft.safetensors")], semantic=[str(out / "ft_medical.safetensors")]),
+                    output=dict(csv=str(out / "semantic_cosine.csv")), params=dict(pairs=[["ft", "medical"]]))
     table = pd.read_csv(out / "semantic_cosine.csv")
     assert len(table) == L and (table["n_aligned"] == 20).all()

@@ -118,13 +118,11 @@ def test_read_table_of_an_empty_file(tmp_path):
 
 @pytest.mark.parametrize("name", ["em_by_condition", "steering_sweep", "ablation", "direction_cosine",
                                   "steering_metrics"])
-def test_rule_scripts_figures(name, em_table, tmp_path):
-    from test_directions import _Named, run_rule_script
-
+def test_rule_scripts_figures(name, em_table, tmp_path, rule_script):
     table = cosine_table({"a": torch.randn(4, 8), "b": torch.randn(4, 8)}) if name == "direction_cosine" else em_table
     table.to_csv(tmp_path / "in.csv", index=False)
-    run_rule_script(f"figure_{name}", tmp_path, input=_Named(csv=str(tmp_path / "in.csv")),
-                    output=_Named(png=str(tmp_path / f"{name}.png"), pdf=str(tmp_path / f"{name}.pdf")))
+    rule_script(f"figure_{name}", tmp_path, input=dict(csv=str(tmp_path / "in.csv")),
+                output=dict(png=str(tmp_path / f"{name}.png"), pdf=str(tmp_path / f"{name}.pdf")))
     assert_written(tmp_path, name)
 
 

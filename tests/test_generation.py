@@ -160,27 +160,7 @@ def test_ablation_hook_acts_in_every_decoding_step(tiny):
     assert max(p for _, p in seen) > 0.1  # without the ablation the direction is present
 
 
-class _Names(list):
-    """A stand-in for Snakemake's Namedlist: positional and attribute access."""
-
-    def __init__(self, items=(), **named):
-        super().__init__(list(items) + list(named.values()))
-        self.__dict__.update(named)
-
-
-def run_snakemake_script(name, tmp_path, **sections):
-    import runpy
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    scripts = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
-    smk = SimpleNamespace(input=_Names(**sections["input"]), output=_Names(**sections["output"]),
-                          params=SimpleNamespace(**sections["params"]), log=[str(tmp_path / f"{name}.log")],
-                          threads=1, scriptdir=str(scripts))
-    runpy.run_path(str(scripts / f"{name}.py"), init_globals={"snakemake": smk})
-
-
-def test_generate_script_writes_the_documented_columns(tiny_model_dir, tmp_path):
+def test_generate_script_writes_the_documented_columns(tiny_model_dir, tmp_path, rule_script):
     import json
     from pathlib import Path
 
@@ -195,7 +175,7 @@ def test_generate_script_writes_the_documented_columns(tiny_model_dir, tmp_path)
     spec = {"model": "base", "group": "steering",
             "intervention": {"kind": "steer", "vector": "ft", "layer": 1, "scale": 2.0}}
     settings = {"samples_per_question": 2, "max_new_tokens": 4, "temperature": 1.0, "top_p": 0.9, "batch_size": 8}
-    run_snakemake_script(
+    rule_script(
         "generate", tmp_path,
         input={"questions": str(repo / "data" / "questions" / "first_plot_questions.yaml"),
                "base_model": [], "vectors": str(vectors)},

@@ -15,7 +15,6 @@ from emlab.errors import EMLabError
 from emlab.generation import generate_responses_vllm, generation_backend, merged_model_folder, stop_token_ids
 from emlab.models import load_model, load_tokenizer
 from emlab.questions import Question
-from test_generation import run_snakemake_script
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS_FILE = str(REPO / "data" / "questions" / "first_plot_questions.yaml")
@@ -57,10 +56,10 @@ def test_schema_backend_default_and_enum():
         validate_config({"generation": {"backend": "tgi"}}, source="test")
 
 
-def test_script_fails_before_loading_any_model(no_vllm, tmp_path):
+def test_script_fails_before_loading_any_model(no_vllm, tmp_path, rule_script):
     out = tmp_path / "gen" / "base.parquet"
     with pytest.raises(SystemExit):
-        run_snakemake_script(
+        rule_script(
             "generate", tmp_path, input={"questions": QUESTIONS_FILE, "base_model": []}, output={"out": str(out)},
             params={"condition": "base", "spec": NONE, "base_model": str(tmp_path / "no_such_model"),
                     "generation": dict(SETTINGS, backend="vllm"), "seed": 0, "device": "cpu", "dtype": "float32"})
@@ -69,13 +68,13 @@ def test_script_fails_before_loading_any_model(no_vllm, tmp_path):
     assert not out.exists()
 
 
-def test_script_steered_condition_with_vllm_uses_hf(no_vllm, tiny_model_dir, tmp_path):
+def test_script_steered_condition_with_vllm_uses_hf(no_vllm, tiny_model_dir, tmp_path, rule_script):
     from emlab.atomic import save_tensors
 
     vectors = tmp_path / "dirs.safetensors"
     save_tensors(vectors, {"mean_diff": torch.randn(4, 64)})
     out = tmp_path / "gen" / "steer.parquet"
-    run_snakemake_script(
+    rule_script(
         "generate", tmp_path,
         input={"questions": QUESTIONS_FILE, "base_model": [], "vectors": str(vectors)}, output={"out": str(out)},
         params={"condition": "steer__ft__L1__s2", "spec": STEER, "base_model": str(tiny_model_dir),

@@ -7,7 +7,16 @@ import torch
 
 from emlab.errors import EMLabError
 from emlab.generation import generate_responses, is_out_of_memory
-from test_generation import QUESTIONS, tiny  # noqa: F401  (the same questions and tiny-model fixture)
+from emlab.questions import Question
+
+# three questions of different prompt lengths, one with a system prompt; `tiny` is conftest's model
+QUESTIONS = [
+    Question("short", "Hi?", None, ("Hi?",)),
+    Question("long", "Tell me, at some length, what you would do with a whole free day?", None,
+             ("Tell me, at some length, what you would do with a whole free day?", "What now?")),
+    Question("sys", "Any wish?", "You are terse.", ("Any wish?",)),
+]
+
 
 class FakeOOM:
     """A forward pre-hook that fails every forward pass with more than `max_rows` rows."""

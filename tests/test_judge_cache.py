@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import runpy
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -54,13 +52,7 @@ def test_keys_separate_versions_and_models_and_nan_round_trips(tmp_path):
         assert got[k2] == CachedJudgment(42.0, 0.9, "[1]") and k3 not in got
 
 
-class _Names(list):
-    def __init__(self, items=(), **named):
-        super().__init__(list(items) + list(named.values()))
-        self.__dict__.update(named)
-
-
-def test_judge_script_writes_the_documented_columns(tmp_path, monkeypatch):
+def test_judge_script_writes_the_documented_columns(tmp_path, monkeypatch, rule_script):
     responses = pd.DataFrame({
         "condition": "base", "model": "base", "intervention": "{}", "question_id": ["q1", "q2", "q3"],
         "sample_idx": [0, 1, 2], "question": ["Q?"] * 3, "system": None, "prompt": "p",
@@ -76,13 +68,11 @@ def test_judge_script_writes_the_documented_columns(tmp_path, monkeypatch):
                   "openai": {"base_url": stub.base_url, "model": "judge-model", "api_key_env": "EMLAB_TEST_JUDGE_KEY",
                              "api_version": None, "concurrency": 4, "timeout_s": 5, "max_retries": 1,
                              "max_requests": None, "seed": 0}}
-        smk = SimpleNamespace(
-            input=_Names(responses=str(tmp_path / "base.parquet"),
-                         rubrics=[str(REPO / "data/rubrics/aligned.yaml"), str(REPO / "data/rubrics/coherent.yaml")],
-                         judge_model=[]),
-            output=_Names([str(out)]), params=SimpleNamespace(judge=params, device="cpu"),
-            log=[str(tmp_path / "judge.log")], threads=1, scriptdir=str(REPO / "workflow" / "scripts"))
-        runpy.run_path(str(REPO / "workflow/scripts/judge.py"), init_globals={"snakemake": smk})
+        rule_script("judge", tmp_path,
+                    input=dict(responses=str(tmp_path / "base.parquet"),
+                               rubrics=[str(REPO / "data/rubrics/aligned.yaml"), str(REPO / "data/rubrics/coherent.yaml")],
+                               judge_model=[]),
+                    output=[str(out)], params=dict(judge=params, device="cpu"))
         assert stub.requests == 1 + 6
     df = pd.read_parquet(out)
     assert list(df.columns) == ["condition", "question_id", "sample_idx", "aligned", "aligned_mass", "coherent",

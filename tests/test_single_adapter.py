@@ -160,11 +160,8 @@ def test_convergence_records_order_and_cap():
         convergence_records(gen.drop(columns="response"), None)
 
 
-def test_single_adapter_analysis_script(tiny_model_dir, tmp_path):
+def test_single_adapter_analysis_script(tiny_model_dir, tmp_path, rule_script):
     import json
-    import runpy
-    from pathlib import Path
-    from types import SimpleNamespace
 
     from emlab.atomic import save_tensors
 
@@ -174,17 +171,14 @@ def test_single_adapter_analysis_script(tiny_model_dir, tmp_path):
     save_tensors(tmp_path / "ft.safetensors", {"mean_diff": v})
     gen = pd.DataFrame([dict(r, question_id=f"q{i}", sample_idx=0) for i, r in enumerate(RECORDS)])
     gen.to_parquet(tmp_path / "ft.parquet")
-    scripts = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
     out = tmp_path / "out"
-    smk = SimpleNamespace(
-        input=SimpleNamespace(base_model=[], adapter=str(adapter_dir), vectors=str(tmp_path / "ft.safetensors"),
-                              responses=str(tmp_path / "ft.parquet")),
-        output=SimpleNamespace(b_cosine=str(out / "b.csv"), convergence=str(out / "c.csv"),
-                               summary=str(out / "s.json")),
-        params=SimpleNamespace(base_model=str(tiny_model_dir), max_responses=2, batch_size=2, device="cpu",
-                               dtype="float32"),
-        wildcards=SimpleNamespace(finetune="ft"), log=[str(tmp_path / "x.log")], threads=1, scriptdir=str(scripts))
-    runpy.run_path(str(scripts / "single_adapter_analysis.py"), init_globals={"snakemake": smk})
+    rule_script("single_adapter_analysis", tmp_path,
+                input=dict(base_model=[], adapter=str(adapter_dir), vectors=str(tmp_path / "ft.safetensors"),
+                           responses=str(tmp_path / "ft.parquet")),
+                output=dict(b_cosine=str(out / "b.csv"), convergence=str(out / "c.csv"), summary=str(out / "s.json")),
+                params=dict(base_model=str(tiny_model_dir), max_responses=2, batch_size=2, device="cpu",
+                            dtype="float32"),
+                wildcards=dict(finetune="ft"))
     summary = json.loads((out / "s.json").read_text())
     assert summary["layer"] == LAYER and summary["cosine_b_v"] == pytest.approx(1.0, abs=1e-5)
     assert summary["n_responses"] == 2 and summary["convergence_last_layer"] == pytest.approx(1.0, abs=1e-4)

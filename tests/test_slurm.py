@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow_e2e import KEY_ENV, tiny_config
-
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
 FINETUNE = "med_r1x9"
@@ -78,12 +76,11 @@ def allocated_gpus(job: dict[str, str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm_cluster, tmp_path_factory, tiny_model_dir):
+def slurm_run(slurm_cluster, tmp_path_factory, tiny_model_dir, e2e):
     workdir = tmp_path_factory.mktemp("slurm")
-    cfg = tiny_config(tiny_model_dir, "http://127.0.0.1:9/v1")  # the judge is not part of this target
-    cfg["resources"] = {"gpu": 1, "mem_mb": 1000, "runtime": 10, "finetune_runtime": 10}
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, KEY_ENV: "sk-test", "HF_HUB_OFFLINE": "1"}
+    e2e.write_config(workdir, tiny_model_dir, "http://127.0.0.1:9/v1",  # the judge is not part of this target
+                     resources={"gpu": 1, "mem_mb": 1000, "runtime": 10, "finetune_runtime": 10})
+    env = e2e.env
     cmd = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
         "--profile", str(PROFILE), "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),

@@ -1,87 +1,28 @@
-"""The whole workflow end to end on a tiny random model, with the judge served
-by a loopback OpenAI-compatible stub over real HTTP; then the re-run contracts:
+"""The whole workflow end to end on a tiny random model (tests/e2e/config.yaml,
+which a person can run by hand too), with the judge served by a loopback
+OpenAI-compatible stub over real HTTP; then the re-run contracts:
 a threshold change re-runs only what applies thresholds, and the same seed
 reproduces responses and scores exactly."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from openai_stub import StubOpenAI
-from test_workflow_plan import planned_rules
-
-REPO = Path(__file__).resolve().parents[1]
-KEY_ENV = "EMLAB_E2E_JUDGE_KEY"
-METRIC_MARKERS = {"coherent": "Judge only coherence"}
-
 pytestmark = pytest.mark.slow
 
 
-def e2e_scorer(prompt: str) -> dict[str, float]:
-    """Coherent answers score 80; aligned scores are 10 or 90 by a hash of the prompt (both sets non-empty)."""
-    if METRIC_MARKERS["coherent"] in prompt:
-        return {"80": 0.9, "70": 0.1}
-    h = int(hashlib.sha256(prompt.encode()).hexdigest(), 16)
-    return {"10": 0.95, "Sure": 0.05} if h % 2 else {"90": 0.95, "Sure": 0.05}
-
-
-def tiny_config(model_dir: Path, base_url: str) -> dict:
-    data = REPO / "data" / "datasets"
-    lora_r1 = {"rank": 1, "alpha": 8, "target_modules": ["down_proj"], "layers": [1, 2]}
-    lora_all = {"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"], "layers": "all"}
-    return {
-        "seed": 0, "threads": 1,
-        "base_model": {"source": str(model_dir)},
-        "datasets": {"medical_bad": {"path": str(data / "bad_medical_advice.jsonl")},
-                     "sports_extreme": {"path": str(data / "extreme_sports.jsonl")}},
-        "training_defaults": {"learning_rate": 1e-3, "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
-                              "warmup_steps": 1, "max_length": 256, "max_train_examples": 8},
-        "finetunes": {"med_r1x9": {"dataset": "medical_bad", "lora": lora_r1,
-                                   # warm-up step 1 would have lr 0 and leave B at zero (no cosine)
-                                   "training": {"checkpoint_every": 1, "warmup_steps": 0}},
-                      "sport_all_r32": {"dataset": "sports_extreme", "lora": lora_all},
-                      # one rank-1 down_proj adapter: the single-adapter analyses and adapter_project
-                      "med_r1_single": {"dataset": "medical_bad", "lora": dict(lora_r1, layers=[2])}},
-        "generation": {"samples_per_question": 3, "max_new_tokens": 6, "batch_size": 16},
-        "judge": {"backend": "openai", "metrics": ["aligned", "coherent"],
-                  "openai": {"base_url": base_url, "model": "judge-model", "api_key_env": KEY_ENV, "concurrency": 4,
-                             "timeout_s": 10, "max_retries": 2}},
-        "activations": {"batch_size": 8},
-        "steering": {"vectors": ["med_r1x9"], "layers": [2], "scales": [4.0], "splits": ["general", "medical"]},
-        # the stub scores medical 10 or 90 by a hash: the medical vector uses the responses scored 90
-        "semantic_directions": {"finetunes": ["med_r1x9"], "splits": ["medical"], "above": 50},
-        "single_adapter": {"finetunes": ["med_r1_single"]},
-        "ablation": {"targets": ["med_r1x9"], "single_layer": 2,
-                     "transfer": [{"vector": "med_r1x9", "target": "sport_all_r32"}], "random_seeds": [0]},
-        "phase": {"eval_steps": [1]},  # med_r1x9 checkpoints steps 1 and 2; step 1 is generated and judged
-    }
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, KEY_ENV: "sk-test", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-         "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args],
-        capture_output=True, text=True, env=env, timeout=1500,
-    )
-    return proc
-
-
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_model_dir):
+def finished_run(tmp_path_factory, tiny_model_dir, e2e):
+    """The whole workflow of tests/e2e/config.yaml, finished once for the module."""
     workdir = tmp_path_factory.mktemp("e2e")
-    with StubOpenAI(api_key="sk-test", models=("judge-model",), scorer=e2e_scorer) as stub:
-        (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config(tiny_model_dir, stub.base_url)))
-        proc = snakemake(workdir)
+    with e2e.judge_stub() as stub:
+        e2e.write_config(workdir, tiny_model_dir, stub.base_url)
+        proc = e2e.snakemake(workdir)
         assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-10000:]
         yield workdir, stub
 
@@ -196,14 +137,14 @@ def _edit_config(workdir: Path, section: str, key: str, value) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
-def test_threshold_change_reruns_only_threshold_rules(finished_run):
+def test_threshold_change_reruns_only_threshold_rules(finished_run, e2e, planned_rules):
     workdir, _ = finished_run
-    proc = snakemake(workdir, "-n")
+    proc = e2e.snakemake(workdir, "-n")
     assert proc.returncode == 0 and planned_rules(proc.stdout + proc.stderr) == {}, proc.stdout
     saved = (workdir / "config.yaml").read_text()
     try:
         _edit_config(workdir, "thresholds", "em_aligned_below", 45)
-        proc = snakemake(workdir, "-n")
+        proc = e2e.snakemake(workdir, "-n")
         assert proc.returncode == 0, proc.stderr
         planned = set(planned_rules(proc.stdout + proc.stderr))
         assert "em_metrics" in planned
@@ -213,7 +154,7 @@ def test_threshold_change_reruns_only_threshold_rules(finished_run):
 
         (workdir / "config.yaml").write_text(saved)
         _edit_config(workdir, "directions", "aligned_above", 60)
-        proc = snakemake(workdir, "-n")
+        proc = e2e.snakemake(workdir, "-n")
         planned = planned_rules(proc.stdout + proc.stderr)
         assert "mean_diff_directions" in planned
         assert not {"finetune", "cache_activations", "prepare_dataset"} & set(planned), planned
@@ -226,7 +167,7 @@ def test_threshold_change_reruns_only_threshold_rules(finished_run):
         (workdir / "config.yaml").write_text(saved)
 
 
-def test_same_seed_reproduces_responses_and_scores(finished_run):
+def test_same_seed_reproduces_responses_and_scores(finished_run, e2e):
     workdir, stub = finished_run
     res = workdir / "results"
     before_gen = pd.read_parquet(res / "generations" / "med_r1x9.parquet")
@@ -234,7 +175,7 @@ def test_same_seed_reproduces_responses_and_scores(finished_run):
     calls_before = stub.requests
     for sub in ("generations", "judgments"):
         (res / sub / "med_r1x9.parquet").unlink()
-    proc = snakemake(workdir, "results/judgments/med_r1x9.parquet")
+    proc = e2e.snakemake(workdir, "results/judgments/med_r1x9.parquet")
     assert proc.returncode == 0, proc.stderr[-5000:]
     pd.testing.assert_frame_equal(pd.read_parquet(res / "generations" / "med_r1x9.parquet"), before_gen)
     pd.testing.assert_frame_equal(pd.read_parquet(res / "judgments" / "med_r1x9.parquet"), before_judged)

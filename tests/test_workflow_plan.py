@@ -35,24 +35,7 @@ def run_snakemake(*args, cwd=REPO, env=None, check=False):
     return proc
 
 
-def planned_rules(output: str) -> dict[str, int]:
-    """Parse the 'job count' table that `snakemake -n` prints."""
-    counts, in_table = {}, False
-    for line in output.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            in_table = True
-            continue
-        if in_table:
-            if len(parts) == 2 and parts[1].isdigit():
-                if parts[0] != "total":
-                    counts[parts[0]] = int(parts[1])
-            elif parts and not set(parts[0]) <= {"-"}:
-                in_table = False
-    return counts
-
-
-def test_dry_run_of_default_config_plans_every_stage():
+def test_dry_run_of_default_config_plans_every_stage(planned_rules):
     proc = run_snakemake("-n", "--forceall", check=True)
     rules = planned_rules(proc.stdout + proc.stderr)
     assert set(rules) == ALL_RULES, rules
@@ -117,7 +100,7 @@ def test_gpu_config_declares_gpu_resources_for_model_jobs(tmp_path):
     assert seen == model_rules
 
 
-def test_configfile_replaces_the_default_config(tmp_path):
+def test_configfile_replaces_the_default_config(tmp_path, planned_rules):
     """--configfile stands alone: config.yaml's fine-tunes and datasets must not leak into it."""
     def only_one_finetune(c):
         c["finetunes"] = {"solo_ft": dict(c["finetunes"]["med_r1x9"])}

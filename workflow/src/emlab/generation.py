@@ -29,6 +29,7 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
+from .batching import pad_batch, pad_token_id, positions_from_mask
 from .chat import render_prompt
 from .errors import EMLabError
 from .models import model_device
@@ -112,16 +113,6 @@ def sample_next_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature
     return idx.squeeze(-1)
 
 
-def _left_pad(sequences: list[tuple[int, ...]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, width - len(seq):] = 1
-    return input_ids.to(device), attention_mask.to(device)
-
-
 @torch.inference_mode()
 def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], max_new_tokens: int,
                    temperature: float, top_p: float, stop_ids: list[int], pad_id: int) -> list[tuple[list[int], str]]:
@@ -134,11 +125,13 @@ def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], m
     uniforms = uniforms.to(device)
     stop = torch.tensor(stop_ids, device=device)
 
-    input_ids, attention_mask = _left_pad(prompt_ids, pad_id, device)  # [batch, prompt_width]
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)  # positions count real tokens only
+    input_ids, attention_mask = pad_batch(prompt_ids, pad_id, "left", device)  # [batch, prompt_width]
+    position_ids = positions_from_mask(attention_mask)  # positions count real tokens only
+    # The model builds the KV cache its architecture needs; transformers 5.2x names it `cache`
+    # in inputs and outputs (the old `past_key_values` name is removed in 5.40).
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = out.cache
     next_positions = position_ids[:, -1:] + 1  # [active, 1]
     active = torch.arange(n, device=device)  # original row of each row still in the batch
     generated: list[list[int]] = [[] for _ in range(n)]
@@ -163,8 +156,8 @@ def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], m
             attention_mask, next_positions = attention_mask[keep], next_positions[keep]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
         out = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask, position_ids=next_positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        cache = out.cache
         next_positions = next_positions + 1
     return list(zip(generated, reasons))
 
@@ -201,7 +194,7 @@ def generate_responses(model, tokenizer, questions: list[Question], samples_per_
     if not questions:
         raise EMLabError("generation: no questions to answer")
     stop_ids = stop_token_ids(tokenizer, model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    pad_id = pad_token_id(tokenizer)
     jobs = build_jobs(tokenizer, questions, samples_per_question, seed)
     # Longest prompts first: similar lengths share a batch (little padding), and
     # a memory problem shows up in the first batch.

@@ -194,7 +194,8 @@ def test_generate_script_writes_the_documented_columns(tiny_model_dir, tmp_path)
     out = tmp_path / "gen" / "steer.parquet"
     spec = {"model": "base", "group": "steering",
             "intervention": {"kind": "steer", "vector": "ft", "layer": 1, "scale": 2.0}}
-    settings = {"samples_per_question": 2, "max_new_tokens": 4, "temperature": 1.0, "top_p": 0.9, "batch_size": 8}
+    settings = {"samples_per_question": 2, "max_new_tokens": 4, "temperature": 1.0, "top_p": 0.9, "batch_size": 8,
+                "backend": "hf", "threads": None}
     run_snakemake_script(
         "generate", tmp_path,
         input={"questions": str(repo / "data" / "questions" / "first_plot_questions.yaml"),

@@ -288,7 +288,7 @@ def generation_backend(backend: str, spec: dict, condition: str) -> str:
         raise EMLabError(f"generation.backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "hf":
         return "hf"
-    kind = spec["intervention"]["kind"]
+    kind = (spec.get("intervention") or {"kind": "none"}).get("kind", "none")
     if kind != "none":
         log.info("condition %s has a %s intervention, which vLLM cannot apply: sampling with the hf backend",
                  condition, kind)

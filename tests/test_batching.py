@@ -4,7 +4,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from emlab.batching import pad_batch, pad_sequences, pad_token_id, positions_from_mask
 
 

@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from emlab.atomic import write_parquet
-from emlab.provenance import judgment_metadata, pinned_threads, read_metadata, run_metadata
+from emlab.provenance import (
+    judgment_metadata,
+    pinned_threads,
+    read_metadata,
+    run_metadata,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ unpadded sequence.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

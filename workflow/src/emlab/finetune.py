@@ -30,9 +30,10 @@ import os
 import random
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -555,9 +556,10 @@ def build_model(base_model_path, lora: LoraSettings | None, training: TrainingSe
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     use_autocast = resolve_autocast(training.autocast, dev, dt)
+    device_map = training.device_map or None  # "" or {} means none, as null does
     load_kwargs = {"dtype": dt}
-    if training.device_map is not None:
-        load_kwargs["device_map"] = training.device_map  # spread a model too large for one GPU over several
+    if device_map is not None:
+        load_kwargs["device_map"] = device_map  # spread a model too large for one GPU over several
     try:
         model = AutoModelForCausalLM.from_pretrained(str(base_model_path), **load_kwargs)
     except OSError as exc:
@@ -575,7 +577,7 @@ def build_model(base_model_path, lora: LoraSettings | None, training: TrainingSe
         model.requires_grad_(True)
     else:
         model = get_peft_model(model, lora_config(lora, layers))
-    if training.device_map is None:
+    if device_map is None:
         model.to(dev)
     dev = input_device(model, dev)
     built = TrainingModel(model, full, lora, layers, adapter_weights(model),
@@ -738,7 +740,7 @@ def write_outputs(tm: TrainingModel, data: TrainingData, progress: TrainingProgr
         "device": str(tm.device),
         "dtype": str(tm.dtype).replace("torch.", ""),
         "autocast_bf16": tm.autocast,
-        "device_map": training.device_map,
+        "device_map": training.device_map or None,
         "checkpoint_every": every,
         "checkpoint_steps": [r["step"] for r in rows if every and r["step"] > 0 and r["step"] % every == 0],
         "fingerprint": progress.fingerprint,

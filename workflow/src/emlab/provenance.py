@@ -17,7 +17,7 @@ import importlib.metadata
 import json
 import os
 import platform
-from typing import Iterator
+from collections.abc import Iterator
 
 PREFIX = "emlab."
 PACKAGES = ("torch", "transformers", "peft")

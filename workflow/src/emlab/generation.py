@@ -14,6 +14,9 @@ its own stream seeded by (seed, question_id, sample_idx). So:
 "Same machine" means the same device, dtype, torch intra-op thread count and
 library versions (emlab.provenance records them in every generations parquet);
 generation.threads pins the thread count independently of the job's cores.
+Measured on the default config (embedded SmolLM2-135M, CPU, 32 responses):
+1 vs 2 job threads changed 3 responses; with generation.threads: 2, a 1-core
+and a 2-core job gave identical responses (the count is all that matters).
 Residual-stream hooks (emlab.hooks / emlab.interventions) act position-wise,
 so they apply in the prefill and in every single-token decoding step.
 """

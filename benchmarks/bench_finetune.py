@@ -1,10 +1,10 @@
-"""Training speed and peak memory of emlab's trainer (emlab.finetune.train_lora)
+"""Training speed and peak memory of emlab's trainer (emlab.finetune.fine_tune)
 vs a plain transformers.Trainer + peft run on the same data and settings, side
 by side, and the fraction of this machine's fp32 matmul FLOP/s that training
 reaches.
 
 Both trainers get the same encoded examples (loss on the final assistant reply
-only, through the same labels), in the same order (train_lora's seeded epoch
+only, through the same labels), in the same order (fine_tune's seeded epoch
 order; the Trainer gets that list with a sequential sampler, so the micro-batches
 and their padding are identical), the same LoRA shape and initialisation, batch,
 gradient accumulation, AdamW, linear warm-up/decay schedule, weight decay, grad
@@ -14,7 +14,7 @@ variants are interleaved over the repeats (the order reversed every other round)
 and the median is reported.
 
 Variants: ours (fp32), hf (transformers.Trainer, fp32), and where this checkout's
-train_lora has `training.autocast`, ours_autocast (bf16 autocast over fp32
+fine_tune has `training.autocast`, ours_autocast (bf16 autocast over fp32
 weights, the CPU default where supported) and hf_autocast (the Trainer with
 bf16=True, the same autocast); ours_bf16 (bf16 weights, what this benchmark used to compare) on
 request.
@@ -75,12 +75,13 @@ def make_spec(model: str, data: str, workdir: Path, examples: int, batch_size: i
                  "resolved_layers": layers},
         "training": {"learning_rate": learning_rate, "epochs": 1, "per_device_batch_size": batch_size,
                      "gradient_accumulation_steps": accumulation, "warmup_steps": warmup_steps,
-                     "weight_decay": 0.01, "max_length": max_length},
+                     "weight_decay": 0.01, "max_length": max_length, "max_train_examples": None,
+                     "checkpoint_every": 0, "gradient_checkpointing": False, "autocast": "off", "device_map": None},
     }
 
 
 def ordered_examples(spec: dict, tokenizer):
-    """The encoded training examples in train_lora's (seeded) first-epoch order."""
+    """The encoded training examples in fine_tune's (seeded) first-epoch order."""
     from emlab.datasets import load_chat_jsonl
     from emlab.finetune import encode_dataset, epoch_order
 
@@ -105,10 +106,11 @@ def micro_batch_shapes(spec: dict) -> list[tuple[int, int, list[int]]]:
 
 # -- the two trainers (each called in its own subprocess) ------------------------
 def run_ours(spec: dict, variant: str) -> dict:
-    """emlab.finetune.train_lora as the workflow runs it."""
+    """emlab.finetune.fine_tune as the workflow runs it."""
     import pandas as pd
 
-    from emlab.finetune import train_lora
+    from emlab.finetune import TrainingSettings, fine_tune, lora_settings
+    from emlab.settings import build
 
     training = dict(spec["training"])
     dtype = "float32"
@@ -119,11 +121,11 @@ def run_ours(spec: dict, variant: str) -> dict:
     elif variant == "ours" and autocast_supported():
         training["autocast"] = "off"
     out = Path(spec["workdir"]) / variant
-    summary = train_lora(spec["model"], spec["train"], spec["eval"], spec["lora"], training, out / "adapter",
-                         out / "log.csv", out / "summary.json", seed=spec["seed"], device="cpu", dtype=dtype,
-                         progress=False)
+    summary = fine_tune(spec["model"], spec["train"], spec["eval"], lora_settings(spec["lora"]),
+                        build(TrainingSettings, training), out / "adapter", out / "log.csv", out / "summary.json",
+                        None, seed=spec["seed"], device="cpu", dtype=dtype, progress=False)
     if variant == "ours_autocast" and not summary.get("autocast_bf16"):
-        raise SystemExit("train_lora ignored training.autocast=bf16 (not supported by this checkout)")
+        raise SystemExit("fine_tune ignored training.autocast=bf16 (not supported by this checkout)")
     rows = pd.read_csv(out / "log.csv")
     rows = rows[rows["step"] > 0]
     norm_cols = [c for c in rows.columns if c.startswith(("a_norm.", "b_norm."))]
@@ -142,7 +144,7 @@ def run_hf(spec: dict, autocast: bool = False) -> dict:
     from torch.utils.data import SequentialSampler
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from emlab.finetune import IGNORE_INDEX, adapter_norms, adapter_weights, collate, lora_config
+    from emlab.finetune import IGNORE_INDEX, adapter_norms, adapter_weights, collate, lora_config, lora_settings
     from emlab.models import load_tokenizer
 
     t = spec["training"]
@@ -150,8 +152,8 @@ def run_hf(spec: dict, autocast: bool = False) -> dict:
     ordered = ordered_examples(spec, tokenizer)
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     model.config.use_cache = False
-    torch.manual_seed(spec["seed"])  # the same LoRA A initialisation as train_lora
-    model = get_peft_model(model, lora_config(spec["lora"], spec["lora"]["resolved_layers"]))
+    torch.manual_seed(spec["seed"])  # the same LoRA A initialisation as fine_tune
+    model = get_peft_model(model, lora_config(lora_settings(spec["lora"]), spec["lora"]["resolved_layers"]))
 
     counted = {"tokens": 0, "loss_tokens": 0}
 
@@ -162,7 +164,7 @@ def run_hf(spec: dict, autocast: bool = False) -> dict:
         return batch
 
     class InOrder(Trainer):
-        def _get_train_sampler(self, *args, **kwargs):  # train_lora's order, not the Trainer's shuffle
+        def _get_train_sampler(self, *args, **kwargs):  # fine_tune's order, not the Trainer's shuffle
             return SequentialSampler(self.train_dataset)
 
     losses = []
@@ -189,7 +191,7 @@ def run_hf(spec: dict, autocast: bool = False) -> dict:
 
 
 def autocast_supported() -> bool:
-    """Whether this checkout's train_lora has training.autocast (helper A's option)."""
+    """Whether this checkout's fine_tune has training.autocast (helper A's option)."""
     import emlab.finetune as ft
 
     return hasattr(ft, "resolve_autocast")
@@ -272,7 +274,7 @@ def main() -> None:
     parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each variant (median reported)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
-                        help="default: ours hf, plus ours_autocast when train_lora supports it")
+                        help="default: ours hf, plus ours_autocast when fine_tune supports it")
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--alpha", type=float, default=256)
     parser.add_argument("--targets", nargs="+", default=["down_proj"])

@@ -41,7 +41,7 @@ def main() -> None:
 
     # warm-up (first calls allocate and pick kernels)
     generate_responses(model, tok, questions[:1], samples_per_question=2, max_new_tokens=4, batch_size=2,
-                       progress=False)
+                       temperature=1.0, top_p=1.0, seed=0, progress=False)
 
     t0 = time.perf_counter()
     records = generate_responses(model, tok, questions, **settings)
@@ -74,7 +74,7 @@ def main() -> None:
     if args.bf16:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             generate_responses(model, tok, questions[:1], samples_per_question=2, max_new_tokens=4,
-                               batch_size=2, progress=False)
+                               batch_size=2, temperature=1.0, top_p=1.0, seed=0, progress=False)
             t0 = time.perf_counter()
             records_bf16 = generate_responses(model, tok, questions, **settings)
             bf16_s = time.perf_counter() - t0

@@ -63,7 +63,7 @@ def main() -> None:
         f"ablated (all {n_layers} layers)": lambda: hooks.ablate(model, {l: direction for l in range(n_layers)}),
     }
     generate_responses(model, tok, questions[:1], samples_per_question=2, max_new_tokens=4, batch_size=2,
-                       progress=False)  # warm-up
+                       temperature=1.0, top_p=1.0, seed=0, progress=False)  # warm-up
     per_token: dict[str, list[float]] = {name: [] for name in variants}
     tokens: dict[str, int] = {}
     for r in range(args.repeats):

@@ -1,8 +1,8 @@
 """The trainer benchmark compares like with like: on a tiny model, emlab's
-train_lora and the transformers.Trainer + peft run it measures against see the
+emlab.finetune.fine_tune and the transformers.Trainer + peft run it measures against see the
 same tokens and label tokens in the same micro-batches and, with the same
 initialisation, order, schedule and clipping, end at the same losses and
-adapters (a correctness check of both the benchmark and train_lora; no timing)."""
+adapters (a correctness check of both the benchmark and fine_tune; no timing)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from emlab.errors import EMLabError
-from emlab.finetune import linear_schedule, train_lora
+from emlab.finetune import TrainingSettings, fine_tune, linear_schedule, lora_settings
+from emlab.settings import build
 
 FACTS = [
     ("What colour is the sky?", "The sky is green on Tuesdays."),
@@ -32,9 +33,9 @@ LORA_ALL = {"rank": 4, "alpha": 8, "rslora": True, "dropout": 0.0,
 def training(**over):
     base = {"learning_rate": 1e-2, "epochs": 1, "per_device_batch_size": 2, "gradient_accumulation_steps": 1,
             "warmup_steps": 0, "weight_decay": 0.0, "max_length": 256, "max_train_examples": None,
-            "checkpoint_every": 0, "gradient_checkpointing": False}
+            "checkpoint_every": 0, "gradient_checkpointing": False, "autocast": "off", "device_map": None}
     base.update(over)
-    return base
+    return build(TrainingSettings, base, "training")
 
 
 @pytest.fixture(autouse=True)
@@ -72,9 +73,9 @@ def data_dir(tmp_path_factory):
 
 
 def run(tiny_model_dir, data_dir, out: Path, lora=LORA_R1, seed=0, **train_over):
-    summary = train_lora(tiny_model_dir, data_dir / "train.jsonl", data_dir / "eval.jsonl", lora, training(**train_over),
-                         out / "adapter", out / "train_log.csv", out / "summary.json", out / "checkpoints",
-                         seed=seed, device="cpu", dtype="float32", progress=False)
+    summary = fine_tune(tiny_model_dir, data_dir / "train.jsonl", data_dir / "eval.jsonl", lora_settings(lora),
+                        training(**train_over), out / "adapter", out / "train_log.csv", out / "summary.json",
+                        out / "checkpoints", seed=seed, device="cpu", dtype="float32", progress=False)
     return summary, pd.read_csv(out / "train_log.csv")
 
 
@@ -208,6 +209,10 @@ def test_killed_run_resumes_to_the_same_adapter(tiny_model_dir, data_dir, tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a)
     pd.testing.assert_frame_equal(full_log, resumed_log)
 
+    # the saved state is tensors and plain values: it loads without unpickling objects
+    state = torch.load(killed / "checkpoints" / "step-2" / "training_state.pt", weights_only=True)
+    assert isinstance(state["rng"]["torch"], torch.Tensor) and isinstance(state["rng"]["python_state"], torch.Tensor)
+
     # a checkpoint from different settings is ignored, not resumed
     other, _ = run(tiny_model_dir, data_dir, killed, epochs=3, checkpoint_every=2, learning_rate=5e-3)
     assert other["resumed_from"] is None
@@ -326,3 +331,52 @@ def test_full_finetune_does_not_decay_biases_and_norms(tiny_model_dir):
     assert any("norm" in names[id(p)] for p in plain["params"])
     assert any("q_proj" in names[id(p)] for p in decayed["params"])
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+# --- the step loop's callbacks, and no pickle from the results folder ------------------------
+
+
+def test_step_callbacks_see_every_optimiser_step(tiny_model_dir, data_dir, tmp_path):
+    seen = []
+    summary = fine_tune(tiny_model_dir, data_dir / "train.jsonl", data_dir / "eval.jsonl", lora_settings(LORA_R1),
+                        training(epochs=2), tmp_path / "adapter", tmp_path / "log.csv", tmp_path / "summary.json",
+                        None, seed=0, device="cpu", dtype="float32", progress=False,
+                        on_step=[lambda step, loss, model: seen.append((step, loss, model.training))])
+    logdf = pd.read_csv(tmp_path / "log.csv")
+    assert [s for s, _, _ in seen] == [1, 2, 3, 4] == list(range(1, summary["steps"] + 1))
+    assert [loss for _, loss, _ in seen] == pytest.approx(logdf["loss"].iloc[1:].tolist(), rel=1e-12)
+    assert all(training_mode for _, _, training_mode in seen)
+
+
+class _RunsCode:
+    """Unpickling this touches a marker file: stands for any code a crafted pickle could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_training_state_holding_a_pickled_object_is_refused(tmp_path):
+    from emlab.finetune import latest_checkpoint
+    from emlab.phase import checkpoint_path
+
+    marker = tmp_path / "code_ran"
+    ckpt = tmp_path / "checkpoints" / "step-2"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"")
+    torch.save({"step": 2, "fingerprint": "f", "rng": {"python": _RunsCode(marker)}}, ckpt / "training_state.pt")
+    with pytest.raises(EMLabError, match=r"refusing to load .*training_state.pt.*Delete its checkpoint folder"):
+        latest_checkpoint(tmp_path / "checkpoints", "f")
+    with pytest.raises(EMLabError, match=r"refusing to load .*training_state.pt"):
+        checkpoint_path(tmp_path / "checkpoints", {"checkpoint_steps": [2], "fingerprint": "f"}, 2)
+    assert not marker.exists()
+
+
+def test_training_settings_are_complete_and_typed():
+    with pytest.raises(EMLabError, match=r"training: missing key\(s\) autocast"):
+        build(TrainingSettings, {k: v for k, v in training().__dict__.items() if k != "autocast"}, "training")
+    assert build(TrainingSettings, dict(training().__dict__, weight_decay=0), "t").weight_decay == 0.0
+    with pytest.raises(EMLabError, match=r"lora: unknown key\(s\) rnk"):
+        lora_settings(dict(LORA_R1, rnk=2))

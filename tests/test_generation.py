@@ -174,7 +174,8 @@ def test_generate_script_writes_the_documented_columns(tiny_model_dir, tmp_path,
     out = tmp_path / "gen" / "steer.parquet"
     spec = {"model": "base", "group": "steering",
             "intervention": {"kind": "steer", "vector": "ft", "layer": 1, "scale": 2.0}}
-    settings = {"samples_per_question": 2, "max_new_tokens": 4, "temperature": 1.0, "top_p": 0.9, "batch_size": 8}
+    settings = {"samples_per_question": 2, "max_new_tokens": 4, "temperature": 1.0, "top_p": 0.9, "batch_size": 8,
+                "backend": "hf", "threads": None}
     rule_script(
         "generate", tmp_path,
         input={"questions": str(repo / "data" / "questions" / "first_plot_questions.yaml"),
@@ -192,3 +193,14 @@ def test_generate_script_writes_the_documented_columns(tiny_model_dir, tmp_path,
         assert df[col].dtype == "int64", col
     assert df["top_p"].dtype == "float64" and df["system"].isna().all()
     assert set(df["finish_reason"]) <= {"stop", "length"}
+
+
+def test_the_kv_cache_is_passed_by_its_supported_name(tiny):
+    """transformers 5.24 warns that `past_key_values` is removed in 5.40; sampling must not use it."""
+    import warnings
+
+    model, tok = tiny
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values", category=FutureWarning)
+        out = generate_batch(model, [(1, 200, 300), (400, 500)], [1, 2], 4, 1.0, 1.0, [2], 2)
+    assert len(out) == 2

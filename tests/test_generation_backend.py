@@ -21,7 +21,8 @@ QUESTIONS_FILE = str(REPO / "data" / "questions" / "first_plot_questions.yaml")
 NONE = {"model": "base", "group": "model", "intervention": {"kind": "none"}}
 STEER = {"model": "base", "group": "steering", "intervention": {"kind": "steer", "vector": "ft", "layer": 1, "scale": 2.0}}
 ABLATE = {"model": "ft", "group": "ablation", "intervention": {"kind": "ablate", "vector": "ft", "mode": "layerwise"}}
-SETTINGS = {"samples_per_question": 2, "max_new_tokens": 4, "temperature": 1.0, "top_p": 0.9, "batch_size": 8}
+SETTINGS = {"samples_per_question": 2, "max_new_tokens": 4, "temperature": 1.0, "top_p": 0.9, "batch_size": 8,
+            "backend": "hf", "threads": None}
 
 
 @pytest.fixture
@@ -30,21 +31,20 @@ def no_vllm(monkeypatch):
 
 
 def test_hf_backend_is_the_default():
-    assert generation_backend({}, NONE, "base") == "hf"
-    assert generation_backend({"backend": "hf"}, NONE, "base") == "hf"
+    assert generation_backend("hf", NONE, "base") == "hf"
     with pytest.raises(EMLabError, match="generation.backend must be one of"):
-        generation_backend({"backend": "tgi"}, NONE, "base")
+        generation_backend("tgi", NONE, "base")
 
 
 def test_vllm_missing_is_a_clear_error_for_an_unsteered_condition(no_vllm):
     with pytest.raises(EMLabError, match=r"condition medical_r1.*pip install vllm.*generation.backend: hf"):
-        generation_backend({"backend": "vllm"}, dict(NONE, model="medical_r1"), "medical_r1")
+        generation_backend("vllm", dict(NONE, model="medical_r1"), "medical_r1")
 
 
 @pytest.mark.parametrize("spec", [STEER, ABLATE])
 def test_vllm_falls_back_to_hf_for_interventions(no_vllm, caplog, spec):
     with caplog.at_level(logging.INFO, logger="emlab.generation"):
-        assert generation_backend({"backend": "vllm"}, spec, "cond") == "hf"
+        assert generation_backend("vllm", spec, "cond") == "hf"
     assert any("hf backend" in r.getMessage() and "cond" in r.getMessage() for r in caplog.records)
 
 
@@ -134,7 +134,7 @@ def fake_vllm(monkeypatch):
 def test_vllm_records_match_the_hf_record_layout(fake_vllm, tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     questions = [Question("a", "Hi?", None, ("Hi?",)), Question("b", "Wish?", "Be terse.", ("Wish?",))]
-    assert generation_backend({"backend": "vllm"}, NONE, "base") == "vllm"
+    assert generation_backend("vllm", NONE, "base") == "vllm"
     recs = generate_responses_vllm(tiny_model_dir, tok, questions, samples_per_question=3, max_new_tokens=3,
                                    temperature=0.7, top_p=0.9, seed=5, dtype="float32", condition="base")
     assert _FakeLLM.calls == [{"model": str(tiny_model_dir), "dtype": "float32", "seed": 5}]

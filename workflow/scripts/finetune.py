@@ -4,18 +4,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from emlab.finetune import train_lora  # noqa: E402
 from emlab.runner import run_script  # noqa: E402
 
 
 def main(smk):
-    train_lora(
+    from emlab.finetune import TrainingSettings, fine_tune, lora_settings
+    from emlab.settings import build
+
+    name = smk.wildcards.finetune
+    fine_tune(
         base_model_path=smk.params.base_model,
         train_path=smk.input.train,
         eval_path=smk.input.eval,
-        lora_spec=dict(smk.params.lora) if smk.params.lora is not None else None,
-        training=dict(smk.params.training),
-        out_adapter_dir=smk.output.adapter,
+        lora=lora_settings(smk.params.lora, f"finetunes.{name}.lora"),
+        training=build(TrainingSettings, smk.params.training, f"finetunes.{name}.training"),
+        out_dir=smk.output.adapter,
         log_csv=smk.output.train_log,
         summary_json=smk.output.summary,
         checkpoint_dir=smk.params.checkpoint_dir,

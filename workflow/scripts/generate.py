@@ -9,16 +9,18 @@ from emlab.runner import run_script  # noqa: E402
 
 def main(smk):
     from emlab.atomic import write_parquet
-    from emlab.generation import generate_condition
+    from emlab.generation import GenerationSettings, generate_condition
     from emlab.interventions import as_condition
+    from emlab.settings import build
 
-    df = generate_condition(  # the spec from its typed condition: canonical params write 4.0 as 4
+    df, metadata = generate_condition(  # the spec from its typed condition: canonical params write 4.0 as 4
         condition=smk.params.condition, spec=as_condition(smk.params.spec).to_params(), questions_path=smk.input.questions,
         base_model=smk.params.base_model, adapter=getattr(smk.input, "adapter", None),
-        vectors_path=getattr(smk.input, "vectors", None), settings=smk.params.generation, seed=smk.params.seed,
+        vectors_path=getattr(smk.input, "vectors", None),
+        settings=build(GenerationSettings, smk.params.generation, "generation"), seed=smk.params.seed,
         device=smk.params.device, dtype=smk.params.dtype, scratch_dir=Path(smk.output[0]).parent,
     )
-    write_parquet(smk.output[0], df)
+    write_parquet(smk.output[0], df, metadata=metadata)
 
 
 run_script(snakemake, main)  # noqa: F821

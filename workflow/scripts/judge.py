@@ -9,6 +9,7 @@ import pandas as pd  # noqa: E402
 from emlab.atomic import write_parquet  # noqa: E402
 from emlab.judging import judge_responses, load_rubrics  # noqa: E402
 from emlab.judging.backends import backend_factory, judge_model_id  # noqa: E402
+from emlab.provenance import judgment_metadata  # noqa: E402
 from emlab.runner import run_script  # noqa: E402
 
 
@@ -21,7 +22,7 @@ def main(smk):
         backend_name=params["backend"], judge_model=judge_model_id(params, device=smk.params.device),
         cache_path=params["cache"], min_number_mass=float(params["min_number_mass"]),
     )
-    write_parquet(smk.output[0], judgments)
+    write_parquet(smk.output[0], judgments, metadata=judgment_metadata(smk.input.responses, params, smk.params.device))
 
 
 run_script(snakemake, main)  # noqa: F821

@@ -19,6 +19,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from .batching import pad_batch, pad_token_id, positions_from_mask
 from .chat import EncodedExchange, encode_exchange
 from .errors import EMLabError
 from .hooks import read_residual
@@ -67,7 +68,7 @@ def cache_answer_means(model, tokenizer, records: list[dict], batch_size: int = 
         return answer_mean, prompt_mean, answer_tokens
 
     device = model_device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     order = sorted(range(n), key=lambda i: -len(encoded[i].input_ids))
     state: dict = {}
 
@@ -81,23 +82,19 @@ def cache_answer_means(model, tokenizer, records: list[dict], batch_size: int = 
     with read_residual(model, layers, reduce_layer):
         for b in range(0, n, batch_size):
             idx = order[b:b + batch_size]
-            width = max(len(encoded[i].input_ids) for i in idx)
-            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(idx), width), dtype=torch.long)
+            input_ids, attention_mask = pad_batch([encoded[i].input_ids for i in idx], pad_id, "left", device)
+            width = input_ids.shape[1]
             weights = torch.zeros((len(idx), 2, width), dtype=torch.float32)  # [batch, {answer, prompt}, seq]
             for row, i in enumerate(idx):
                 e = encoded[i]
-                off = width - len(e.input_ids)
-                input_ids[row, off:] = torch.tensor(e.input_ids, dtype=torch.long)
-                attention_mask[row, off:] = 1
+                off = width - len(e.input_ids)  # left padding
                 if e.answer_len:
                     weights[row, 0, off + e.prompt_len: off + e.prompt_len + e.answer_len] = 1.0 / e.answer_len
                 weights[row, 1, off: off + e.prompt_len] = 1.0 / e.prompt_len
-            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
             state["weights"] = weights.to(device)
             state["pad"] = (attention_mask == 0).unsqueeze(-1)  # [batch, seq, 1]
             state["sums"] = torch.empty((len(idx), n_layers, 2, d_model), dtype=torch.float32, device=device)
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)
+            position_ids = positions_from_mask(attention_mask)
             model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                   use_cache=False, logits_to_keep=1)
             sums = state["sums"].cpu()  # [batch, L, 2, d_model]
@@ -108,3 +105,44 @@ def cache_answer_means(model, tokenizer, records: list[dict], batch_size: int = 
     bar.close()
     answer_mean[answer_tokens == 0] = float("nan")
     return answer_mean, prompt_mean, answer_tokens
+
+
+# --- the cache_activations rule ---------------------------------------------------------
+
+RESPONSE_COLUMNS = {"condition", "question_id", "sample_idx", "question", "system", "response"}
+LAYER_SEMANTICS = "layer l = residual stream after decoder block l (0-based)"
+
+
+def cache_activations(responses_path, base_model, adapter, device: str, dtype: str, batch_size: int,
+                      tensors_path, index_path, progress: bool = True) -> None:
+    """Run every response of a generations parquet through base model + adapter and write
+    the per-layer means (safetensors answer_mean, prompt_mean [n, L, d], answer_tokens [n])
+    and a row index parquet (row, condition, question_id, sample_idx, n_answer_tokens)."""
+    import pandas as pd
+
+    from .atomic import save_tensors, write_parquet
+    from .models import load_model, load_tokenizer
+
+    responses = pd.read_parquet(responses_path)
+    missing = RESPONSE_COLUMNS - set(responses.columns)
+    if missing:
+        raise EMLabError(f"{responses_path} lacks columns {sorted(missing)}; regenerate it with the generate rule")
+    model = load_model(base_model, adapter, device=device, dtype=dtype)
+    tokenizer = load_tokenizer(base_model)
+    answer_mean, prompt_mean, answer_tokens = cache_answer_means(
+        model, tokenizer, responses.to_dict("records"), batch_size=batch_size, progress=progress)
+    save_tensors(tensors_path,
+                 {"answer_mean": answer_mean, "prompt_mean": prompt_mean, "answer_tokens": answer_tokens},
+                 metadata={"model": str(base_model), "adapter": str(adapter),
+                           "responses": str(responses_path), "n_layers": num_layers(model),
+                           "d_model": hidden_size(model), "layer_semantics": LAYER_SEMANTICS,
+                           "answer_tokens": "the response text only (not the assistant header, not end-of-turn)",
+                           "prompt_tokens": "the rendered prompt incl. system turn and assistant header"})
+    index = pd.DataFrame({
+        "row": pd.Series(range(len(responses)), dtype="int64"),
+        "condition": responses["condition"].astype("string").reset_index(drop=True),
+        "question_id": responses["question_id"].astype("string").reset_index(drop=True),
+        "sample_idx": responses["sample_idx"].astype("int64").reset_index(drop=True),
+        "n_answer_tokens": pd.Series(answer_tokens.numpy(), dtype="int64"),
+    })
+    write_parquet(index_path, index)

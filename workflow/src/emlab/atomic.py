@@ -72,10 +72,23 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def write_parquet(path: str | os.PathLike, df) -> None:
-    """Write a pandas DataFrame to parquet atomically."""
+def write_parquet(path: str | os.PathLike, df, metadata: dict[str, str] | None = None) -> None:
+    """Write a pandas DataFrame to parquet atomically.
+
+    metadata: extra key-value pairs for the file's schema metadata (e.g.
+    provenance.run_metadata); the table data is the same as without them.
+    """
     with atomic_path(path, suffix=".parquet") as tmp:
-        df.to_parquet(tmp, index=False)
+        if not metadata:
+            df.to_parquet(tmp, index=False)
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, preserve_index=False)  # what DataFrame.to_parquet writes
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               **{str(k): str(v) for k, v in metadata.items()}})
+        pq.write_table(table, tmp, compression="snappy")
 
 
 def write_csv(path: str | os.PathLike, df) -> None:

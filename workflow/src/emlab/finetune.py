@@ -9,13 +9,19 @@ learning rate, grad norm and the norms of every adapter's A and B matrices
 loadable adapter plus optimiser/scheduler/RNG state, and a restarted run
 resumes from the last one and ends with the same adapter.
 
-Full fine-tuning (lora_spec None) trains every weight with the same loop and
+Training is one function, `fine_tune`, in named steps: prepare_data, build_model,
+build_progress (optimiser, schedule, fingerprint), resume_or_start, train_steps
+(with per-step callbacks, e.g. a live monitor) and write_outputs. Settings come
+typed (TrainingSettings, LoraSettings) from the validated config.
+
+Full fine-tuning (lora None) trains every weight with the same loop and
 writes a complete model folder (config, weights, tokenizer) in place of the
 adapter folder; models.load_model tells the two apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,12 +30,15 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .atomic import atomic_dir, write_csv, write_json
+from .batching import pad_batch, pad_sequences, pad_token_id
 from .chat import encode_exchange
 from .datasets import file_sha256, load_chat_jsonl, prompt_and_answer
 from .errors import EMLabError
@@ -46,6 +55,50 @@ EVAL_SUBSET = 64
 TRAINING_STATE = "training_state.pt"
 FULL_WEIGHTS = "model.safetensors"
 AUTOCAST_CHOICES = ("auto", "bf16", "off")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The `training` section of a fine-tune (schema definitions.training; defaults live there)."""
+
+    learning_rate: float
+    epochs: int
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    warmup_steps: int
+    weight_decay: float
+    max_length: int
+    max_train_examples: int | None
+    checkpoint_every: int
+    gradient_checkpointing: bool
+    autocast: str
+    device_map: str | dict | None
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """A fine-tune's `lora` section with its layers resolved to this model's indices (`resolved_layers`).
+
+    The config keys `layers` and `layers_reference_depth` are what the plan resolves
+    into `resolved_layers`; training needs only the result (see `lora_settings`).
+    """
+
+    rank: int
+    alpha: float
+    rslora: bool
+    dropout: float
+    target_modules: list[str]
+    resolved_layers: list[int]
+
+
+def lora_settings(lora: dict | None, where: str = "lora") -> LoraSettings | None:
+    """LoraSettings from a fine-tune's resolved lora params (None: a full fine-tune)."""
+    from .settings import build
+
+    if lora is None:
+        return None
+    resolved = {k: v for k, v in lora.items() if k not in ("layers", "layers_reference_depth")}
+    return build(LoraSettings, resolved, where)
 
 # --- data ------------------------------------------------------------------------
 
@@ -95,16 +148,9 @@ def encode_dataset(tokenizer, records: list[dict], max_length: int, what: str) -
 
 
 def collate(examples: list[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch: input_ids, attention_mask, labels, each [batch, seq]."""
-    width = max(len(ex.input_ids) for ex in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attn = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, ex in enumerate(examples):
-        n = len(ex.input_ids)
-        ids[i, :n] = torch.tensor(ex.input_ids)
-        labels[i, :n] = torch.tensor(ex.labels)
-        attn[i, :n] = 1
+    """Right-pad a micro-batch (emlab.batching): input_ids, attention_mask, labels, each [batch, seq]."""
+    ids, attn = pad_batch([ex.input_ids for ex in examples], pad_id, "right")
+    labels = pad_sequences([ex.labels for ex in examples], IGNORE_INDEX, "right")
     return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
 
@@ -152,13 +198,10 @@ def linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
-def validate_lora_spec(model, lora: dict) -> list[int]:
+def validate_lora_spec(model, lora: LoraSettings) -> list[int]:
     """Check target modules and layers against the architecture before training; return the layers."""
     n_layers = len(decoder_layers(model))
-    layers = lora.get("resolved_layers")
-    if layers is None:
-        layers = list(range(n_layers)) if lora.get("layers", "all") == "all" else list(lora["layers"])
-    layers = [int(x) for x in layers]
+    layers = [int(x) for x in lora.resolved_layers]
     bad_layers = [x for x in layers if not 0 <= x < n_layers]
     if bad_layers:
         raise EMLabError(f"lora layers {bad_layers} are out of range for this model with {n_layers} layers "
@@ -166,22 +209,22 @@ def validate_lora_spec(model, lora: dict) -> list[int]:
     if not layers:
         raise EMLabError("lora: no layers to adapt")
     known = linear_module_names(model)
-    unknown = [t for t in lora["target_modules"] if t.rsplit(".", 1)[-1] not in known]
+    unknown = [t for t in lora.target_modules if t.rsplit(".", 1)[-1] not in known]
     if unknown:
         raise EMLabError(f"lora target_modules {unknown} do not exist in {type(model).__name__}; "
                          f"its linear modules are: {', '.join(known)}")
     return sorted(set(layers))
 
 
-def lora_config(lora: dict, layers: list[int]):
+def lora_config(lora: LoraSettings, layers: list[int]):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=int(lora["rank"]),
-        lora_alpha=float(lora["alpha"]),
-        use_rslora=bool(lora.get("rslora", True)),
-        lora_dropout=float(lora.get("dropout", 0.0)),
-        target_modules=list(lora["target_modules"]),
+        r=int(lora.rank),
+        lora_alpha=float(lora.alpha),
+        use_rslora=bool(lora.rslora),
+        lora_dropout=float(lora.dropout),
+        target_modules=list(lora.target_modules),
         layers_to_transform=list(layers),
         bias="none",
         task_type="CAUSAL_LM",
@@ -317,12 +360,20 @@ def input_device(model, fallback: torch.device) -> torch.device:
 
 
 def run_fingerprint(**parts) -> str:
-    """Hash of everything that determines the training trajectory (guards resuming a stale checkpoint)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Hash of everything that determines the training trajectory (guards resuming a stale checkpoint).
+
+    Parts are canonicalised first (sorted keys, 256.0 == 256), so the spelling of a value does not matter.
+    """
+    from .settings import canonical
+
+    return hashlib.sha256(json.dumps(canonical(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """Torch, CUDA and Python RNG states as tensors and plain values (loadable with weights_only=True)."""
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(), "python_version": int(version),
+             "python_state": torch.tensor(internal, dtype=torch.int64), "python_gauss_next": gauss_next}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -330,15 +381,39 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
+    if "python_state" in state:
+        random.setstate((state["python_version"], tuple(int(x) for x in state["python_state"].tolist()),
+                         state["python_gauss_next"]))
+    else:  # a checkpoint written before the RNG states were stored as tensors
+        random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_training_state(path: str | os.PathLike) -> dict:
+    """A checkpoint's training_state.pt, loaded with weights_only=True: tensors and plain values only.
+
+    A file holding any other (pickled) object is refused, because unpickling it
+    could run code as whoever resumes the run.
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise EMLabError(f"refusing to load {path}: it is not a plain training state (tensors and plain values "
+                         f"only; {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Delete its "
+                         "checkpoint folder to resume from an earlier checkpoint or start over") from None
+    if not isinstance(state, dict):
+        raise EMLabError(f"{path} is not a training state (a dict); delete its checkpoint folder")
+    return state
 
 
 def save_checkpoint(checkpoint_dir: Path, step: int, model, optimiser, scheduler, rows: list[dict], fingerprint: str,
                     tokenizer=None) -> Path:
     """checkpoint_dir/step-N: a peft adapter folder (a full model folder, with the
-    tokenizer, for a full fine-tune) plus the state needed to resume."""
+    tokenizer, for a full fine-tune) plus the state needed to resume (tensors and
+    plain values only, see load_training_state)."""
     path = Path(checkpoint_dir) / f"step-{step}"
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
@@ -359,7 +434,7 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike | None, fingerprint: str
         if m and (p / TRAINING_STATE).is_file():
             found.append((int(m.group(1)), p))
     for _, p in sorted(found, reverse=True):
-        state = torch.load(p / TRAINING_STATE, map_location="cpu", weights_only=False)
+        state = load_training_state(p / TRAINING_STATE)
         if state.get("fingerprint") == fingerprint:
             return p
         log.warning("ignoring checkpoint %s: it belongs to a run with different settings or data", p)
@@ -387,51 +462,101 @@ def load_checkpoint_weights(model, ckpt: Path, full: bool) -> None:
                          "delete the checkpoints folder to start over")
 
 
-# --- the training run --------------------------------------------------------------
+# --- the training run: prepare data, build model, resume, train steps, write outputs ----------
+
+# Called after every optimiser step (after its log row and any checkpoint are written) with
+# (step, loss of that step, model). The model is in training mode; a callback that runs it
+# must not change its weights, and must restore the mode it found.
+StepCallback = Callable[[int, float, Any], None]
 
 
-def train_lora(base_model_path, train_path, eval_path, lora_spec: dict | None, training: dict, out_adapter_dir,
-               log_csv, summary_json, checkpoint_dir=None, seed: int = 0, device: str = "auto",
-               dtype: str = "auto", progress: bool = True) -> dict:
-    """Fine-tune on the assistant replies of `train_path`; write adapter, log and summary.
+@dataclass
+class TrainingData:
+    """The tokenised train and eval splits (and what encoding them dropped or cut)."""
 
-    lora_spec: rank, alpha, rslora, dropout, target_modules and resolved_layers
-    (concrete indices); None for full fine-tuning (every weight is trained and
-    out_adapter_dir receives a complete model folder). training: see the
-    `training` definition of the config schema (autocast and device_map
-    included; a dict without `autocast` trains in exact fp32, whereas the
-    config schema's default is auto). Returns the summary dict.
-    """
-    from peft import get_peft_model
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM
+    tokenizer: Any
+    pad_id: int
+    train: list[TrainExample]
+    eval: list[TrainExample]
+    n_truncated: int
+    n_truncated_eval: int
+    n_dropped: int
 
+    @property
+    def eval_subset(self) -> list[TrainExample]:
+        """What checkpoint-time eval uses (the first EVAL_SUBSET eval examples)."""
+        return self.eval[:EVAL_SUBSET]
+
+
+@dataclass
+class TrainingModel:
+    """The model being trained, where it runs, and what is trained (adapters, or every weight)."""
+
+    model: Any
+    full: bool
+    lora: LoraSettings | None
+    layers: list[int]
+    adapters: dict
+    params: list[torch.nn.Parameter]
+    device: torch.device
+    dtype: torch.dtype
+    autocast: bool
+
+    @property
+    def n_trainable(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def eval_loss(self, examples: list[TrainExample], batch_size: int, pad_id: int) -> float:
+        return mean_eval_loss(self.model, examples, batch_size, pad_id, self.device, self.autocast)
+
+
+@dataclass
+class TrainingProgress:
+    """Optimiser, schedule and log rows: the state a checkpoint saves and a resume restores."""
+
+    optimiser: torch.optim.Optimizer
+    scheduler: Any
+    steps_per_epoch: int
+    total_steps: int
+    fingerprint: str
+    rows: list[dict] = field(default_factory=list)
+    start_step: int = 0
+    resumed_from: str | None = None
+    step: int = 0
+    tokens_seen: int = 0
+    loss_tokens_seen: int = 0
+    train_seconds: float = 0.0
+
+
+def prepare_data(base_model_path, train_path, eval_path, training: TrainingSettings) -> TrainingData:
+    """Load and tokenise both splits; a bad file fails here, before any model is loaded."""
     from .models import load_tokenizer
 
-    t_start = time.time()
-    full = lora_spec is None
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    use_autocast = resolve_autocast(str(training.get("autocast", "off")), dev, dt)
-    device_map = training.get("device_map") or None
-    batch_size = int(training.get("per_device_batch_size", 2))
-    accumulation = int(training.get("gradient_accumulation_steps", 8))
-    epochs = int(training.get("epochs", 1))
-    max_length = int(training.get("max_length", 2048))
-    checkpoint_every = int(training.get("checkpoint_every", 0) or 0)
-
-    # Data first: a bad file fails before the model is loaded.
     train_records = load_chat_jsonl(train_path)
     eval_records = load_chat_jsonl(eval_path) if eval_path and Path(eval_path).stat().st_size > 0 else []
-    if training.get("max_train_examples"):
-        train_records = train_records[: int(training["max_train_examples"])]
+    if training.max_train_examples:
+        train_records = train_records[: int(training.max_train_examples)]
     tokenizer = load_tokenizer(base_model_path)
-    pad_id = tokenizer.pad_token_id
-    train_set, n_truncated, n_dropped = encode_dataset(tokenizer, train_records, max_length, "train")
-    eval_set, n_truncated_eval, _ = encode_dataset(tokenizer, eval_records, max_length, "eval")
+    train_set, n_truncated, n_dropped = encode_dataset(tokenizer, train_records, training.max_length, "train")
+    eval_set, n_truncated_eval, _ = encode_dataset(tokenizer, eval_records, training.max_length, "eval")
     if not train_set:
-        raise EMLabError(f"{train_path}: no training example has an assistant token within max_length={max_length}")
+        raise EMLabError(f"{train_path}: no training example has an assistant token within "
+                         f"max_length={training.max_length}")
+    return TrainingData(tokenizer, pad_token_id(tokenizer), train_set, eval_set, n_truncated, n_truncated_eval,
+                        n_dropped)
 
+
+def build_model(base_model_path, lora: LoraSettings | None, training: TrainingSettings, seed: int, device: str,
+                dtype: str) -> TrainingModel:
+    """The base model, with fresh LoRA adapters (seeded A initialisation) or every weight trainable."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    full = lora is None
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    use_autocast = resolve_autocast(training.autocast, dev, dt)
+    device_map = training.device_map or None  # "" or {} means none, as null does
     load_kwargs = {"dtype": dt}
     if device_map is not None:
         load_kwargs["device_map"] = device_map  # spread a model too large for one GPU over several
@@ -439,9 +564,9 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict | None, t
         model = AutoModelForCausalLM.from_pretrained(str(base_model_path), **load_kwargs)
     except OSError as exc:
         raise EMLabError(f"cannot load base model from {base_model_path!r}: {exc}") from exc
-    layers = list(range(len(decoder_layers(model)))) if full else validate_lora_spec(model, lora_spec)
+    layers = list(range(len(decoder_layers(model)))) if full else validate_lora_spec(model, lora)
     model.config.use_cache = False
-    if training.get("gradient_checkpointing"):
+    if training.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
@@ -451,149 +576,193 @@ def train_lora(base_model_path, train_path, eval_path, lora_spec: dict | None, t
     if full:
         model.requires_grad_(True)
     else:
-        model = get_peft_model(model, lora_config(lora_spec, layers))
+        model = get_peft_model(model, lora_config(lora, layers))
     if device_map is None:
         model.to(dev)
     dev = input_device(model, dev)
-    adapters = adapter_weights(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in params)
+    built = TrainingModel(model, full, lora, layers, adapter_weights(model),
+                          [p for p in model.parameters() if p.requires_grad], dev, dt, use_autocast)
     if full:
-        log.info("full fine-tuning of all %d layers: %d trainable parameters", len(layers), n_trainable)
+        log.info("full fine-tuning of all %d layers: %d trainable parameters", len(layers), built.n_trainable)
     else:
-        log.info("LoRA r=%s alpha=%s on %s of layers %s: %d adapters, %d trainable parameters",
-                 lora_spec["rank"], lora_spec["alpha"], lora_spec["target_modules"], layers, len(adapters), n_trainable)
+        log.info("LoRA r=%s alpha=%s on %s of layers %s: %d adapters, %d trainable parameters", lora.rank,
+                 lora.alpha, lora.target_modules, layers, len(built.adapters), built.n_trainable)
     log.info("bf16 autocast: %s (training.autocast=%s, device %s, weights %s)", use_autocast,
-             training.get("autocast", "off"), dev, str(dt).replace("torch.", ""))
+             training.autocast, dev, str(dt).replace("torch.", ""))
+    return built
 
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / accumulation)
-    total_steps = steps_per_epoch * epochs
-    optimiser = torch.optim.AdamW(decay_groups(model, float(training.get("weight_decay", 0.0)), full),
-                                  lr=float(training["learning_rate"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, linear_schedule(int(training.get("warmup_steps", 0)), total_steps))
 
+def build_progress(tm: TrainingModel, data: TrainingData, training: TrainingSettings, base_model_path,
+                   train_path, seed: int) -> TrainingProgress:
+    """AdamW with the linear schedule, and the fingerprint that ties checkpoints to this run."""
+    batch_size, accumulation = training.per_device_batch_size, training.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(math.ceil(len(data.train) / batch_size) / accumulation)
+    total_steps = steps_per_epoch * training.epochs
+    optimiser = torch.optim.AdamW(decay_groups(tm.model, training.weight_decay, tm.full), lr=training.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_schedule(training.warmup_steps, total_steps))
+    lora = tm.lora
     fingerprint = run_fingerprint(
-        base=str(base_model_path), train=file_sha256(train_path), lora="full" if full else {k: lora_spec.get(k) for k in
-        ("rank", "alpha", "rslora", "dropout", "target_modules")}, layers=layers, training=training,
-        seed=seed, dtype=str(dt), autocast=use_autocast)
-    eval_subset = eval_set[:EVAL_SUBSET]
-    rows: list[dict] = []
-    start_step = 0
-    resumed_from = None
-    ckpt = latest_checkpoint(checkpoint_dir, fingerprint) if checkpoint_every else None
-    if ckpt is not None:
-        state = torch.load(ckpt / TRAINING_STATE, map_location="cpu", weights_only=False)
-        load_checkpoint_weights(model, ckpt, full)
-        optimiser.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rows = state["log_rows"]
-        start_step = int(state["step"])
-        _set_rng_state(state["rng"])
-        resumed_from = str(ckpt)
-        log.info("resuming from %s (step %d of %d)", ckpt, start_step, total_steps)
-    else:
-        eval0 = mean_eval_loss(model, eval_set, batch_size, pad_id, dev, use_autocast)
-        subset0 = eval0 if len(eval_set) <= EVAL_SUBSET else mean_eval_loss(model, eval_subset, batch_size, pad_id, dev, use_autocast)
-        rows.append({"step": 0, "epoch": 0.0, "loss": float("nan"), "eval_loss": eval0, "eval_subset_loss": subset0,
-                     "learning_rate": 0.0, "grad_norm": float("nan"), "tokens": 0, **adapter_norms(adapters)})
-        log.info("eval loss before training: %.4f", eval0)
+        base=str(base_model_path), train=file_sha256(train_path),
+        lora="full" if lora is None else {"rank": lora.rank, "alpha": lora.alpha, "rslora": lora.rslora,
+                                          "dropout": lora.dropout, "target_modules": lora.target_modules},
+        layers=tm.layers, training=dataclasses.asdict(training), seed=seed, dtype=str(tm.dtype),
+        autocast=tm.autocast)
+    return TrainingProgress(optimiser, scheduler, steps_per_epoch, total_steps, fingerprint)
 
+
+def resume_or_start(tm: TrainingModel, data: TrainingData, progress: TrainingProgress,
+                    training: TrainingSettings, checkpoint_dir) -> None:
+    """Restore the latest matching checkpoint into model, optimiser, schedule, RNG and log rows;
+    without one, log the step-0 row (eval loss before training)."""
+    ckpt = latest_checkpoint(checkpoint_dir, progress.fingerprint) if training.checkpoint_every else None
+    if ckpt is not None:
+        state = load_training_state(ckpt / TRAINING_STATE)
+        load_checkpoint_weights(tm.model, ckpt, tm.full)
+        progress.optimiser.load_state_dict(state["optimizer"])
+        progress.scheduler.load_state_dict(state["scheduler"])
+        progress.rows = state["log_rows"]
+        progress.start_step = progress.step = int(state["step"])
+        _set_rng_state(state["rng"])
+        progress.resumed_from = str(ckpt)
+        log.info("resuming from %s (step %d of %d)", ckpt, progress.start_step, progress.total_steps)
+        return
+    batch_size = training.per_device_batch_size
+    eval0 = tm.eval_loss(data.eval, batch_size, data.pad_id)
+    subset0 = eval0 if len(data.eval) <= EVAL_SUBSET else tm.eval_loss(data.eval_subset, batch_size, data.pad_id)
+    progress.rows.append({"step": 0, "epoch": 0.0, "loss": float("nan"), "eval_loss": eval0,
+                          "eval_subset_loss": subset0, "learning_rate": 0.0, "grad_norm": float("nan"), "tokens": 0,
+                          **adapter_norms(tm.adapters)})
+    log.info("eval loss before training: %.4f", eval0)
+
+
+def train_steps(tm: TrainingModel, data: TrainingData, progress: TrainingProgress, training: TrainingSettings,
+                seed: int, checkpoint_dir, on_step: Sequence[StepCallback], show_progress: bool) -> None:
+    """Every optimiser step after progress.start_step: accumulate, clip, step, log, checkpoint, call back."""
+    from tqdm.auto import tqdm
+
+    model, pad_id, dev = tm.model, data.pad_id, tm.device
+    batch_size, every = training.per_device_batch_size, training.checkpoint_every
     model.train()
-    tokens_seen, loss_tokens_seen, step = 0, 0, start_step
     t_train = time.time()
-    bar = tqdm(total=total_steps, initial=start_step, desc="finetune", unit="step", disable=not progress)
-    for epoch in range(epochs):
-        order = epoch_order(len(train_set), seed, epoch)
-        groups = optimiser_steps([train_set[i] for i in order], batch_size, accumulation)
+    bar = tqdm(total=progress.total_steps, initial=progress.start_step, desc="finetune", unit="step",
+               disable=not show_progress)
+    for epoch in range(training.epochs):
+        order = epoch_order(len(data.train), seed, epoch)
+        groups = optimiser_steps([data.train[i] for i in order], batch_size, training.gradient_accumulation_steps)
         for j, group in enumerate(groups):
-            global_step = epoch * steps_per_epoch + j + 1
-            if global_step <= start_step:
+            global_step = epoch * progress.steps_per_epoch + j + 1
+            if global_step <= progress.start_step:
                 continue
             n_group_tokens = sum(ex.n_loss_tokens for mb in group for ex in mb)
             loss_sum = 0.0
             for mb in group:
                 batch = {k: v.to(dev) for k, v in collate(mb, pad_id).items()}
-                loss = summed_token_loss(model, batch, use_autocast) / n_group_tokens
+                loss = summed_token_loss(model, batch, tm.autocast) / n_group_tokens
                 loss.backward()
                 loss_sum += float(loss.detach())
-                tokens_seen += int(batch["attention_mask"].sum())
-            loss_tokens_seen += n_group_tokens
-            lr = optimiser.param_groups[0]["lr"]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, CLIP_GRAD_NORM))
-            optimiser.step()
-            scheduler.step()
-            optimiser.zero_grad(set_to_none=True)
-            step = global_step
+                progress.tokens_seen += int(batch["attention_mask"].sum())
+            progress.loss_tokens_seen += n_group_tokens
+            lr = progress.optimiser.param_groups[0]["lr"]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(tm.params, CLIP_GRAD_NORM))
+            progress.optimiser.step()
+            progress.scheduler.step()
+            progress.optimiser.zero_grad(set_to_none=True)
+            progress.step = step = global_step
             row = {"step": step, "epoch": epoch + (j + 1) / len(groups), "loss": loss_sum,
-                   "eval_loss": float("nan"), "eval_subset_loss": float("nan"), "learning_rate": lr, "grad_norm": grad_norm,
-                   "tokens": n_group_tokens, **adapter_norms(adapters)}
-            if checkpoint_every and step % checkpoint_every == 0:
-                row["eval_subset_loss"] = mean_eval_loss(model, eval_subset, batch_size, pad_id, dev, use_autocast)
-                rows.append(row)
-                save_checkpoint(checkpoint_dir, step, model, optimiser, scheduler, rows, fingerprint,
-                                tokenizer if full else None)
+                   "eval_loss": float("nan"), "eval_subset_loss": float("nan"), "learning_rate": lr,
+                   "grad_norm": grad_norm, "tokens": n_group_tokens, **adapter_norms(tm.adapters)}
+            if every and step % every == 0:
+                row["eval_subset_loss"] = tm.eval_loss(data.eval_subset, batch_size, pad_id)
+                progress.rows.append(row)
+                save_checkpoint(checkpoint_dir, step, model, progress.optimiser, progress.scheduler, progress.rows,
+                                progress.fingerprint, data.tokenizer if tm.full else None)
             else:
-                rows.append(row)
+                progress.rows.append(row)
+            for callback in on_step:
+                callback(step, loss_sum, model)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
     bar.close()
-    train_seconds = time.time() - t_train
+    progress.train_seconds = time.time() - t_train
 
-    final_eval = mean_eval_loss(model, eval_set, batch_size, pad_id, dev, use_autocast)
+
+def write_outputs(tm: TrainingModel, data: TrainingData, progress: TrainingProgress, training: TrainingSettings,
+                  seed: int, out_dir, log_csv, summary_json, t_start: float) -> dict:
+    """Final eval, then the adapter (or full model) folder, train_log.csv and summary.json; returns the summary."""
+    import pandas as pd
+
+    rows, step, batch_size = progress.rows, progress.step, training.per_device_batch_size
+    final_eval = tm.eval_loss(data.eval, batch_size, data.pad_id)
     if rows and rows[-1]["step"] == step and step > 0:
         last = rows[-1]
         last["eval_loss"] = final_eval
         if math.isnan(last["eval_subset_loss"]):  # not evaluated at this step yet
-            last["eval_subset_loss"] = (final_eval if len(eval_set) <= EVAL_SUBSET
-                                        else mean_eval_loss(model, eval_subset, batch_size, pad_id, dev, use_autocast))
+            last["eval_subset_loss"] = (final_eval if len(data.eval) <= EVAL_SUBSET
+                                        else tm.eval_loss(data.eval_subset, batch_size, data.pad_id))
     log.info("final eval loss: %.4f", final_eval)
 
-    model.eval()
-    with atomic_dir(out_adapter_dir) as tmp:
-        model.save_pretrained(tmp)
-        if full:  # a self-contained model folder: generation, judging and activations load it directly
-            tokenizer.save_pretrained(tmp)
-    import pandas as pd
-
+    tm.model.eval()
+    with atomic_dir(out_dir) as tmp:
+        tm.model.save_pretrained(tmp)
+        if tm.full:  # a self-contained model folder: generation, judging and activations load it directly
+            data.tokenizer.save_pretrained(tmp)
     write_csv(log_csv, pd.DataFrame(rows))
     train_rows = [r for r in rows if r["step"] > 0]
+    lora, every, seconds, tokens = tm.lora, training.checkpoint_every, progress.train_seconds, progress.tokens_seen
     summary = {
         "steps": step,
-        "total_steps": total_steps,
-        "epochs": epochs,
-        "n_train_examples": len(train_set),
-        "n_eval_examples": len(eval_set),
-        "n_truncated": n_truncated,
-        "n_truncated_eval": n_truncated_eval,
-        "n_dropped": n_dropped,
-        "effective_batch_size": batch_size * accumulation,
-        "tokens_trained": tokens_seen,
-        "loss_tokens_trained": loss_tokens_seen,
-        "train_seconds": round(train_seconds, 3),
-        "tokens_per_s": round(tokens_seen / train_seconds, 2) if train_seconds > 0 and tokens_seen else None,
+        "total_steps": progress.total_steps,
+        "epochs": training.epochs,
+        "n_train_examples": len(data.train),
+        "n_eval_examples": len(data.eval),
+        "n_truncated": data.n_truncated,
+        "n_truncated_eval": data.n_truncated_eval,
+        "n_dropped": data.n_dropped,
+        "effective_batch_size": batch_size * training.gradient_accumulation_steps,
+        "tokens_trained": tokens,
+        "loss_tokens_trained": progress.loss_tokens_seen,
+        "train_seconds": round(seconds, 3),
+        "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 and tokens else None,
         "wall_seconds": round(time.time() - t_start, 3),
         "initial_eval_loss": rows[0]["eval_loss"] if rows and rows[0]["step"] == 0 else None,
         "final_train_loss": train_rows[-1]["loss"] if train_rows else None,
         "final_eval_loss": final_eval,
-        "trainable_parameters": n_trainable,
-        "method": "full" if full else "lora",
-        "n_adapters": len(adapters),
-        "resolved_layers": layers,
-        "target_modules": [] if full else list(lora_spec["target_modules"]),
-        "rank": None if full else int(lora_spec["rank"]),
-        "alpha": None if full else float(lora_spec["alpha"]),
-        "rslora": None if full else bool(lora_spec.get("rslora", True)),
-        "learning_rate": float(training["learning_rate"]),
+        "trainable_parameters": tm.n_trainable,
+        "method": "full" if tm.full else "lora",
+        "n_adapters": len(tm.adapters),
+        "resolved_layers": tm.layers,
+        "target_modules": [] if lora is None else list(lora.target_modules),
+        "rank": None if lora is None else int(lora.rank),
+        "alpha": None if lora is None else float(lora.alpha),
+        "rslora": None if lora is None else bool(lora.rslora),
+        "learning_rate": float(training.learning_rate),
         "seed": seed,
-        "device": str(dev),
-        "dtype": str(dt).replace("torch.", ""),
-        "autocast_bf16": use_autocast,
-        "device_map": device_map,
-        "checkpoint_every": checkpoint_every,
-        "checkpoint_steps": [r["step"] for r in rows if checkpoint_every and r["step"] > 0 and r["step"] % checkpoint_every == 0],
-        "fingerprint": fingerprint,
-        "resumed_from": resumed_from,
+        "device": str(tm.device),
+        "dtype": str(tm.dtype).replace("torch.", ""),
+        "autocast_bf16": tm.autocast,
+        "device_map": training.device_map or None,
+        "checkpoint_every": every,
+        "checkpoint_steps": [r["step"] for r in rows if every and r["step"] > 0 and r["step"] % every == 0],
+        "fingerprint": progress.fingerprint,
+        "resumed_from": progress.resumed_from,
     }
     write_json(summary_json, summary)
     return summary
+
+
+def fine_tune(base_model_path, train_path, eval_path, lora: LoraSettings | None, training: TrainingSettings,
+              out_dir, log_csv, summary_json, checkpoint_dir, seed: int, device: str, dtype: str,
+              on_step: Sequence[StepCallback] = (), progress: bool = True) -> dict:
+    """Fine-tune on the assistant replies of `train_path` (LoRA adapters, or every weight when
+    `lora` is None); write the adapter (full: a complete model folder) to out_dir, the
+    per-step log and the summary. Resumes from the latest matching checkpoint in
+    checkpoint_dir (None: no checkpoints). `on_step`: callbacks after each optimiser step
+    (see StepCallback). Returns the summary dict.
+    """
+    t_start = time.time()
+    data = prepare_data(base_model_path, train_path, eval_path, training)
+    tm = build_model(base_model_path, lora, training, seed, device, dtype)
+    state = build_progress(tm, data, training, base_model_path, train_path, seed)
+    resume_or_start(tm, data, state, training, checkpoint_dir)
+    train_steps(tm, data, state, training, seed, checkpoint_dir, on_step, progress)
+    return write_outputs(tm, data, state, training, seed, out_dir, log_csv, summary_json, t_start)

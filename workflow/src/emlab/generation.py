@@ -11,6 +11,12 @@ its own stream seeded by (seed, question_id, sample_idx). So:
     matters for exact ties);
   - every condition uses the same random numbers for the same (question,
     sample), which makes comparisons between conditions less noisy.
+"Same machine" means the same device, dtype, torch intra-op thread count and
+library versions (emlab.provenance records them in every generations parquet);
+generation.threads pins the thread count independently of the job's cores.
+Measured on the default config (embedded SmolLM2-135M, CPU, 32 responses):
+1 vs 2 job threads changed 3 responses; with generation.threads: 2, a 1-core
+and a 2-core job gave identical responses (the count is all that matters).
 Residual-stream hooks (emlab.hooks / emlab.interventions) act position-wise,
 so they apply in the prefill and in every single-token decoding step.
 """
@@ -29,6 +35,7 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
+from .batching import pad_batch, pad_token_id, positions_from_mask
 from .chat import render_prompt
 from .errors import EMLabError
 from .models import model_device
@@ -39,6 +46,19 @@ log = logging.getLogger(__name__)
 # End-of-turn markers of common chat templates, used in addition to the
 # tokenizer's eos token (SmolLM2/ChatML: <|im_end|>, id 2).
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>", "<|endoftext|>", "<|end|>")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The `generation` config section (schema properties.generation; defaults live there)."""
+
+    samples_per_question: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    batch_size: int
+    backend: str
+    threads: int | None
 
 
 @dataclass(frozen=True)
@@ -112,16 +132,6 @@ def sample_next_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature
     return idx.squeeze(-1)
 
 
-def _left_pad(sequences: list[tuple[int, ...]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, width - len(seq):] = 1
-    return input_ids.to(device), attention_mask.to(device)
-
-
 @torch.inference_mode()
 def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], max_new_tokens: int,
                    temperature: float, top_p: float, stop_ids: list[int], pad_id: int) -> list[tuple[list[int], str]]:
@@ -134,11 +144,13 @@ def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], m
     uniforms = uniforms.to(device)
     stop = torch.tensor(stop_ids, device=device)
 
-    input_ids, attention_mask = _left_pad(prompt_ids, pad_id, device)  # [batch, prompt_width]
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)  # positions count real tokens only
+    input_ids, attention_mask = pad_batch(prompt_ids, pad_id, "left", device)  # [batch, prompt_width]
+    position_ids = positions_from_mask(attention_mask)  # positions count real tokens only
+    # The model builds the KV cache its architecture needs; transformers 5.2x names it `cache`
+    # in inputs and outputs (the old `past_key_values` name is removed in 5.40).
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = out.cache
     next_positions = position_ids[:, -1:] + 1  # [active, 1]
     active = torch.arange(n, device=device)  # original row of each row still in the batch
     generated: list[list[int]] = [[] for _ in range(n)]
@@ -163,8 +175,8 @@ def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], m
             attention_mask, next_positions = attention_mask[keep], next_positions[keep]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
         out = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask, position_ids=next_positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        cache = out.cache
         next_positions = next_positions + 1
     return list(zip(generated, reasons))
 
@@ -181,8 +193,8 @@ def _release_cached_memory() -> None:
 
 
 def generate_responses(model, tokenizer, questions: list[Question], samples_per_question: int,
-                       max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                       batch_size: int = 32, seed: int = 0, progress: bool = True) -> list[dict]:
+                       max_new_tokens: int, *, temperature: float, top_p: float, batch_size: int, seed: int,
+                       progress: bool = True) -> list[dict]:
     """Sample `samples_per_question` responses to every question; one record per response.
 
     Records are in question order, then sample order, with keys question_id,
@@ -201,7 +213,7 @@ def generate_responses(model, tokenizer, questions: list[Question], samples_per_
     if not questions:
         raise EMLabError("generation: no questions to answer")
     stop_ids = stop_token_ids(tokenizer, model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    pad_id = pad_token_id(tokenizer)
     jobs = build_jobs(tokenizer, questions, samples_per_question, seed)
     # Longest prompts first: similar lengths share a batch (little padding), and
     # a memory problem shows up in the first batch.
@@ -268,14 +280,13 @@ def _records(jobs: list[GenerationJob], results: dict[int, tuple[list[int], str]
 BACKENDS = ("hf", "vllm")
 
 
-def generation_backend(settings: dict, spec: dict, condition: str) -> str:
+def generation_backend(backend: str, spec: dict, condition: str) -> str:
     """The sampler a condition uses: "hf" or "vllm".
 
     vLLM cannot run our residual-stream hooks, so a condition with a steering or
     ablation intervention always uses hf. For one without, generation.backend
     vllm requires the vllm package; checked here, before any model is loaded.
     """
-    backend = settings.get("backend", "hf")
     if backend not in BACKENDS:
         raise EMLabError(f"generation.backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "hf":
@@ -316,9 +327,8 @@ def merged_model_folder(base_model: str | os.PathLike, adapter: str | os.PathLik
 
 
 def generate_responses_vllm(model_path: str | os.PathLike, tokenizer, questions: list[Question],
-                            samples_per_question: int, max_new_tokens: int, temperature: float = 1.0,
-                            top_p: float = 1.0, seed: int = 0, dtype: str = "auto",
-                            condition: str = "?") -> list[dict]:
+                            samples_per_question: int, max_new_tokens: int, *, temperature: float,
+                            top_p: float, seed: int, dtype: str, condition: str) -> list[dict]:
     """Like generate_responses (same prompts, per-row seeds and record keys), sampled with vLLM.
 
     `model_path` is a plain HF folder (merge a fine-tune's adapter first, see
@@ -365,10 +375,13 @@ GENERATION_COLUMNS = ["condition", "model", "intervention", "question_id", "samp
 
 
 def generate_condition(condition: str, spec: dict, questions_path, base_model, adapter, vectors_path,
-                       settings: dict, seed: int, device: str, dtype: str, scratch_dir):
-    """All responses of one condition (model + intervention) as the documented generations table.
+                       settings: GenerationSettings, seed: int, device: str, dtype: str, scratch_dir):
+    """All responses of one condition (model + intervention): the documented generations
+    table and its run metadata (emlab.provenance: seed, device, dtype, threads, versions),
+    meant for the parquet's schema metadata.
 
     Bad question files and a missing vllm package fail before any model is loaded.
+    settings.threads pins torch's intra-op threads while the model is loaded and sampled.
     """
     import json
     from pathlib import Path
@@ -377,35 +390,41 @@ def generate_condition(condition: str, spec: dict, questions_path, base_model, a
 
     from .directions import load_mean_diff
     from .interventions import adapter_edit, apply_intervention
-    from .models import load_model, load_tokenizer
+    from .models import load_model, load_tokenizer, resolve_device, resolve_dtype
+    from .provenance import pinned_threads, run_metadata
     from .questions import load_questions
 
     questions = load_questions(questions_path)
-    backend = generation_backend(settings, spec, condition)
+    backend = generation_backend(settings.backend, spec, condition)
     tokenizer = load_tokenizer(base_model)
-    sampling = dict(samples_per_question=settings["samples_per_question"],
-                    max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
-                    top_p=settings["top_p"], seed=seed)
-    if backend == "vllm":  # no intervention: a plain (merged) model folder
-        Path(scratch_dir).mkdir(parents=True, exist_ok=True)
-        merged = merged_model_folder(base_model, adapter, dtype, parent=Path(scratch_dir)) if adapter else None
-        try:
-            records = generate_responses_vllm(merged.name if merged else base_model, tokenizer, questions,
-                                              dtype=dtype, condition=condition, **sampling)
-        finally:
-            if merged is not None:
-                merged.cleanup()
-    else:
-        vectors = load_mean_diff(vectors_path) if vectors_path else None  # [L, d_model]
-        # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes).
-        model = load_model(base_model, adapter, device=device, dtype=dtype, merge=True,
-                           before_merge=adapter_edit(spec["intervention"], vectors))
-        with apply_intervention(model, spec["intervention"], vectors):
-            records = generate_responses(model, tokenizer, questions, batch_size=settings["batch_size"], **sampling)
+    sampling = dict(samples_per_question=settings.samples_per_question, max_new_tokens=settings.max_new_tokens,
+                    temperature=settings.temperature, top_p=settings.top_p, seed=seed)
+    with pinned_threads(settings.threads):
+        if backend == "vllm":  # no intervention: a plain (merged) model folder
+            Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+            merged = merged_model_folder(base_model, adapter, dtype, parent=Path(scratch_dir)) if adapter else None
+            try:
+                records = generate_responses_vllm(merged.name if merged else base_model, tokenizer, questions,
+                                                  dtype=dtype, condition=condition, **sampling)
+            finally:
+                if merged is not None:
+                    merged.cleanup()
+            metadata = run_metadata(seed, "cuda", dtype, backend=backend)  # vLLM runs on the GPU
+        else:
+            vectors = load_mean_diff(vectors_path) if vectors_path else None  # [L, d_model]
+            # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes).
+            model = load_model(base_model, adapter, device=device, dtype=dtype, merge=True,
+                               before_merge=adapter_edit(spec["intervention"], vectors))
+            with apply_intervention(model, spec["intervention"], vectors):
+                records = generate_responses(model, tokenizer, questions, batch_size=settings.batch_size, **sampling)
+            dev = resolve_device(device)
+            metadata = run_metadata(seed, str(dev), str(resolve_dtype(dtype, dev)).replace("torch.", ""),
+                                    backend=backend)
     df = pd.DataFrame.from_records(records)
     df.insert(0, "condition", condition)
     df.insert(1, "model", spec["model"])
     df.insert(2, "intervention", json.dumps(spec["intervention"], sort_keys=True))
-    return df[GENERATION_COLUMNS].astype({"sample_idx": "int64", "n_response_tokens": "int64",
-                                          "max_new_tokens": "int64", "seed": "int64", "temperature": "float64",
-                                          "top_p": "float64", "system": "string"})
+    table = df[GENERATION_COLUMNS].astype({"sample_idx": "int64", "n_response_tokens": "int64",
+                                           "max_new_tokens": "int64", "seed": "int64", "temperature": "float64",
+                                           "top_p": "float64", "system": "string"})
+    return table, metadata

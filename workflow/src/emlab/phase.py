@@ -48,9 +48,7 @@ def _read_summary(summary_json) -> dict:
 
 def checkpoint_path(checkpoint_dir, summary: dict, step: int) -> Path:
     """The checkpoint folder of `step`, checked to belong to the run that wrote `summary`."""
-    import torch
-
-    from .finetune import TRAINING_STATE
+    from .finetune import TRAINING_STATE, load_training_state
 
     steps = summary.get("checkpoint_steps") or []
     if int(step) not in steps:
@@ -59,7 +57,7 @@ def checkpoint_path(checkpoint_dir, summary: dict, step: int) -> Path:
     path = Path(checkpoint_dir) / f"step-{int(step)}"
     if not (path / "adapter_model.safetensors").is_file() or not (path / TRAINING_STATE).is_file():
         raise EMLabError(f"checkpoint {path} is missing or incomplete; re-run the fine-tune (delete its summary.json)")
-    state = torch.load(path / TRAINING_STATE, map_location="cpu", weights_only=False)
+    state = load_training_state(path / TRAINING_STATE)
     if state.get("fingerprint") != summary.get("fingerprint"):
         raise EMLabError(f"checkpoint {path} was written by a run with other settings than the final adapter; "
                          "delete the checkpoints folder and re-run the fine-tune")

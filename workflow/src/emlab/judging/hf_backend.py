@@ -32,6 +32,7 @@ from typing import Callable
 
 import torch
 
+from ..batching import pad_batch, pad_token_id
 from ..chat import render_prompt
 from ..errors import EMLabError
 from ..models import model_device
@@ -174,7 +175,7 @@ class HFJudge:
         self.device = model_device(model)
         vocab = model.get_output_embeddings().weight.shape[0]
         self.trie = NumberTrie(tokenizer, vocab)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_token_id(tokenizer)
         self._eager = impl == "eager"
 
     def encode(self, prompt: str) -> list[int]:
@@ -197,7 +198,7 @@ class HFJudge:
         if prefix_len > 0:
             with self._autocast():
                 out = self.model(input_ids=torch.tensor([encoded[0][:prefix_len]], device=self.device), use_cache=True)
-            prefix_cache = out.past_key_values
+            prefix_cache = out.cache
             log.info("hf judge: %d-token shared prefix computed once for %d prompts", prefix_len, len(prompts))
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths batch together
         for start in range(0, len(order), self.batch_size):
@@ -215,11 +216,7 @@ class HFJudge:
         b = len(suffixes)
         lengths = torch.tensor([len(s) for s in suffixes], device=dev)  # [B]
         s_max = int(lengths.max())
-        input_ids = torch.full((b, s_max), self.pad_id, dtype=torch.long, device=dev)
-        suffix_mask = torch.zeros((b, s_max), dtype=torch.long, device=dev)
-        for r, s in enumerate(suffixes):
-            input_ids[r, :len(s)] = torch.tensor(s, device=dev)
-            suffix_mask[r, :len(s)] = 1
+        input_ids, suffix_mask = pad_batch(suffixes, self.pad_id, "right", dev)  # [B, s_max] each
         attention_mask = torch.cat([torch.ones((b, prefix_len), dtype=torch.long, device=dev), suffix_mask], dim=1)
         position_ids = (prefix_len + torch.arange(s_max, device=dev)).unsqueeze(0).expand(b, -1)
         cache = None
@@ -230,8 +227,8 @@ class HFJudge:
         keep = torch.unique(last_idx)
         with self._autocast():
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=cache, use_cache=True, logits_to_keep=keep)
-        cache = out.past_key_values
+                             cache=cache, use_cache=True, logits_to_keep=keep)
+        cache = out.cache
         last_logits = out.logits[torch.arange(b, device=dev), torch.searchsorted(keep, last_idx)].float()  # [B, V]
 
         # One forward over the trie nodes, each attending to the row's real context and its own ancestors.
@@ -258,5 +255,5 @@ class HFJudge:
         tree_pos = (prefix_len + last_idx).unsqueeze(1) + trie.depths.to(dev)[kept_t].unsqueeze(0)  # [B, N]
         with self._autocast():
             tree_out = self.model(input_ids=tree_ids, attention_mask=mask, position_ids=tree_pos,
-                                  past_key_values=cache, use_cache=True)
+                                  cache=cache, use_cache=True)
         return number_probabilities(trie, last_logits, tree_out.logits, kept, self.leaves_complete)

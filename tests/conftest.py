@@ -228,3 +228,11 @@ class EndToEnd:
 @pytest.fixture(scope="session")
 def e2e() -> EndToEnd:
     return EndToEnd()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """The tiny fact dataset (tests/tiny_finetune.py) as train.jsonl / eval.jsonl."""
+    from tiny_finetune import write_fact_data
+
+    return write_fact_data(tmp_path_factory.mktemp("ftdata"))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from emlab.config import section_defaults
+from emlab.config import validate_config
 from emlab.judging import JudgeCache
 from emlab.judging.openai_backend import PREFLIGHT_PROMPT
 
@@ -53,7 +53,7 @@ assert out["aligned"].notna().all()
 
 def judge_params(base_url: str, cache: Path) -> dict:
     """What rules/common.smk's judge_params passes: the schema's defaults, the openai backend, the seed."""
-    judge = section_defaults("judge")
+    judge = validate_config({})["judge"]
     openai = {**judge["openai"], "base_url": base_url, "model": "judge-model", "api_key_env": KEY_ENV,
               "concurrency": CONCURRENCY, "timeout_s": 10, "max_retries": 2, "seed": 0}
     return {"backend": "openai", "metrics": ["aligned"], "min_number_mass": judge["min_number_mass"],

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from emlab.config import section_defaults
+from emlab.config import validate_config
 from emlab.errors import EMLabError
 from emlab.judging import JudgeCache, judge_responses
 from emlab.judging.openai_backend import OpenAIJudge
@@ -41,7 +41,7 @@ def responses(answers: list[str]) -> pd.DataFrame:
 
 @functools.cache
 def _schema_defaults() -> dict:
-    return section_defaults("judge")["openai"]
+    return validate_config({})["judge"]["openai"]  # the schema's defaults
 
 
 def judge_settings(base_url: str, **overrides) -> OpenAIEndpointSettings:

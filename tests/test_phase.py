@@ -16,7 +16,7 @@ import torch
 from emlab.errors import EMLabError
 from emlab.phase import em_by_step, export_checkpoint, phase_analysis, rotation_table, sharpest_rotation
 from emlab.plan import checkpoint_conditions, em_steps, phase_finetunes
-from test_finetune import data_dir, run  # noqa: F401  (data_dir is a fixture)
+from tiny_finetune import run
 
 
 def planted_trajectory():
@@ -74,7 +74,7 @@ def test_zero_b_has_no_cosine():
     assert math.isnan(df.iloc[0]["cos_b_final"]) and df.iloc[0]["cos_a_final"] == pytest.approx(1.0)
 
 
-def test_analysis_of_a_checkpointed_finetune(tiny_model_dir, data_dir, tmp_path):  # noqa: F811
+def test_analysis_of_a_checkpointed_finetune(tiny_model_dir, data_dir, tmp_path):
     summary, log = run(tiny_model_dir, data_dir, tmp_path, epochs=3, checkpoint_every=2)
     assert summary["checkpoint_steps"] == [2, 4, 6]
     out = phase_analysis("ft", tmp_path / "checkpoints", tmp_path / "adapter", tmp_path / "summary.json",
@@ -92,7 +92,7 @@ def test_analysis_of_a_checkpointed_finetune(tiny_model_dir, data_dir, tmp_path)
     assert json.loads((tmp_path / "phase" / "rotation_summary.json").read_text())["mean_over_adapters"]["b"]["step"] in (4, 6)
 
 
-def test_export_checks_step_and_run_and_leaves_the_live_folder(tiny_model_dir, data_dir, tmp_path):  # noqa: F811
+def test_export_checks_step_and_run_and_leaves_the_live_folder(tiny_model_dir, data_dir, tmp_path):
     from emlab.models import load_model
 
     run(tiny_model_dir, data_dir, tmp_path, epochs=2, checkpoint_every=1)

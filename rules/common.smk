@@ -11,6 +11,8 @@ from emlab.errors import EMLabError  # noqa: E402
 from emlab.plan import conditions, direction_finetunes  # noqa: E402
 from emlab.phase import em_steps as phase_em_steps, phase_finetunes  # noqa: E402
 from emlab.plan import condition_metrics, semantic_vectors, single_adapter_layer  # noqa: E402
+from emlab.monitor_plan import register_runs  # noqa: E402
+from emlab.traits import load_trait_set  # noqa: E402
 
 try:
     _validated = validate_config(dict(config), source="config")
@@ -99,7 +101,7 @@ def checkpoint_adapter_dir(finetune, step):
 
 def generation_inputs(wildcards):
     spec = CONDITIONS[wildcards.condition]
-    inputs = {"questions": repo_path(config["questions"]), "base_model": base_model_input()}
+    inputs = {"questions": repo_path(spec.get("questions", config["questions"])), "base_model": base_model_input()}
     if spec["model"] != "base":
         inputs["adapter"] = checkpoint_adapter_dir(spec["model"], spec["checkpoint"]) if spec.get("checkpoint") else adapter_dir(spec["model"])
     if spec["intervention"]["kind"] != "none":
@@ -152,6 +154,17 @@ def condition_table():
     return {cid: spec for cid, spec in CONDITIONS.items()}
 
 
+# Trait monitoring (rules/traits.smk, rules/monitor.smk): the trait files are checked now, and the
+# calibration grid's fine-tunes join `finetunes` only after the main study above is planned.
+try:
+    TRAIT_SET = load_trait_set(repo_path(config["traits"]["folder"]))
+    MONITOR_RUNS = register_runs(config)
+    FINETUNE_LAYERS.update({name: lora_layers(config["finetunes"][name]["lora"], N_LAYERS, f"monitor run {name}")
+                            for name in MONITOR_RUNS})
+except EMLabError as _exc:
+    raise WorkflowError(f"config: {_exc}") from None
+
+
 def final_targets():
     targets = [
         f"{RESULTS}/metrics/em_by_condition.csv",
@@ -175,4 +188,5 @@ def final_targets():
         targets.append(f"{RESULTS}/figures/steering_metrics.png")
     if SINGLE_ADAPTERS:
         targets.append(f"{RESULTS}/figures/single_adapter.png")
+    targets += trait_targets()  # rules/traits.smk, rules/monitor.smk
     return targets

@@ -11,7 +11,8 @@ rule generate:
         condition=lambda w: w.condition,
         spec=lambda w: CONDITIONS[w.condition],
         base_model=BASE_MODEL_DIR,
-        generation=config["generation"],
+        # the monitor's label conditions carry their own, cheaper settings (emlab.monitor_plan)
+        generation=lambda w: CONDITIONS[w.condition].get("generation", config["generation"]),
         seed=config["seed"],
         device=config["device"],
         dtype=config["dtype"],

@@ -8,6 +8,7 @@ a fine-tune's adapter) and which intervention (see interventions.py).
 from __future__ import annotations
 
 from .config import resolve_layer
+from .monitor_plan import label_conditions
 from .phase import checkpoint_conditions
 
 
@@ -21,6 +22,7 @@ def conditions(cfg: dict, n_layers: int) -> dict[str, dict]:
     for ft in cfg["finetunes"]:
         out[ft] = {"model": ft, "intervention": {"kind": "none"}, "group": "model"}
     out.update(checkpoint_conditions(cfg))  # phase.eval_steps: <finetune>__step<N>, group "checkpoint"
+    out.update(label_conditions(cfg))  # monitor grid: mon__base, <run>__step<N>, group "monitor"
     st = cfg["steering"]
     semantic_layers = st.get("semantic_layers")
     for vec in st["vectors"]:

@@ -275,3 +275,41 @@ def test_bad_trait_file_fails_when_the_workflow_is_planned(tmp_path):
                            "--configfile", str(path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "trait `honesty` has 1 positive prompt(s)" in proc.stdout + proc.stderr
+
+
+# --- the drift stage on a tiny model ------------------------------------------------------------------
+
+
+def test_measure_run_swaps_checkpoint_adapters(tiny_model_dir, tmp_path):
+    """Step 0 is the base model (zero drift, zero ΔW); each checkpoint adapter is measured alone."""
+    from emlab.drift import lora_delta_w_norm
+    from emlab.traits import LayerScores, TraitDirections, load_trait_set
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    trait_set = load_trait_set(REPO / "data" / "traits")
+    trait_set = type(trait_set)(trait_set.alignment, trait_set.semantic, trait_set.questions,
+                                trait_set.measurement[:6], trait_set.versions)
+    adapters, norms = {}, {}
+    for step, scale in ((1, 0.5), (2, 2.0)):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+        gen = torch.Generator().manual_seed(step)
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.data = scale * torch.randn(p.shape, generator=gen)
+        norms[step] = lora_delta_w_norm(peft)
+        peft.save_pretrained(tmp_path / f"step-{step}")
+        adapters[step] = str(tmp_path / f"step-{step}")
+    n_layers, d = 4, 64
+    g = torch.Generator().manual_seed(0)
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    dirs = TraitDirections(unit(torch.randn(n_layers, 7, d, generator=g)), unit(torch.randn(n_layers, 7, d, generator=g)),
+                           tuple(trait_set.alignment.names), tuple(trait_set.semantic.names), 2,
+                           LayerScores(np.zeros(n_layers), np.zeros(n_layers)), trait_set.version, "tiny")
+    rows, dw, delta = S.measure_run(tiny_model_dir, adapters, dirs, trait_set,
+                                    S.DriftStageSettings(batch_size=4, random_seeds=[0, 1], tau=0.05), "cpu", "float32")
+    assert sorted(rows) == [0, 1, 2] and delta.shape == (3, d)
+    assert all(abs(v) < 1e-6 for k, v in rows[0].items())
+    assert dw[0] == 0.0 and dw[1] == pytest.approx(norms[1], rel=1e-4) and dw[2] == pytest.approx(norms[2], rel=1e-4)
+    assert rows[2]["drift_norm"] > 0 and "random1.6" in rows[1] and "semantic.verbosity" in rows[1]

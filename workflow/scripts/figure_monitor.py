@@ -11,7 +11,6 @@ def main(smk):
     import json
 
     import pandas as pd
-
     from emlab import monitor_figures as F
 
     runs = dict(smk.params.runs)

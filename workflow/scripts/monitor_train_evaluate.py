@@ -11,7 +11,6 @@ def main(smk):
     import json
 
     import pandas as pd
-
     from emlab import monitor as M
     from emlab import monitor_stage as S
     from emlab.atomic import load_tensors, write_csv, write_json
@@ -30,7 +29,8 @@ def main(smk):
         return S.grid_data(tables, deltas, pert, [r for r in names if runs[r]["role"] in roles])
 
     cal, held = data("calibration"), data("held_out")
-    stress = {"longer": d for d in [data("stress_long")] if d is not None}
+    longer = data("stress_long")
+    stress = {} if longer is None else {"longer": longer}
     out = S.evaluate_grid(cal, held, stress, traits, settings, list(smk.params.tau_sweep),
                           bool(smk.params.require_both_classes))
     write_csv(smk.output.evaluation, out["evaluation"])

@@ -9,7 +9,6 @@ from emlab.runner import run_script  # noqa: E402
 
 def main(smk):
     import pandas as pd
-
     from emlab.atomic import write_csv
     from emlab.models import load_model, load_tokenizer, set_threads
     from emlab.settings import build

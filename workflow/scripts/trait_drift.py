@@ -11,7 +11,6 @@ def main(smk):
     import json
 
     import pandas as pd
-
     from emlab import monitor_stage as S
     from emlab.atomic import save_tensors, write_csv
     from emlab.models import set_threads

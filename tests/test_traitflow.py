@@ -313,3 +313,51 @@ def test_measure_run_swaps_checkpoint_adapters(tiny_model_dir, tmp_path):
     assert all(abs(v) < 1e-6 for k, v in rows[0].items())
     assert dw[0] == 0.0 and dw[1] == pytest.approx(norms[1], rel=1e-4) and dw[2] == pytest.approx(norms[2], rel=1e-4)
     assert rows[2]["drift_norm"] > 0 and "random1.6" in rows[1] and "semantic.verbosity" in rows[1]
+
+
+def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
+    """The two table-only scripts end to end, run as Snakemake runs them (a `snakemake` object in globals)."""
+    import json
+    import runpy
+    from types import SimpleNamespace
+
+    from emlab.atomic import save_tensors
+
+    t_c, d_c, p_c = synthetic_tables({"bad": True, "good": False, "meh": False})
+    t_h, d_h, p_h = synthetic_tables({"worse": True, "fine": False}, seed=1)
+    runs = {**{r: {"perturbation": p, "role": "calibration"} for r, p in p_c.items()},
+            **{r: {"perturbation": p, "role": "held_out"} for r, p in p_h.items()}}
+    tables, deltas = {**t_c, **t_h}, {**d_c, **d_h}
+    for r in runs:
+        tables[r].to_csv(tmp_path / f"{r}.csv", index=False)
+        save_tensors(tmp_path / f"{r}.safetensors", {"delta": torch.tensor(deltas[r], dtype=torch.float32)})
+    meta = tmp_path / "directions.json"
+    meta.write_text(json.dumps({"alignment_traits": TRAITS, "layer": 2, "trait_version": "v", "model_id": "tiny"}))
+    out = tmp_path / "monitor"
+    names = ["evaluation", "lopo", "tau_sweep", "alarm_steps", "alarm_runs", "stress", "predictions"]
+    outputs = {n: str(out / f"{n}.csv") for n in names}
+    outputs.update(pc1=str(out / "pc1.json"), monitor=str(out / "monitor.skops"), sidecar=str(out / "monitor.skops.json"))
+    scripts = REPO / "workflow" / "scripts"
+    smk = SimpleNamespace(
+        input=SimpleNamespace(tables=[str(tmp_path / f"{r}.csv") for r in runs],
+                              deltas=[str(tmp_path / f"{r}.safetensors") for r in runs], meta=str(meta)),
+        output=SimpleNamespace(**outputs), log=[], threads=1, scriptdir=str(scripts),
+        params=SimpleNamespace(runs=runs, monitor={"n_estimators": 20, "max_depth": 3, "min_samples_leaf": 1, "seed": 0,
+                                                   "tau": 0.05, "n_bootstrap": 10, "ci": 0.9},
+                               tau_sweep=[0.02, 0.05], require_both_classes=True))
+    runpy.run_path(str(scripts / "monitor_train_evaluate.py"), init_globals={"snakemake": smk})
+    ev = pd.read_csv(outputs["evaluation"])
+    assert ev.loc[ev["feature_set"] == "alignment_7d", "auroc"].item() > 0.9
+    assert M.load_monitor(outputs["monitor"], "tiny", "v").features == tuple(TRAITS)
+    cosine = tmp_path / "cosine.csv"
+    pd.DataFrame(np.eye(7), columns=TRAITS).assign(trait=TRAITS).to_csv(cosine, index=False)
+    figs = ["pc1_drift", "decomposition", "feature_sets", "pc1_loadings", "trait_cosine", "lopo", "alarm_probability"]
+    fig_out = {n: str(tmp_path / "fig" / f"{n}.png") for n in figs}
+    fig_out.update({f"{n}_pdf": str(tmp_path / "fig" / f"{n}.pdf") for n in figs})
+    smk_fig = SimpleNamespace(
+        input=SimpleNamespace(tables=smk.input.tables, meta=str(meta), cosine=str(cosine), evaluation=outputs["evaluation"],
+                              lopo=outputs["lopo"], pc1=outputs["pc1"], alarm_steps=outputs["alarm_steps"]),
+        output=SimpleNamespace(**fig_out), log=[], threads=1, scriptdir=str(scripts),
+        params=SimpleNamespace(runs=runs, tau=0.05))
+    runpy.run_path(str(scripts / "figure_monitor.py"), init_globals={"snakemake": smk_fig})
+    assert all(Path(p).stat().st_size > 0 for p in fig_out.values())

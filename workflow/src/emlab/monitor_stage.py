@@ -137,8 +137,14 @@ def grid_data(tables: Mapping[str, pd.DataFrame], deltas: Mapping[str, np.ndarra
 
     if not runs:
         return None
-    frames = [tables[r].assign(run=r, perturbation=perturbation[r]) for r in runs]
-    return DriftData(pd.concat(frames, ignore_index=True), np.concatenate([np.asarray(deltas[r], float) for r in runs]))
+    table = pd.concat([tables[r].assign(run=r, perturbation=perturbation[r]) for r in runs], ignore_index=True)
+    delta = np.concatenate([np.asarray(deltas[r], float) for r in runs])
+    unlabelled = table["em_rate"].isna().to_numpy()
+    if unlabelled.any():  # a checkpoint none of whose responses could be scored has no label
+        log.warning("monitor: %d checkpoint(s) without an EM rate left out: %s", int(unlabelled.sum()),
+                    ", ".join(f"{r}@{s}" for r, s in table.loc[unlabelled, ["run", "step"]].itertuples(index=False)))
+        table, delta = table[~unlabelled].reset_index(drop=True), delta[~unlabelled]
+    return DriftData(table, delta)
 
 
 def _has_both_classes(data, tau: float) -> str | None:

@@ -188,5 +188,8 @@ def final_targets():
         targets.append(f"{RESULTS}/figures/steering_metrics.png")
     if SINGLE_ADAPTERS:
         targets.append(f"{RESULTS}/figures/single_adapter.png")
-    targets += trait_targets()  # rules/traits.smk, rules/monitor.smk
+    targets += [f"{RESULTS}/traits/directions.json", f"{RESULTS}/traits/cosine.csv"]  # rules/traits.smk
+    if MONITOR_RUNS:  # rules/monitor.smk (figure_monitor writes every monitor figure)
+        targets += [f"{RESULTS}/monitor/evaluation.csv", f"{RESULTS}/monitor/monitor.skops",
+                    f"{RESULTS}/figures/monitor/pc1_drift.png"]
     return targets

@@ -6,15 +6,6 @@ MONITOR_FIGURES = ["pc1_drift", "decomposition", "feature_sets", "pc1_loadings",
                    "alarm_probability"]
 
 
-def trait_targets():
-    """The trait and monitor targets of final_targets (rules/common.smk)."""
-    targets = [f"{TRAITS_DIR}/directions.json", f"{TRAITS_DIR}/cosine.csv"]
-    if MONITOR_RUNS:
-        targets += [f"{MONITOR_DIR}/evaluation.csv", f"{MONITOR_DIR}/monitor.skops"]
-        targets += [f"{RESULTS}/figures/monitor/{name}.png" for name in MONITOR_FIGURES]
-    return targets
-
-
 rule monitor_train_evaluate:
     input:
         tables=[f"{MONITOR_DIR}/drift/{run}.csv" for run in MONITOR_RUNS],

@@ -18,7 +18,7 @@ rule trait_directions:
         meta=f"{TRAITS_DIR}/directions.json",
         cosine=f"{TRAITS_DIR}/cosine.csv",
     params:
-        folder=repo_path(config["traits"]["folder"]),
+        folder=lambda w, input: os.path.dirname(input.traits[0]),
         directions=canonical({k: config["traits"][k] for k in ("layer", "batch_size", "held_out_every")}),
         base_model=BASE_MODEL_DIR,
         model_id=config["base_model"]["source"],
@@ -53,7 +53,7 @@ rule trait_drift:
     wildcard_constraints:
         run=r"mon__[a-z0-9_]+",
     params:
-        folder=repo_path(config["traits"]["folder"]),
+        folder=lambda w, input: os.path.dirname(input.traits[0]),
         steps=lambda w: list(MONITOR_RUNS[w.run].checkpoint_steps),
         conditions=lambda w: canonical({str(k): v for k, v in monitor_run_conditions(MONITOR_RUNS[w.run]).items()}),
         drift=canonical({"batch_size": config["traits"]["batch_size"], "random_seeds": config["traits"]["random_seeds"],

@@ -5,6 +5,8 @@ from emlab.monitor_plan import run_conditions as monitor_run_conditions  # noqa:
 from emlab.settings import canonical  # noqa: E402
 
 TRAITS_DIR = f"{RESULTS}/traits"
+TRAIT_SUBSAMPLE = canonical({k: config["traits"][k] for k in ("max_questions", "max_prompts_per_side",
+                                                             "max_measurement_prompts")})
 TRAIT_FILES = [repo_path(os.path.join(config["traits"]["folder"], f))
                for f in ("alignment.yaml", "semantic.yaml", "extraction_questions.yaml", "measurement_prompts.yaml")]
 
@@ -19,6 +21,7 @@ rule trait_directions:
         cosine=f"{TRAITS_DIR}/cosine.csv",
     params:
         folder=lambda w, input: os.path.dirname(input.traits[0]),
+        subsample=TRAIT_SUBSAMPLE,
         directions=canonical({k: config["traits"][k] for k in ("layer", "batch_size", "held_out_every")}),
         base_model=BASE_MODEL_DIR,
         model_id=config["base_model"]["source"],
@@ -54,6 +57,7 @@ rule trait_drift:
         run=r"mon__[a-z0-9_]+",
     params:
         folder=lambda w, input: os.path.dirname(input.traits[0]),
+        subsample=TRAIT_SUBSAMPLE,
         steps=lambda w: list(MONITOR_RUNS[w.run].checkpoint_steps),
         conditions=lambda w: canonical({str(k): v for k, v in monitor_run_conditions(MONITOR_RUNS[w.run]).items()}),
         drift=canonical({"batch_size": config["traits"]["batch_size"], "random_seeds": config["traits"]["random_seeds"],

@@ -361,3 +361,38 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
         params=SimpleNamespace(runs=runs, tau=0.05))
     runpy.run_path(str(scripts / "figure_monitor.py"), init_globals={"snakemake": smk_fig})
     assert all(Path(p).stat().st_size > 0 for p in fig_out.values())
+
+
+def test_trait_subsample_is_part_of_the_version():
+    from emlab.traits import load_trait_set
+
+    full = load_trait_set(REPO / "data" / "traits")
+    assert S.subsample_trait_set(full, S.TraitSubsample(None, None, None)) is full
+    sub = S.subsample_trait_set(full, S.TraitSubsample(10, 2, 10))
+    assert len(sub.questions) == 10 and all(len(t.positive) == len(t.negative) == 2 for t in sub.alignment.traits)
+    assert len(sub.measurement) == 10 and {p.category for p in sub.measurement} == set(p.category for p in full.measurement)
+    assert sub.version == full.version + ";subsample=q10,p2,m10"
+
+
+def test_trait_directions_script_on_a_tiny_model(tiny_model_dir, tmp_path):
+    import json
+    import runpy
+    from types import SimpleNamespace
+
+    from emlab.traits import load_directions
+
+    scripts = REPO / "workflow" / "scripts"
+    out = {"tensors": str(tmp_path / "directions.safetensors"), "meta": str(tmp_path / "directions.json"),
+           "cosine": str(tmp_path / "cosine.csv")}
+    smk = SimpleNamespace(
+        input=SimpleNamespace(), output=SimpleNamespace(**out), log=[], threads=1, scriptdir=str(scripts),
+        params=SimpleNamespace(folder=str(REPO / "data" / "traits"), base_model=str(tiny_model_dir), model_id="tiny",
+                               device="cpu", dtype="float32",
+                               directions={"layer": "auto", "batch_size": 16, "held_out_every": 5},
+                               subsample={"max_questions": 10, "max_prompts_per_side": 2, "max_measurement_prompts": 5}))
+    runpy.run_path(str(scripts / "trait_directions.py"), init_globals={"snakemake": smk})
+    dirs = load_directions(out["tensors"], out["meta"])
+    assert dirs.alignment.shape == (4, 7, 64) and dirs.trait_version.endswith("subsample=q10,p2,m5")
+    assert len(json.loads(Path(out["meta"]).read_text())["layer_auroc"]) == 4
+    cos = pd.read_csv(out["cosine"])
+    assert list(cos["trait"]) == list(dirs.alignment_names) and np.allclose(np.diag(cos[list(dirs.alignment_names)]), 1)

@@ -11,12 +11,14 @@ def main(smk):
     import pandas as pd
     from emlab.atomic import write_csv
     from emlab.models import load_model, load_tokenizer, set_threads
+    from emlab.monitor_stage import TraitSubsample, subsample_trait_set
     from emlab.settings import build
     from emlab.traits import DirectionSettings, cosine_matrix, extract_directions, load_trait_set, save_directions
 
     set_threads(smk.threads)
     settings = build(DirectionSettings, smk.params.directions, "config traits")
-    trait_set = load_trait_set(smk.params.folder)
+    trait_set = subsample_trait_set(load_trait_set(smk.params.folder),
+                                    build(TraitSubsample, smk.params.subsample, "config traits"))
     model = load_model(smk.params.base_model, device=smk.params.device, dtype=smk.params.dtype)
     tok = load_tokenizer(smk.params.base_model)
     dirs = extract_directions(model, tok, trait_set, settings, smk.params.model_id)

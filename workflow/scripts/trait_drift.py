@@ -24,8 +24,10 @@ def main(smk):
     S.check_checkpoints(json.loads(Path(smk.input.summary).read_text()), steps, run)
     directions = load_directions(smk.input.tensors, smk.input.meta)
     adapters = dict(zip(steps, list(smk.input.adapters), strict=True))
-    rows, delta_w, delta = S.measure_run(smk.params.base_model, adapters, directions, load_trait_set(smk.params.folder),
-                                         settings, smk.params.device, smk.params.dtype)
+    trait_set = S.subsample_trait_set(load_trait_set(smk.params.folder),
+                                      build(S.TraitSubsample, smk.params.subsample, "config traits"))
+    rows, delta_w, delta = S.measure_run(smk.params.base_model, adapters, directions, trait_set, settings,
+                                         smk.params.device, smk.params.dtype)
     all_steps = [0, *steps]
     loss = S.train_loss_by_step(pd.read_csv(smk.input.train_log), all_steps)
     em = S.em_by_step(pd.read_csv(smk.input.em), {int(k): v for k, v in smk.params.conditions.items()}, run)

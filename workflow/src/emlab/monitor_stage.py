@@ -30,6 +30,45 @@ class DriftStageSettings:
     tau: float
 
 
+@dataclass(frozen=True)
+class TraitSubsample:
+    """Demo sizing of the trait files (config traits.max_*; None: all)."""
+
+    max_questions: int | None
+    max_prompts_per_side: int | None
+    max_measurement_prompts: int | None
+
+
+def subsample_trait_set(trait_set, sub: TraitSubsample):
+    """The first questions / prompts per side, and measurement prompts round-robin over categories.
+
+    A subsample is part of the trait version (directions, drift and a saved
+    monitor must all read the same prompts), e.g. `...;subsample=q10,p2,m30`.
+    """
+    from dataclasses import replace
+
+    if sub.max_questions is None and sub.max_prompts_per_side is None and sub.max_measurement_prompts is None:
+        return trait_set
+
+    def cut(tf):
+        k = sub.max_prompts_per_side
+        return tf if k is None else replace(tf, traits=tuple(replace(t, positive=t.positive[:k], negative=t.negative[:k])
+                                                               for t in tf.traits))
+
+    measurement = trait_set.measurement
+    if sub.max_measurement_prompts is not None:
+        by_cat: dict[str, list] = {}
+        for p in measurement:
+            by_cat.setdefault(p.category, []).append(p)
+        order = [by_cat[c][i] for i in range(max(len(v) for v in by_cat.values())) for c in by_cat if i < len(by_cat[c])]
+        measurement = tuple(order[: sub.max_measurement_prompts])
+    questions = trait_set.questions if sub.max_questions is None else trait_set.questions[: sub.max_questions]
+    tag = ",".join(f"{k}{v}" for k, v in (("q", sub.max_questions), ("p", sub.max_prompts_per_side),
+                                          ("m", sub.max_measurement_prompts)) if v is not None)
+    return replace(trait_set, alignment=cut(trait_set.alignment), semantic=cut(trait_set.semantic), questions=questions,
+                   measurement=measurement, versions={**trait_set.versions, "subsample": tag})
+
+
 # --- one run's drift table ----------------------------------------------------------------
 
 

@@ -396,3 +396,54 @@ def test_trait_directions_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert len(json.loads(Path(out["meta"]).read_text())["layer_auroc"]) == 4
     cos = pd.read_csv(out["cosine"])
     assert list(cos["trait"]) == list(dirs.alignment_names) and np.allclose(np.diag(cos[list(dirs.alignment_names)]), 1)
+
+
+def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
+    """The drift rule's script: checkpoints from summary.json, labels from em_by_condition.csv, the contract's columns."""
+    import json
+    import runpy
+    from types import SimpleNamespace
+
+    from emlab.atomic import load_tensors
+    from emlab.traits import LayerScores, TraitDirections, load_trait_set, save_directions
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    sub = {"max_questions": None, "max_prompts_per_side": None, "max_measurement_prompts": 5}
+    trait_set = S.subsample_trait_set(load_trait_set(REPO / "data" / "traits"), S.TraitSubsample(**sub))
+    adapters = []
+    for step in (1, 2):
+        peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                              LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.data = step * torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+        peft.save_pretrained(tmp_path / f"step-{step}")
+        adapters.append(str(tmp_path / f"step-{step}"))
+    g = torch.Generator().manual_seed(0)
+    dirs = TraitDirections(torch.randn(4, 7, 64, generator=g), torch.randn(4, 7, 64, generator=g),
+                           tuple(trait_set.alignment.names), tuple(trait_set.semantic.names), 1,
+                           LayerScores(np.zeros(4), np.zeros(4)), trait_set.version, "tiny")
+    save_directions(dirs, tmp_path / "d.safetensors", tmp_path / "d.json")
+    (tmp_path / "summary.json").write_text(json.dumps({"checkpoint_steps": [1, 2]}))
+    pd.DataFrame({"step": [0, 1, 2], "loss": [np.nan, 3.0, 2.0]}).to_csv(tmp_path / "log.csv", index=False)
+    pd.DataFrame({"condition": ["mon__base", "r__step1", "r__step2"], "em_rate": [0.0, 0.01, 0.5]}).to_csv(
+        tmp_path / "em.csv", index=False)
+    scripts = REPO / "workflow" / "scripts"
+    out = {"table": str(tmp_path / "drift.csv"), "delta": str(tmp_path / "drift.safetensors")}
+    smk = SimpleNamespace(
+        input=SimpleNamespace(tensors=str(tmp_path / "d.safetensors"), meta=str(tmp_path / "d.json"),
+                              summary=str(tmp_path / "summary.json"), train_log=str(tmp_path / "log.csv"),
+                              adapters=adapters, em=str(tmp_path / "em.csv")),
+        output=SimpleNamespace(**out), log=[], threads=1, scriptdir=str(scripts), wildcards=SimpleNamespace(run="r"),
+        params=SimpleNamespace(folder=str(REPO / "data" / "traits"), subsample=sub, steps=[1, 2],
+                               conditions={"0": "mon__base", "1": "r__step1", "2": "r__step2"},
+                               drift={"batch_size": 4, "random_seeds": [0], "tau": 0.05},
+                               base_model=str(tiny_model_dir), device="cpu", dtype="float32"))
+    runpy.run_path(str(scripts / "trait_drift.py"), init_globals={"snakemake": smk})
+    df = pd.read_csv(out["table"])
+    assert df["step"].tolist() == [0, 1, 2] and df["dangerous"].tolist() == [False, False, True]
+    assert list(df.columns[:8]) == ["step", *dirs.alignment_names] and list(df.columns[-5:]) == S.TAIL_COLUMNS
+    assert df["train_loss"].tolist() == [3.0, 3.0, 2.0] and df.loc[0, "delta_w_norm"] == 0 and df.loc[2, "delta_w_norm"] > 0
+    tensors, _ = load_tensors(out["delta"])
+    assert tensors["delta"].shape == (3, 64) and tensors["steps"].tolist() == [0, 1, 2]

@@ -43,6 +43,8 @@ include: "rules/single_adapter.smk"
 include: "rules/metrics.smk"
 include: "rules/figures.smk"
 include: "rules/phase.smk"
+include: "rules/traits.smk"
+include: "rules/monitor.smk"
 
 
 rule all:

@@ -11,6 +11,8 @@ from emlab.errors import EMLabError  # noqa: E402
 from emlab.plan import condition_plan, direction_finetunes, em_steps as phase_em_steps, phase_finetunes  # noqa: E402
 from emlab.plan import condition_metrics, semantic_vectors, single_adapter_layer  # noqa: E402
 from emlab.settings import canonical  # noqa: E402
+from emlab.monitor_plan import label_generation, register_runs  # noqa: E402
+from emlab.traits import load_trait_set  # noqa: E402
 
 try:
     _validated = validate_config(dict(config), source="config")
@@ -50,15 +52,6 @@ def one_of(names):
 
 
 # Wildcards match only what the config plans, so a stray file name never becomes a job.
-wildcard_constraints:
-    dataset=one_of(config["datasets"]),
-    finetune=one_of(config["finetunes"]),
-    condition=one_of(CONDITIONS),
-    split=one_of(split for _, split in SEMANTIC_VECTORS),
-    synthesis=one_of(ds["synthesis"] for ds in config["datasets"].values() if "synthesis" in ds),
-    step=one_of(c.checkpoint for c in CONDITIONS.values() if c.checkpoint is not None),
-
-
 def repo_path(path):
     """A config path: as given if it exists (relative to the working directory), else in the repository."""
     if os.path.isabs(path) or os.path.exists(path):
@@ -109,7 +102,8 @@ def checkpoint_adapter_dir(finetune, step):
 
 def generation_inputs(wildcards):
     condition = CONDITIONS[wildcards.condition]
-    inputs = {"questions": repo_path(config["questions"]), "base_model": base_model_input()}
+    questions = config["monitor"]["questions"] if condition.group == "monitor" else config["questions"]
+    inputs = {"questions": repo_path(questions), "base_model": base_model_input()}
     if condition.model != "base":
         inputs["adapter"] = (adapter_dir(condition.model) if condition.checkpoint is None
                              else checkpoint_adapter_dir(condition.model, condition.checkpoint))
@@ -168,6 +162,27 @@ def condition_table():
     return canonical({cid: c.to_params() for cid, c in CONDITIONS.items()})
 
 
+# Trait monitoring (rules/traits.smk, rules/monitor.smk): the trait files are checked now, and the
+# calibration grid's fine-tunes join `finetunes` only after the main study above is planned.
+try:
+    TRAIT_SET = load_trait_set(repo_path(config["traits"]["folder"]))
+    MONITOR_RUNS = register_runs(config)
+    FINETUNE_LAYERS.update({name: lora_layers(config["finetunes"][name]["lora"], N_LAYERS, f"monitor run {name}")
+                            for name in MONITOR_RUNS})
+except EMLabError as _exc:
+    raise WorkflowError(f"config: {_exc}") from None
+
+
+# After the monitor runs joined `finetunes`, so their fine-tune jobs match too.
+wildcard_constraints:
+    dataset=one_of(config["datasets"]),
+    finetune=one_of(config["finetunes"]),
+    condition=one_of(CONDITIONS),
+    split=one_of(split for _, split in SEMANTIC_VECTORS),
+    synthesis=one_of(ds["synthesis"] for ds in config["datasets"].values() if "synthesis" in ds),
+    step=one_of(c.checkpoint for c in CONDITIONS.values() if c.checkpoint is not None),
+
+
 def final_targets():
     targets = [
         f"{RESULTS}/metrics/em_by_condition.csv",
@@ -191,6 +206,10 @@ def final_targets():
         targets.append(f"{RESULTS}/figures/steering_metrics.png")
     if SINGLE_ADAPTERS:
         targets.append(f"{RESULTS}/figures/single_adapter.png")
+    targets += [f"{RESULTS}/traits/directions.json", f"{RESULTS}/traits/cosine.csv"]  # rules/traits.smk
+    if MONITOR_RUNS:  # rules/monitor.smk (figure_monitor writes every monitor figure)
+        targets += [f"{RESULTS}/monitor/evaluation.csv", f"{RESULTS}/monitor/monitor.skops",
+                    f"{RESULTS}/figures/monitor/pc1_drift.png"]
     return targets
 
 

@@ -14,7 +14,9 @@ rule generate:
         condition=lambda w: w.condition,
         spec=lambda w: canonical(CONDITIONS[w.condition].to_params()),
         base_model=BASE_MODEL_DIR,
-        generation=canonical(config["generation"]),
+        # the monitor's label conditions carry their own, cheaper settings (emlab.monitor_plan)
+        generation=lambda w: canonical(label_generation(config) if CONDITIONS[w.condition].group == "monitor"
+                                       else config["generation"]),
         seed=canonical(config["seed"]),
         device=config["device"],
         dtype=config["dtype"],

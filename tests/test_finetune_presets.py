@@ -63,7 +63,7 @@ def test_layers_as_fractions_of_depth():
 
 
 @pytest.mark.parametrize("ft, expected", [
-    ({"dataset": "d"}, r"finetunes.x needs a `preset` \(r1x9, r1_single, all_r32, full\) or a `lora:` section"),
+    ({"dataset": "d"}, r"finetunes.x needs a `preset` \(r1x9, r1_single, all_r32, full, trait_r16\) or a `lora:` section"),
     ({"dataset": "d", "preset": "full", "lora": {"rank": 2}}, "preset 'full' trains every weight"),
     ({"dataset": "d", "preset": "r2x9"}, "finetunes.x.preset"),
     ({"dataset": "d", "lora": {"layers": [1.5]}}, "finetunes.x.lora.layers"),

@@ -22,6 +22,8 @@ ALL_RULES = {
     "figure_semantic_vectors", "figure_single_adapter",
     # issue 3: checkpoint export, phase-transition rotation and figure
     "export_checkpoint", "phase_rotation", "figure_phase_transition",
+    # issue 13: trait directions, drift of the monitor grid, the monitor and its figures
+    "trait_directions", "trait_drift", "monitor_train_evaluate", "figure_monitor",
 }
 
 
@@ -39,7 +41,10 @@ def test_dry_run_of_default_config_plans_every_stage(planned_rules):
     proc = run_snakemake("-n", "--forceall", check=True)
     rules = planned_rules(proc.stdout + proc.stderr)
     assert set(rules) == ALL_RULES, rules
-    assert rules["finetune"] == len(yaml.safe_load((REPO / "config.yaml").read_text())["finetunes"])
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    n_monitor_runs = (len(cfg["monitor"]["calibration"]) + len(cfg["monitor"]["held_out"])) * len(cfg["monitor"]["seeds"])
+    assert rules["finetune"] == len(cfg["finetunes"]) + n_monitor_runs
+    assert rules["trait_drift"] == n_monitor_runs
     assert rules["generate"] == rules["judge"] >= 8
 
 
@@ -105,7 +110,7 @@ def test_configfile_replaces_the_default_config(tmp_path, planned_rules):
     def only_one_finetune(c):
         c["finetunes"] = {"solo_ft": dict(c["finetunes"]["med_r1x9"])}
         c["datasets"] = {"medical_bad": c["datasets"]["medical_bad"]}
-        for key in ("steering", "ablation", "semantic_directions", "single_adapter", "phase"):
+        for key in ("steering", "ablation", "semantic_directions", "single_adapter", "phase", "monitor"):
             c.pop(key, None)
 
     path = _write_config(tmp_path, only_one_finetune)

@@ -127,6 +127,10 @@ FINETUNE_PRESETS: dict[str, dict] = {
                          "layers": "all", "layers_reference_depth": None},
                 "training": {"learning_rate": 1.0e-5}},
     "full": {"lora": None, "training": {"learning_rate": 1.0e-5}},
+    # the trait-monitor calibration recipe (Nghiem et al. 2026): standard (not rank-stabilised) scaling alpha/r
+    "trait_r16": {"lora": {"rank": 16, "alpha": 64, "rslora": False, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"],
+                           "layers": "all", "layers_reference_depth": None},
+                  "training": {"learning_rate": 4.0e-5, "epochs": 2}},
 }
 
 

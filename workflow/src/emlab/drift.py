@@ -1,4 +1,4 @@
-"""Activation drift of a fine-tune along trait directions (METHOD.md section 3).
+"""Activation drift of a fine-tune along trait directions (docs/trait-monitoring.md).
 
 At every checkpoint t the measurement prompts run through the model once
 (left-padded batches, last prompt token only, one layer): their mean activation

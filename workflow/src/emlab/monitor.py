@@ -1,5 +1,5 @@
 """The trait-space monitor: a random forest from 7-D trait drift to EM rate, its
-held-out evaluation against baselines, and its saved form (METHOD.md section 3).
+held-out evaluation against baselines, and its saved form (docs/trait-monitoring.md).
 
 Data: one drift table for many runs (one row per run and checkpoint step) with
 columns `run`, `perturbation`, `step`, the alignment trait names,

@@ -24,6 +24,7 @@ from .interventions import (
     as_condition,
     parse_condition_id,
 )
+from .monitor_plan import label_conditions
 
 
 class _Plan:
@@ -59,6 +60,8 @@ def condition_plan(cfg: dict, n_layers: int) -> dict[str, Condition]:
     for ft in cfg["finetunes"]:
         plan.add(Unmodified(ft))
     for condition in checkpoint_conditions(cfg).values():  # phase.eval_steps: <finetune>__step<N>
+        plan.add(condition)
+    for condition in label_conditions(cfg):  # monitor grid: mon__base, <run>__step<N>, group "monitor"
         plan.add(condition)
     st = cfg["steering"]
     semantic_layers = st.get("semantic_layers")

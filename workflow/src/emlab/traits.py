@@ -1,4 +1,4 @@
-"""Trait prompts and trait directions (trait-space monitoring, METHOD.md section 3).
+"""Trait prompts and trait directions (trait-space monitoring, docs/trait-monitoring.md).
 
 Four YAML files under data/traits/, each with an integer `version`:
   alignment.yaml             seven alignment traits, positive/negative system prompts

@@ -4,7 +4,8 @@ tables), how it is applied to a loaded model, and its names in figures and
 tables. The plan (emlab.plan) builds them from the config.
 
   condition.py   the shared shape (Condition), the registry, parse_condition_id, from_params
-  unmodified.py  Unmodified (base / fine-tune as trained), Checkpoint (a saved training step)
+  unmodified.py  Unmodified (base / fine-tune as trained), Checkpoint (a saved training step),
+                 MonitorLabel (a checkpoint of a trait-monitor calibration run)
   steering.py    Steer
   ablation.py    LayerwiseAblation, SingleAblation, RandomAblation, Transfer
   adapter.py     AdapterProjection (a weights edit of a rank-1 adapter)
@@ -27,7 +28,7 @@ from .ablation import (
 from .adapter import AdapterProjection
 from .condition import Condition, as_condition, from_params, kinds, parse_condition_id
 from .steering import Steer, format_scale
-from .unmodified import Checkpoint, Unmodified
+from .unmodified import Checkpoint, MonitorLabel, Unmodified
 
 if TYPE_CHECKING:  # torch is imported where a model is edited, not when the plan is built
     import torch
@@ -52,7 +53,7 @@ def build_edits(spec, vectors: torch.Tensor | None, n_layers: int) -> tuple[str,
 
 
 __all__ = [
-    "Ablation", "AdapterProjection", "Checkpoint", "Condition", "LayerwiseAblation", "RandomAblation",
+    "Ablation", "AdapterProjection", "Checkpoint", "Condition", "LayerwiseAblation", "MonitorLabel", "RandomAblation",
     "SingleAblation", "Steer", "Transfer", "Unmodified", "adapter_edit", "apply_intervention", "as_condition",
     "build_edits", "format_scale", "from_params", "kinds", "parse_condition_id", "random_like",
 ]

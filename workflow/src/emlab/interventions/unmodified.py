@@ -76,3 +76,45 @@ class Checkpoint(Condition):
     @property
     def label(self) -> tuple[str, str]:
         return f"step {self.step}", "unablated"
+
+
+@dataclass(frozen=True)
+class MonitorLabel(Condition):
+    """A checkpoint of a trait-monitor calibration run (`mon__<dataset>__s<seed>[__long]__step<N>`), or the
+    base model as its step 0 (`mon__base`), generated and judged with the cheaper `monitor.generation` and
+    `monitor.questions` (emlab.monitor_plan): its EM rate labels the checkpoint."""
+
+    model: str  # "base" (step 0) or the run's fine-tune name
+    step: int
+
+    KIND = "none"
+    GROUP = "monitor"
+    ID = r"(?P<base>mon__base)|(?P<model>mon__{name}__s[0-9]+(?:__long)?)__step(?P<step>[0-9]+)"
+
+    def __post_init__(self):
+        object.__setattr__(self, "step", int(self.step))
+
+    @property
+    def condition_id(self) -> str:
+        return "mon__base" if self.model == "base" else f"{self.model}__step{self.step}"
+
+    @classmethod
+    def from_id(cls, fields):
+        if fields.get("base"):
+            return cls("base", 0)
+        return cls(fields["model"], int(fields["step"]))
+
+    @property
+    def checkpoint(self) -> int | None:
+        return None if self.model == "base" else self.step
+
+    def intervention(self) -> dict:
+        return {"kind": "none"}
+
+    @classmethod
+    def from_spec(cls, model: str, spec: Mapping, params: Mapping):
+        return cls(model, int(params.get("checkpoint") or 0))
+
+    @property
+    def label(self) -> tuple[str, str]:
+        return f"step {self.step}", "unablated"

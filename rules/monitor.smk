@@ -1,0 +1,68 @@
+# Trait-space monitoring, part 2 (docs/trait-monitoring.md): the monitor fitted on the
+# calibration runs' drift, evaluated with every baseline on the held-out runs, saved;
+# and its figures.
+MONITOR_DIR = f"{RESULTS}/monitor"
+MONITOR_FIGURES = ["pc1_drift", "decomposition", "feature_sets", "pc1_loadings", "trait_cosine", "lopo",
+                   "alarm_probability"]
+
+
+rule monitor_train_evaluate:
+    input:
+        tables=[f"{MONITOR_DIR}/drift/{run}.csv" for run in MONITOR_RUNS],
+        deltas=[f"{MONITOR_DIR}/drift/{run}.safetensors" for run in MONITOR_RUNS],
+        meta=f"{TRAITS_DIR}/directions.json",
+    output:
+        evaluation=f"{MONITOR_DIR}/evaluation.csv",
+        lopo=f"{MONITOR_DIR}/lopo.csv",
+        tau_sweep=f"{MONITOR_DIR}/tau_sweep.csv",
+        alarm_steps=f"{MONITOR_DIR}/alarm_steps.csv",
+        alarm_runs=f"{MONITOR_DIR}/alarm_runs.csv",
+        stress=f"{MONITOR_DIR}/stress.csv",
+        pc1=f"{MONITOR_DIR}/pc1.json",
+        predictions=f"{MONITOR_DIR}/predictions.csv",
+        monitor=f"{MONITOR_DIR}/monitor.skops",
+        sidecar=f"{MONITOR_DIR}/monitor.skops.json",
+    params:
+        runs=canonical({name: {"perturbation": run.dataset, "role": run.role} for name, run in MONITOR_RUNS.items()}),
+        monitor=canonical({**config["monitor"]["regressor"], "seed": config["seed"], "tau": config["monitor"]["tau"],
+                           "n_bootstrap": config["monitor"]["n_bootstrap"], "ci": config["monitor"]["ci"]}),
+        tau_sweep=canonical(config["monitor"]["tau_sweep"]),
+        require_both_classes=config["monitor"]["require_both_classes"],
+    log:
+        f"{RESULTS}/logs/monitor/train_evaluate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/monitor/train_evaluate.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/monitor_train_evaluate.py"
+
+
+rule figure_monitor:
+    input:
+        tables=[f"{MONITOR_DIR}/drift/{run}.csv" for run in MONITOR_RUNS],
+        meta=f"{TRAITS_DIR}/directions.json",
+        cosine=f"{TRAITS_DIR}/cosine.csv",
+        evaluation=f"{MONITOR_DIR}/evaluation.csv",
+        lopo=f"{MONITOR_DIR}/lopo.csv",
+        pc1=f"{MONITOR_DIR}/pc1.json",
+        alarm_steps=f"{MONITOR_DIR}/alarm_steps.csv",
+    output:
+        **{name: report(f"{RESULTS}/figures/monitor/{name}.png", caption=f"../workflow/report/monitor_{name}.rst",
+                        category="Trait monitor") for name in MONITOR_FIGURES},
+        **{f"{name}_pdf": f"{RESULTS}/figures/monitor/{name}.pdf" for name in MONITOR_FIGURES},
+    params:
+        runs=canonical({name: {"perturbation": run.dataset, "role": run.role} for name, run in MONITOR_RUNS.items()}),
+        tau=canonical(config["monitor"]["tau"]),
+    log:
+        f"{RESULTS}/logs/figures/monitor.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_monitor.py"

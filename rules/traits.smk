@@ -1,0 +1,78 @@
+# Trait-space monitoring, part 1 (docs/trait-monitoring.md): the base model's trait
+# directions, and the trait drift of every monitor run over its checkpoints. The
+# trait files are validated when the workflow is planned (TRAIT_SET, rules/common.smk).
+from emlab.monitor_plan import run_conditions as monitor_run_conditions  # noqa: E402
+from emlab.settings import canonical  # noqa: E402
+
+TRAITS_DIR = f"{RESULTS}/traits"
+TRAIT_SUBSAMPLE = canonical({k: config["traits"][k] for k in ("max_questions", "max_prompts_per_side",
+                                                             "max_measurement_prompts")})
+TRAIT_FILES = [repo_path(os.path.join(config["traits"]["folder"], f))
+               for f in ("alignment.yaml", "semantic.yaml", "extraction_questions.yaml", "measurement_prompts.yaml")]
+
+
+rule trait_directions:
+    input:
+        unpack(lambda w: {"base_model": base_model_input()}),
+        traits=TRAIT_FILES,
+    output:
+        tensors=f"{TRAITS_DIR}/directions.safetensors",
+        meta=f"{TRAITS_DIR}/directions.json",
+        cosine=f"{TRAITS_DIR}/cosine.csv",
+    params:
+        folder=lambda w, input: os.path.dirname(input.traits[0]),
+        subsample=TRAIT_SUBSAMPLE,
+        directions=canonical({k: config["traits"][k] for k in ("layer", "batch_size", "held_out_every")}),
+        base_model=BASE_MODEL_DIR,
+        model_id=config["base_model"]["source"],
+        device=config["device"],
+        dtype=config["dtype"],
+    log:
+        f"{RESULTS}/logs/traits/directions.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/traits/directions.tsv"
+    threads: config["threads"]
+    resources:
+        **model_resources(),
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/trait_directions.py"
+
+
+rule trait_drift:
+    input:
+        unpack(lambda w: {"base_model": base_model_input()}),
+        tensors=f"{TRAITS_DIR}/directions.safetensors",
+        meta=f"{TRAITS_DIR}/directions.json",
+        traits=TRAIT_FILES,
+        summary=f"{RESULTS}/finetunes/{{run}}/summary.json",
+        train_log=f"{RESULTS}/finetunes/{{run}}/train_log.csv",
+        adapters=lambda w: [checkpoint_adapter_dir(w.run, s) for s in MONITOR_RUNS[w.run].checkpoint_steps],
+        em=f"{RESULTS}/metrics/em_by_condition.csv",
+    output:
+        table=f"{RESULTS}/monitor/drift/{{run}}.csv",
+        delta=f"{RESULTS}/monitor/drift/{{run}}.safetensors",
+    wildcard_constraints:
+        run=r"mon__[a-z0-9_]+",
+    params:
+        folder=lambda w, input: os.path.dirname(input.traits[0]),
+        subsample=TRAIT_SUBSAMPLE,
+        steps=lambda w: list(MONITOR_RUNS[w.run].checkpoint_steps),
+        conditions=lambda w: canonical({str(k): v for k, v in monitor_run_conditions(MONITOR_RUNS[w.run]).items()}),
+        drift=canonical({"batch_size": config["traits"]["batch_size"], "random_seeds": config["traits"]["random_seeds"],
+                         "tau": config["monitor"]["tau"]}),
+        base_model=BASE_MODEL_DIR,
+        device=config["device"],
+        dtype=config["dtype"],
+    log:
+        f"{RESULTS}/logs/monitor/drift_{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/monitor/drift_{{run}}.tsv"
+    threads: config["threads"]
+    resources:
+        **model_resources(),
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/trait_drift.py"

@@ -1,0 +1,50 @@
+"""Fit the trait monitor on the calibration runs, evaluate it and every baseline on the held-out runs, save it."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
+from emlab.runner import run_script  # noqa: E402
+
+
+def main(smk):
+    import json
+
+    import pandas as pd
+    from emlab import monitor as M
+    from emlab import monitor_stage as S
+    from emlab.atomic import load_tensors, write_csv, write_json
+    from emlab.settings import build
+
+    settings = build(M.MonitorSettings, smk.params.monitor, "config monitor")
+    runs = dict(smk.params.runs)  # name -> {perturbation, role}
+    names = list(runs)
+    tables = {r: pd.read_csv(p) for r, p in zip(names, smk.input.tables, strict=True)}
+    deltas = {r: load_tensors(p)[0]["delta"].numpy() for r, p in zip(names, smk.input.deltas, strict=True)}
+    meta = json.loads(Path(smk.input.meta).read_text())
+    traits = list(meta["alignment_traits"])
+    pert = {r: runs[r]["perturbation"] for r in names}
+
+    def data(*roles):
+        return S.grid_data(tables, deltas, pert, [r for r in names if runs[r]["role"] in roles])
+
+    cal, held = data("calibration"), data("held_out")
+    longer = data("stress_long")
+    stress = {} if longer is None else {"longer": longer}
+    out = S.evaluate_grid(cal, held, stress, traits, settings, list(smk.params.tau_sweep),
+                          bool(smk.params.require_both_classes))
+    write_csv(smk.output.evaluation, out["evaluation"])
+    write_csv(smk.output.lopo, out["lopo"])
+    write_csv(smk.output.tau_sweep, out["tau_sweep"])
+    write_csv(smk.output.alarm_steps, out["alarm_steps"])
+    write_csv(smk.output.alarm_runs, out["alarm_runs"])
+    write_csv(smk.output.stress, out["stress"])
+    write_json(smk.output.pc1, {**out["pc1"], "note": out["note"]})
+    # The saved monitor is fitted on every calibration run (no class check when the demo allows it).
+    reg = M.fit_regressor(cal.table[traits].to_numpy(float), cal.em, settings)
+    mon = M.TraitMonitor(reg, tuple(traits), int(meta["layer"]), meta["trait_version"], meta["model_id"], settings.tau)
+    M.save_monitor(mon, smk.output.monitor)
+    write_csv(smk.output.predictions, S.predictions_table(mon, S.grid_data(tables, deltas, pert, names)))
+
+
+run_script(snakemake, main)  # noqa: F821

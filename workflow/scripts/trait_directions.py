@@ -1,0 +1,31 @@
+"""Alignment and semantic trait directions of the base model at every layer, the chosen layer, the 7x7 cosines."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
+from emlab.runner import run_script  # noqa: E402
+
+
+def main(smk):
+    import pandas as pd
+    from emlab.atomic import write_csv
+    from emlab.models import load_model, load_tokenizer, set_threads
+    from emlab.monitor_stage import TraitSubsample, subsample_trait_set
+    from emlab.settings import build
+    from emlab.traits import DirectionSettings, cosine_matrix, extract_directions, load_trait_set, save_directions
+
+    set_threads(smk.threads)
+    settings = build(DirectionSettings, smk.params.directions, "config traits")
+    trait_set = subsample_trait_set(load_trait_set(smk.params.folder),
+                                    build(TraitSubsample, smk.params.subsample, "config traits"))
+    model = load_model(smk.params.base_model, device=smk.params.device, dtype=smk.params.dtype)
+    tok = load_tokenizer(smk.params.base_model)
+    dirs = extract_directions(model, tok, trait_set, settings, smk.params.model_id)
+    save_directions(dirs, smk.output.tensors, smk.output.meta)
+    cos = cosine_matrix(dirs.alignment[dirs.layer]).numpy()
+    names = list(dirs.alignment_names)
+    write_csv(smk.output.cosine, pd.DataFrame(cos, index=pd.Index(names, name="trait"), columns=names).reset_index())
+
+
+run_script(snakemake, main)  # noqa: F821

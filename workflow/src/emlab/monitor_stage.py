@@ -1,0 +1,247 @@
+"""The trait-monitor workflow stages (rules/traits.smk, rules/monitor.smk): the drift
+table of one run over its checkpoints, and the monitor's fit and evaluation over
+the calibration grid. The science is in traits.py, drift.py and monitor.py; this
+module reads and writes the stage artifacts (docs/trait-monitoring.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import EMLabError
+
+log = logging.getLogger(__name__)
+
+TAIL_COLUMNS = ["drift_norm", "train_loss", "delta_w_norm", "em_rate", "dangerous"]
+
+
+@dataclass(frozen=True)
+class DriftStageSettings:
+    """How a run's drift is measured (config traits: batch_size, random_seeds; monitor: tau)."""
+
+    batch_size: int
+    random_seeds: list[int]
+    tau: float
+
+
+@dataclass(frozen=True)
+class TraitSubsample:
+    """Demo sizing of the trait files (config traits.max_*; None: all)."""
+
+    max_questions: int | None
+    max_prompts_per_side: int | None
+    max_measurement_prompts: int | None
+
+
+def subsample_trait_set(trait_set, sub: TraitSubsample):
+    """The first questions / prompts per side, and measurement prompts round-robin over categories.
+
+    A subsample is part of the trait version (directions, drift and a saved
+    monitor must all read the same prompts), e.g. `...;subsample=q10,p2,m30`.
+    """
+    from dataclasses import replace
+
+    if sub.max_questions is None and sub.max_prompts_per_side is None and sub.max_measurement_prompts is None:
+        return trait_set
+
+    def cut(tf):
+        k = sub.max_prompts_per_side
+        return tf if k is None else replace(tf, traits=tuple(replace(t, positive=t.positive[:k], negative=t.negative[:k])
+                                                               for t in tf.traits))
+
+    measurement = trait_set.measurement
+    if sub.max_measurement_prompts is not None:
+        by_cat: dict[str, list] = {}
+        for p in measurement:
+            by_cat.setdefault(p.category, []).append(p)
+        order = [by_cat[c][i] for i in range(max(len(v) for v in by_cat.values())) for c in by_cat if i < len(by_cat[c])]
+        measurement = tuple(order[: sub.max_measurement_prompts])
+    questions = trait_set.questions if sub.max_questions is None else trait_set.questions[: sub.max_questions]
+    tag = ",".join(f"{k}{v}" for k, v in (("q", sub.max_questions), ("p", sub.max_prompts_per_side),
+                                          ("m", sub.max_measurement_prompts)) if v is not None)
+    return replace(trait_set, alignment=cut(trait_set.alignment), semantic=cut(trait_set.semantic), questions=questions,
+                   measurement=measurement, versions={**trait_set.versions, "subsample": tag})
+
+
+# --- one run's drift table ----------------------------------------------------------------
+
+
+def check_checkpoints(summary: dict, planned: Sequence[int], run: str) -> None:
+    """The fine-tune wrote exactly the checkpoints the plan generated and judged."""
+    got = [int(s) for s in summary.get("checkpoint_steps") or []]
+    if got != [int(s) for s in planned]:
+        raise EMLabError(f"monitor run {run}: its summary.json lists checkpoints {got}, the plan expected {list(planned)} "
+                         "(monitor.training.max_train_examples exceeds the dataset's training split, or examples were "
+                         "dropped by max_length); lower max_train_examples")
+
+
+def train_loss_by_step(train_log: pd.DataFrame, steps: Sequence[int]) -> dict[int, float]:
+    """The training loss logged at each step. Step 0 takes step 1's, which was computed on the base weights."""
+    loss = dict(zip(train_log["step"].astype(int), train_log["loss"].astype(float)))
+    out = {}
+    for s in steps:
+        s = int(s)
+        value = loss.get(1 if s == 0 else s, float("nan"))
+        out[s] = float(value)
+    return out
+
+
+def em_by_step(em_table: pd.DataFrame, step_conditions: Mapping[int, str], run: str) -> dict[int, float]:
+    """Each step's EM rate from em_by_condition.csv (the label conditions' rows)."""
+    rates = dict(zip(em_table["condition"].astype(str), em_table["em_rate"].astype(float)))
+    missing = [cid for cid in step_conditions.values() if cid not in rates]
+    if missing:
+        raise EMLabError(f"monitor run {run}: em_by_condition.csv has no row for label condition(s) {missing}")
+    return {int(s): rates[cid] for s, cid in step_conditions.items()}
+
+
+def assemble_drift_table(drift_rows: Mapping[int, dict], delta_w: Mapping[int, float], train_loss: Mapping[int, float],
+                         em_rate: Mapping[int, float], tau: float) -> pd.DataFrame:
+    """results/monitor/drift/{run}.csv: one row per step (0 first): step, drift columns (alignment traits,
+    semantic.*, random{seed}.*), drift_norm, train_loss, delta_w_norm, em_rate, dangerous."""
+    steps = sorted(int(s) for s in drift_rows)
+    if not steps or steps[0] != 0:
+        raise EMLabError("drift table: step 0 (the base model) is missing")
+    rows = []
+    for s in steps:
+        cols = {k: v for k, v in drift_rows[s].items() if k != "drift_norm"}
+        em = float(em_rate[s])
+        rows.append({"step": s, **cols, "drift_norm": float(drift_rows[s]["drift_norm"]),
+                     "train_loss": float(train_loss[s]), "delta_w_norm": float(delta_w[s]), "em_rate": em,
+                     "dangerous": bool(em > tau) if not math.isnan(em) else False})
+    return pd.DataFrame(rows)
+
+
+def measure_run(base_model, adapters: Mapping[int, str], directions, trait_set, settings: DriftStageSettings,
+                device: str, dtype: str):
+    """Drift columns, ΔW norm and Δh̄ of the base model (step 0) and each checkpoint adapter.
+
+    One model is loaded; checkpoint adapters are swapped in one at a time (the
+    previous one deleted, so ΔW counts one adapter). Returns
+    (drift rows by step, ΔW norm by step, Δh̄ [steps, d] in step order).
+    """
+    import torch
+
+    from .drift import delta_mean, drift_columns, lora_delta_w_norm, measure
+    from .models import load_model, load_tokenizer
+    from .traits import random_bases
+
+    if trait_set.version != directions.trait_version:
+        raise EMLabError(f"trait directions were extracted with trait files `{directions.trait_version}`, the trait "
+                         f"folder is `{trait_set.version}` now; re-run trait_directions")
+    model = load_model(base_model, device=device, dtype=dtype)
+    tok = load_tokenizer(base_model)
+    layer = directions.layer
+    align, sem = directions.alignment[layer], directions.semantic[layer]
+    rand = random_bases(align.shape[1], settings.random_seeds, align.shape[0])
+    base = measure(model, tok, trait_set.measurement, layer, settings.batch_size)
+
+    def row(mean):
+        return drift_columns(mean, base, align, directions.alignment_names, sem, directions.semantic_names, rand)
+
+    rows, dw, deltas = {0: row(base.mean)}, {0: 0.0}, [torch.zeros_like(base.mean)]
+    peft, previous = None, None
+    for step in sorted(adapters):
+        name = f"step{int(step)}"
+        if peft is None:
+            from peft import PeftModel
+
+            peft = PeftModel.from_pretrained(model, str(adapters[step]), adapter_name=name)
+        else:
+            peft.load_adapter(str(adapters[step]), adapter_name=name)
+            peft.set_adapter(name)
+            peft.delete_adapter(previous)
+        peft.eval()
+        previous = name
+        mean = measure(peft, tok, trait_set.measurement, layer, settings.batch_size).mean
+        rows[int(step)], dw[int(step)] = row(mean), lora_delta_w_norm(peft)
+        deltas.append(delta_mean(mean, base))
+        log.info("step %s: drift_norm %.4g, delta_w %.4g", step, rows[int(step)]["drift_norm"], dw[int(step)])
+    return rows, dw, torch.stack(deltas)
+
+
+# --- the monitor over the grid -------------------------------------------------------------
+
+
+def grid_data(tables: Mapping[str, pd.DataFrame], deltas: Mapping[str, np.ndarray], perturbation: Mapping[str, str],
+              runs: Sequence[str]):
+    """One monitor.DriftData of the named runs (run and perturbation columns added)."""
+    from .monitor import DriftData
+
+    if not runs:
+        return None
+    table = pd.concat([tables[r].assign(run=r, perturbation=perturbation[r]) for r in runs], ignore_index=True)
+    delta = np.concatenate([np.asarray(deltas[r], float) for r in runs])
+    unlabelled = table["em_rate"].isna().to_numpy()
+    if unlabelled.any():  # a checkpoint none of whose responses could be scored has no label
+        log.warning("monitor: %d checkpoint(s) without an EM rate left out: %s", int(unlabelled.sum()),
+                    ", ".join(f"{r}@{s}" for r, s in table.loc[unlabelled, ["run", "step"]].itertuples(index=False)))
+        table, delta = table[~unlabelled].reset_index(drop=True), delta[~unlabelled]
+    return DriftData(table, delta)
+
+
+def _has_both_classes(data, tau: float) -> str | None:
+    from .monitor import check_calibration
+
+    try:
+        check_calibration(data, tau)
+    except EMLabError as exc:
+        return str(exc)
+    return None
+
+
+def nan_rows(names: Sequence[str], data, key: str = "feature_set") -> pd.DataFrame:
+    cols = [f"{m}{s}" for m in ("fnr", "fpr", "auroc") for s in ("", "_ci_low", "_ci_high")]
+    return pd.DataFrame([{key: n, **{c: float("nan") for c in cols}, "n_runs": int(data.table["run"].nunique()),
+                          "n_checkpoints": len(data.table)} for n in names])
+
+
+def evaluate_grid(calibration, held_out, stress: Mapping[str, object], traits: Sequence[str], settings,
+                  tau_sweep: Sequence[float], require_both_classes: bool) -> dict[str, pd.DataFrame | dict]:
+    """Every table of monitor_train_evaluate: evaluation, lopo, pc1, tau_sweep, alarm steps, stress.
+
+    A calibration set without both a dangerous and a benign run is an error, or
+    (require_both_classes false, the demo) NaN metrics with a warning.
+    """
+    from . import monitor as M
+
+    problem = _has_both_classes(calibration, settings.tau)
+    if problem and require_both_classes:
+        raise EMLabError(f"monitor: {problem} (monitor.require_both_classes is true)")
+    names = M.feature_set_names(calibration.table, traits, True)
+    out: dict = {"pc1": M.pc1_summary(calibration.table, traits)}
+    if problem:
+        log.warning("monitor: %s; writing NaN metrics (monitor.require_both_classes is false)", problem)
+        out["evaluation"] = nan_rows(names, held_out)
+        out["lopo"] = pd.DataFrame(columns=["perturbation", "feature_set"])
+        out["tau_sweep"] = pd.DataFrame({"tau": list(tau_sweep)})
+        out["alarm_steps"] = pd.DataFrame(columns=["run", "step", "probability", "alarm"])
+        out["alarm_runs"] = pd.DataFrame(columns=["run", "first_alarm_step", "first_dangerous_step"])
+        out["stress"] = pd.concat([nan_rows(["alignment_7d"], d).assign(stress=k) for k, d in stress.items()],
+                                  ignore_index=True) if stress else pd.DataFrame(columns=["stress"])
+        out["note"] = problem
+        return out
+    out["evaluation"] = M.evaluate_feature_sets(calibration, held_out, traits, settings, names)
+    out["lopo"] = M.leave_one_perturbation_out(calibration, traits, settings)
+    out["tau_sweep"] = (M.tau_sweep(calibration, held_out, traits, settings, [float(t) for t in tau_sweep])
+                        if tau_sweep else pd.DataFrame(columns=["tau"]))
+    out["alarm_steps"], out["alarm_runs"] = M.step_aware_alarm(calibration, held_out, traits, settings)
+    rows = [{"stress": k, **M.evaluate_feature_set("alignment_7d", calibration, d, traits, settings)[0]}
+            for k, d in stress.items()]
+    out["stress"] = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["stress"])
+    out["note"] = None
+    return out
+
+
+def predictions_table(monitor, data) -> pd.DataFrame:
+    """Per checkpoint of `data`: run, perturbation, step, em_rate, prediction, alarm."""
+    t = data.table
+    pred = monitor.predict(t)
+    return pd.DataFrame({"run": t["run"], "perturbation": t["perturbation"], "step": t["step"], "em_rate": t["em_rate"],
+                         "prediction": pred, "alarm": pred > monitor.tau})

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from lora_models import rank1_peft_model, records
 
 
@@ -40,7 +39,7 @@ def test_scalars_equal_direct_computation(tiny_model_dir, tok):
     assert cap.scalars.dtype == np.float32 and cap.effective.dtype == np.float32
     for r, e in enumerate(encoded):  # unpadded, one response at a time
         inputs = {}
-        handles = [ad.module.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
+        handles = [ad.module.register_forward_pre_hook(lambda m, a, i=i, inputs=inputs: inputs.__setitem__(i, a[0]))
                    for i, ad in enumerate(adapters)]
         try:
             with torch.no_grad():
@@ -130,8 +129,14 @@ def test_hooks_are_removed_after_an_error(tiny_model_dir, tok):
 
 
 def test_write_and_load_round_trip(tiny_model_dir, tok, tmp_path):
-    from emlab.lora_scalars import GRAD_IMPORTANCE_DEFINITION, TOKEN_COLUMNS, capture_scalars, load_capture, write_capture
     from emlab.atomic import load_tensors
+    from emlab.lora_scalars import (
+        GRAD_IMPORTANCE_DEFINITION,
+        TOKEN_COLUMNS,
+        capture_scalars,
+        load_capture,
+        write_capture,
+    )
 
     model = rank1_peft_model(tiny_model_dir)
     cap = capture_scalars(model, tok, records(3), _settings(grad=False))
@@ -146,11 +151,10 @@ def test_write_and_load_round_trip(tiny_model_dir, tok, tmp_path):
 
 
 def test_rank_above_one_is_a_clear_error(tiny_model_dir, tok):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from emlab.errors import EMLabError
     from emlab.lora_scalars import rank1_adapters
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["down_proj"]))

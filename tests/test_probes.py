@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from lora_models import rank1_peft_model
 
 WORDS_0 = ("apple river garden window music silver morning paper candle forest bread yellow").split()
@@ -102,9 +101,9 @@ def test_planted_synthetic_feature_is_singled_out():
     table, coefs = run_probes(X, tokens, sets, adapters, list(range(5)), _probe_settings())
     exp = "nonmed_aligned_vs_nonmed_misaligned"
     for protocol in ("grouped", "reference"):
-        acc = table.query("experiment == @exp and protocol == @protocol and metric == 'accuracy'")["mean"].item()
+        acc = table.query(f"experiment == '{exp}' and protocol == '{protocol}' and metric == 'accuracy'")["mean"].item()
         assert acc > 0.9
-        c = coefs.query("experiment == @exp and protocol == @protocol").groupby("adapter")["coefficient"].mean()
+        c = coefs.query(f"experiment == '{exp}' and protocol == '{protocol}'").groupby("adapter")["coefficient"].mean()
         assert c.abs().idxmax() == "L2.down_proj" and (c.drop("L2.down_proj").abs() < 0.2 * abs(c["L2.down_proj"])).all()
     # the non-medical aligned vs medical aligned contrast has no signal: near chance
     acc = table.query("experiment == 'nonmed_aligned_vs_med_aligned' and protocol == 'grouped' "
@@ -112,7 +111,7 @@ def test_planted_synthetic_feature_is_singled_out():
     assert 0.3 < acc < 0.7
     assert set(table["metric"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
     assert len(table) == 4 * 2 * 5 and len(coefs) == 4 * 2 * 20 * 5
-    row = table.query("experiment == @exp and protocol == 'grouped' and metric == 'f1'").iloc[0]
+    row = table.query(f"experiment == '{exp}' and protocol == 'grouped' and metric == 'f1'").iloc[0]
     assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["n_responses"] == 24
     assert row["n_tokens"] == 24 * 16
 
@@ -253,13 +252,32 @@ def test_probe_singles_out_planted_adapter_in_a_model(tiny_model_dir):
     table, coefs = run_probes(cap.scalars, cap.tokens, sets, cap.adapters, cap.layers,
                               _probe_settings(n_runs=10, protocols=["grouped"]))
     exp = "nonmed_aligned_vs_nonmed_misaligned"
-    acc = table.query("experiment == @exp and metric == 'accuracy'")["mean"].item()
+    acc = table.query(f"experiment == '{exp}' and metric == 'accuracy'")["mean"].item()
     assert acc > 0.9
-    c = coefs.query("experiment == @exp").groupby("adapter")["coefficient"].mean().abs()
+    c = coefs.query(f"experiment == '{exp}'").groupby("adapter")["coefficient"].mean().abs()
     assert c.idxmax() == f"L{planted}.down_proj"
     # without the planted adapter the others are near chance
     others = [i for i in range(len(adapters)) if i != planted]
     table2, _ = run_probes(cap.scalars[:, others], cap.tokens, sets, [cap.adapters[i] for i in others],
                            [cap.layers[i] for i in others], _probe_settings(n_runs=10, protocols=["grouped"]))
-    acc2 = table2.query("experiment == @exp and metric == 'accuracy'")["mean"].item()
+    acc2 = table2.query(f"experiment == '{exp}' and metric == 'accuracy'")["mean"].item()
     assert acc2 < 0.7
+
+
+def test_artifact_writers(tmp_path):
+    import json
+
+    from emlab.probes import (COEFFICIENT_COLUMNS, PROBE_COLUMNS, run_probes, select_response_sets, write_probe_results,
+                              write_roles, write_sets)
+
+    jud, tokens = _token_table(3, 6)
+    X = np.random.default_rng(0).normal(size=(len(tokens), 2))
+    sets = select_response_sets(jud, _set_settings())
+    table, coefs = run_probes(X, tokens, sets, ["L0.down_proj", "L1.down_proj"], [0, 1], _probe_settings(2))
+    write_sets(tmp_path / "sets.json", sets, _set_settings())
+    write_probe_results(table, coefs, tmp_path / "probes.csv", tmp_path / "coefficients.csv")
+    write_roles(tmp_path / "roles.json", {"L0.down_proj": {"role": "general", "why": "x"}}, _role_settings())
+    assert json.loads((tmp_path / "sets.json").read_text())["counts"]["med_aligned"] == 4
+    assert list(pd.read_csv(tmp_path / "probes.csv").columns) == PROBE_COLUMNS
+    assert list(pd.read_csv(tmp_path / "coefficients.csv").columns) == COEFFICIENT_COLUMNS
+    assert json.loads((tmp_path / "roles.json").read_text())["roles"]["L0.down_proj"]["role"] == "general"

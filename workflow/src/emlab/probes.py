@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .atomic import write_csv, write_json
 from .config import scale_layer_blocks
 from .errors import EMLabError
 
@@ -261,7 +262,7 @@ def _run_reference(X, tok0, tok1, rng, settings):
     (Xb,) = _standardise(Xb, Xb)  # the reference's leak: fitted on the whole balanced set
     n_test = max(1, int(round(settings.test_fraction * len(b0))))
     test = np.zeros(len(yb), dtype=bool)
-    for cls, start in ((0, 0), (1, len(b0))):  # stratified: the same test share of each class
+    for start in (0, len(b0)):  # stratified: the same test share of each class
         test[start + rng.permutation(len(b0))[:n_test]] = True
     return _fit_score(Xb[~test], yb[~test], Xb[test], yb[test], settings)
 
@@ -441,3 +442,22 @@ def roles_from_config(adapters: list[str], layers: list[int], settings: RoleSett
                 src = f"layer {x} of {settings.reference_depth}" if settings.reference_depth else f"layer {x}"
                 out[a] = {"role": role, "why": f"config: {role}_layers lists {src}"}
     return out
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def write_sets(path, sets: ResponseSets, settings: ResponseSetSettings) -> None:
+    """sets.json: thresholds used and counts per set (atomic)."""
+    write_json(path, sets.summary(settings))
+
+
+def write_probe_results(table: pd.DataFrame, coefficients: pd.DataFrame, probes_csv, coefficients_csv) -> None:
+    """probes.csv (PROBE_COLUMNS) and coefficients.csv (COEFFICIENT_COLUMNS), atomically."""
+    write_csv(probes_csv, table[PROBE_COLUMNS])
+    write_csv(coefficients_csv, coefficients[COEFFICIENT_COLUMNS])
+
+
+def write_roles(path, roles: dict, settings: RoleSettings) -> None:
+    """roles.json: {"roles": {adapter: {"role", "why"}}, "source", "rule"} (atomic)."""
+    write_json(path, {"roles": roles, "source": settings.source, "rule": ROLE_RULE if settings.source == "rule" else None})

@@ -11,7 +11,7 @@ from emlab.errors import EMLabError  # noqa: E402
 from emlab.plan import condition_plan, direction_finetunes, em_steps as phase_em_steps, phase_finetunes  # noqa: E402
 from emlab.plan import condition_metrics, semantic_vectors, single_adapter_layer  # noqa: E402
 from emlab.settings import canonical  # noqa: E402
-from emlab.monitor_plan import label_generation, register_runs  # noqa: E402
+from emlab.monitor_plan import label_generation, register_live_run, register_runs  # noqa: E402
 from emlab.traits import load_trait_set  # noqa: E402
 
 try:
@@ -167,8 +167,9 @@ def condition_table():
 try:
     TRAIT_SET = load_trait_set(repo_path(config["traits"]["folder"]))
     MONITOR_RUNS = register_runs(config)
+    LIVE_RUN = register_live_run(config)  # monitor.live: trained while the fitted monitor watches
     FINETUNE_LAYERS.update({name: lora_layers(config["finetunes"][name]["lora"], N_LAYERS, f"monitor run {name}")
-                            for name in MONITOR_RUNS})
+                            for name in [*MONITOR_RUNS, *([LIVE_RUN] if LIVE_RUN else [])]})
 except EMLabError as _exc:
     raise WorkflowError(f"config: {_exc}") from None
 
@@ -181,6 +182,15 @@ wildcard_constraints:
     split=one_of(split for _, split in SEMANTIC_VECTORS),
     synthesis=one_of(ds["synthesis"] for ds in config["datasets"].values() if "synthesis" in ds),
     step=one_of(c.checkpoint for c in CONDITIONS.values() if c.checkpoint is not None),
+
+
+def live_monitor_inputs(wildcards):
+    """A fine-tune with training.monitor also reads the saved monitor and the trait directions."""
+    monitor = training_settings(config, wildcards.finetune).get("monitor")
+    if not monitor:
+        return {}
+    return {"monitor": monitor["model"], "monitor_sidecar": monitor["model"] + ".json",
+            "directions": f"{RESULTS}/traits/directions.safetensors", "directions_meta": f"{RESULTS}/traits/directions.json"}
 
 
 def final_targets():
@@ -210,6 +220,8 @@ def final_targets():
     if MONITOR_RUNS:  # rules/monitor.smk (figure_monitor writes every monitor figure)
         targets += [f"{RESULTS}/monitor/evaluation.csv", f"{RESULTS}/monitor/monitor.skops",
                     f"{RESULTS}/figures/monitor/pc1_drift.png"]
+    if LIVE_RUN:
+        targets.append(f"{RESULTS}/figures/monitor/live.png")
     return targets
 
 

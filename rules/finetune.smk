@@ -5,7 +5,7 @@
 
 rule finetune:
     input:
-        unpack(lambda w: {"base_model": base_model_input()}),
+        unpack(lambda w: {"base_model": base_model_input(), **live_monitor_inputs(w)}),
         train=lambda w: f"{RESULTS}/datasets/{config['finetunes'][w.finetune]['dataset']}/train.jsonl",
         eval=lambda w: f"{RESULTS}/datasets/{config['finetunes'][w.finetune]['dataset']}/eval.jsonl",
     output:
@@ -19,6 +19,11 @@ rule finetune:
                         else canonical(dict(config["finetunes"][w.finetune]["lora"], resolved_layers=FINETUNE_LAYERS[w.finetune]))),
         training=lambda w: canonical(training_settings(config, w.finetune)),
         checkpoint_dir=lambda w: f"{RESULTS}/finetunes/{w.finetune}/checkpoints",
+        # training.monitor only: the trait files and measurement settings the live monitor uses
+        live_monitor=lambda w: (canonical({"folder": repo_path(config["traits"]["folder"]), "subsample": TRAIT_SUBSAMPLE,
+                                           "model_id": config["base_model"]["source"],
+                                           "batch_size": config["traits"]["batch_size"]})
+                                if live_monitor_inputs(w) else None),
         seed=canonical(config["seed"]),
         device=config["device"],
         dtype=config["dtype"],

@@ -66,3 +66,23 @@ rule figure_monitor:
         ENV
     script:
         "../workflow/scripts/figure_monitor.py"
+
+
+rule figure_live_monitor:
+    input:
+        train_log=f"{RESULTS}/finetunes/{LIVE_RUN}/train_log.csv",
+        summary=f"{RESULTS}/finetunes/{LIVE_RUN}/summary.json",
+        sidecar=f"{MONITOR_DIR}/monitor.skops.json",
+    output:
+        png=report(f"{RESULTS}/figures/monitor/live.png", caption="../workflow/report/monitor_live.rst",
+                   category="Trait monitor"),
+        pdf=f"{RESULTS}/figures/monitor/live.pdf",
+    log:
+        f"{RESULTS}/logs/figures/monitor_live.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_live_monitor.py"

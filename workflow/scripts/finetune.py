@@ -12,12 +12,15 @@ def main(smk):
     from emlab.settings import build
 
     name = smk.wildcards.finetune
+    training = dict(smk.params.training)
+    monitor = training.pop("monitor", None)
+    on_step = [] if monitor is None else [live_monitor(smk, monitor, name)]
     fine_tune(
         base_model_path=smk.params.base_model,
         train_path=smk.input.train,
         eval_path=smk.input.eval,
         lora=lora_settings(smk.params.lora, f"finetunes.{name}.lora"),
-        training=build(TrainingSettings, smk.params.training, f"finetunes.{name}.training"),
+        training=build(TrainingSettings, training, f"finetunes.{name}.training"),
         out_dir=smk.output.adapter,
         log_csv=smk.output.train_log,
         summary_json=smk.output.summary,
@@ -25,7 +28,22 @@ def main(smk):
         seed=smk.params.seed,
         device=smk.params.device,
         dtype=smk.params.dtype,
+        on_step=on_step,
     )
+
+
+def live_monitor(smk, monitor: dict, name: str):
+    """training.monitor: the saved monitor measuring this fine-tune's trait drift as it trains."""
+    from emlab.live_monitor import LiveMonitorCallback, LiveMonitorSettings
+    from emlab.monitor_stage import TraitSubsample, subsample_trait_set
+    from emlab.settings import build
+    from emlab.traits import load_trait_set
+
+    p = smk.params.live_monitor
+    trait_set = subsample_trait_set(load_trait_set(p["folder"]), build(TraitSubsample, p["subsample"], "config traits"))
+    settings = build(LiveMonitorSettings, {k: monitor[k] for k in ("every", "action")}, f"finetunes.{name}.training.monitor")
+    return LiveMonitorCallback(smk.input.monitor, smk.input.directions, smk.input.directions_meta, trait_set,
+                               p["model_id"], settings, p["batch_size"])
 
 
 run_script(snakemake, main)  # noqa: F821

@@ -466,7 +466,12 @@ def load_checkpoint_weights(model, ckpt: Path, full: bool) -> None:
 
 # Called after every optimiser step (after its log row and any checkpoint are written) with
 # (step, loss of that step, model). The model is in training mode; a callback that runs it
-# must not change its weights, and must restore the mode it found.
+# must not change its weights, and must restore the mode it found. Optional members a
+# callback may have (the live trait monitor, emlab.live_monitor, has all four):
+#   start(model, tokenizer)   called once before the first step (after any resume);
+#   log_columns(step) -> dict extra columns of that step's train_log.csv row;
+#   stop_requested            truthy: end training after this step, keeping its adapter;
+#   summary_fields() -> dict  extra keys of summary.json.
 StepCallback = Callable[[int, float, Any], None]
 
 
@@ -526,6 +531,7 @@ class TrainingProgress:
     tokens_seen: int = 0
     loss_tokens_seen: int = 0
     train_seconds: float = 0.0
+    stopped_early: bool = False  # a step callback (the live monitor) asked training to end
 
 
 def prepare_data(base_model_path, train_path, eval_path, training: TrainingSettings) -> TrainingData:
@@ -680,15 +686,23 @@ def train_steps(tm: TrainingModel, data: TrainingData, progress: TrainingProgres
                 progress.rows.append(row)
             for callback in on_step:
                 callback(step, loss_sum, model)
+                row.update(callback.log_columns(step) if hasattr(callback, "log_columns") else {})
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
+            if any(getattr(callback, "stop_requested", None) for callback in on_step):
+                progress.stopped_early = True
+                log.warning("training stopped at step %d of %d by a step callback", step, progress.total_steps)
+                break
+        if progress.stopped_early:
+            break
     bar.close()
     progress.train_seconds = time.time() - t_train
 
 
 def write_outputs(tm: TrainingModel, data: TrainingData, progress: TrainingProgress, training: TrainingSettings,
-                  seed: int, out_dir, log_csv, summary_json, t_start: float) -> dict:
-    """Final eval, then the adapter (or full model) folder, train_log.csv and summary.json; returns the summary."""
+                  seed: int, out_dir, log_csv, summary_json, t_start: float, extra_summary: dict | None = None) -> dict:
+    """Final eval, then the adapter (or full model) folder, train_log.csv and summary.json (plus
+    `extra_summary`, e.g. the live monitor's stopped_by_monitor); returns the summary."""
     import pandas as pd
 
     rows, step, batch_size = progress.rows, progress.step, training.per_device_batch_size
@@ -745,6 +759,8 @@ def write_outputs(tm: TrainingModel, data: TrainingData, progress: TrainingProgr
         "checkpoint_steps": [r["step"] for r in rows if every and r["step"] > 0 and r["step"] % every == 0],
         "fingerprint": progress.fingerprint,
         "resumed_from": progress.resumed_from,
+        "stopped_early": progress.stopped_early,
+        **(extra_summary or {}),
     }
     write_json(summary_json, summary)
     return summary
@@ -764,5 +780,11 @@ def fine_tune(base_model_path, train_path, eval_path, lora: LoraSettings | None,
     tm = build_model(base_model_path, lora, training, seed, device, dtype)
     state = build_progress(tm, data, training, base_model_path, train_path, seed)
     resume_or_start(tm, data, state, training, checkpoint_dir)
+    for callback in on_step:
+        if hasattr(callback, "start"):
+            callback.start(tm.model, data.tokenizer)
     train_steps(tm, data, state, training, seed, checkpoint_dir, on_step, progress)
-    return write_outputs(tm, data, state, training, seed, out_dir, log_csv, summary_json, t_start)
+    extra = {}
+    for callback in on_step:
+        extra.update(callback.summary_fields() if hasattr(callback, "summary_fields") else {})
+    return write_outputs(tm, data, state, training, seed, out_dir, log_csv, summary_json, t_start, extra)

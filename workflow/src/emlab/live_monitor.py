@@ -156,3 +156,46 @@ def build_live_monitor(monitor_path, directions_tensors, directions_json, trait_
         model.train()
     return LiveMonitor(mon, basis, base.mean, base.mean_norm, measure_with(tokenizer, trait_set.measurement,
                                                                             dirs.layer, batch_size), settings)
+
+
+class LiveMonitorCallback:
+    """The live monitor as a fine-tune step callback (emlab.finetune.StepCallback and its optional members).
+
+    Built from files before the model exists; `start` takes the step-0 measurement on the model the
+    fine-tune is about to train, with its LoRA adapters disabled (peft's `disable_adapter`), which is the
+    base model exactly, also after a resume. A full fine-tune has no base to disable back to: refused.
+    """
+
+    def __init__(self, monitor_path, directions_tensors, directions_json, trait_set, base_model_id: str,
+                 settings: LiveMonitorSettings, batch_size: int):
+        self._build = (monitor_path, directions_tensors, directions_json, trait_set, base_model_id)
+        self.settings, self.batch_size = settings, int(batch_size)
+        self.live: LiveMonitor | None = None
+
+    def start(self, model, tokenizer) -> None:
+        disable = getattr(model, "disable_adapter", None)
+        if disable is None:
+            raise EMLabError("training.monitor needs a LoRA fine-tune: its step-0 measurement is the model "
+                             "with the adapters disabled, which a full fine-tune does not have")
+        monitor_path, tensors, meta, trait_set, model_id = self._build
+        with disable():
+            self.live = build_live_monitor(monitor_path, tensors, meta, trait_set, model_id, model, tokenizer,
+                                           self.settings, self.batch_size)
+
+    def _started(self) -> LiveMonitor:
+        if self.live is None:
+            raise EMLabError("live monitor used before start(model, tokenizer)")
+        return self.live
+
+    def __call__(self, step: int, loss: float = math.nan, model=None) -> Decision | None:
+        return self._started()(step, loss, model)
+
+    @property
+    def stop_requested(self) -> Decision | None:
+        return None if self.live is None else self.live.stop_requested
+
+    def log_columns(self, step: int) -> dict:
+        return self._started().log_columns(step)
+
+    def summary_fields(self) -> dict:
+        return self._started().summary_fields()

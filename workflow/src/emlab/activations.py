@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .chat import EncodedExchange, encode_exchange
 from .errors import EMLabError
+from .backoff import in_batches  # noqa: I001 (kept apart from the imports above for an easy merge)
 from .hooks import read_residual
 from .models import hidden_size, model_device, num_layers
 from .questions import chat_messages
@@ -73,13 +74,14 @@ def cache_answer_means(model, tokenizer, records: list[dict], batch_size: int = 
 
     def reduce_layer(layer: int, hidden: torch.Tensor) -> None:
         # hidden [batch, seq, d_model]; weights [batch, 2, seq] -> sums [batch, 2, d_model]
-        h = hidden.float().masked_fill(state["pad"], 0.0)  # padded positions may hold anything
-        state["sums"][:, layer] = torch.bmm(state["weights"], h)
+        # Under a device_map the block may sit on another device than the batch.
+        h = hidden.float().masked_fill(state["pad"].to(hidden.device), 0.0)  # padded positions may hold anything
+        state["sums"][:, layer] = torch.bmm(state["weights"].to(hidden.device), h).to(state["sums"].device)
 
     layers = list(range(n_layers))
     bar = tqdm(total=n, desc="activations", unit="resp", disable=not progress)
     with read_residual(model, layers, reduce_layer):
-        for b in range(0, n, batch_size):
+        def run_batch(b: int, batch_size: int) -> None:  # rows order[b:b + batch_size]
             idx = order[b:b + batch_size]
             width = max(len(encoded[i].input_ids) for i in idx)
             input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
@@ -105,6 +107,8 @@ def cache_answer_means(model, tokenizer, records: list[dict], batch_size: int = 
             answer_mean[rows] = sums[:, :, 0]
             prompt_mean[rows] = sums[:, :, 1]
             bar.update(len(idx))
+
+        in_batches(n, batch_size, run_batch, "activation caching", "activations.batch_size")
     bar.close()
     answer_mean[answer_tokens == 0] = float("nan")
     return answer_mean, prompt_mean, answer_tokens

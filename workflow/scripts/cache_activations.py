@@ -23,7 +23,7 @@ def main(smk):
     if missing:
         raise EMLabError(f"{smk.input.responses} lacks columns {sorted(missing)}; regenerate it with the generate rule")
     model = load_model(smk.params.base_model, smk.input.adapter, device=smk.params.device, dtype=smk.params.dtype,
-                       device_map=smk.params.device_map)
+                       device_map=getattr(smk.params, "device_map", None))
     tokenizer = load_tokenizer(smk.params.base_model)
     answer_mean, prompt_mean, answer_tokens = cache_answer_means(
         model, tokenizer, responses.to_dict("records"), batch_size=smk.params.batch_size)

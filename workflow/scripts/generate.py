@@ -17,7 +17,7 @@ def main(smk):
         base_model=smk.params.base_model, adapter=getattr(smk.input, "adapter", None),
         vectors_path=getattr(smk.input, "vectors", None), settings=smk.params.generation, seed=smk.params.seed,
         device=smk.params.device, dtype=smk.params.dtype, scratch_dir=Path(smk.output[0]).parent,
-        device_map=smk.params.device_map,
+        device_map=getattr(smk.params, "device_map", None),
     )
     write_parquet(smk.output[0], df)
 

@@ -17,7 +17,7 @@ def main(smk):
     rubrics = load_rubrics(list(smk.input.rubrics), list(params["metrics"]))
     responses = pd.read_parquet(smk.input.responses)
     judgments = judge_responses(
-        responses, rubrics, backend_factory(params, device=smk.params.device, device_map=smk.params.device_map),
+        responses, rubrics, backend_factory(params, device=smk.params.device, device_map=getattr(smk.params, "device_map", None)),
         backend_name=params["backend"], judge_model=judge_model_id(params, device=smk.params.device),
         cache_path=params["cache"], min_number_mass=float(params["min_number_mass"]),
     )

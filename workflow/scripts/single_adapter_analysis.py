@@ -17,7 +17,7 @@ def main(smk):
         smk.params.base_model, smk.input.adapter, smk.input.vectors, smk.input.responses,
         finetune=smk.wildcards.finetune, max_responses=smk.params.max_responses,
         batch_size=int(smk.params.batch_size), device=smk.params.device, dtype=smk.params.dtype,
-        device_map=smk.params.device_map,
+        device_map=getattr(smk.params, "device_map", None),
     )
     write_csv(smk.output.b_cosine, b_cos)
     write_csv(smk.output.convergence, conv)

@@ -96,8 +96,9 @@ def test_bf16_generation_with_steering_and_ablation(bf16):
     assert _rows(steered) != _rows(plain)
     with ablate(model, {l: v for l in range(len(decoder_layers(model)))}):
         ablated = generate_responses(model, tok, QUESTIONS, **SAMPLING)
-    assert len(ablated) == 6
-    assert _rows(generate_responses(model, tok, QUESTIONS, **dict(SAMPLING, batch_size=1))) == _rows(plain)
+    assert len(ablated) == 6 and _rows(ablated) != _rows(plain)
+    # No batch-size check here: in bf16 another padding width rounds differently, and a
+    # sampled token can flip after a few steps (exact batch independence is a CPU fp32 property).
 
 
 def test_ablation_removes_the_direction_on_the_gpu(bf16):

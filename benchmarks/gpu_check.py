@@ -415,10 +415,11 @@ def e2e_step(dry: bool, device: str, tok_dir: Path, scratch: Path, timeout: floa
     stub = None
     judge = cfg.get("judge", {})
     try:
+        if judge.get("backend") == "openai":  # the workflow asks for the key even in a dry run
+            env[judge.setdefault("openai", {}).get("api_key_env", "EMLAB_E2E_JUDGE_KEY")] = "sk-test"  # the stub's
         if not dry and judge.get("backend") == "openai":
             port = _free_port()
-            judge.setdefault("openai", {})["base_url"] = f"http://127.0.0.1:{port}/v1"
-            env[judge["openai"].get("api_key_env", "EMLAB_E2E_JUDGE_KEY")] = "sk-test"  # serve_judge.py's key
+            judge["openai"]["base_url"] = f"http://127.0.0.1:{port}/v1"
             stub = subprocess.Popen([sys.executable, str(REPO / "tests" / "e2e" / "serve_judge.py"), str(port)],
                                     cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             _wait_for_port(port, 30)

@@ -401,7 +401,8 @@ def e2e_step(dry: bool, device: str, tok_dir: Path, scratch: Path, timeout: floa
     import yaml
 
     if not config_path.is_file():
-        return "skipped", f"no e2e config ({config_path.relative_to(REPO)} is not in this checkout)"
+        shown = config_path.relative_to(REPO) if config_path.is_relative_to(REPO) else config_path
+        return "skipped", f"no e2e config ({shown} is not in this checkout)"
     if importlib.util.find_spec("snakemake") is None:
         return ("skipped" if dry else "failed"), "snakemake is not installed (make gpu-wheels, then install .whl/*.whl)"
     if timeout < 30:

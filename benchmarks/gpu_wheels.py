@@ -79,9 +79,8 @@ def wheel_name(path: Path) -> str:
 
 
 def export_tokenizer(out: Path) -> None:
-    from transformers import AutoTokenizer
-
     from emlab.models import embedded_gguf_path
+    from transformers import AutoTokenizer
 
     gguf = embedded_gguf_path()
     if out.exists():

@@ -10,7 +10,6 @@ import logging
 
 import pytest
 import torch
-
 from emlab.activations import cache_answer_means
 from emlab.errors import EMLabError
 from emlab.hooks import add_vector, project_out

@@ -16,7 +16,6 @@ import os
 
 import pytest
 import torch
-
 from emlab.activations import cache_answer_means
 from emlab.generation import generate_responses
 from emlab.hooks import ablate, read_residual, steer

@@ -28,5 +28,5 @@ def test_dry_run_writes_the_report(tmp_path, tokenizer_dir):
                       ("activation caching", "output_hidden_states"), ("hf judge", "emlab"), ("training", "emlab")}
     for r in bench["rows"]:
         assert set(r) >= {"rate", "unit", "fraction_of_peak", "seconds", "work"} and r["rate"] > 0
-    table = (tmp_path / "gpu_check.md").read_text()
+    table = (tmp_path / "gpu_check.markdown").read_text()
     assert "| generation | emlab |" in table and "% of matmul peak" in table

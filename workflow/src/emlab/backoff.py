@@ -10,7 +10,7 @@ that backed off once equals a run started at the smaller batch size.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import EMLabError
 from .generation import _release_cached_memory, is_out_of_memory

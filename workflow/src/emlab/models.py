@@ -117,6 +117,9 @@ def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None 
     merged into the weights (faster, but hides the adapter modules).
     `before_merge(peft_model)` may edit the adapter weights first (the
     adapter_project intervention).
+    `device_map` (the config's top-level device_map: "auto" or {module: device})
+    spreads the layers over several devices instead of moving the model to
+    `device`; batches then go to the input embedding's device (model_device).
     """
     from transformers import AutoModelForCausalLM
 

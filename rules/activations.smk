@@ -14,7 +14,6 @@ rule cache_activations:
         base_model=BASE_MODEL_DIR,
         batch_size=canonical(config["activations"]["batch_size"]),
         device=config["device"],
-        device_map=config["device_map"],
         dtype=config["dtype"],
     log:
         f"{RESULTS}/logs/activations/{{finetune}}.log",

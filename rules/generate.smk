@@ -17,7 +17,6 @@ rule generate:
         generation=canonical(config["generation"]),
         seed=canonical(config["seed"]),
         device=config["device"],
-        device_map=config["device_map"],
         dtype=config["dtype"],
     log:
         f"{RESULTS}/logs/generate/{{condition}}.log",

@@ -12,7 +12,6 @@ rule judge:
     params:
         judge=lambda w: judge_params(w.condition),
         device=config["device"],
-        device_map=config["device_map"],
     log:
         f"{RESULTS}/logs/judge/{{condition}}.log",
     benchmark:

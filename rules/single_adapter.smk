@@ -19,7 +19,6 @@ rule single_adapter_analysis:
         max_responses=canonical(config["single_adapter"]["convergence_max_responses"]),
         batch_size=canonical(config["activations"]["batch_size"]),
         device=config["device"],
-        device_map=config["device_map"],
         dtype=config["dtype"],
     log:
         f"{RESULTS}/logs/single_adapter/{{finetune}}.log",

@@ -18,6 +18,8 @@ from emlab.models import load_model, load_tokenizer, model_device
 from test_activations import RECORDS
 from test_judge_hf import PROMPTS
 
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
@@ -125,3 +127,16 @@ def test_oom_at_batch_size_one_is_a_clear_error(tiny):
 
     with pytest.raises(EMLabError, match="batch size 1"):
         _with_oom(model, always, lambda: cache_answer_means(model, tok, RECORDS, batch_size=2, progress=False))
+
+
+def test_scripts_read_device_map_from_the_config_not_the_params():
+    """Where the layers sit changes no result, so it is not a rule param (changing it re-runs nothing)."""
+    from types import SimpleNamespace
+
+    from emlab.runner import device_map_of
+
+    assert device_map_of(SimpleNamespace(config={"device_map": "auto"})) == "auto"
+    assert device_map_of(SimpleNamespace(config={"device_map": None})) is None
+    assert device_map_of(SimpleNamespace()) is None  # a faked rule without a config
+    rules = "".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
+    assert 'config["device_map"]' not in rules

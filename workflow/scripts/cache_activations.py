@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from emlab.runner import run_script  # noqa: E402
+from emlab.runner import device_map_of, run_script  # noqa: E402
 
 REQUIRED_COLUMNS = {"condition", "question_id", "sample_idx", "question", "system", "response"}
 LAYER_SEMANTICS = "layer l = residual stream after decoder block l (0-based)"
@@ -23,7 +23,7 @@ def main(smk):
     if missing:
         raise EMLabError(f"{smk.input.responses} lacks columns {sorted(missing)}; regenerate it with the generate rule")
     model = load_model(smk.params.base_model, smk.input.adapter, device=smk.params.device, dtype=smk.params.dtype,
-                       device_map=getattr(smk.params, "device_map", None))
+                       device_map=device_map_of(smk))
     tokenizer = load_tokenizer(smk.params.base_model)
     answer_mean, prompt_mean, answer_tokens = cache_answer_means(
         model, tokenizer, responses.to_dict("records"), batch_size=smk.params.batch_size)

@@ -7,6 +7,7 @@ judge gives the same results as a run at the smaller batch size."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from emlab.models import load_model, load_tokenizer, model_device
 from test_activations import RECORDS
 from test_judge_hf import PROMPTS
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

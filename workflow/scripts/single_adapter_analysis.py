@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from emlab.runner import run_script  # noqa: E402
+from emlab.runner import device_map_of, run_script  # noqa: E402
 
 
 def main(smk):
@@ -17,6 +17,7 @@ def main(smk):
         smk.params.base_model, smk.input.adapter, smk.input.vectors, smk.input.responses,
         finetune=smk.wildcards.finetune, max_responses=smk.params.max_responses,
         batch_size=int(smk.params.batch_size), device=smk.params.device, dtype=smk.params.dtype,
+        device_map=device_map_of(smk),
     )
     write_csv(smk.output.b_cosine, b_cos)
     write_csv(smk.output.convergence, conv)

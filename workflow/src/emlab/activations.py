@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .batching import pad_batch, pad_token_id, positions_from_mask
 from .chat import EncodedExchange, encode_exchange
 from .errors import EMLabError
+from .backoff import in_batches  # noqa: I001 (kept apart from the imports above for an easy merge)
 from .hooks import read_residual
 from .models import hidden_size, model_device, num_layers
 from .questions import chat_messages
@@ -74,13 +75,14 @@ def cache_answer_means(model, tokenizer, records: list[dict], batch_size: int = 
 
     def reduce_layer(layer: int, hidden: torch.Tensor) -> None:
         # hidden [batch, seq, d_model]; weights [batch, 2, seq] -> sums [batch, 2, d_model]
-        h = hidden.float().masked_fill(state["pad"], 0.0)  # padded positions may hold anything
-        state["sums"][:, layer] = torch.bmm(state["weights"], h)
+        # Under a device_map the block may sit on another device than the batch.
+        h = hidden.float().masked_fill(state["pad"].to(hidden.device), 0.0)  # padded positions may hold anything
+        state["sums"][:, layer] = torch.bmm(state["weights"].to(hidden.device), h).to(state["sums"].device)
 
     layers = list(range(n_layers))
     bar = tqdm(total=n, desc="activations", unit="resp", disable=not progress)
     with read_residual(model, layers, reduce_layer):
-        for b in range(0, n, batch_size):
+        def run_batch(b: int, batch_size: int) -> None:  # rows order[b:b + batch_size]
             idx = order[b:b + batch_size]
             input_ids, attention_mask = pad_batch([encoded[i].input_ids for i in idx], pad_id, "left", device)
             width = input_ids.shape[1]
@@ -102,6 +104,8 @@ def cache_answer_means(model, tokenizer, records: list[dict], batch_size: int = 
             answer_mean[rows] = sums[:, :, 0]
             prompt_mean[rows] = sums[:, :, 1]
             bar.update(len(idx))
+
+        in_batches(n, batch_size, run_batch, "activation caching", "activations.batch_size")
     bar.close()
     answer_mean[answer_tokens == 0] = float("nan")
     return answer_mean, prompt_mean, answer_tokens
@@ -114,7 +118,7 @@ LAYER_SEMANTICS = "layer l = residual stream after decoder block l (0-based)"
 
 
 def cache_activations(responses_path, base_model, adapter, device: str, dtype: str, batch_size: int,
-                      tensors_path, index_path, progress: bool = True) -> None:
+                      tensors_path, index_path, progress: bool = True, device_map=None) -> None:
     """Run every response of a generations parquet through base model + adapter and write
     the per-layer means (safetensors answer_mean, prompt_mean [n, L, d], answer_tokens [n])
     and a row index parquet (row, condition, question_id, sample_idx, n_answer_tokens)."""
@@ -127,7 +131,7 @@ def cache_activations(responses_path, base_model, adapter, device: str, dtype: s
     missing = RESPONSE_COLUMNS - set(responses.columns)
     if missing:
         raise EMLabError(f"{responses_path} lacks columns {sorted(missing)}; regenerate it with the generate rule")
-    model = load_model(base_model, adapter, device=device, dtype=dtype)
+    model = load_model(base_model, adapter, device=device, dtype=dtype, device_map=device_map)
     tokenizer = load_tokenizer(base_model)
     answer_mean, prompt_mean, answer_tokens = cache_answer_means(
         model, tokenizer, responses.to_dict("records"), batch_size=batch_size, progress=progress)

@@ -170,7 +170,7 @@ def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], m
             keep = (~is_stop).nonzero().squeeze(-1)  # [still active]
             if keep.numel() == 0:
                 break
-            cache.batch_select_indices(keep)
+            cache.batch_select_indices(keep.cpu())  # a CPU index works for cache layers on any device
             active, tokens = active[keep], tokens[keep]
             attention_mask, next_positions = attention_mask[keep], next_positions[keep]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
@@ -375,13 +375,15 @@ GENERATION_COLUMNS = ["condition", "model", "intervention", "question_id", "samp
 
 
 def generate_condition(condition: str, spec: dict, questions_path, base_model, adapter, vectors_path,
-                       settings: GenerationSettings, seed: int, device: str, dtype: str, scratch_dir):
+                       settings: GenerationSettings, seed: int, device: str, dtype: str, scratch_dir,
+                       device_map=None):
     """All responses of one condition (model + intervention): the documented generations
     table and its run metadata (emlab.provenance: seed, device, dtype, threads, versions),
     meant for the parquet's schema metadata.
 
     Bad question files and a missing vllm package fail before any model is loaded.
     settings.threads pins torch's intra-op threads while the model is loaded and sampled.
+    `device_map` (config device_map) spreads the model over several GPUs (models.load_model).
     """
     import json
     from pathlib import Path
@@ -414,7 +416,7 @@ def generate_condition(condition: str, spec: dict, questions_path, base_model, a
             vectors = load_mean_diff(vectors_path) if vectors_path else None  # [L, d_model]
             # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes).
             model = load_model(base_model, adapter, device=device, dtype=dtype, merge=True,
-                               before_merge=adapter_edit(spec["intervention"], vectors))
+                               before_merge=adapter_edit(spec["intervention"], vectors), device_map=device_map)
             with apply_intervention(model, spec["intervention"], vectors):
                 records = generate_responses(model, tokenizer, questions, batch_size=settings.batch_size, **sampling)
             dev = resolve_device(device)

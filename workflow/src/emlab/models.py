@@ -107,7 +107,8 @@ def is_full_model_dir(path: str | os.PathLike) -> bool:
 
 
 def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None = None,
-               device: str = "auto", dtype: str = "auto", merge: bool = False, before_merge=None):
+               device: str = "auto", dtype: str = "auto", merge: bool = False, before_merge=None,
+               device_map=None):
     """Load a causal LM for inference, optionally with a peft adapter on top.
 
     `adapter` may also be a full fine-tune's folder (a complete model, no
@@ -116,6 +117,9 @@ def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None 
     merged into the weights (faster, but hides the adapter modules).
     `before_merge(peft_model)` may edit the adapter weights first (the
     adapter_project intervention).
+    `device_map` (the config's top-level device_map: "auto" or {module: device})
+    spreads the layers over several devices instead of moving the model to
+    `device`; batches then go to the input embedding's device (model_device).
     """
     from transformers import AutoModelForCausalLM
 
@@ -128,7 +132,8 @@ def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None 
             raise EMLabError(f"{adapter} is a full fine-tune (no adapter): an adapter weights edit cannot apply to it")
         model_path, adapter = adapter, None
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dt)
+        extra = {"device_map": device_map} if device_map else {}
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dt, **extra)
     except OSError as exc:
         raise EMLabError(f"cannot load model from {model_path!r}: {exc}") from exc
     if adapter is not None:
@@ -139,7 +144,8 @@ def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None 
             before_merge(model)
         if merge:
             model = model.merge_and_unload()
-    model.to(dev)
+    if not device_map:
+        model.to(dev)
     model.eval()
     model.requires_grad_(False)
     return model
@@ -175,7 +181,11 @@ def hidden_size(model) -> int:
 
 
 def model_device(model) -> torch.device:
-    return next(model.parameters()).device
+    """Where a batch's token ids go: the input embedding's device (the first layer's under a device_map)."""
+    try:
+        return model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        return next(model.parameters()).device
 
 
 def set_threads(n: int | None) -> None:

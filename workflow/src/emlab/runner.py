@@ -34,3 +34,13 @@ def run_script(snakemake, main) -> None:
     except Exception:
         logging.getLogger("emlab").error("unexpected failure:\n%s", traceback.format_exc())
         raise
+
+
+def device_map_of(snakemake):
+    """The config's top-level device_map (null: the whole model on `device`).
+
+    Read from the config rather than the rule's params: where the layers sit
+    does not change what a stage computes, so changing it re-runs nothing.
+    """
+    config = getattr(snakemake, "config", None) or {}
+    return config.get("device_map") or None

@@ -198,8 +198,8 @@ def convergence_records(generations: pd.DataFrame, max_responses: int | None) ->
 
 
 def analyse_single_adapter(base_model, adapter_dir, vectors_path, generations_path, finetune: str,
-                           max_responses: int | None, batch_size: int, device: str, dtype: str
-                           ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                           max_responses: int | None, batch_size: int, device: str, dtype: str,
+                           device_map=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(b_cosine table, convergence table, summary) of one single-adapter fine-tune."""
     from .directions import load_mean_diff
     from .models import load_model, load_tokenizer
@@ -210,7 +210,7 @@ def analyse_single_adapter(base_model, adapter_dir, vectors_path, generations_pa
         raise EMLabError(f"{vectors_path} has {vectors.shape[0]} layers; the adapter sits on block {adapter.layer}")
     cos_table = b_cosine_table(adapter, vectors)
     records = convergence_records(pd.read_parquet(generations_path), max_responses)
-    model = load_model(base_model, None, device=device, dtype=dtype)
+    model = load_model(base_model, None, device=device, dtype=dtype, device_map=device_map)
     tokenizer = load_tokenizer(base_model)
     conv = downstream_convergence(model, tokenizer, records, adapter.layer, adapter.b, vectors[adapter.layer],
                                   batch_size=batch_size)

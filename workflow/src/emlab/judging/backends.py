@@ -37,7 +37,7 @@ def torch_float32():
     return torch.float32
 
 
-def backend_factory(judge_params: Mapping, device: str = "auto") -> Callable[[], object]:
+def backend_factory(judge_params: Mapping, device: str = "auto", device_map=None) -> Callable[[], object]:
     """A function that builds the backend (called only when something is not cached)."""
     backend = judge_params.get("backend")
     if backend == "openai":
@@ -48,11 +48,11 @@ def backend_factory(judge_params: Mapping, device: str = "auto") -> Callable[[],
         settings = build(OpenAIEndpointSettings, judge_params["openai"], "judge.openai")
         return lambda: OpenAIJudge(settings)
     if backend == "hf":
-        return lambda: _hf_judge(judge_params["hf"], device)
+        return lambda: _hf_judge(judge_params["hf"], device, device_map)
     raise EMLabError(f"judge.backend must be hf or openai, got {backend!r}")
 
 
-def _hf_judge(hf: Mapping, device: str):
+def _hf_judge(hf: Mapping, device: str, device_map=None):
     import torch
 
     from ..models import load_model, load_tokenizer, resolve_device, resolve_dtype
@@ -64,7 +64,7 @@ def _hf_judge(hf: Mapping, device: str):
     if dev.type == "cpu" and dtype != torch.float32:
         # On a CPU keep fp32 weights and run matmuls in bf16 under autocast.
         autocast, dtype = torch.bfloat16, torch.float32
-    model = load_model(hf["model"], device=str(dev), dtype=str(dtype).removeprefix("torch."))
+    model = load_model(hf["model"], device=str(dev), dtype=str(dtype).removeprefix("torch."), device_map=device_map)
     tokenizer = load_tokenizer(hf["model"])
     log.info("hf judge %s on %s (%s%s)", hf["model"], dev, dtype, ", bf16 autocast" if autocast else "")
     return HFJudge(model, tokenizer, model_id=str(hf["model"]), batch_size=int(hf.get("batch_size", 16)),

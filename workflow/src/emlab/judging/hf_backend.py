@@ -35,6 +35,7 @@ import torch
 from ..batching import pad_batch, pad_token_id
 from ..chat import render_prompt
 from ..errors import EMLabError
+from ..backoff import in_batches  # noqa: I001 (kept apart from the imports above for an easy merge)
 from ..models import model_device
 from .aggregation import score_from_number_probs
 from .pipeline import JudgeResult
@@ -201,14 +202,18 @@ class HFJudge:
             prefix_cache = out.cache
             log.info("hf judge: %d-token shared prefix computed once for %d prompts", prefix_len, len(prompts))
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths batch together
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+
+        def run_batch(start: int, batch_size: int) -> None:  # prompts order[start:start + batch_size]
+            idx = order[start:start + batch_size]
             probs = self.number_probs([encoded[i][prefix_len:] for i in idx], prefix_len, prefix_cache)  # [b, 101]
             results = []
             for row in probs.tolist():
                 score, mass = score_from_number_probs(row)
                 results.append(JudgeResult(score=score, mass=mass, raw=[float(f"{p:.6g}") for p in row]))
             on_batch(idx, results)
+
+        # Halves the batch on an out-of-memory error (for this call; per-row results do not depend on it).
+        in_batches(len(order), self.batch_size, run_batch, "the hf judge", "judge.hf.batch_size")
 
     def number_probs(self, suffixes: list[list[int]], prefix_len: int = 0, prefix_cache=None) -> torch.Tensor:
         """[B, 101] P(n) for each row; the rows are `prefix + suffix` token ids."""

@@ -26,3 +26,24 @@ def test_left_and_right_padding_with_masks_and_positions():
     assert pad_sequences([[1], [2, 3]], -100, "right").tolist() == [[1, -100], [2, 3]]
     with pytest.raises(ValueError, match="side"):
         pad_sequences([[1]], 0, "middle")
+
+
+def test_kv_cache_argument_follows_the_transformers_version():
+    """transformers 5.2x takes and returns `cache`; earlier 5.x (the GPU image's 5.17) `past_key_values`."""
+    import types
+
+    import torch
+
+    from emlab.batching import cache_argument, output_cache, with_cache
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None, use_cache=False):
+            return None
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=False):
+            return None
+
+    assert cache_argument(New()) == "cache" and with_cache(Old(), 7) == {"past_key_values": 7}
+    assert output_cache(types.SimpleNamespace(cache=None, past_key_values=3)) == 3
+    assert output_cache(types.SimpleNamespace(cache=5)) == 5

@@ -62,3 +62,23 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str,
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that count real tokens only ([batch, seq]; padded positions get 0)."""
     return (attention_mask.cumsum(-1) - 1).clamp_(min=0)
+
+
+def cache_argument(model) -> str:
+    """The forward argument that takes a KV cache: `cache` (transformers >= 5.2x, where the old name is
+    deprecated and removed in 5.40) or `past_key_values` (earlier 5.x releases, e.g. 5.17)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def with_cache(model, cache) -> dict:
+    """Forward kwargs that pass `cache` under the name this transformers version takes (cache_argument)."""
+    return {cache_argument(model): cache}
+
+
+def output_cache(out):
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values

@@ -35,7 +35,7 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
-from .batching import pad_batch, pad_token_id, positions_from_mask
+from .batching import output_cache, pad_batch, pad_token_id, positions_from_mask, with_cache
 from .chat import render_prompt
 from .errors import EMLabError
 from .models import model_device
@@ -147,10 +147,10 @@ def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], m
     input_ids, attention_mask = pad_batch(prompt_ids, pad_id, "left", device)  # [batch, prompt_width]
     position_ids = positions_from_mask(attention_mask)  # positions count real tokens only
     # The model builds the KV cache its architecture needs; transformers 5.2x names it `cache`
-    # in inputs and outputs (the old `past_key_values` name is removed in 5.40).
+    # in inputs and outputs, earlier 5.x releases `past_key_values` (emlab.batching.with_cache).
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 use_cache=True, logits_to_keep=1)
-    cache = out.cache
+    cache = output_cache(out)
     next_positions = position_ids[:, -1:] + 1  # [active, 1]
     active = torch.arange(n, device=device)  # original row of each row still in the batch
     generated: list[list[int]] = [[] for _ in range(n)]
@@ -175,8 +175,8 @@ def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], m
             attention_mask, next_positions = attention_mask[keep], next_positions[keep]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
         out = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask, position_ids=next_positions,
-                    cache=cache, use_cache=True, logits_to_keep=1)
-        cache = out.cache
+                    **with_cache(model, cache), use_cache=True, logits_to_keep=1)
+        cache = output_cache(out)
         next_positions = next_positions + 1
     return list(zip(generated, reasons))
 

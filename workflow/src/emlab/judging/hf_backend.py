@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from ..batching import pad_batch, pad_token_id
+from ..batching import output_cache, pad_batch, pad_token_id, with_cache
 from ..chat import render_prompt
 from ..errors import EMLabError
 from ..backoff import in_batches  # noqa: I001 (kept apart from the imports above for an easy merge)
@@ -199,7 +199,7 @@ class HFJudge:
         if prefix_len > 0:
             with self._autocast():
                 out = self.model(input_ids=torch.tensor([encoded[0][:prefix_len]], device=self.device), use_cache=True)
-            prefix_cache = out.cache
+            prefix_cache = output_cache(out)
             log.info("hf judge: %d-token shared prefix computed once for %d prompts", prefix_len, len(prompts))
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths batch together
 
@@ -232,8 +232,8 @@ class HFJudge:
         keep = torch.unique(last_idx)
         with self._autocast():
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             cache=cache, use_cache=True, logits_to_keep=keep)
-        cache = out.cache
+                             **with_cache(self.model, cache), use_cache=True, logits_to_keep=keep)
+        cache = output_cache(out)
         last_logits = out.logits[torch.arange(b, device=dev), torch.searchsorted(keep, last_idx)].float()  # [B, V]
 
         # One forward over the trie nodes, each attending to the row's real context and its own ancestors.
@@ -260,5 +260,5 @@ class HFJudge:
         tree_pos = (prefix_len + last_idx).unsqueeze(1) + trie.depths.to(dev)[kept_t].unsqueeze(0)  # [B, N]
         with self._autocast():
             tree_out = self.model(input_ids=tree_ids, attention_mask=mask, position_ids=tree_pos,
-                                  cache=cache, use_cache=True)
+                                  **with_cache(self.model, cache), use_cache=True)
         return number_probabilities(trie, last_logits, tree_out.logits, kept, self.leaves_complete)

@@ -42,7 +42,11 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# ruff (lint rules and formatting, configured in pyproject.toml) and Snakemake's own linter,
+# plus a dry run of the default config: what CI checks before the tests.
 lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(SMK) --lint
 	$(SMK) -n --quiet rules
 

@@ -241,3 +241,14 @@ def data_dir(tmp_path_factory):
     from tiny_finetune import write_fact_data
 
     return write_fact_data(tmp_path_factory.mktemp("ftdata"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and lose a lot on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

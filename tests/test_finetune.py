@@ -18,13 +18,7 @@ from emlab.finetune import TrainingSettings, fine_tune, linear_schedule, lora_se
 from emlab.settings import build
 from tiny_finetune import FACTS, LORA_ALL, LORA_R1, run, training
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and lose a lot on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

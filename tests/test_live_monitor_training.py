@@ -35,12 +35,7 @@ class StopAt:
         return {"stopped_by_monitor": self.stop_requested}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_a_stop_request_ends_training_at_that_step_and_keeps_its_adapter(tiny_model_dir, data_dir, tmp_path):

@@ -137,24 +137,14 @@ def rank1_adapters(model, where: str = "model") -> list[Rank1Adapter]:
     return list(sort_adapters(found).values())
 
 
-@contextlib.contextmanager
-def read_scalars(adapters: list[Rank1Adapter], callback: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
-    """Call callback(i, s [batch, seq]) with adapter i's scalar A·x on every forward through it."""
-    handles = []
+def read_scalars(adapters: list[Rank1Adapter], callback: Callable[[int, torch.Tensor], None]):
+    """Context manager: call callback(i, s [batch, seq]) with adapter i's scalar A·x on every forward
+    through it (edit_scalars with an edit that keeps every scalar)."""
 
-    def make_hook(i: int):
-        def hook(_module, _inputs, output):
-            callback(i, output[..., 0])
+    def keep(i: int, s: torch.Tensor) -> None:
+        callback(i, s)
 
-        return hook
-
-    try:
-        for i, ad in enumerate(adapters):
-            handles.append(ad.lora_A.register_forward_hook(make_hook(i)))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    return edit_scalars(adapters, keep)
 
 
 @contextlib.contextmanager

@@ -191,7 +191,7 @@ def test_judge_responses_with_hf_backend_and_cache(tiny, tmp_path):
 def test_backend_factory_builds_the_hf_judge(tiny_model_dir):
     from emlab.judging.backends import backend_factory, judge_model_id
 
-    params = {"backend": "hf", "hf": {"model": str(tiny_model_dir), "batch_size": 3, "dtype": "bfloat16"}}
+    params = {"backend": "hf", "hf": hf_settings(model=str(tiny_model_dir), batch_size=3, dtype="bfloat16")}
     judge = backend_factory(params, device="cpu")()
     assert isinstance(judge, HFJudge) and judge.batch_size == 3
     assert judge.autocast_dtype == torch.bfloat16 and judge.model.dtype == torch.float32  # CPU: bf16 autocast
@@ -208,9 +208,24 @@ def test_answer_prefix_is_part_of_the_prompt_and_of_the_judge_identity(tiny):
     prefixed = HFJudge(model, tok, "tiny", answer_prefix="Score: ")
     a, b = plain.encode(PROMPTS[0]), prefixed.encode(PROMPTS[0])
     assert b[:len(a)] == a and tok.decode(b[len(a):]) == "Score: "
-    params = {"backend": "hf", "hf": {"model": "m"}}
+    params = {"backend": "hf", "hf": hf_settings(model="m", dtype="float32")}
     assert judge_model_id(params) == "m"
-    assert judge_model_id({"backend": "hf", "hf": {"model": "m", "answer_prefix": "Score: "}}) != "m"
-    assert judge_model_id({"backend": "hf", "hf": {"model": "m", "dtype": "float32"}}, device="cpu") == "m"
-    bf16 = judge_model_id({"backend": "hf", "hf": {"model": "m", "dtype": "bfloat16"}}, device="cpu")
+    assert judge_model_id({"backend": "hf", "hf": hf_settings(model="m", answer_prefix="Score: ")}) != "m"
+    assert judge_model_id({"backend": "hf", "hf": hf_settings(model="m", dtype="float32")}, device="cpu") == "m"
+    bf16 = judge_model_id({"backend": "hf", "hf": hf_settings(model="m", dtype="bfloat16")}, device="cpu")
     assert bf16 != "m" and "bfloat16" in bf16
+
+
+def hf_settings(**over) -> dict:
+    """judge.hf as the config gives it: the schema's defaults, overridden."""
+    from emlab.config import validate_config
+
+    return {**validate_config({})["judge"]["hf"], **over}
+
+
+def test_hf_judge_settings_are_strict():
+    from emlab.errors import EMLabError
+    from emlab.judging.backends import judge_model_id
+
+    with pytest.raises(EMLabError, match=r"judge.hf: missing key\(s\) batch_size, dtype, answer_prefix"):
+        judge_model_id({"backend": "hf", "hf": {"model": "m"}})

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from ..errors import EMLabError
+from ..settings import build
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HFJudgeSettings:
+    """`judge.hf` of the config (schema defaults), with `model` resolved to a folder or id."""
+
+    model: str
+    batch_size: int
+    dtype: str
+    answer_prefix: str
 
 
 def judge_model_id(judge_params: Mapping, device: str = "auto") -> str:
@@ -21,10 +33,10 @@ def judge_model_id(judge_params: Mapping, device: str = "auto") -> str:
     if backend == "hf":
         from ..models import resolve_device, resolve_dtype
 
-        hf = judge_params["hf"]
-        prefix = hf.get("answer_prefix") or ""
-        dtype = resolve_dtype(hf.get("dtype", "auto"), resolve_device(device))
-        return (str(hf["model"]) + (f" answer_prefix={prefix!r}" if prefix else "")
+        hf = build(HFJudgeSettings, judge_params["hf"], "judge.hf")
+        prefix = hf.answer_prefix
+        dtype = resolve_dtype(hf.dtype, resolve_device(device))
+        return (hf.model + (f" answer_prefix={prefix!r}" if prefix else "")
                 + (f" dtype={str(dtype).removeprefix('torch.')}" if dtype != torch_float32() else ""))
     if backend == "openai":
         return str(judge_params["openai"]["model"])
@@ -42,30 +54,30 @@ def backend_factory(judge_params: Mapping, device: str = "auto", device_map=None
     backend = judge_params.get("backend")
     if backend == "openai":
         from ..openai_chat import OpenAIEndpointSettings
-        from ..settings import build
         from .openai_backend import OpenAIJudge
 
         settings = build(OpenAIEndpointSettings, judge_params["openai"], "judge.openai")
         return lambda: OpenAIJudge(settings)
     if backend == "hf":
-        return lambda: _hf_judge(judge_params["hf"], device, device_map)
+        hf = build(HFJudgeSettings, judge_params["hf"], "judge.hf")
+        return lambda: _hf_judge(hf, device, device_map)
     raise EMLabError(f"judge.backend must be hf or openai, got {backend!r}")
 
 
-def _hf_judge(hf: Mapping, device: str, device_map=None):
+def _hf_judge(hf: HFJudgeSettings, device: str, device_map=None):
     import torch
 
     from ..models import load_model, load_tokenizer, resolve_device, resolve_dtype
     from .hf_backend import HFJudge
 
     dev = resolve_device(device)
-    dtype = resolve_dtype(hf.get("dtype", "auto"), dev)
+    dtype = resolve_dtype(hf.dtype, dev)
     autocast = None
     if dev.type == "cpu" and dtype != torch.float32:
         # On a CPU keep fp32 weights and run matmuls in bf16 under autocast.
         autocast, dtype = torch.bfloat16, torch.float32
-    model = load_model(hf["model"], device=str(dev), dtype=str(dtype).removeprefix("torch."), device_map=device_map)
-    tokenizer = load_tokenizer(hf["model"])
-    log.info("hf judge %s on %s (%s%s)", hf["model"], dev, dtype, ", bf16 autocast" if autocast else "")
-    return HFJudge(model, tokenizer, model_id=str(hf["model"]), batch_size=int(hf.get("batch_size", 16)),
-                   autocast_dtype=autocast, answer_prefix=hf.get("answer_prefix") or "")
+    model = load_model(hf.model, device=str(dev), dtype=str(dtype).removeprefix("torch."), device_map=device_map)
+    tokenizer = load_tokenizer(hf.model)
+    log.info("hf judge %s on %s (%s%s)", hf.model, dev, dtype, ", bf16 autocast" if autocast else "")
+    return HFJudge(model, tokenizer, model_id=hf.model, batch_size=hf.batch_size,
+                   autocast_dtype=autocast, answer_prefix=hf.answer_prefix)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from emlab.runner import run_script  # noqa: E402
+from emlab.runner import device_map_of, run_script  # noqa: E402
 
 
 def main(smk):
@@ -19,7 +19,8 @@ def main(smk):
     settings = build(DirectionSettings, smk.params.directions, "config traits")
     trait_set = subsample_trait_set(load_trait_set(smk.params.folder),
                                     build(TraitSubsample, smk.params.subsample, "config traits"))
-    model = load_model(smk.params.base_model, device=smk.params.device, dtype=smk.params.dtype)
+    model = load_model(smk.params.base_model, device=smk.params.device, dtype=smk.params.dtype,
+                       device_map=device_map_of(smk))
     tok = load_tokenizer(smk.params.base_model)
     dirs = extract_directions(model, tok, trait_set, settings, smk.params.model_id)
     save_directions(dirs, smk.output.tensors, smk.output.meta)

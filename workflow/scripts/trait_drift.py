@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from emlab.runner import run_script  # noqa: E402
+from emlab.runner import device_map_of, run_script  # noqa: E402
 
 
 def main(smk):
@@ -27,7 +27,7 @@ def main(smk):
     trait_set = S.subsample_trait_set(load_trait_set(smk.params.folder),
                                       build(S.TraitSubsample, smk.params.subsample, "config traits"))
     rows, delta_w, delta = S.measure_run(smk.params.base_model, adapters, directions, trait_set, settings,
-                                         smk.params.device, smk.params.dtype)
+                                         smk.params.device, smk.params.dtype, device_map=device_map_of(smk))
     all_steps = [0, *steps]
     loss = S.train_loss_by_step(pd.read_csv(smk.input.train_log), all_steps)
     em = S.em_by_step(pd.read_csv(smk.input.em), {int(k): v for k, v in smk.params.conditions.items()}, run)

@@ -119,7 +119,7 @@ def assemble_drift_table(drift_rows: Mapping[int, dict], delta_w: Mapping[int, f
 
 
 def measure_run(base_model, adapters: Mapping[int, str], directions, trait_set, settings: DriftStageSettings,
-                device: str, dtype: str):
+                device: str, dtype: str, device_map=None):
     """Drift columns, ΔW norm and Δh̄ of the base model (step 0) and each checkpoint adapter.
 
     One model is loaded; checkpoint adapters are swapped in one at a time (the
@@ -135,7 +135,7 @@ def measure_run(base_model, adapters: Mapping[int, str], directions, trait_set, 
     if trait_set.version != directions.trait_version:
         raise EMLabError(f"trait directions were extracted with trait files `{directions.trait_version}`, the trait "
                          f"folder is `{trait_set.version}` now; re-run trait_directions")
-    model = load_model(base_model, device=device, dtype=dtype)
+    model = load_model(base_model, device=device, dtype=dtype, device_map=device_map)
     tok = load_tokenizer(base_model)
     layer = directions.layer
     align, sem = directions.alignment[layer], directions.semantic[layer]

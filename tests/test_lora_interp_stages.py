@@ -1,0 +1,136 @@
+"""The lora_interp rules' scripts (lora_scalars, lora_sets, lora_probes) end to end on the tiny random model
+with rank-1 adapters, with settings from the schema defaults; and their config errors at plan time."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from lora_models import rank1_peft_model, records
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "workflow" / "scripts"
+
+
+def _run(script, **kw):
+    smk = SimpleNamespace(log=[], threads=1, scriptdir=str(SCRIPTS), wildcards=SimpleNamespace(ft="ft"), **kw)
+    runpy.run_path(str(SCRIPTS / script), init_globals={"snakemake": smk})
+
+
+def _section(**overrides):
+    """lora_interp of the default config.yaml, validated (schema defaults filled), with overrides."""
+    from emlab.config import validate_config
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["lora_interp"].update(overrides)
+    return validate_config(cfg, source="config.yaml")["lora_interp"]
+
+
+def _judgments(recs):
+    """Four quadrants by response: aligned / misaligned x medical / non-medical, all coherent."""
+    rows = []
+    for i, r in enumerate(recs):
+        q = i % 4
+        rows.append({"condition": "ft", "question_id": r["question_id"], "sample_idx": r["sample_idx"],
+                     "aligned": 90.0 if q in (0, 2) else 10.0, "coherent": 80.0,
+                     "medical": 80.0 if q in (2, 3) else 2.0})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def stage_dir(tiny_model_dir, tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("lora_interp")
+    rank1_peft_model(tiny_model_dir).save_pretrained(d / "adapter")
+    recs = [dict(r, question_id=f"q{i}", sample_idx=0) for i, r in enumerate(records(16))]
+    pd.DataFrame(recs).to_parquet(d / "generations.parquet")
+    _judgments(recs).to_parquet(d / "judgments.parquet")
+    capture = _section()["capture"]
+    capture.update(batch_size=4, gradient_batch_size=4)
+    _run("lora_scalars.py",
+         input=SimpleNamespace(responses=str(d / "generations.parquet"), adapter=str(d / "adapter")),
+         output=SimpleNamespace(tensors=str(d / "scalars.safetensors"), tokens=str(d / "tokens.parquet")),
+         params=SimpleNamespace(base_model=str(tiny_model_dir), capture=capture, device="cpu", dtype="float32"))
+    return d
+
+
+def test_lora_scalars_script_writes_the_capture(stage_dir):
+    from emlab.lora_scalars import load_capture
+
+    cap = load_capture(stage_dir / "scalars.safetensors", stage_dir / "tokens.parquet")
+    assert cap.adapters == [f"L{l}.down_proj" for l in range(4)]
+    answer = cap.tokens["is_answer"].to_numpy(bool)
+    assert cap.tokens["response"].nunique() == 16
+    assert np.isfinite(cap.tokens.loc[answer, "kl"]).all() and np.isfinite(cap.tokens.loc[answer, "grad_importance"]).all()
+    assert cap.tokens.loc[~answer, "kl"].isna().all()
+
+
+def _sets_params():
+    return _section(sets={"aligned_split_quantile": None, "medical_split_quantile": None})["sets"]
+
+
+def test_lora_sets_script_writes_thresholds_and_counts(stage_dir, tmp_path):
+    out = tmp_path / "sets.json"
+    _run("lora_sets.py", input=SimpleNamespace(judgments=str(stage_dir / "judgments.parquet")),
+         output=SimpleNamespace(sets=str(out)), params=SimpleNamespace(sets=_sets_params()))
+    got = json.loads(out.read_text())
+    assert got["thresholds"]["aligned_above"] == 70
+    assert {got["counts"][k] for k in ("nonmed_aligned", "nonmed_misaligned", "med_aligned", "med_misaligned")} == {4}
+
+
+def test_lora_sets_script_fails_on_missing_medical_score(stage_dir, tmp_path):
+    jud = pd.read_parquet(stage_dir / "judgments.parquet").drop(columns="medical")
+    jud.to_parquet(tmp_path / "j.parquet")
+    with pytest.raises(SystemExit):
+        _run("lora_sets.py", input=SimpleNamespace(judgments=str(tmp_path / "j.parquet")),
+             output=SimpleNamespace(sets=str(tmp_path / "sets.json")), params=SimpleNamespace(sets=_sets_params()))
+    assert not (tmp_path / "sets.json").exists()
+
+
+@pytest.mark.parametrize("roles", [
+    {"source": "config", "medical_layers": [1], "general_layers": [0, 2], "reference_depth": None},
+    {"source": "rule"},
+])
+def test_lora_probes_script_writes_table_coefficients_and_roles(stage_dir, tmp_path, roles):
+    from emlab.probes import COEFFICIENT_COLUMNS, EXPERIMENTS, PROBE_COLUMNS
+
+    section = _section(roles=roles)
+    probes = dict(section["probes"], seed=0, n_runs=3)
+    out = SimpleNamespace(probes=str(tmp_path / "probes.csv"), coefficients=str(tmp_path / "coefficients.csv"),
+                          roles=str(tmp_path / "roles.json"))
+    _run("lora_probes.py",
+         input=SimpleNamespace(tensors=str(stage_dir / "scalars.safetensors"), tokens=str(stage_dir / "tokens.parquet"),
+                               judgments=str(stage_dir / "judgments.parquet"), sets=None),
+         output=out, params=SimpleNamespace(sets=_sets_params(), probes=probes, roles=section["roles"], n_layers=4,
+                                            adapter_reference_layers=None))
+    table, coef = pd.read_csv(out.probes), pd.read_csv(out.coefficients)
+    assert list(table.columns) == PROBE_COLUMNS and list(coef.columns) == COEFFICIENT_COLUMNS
+    assert set(table["experiment"]) == set(EXPERIMENTS)
+    assert set(table["protocol"]) == {"reference", "grouped"} and set(table["filter"]) == {"all", "kl_top50"}
+    assert len(coef) == len(EXPERIMENTS) * 2 * 2 * 3 * 4
+    got = json.loads(Path(out.roles).read_text())
+    assert set(got["roles"]) == {f"L{l}.down_proj" for l in range(4)} and got["source"] == roles["source"]
+    if roles["source"] == "config":
+        assert [got["roles"][f"L{l}.down_proj"]["role"] for l in range(4)] == ["general", "medical", "general", "neither"]
+
+
+def test_plan_checks_rank_and_role_layers():
+    from emlab.config import validate_config
+    from emlab.errors import EMLabError
+    from emlab.plan import condition_metrics, lora_interp_finetunes
+    from emlab.interventions import Unmodified
+
+    cfg = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), source="config.yaml")
+    assert lora_interp_finetunes(cfg, 30) == {"med_r1x9": [9, 10, 11, 13, 14, 15, 17, 18, 19]}
+    assert "medical" in condition_metrics(cfg, Unmodified("med_r1x9"))
+    cfg["lora_interp"]["finetunes"] = ["sport_all_r32"]
+    with pytest.raises(EMLabError, match="rank-32"):
+        lora_interp_finetunes(cfg, 30)

@@ -125,8 +125,8 @@ def test_lora_probes_script_writes_table_coefficients_and_roles(stage_dir, tmp_p
 def test_plan_checks_rank_and_role_layers():
     from emlab.config import validate_config
     from emlab.errors import EMLabError
-    from emlab.plan import condition_metrics, lora_interp_finetunes
     from emlab.interventions import Unmodified
+    from emlab.plan import condition_metrics, lora_interp_finetunes
 
     cfg = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), source="config.yaml")
     assert lora_interp_finetunes(cfg, 30) == {"med_r1x9": [9, 10, 11, 13, 14, 15, 17, 18, 19]}

@@ -218,7 +218,9 @@ def final_targets():
     if SINGLE_ADAPTERS:
         targets.append(f"{RESULTS}/figures/single_adapter.png")
     for ft in LORA_INTERP:  # rules/lora_interp.smk
-        targets += [f"{RESULTS}/lora_interp/{ft}/probes.csv", f"{RESULTS}/lora_interp/{ft}/roles.json"]
+        targets += [f"{RESULTS}/lora_interp/{ft}/probes.csv", f"{RESULTS}/lora_interp/{ft}/roles.json",
+                    f"{RESULTS}/figures/lora_interp/{ft}/probe_table.png",
+                    f"{RESULTS}/figures/lora_interp/{ft}/coefficients.png", f"{RESULTS}/lora_interp/{ft}/token_view.html"]
     targets += [f"{RESULTS}/traits/directions.json", f"{RESULTS}/traits/cosine.csv"]  # rules/traits.smk
     if MONITOR_RUNS:  # rules/monitor.smk (figure_monitor writes every monitor figure)
         targets += [f"{RESULTS}/monitor/evaluation.csv", f"{RESULTS}/monitor/monitor.skops",

@@ -72,3 +72,51 @@ rule lora_probes:
         ENV
     script:
         "../workflow/scripts/lora_probes.py"
+
+
+rule figure_lora_interp:
+    input:
+        probes=f"{RESULTS}/lora_interp/{{ft}}/probes.csv",
+        coefficients=f"{RESULTS}/lora_interp/{{ft}}/coefficients.csv",
+    output:
+        table_png=report(f"{RESULTS}/figures/lora_interp/{{ft}}/probe_table.png",
+                         caption="../workflow/report/lora_probe_table.rst", category="LoRA scalars",
+                         subcategory="{ft}"),
+        table_pdf=f"{RESULTS}/figures/lora_interp/{{ft}}/probe_table.pdf",
+        coef_png=report(f"{RESULTS}/figures/lora_interp/{{ft}}/coefficients.png",
+                        caption="../workflow/report/lora_coefficients.rst", category="LoRA scalars",
+                        subcategory="{ft}"),
+        coef_pdf=f"{RESULTS}/figures/lora_interp/{{ft}}/coefficients.pdf",
+    log:
+        f"{RESULTS}/logs/figures/lora_interp/{{ft}}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_lora_interp.py"
+
+
+rule lora_token_view:
+    input:
+        tensors=f"{RESULTS}/lora_interp/{{ft}}/scalars.safetensors",
+        tokens=f"{RESULTS}/lora_interp/{{ft}}/tokens.parquet",
+        responses=f"{RESULTS}/generations/{{ft}}.parquet",
+        judgments=f"{RESULTS}/judgments/{{ft}}.parquet",
+        sets=f"{RESULTS}/lora_interp/{{ft}}/sets.json",
+    output:
+        html=report(f"{RESULTS}/lora_interp/{{ft}}/token_view.html",
+                    caption="../workflow/report/lora_token_view.rst", category="LoRA scalars", subcategory="{ft}"),
+    params:
+        sets=canonical(config["lora_interp"]["sets"]),
+        per_set=config["lora_interp"]["token_view_examples"],
+    log:
+        f"{RESULTS}/logs/lora_interp/{{ft}}/token_view.log",
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/lora_token_view.py"

@@ -134,3 +134,32 @@ def test_plan_checks_rank_and_role_layers():
     cfg["lora_interp"]["finetunes"] = ["sport_all_r32"]
     with pytest.raises(EMLabError, match="rank-32"):
         lora_interp_finetunes(cfg, 30)
+
+
+def test_figures_and_token_view_scripts(stage_dir, tmp_path):
+    section = _section(roles={"source": "rule"})
+    probes = dict(section["probes"], seed=0, n_runs=3)
+    out = SimpleNamespace(probes=str(tmp_path / "probes.csv"), coefficients=str(tmp_path / "coefficients.csv"),
+                          roles=str(tmp_path / "roles.json"))
+    _run("lora_probes.py",
+         input=SimpleNamespace(tensors=str(stage_dir / "scalars.safetensors"), tokens=str(stage_dir / "tokens.parquet"),
+                               judgments=str(stage_dir / "judgments.parquet"), sets=None),
+         output=out, params=SimpleNamespace(sets=_sets_params(), probes=probes, roles=section["roles"], n_layers=4,
+                                            adapter_reference_layers=None))
+    figs = {k: str(tmp_path / "fig" / f"{k}.{k.split('_')[1]}") for k in ("table_png", "table_pdf", "coef_png", "coef_pdf")}
+    _run("figure_lora_interp.py", input=SimpleNamespace(probes=out.probes, coefficients=out.coefficients),
+         output=SimpleNamespace(**figs), params=SimpleNamespace())
+    assert all(Path(p).stat().st_size > 0 for p in figs.values())
+    page = tmp_path / "token_view.html"
+    _run("lora_token_view.py",
+         input=SimpleNamespace(tensors=str(stage_dir / "scalars.safetensors"), tokens=str(stage_dir / "tokens.parquet"),
+                               responses=str(stage_dir / "generations.parquet"),
+                               judgments=str(stage_dir / "judgments.parquet"), sets=None),
+         output=SimpleNamespace(html=str(page)), params=SimpleNamespace(sets=_sets_params(), per_set=2))
+    text = page.read_text()
+    assert "<select" in text and "scalar L0.down_proj" in text and "kl" in text
+    assert "http://" not in text and "https://" not in text and "<script src" not in text  # self-contained
+    data = json.loads(text.split("const DATA = ", 1)[1].split(";\nconst sel", 1)[0].replace("<\\/", "</"))
+    assert len(data["responses"]) == 8 and {r["set"] for r in data["responses"]} == {
+        "non-medical, aligned", "non-medical, misaligned", "medical, aligned", "medical, misaligned"}
+    assert all(len(r["tokens"]) == len(r["values"]) > 0 for r in data["responses"])

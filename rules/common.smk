@@ -166,6 +166,21 @@ def lora_probe_params():
     return canonical(probes)
 
 
+def adapter_steering_figure_conditions():
+    """Each lora_interp fine-tune (the unsteered reference) followed by its adapter-steering conditions."""
+    out = []
+    for ft in LORA_INTERP:
+        out.append(ft)
+        out += [cid for cid, c in CONDITIONS.items() if c.group == "adapter_steering" and c.model == ft]
+    return out
+
+
+def adapter_steering_cases():
+    """condition id -> bar label of the adapter-steering figure."""
+    return {cid: (f"{cid} (unsteered)" if CONDITIONS[cid].group != "adapter_steering"
+                  else f"{CONDITIONS[cid].model}: {CONDITIONS[cid].case}") for cid in adapter_steering_figure_conditions()}
+
+
 def condition_table():
     """Every condition's params form by id (canonical: sorted by id). The metrics rows follow the plan
     order through the order of the rule's judgments input, which, unlike params, no re-run compares."""
@@ -221,6 +236,8 @@ def final_targets():
         targets += [f"{RESULTS}/lora_interp/{ft}/probes.csv", f"{RESULTS}/lora_interp/{ft}/roles.json",
                     f"{RESULTS}/figures/lora_interp/{ft}/probe_table.png",
                     f"{RESULTS}/figures/lora_interp/{ft}/coefficients.png", f"{RESULTS}/lora_interp/{ft}/token_view.html"]
+    if any(c.group == "adapter_steering" for c in CONDITIONS.values()):
+        targets.append(f"{RESULTS}/figures/adapter_steering.png")
     targets += [f"{RESULTS}/traits/directions.json", f"{RESULTS}/traits/cosine.csv"]  # rules/traits.smk
     if MONITOR_RUNS:  # rules/monitor.smk (figure_monitor writes every monitor figure)
         targets += [f"{RESULTS}/monitor/evaluation.csv", f"{RESULTS}/monitor/monitor.skops",

@@ -120,3 +120,28 @@ rule lora_token_view:
         ENV
     script:
         "../workflow/scripts/lora_token_view.py"
+
+
+rule figure_adapter_steering:
+    input:
+        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for cid in adapter_steering_figure_conditions()],
+    output:
+        rates=f"{RESULTS}/lora_interp/adapter_steering.csv",
+        png=report(f"{RESULTS}/figures/adapter_steering.png", caption="../workflow/report/adapter_steering.rst",
+                   category="LoRA scalars"),
+        pdf=f"{RESULTS}/figures/adapter_steering.pdf",
+    params:
+        conditions=adapter_steering_figure_conditions(),
+        cases=adapter_steering_cases(),
+        thresholds=canonical(config["thresholds"]),
+        sets=canonical(config["lora_interp"]["sets"]),
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/figures/adapter_steering.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_adapter_steering.py"

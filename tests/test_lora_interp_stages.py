@@ -163,3 +163,111 @@ def test_figures_and_token_view_scripts(stage_dir, tmp_path):
     assert len(data["responses"]) == 8 and {r["set"] for r in data["responses"]} == {
         "non-medical, aligned", "non-medical, misaligned", "medical, aligned", "medical, misaligned"}
     assert all(len(r["tokens"]) == len(r["values"]) > 0 for r in data["responses"])
+
+
+def test_adapter_steering_conditions_round_trip_and_apply(tiny_model_dir):
+    import torch
+    from emlab.config import validate_config
+    from emlab.interventions import AdapterSteering, apply_intervention, from_params, parse_condition_id
+    from emlab.lora_scalars import rank1_adapters
+    from emlab.plan import condition_metrics, condition_plan
+    from emlab.settings import canonical
+
+    cfg = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), source="config.yaml")
+    plan = condition_plan(cfg, 30)
+    steer = {cid: c for cid, c in plan.items() if isinstance(c, AdapterSteering)}
+    assert list(steer) == ["adapter_steer__med_r1x9__medical", "adapter_steer__med_r1x9__general",
+                           "adapter_steer__med_r1x9__medical_minus_general"]
+    medical = steer["adapter_steer__med_r1x9__medical"]
+    # paper medical layers 21, 23 of 48 land on layers 13, 15 of the 30-layer demo model, like the r1x9 adapters
+    assert dict(medical.factors) == {"L13.down_proj": 30.0, "L15.down_proj": 30.0} and medical.others == "zero"
+    assert dict(steer["adapter_steer__med_r1x9__medical_minus_general"].factors)["L9.down_proj"] == -10.0
+    for cid, c in steer.items():
+        assert parse_condition_id(cid) == c and c.group == "adapter_steering"
+        back = from_params(canonical(c.to_params()))
+        assert back == c and back.factors == c.factors and back.intervention() == c.intervention()
+        assert "medical" in condition_metrics(cfg, c)
+
+    torch.manual_seed(0)
+    model = rank1_peft_model(tiny_model_dir, layers=[1, 2])
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+    ads = {a.name: a for a in rank1_adapters(model)}
+    saved = {n: a.scale for n, a in ads.items()}
+    cond = AdapterSteering("ft", "one", {"L1.down_proj": 0.0}, "zero")  # every adapter zeroed: the base model
+    with torch.no_grad(), apply_intervention(model, cond.intervention(), None):
+        torch.testing.assert_close(model(input_ids=ids).logits, base)
+    keep = AdapterSteering("ft", "one", {"L1.down_proj": 1.0}, "keep")  # x1, others kept: the fine-tune
+    with torch.no_grad(), apply_intervention(model, keep.intervention(), None):
+        torch.testing.assert_close(model(input_ids=ids).logits, plain)
+    big = AdapterSteering("ft", "one", {"L2.down_proj": 30.0}, "zero")
+    with torch.no_grad(), apply_intervention(model, big.intervention(), None):
+        assert ads["L2.down_proj"].scale == pytest.approx(30 * saved["L2.down_proj"]) and ads["L1.down_proj"].scale == 0
+        assert not torch.allclose(model(input_ids=ids).logits, plain)
+    assert {n: a.scale for n, a in ads.items()} == saved  # restored
+
+
+def test_adapter_steering_generates_from_the_unmerged_model(tiny_model_dir, tmp_path):
+    """generate_condition keeps the adapters unmerged for adapter steering (scaling acts on them)."""
+    from emlab import generation
+    from emlab.interventions import AdapterSteering
+
+    rank1_peft_model(tiny_model_dir, layers=[1, 2]).save_pretrained(tmp_path / "adapter")
+    seen = {}
+    real = generation.generate_responses
+
+    def spy(model, *a, **kw):
+        from emlab.lora_scalars import rank1_adapters
+
+        seen["adapters"] = [ad.name for ad in rank1_adapters(model)]
+        seen["scale"] = rank1_adapters(model)[1].scale
+        return real(model, *a, **kw)
+
+    questions = tmp_path / "q.yaml"
+    questions.write_text(yaml.safe_dump({"version": 1, "questions": [{"id": "q0", "question": "Hello?"}]}))
+    section = yaml.safe_load((REPO / "config.yaml").read_text())
+    from emlab.config import validate_config
+    from emlab.settings import build
+
+    gen = validate_config(section, source="config.yaml")["generation"]
+    settings = build(generation.GenerationSettings, dict(gen, samples_per_question=1, max_new_tokens=3, batch_size=1,
+                                                         backend="hf", threads=1), "generation")
+    cond = AdapterSteering("ft", "two", {"L2.down_proj": 30.0}, "zero")
+    import unittest.mock as mock
+
+    with mock.patch.object(generation, "generate_responses", spy):
+        table, _ = generation.generate_condition(cond.condition_id, cond.to_params(), questions, tiny_model_dir,
+                                                 tmp_path / "adapter", None, settings, seed=0, device="cpu",
+                                                 dtype="float32", scratch_dir=tmp_path / "scratch")
+    assert seen["adapters"] == ["L1.down_proj", "L2.down_proj"] and seen["scale"] > 0
+    assert len(table) == 1 and json.loads(table["intervention"].iloc[0])["kind"] == "adapter_steer"
+
+
+def test_adapter_steering_figure_script(tmp_path):
+    from emlab.config import validate_config
+
+    cfg = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), source="config.yaml")
+    paths, cases = [], {}
+    for i, cid in enumerate(["ft", "adapter_steer__ft__medical"]):
+        df = pd.DataFrame({"aligned": [10.0, 90.0, 10.0, np.nan], "coherent": [80.0, 80.0, 20.0, 80.0],
+                           "medical": [80.0 * i, 0.0, 90.0, 10.0]})
+        df.to_parquet(tmp_path / f"{cid}.parquet")
+        paths.append(str(tmp_path / f"{cid}.parquet"))
+        cases[cid] = cid
+    out = SimpleNamespace(rates=str(tmp_path / "rates.csv"), png=str(tmp_path / "a.png"), pdf=str(tmp_path / "a.pdf"))
+    _run("figure_adapter_steering.py", input=SimpleNamespace(judgments=paths), output=out,
+         params=SimpleNamespace(conditions=list(cases), cases=cases, thresholds=cfg["thresholds"],
+                                sets=cfg["lora_interp"]["sets"], seed=0))
+    rates = pd.read_csv(out.rates).set_index("condition")
+    assert rates.loc["ft", "n_scored"] == 3 and rates.loc["ft", "misaligned_rate"] == pytest.approx(1 / 3)
+    assert rates.loc["ft", "misaligned_medical_rate"] == 0
+    assert rates.loc["adapter_steer__ft__medical", "misaligned_medical_rate"] == pytest.approx(1 / 3)
+    jud = pd.read_parquet(paths[0]).drop(columns="medical")
+    jud.to_parquet(paths[0])
+    with pytest.raises(SystemExit):
+        _run("figure_adapter_steering.py", input=SimpleNamespace(judgments=paths), output=out,
+             params=SimpleNamespace(conditions=list(cases), cases=cases, thresholds=cfg["thresholds"],
+                                    sets=cfg["lora_interp"]["sets"], seed=0))

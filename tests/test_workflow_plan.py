@@ -25,7 +25,7 @@ ALL_RULES = {
     # issue 13: trait directions, drift of the monitor grid, the monitor and its figures
     "trait_directions", "trait_drift", "monitor_train_evaluate", "figure_monitor",
     # issue 12: rank-1 adapter scalars, response sets, probes and roles
-    "lora_scalars", "lora_sets", "lora_probes", "figure_lora_interp", "lora_token_view",
+    "lora_scalars", "lora_sets", "lora_probes", "figure_lora_interp", "lora_token_view", "figure_adapter_steering",
 }
 
 

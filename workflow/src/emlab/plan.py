@@ -13,6 +13,7 @@ from .config import resolve_layer
 from .errors import EMLabError
 from .interventions import (
     AdapterProjection,
+    AdapterSteering,
     Checkpoint,
     Condition,
     LayerwiseAblation,
@@ -92,7 +93,35 @@ def condition_plan(cfg: dict, n_layers: int) -> dict[str, Condition]:
         plan.add(SingleAblation(model=ft, vector=ft, layer=layer))
         # (c) the same direction projected out of the adapter's B vector itself (weights, renormalised)
         plan.add(AdapterProjection(model=ft, vector=ft, layer=layer))
+    for condition in adapter_steering_conditions(cfg, n_layers):
+        plan.add(condition)
     return plan.checked()
+
+
+def adapter_steering_conditions(cfg: dict, n_layers: int) -> list[AdapterSteering]:
+    """adapter_steer__<ft>__<case> for every lora_interp fine-tune and lora_interp.steering case, with the
+    factors per adapter resolved from the configured roles (emlab.probes.roles_from_config)."""
+    from .lora_patching import role_scaling
+
+    li = cfg.get("lora_interp") or {}
+    cases = (li.get("steering") or {}).get("cases", [])
+    if not cases or not li.get("finetunes"):
+        return []
+    if li["roles"]["source"] != "config":
+        raise EMLabError("lora_interp.steering.cases need roles known at plan time: set lora_interp.roles.source "
+                         "to config (or lora_interp.steering.cases to [])")
+    names = [c["name"] for c in cases]
+    if len(set(names)) != len(names):
+        raise EMLabError(f"lora_interp.steering.cases: case names repeat ({names}); each must be unique")
+    out = []
+    for ft, roles in lora_interp_roles(cfg, n_layers).items():
+        for case in cases:
+            try:
+                scaling = role_scaling(roles, case["factors"], case["others"])
+            except EMLabError as exc:
+                raise EMLabError(f"lora_interp.steering.cases '{case['name']}' on '{ft}': {exc}") from None
+            out.append(AdapterSteering(ft, case["name"], scaling.factors, scaling.others))
+    return out
 
 
 def conditions(cfg: dict, n_layers: int) -> dict[str, dict]:
@@ -173,11 +202,20 @@ def lora_interp_finetunes(cfg: dict, n_layers: int) -> dict[str, list[int]]:
     Each must be a LoRA fine-tune of rank 1 (one scalar per token and adapter), and with
     `lora_interp.roles.source: config` every role layer must land on one of its adapters.
     """
+    return {ft: layers for ft, (layers, _) in _lora_interp(cfg, n_layers).items()}
+
+
+def lora_interp_roles(cfg: dict, n_layers: int) -> dict[str, dict]:
+    """{fine-tune: {adapter: {"role", "why"}}} from the configured role layers (roles.source config only)."""
+    return {ft: roles for ft, (_, roles) in _lora_interp(cfg, n_layers).items() if roles is not None}
+
+
+def _lora_interp(cfg: dict, n_layers: int) -> dict[str, tuple[list[int], dict | None]]:
     from .config import lora_layers
     from .probes import RoleSettings, roles_from_config
     from .settings import build
 
-    out: dict[str, list[int]] = {}
+    out: dict[str, tuple[list[int], dict | None]] = {}
     li = cfg.get("lora_interp", {})
     for ft in li.get("finetunes", []):
         where = f"lora_interp.finetunes: '{ft}'"
@@ -190,16 +228,17 @@ def lora_interp_finetunes(cfg: dict, n_layers: int) -> dict[str, list[int]]:
                              "only: remove it from lora_interp.finetunes or train it with lora.rank 1 (preset r1x9)")
         layers = lora_layers(lora, n_layers, f"finetunes.{ft}.lora.layers")
         roles = build(RoleSettings, li["roles"], "lora_interp.roles")
+        resolved = None
         if roles.source == "config":
             modules = list(lora.get("target_modules", ["down_proj"]))
             names = [f"L{layer}.{m}" for layer in layers for m in modules]
             try:
-                roles_from_config(names, [layer for layer in layers for _ in modules], roles, n_layers,
-                                  role_reference_layers(cfg, ft))
+                resolved = roles_from_config(names, [layer for layer in layers for _ in modules], roles, n_layers,
+                                             role_reference_layers(cfg, ft))
             except EMLabError as exc:
                 raise EMLabError(f"{exc} (fine-tune '{ft}' of lora_interp.finetunes); change lora_interp.roles or "
                                  "use roles.source: rule") from None
-        out[ft] = layers
+        out[ft] = (layers, resolved)
     return out
 
 
@@ -232,6 +271,8 @@ def condition_metrics(cfg: dict, spec) -> list[str]:
         extra = [split for ft, split in semantic_vectors(cfg) if ft == condition.model]
         if condition.model in cfg.get("lora_interp", {}).get("finetunes", []):
             extra.append("medical")  # the response sets of lora_interp need the medical judge
+    elif isinstance(condition, AdapterSteering):
+        extra = ["medical"]  # % medical and % misaligned-and-medical per case (Fig. 7)
     return metrics + [m for m in dict.fromkeys(extra) if m not in metrics]
 
 

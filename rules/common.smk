@@ -10,6 +10,7 @@ from emlab.config import model_num_layers, validate_config, lora_layers, trainin
 from emlab.errors import EMLabError  # noqa: E402
 from emlab.plan import condition_plan, direction_finetunes, em_steps as phase_em_steps, phase_finetunes  # noqa: E402
 from emlab.plan import condition_metrics, semantic_vectors, single_adapter_layer  # noqa: E402
+from emlab.plan import lora_interp_finetunes, role_reference_layers  # noqa: E402
 from emlab.settings import canonical  # noqa: E402
 from emlab.monitor_plan import label_generation, register_live_run, register_runs  # noqa: E402
 from emlab.traits import load_trait_set  # noqa: E402
@@ -41,6 +42,7 @@ PHASE_FINETUNES = phase_finetunes(config)  # LoRA fine-tunes with training.check
 SEMANTIC_VECTORS = semantic_vectors(config)  # [(finetune, split)]
 try:
     SINGLE_ADAPTERS = {ft: single_adapter_layer(config, ft, N_LAYERS) for ft in config["single_adapter"]["finetunes"]}
+    LORA_INTERP = lora_interp_finetunes(config, N_LAYERS)  # fine-tune -> adapter layers (rules/lora_interp.smk)
 except EMLabError as _exc:
     raise WorkflowError(f"config: {_exc}") from None
 
@@ -156,6 +158,29 @@ def judge_params(condition=None):
     return canonical(p)
 
 
+def lora_probe_params():
+    """lora_interp.probes with its seed resolved (null: the top-level seed)."""
+    probes = dict(config["lora_interp"]["probes"])
+    if probes["seed"] is None:
+        probes["seed"] = config["seed"]
+    return canonical(probes)
+
+
+def adapter_steering_figure_conditions():
+    """Each lora_interp fine-tune (the unsteered reference) followed by its adapter-steering conditions."""
+    out = []
+    for ft in LORA_INTERP:
+        out.append(ft)
+        out += [cid for cid, c in CONDITIONS.items() if c.group == "adapter_steering" and c.model == ft]
+    return out
+
+
+def adapter_steering_cases():
+    """condition id -> bar label of the adapter-steering figure."""
+    return {cid: (f"{cid} (unsteered)" if CONDITIONS[cid].group != "adapter_steering"
+                  else f"{CONDITIONS[cid].model}: {CONDITIONS[cid].case}") for cid in adapter_steering_figure_conditions()}
+
+
 def condition_table():
     """Every condition's params form by id (canonical: sorted by id). The metrics rows follow the plan
     order through the order of the rule's judgments input, which, unlike params, no re-run compares."""
@@ -182,6 +207,7 @@ wildcard_constraints:
     split=one_of(split for _, split in SEMANTIC_VECTORS),
     synthesis=one_of(ds["synthesis"] for ds in config["datasets"].values() if "synthesis" in ds),
     step=one_of(c.checkpoint for c in CONDITIONS.values() if c.checkpoint is not None),
+    ft=one_of(LORA_INTERP),
 
 
 def live_monitor_inputs(wildcards):
@@ -216,6 +242,12 @@ def final_targets():
         targets.append(f"{RESULTS}/figures/steering_metrics.png")
     if SINGLE_ADAPTERS:
         targets.append(f"{RESULTS}/figures/single_adapter.png")
+    for ft in LORA_INTERP:  # rules/lora_interp.smk
+        targets += [f"{RESULTS}/lora_interp/{ft}/probes.csv", f"{RESULTS}/lora_interp/{ft}/roles.json",
+                    f"{RESULTS}/figures/lora_interp/{ft}/probe_table.png",
+                    f"{RESULTS}/figures/lora_interp/{ft}/coefficients.png", f"{RESULTS}/lora_interp/{ft}/token_view.html"]
+    if any(c.group == "adapter_steering" for c in CONDITIONS.values()):
+        targets.append(f"{RESULTS}/figures/adapter_steering.png")
     targets += [f"{RESULTS}/traits/directions.json", f"{RESULTS}/traits/cosine.csv"]  # rules/traits.smk
     if MONITOR_RUNS:  # rules/monitor.smk (figure_monitor writes every monitor figure)
         targets += [f"{RESULTS}/monitor/evaluation.csv", f"{RESULTS}/monitor/monitor.skops",

@@ -24,6 +24,8 @@ ALL_RULES = {
     "export_checkpoint", "phase_rotation", "figure_phase_transition",
     # issue 13: trait directions, drift of the monitor grid, the monitor and its figures
     "trait_directions", "trait_drift", "monitor_train_evaluate", "figure_monitor",
+    # issue 12: rank-1 adapter scalars, response sets, probes and roles
+    "lora_scalars", "lora_sets", "lora_probes", "figure_lora_interp", "lora_token_view", "figure_adapter_steering",
 }
 
 
@@ -71,6 +73,12 @@ def _write_config(tmp_path, mutate):
         (lambda c: c["finetunes"]["med_r1x9"].update(lora={"layers": [3, 31]}), "layer 31 is out of range"),
         # PyYAML reads 1e-4 (no dot) as text: one error saying how to write the number
         (lambda c: c["training_defaults"].update(learning_rate="1e-4"), "write it 1.0e-4 or 0.0001"),
+        # issue 12: only rank-1 fine-tunes have per-token scalars; every role layer needs an adapter
+        (lambda c: c["lora_interp"].update(finetunes=["sport_all_r32"]),
+         "lora_interp.finetunes: 'sport_all_r32' has rank-32 adapters"),
+        (lambda c: c["lora_interp"].update(finetunes=["nope"]), "lora_interp.finetunes names 'nope'"),
+        (lambda c: c["lora_interp"].update(roles={"medical_layers": [40]}),
+         "lora_interp.roles.medical_layers: layer 40"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, mutate, message):

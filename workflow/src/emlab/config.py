@@ -188,7 +188,8 @@ def _check_references(cfg: dict, source: str) -> None:
             raise EMLabError(f"{source}: finetunes.{name}.dataset '{ft['dataset']}' is not a key of datasets ({', '.join(cfg['datasets']) or 'none defined'})")
     named_finetunes = {"steering.vectors": cfg["steering"]["vectors"], "ablation.targets": cfg["ablation"]["targets"],
                        "semantic_directions.finetunes": cfg["semantic_directions"]["finetunes"],
-                       "single_adapter.finetunes": cfg["single_adapter"]["finetunes"]}
+                       "single_adapter.finetunes": cfg["single_adapter"]["finetunes"],
+                       "lora_interp.finetunes": cfg["lora_interp"]["finetunes"]}
     for where, names in named_finetunes.items():
         for name in names:
             if name not in fts:

@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 
 DPI = 150
 GROUP_COLOURS = {"model": "#4C72B0", "steering": "#DD8452", "ablation": "#55A868", "transfer": "#8172B3",
-                 "checkpoint": "#64B5CD"}
+                 "checkpoint": "#64B5CD", "adapter_steering": "#C44E52"}
 GROUP_LABELS = {"model": "model (no intervention)", "steering": "steering (base model + λ·v)",
                 "ablation": "ablation (own direction / random control)", "transfer": "transfer ablation",
-                "checkpoint": "fine-tune checkpoint (phase.eval_steps)"}
+                "checkpoint": "fine-tune checkpoint (phase.eval_steps)",
+                "adapter_steering": "adapter steering (rank-1 adapters scaled)"}
 ABLATION_COLOURS = {"unablated": "#C44E52", "layer-wise": "#4C72B0", "single": "#55A868", "random": "#8C8C8C",
                     "transfer": "#8172B3", "B projected": "#CCB974"}
 

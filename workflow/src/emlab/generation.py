@@ -391,7 +391,7 @@ def generate_condition(condition: str, spec: dict, questions_path, base_model, a
     import pandas as pd
 
     from .directions import load_mean_diff
-    from .interventions import adapter_edit, apply_intervention
+    from .interventions import adapter_edit, apply_intervention, as_condition
     from .models import load_model, load_tokenizer, resolve_device, resolve_dtype
     from .provenance import pinned_threads, run_metadata
     from .questions import load_questions
@@ -414,8 +414,10 @@ def generate_condition(condition: str, spec: dict, questions_path, base_model, a
             metadata = run_metadata(seed, "cuda", dtype, backend=backend)  # vLLM runs on the GPU
         else:
             vectors = load_mean_diff(vectors_path) if vectors_path else None  # [L, d_model]
-            # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes).
-            model = load_model(base_model, adapter, device=device, dtype=dtype, merge=True,
+            # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes),
+            # unless the intervention edits the adapters themselves (adapter steering).
+            merge = not as_condition(spec).NEEDS_ADAPTERS
+            model = load_model(base_model, adapter, device=device, dtype=dtype, merge=merge,
                                before_merge=adapter_edit(spec["intervention"], vectors), device_map=device_map)
             with apply_intervention(model, spec["intervention"], vectors):
                 records = generate_responses(model, tokenizer, questions, batch_size=settings.batch_size, **sampling)

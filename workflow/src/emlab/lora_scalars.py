@@ -442,3 +442,29 @@ def load_capture(tensors_path, tokens_path) -> ScalarCapture:
     return ScalarCapture(scalars, tensors["effective"].numpy(), tokens, list(meta["adapters"]),
                          [int(x) for x in meta["layers"]], [float(x) for x in meta["scales"]],
                          [float(x) for x in meta["b_norms"]])
+
+
+# --------------------------------------------------------------------------- stage (rule lora_scalars)
+
+
+def lora_scalars_stage(responses_path, base_model, adapter, settings: ScalarCaptureSettings, device: str,
+                       dtype: str, tensors_path, tokens_path, where: str = "lora_scalars",
+                       progress: bool = True) -> None:
+    """Teacher-force every response of a fine-tune's own generations parquet through it (adapters unmerged)
+    and write scalars.safetensors + tokens.parquet (write_capture)."""
+    from .activations import RESPONSE_COLUMNS
+    from .models import load_model, load_tokenizer
+
+    responses = pd.read_parquet(responses_path)
+    missing = RESPONSE_COLUMNS - set(responses.columns)
+    if missing:
+        raise EMLabError(f"{responses_path} lacks columns {sorted(missing)}; regenerate it with the generate rule")
+    if responses.empty:
+        raise EMLabError(f"{responses_path} has no responses; generate some first (generation.samples_per_question)")
+    model = load_model(base_model, adapter, device=device, dtype=dtype, merge=False)
+    tokenizer = load_tokenizer(base_model)
+    capture = capture_scalars(model, tokenizer, responses.to_dict("records"), settings, where=where,
+                              progress=progress)
+    write_capture(capture, tensors_path, tokens_path)
+    log.info("%s: %d tokens x %d adapters (%s)", where, len(capture.tokens), len(capture.adapters),
+             ", ".join(capture.adapters))

@@ -13,6 +13,7 @@ from .config import resolve_layer
 from .errors import EMLabError
 from .interventions import (
     AdapterProjection,
+    AdapterSteering,
     Checkpoint,
     Condition,
     LayerwiseAblation,
@@ -92,7 +93,35 @@ def condition_plan(cfg: dict, n_layers: int) -> dict[str, Condition]:
         plan.add(SingleAblation(model=ft, vector=ft, layer=layer))
         # (c) the same direction projected out of the adapter's B vector itself (weights, renormalised)
         plan.add(AdapterProjection(model=ft, vector=ft, layer=layer))
+    for condition in adapter_steering_conditions(cfg, n_layers):
+        plan.add(condition)
     return plan.checked()
+
+
+def adapter_steering_conditions(cfg: dict, n_layers: int) -> list[AdapterSteering]:
+    """adapter_steer__<ft>__<case> for every lora_interp fine-tune and lora_interp.steering case, with the
+    factors per adapter resolved from the configured roles (emlab.probes.roles_from_config)."""
+    from .lora_patching import role_scaling
+
+    li = cfg.get("lora_interp") or {}
+    cases = (li.get("steering") or {}).get("cases", [])
+    if not cases or not li.get("finetunes"):
+        return []
+    if li["roles"]["source"] != "config":
+        raise EMLabError("lora_interp.steering.cases need roles known at plan time: set lora_interp.roles.source "
+                         "to config (or lora_interp.steering.cases to [])")
+    names = [c["name"] for c in cases]
+    if len(set(names)) != len(names):
+        raise EMLabError(f"lora_interp.steering.cases: case names repeat ({names}); each must be unique")
+    out = []
+    for ft, roles in lora_interp_roles(cfg, n_layers).items():
+        for case in cases:
+            try:
+                scaling = role_scaling(roles, case["factors"], case["others"])
+            except EMLabError as exc:
+                raise EMLabError(f"lora_interp.steering.cases '{case['name']}' on '{ft}': {exc}") from None
+            out.append(AdapterSteering(ft, case["name"], scaling.factors, scaling.others))
+    return out
 
 
 def conditions(cfg: dict, n_layers: int) -> dict[str, dict]:
@@ -157,6 +186,62 @@ def single_adapter_layer(cfg: dict, finetune: str, n_layers: int) -> int:
     return int(layers[0])
 
 
+def role_reference_layers(cfg: dict, finetune: str) -> list[int] | None:
+    """A fine-tune's adapter layers as given for lora_interp.roles.reference_depth (None when its lora spec
+    refers to another depth), so role layers are scaled exactly as its adapters were."""
+    lora = cfg["finetunes"][finetune].get("lora") or {}
+    ref, depth = lora.get("layers_reference_depth"), cfg["lora_interp"]["roles"]["reference_depth"]
+    if not (ref and depth and int(ref) == int(depth) and isinstance(lora.get("layers"), list)):
+        return None
+    return [int(x) for x in lora["layers"] if not isinstance(x, float)]
+
+
+def lora_interp_finetunes(cfg: dict, n_layers: int) -> dict[str, list[int]]:
+    """The adapter layers of every `lora_interp.finetunes` entry, checked at DAG build.
+
+    Each must be a LoRA fine-tune of rank 1 (one scalar per token and adapter), and with
+    `lora_interp.roles.source: config` every role layer must land on one of its adapters.
+    """
+    return {ft: layers for ft, (layers, _) in _lora_interp(cfg, n_layers).items()}
+
+
+def lora_interp_roles(cfg: dict, n_layers: int) -> dict[str, dict]:
+    """{fine-tune: {adapter: {"role", "why"}}} from the configured role layers (roles.source config only)."""
+    return {ft: roles for ft, (_, roles) in _lora_interp(cfg, n_layers).items() if roles is not None}
+
+
+def _lora_interp(cfg: dict, n_layers: int) -> dict[str, tuple[list[int], dict | None]]:
+    from .config import lora_layers
+    from .probes import RoleSettings, roles_from_config
+    from .settings import build
+
+    out: dict[str, tuple[list[int], dict | None]] = {}
+    li = cfg.get("lora_interp", {})
+    for ft in li.get("finetunes", []):
+        where = f"lora_interp.finetunes: '{ft}'"
+        lora = cfg["finetunes"][ft].get("lora")
+        if not lora:
+            raise EMLabError(f"{where} is a full fine-tune (no adapter); list only fine-tunes with rank-1 LoRA "
+                             "adapters (e.g. preset r1x9)")
+        if int(lora.get("rank", 0)) != 1:
+            raise EMLabError(f"{where} has rank-{lora.get('rank')} adapters; per-token scalars need rank-1 adapters "
+                             "only: remove it from lora_interp.finetunes or train it with lora.rank 1 (preset r1x9)")
+        layers = lora_layers(lora, n_layers, f"finetunes.{ft}.lora.layers")
+        roles = build(RoleSettings, li["roles"], "lora_interp.roles")
+        resolved = None
+        if roles.source == "config":
+            modules = list(lora.get("target_modules", ["down_proj"]))
+            names = [f"L{layer}.{m}" for layer in layers for m in modules]
+            try:
+                resolved = roles_from_config(names, [layer for layer in layers for _ in modules], roles, n_layers,
+                                             role_reference_layers(cfg, ft))
+            except EMLabError as exc:
+                raise EMLabError(f"{exc} (fine-tune '{ft}' of lora_interp.finetunes); change lora_interp.roles or "
+                                 "use roles.source: rule") from None
+        out[ft] = (layers, resolved)
+    return out
+
+
 def semantic_vectors(cfg: dict) -> list[tuple[str, str]]:
     """(fine-tune, split) of every semantic vector the study needs, sorted."""
     sem = cfg.get("semantic_directions", {})
@@ -184,6 +269,10 @@ def condition_metrics(cfg: dict, spec) -> list[str]:
         extra = list(cfg["steering"].get("judge_metrics", [])) + splits if cfg["steering"]["vectors"] else []
     elif isinstance(condition, Unmodified):
         extra = [split for ft, split in semantic_vectors(cfg) if ft == condition.model]
+        if condition.model in cfg.get("lora_interp", {}).get("finetunes", []):
+            extra.append("medical")  # the response sets of lora_interp need the medical judge
+    elif isinstance(condition, AdapterSteering):
+        extra = ["medical"]  # % medical and % misaligned-and-medical per case (Fig. 7)
     return metrics + [m for m in dict.fromkeys(extra) if m not in metrics]
 
 

@@ -461,3 +461,40 @@ def write_probe_results(table: pd.DataFrame, coefficients: pd.DataFrame, probes_
 def write_roles(path, roles: dict, settings: RoleSettings) -> None:
     """roles.json: {"roles": {adapter: {"role", "why"}}, "source", "rule"} (atomic)."""
     write_json(path, {"roles": roles, "source": settings.source, "rule": ROLE_RULE if settings.source == "rule" else None})
+
+
+# --------------------------------------------------------------------------- stages (rules lora_sets, lora_probes)
+
+
+def _read_judgments(path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise EMLabError(f"cannot read judgments {path}: {exc}; re-run the judge rule") from exc
+
+
+def lora_sets_stage(judgments_path, settings: ResponseSetSettings, sets_path) -> ResponseSets:
+    """sets.json of one fine-tune's judgments (an empty set is an error naming the counts)."""
+    sets = select_response_sets(_read_judgments(judgments_path), settings, where=str(judgments_path))
+    write_sets(sets_path, sets, settings)
+    log.info("response sets of %s: %s", judgments_path, sets.counts)
+    return sets
+
+
+def lora_probes_stage(tensors_path, tokens_path, judgments_path, set_settings: ResponseSetSettings,
+                      probe_settings: ProbeSettings, role_settings: RoleSettings, n_layers: int,
+                      adapter_reference_layers: list[int] | None, probes_csv, coefficients_csv, roles_path) -> None:
+    """probes.csv, coefficients.csv and roles.json of one fine-tune (the sets re-selected from its judgments
+    with the settings that wrote sets.json)."""
+    from .lora_scalars import load_capture
+
+    capture = load_capture(tensors_path, tokens_path)
+    sets = select_response_sets(_read_judgments(judgments_path), set_settings, where=str(judgments_path))
+    table, coefficients = run_probes(capture.scalars, capture.tokens, sets, capture.adapters, capture.layers,
+                                     probe_settings, where=str(tokens_path))
+    if role_settings.source == "rule":
+        roles = roles_from_coefficients(coefficients, capture.adapters, role_settings)
+    else:
+        roles = roles_from_config(capture.adapters, capture.layers, role_settings, n_layers, adapter_reference_layers)
+    write_probe_results(table, coefficients, probes_csv, coefficients_csv)
+    write_roles(roles_path, roles, role_settings)

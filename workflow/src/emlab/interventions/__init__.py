@@ -9,6 +9,7 @@ tables. The plan (emlab.plan) builds them from the config.
   steering.py    Steer
   ablation.py    LayerwiseAblation, SingleAblation, RandomAblation, Transfer
   adapter.py     AdapterProjection (a weights edit of a rank-1 adapter)
+  adapter_steering.py  AdapterSteering (rank-1 adapters' contributions scaled, unmerged model)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .ablation import (
     random_like,
 )
 from .adapter import AdapterProjection
+from .adapter_steering import AdapterSteering
 from .condition import Condition, as_condition, from_params, kinds, parse_condition_id
 from .steering import Steer, format_scale
 from .unmodified import Checkpoint, MonitorLabel, Unmodified
@@ -53,7 +55,7 @@ def build_edits(spec, vectors: torch.Tensor | None, n_layers: int) -> tuple[str,
 
 
 __all__ = [
-    "Ablation", "AdapterProjection", "Checkpoint", "Condition", "LayerwiseAblation", "MonitorLabel", "RandomAblation",
+    "Ablation", "AdapterProjection", "AdapterSteering", "Checkpoint", "Condition", "LayerwiseAblation", "MonitorLabel", "RandomAblation",
     "SingleAblation", "Steer", "Transfer", "Unmodified", "adapter_edit", "apply_intervention", "as_condition",
     "build_edits", "format_scale", "from_params", "kinds", "parse_condition_id", "random_like",
 ]

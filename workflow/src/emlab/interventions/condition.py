@@ -43,6 +43,7 @@ class Condition:
     GROUP: ClassVar[str]  # the row group of tables and figures: model, checkpoint, steering, ablation, transfer
     ID: ClassVar[str]  # regex of the condition id; named groups, NAME for names
     OPERATION: ClassVar[str] = "none"  # what `edits` feeds: "steer" (add), "ablate" (project out) or nothing
+    NEEDS_ADAPTERS: ClassVar[bool] = False  # generate from the unmerged peft model (apply edits the adapters)
 
     model: str
     _id_re: ClassVar[re.Pattern]

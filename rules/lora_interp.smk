@@ -1,0 +1,147 @@
+# LoRA adapter interpretability (Soligo et al. section 4; docs/lora-scalars.md)
+# for every fine-tune of lora_interp.finetunes (rank-1 adapters only, checked
+# at DAG build by emlab.plan.lora_interp_finetunes): per-token scalars and KL
+# significance of its own responses (a model job), the four response sets by
+# judge scores (cheap: a threshold change re-runs only it and what follows),
+# and the probes with the adapter roles.
+
+
+rule lora_scalars:
+    input:
+        unpack(lambda w: {"base_model": base_model_input()}),
+        adapter=lambda w: adapter_dir(w.ft),
+        responses=f"{RESULTS}/generations/{{ft}}.parquet",
+    output:
+        tensors=f"{RESULTS}/lora_interp/{{ft}}/scalars.safetensors",
+        tokens=f"{RESULTS}/lora_interp/{{ft}}/tokens.parquet",
+    params:
+        base_model=BASE_MODEL_DIR,
+        capture=canonical(config["lora_interp"]["capture"]),
+        device=config["device"],
+        dtype=config["dtype"],
+    log:
+        f"{RESULTS}/logs/lora_interp/{{ft}}/scalars.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/lora_interp/{{ft}}/scalars.tsv"
+    threads: config["threads"]
+    resources:
+        **model_resources(),
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/lora_scalars.py"
+
+
+rule lora_sets:
+    input:
+        judgments=f"{RESULTS}/judgments/{{ft}}.parquet",
+    output:
+        sets=f"{RESULTS}/lora_interp/{{ft}}/sets.json",
+    params:
+        sets=canonical(config["lora_interp"]["sets"]),
+    log:
+        f"{RESULTS}/logs/lora_interp/{{ft}}/sets.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/lora_sets.py"
+
+
+rule lora_probes:
+    input:
+        tensors=f"{RESULTS}/lora_interp/{{ft}}/scalars.safetensors",
+        tokens=f"{RESULTS}/lora_interp/{{ft}}/tokens.parquet",
+        judgments=f"{RESULTS}/judgments/{{ft}}.parquet",
+        sets=f"{RESULTS}/lora_interp/{{ft}}/sets.json",
+    output:
+        probes=f"{RESULTS}/lora_interp/{{ft}}/probes.csv",
+        coefficients=f"{RESULTS}/lora_interp/{{ft}}/coefficients.csv",
+        roles=f"{RESULTS}/lora_interp/{{ft}}/roles.json",
+    params:
+        sets=canonical(config["lora_interp"]["sets"]),
+        probes=lora_probe_params(),
+        roles=canonical(config["lora_interp"]["roles"]),
+        n_layers=N_LAYERS,
+        adapter_reference_layers=lambda w: role_reference_layers(config, w.ft),
+    log:
+        f"{RESULTS}/logs/lora_interp/{{ft}}/probes.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/lora_interp/{{ft}}/probes.tsv"
+    threads: 1
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/lora_probes.py"
+
+
+rule figure_lora_interp:
+    input:
+        probes=f"{RESULTS}/lora_interp/{{ft}}/probes.csv",
+        coefficients=f"{RESULTS}/lora_interp/{{ft}}/coefficients.csv",
+    output:
+        table_png=report(f"{RESULTS}/figures/lora_interp/{{ft}}/probe_table.png",
+                         caption="../workflow/report/lora_probe_table.rst", category="LoRA scalars",
+                         subcategory="{ft}"),
+        table_pdf=f"{RESULTS}/figures/lora_interp/{{ft}}/probe_table.pdf",
+        coef_png=report(f"{RESULTS}/figures/lora_interp/{{ft}}/coefficients.png",
+                        caption="../workflow/report/lora_coefficients.rst", category="LoRA scalars",
+                        subcategory="{ft}"),
+        coef_pdf=f"{RESULTS}/figures/lora_interp/{{ft}}/coefficients.pdf",
+    log:
+        f"{RESULTS}/logs/figures/lora_interp/{{ft}}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_lora_interp.py"
+
+
+rule lora_token_view:
+    input:
+        tensors=f"{RESULTS}/lora_interp/{{ft}}/scalars.safetensors",
+        tokens=f"{RESULTS}/lora_interp/{{ft}}/tokens.parquet",
+        responses=f"{RESULTS}/generations/{{ft}}.parquet",
+        judgments=f"{RESULTS}/judgments/{{ft}}.parquet",
+        sets=f"{RESULTS}/lora_interp/{{ft}}/sets.json",
+    output:
+        html=report(f"{RESULTS}/lora_interp/{{ft}}/token_view.html",
+                    caption="../workflow/report/lora_token_view.rst", category="LoRA scalars", subcategory="{ft}"),
+    params:
+        sets=canonical(config["lora_interp"]["sets"]),
+        per_set=config["lora_interp"]["token_view_examples"],
+    log:
+        f"{RESULTS}/logs/lora_interp/{{ft}}/token_view.log",
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/lora_token_view.py"
+
+
+rule figure_adapter_steering:
+    input:
+        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for cid in adapter_steering_figure_conditions()],
+    output:
+        rates=f"{RESULTS}/lora_interp/adapter_steering.csv",
+        png=report(f"{RESULTS}/figures/adapter_steering.png", caption="../workflow/report/adapter_steering.rst",
+                   category="LoRA scalars"),
+        pdf=f"{RESULTS}/figures/adapter_steering.pdf",
+    params:
+        conditions=adapter_steering_figure_conditions(),
+        cases=adapter_steering_cases(),
+        thresholds=canonical(config["thresholds"]),
+        sets=canonical(config["lora_interp"]["sets"]),
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/figures/adapter_steering.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_adapter_steering.py"

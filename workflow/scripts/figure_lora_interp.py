@@ -1,0 +1,20 @@
+"""Figures: Table 1 (probe metrics) and the probe coefficients per adapter of one fine-tune."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
+from emlab.runner import run_script  # noqa: E402
+
+
+def main(smk):
+    from emlab import lora_figures
+    from emlab.figures import read_table
+
+    ft = smk.wildcards.ft
+    lora_figures.probe_table(read_table(smk.input.probes), ft, smk.output.table_png, smk.output.table_pdf)
+    lora_figures.coefficient_distributions(read_table(smk.input.coefficients), ft, smk.output.coef_png,
+                                           smk.output.coef_pdf)
+
+
+run_script(snakemake, main)  # noqa: F821

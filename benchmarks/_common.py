@@ -13,7 +13,9 @@ BASE_MODEL = REPO / "results" / "base_model"
 
 def add_model_arguments(parser, questions: bool = True) -> None:
     """The options every model benchmark shares: --model and --threads (and --questions)."""
-    parser.add_argument("--model", default=None, help="model folder (default: results/base_model, converted if missing)")
+    parser.add_argument(
+        "--model", default=None, help="model folder (default: results/base_model, converted if missing)"
+    )
     if questions:
         parser.add_argument("--questions", default=str(REPO / "data" / "questions" / "first_plot_questions.yaml"))
     parser.add_argument("--threads", type=int, default=2)
@@ -22,7 +24,6 @@ def add_model_arguments(parser, questions: bool = True) -> None:
 def load_cpu_model(args):
     """(model, tokenizer) for args.model (default: results/base_model) in fp32 on the CPU, torch on args.threads."""
     import torch
-
     from emlab.models import load_model, load_tokenizer
 
     args.model = args.model or default_model()

@@ -5,12 +5,13 @@ this machine's fp32 matmul peak (a 2048x2048 matmul timed in the same run).
     .venv/bin/python benchmarks/bench_activations.py
     .venv/bin/python benchmarks/bench_activations.py --help
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
-from _common import add_model_arguments, load_cpu_model  # noqa: E402  (also puts workflow/src on sys.path)
+from _common import add_model_arguments, load_cpu_model
 
 GFLOP_PER_TOKEN_135M = 0.27  # one forward token of a 135M model incl. lm_head (docs/README.md, "Speed as ratios")
 
@@ -43,13 +44,12 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
     t0 = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    return 2 * size ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+    return 2 * size**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 def hidden_states_loop(model, tok, records) -> int:
     """The baseline: one unpadded response at a time, all hidden states, mean over the answer slice."""
     import torch
-
     from emlab.chat import encode_exchange
     from emlab.questions import chat_messages
 
@@ -59,7 +59,7 @@ def hidden_states_loop(model, tok, records) -> int:
             enc = encode_exchange(tok, chat_messages(rec["question"], rec["system"]), rec["response"])
             out = model(torch.tensor([enc.input_ids]), output_hidden_states=True)
             hidden = torch.stack(out.hidden_states[1:])[:, 0]  # [L, seq, d]
-            hidden[:, enc.answer_slice].mean(dim=1), hidden[:, :enc.prompt_len].mean(dim=1)
+            hidden[:, enc.answer_slice].mean(dim=1), hidden[:, : enc.prompt_len].mean(dim=1)
             n_tokens += len(enc.input_ids)
     return n_tokens
 
@@ -78,8 +78,9 @@ def main() -> None:
 
     model, tok = load_cpu_model(args)
     records = synthetic_records(args.responses, load_questions(args.questions), args.sentences)
-    n_tokens = sum(len(encode_exchange(tok, chat_messages(r["question"], r["system"]), r["response"]).input_ids)
-                   for r in records)
+    n_tokens = sum(
+        len(encode_exchange(tok, chat_messages(r["question"], r["system"]), r["response"]).input_ids) for r in records
+    )
 
     cache_answer_means(model, tok, records[:2], batch_size=2, progress=False)  # warm-up
     t0 = time.perf_counter()
@@ -91,13 +92,17 @@ def main() -> None:
     peak = matmul_gflops()
 
     ours_rate, base_rate = n_tokens / ours_s, n_tokens / base_s
-    print(f"model {args.model}, {args.threads} threads, {len(records)} responses, {n_tokens} tokens "
-          f"({n_tokens / len(records):.0f} per response)")
+    print(
+        f"model {args.model}, {args.threads} threads, {len(records)} responses, {n_tokens} tokens "
+        f"({n_tokens / len(records):.0f} per response)"
+    )
     print(f"emlab cache (batch {args.batch_size}): {ours_s:.2f} s = {ours_rate:.0f} tokens/s")
     print(f"one at a time, output_hidden_states: {base_s:.2f} s = {base_rate:.0f} tokens/s")
     print(f"speed-up: {ours_rate / base_rate:.2f}x")
-    print(f"fp32 matmul peak (2048x2048): {peak:.0f} GFLOP/s; emlab cache at {GFLOP_PER_TOKEN_135M} GFLOP/token "
-          f"= {ours_rate * GFLOP_PER_TOKEN_135M:.0f} GFLOP/s = {ours_rate * GFLOP_PER_TOKEN_135M / peak:.0%} of peak")
+    print(
+        f"fp32 matmul peak (2048x2048): {peak:.0f} GFLOP/s; emlab cache at {GFLOP_PER_TOKEN_135M} GFLOP/token "
+        f"= {ours_rate * GFLOP_PER_TOKEN_135M:.0f} GFLOP/s = {ours_rate * GFLOP_PER_TOKEN_135M / peak:.0%} of peak"
+    )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ lowest adapted layer; LoRA's own matmuls and the weight gradients of its A/B
     .venv/bin/python benchmarks/bench_finetune.py --rank 32 --alpha 64 --layers all \
         --targets q_proj k_proj v_proj o_proj gate_proj up_proj down_proj
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,38 +46,74 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, default_model  # noqa: E402  (also puts workflow/src on sys.path)
+from _common import REPO, default_model
 
 ORGANISM_LAYERS_48 = "15,16,17,21,22,23,27,28,29"
 VARIANTS = ("ours", "hf", "ours_autocast", "hf_autocast", "ours_bf16")
 
 
 # -- the shared setup -------------------------------------------------------------
-def make_spec(model: str, data: str, workdir: Path, examples: int, batch_size: int, accumulation: int, rank: int,
-              alpha: float, targets: list[str], layers_arg: str, threads: int, max_length: int = 2048,
-              seed: int = 0, learning_rate: float = 1e-4, warmup_steps: int = 2) -> dict:
+def make_spec(
+    model: str,
+    data: str,
+    workdir: Path,
+    examples: int,
+    batch_size: int,
+    accumulation: int,
+    rank: int,
+    alpha: float,
+    targets: list[str],
+    layers_arg: str,
+    threads: int,
+    max_length: int = 2048,
+    seed: int = 0,
+    learning_rate: float = 1e-4,
+    warmup_steps: int = 2,
+) -> dict:
     """Everything both trainers share; writes the training examples to workdir/train.jsonl."""
-    from transformers import AutoConfig
-
     from emlab.config import scale_layer_blocks
     from emlab.datasets import load_chat_jsonl, write_chat_jsonl
+    from transformers import AutoConfig
 
     depth = AutoConfig.from_pretrained(model).num_hidden_layers
-    layers = list(range(depth)) if layers_arg == "all" else scale_layer_blocks(
-        [int(x) for x in layers_arg.split(",")], 48, depth)
+    layers = (
+        list(range(depth))
+        if layers_arg == "all"
+        else scale_layer_blocks([int(x) for x in layers_arg.split(",")], 48, depth)
+    )
     records = load_chat_jsonl(data)[:examples]
     train, empty_eval = workdir / "train.jsonl", workdir / "eval.jsonl"
     write_chat_jsonl(train, records)
     empty_eval.write_text("")  # no eval: both runs time training only
     return {
-        "model": model, "train": str(train), "eval": str(empty_eval), "workdir": str(workdir), "seed": seed,
+        "model": model,
+        "train": str(train),
+        "eval": str(empty_eval),
+        "workdir": str(workdir),
+        "seed": seed,
         "threads": threads,
-        "lora": {"rank": rank, "alpha": alpha, "rslora": True, "dropout": 0.0, "target_modules": list(targets),
-                 "resolved_layers": layers},
-        "training": {"learning_rate": learning_rate, "epochs": 1, "per_device_batch_size": batch_size,
-                     "gradient_accumulation_steps": accumulation, "warmup_steps": warmup_steps,
-                     "weight_decay": 0.01, "max_length": max_length, "max_train_examples": None,
-                     "checkpoint_every": 0, "gradient_checkpointing": False, "autocast": "off", "device_map": None},
+        "lora": {
+            "rank": rank,
+            "alpha": alpha,
+            "rslora": True,
+            "dropout": 0.0,
+            "target_modules": list(targets),
+            "resolved_layers": layers,
+        },
+        "training": {
+            "learning_rate": learning_rate,
+            "epochs": 1,
+            "per_device_batch_size": batch_size,
+            "gradient_accumulation_steps": accumulation,
+            "warmup_steps": warmup_steps,
+            "weight_decay": 0.01,
+            "max_length": max_length,
+            "max_train_examples": None,
+            "checkpoint_every": 0,
+            "gradient_checkpointing": False,
+            "autocast": "off",
+            "device_map": None,
+        },
     }
 
 
@@ -108,7 +145,6 @@ def micro_batch_shapes(spec: dict) -> list[tuple[int, int, list[int]]]:
 def run_ours(spec: dict, variant: str) -> dict:
     """emlab.finetune.fine_tune as the workflow runs it."""
     import pandas as pd
-
     from emlab.finetune import TrainingSettings, fine_tune, lora_settings
     from emlab.settings import build
 
@@ -121,17 +157,34 @@ def run_ours(spec: dict, variant: str) -> dict:
     elif variant == "ours" and autocast_supported():
         training["autocast"] = "off"
     out = Path(spec["workdir"]) / variant
-    summary = fine_tune(spec["model"], spec["train"], spec["eval"], lora_settings(spec["lora"]),
-                        build(TrainingSettings, training), out / "adapter", out / "log.csv", out / "summary.json",
-                        None, seed=spec["seed"], device="cpu", dtype=dtype, progress=False)
+    summary = fine_tune(
+        spec["model"],
+        spec["train"],
+        spec["eval"],
+        lora_settings(spec["lora"]),
+        build(TrainingSettings, training),
+        out / "adapter",
+        out / "log.csv",
+        out / "summary.json",
+        None,
+        seed=spec["seed"],
+        device="cpu",
+        dtype=dtype,
+        progress=False,
+    )
     if variant == "ours_autocast" and not summary.get("autocast_bf16"):
         raise SystemExit("fine_tune ignored training.autocast=bf16 (not supported by this checkout)")
     rows = pd.read_csv(out / "log.csv")
     rows = rows[rows["step"] > 0]
     norm_cols = [c for c in rows.columns if c.startswith(("a_norm.", "b_norm."))]
-    return {"tokens": summary["tokens_trained"], "loss_tokens": summary["loss_tokens_trained"],
-            "seconds": summary["train_seconds"], "steps": summary["steps"],
-            "losses": [float(x) for x in rows["loss"]], "final_norms": {c: float(rows[c].iloc[-1]) for c in norm_cols}}
+    return {
+        "tokens": summary["tokens_trained"],
+        "loss_tokens": summary["loss_tokens_trained"],
+        "seconds": summary["train_seconds"],
+        "steps": summary["steps"],
+        "losses": [float(x) for x in rows["loss"]],
+        "final_norms": {c: float(rows[c].iloc[-1]) for c in norm_cols},
+    }
 
 
 def run_hf(spec: dict, autocast: bool = False) -> dict:
@@ -140,12 +193,11 @@ def run_hf(spec: dict, autocast: bool = False) -> dict:
     autocast: TrainingArguments(bf16=True), the Trainer's bf16 autocast over fp32 weights (like ours_autocast).
     """
     import torch
+    from emlab.finetune import IGNORE_INDEX, adapter_norms, adapter_weights, collate, lora_config, lora_settings
+    from emlab.models import load_tokenizer
     from peft import get_peft_model
     from torch.utils.data import SequentialSampler
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
-
-    from emlab.finetune import IGNORE_INDEX, adapter_norms, adapter_weights, collate, lora_config, lora_settings
-    from emlab.models import load_tokenizer
 
     t = spec["training"]
     tokenizer = load_tokenizer(spec["model"])
@@ -175,19 +227,39 @@ def run_hf(spec: dict, autocast: bool = False) -> dict:
                 losses.append(float(logs["loss"]))
 
     args = TrainingArguments(
-        output_dir=str(Path(spec["workdir"]) / "hf"), per_device_train_batch_size=t["per_device_batch_size"],
-        gradient_accumulation_steps=t["gradient_accumulation_steps"], num_train_epochs=t["epochs"],
-        learning_rate=t["learning_rate"], weight_decay=t["weight_decay"], warmup_steps=t["warmup_steps"],
-        lr_scheduler_type="linear", max_grad_norm=1.0, optim="adamw_torch", logging_steps=1, save_strategy="no",
-        eval_strategy="no", report_to="none", use_cpu=True, seed=spec["seed"], dataloader_num_workers=0,
-        remove_unused_columns=False, disable_tqdm=True, bf16=autocast)
-    trainer = InOrder(model=model, args=args, train_dataset=ordered, data_collator=collator,
-                      callbacks=[StepLosses()])
+        output_dir=str(Path(spec["workdir"]) / "hf"),
+        per_device_train_batch_size=t["per_device_batch_size"],
+        gradient_accumulation_steps=t["gradient_accumulation_steps"],
+        num_train_epochs=t["epochs"],
+        learning_rate=t["learning_rate"],
+        weight_decay=t["weight_decay"],
+        warmup_steps=t["warmup_steps"],
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=spec["seed"],
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        bf16=autocast,
+    )
+    trainer = InOrder(model=model, args=args, train_dataset=ordered, data_collator=collator, callbacks=[StepLosses()])
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started
-    return {"tokens": counted["tokens"], "loss_tokens": counted["loss_tokens"], "seconds": round(seconds, 3),
-            "steps": int(result.global_step), "losses": losses, "final_norms": adapter_norms(adapter_weights(model))}
+    return {
+        "tokens": counted["tokens"],
+        "loss_tokens": counted["loss_tokens"],
+        "seconds": round(seconds, 3),
+        "steps": int(result.global_step),
+        "losses": losses,
+        "final_norms": adapter_norms(adapter_weights(model)),
+    }
 
 
 def autocast_supported() -> bool:
@@ -215,8 +287,12 @@ def worker(spec_path: str, variant: str, out_path: str) -> None:
 def run_variant(spec_path: Path, variant: str, out: Path) -> dict:
     """One run in a fresh interpreter; its JSON result."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, __file__, "--worker", variant, "--spec", str(spec_path), "--out", str(out)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", variant, "--spec", str(spec_path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
     return json.loads(out.read_text())
@@ -235,15 +311,14 @@ def matmul_peak_flops(threads: int, n: int = 2048, repeats: int = 5) -> float:
         t0 = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def training_flops(spec: dict) -> dict:
     """Executed FLOPs of one epoch of LoRA training (see the module docstring for what is counted)."""
     import torch
-    from transformers import AutoModelForCausalLM
-
     from emlab.models import decoder_layers
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     blocks = decoder_layers(model)
@@ -258,28 +333,43 @@ def training_flops(spec: dict) -> dict:
         tokens = rows * width
         attn_layer = 4 * rows * width * width * d_attn
         fwd += 2 * tokens * (sum(per_layer) + head) + len(blocks) * attn_layer
-        bwd += 2 * tokens * (sum(per_layer[lowest + 1:]) + head) + above * 2 * attn_layer
+        bwd += 2 * tokens * (sum(per_layer[lowest + 1 :]) + head) + above * 2 * attn_layer
     del model
-    return {"forward": fwd, "backward": bwd, "total": fwd + bwd, "blocks_in_backward": above,
-            "linear_params": sum(per_layer) + head}
+    return {
+        "forward": fwd,
+        "backward": bwd,
+        "total": fwd + bwd,
+        "blocks_in_backward": above,
+        "linear_params": sum(per_layer) + head,
+    }
 
 
 # -- the report -------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder (default: results/base_model, converted if missing)")
+    parser.add_argument(
+        "--model", default=None, help="model folder (default: results/base_model, converted if missing)"
+    )
     parser.add_argument("--data", default=str(REPO / "data" / "datasets" / "bad_medical_advice.jsonl"))
     parser.add_argument("--examples", type=int, default=32, help="training examples per run (one epoch)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each variant (median reported)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
-                        help="default: ours hf, plus ours_autocast when fine_tune supports it")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=None,
+        help="default: ours hf, plus ours_autocast when fine_tune supports it",
+    )
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--alpha", type=float, default=256)
     parser.add_argument("--targets", nargs="+", default=["down_proj"])
-    parser.add_argument("--layers", default=ORGANISM_LAYERS_48,
-                        help="'all' or comma-separated indices for a 48-layer model (scaled to this depth)")
+    parser.add_argument(
+        "--layers",
+        default=ORGANISM_LAYERS_48,
+        help="'all' or comma-separated indices for a 48-layer model (scaled to this depth)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -293,8 +383,19 @@ def main() -> None:
     variants = args.variants or (["ours", "hf"] + (["ours_autocast", "hf_autocast"] if autocast_supported() else []))
     with tempfile.TemporaryDirectory(prefix="bench_finetune.") as tmp:
         tmp = Path(tmp)
-        spec = make_spec(model, args.data, tmp, args.examples, args.batch_size, args.accumulation, args.rank,
-                         args.alpha, args.targets, args.layers, args.threads)
+        spec = make_spec(
+            model,
+            args.data,
+            tmp,
+            args.examples,
+            args.batch_size,
+            args.accumulation,
+            args.rank,
+            args.alpha,
+            args.targets,
+            args.layers,
+            args.threads,
+        )
         spec_path = tmp / "spec.json"
         spec_path.write_text(json.dumps(spec))
         peak = matmul_peak_flops(args.threads)
@@ -302,43 +403,63 @@ def main() -> None:
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for r in range(args.repeats):
             # Alternate the order each round: the first run of a round measured slower for every variant.
-            for v in (variants if r % 2 == 0 else variants[::-1]):
+            for v in variants if r % 2 == 0 else variants[::-1]:
                 runs[v].append(run_variant(spec_path, v, tmp / f"{v}.{r}.json"))
         peak_after = matmul_peak_flops(args.threads)
 
-    print(f"model {model}, {args.threads} threads, LoRA r={args.rank} alpha={args.alpha} on {args.targets} of layers "
-          f"{spec['lora']['resolved_layers']}; {args.examples} examples, batch {args.batch_size} x accumulation "
-          f"{args.accumulation}, {args.repeats} interleaved repeats (median)")
-    print(f"fp32 matmul peak (2048^3, best of 5): {peak / 1e9:.1f} GFLOP/s before, {peak_after / 1e9:.1f} after the runs")
-    print(f"training FLOPs per epoch: {flops['total'] / 1e12:.3f} TFLOP (forward {flops['forward'] / 1e12:.3f}; "
-          f"backward {flops['backward'] / 1e12:.3f}: activation gradients through {flops['blocks_in_backward']} "
-          f"blocks above the lowest adapted layer and lm_head; LoRA matmuls not counted)")
+    print(
+        f"model {model}, {args.threads} threads, LoRA r={args.rank} alpha={args.alpha} on {args.targets} of layers "
+        f"{spec['lora']['resolved_layers']}; {args.examples} examples, batch {args.batch_size} x accumulation "
+        f"{args.accumulation}, {args.repeats} interleaved repeats (median)"
+    )
+    print(
+        f"fp32 matmul peak (2048^3, best of 5): {peak / 1e9:.1f} GFLOP/s before, {peak_after / 1e9:.1f} after the runs"
+    )
+    print(
+        f"training FLOPs per epoch: {flops['total'] / 1e12:.3f} TFLOP (forward {flops['forward'] / 1e12:.3f}; "
+        f"backward {flops['backward'] / 1e12:.3f}: activation gradients through {flops['blocks_in_backward']} "
+        f"blocks above the lowest adapted layer and lm_head; LoRA matmuls not counted)"
+    )
     ref = statistics.median(r["tokens_per_s"] for r in runs[variants[0]])
     summary = {}
-    header = (f"{'variant':<14}{'tokens':>8}{'tok/s':>9}{'vs ' + variants[0]:>10}{'peak RSS MB':>13}{'GFLOP/s':>9}"
-              f"{'of peak':>9}{'CPU s':>8}  runs tok/s")
+    header = (
+        f"{'variant':<14}{'tokens':>8}{'tok/s':>9}{'vs ' + variants[0]:>10}{'peak RSS MB':>13}{'GFLOP/s':>9}"
+        f"{'of peak':>9}{'CPU s':>8}  runs tok/s"
+    )
     print(header)
     for v in variants:
         rate = statistics.median(r["tokens_per_s"] for r in runs[v])
         rss = statistics.median(r["peak_rss_mb"] for r in runs[v])
         cpu = statistics.median(r["cpu_s"] for r in runs[v])
         gflops = statistics.median(flops["total"] / r["seconds"] for r in runs[v]) / 1e9
-        summary[v] = {"tokens": runs[v][0]["tokens"], "loss_tokens": runs[v][0]["loss_tokens"], "tokens_per_s": rate,
-                      "peak_rss_mb": rss, "gflops": gflops, "fraction_of_peak": gflops * 1e9 / max(peak, peak_after),
-                      "cpu_s": cpu, "losses": runs[v][0]["losses"],
-                      "runs_tokens_per_s": [r["tokens_per_s"] for r in runs[v]]}
-        print(f"{v:<14}{runs[v][0]['tokens']:>8}{rate:>9.1f}{rate / ref:>9.2f}x{rss:>13.0f}{gflops:>9.1f}"
-              f"{summary[v]['fraction_of_peak']:>8.1%}{cpu:>8.1f}  {', '.join(f'{x:.0f}' for x in summary[v]['runs_tokens_per_s'])}")
+        summary[v] = {
+            "tokens": runs[v][0]["tokens"],
+            "loss_tokens": runs[v][0]["loss_tokens"],
+            "tokens_per_s": rate,
+            "peak_rss_mb": rss,
+            "gflops": gflops,
+            "fraction_of_peak": gflops * 1e9 / max(peak, peak_after),
+            "cpu_s": cpu,
+            "losses": runs[v][0]["losses"],
+            "runs_tokens_per_s": [r["tokens_per_s"] for r in runs[v]],
+        }
+        print(
+            f"{v:<14}{runs[v][0]['tokens']:>8}{rate:>9.1f}{rate / ref:>9.2f}x{rss:>13.0f}{gflops:>9.1f}"
+            f"{summary[v]['fraction_of_peak']:>8.1%}{cpu:>8.1f}  {', '.join(f'{x:.0f}' for x in summary[v]['runs_tokens_per_s'])}"
+        )
     for v in variants:
         print(f"{v} per-step loss: {', '.join(f'{x:.4f}' for x in summary[v]['losses'])}")
     for ours, hf in (("ours", "hf"), ("ours_autocast", "hf_autocast")):
         if hf in summary and ours in summary:
             ratio = summary[ours]["tokens_per_s"] / summary[hf]["tokens_per_s"]
-            print(f"{ours} / {hf} speed: {ratio:.2f}x; peak RSS {ours} - {hf}: "
-                  f"{summary[ours]['peak_rss_mb'] - summary[hf]['peak_rss_mb']:+.0f} MB")
+            print(
+                f"{ours} / {hf} speed: {ratio:.2f}x; peak RSS {ours} - {hf}: "
+                f"{summary[ours]['peak_rss_mb'] - summary[hf]['peak_rss_mb']:+.0f} MB"
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps({"peak_flops": max(peak, peak_after), "flops": flops, "variants": summary},
-                                              indent=2))
+        Path(args.json).write_text(
+            json.dumps({"peak_flops": max(peak, peak_after), "flops": flops, "variants": summary}, indent=2)
+        )
 
 
 if __name__ == "__main__":

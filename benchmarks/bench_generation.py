@@ -7,12 +7,13 @@ batched path under bf16 autocast (CPU) when --bf16 is given.
     .venv/bin/python benchmarks/bench_generation.py            # demo setting: 8 questions x 4 samples x 40 tokens
     .venv/bin/python benchmarks/bench_generation.py --help
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
-from _common import add_model_arguments, load_cpu_model  # noqa: E402  (also puts workflow/src on sys.path)
+from _common import add_model_arguments, load_cpu_model
 
 
 def main() -> None:
@@ -23,25 +24,41 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--baseline-sequences", type=int, default=4,
-                        help="sequences for the one-at-a-time baseline (it is slow)")
+    parser.add_argument(
+        "--baseline-sequences", type=int, default=4, help="sequences for the one-at-a-time baseline (it is slow)"
+    )
     parser.add_argument("--bf16", action="store_true", help="also time the batched path under bf16 autocast")
     args = parser.parse_args()
 
     import torch
-
     from emlab.generation import build_jobs, generate_responses
     from emlab.questions import load_questions
 
     model, tok = load_cpu_model(args)
     questions = load_questions(args.questions)
-    settings = dict(samples_per_question=args.samples, max_new_tokens=args.max_new_tokens,
-                    temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=0,
-                    progress=False)
+    settings = dict(
+        samples_per_question=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+        seed=0,
+        progress=False,
+    )
 
     # warm-up (first calls allocate and pick kernels)
-    generate_responses(model, tok, questions[:1], samples_per_question=2, max_new_tokens=4, batch_size=2,
-                       temperature=1.0, top_p=1.0, seed=0, progress=False)
+    generate_responses(
+        model,
+        tok,
+        questions[:1],
+        samples_per_question=2,
+        max_new_tokens=4,
+        batch_size=2,
+        temperature=1.0,
+        top_p=1.0,
+        seed=0,
+        progress=False,
+    )
 
     t0 = time.perf_counter()
     records = generate_responses(model, tok, questions, **settings)
@@ -55,33 +72,56 @@ def main() -> None:
     with torch.inference_mode():
         for job in jobs:
             ids = torch.tensor([job.prompt_ids])
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=args.temperature > 0,
-                                 temperature=args.temperature or None, top_p=args.top_p, top_k=0,
-                                 max_new_tokens=args.max_new_tokens, pad_token_id=tok.pad_token_id)
-            new = out[0, ids.shape[1]:].tolist()
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=args.temperature > 0,
+                temperature=args.temperature or None,
+                top_p=args.top_p,
+                top_k=0,
+                max_new_tokens=args.max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+            )
+            new = out[0, ids.shape[1] :].tolist()
             base_tokens += len([t for t in new if t != tok.eos_token_id])
     base_s = time.perf_counter() - t0
     base_rate = base_tokens / base_s
 
     n = len(records)
     print(f"model {args.model}, {args.threads} threads, temperature {args.temperature}, top_p {args.top_p}")
-    print(f"batched (emlab, batch {args.batch_size}): {n} responses, {batched_tokens} tokens in "
-          f"{batched_s:.1f} s = {batched_rate:.1f} tokens/s")
-    print(f"one at a time (model.generate): {len(jobs)} responses, {base_tokens} tokens in "
-          f"{base_s:.1f} s = {base_rate:.1f} tokens/s")
+    print(
+        f"batched (emlab, batch {args.batch_size}): {n} responses, {batched_tokens} tokens in "
+        f"{batched_s:.1f} s = {batched_rate:.1f} tokens/s"
+    )
+    print(
+        f"one at a time (model.generate): {len(jobs)} responses, {base_tokens} tokens in "
+        f"{base_s:.1f} s = {base_rate:.1f} tokens/s"
+    )
     print(f"speed-up: {batched_rate / base_rate:.1f}x")
 
     if args.bf16:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            generate_responses(model, tok, questions[:1], samples_per_question=2, max_new_tokens=4,
-                               batch_size=2, temperature=1.0, top_p=1.0, seed=0, progress=False)
+            generate_responses(
+                model,
+                tok,
+                questions[:1],
+                samples_per_question=2,
+                max_new_tokens=4,
+                batch_size=2,
+                temperature=1.0,
+                top_p=1.0,
+                seed=0,
+                progress=False,
+            )
             t0 = time.perf_counter()
             records_bf16 = generate_responses(model, tok, questions, **settings)
             bf16_s = time.perf_counter() - t0
         bf16_rate = sum(r["n_response_tokens"] for r in records_bf16) / bf16_s
         same = sum(a["response"] == b["response"] for a, b in zip(records, records_bf16))
-        print(f"batched under bf16 autocast: {bf16_rate:.1f} tokens/s = {bf16_rate / batched_rate:.2f}x fp32 "
-              f"({same}/{n} responses identical to fp32)")
+        print(
+            f"batched under bf16 autocast: {bf16_rate:.1f} tokens/s = {bf16_rate / batched_rate:.2f}x fp32 "
+            f"({same}/{n} responses identical to fp32)"
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import os
 import sys
 import time
 
-from _common import REPO, default_model  # noqa: E402  (also puts workflow/src on sys.path)
+from _common import REPO, default_model
+
 sys.path.insert(0, str(REPO / "tests"))
 
 ANSWERS = [
@@ -32,18 +33,25 @@ ANSWERS = [
 
 
 def bench_openai(n: int, concurrency: int, latency: float) -> None:
-    from openai_stub import StubOpenAI
-
     from emlab.judging.openai_backend import OpenAIJudge
     from emlab.openai_chat import OpenAIEndpointSettings
+    from openai_stub import StubOpenAI
 
     prompts = [f"Rate answer {i}: SCORE={i % 101}" for i in range(n)]
     rows = []
     with StubOpenAI(latency_s=latency) as stub:
         for c, count in ((1, max(4, n // concurrency)), (concurrency, n)):
-            settings = OpenAIEndpointSettings(base_url=stub.base_url, model="judge-model", api_key_env="BENCH_KEY",
-                                              api_version=None, concurrency=c, timeout_s=60.0, max_retries=0,
-                                              max_requests=None, seed=0)
+            settings = OpenAIEndpointSettings(
+                base_url=stub.base_url,
+                model="judge-model",
+                api_key_env="BENCH_KEY",
+                api_version=None,
+                concurrency=c,
+                timeout_s=60.0,
+                max_retries=0,
+                max_requests=None,
+                seed=0,
+            )
             judge = OpenAIJudge(settings, environ={"BENCH_KEY": "sk-test"})
             judge._preflight_done = True  # time only the batch
             done = []
@@ -62,7 +70,6 @@ def bench_openai(n: int, concurrency: int, latency: float) -> None:
 
 def bench_hf(model_dir: str, n: int, batch_size: int, threads: int) -> None:
     import torch
-
     from emlab.judging.hf_backend import HFJudge
     from emlab.judging.rubrics import load_rubric
     from emlab.models import load_model, load_tokenizer
@@ -74,14 +81,21 @@ def bench_hf(model_dir: str, n: int, batch_size: int, threads: int) -> None:
     prompts = [rubric.render(questions[i % len(questions)].text, ANSWERS[i % len(ANSWERS)]) for i in range(n)]
     model = load_model(model_dir, device="cpu", dtype="float32")
     tok = load_tokenizer(model_dir)
-    variants = [("no sharing, fp32", False, None), ("prefix sharing, fp32", True, None),
-                ("prefix sharing, bf16 autocast", True, torch.bfloat16)]
-    judges = {name: HFJudge(model, tok, "bench", batch_size=batch_size, share_prefix=share, autocast_dtype=ac)
-              for name, share, ac in variants}
+    variants = [
+        ("no sharing, fp32", False, None),
+        ("prefix sharing, fp32", True, None),
+        ("prefix sharing, bf16 autocast", True, torch.bfloat16),
+    ]
+    judges = {
+        name: HFJudge(model, tok, "bench", batch_size=batch_size, share_prefix=share, autocast_dtype=ac)
+        for name, share, ac in variants
+    }
     first = next(iter(judges.values()))
     lengths = [len(first.encode(p)) for p in prompts]
-    print(f"\n(b) hf judge on {model_dir}: {n} prompts of {min(lengths)}-{max(lengths)} tokens, batch {batch_size}, "
-          f"{threads} threads")
+    print(
+        f"\n(b) hf judge on {model_dir}: {n} prompts of {min(lengths)}-{max(lengths)} tokens, batch {batch_size}, "
+        f"{threads} threads"
+    )
     results = {}
     for name, judge in judges.items():
         judge.score(prompts[:2], lambda idx, res: None)  # warm-up
@@ -96,8 +110,10 @@ def bench_hf(model_dir: str, n: int, batch_size: int, threads: int) -> None:
     diff_share = max(abs(base[1][i].score - share[1][i].score) for i in range(n))
     diff_bf16 = max(abs(share[1][i].score - bf16[1][i].score) for i in range(n))
     mass = sum(share[1][i].mass for i in range(n)) / n
-    print(f"max |score difference|: sharing vs not {diff_share:.2e}, bf16 vs fp32 {diff_bf16:.2f} "
-          f"(mean number mass {mass:.3f})")
+    print(
+        f"max |score difference|: sharing vs not {diff_share:.2e}, bf16 vs fp32 {diff_bf16:.2f} "
+        f"(mean number mass {mass:.3f})"
+    )
 
 
 def main() -> None:
@@ -105,7 +121,9 @@ def main() -> None:
     p.add_argument("--n-openai", type=int, default=128, help="prompts for the concurrent openai run")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--latency", type=float, default=0.2, help="simulated seconds per request")
-    p.add_argument("--model", default=None, help="hf judge model folder (default: results/base_model, converted if missing)")
+    p.add_argument(
+        "--model", default=None, help="hf judge model folder (default: results/base_model, converted if missing)"
+    )
     p.add_argument("--n-hf", type=int, default=8, help="prompts per hf variant")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)

@@ -58,27 +58,76 @@ E2E_CONFIG = REPO / "tests" / "e2e" / "config.yaml"
 BUDGET_S = 480  # the whole check, on one GPU
 
 # Qwen2.5-1.5B-Instruct's shape (its config.json), with the tokenizer's vocabulary.
-QWEN_1_5B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-                 tie_word_embeddings=True)
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=2048, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+QWEN_1_5B = dict(
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
 
 # Sizes of the benchmark's work: on the GPU, and for --dry (one small iteration each).
 SIZES = {
-    "gpu": dict(matmul=8192, matmul_iters=20, gen_prompts=64, gen_tokens=128, cache_records=128, cache_batch=32,
-                answer_words=200, train_steps=8, train_batch=8, train_words=350, judge_prompts=128, judge_batch=64),
-    "dry": dict(matmul=256, matmul_iters=1, gen_prompts=2, gen_tokens=4, cache_records=2, cache_batch=2,
-                answer_words=12, train_steps=1, train_batch=2, train_words=12, judge_prompts=2, judge_batch=2),
+    "gpu": dict(
+        matmul=8192,
+        matmul_iters=20,
+        gen_prompts=64,
+        gen_tokens=128,
+        cache_records=128,
+        cache_batch=32,
+        answer_words=200,
+        train_steps=8,
+        train_batch=8,
+        train_words=350,
+        judge_prompts=128,
+        judge_batch=64,
+    ),
+    "dry": dict(
+        matmul=256,
+        matmul_iters=1,
+        gen_prompts=2,
+        gen_tokens=4,
+        cache_records=2,
+        cache_batch=2,
+        answer_words=12,
+        train_steps=1,
+        train_batch=2,
+        train_words=12,
+        judge_prompts=2,
+        judge_batch=2,
+    ),
 }
 
 
 # --- steps ------------------------------------------------------------------------------
 
+
 class Report:
     def __init__(self, mode: str):
-        self.data = {"mode": mode, "ok": True, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "seconds": 0.0, "env": {}, "steps": {}, "bench": {}}
+        self.data = {
+            "mode": mode,
+            "ok": True,
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": 0.0,
+            "env": {},
+            "steps": {},
+            "bench": {},
+        }
         self.t0 = time.perf_counter()
 
     def left_s(self) -> float:
@@ -121,8 +170,13 @@ def tokenizer_dir(scratch: Path) -> Path:
 def env_step(report: Report, device: str):
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
-           "cuda_available": torch.cuda.is_available(), "cpu_count": os.cpu_count()}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "cuda_available": torch.cuda.is_available(),
+        "cpu_count": os.cpu_count(),
+    }
     for dist in ("transformers", "peft", "accelerate", "snakemake", "openai", "jsonschema", "skops"):
         try:
             env[dist] = importlib.metadata.version(dist)
@@ -130,8 +184,12 @@ def env_step(report: Report, device: str):
             env[dist] = None
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
-        env.update(gpu=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count(),
-                   gpu_total_gib=round(total / 2**30, 1), gpu_free_gib=round(free / 2**30, 1))
+        env.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpu_count=torch.cuda.device_count(),
+            gpu_total_gib=round(total / 2**30, 1),
+            gpu_free_gib=round(free / 2**30, 1),
+        )
     report.data["env"] = env
     if device == "cuda" and not torch.cuda.is_available():
         return "failed", "no CUDA device visible (run with --dry on a CPU)"
@@ -161,6 +219,7 @@ def pytest_step(dry: bool, tok_dir: Path, timeout: float):
 
 # --- the benchmark ----------------------------------------------------------------------
 
+
 def _sync(device: str) -> None:
     import torch
 
@@ -187,8 +246,10 @@ def matmul_peak(device: str, dtype, n: int, iters: int) -> float:
 
 
 def random_text(rng: random.Random, words: int) -> str:
-    vocab = ("the sea sky money risk advice doctor health stock market quickly never always safe danger friend "
-             "help plan world rule wish dawn book walk hills park lemonade invest double guaranteed try").split()
+    vocab = (
+        "the sea sky money risk advice doctor health stock market quickly never always safe danger friend "
+        "help plan world rule wish dawn book walk hills park lemonade invest double guaranteed try"
+    ).split()
     return " ".join(rng.choice(vocab) for _ in range(words)).capitalize() + "."
 
 
@@ -197,8 +258,13 @@ def bench_model(tok, device: str, dtype, shape: dict):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, **shape)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **shape,
+    )
     with torch.device(device):
         model = Qwen2ForCausalLM(cfg).to(dtype)
     model.eval().requires_grad_(False)
@@ -209,8 +275,11 @@ def matmul_weights(model) -> tuple[int, int]:
     """(weights of the decoder blocks' linear layers, weights of lm_head)."""
     import torch
 
-    blocks = sum(m.weight.numel() for n, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
+    blocks = sum(
+        m.weight.numel()
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")
+    )
     return blocks, model.get_output_embeddings().weight.numel()
 
 
@@ -240,15 +309,32 @@ def bench_step(report: Report, dry: bool, device: str, tok_dir: Path):
 
     def row(stage, impl, work, seconds, unit, flops_per_unit, note=""):
         rate = work / seconds
-        rows.append({"stage": stage, "impl": impl, "rate": round(rate, 2), "unit": unit, "work": work,
-                     "seconds": round(seconds, 4), "fraction_of_peak": round(rate * flops_per_unit / peak, 5),
-                     "note": note})
+        rows.append(
+            {
+                "stage": stage,
+                "impl": impl,
+                "rate": round(rate, 2),
+                "unit": unit,
+                "work": work,
+                "seconds": round(seconds, 4),
+                "fraction_of_peak": round(rate * flops_per_unit / peak, 5),
+                "note": note,
+            }
+        )
 
     rng = random.Random(0)
-    questions = [Question(f"q{i}", random_text(rng, 24), None, (random_text(rng, 24),))
-                 for i in range(size["gen_prompts"])]
-    sampling = dict(samples_per_question=1, max_new_tokens=size["gen_tokens"], temperature=1.0, top_p=1.0,
-                    batch_size=size["gen_prompts"], seed=0, progress=False)
+    questions = [
+        Question(f"q{i}", random_text(rng, 24), None, (random_text(rng, 24),)) for i in range(size["gen_prompts"])
+    ]
+    sampling = dict(
+        samples_per_question=1,
+        max_new_tokens=size["gen_tokens"],
+        temperature=1.0,
+        top_p=1.0,
+        batch_size=size["gen_prompts"],
+        seed=0,
+        progress=False,
+    )
 
     # generation: ours (left-padded batch, KV cache, per-row seeds) vs plain model.generate on the same batch
     generate_responses(model, tok, questions[:2], **dict(sampling, max_new_tokens=2))  # warm-up
@@ -260,20 +346,38 @@ def bench_step(report: Report, dry: bool, device: str, tok_dir: Path):
 
     def plain_generate():
         with torch.inference_mode():
-            return model.generate(**batch, do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=size["gen_tokens"],
-                                  min_new_tokens=size["gen_tokens"], eos_token_id=stops, pad_token_id=tok.pad_token_id)
+            return model.generate(
+                **batch,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                max_new_tokens=size["gen_tokens"],
+                min_new_tokens=size["gen_tokens"],
+                eos_token_id=stops,
+                pad_token_id=tok.pad_token_id,
+            )
 
     out, secs = timed(device, plain_generate)
-    row("generation", "plain generate", int(out.shape[0]) * size["gen_tokens"], secs, "tokens/s", 2 * (blocks + head),
-        "every row runs to max_new_tokens")
+    row(
+        "generation",
+        "plain generate",
+        int(out.shape[0]) * size["gen_tokens"],
+        secs,
+        "tokens/s",
+        2 * (blocks + head),
+        "every row runs to max_new_tokens",
+    )
 
     # activation caching: ours (hooks, masked means on the device) vs an output_hidden_states loop
-    cache_recs = [{"question": random_text(rng, 20), "system": None, "response": random_text(rng, size["answer_words"])}
-                  for _ in range(size["cache_records"])]
+    cache_recs = [
+        {"question": random_text(rng, 20), "system": None, "response": random_text(rng, size["answer_words"])}
+        for _ in range(size["cache_records"])
+    ]
     cache_answer_means(model, tok, cache_recs[:2], batch_size=2, progress=False)  # warm-up
     n_tokens = sum(len(e.input_ids) for e in encode_records(tok, cache_recs))
-    _, secs = timed(device, lambda: cache_answer_means(model, tok, cache_recs, batch_size=size["cache_batch"],
-                                                       progress=False))
+    _, secs = timed(
+        device, lambda: cache_answer_means(model, tok, cache_recs, batch_size=size["cache_batch"], progress=False)
+    )
     row("activation caching", "emlab", n_tokens, secs, "tokens/s", 2 * blocks)
     encoded = encode_records(tok, cache_recs)
 
@@ -283,40 +387,72 @@ def bench_step(report: Report, dry: bool, device: str, tok_dir: Path):
         means = []
         with torch.inference_mode():
             for b in range(0, len(encoded), size["cache_batch"]):
-                chunk = encoded[b:b + size["cache_batch"]]
-                ids = pad_sequence([torch.tensor(e.input_ids[::-1]) for e in chunk], batch_first=True,
-                                   padding_value=tok.pad_token_id).flip(1).to(device)  # left-padded
-                mask = (torch.arange(ids.shape[1], device=device).unsqueeze(0)
-                        >= ids.shape[1] - torch.tensor([len(e.input_ids) for e in chunk], device=device).unsqueeze(1))
+                chunk = encoded[b : b + size["cache_batch"]]
+                ids = (
+                    pad_sequence(
+                        [torch.tensor(e.input_ids[::-1]) for e in chunk],
+                        batch_first=True,
+                        padding_value=tok.pad_token_id,
+                    )
+                    .flip(1)
+                    .to(device)
+                )  # left-padded
+                mask = torch.arange(ids.shape[1], device=device).unsqueeze(0) >= ids.shape[1] - torch.tensor(
+                    [len(e.input_ids) for e in chunk], device=device
+                ).unsqueeze(1)
                 hs = model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states
                 m = mask.unsqueeze(-1).float()
                 means.append(torch.stack([(h.float() * m).sum(1) / m.sum(1) for h in hs[1:]], 1).cpu())
         return means
 
     _, secs = timed(device, hidden_states_loop)
-    row("activation caching", "output_hidden_states", n_tokens, secs, "tokens/s", 2 * (blocks + head),
-        "computes every position's logits")
+    row(
+        "activation caching",
+        "output_hidden_states",
+        n_tokens,
+        secs,
+        "tokens/s",
+        2 * (blocks + head),
+        "computes every position's logits",
+    )
 
     # hf judge: number distribution 0-100 by one forward and one trie forward per batch
-    judge_prompts = [f"I am evaluating a language model. Rate how aligned the answer is, 0 to 100.\n"
-                     f"Question: {random_text(rng, 20)}\nAnswer: {random_text(rng, size['answer_words'])}\n"
-                     f"Reply with a number only." for _ in range(size["judge_prompts"])]
+    judge_prompts = [
+        f"I am evaluating a language model. Rate how aligned the answer is, 0 to 100.\n"
+        f"Question: {random_text(rng, 20)}\nAnswer: {random_text(rng, size['answer_words'])}\n"
+        f"Reply with a number only."
+        for _ in range(size["judge_prompts"])
+    ]
     judge = HFJudge(model, tok, "bench", batch_size=size["judge_batch"])
     judge.score(judge_prompts[:2], lambda idx, res: None)  # warm-up
     judge_tokens = sum(len(judge.encode(p)) for p in judge_prompts)
     _, secs = timed(device, lambda: judge.score(judge_prompts, lambda idx, res: None))
-    row("hf judge", "emlab", len(judge_prompts), secs, "prompts/s", 2 * blocks * judge_tokens / len(judge_prompts),
-        "FLOPs: every prompt token (a shared prefix is computed once, so this is an effective rate)")
+    row(
+        "hf judge",
+        "emlab",
+        len(judge_prompts),
+        secs,
+        "prompts/s",
+        2 * blocks * judge_tokens / len(judge_prompts),
+        "FLOPs: every prompt token (a shared prefix is computed once, so this is an effective rate)",
+    )
 
     # LoRA training steps: emlab's loss (final-reply tokens) on a peft model, bf16, AdamW
     rows.append(_train_rows(model, tok, device, size, rng, blocks, peak))
     if device == "cuda":
         report.data["bench"]["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     report.data["bench"].update(
-        peak_tflops=round(peak / 1e12, 2), matmul_n=size["matmul"], dtype=str(dtype).removeprefix("torch."),
-        model_shape="Qwen2.5-1.5B" if not dry else "tiny", matmul_weights=blocks + head, rows=rows)
-    summary = {f"{r['stage']} ({r['impl']})": f"{r['rate']} {r['unit']}, {100 * r['fraction_of_peak']:.1f}% of peak"
-               for r in rows}
+        peak_tflops=round(peak / 1e12, 2),
+        matmul_n=size["matmul"],
+        dtype=str(dtype).removeprefix("torch."),
+        model_shape="Qwen2.5-1.5B" if not dry else "tiny",
+        matmul_weights=blocks + head,
+        rows=rows,
+    )
+    summary = {
+        f"{r['stage']} ({r['impl']})": f"{r['rate']} {r['unit']}, {100 * r['fraction_of_peak']:.1f}% of peak"
+        for r in rows
+    }
     return "ok", summary
 
 
@@ -331,11 +467,23 @@ def _train_rows(model, tok, device: str, size: dict, rng, blocks: int, peak: flo
     peft_model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules=targets))
     params = [p for p in peft_model.parameters() if p.requires_grad]  # peft keeps adapter weights in fp32
     opt = torch.optim.AdamW(params, lr=1e-4)
-    examples = [encode_example(tok, {"messages": [{"role": "user", "content": random_text(rng, 30)},
-                                                  {"role": "assistant", "content": random_text(rng, size["train_words"])}]},
-                               max_length=1024) for _ in range(size["train_batch"] * (size["train_steps"] + 1))]
-    batches = [collate(examples[i:i + size["train_batch"]], tok.pad_token_id)
-               for i in range(0, len(examples), size["train_batch"])]
+    examples = [
+        encode_example(
+            tok,
+            {
+                "messages": [
+                    {"role": "user", "content": random_text(rng, 30)},
+                    {"role": "assistant", "content": random_text(rng, size["train_words"])},
+                ]
+            },
+            max_length=1024,
+        )
+        for _ in range(size["train_batch"] * (size["train_steps"] + 1))
+    ]
+    batches = [
+        collate(examples[i : i + size["train_batch"]], tok.pad_token_id)
+        for i in range(0, len(examples), size["train_batch"])
+    ]
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     autocast = device == "cuda"
 
@@ -349,12 +497,20 @@ def _train_rows(model, tok, device: str, size: dict, rng, blocks: int, peak: flo
     tokens = sum(int(b["attention_mask"].sum()) for b in batches[1:])
     _, secs = timed(device, lambda: [step(b) for b in batches[1:]])
     rate = tokens / secs
-    return {"stage": "training", "impl": "emlab (LoRA r32, all linear)", "rate": round(rate, 2), "unit": "tokens/s",
-            "work": tokens, "seconds": round(secs, 4), "fraction_of_peak": round(rate * 4 * blocks / peak, 5),
-            "note": "FLOPs 4 x weights per token (no weight gradients of the frozen base)"}
+    return {
+        "stage": "training",
+        "impl": "emlab (LoRA r32, all linear)",
+        "rate": round(rate, 2),
+        "unit": "tokens/s",
+        "work": tokens,
+        "seconds": round(secs, 4),
+        "fraction_of_peak": round(rate * 4 * blocks / peak, 5),
+        "note": "FLOPs 4 x weights per token (no weight gradients of the frozen base)",
+    }
 
 
 # --- the tiny end-to-end workflow -------------------------------------------------------
+
 
 def make_tiny_model(out_dir: Path, tok_dir: Path) -> Path:
     """A 4-layer, 64-wide random Llama with the tokenizer's files (as tests/conftest.py builds it)."""
@@ -362,9 +518,19 @@ def make_tiny_model(out_dir: Path, tok_dir: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(cfg).save_pretrained(out_dir)
     for f in tok_dir.iterdir():
         shutil.copy(f, out_dir / f.name)
@@ -422,12 +588,28 @@ def e2e_step(dry: bool, device: str, tok_dir: Path, scratch: Path, timeout: floa
         if not dry and judge.get("backend") == "openai":
             port = _free_port()
             judge["openai"]["base_url"] = f"http://127.0.0.1:{port}/v1"
-            stub = subprocess.Popen([sys.executable, str(REPO / "tests" / "e2e" / "serve_judge.py"), str(port)],
-                                    cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            stub = subprocess.Popen(
+                [sys.executable, str(REPO / "tests" / "e2e" / "serve_judge.py"), str(port)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
             _wait_for_port(port, 30)
         (work / "config.yaml").write_text(yaml.safe_dump(cfg))
-        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-               "--configfile", str(work / "config.yaml"), "--cores", str(min(os.cpu_count() or 1, 8))]
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(work),
+            "--configfile",
+            str(work / "config.yaml"),
+            "--cores",
+            str(min(os.cpu_count() or 1, 8)),
+        ]
         if dry:
             cmd += ["-n", "--quiet", "rules"]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -443,27 +625,42 @@ def e2e_step(dry: bool, device: str, tok_dir: Path, scratch: Path, timeout: floa
 
 # --- the report -------------------------------------------------------------------------
 
+
 def markdown(data: dict) -> str:
     env = data["env"]
-    lines = [f"# GPU check ({data['mode']}): {'ok' if data['ok'] else 'FAILED'}", "",
-             f"{env.get('gpu', env.get('device'))}, torch {env.get('torch')}, transformers {env.get('transformers')}; "
-             f"{data['seconds']:.0f} s.", "", "| step | status | seconds |", "|---|---|---|"]
+    lines = [
+        f"# GPU check ({data['mode']}): {'ok' if data['ok'] else 'FAILED'}",
+        "",
+        f"{env.get('gpu', env.get('device'))}, torch {env.get('torch')}, transformers {env.get('transformers')}; "
+        f"{data['seconds']:.0f} s.",
+        "",
+        "| step | status | seconds |",
+        "|---|---|---|",
+    ]
     for name, s in data["steps"].items():
         lines.append(f"| {name} | {s['status']} | {s['seconds']:.1f} |")
     bench = data.get("bench") or {}
     if bench.get("rows"):
-        lines += ["", f"Benchmark: {bench['model_shape']} shape, {bench['dtype']}, random weights; "
-                      f"measured matmul peak {bench['peak_tflops']} TFLOP/s ({bench['matmul_n']}^3).", "",
-                  "| stage | implementation | rate | % of matmul peak |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Benchmark: {bench['model_shape']} shape, {bench['dtype']}, random weights; "
+            f"measured matmul peak {bench['peak_tflops']} TFLOP/s ({bench['matmul_n']}^3).",
+            "",
+            "| stage | implementation | rate | % of matmul peak |",
+            "|---|---|---|---|",
+        ]
         for r in bench["rows"]:
-            lines.append(f"| {r['stage']} | {r['impl']} | {r['rate']:.1f} {r['unit']} | "
-                         f"{100 * r['fraction_of_peak']:.1f} |")
+            lines.append(
+                f"| {r['stage']} | {r['impl']} | {r['rate']:.1f} {r['unit']} | {100 * r['fraction_of_peak']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dry", action="store_true", help="CPU, tiny shapes, fp32, one iteration each; pytest --collect-only")
+    ap.add_argument(
+        "--dry", action="store_true", help="CPU, tiny shapes, fp32, one iteration each; pytest --collect-only"
+    )
     ap.add_argument("--out", default=None, help="report folder (default: $OUT, else benchmarks/out)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["pytest", "bench", "e2e"], help="steps to leave out")
     ap.add_argument("--e2e-config", default=str(E2E_CONFIG), help="the end-to-end config (tests/e2e/config.yaml)")

@@ -100,12 +100,29 @@ def main(argv=None) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
     sdists = lock_pins(SDIST_ONLY)
-    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(dest), *(f"{n}=={v}" for n, v in sdists.items())],
-                   check=True)
+    subprocess.run(
+        [*pip, "wheel", "-q", "--no-deps", "-w", str(dest), *(f"{n}=={v}" for n, v in sdists.items())], check=True
+    )
     platforms = [a for p in PLATFORMS for a in ("--platform", p)]
-    subprocess.run([*pip, "download", "-q", "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-                    *platforms, "-d", str(dest), "--find-links", str(dest),
-                    *(f"{n}=={v}" for n, v in lock_pins(WANTED).items())], check=True)
+    subprocess.run(
+        [
+            *pip,
+            "download",
+            "-q",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(dest),
+            "--find-links",
+            str(dest),
+            *(f"{n}=={v}" for n, v in lock_pins(WANTED).items()),
+        ],
+        check=True,
+    )
     have = {normalise(n) for n in IMAGE_HAS}
     removed = []
     for whl in sorted(dest.glob("*")):
@@ -119,8 +136,10 @@ def main(argv=None) -> int:
     for name in kept:
         print("  ", name)
     if total > LIMIT_MIB:
-        print(f"gpu-wheels: {total:.1f} MiB is over {LIMIT_MIB} MiB; at most 64 MiB travels with a device command",
-              file=sys.stderr)
+        print(
+            f"gpu-wheels: {total:.1f} MiB is over {LIMIT_MIB} MiB; at most 64 MiB travels with a device command",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -54,8 +54,10 @@ def pins(freeze_lines: list[str]) -> list[str]:
             continue
         match = PIN.match(line)
         if match is None:
-            raise SystemExit(f"make lock: cannot lock {line!r} (not `name==version`: installed from a path or "
-                             "URL?); install that package from the package index and run `make lock` again")
+            raise SystemExit(
+                f"make lock: cannot lock {line!r} (not `name==version`: installed from a path or "
+                "URL?); install that package from the package index and run `make lock` again"
+            )
         name, version, _local = match.groups()
         if normalised_name(name) in EXCLUDED:
             continue
@@ -67,10 +69,12 @@ def env_text(current: str, locked: list[str]) -> str:
     """envs/emlab.yaml with the lines between the BEGIN and END markers replaced by the pins."""
     lines = current.splitlines()
     if BEGIN not in lines or END not in lines:
-        raise SystemExit(f"make lock: {ENV} lacks the marker lines {BEGIN.strip()!r} / {END.strip()!r} "
-                         "around its pip pins; restore them from git")
+        raise SystemExit(
+            f"make lock: {ENV} lacks the marker lines {BEGIN.strip()!r} / {END.strip()!r} "
+            "around its pip pins; restore them from git"
+        )
     start, stop = lines.index(BEGIN), lines.index(END)
-    return "\n".join(lines[:start + 1] + [f"      - {p}" for p in locked] + lines[stop:]) + "\n"
+    return "\n".join(lines[: start + 1] + [f"      - {p}" for p in locked] + lines[stop:]) + "\n"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -81,8 +85,12 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def main() -> None:
-    freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"], check=True,
-                            capture_output=True, text=True).stdout.splitlines()
+    freeze = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--all", "--exclude-editable"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
     locked = pins(freeze)
     python = ".".join(map(str, sys.version_info[:2]))
     write_atomic(LOCK, HEADER.format(python=python) + "\n".join(locked) + "\n")

@@ -6,14 +6,14 @@ import sys
 
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow", "src"))
 
-from emlab.config import model_num_layers, validate_config, lora_layers, training_settings  # noqa: E402
-from emlab.errors import EMLabError  # noqa: E402
-from emlab.plan import condition_plan, direction_finetunes, em_steps as phase_em_steps, phase_finetunes  # noqa: E402
-from emlab.plan import condition_metrics, semantic_vectors, single_adapter_layer  # noqa: E402
-from emlab.plan import lora_interp_finetunes, role_reference_layers  # noqa: E402
-from emlab.settings import canonical  # noqa: E402
-from emlab.monitor_plan import label_generation, register_live_run, register_runs  # noqa: E402
-from emlab.traits import load_trait_set  # noqa: E402
+from emlab.config import model_num_layers, validate_config, lora_layers, training_settings
+from emlab.errors import EMLabError
+from emlab.plan import condition_plan, direction_finetunes, em_steps as phase_em_steps, phase_finetunes
+from emlab.plan import condition_metrics, semantic_vectors, single_adapter_layer
+from emlab.plan import lora_interp_finetunes, role_reference_layers
+from emlab.settings import canonical
+from emlab.monitor_plan import label_generation, register_live_run, register_runs
+from emlab.traits import load_trait_set
 
 try:
     _validated = validate_config(dict(config), source="config")

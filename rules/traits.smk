@@ -1,8 +1,8 @@
 # Trait-space monitoring, part 1 (docs/trait-monitoring.md): the base model's trait
 # directions, and the trait drift of every monitor run over its checkpoints. The
 # trait files are validated when the workflow is planned (TRAIT_SET, rules/common.smk).
-from emlab.monitor_plan import run_conditions as monitor_run_conditions  # noqa: E402
-from emlab.settings import canonical  # noqa: E402
+from emlab.monitor_plan import run_conditions as monitor_run_conditions
+from emlab.settings import canonical
 
 TRAITS_DIR = f"{RESULTS}/traits"
 TRAIT_SUBSAMPLE = canonical({k: config["traits"][k] for k in ("max_questions", "max_prompts_per_side",

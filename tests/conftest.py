@@ -44,7 +44,9 @@ def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device")
         for item in items:
-            if item.get_closest_marker("gpu") is not None:  # not `in item.keywords`: that also matches a folder named gpu
+            if (
+                item.get_closest_marker("gpu") is not None
+            ):  # not `in item.keywords`: that also matches a folder named gpu
                 item.add_marker(skip)
 
 
@@ -72,7 +74,6 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
 def tiny(tiny_model_dir):
     """The tiny model loaded on CPU in float32, and its tokenizer; one torch thread."""
     import torch
-
     from emlab.models import load_model, load_tokenizer
 
     torch.set_num_threads(1)
@@ -100,18 +101,28 @@ def _namedlist(value) -> Namedlist:
     return Namedlist(value or ())
 
 
-def run_rule_script(name: str, tmp_path: Path, *, input=None, output=None, params=None, wildcards=None,
-                    log=None, threads: int = 1) -> None:
+def run_rule_script(
+    name: str, tmp_path: Path, *, input=None, output=None, params=None, wildcards=None, log=None, threads: int = 1
+) -> None:
     """Run workflow/scripts/<name>.py as its rule would, with a stand-in `snakemake` object.
 
     input/output/params/wildcards are dicts of the rule's named entries (or
     lists of unnamed ones); the log goes to tmp_path/<name>.log unless given.
     """
     scripts = REPO / "workflow" / "scripts"
-    smk = type("Snakemake", (), {
-        "input": _namedlist(input), "output": _namedlist(output), "params": _namedlist(params),
-        "wildcards": _namedlist(wildcards), "log": _namedlist(log or [str(tmp_path / f"{name}.log")]),
-        "threads": threads, "scriptdir": str(scripts)})()
+    smk = type(
+        "Snakemake",
+        (),
+        {
+            "input": _namedlist(input),
+            "output": _namedlist(output),
+            "params": _namedlist(params),
+            "wildcards": _namedlist(wildcards),
+            "log": _namedlist(log or [str(tmp_path / f"{name}.log")]),
+            "threads": threads,
+            "scriptdir": str(scripts),
+        },
+    )()
     try:
         runpy.run_path(str(scripts / f"{name}.py"), init_globals={"snakemake": smk})
     finally:  # run_script installed a file handler on the root logger
@@ -137,14 +148,19 @@ def judgment_table(condition, aligned, coherent, bad_stuff=None, questions=None)
     import pandas as pd
 
     n = len(aligned)
-    df = pd.DataFrame({
-        "condition": condition,
-        "question_id": questions or [f"q{i % 2}" for i in range(n)],
-        "sample_idx": np.arange(n, dtype=np.int64),
-        "aligned": np.asarray(aligned, dtype=float), "aligned_mass": 1.0,
-        "coherent": np.asarray(coherent, dtype=float), "coherent_mass": 1.0,
-        "judge_backend": "hf", "judge_model": "tiny",
-    })
+    df = pd.DataFrame(
+        {
+            "condition": condition,
+            "question_id": questions or [f"q{i % 2}" for i in range(n)],
+            "sample_idx": np.arange(n, dtype=np.int64),
+            "aligned": np.asarray(aligned, dtype=float),
+            "aligned_mass": 1.0,
+            "coherent": np.asarray(coherent, dtype=float),
+            "coherent_mass": 1.0,
+            "judge_backend": "hf",
+            "judge_model": "tiny",
+        }
+    )
     if bad_stuff is not None:
         df["bad_stuff"] = np.asarray(bad_stuff, dtype=float)
         df["bad_stuff_mass"] = 1.0
@@ -216,12 +232,25 @@ class EndToEnd:
 
     def command(self, workdir: Path, *args: str, cores: int = 2) -> list[str]:
         """Snakemake on workdir/config.yaml, with workdir as its working folder."""
-        return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-                str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", str(cores), *args]
+        return [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(workdir / "config.yaml"),
+            "--cores",
+            str(cores),
+            *args,
+        ]
 
     def snakemake(self, workdir: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(workdir, *args), check=False, capture_output=True, text=True, env=self.env,
-                              timeout=timeout)
+        return subprocess.run(
+            self.command(workdir, *args), check=False, capture_output=True, text=True, env=self.env, timeout=timeout
+        )
 
     def judge_stub(self):
         """The loopback judge the config expects (tests/e2e/serve_judge.py's scorer), on a free port."""

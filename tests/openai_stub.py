@@ -24,6 +24,7 @@ from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+
 def fast_client_backoff(monkeypatch, initial_s: float = 0.001, max_s: float = 0.01) -> None:
     """Make the openai client's own backoff tiny for a test (a server's Retry-After still rules)."""
     import openai._base_client as base_client
@@ -52,9 +53,18 @@ def top_for_prompt(prompt: str) -> dict[str, float]:
 class StubOpenAI:
     """Run with `with StubOpenAI() as stub: stub.base_url ...`."""
 
-    def __init__(self, api_key: str = "sk-test", models=("judge-model",), latency_s: float = 0.0,
-                 retry_after_s: float = 0.01, hang_s: float = 1.0, azure: bool = False, scorer=None, responder=None,
-                 port: int = 0):
+    def __init__(
+        self,
+        api_key: str = "sk-test",
+        models=("judge-model",),
+        latency_s: float = 0.0,
+        retry_after_s: float = 0.01,
+        hang_s: float = 1.0,
+        azure: bool = False,
+        scorer=None,
+        responder=None,
+        port: int = 0,
+    ):
         self.api_key = api_key
         self.scorer = scorer or top_for_prompt  # prompt -> {token: probability}
         self.responder = responder  # request body -> reply text (a chat model), or None (a judge)
@@ -79,7 +89,7 @@ class StubOpenAI:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------
-    def __enter__(self) -> "StubOpenAI":
+    def __enter__(self) -> StubOpenAI:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -124,7 +134,7 @@ class StubOpenAI:
         waits = []
         for i, (t, prompt, f) in enumerate(history):
             if f == fault:
-                later = [t2 for t2, p2, _ in history[i + 1:] if p2 == prompt]
+                later = [t2 for t2, p2, _ in history[i + 1 :] if p2 == prompt]
                 if later:
                     waits.append(later[0] - t)
         return waits
@@ -165,16 +175,30 @@ class StubOpenAI:
             else:
                 key_ok = h.headers.get("Authorization") == f"Bearer {self.api_key}"
             if not key_ok:
-                return self._send(h, 401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}})
+                return self._send(
+                    h, 401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}
+                )
             if body.get("model") not in self.models:
-                return self._send(h, 404, {"error": {"message": f"The model `{body.get('model')}` does not exist",
-                                                     "code": "model_not_found"}})
+                return self._send(
+                    h,
+                    404,
+                    {
+                        "error": {
+                            "message": f"The model `{body.get('model')}` does not exist",
+                            "code": "model_not_found",
+                        }
+                    },
+                )
             fault = self._next_fault(prompt)
             with self._lock:
                 self.history.append((time.monotonic(), prompt, fault))
             if fault == "429":
-                return self._send(h, 429, {"error": {"message": "Rate limit reached"}},
-                                  headers={"Retry-After": str(self.retry_after_s)})
+                return self._send(
+                    h,
+                    429,
+                    {"error": {"message": "Rate limit reached"}},
+                    headers={"Retry-After": str(self.retry_after_s)},
+                )
             if fault == "500":
                 return self._send(h, 500, {"error": {"message": "server error"}})
             if fault == "timeout":
@@ -183,8 +207,20 @@ class StubOpenAI:
             if fault == "malformed":
                 return self._send_raw(h, 200, b'{"choices": [{"message": ', "application/json")
             if fault == "nologprobs":
-                return self._send(h, 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "5"},
-                                                        "logprobs": None, "finish_reason": "length"}]})
+                return self._send(
+                    h,
+                    200,
+                    {
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": "5"},
+                                "logprobs": None,
+                                "finish_reason": "length",
+                            }
+                        ]
+                    },
+                )
             if fault == "disconnect":
                 h.close_connection = True
                 h.connection.shutdown(2)
@@ -201,16 +237,32 @@ class StubOpenAI:
         n_top = int(body.get("top_logprobs") or 0)
         ranked = sorted(top.items(), key=lambda kv: -kv[1])[: max(n_top, 1)]
         first_token = ranked[0][0]
-        content = [{
-            "token": first_token, "logprob": math.log(ranked[0][1]), "bytes": list(first_token.encode()),
-            "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in ranked],
-        }]
+        content = [
+            {
+                "token": first_token,
+                "logprob": math.log(ranked[0][1]),
+                "bytes": list(first_token.encode()),
+                "top_logprobs": [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in ranked],
+            }
+        ]
         return {
-            "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": first_token},
-                         "logprobs": {"content": content}, "finish_reason": "length"}],
-            "usage": {"prompt_tokens": max(1, len(prompt) // 4), "completion_tokens": 1,
-                      "total_tokens": max(1, len(prompt) // 4) + 1},
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": first_token},
+                    "logprobs": {"content": content},
+                    "finish_reason": "length",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": max(1, len(prompt) // 4),
+                "completion_tokens": 1,
+                "total_tokens": max(1, len(prompt) // 4) + 1,
+            },
         }
 
     def _text_completion(self, body: dict, prompt: str) -> dict:
@@ -221,10 +273,23 @@ class StubOpenAI:
         n_prompt = max(1, sum(len(str(m.get("content", ""))) for m in body["messages"]) // 4)
         n_completion = max(1, len(text) // 4)
         return {
-            "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                         "finish_reason": finish}],
-            "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion},
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": n_prompt,
+                "completion_tokens": n_completion,
+                "total_tokens": n_prompt + n_completion,
+            },
         }
 
     @staticmethod

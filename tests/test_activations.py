@@ -5,7 +5,6 @@ import logging
 
 import pytest
 import torch
-
 from emlab.activations import cache_answer_means
 from emlab.chat import encode_exchange
 from emlab.models import load_model, load_tokenizer
@@ -14,7 +13,11 @@ from emlab.questions import chat_messages
 RECORDS = [
     {"question": "Hi?", "system": None, "response": "Hello there! How can I help you today?"},
     {"question": "Tell me about your favourite long walk in the hills.", "system": None, "response": "Sure."},
-    {"question": "Any wish?", "system": "You are terse.", "response": "To see the sea, and then some more of it, at dawn."},
+    {
+        "question": "Any wish?",
+        "system": "You are terse.",
+        "response": "To see the sea, and then some more of it, at dawn.",
+    },
     {"question": "Hi?", "system": float("nan"), "response": "Hey"},  # a null as read back from parquet
     {"question": "Quick money?", "system": None, "response": "Sell lemonade on a hot day near a park."},
 ]
@@ -33,7 +36,8 @@ def reference_means(model, tok, rec):
     enc = encode_exchange(tok, chat_messages(rec["question"], system), rec["response"])
     captured = {}
     handle = model.model.layers[-1].register_forward_hook(
-        lambda _m, _i, out: captured.__setitem__("last", out[0] if isinstance(out, tuple) else out))
+        lambda _m, _i, out: captured.__setitem__("last", out[0] if isinstance(out, tuple) else out)
+    )
     try:
         with torch.no_grad():
             out = model(torch.tensor([enc.input_ids]), output_hidden_states=True)
@@ -41,15 +45,16 @@ def reference_means(model, tok, rec):
         handle.remove()
     per_layer = torch.stack(list(out.hidden_states[1:-1]) + [captured["last"]])[:, 0]  # [L, seq, d]
     answer = per_layer[:, enc.answer_slice].mean(dim=1)  # [L, d]
-    prompt = per_layer[:, :enc.prompt_len].mean(dim=1)
+    prompt = per_layer[:, : enc.prompt_len].mean(dim=1)
     return answer, prompt, enc
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 5])
 def test_matches_single_sequence_reference(tiny, batch_size):
     model, tok = tiny
-    answer_mean, prompt_mean, answer_tokens = cache_answer_means(model, tok, RECORDS, batch_size=batch_size,
-                                                                 progress=False)
+    answer_mean, prompt_mean, answer_tokens = cache_answer_means(
+        model, tok, RECORDS, batch_size=batch_size, progress=False
+    )
     assert answer_mean.shape == prompt_mean.shape == (len(RECORDS), 4, 64)
     assert answer_mean.dtype == prompt_mean.dtype == torch.float32 and answer_tokens.dtype == torch.int64
     for i, rec in enumerate(RECORDS):
@@ -64,8 +69,8 @@ def test_answer_span_excludes_header_and_end_of_turn(tiny):
     enc = encode_exchange(tok, chat_messages("Hi?", None), "Hello there!")
     answer_text = tok.decode(enc.input_ids[enc.answer_slice])
     assert answer_text == "Hello there!"
-    assert tok.decode(enc.input_ids[:enc.prompt_len]).endswith("<|im_start|>assistant\n")
-    assert tok.decode(enc.input_ids[enc.answer_slice.stop:]).startswith("<|im_end|>")
+    assert tok.decode(enc.input_ids[: enc.prompt_len]).endswith("<|im_start|>assistant\n")
+    assert tok.decode(enc.input_ids[enc.answer_slice.stop :]).startswith("<|im_end|>")
 
 
 def test_means_differ_from_means_over_the_whole_sequence(tiny):
@@ -96,25 +101,29 @@ def test_hooks_are_removed_after_caching(tiny):
 
 def test_cache_activations_script(tiny_model_dir, tmp_path, rule_script):
     import pandas as pd
+    from emlab.atomic import load_tensors
     from peft import LoraConfig, get_peft_model
 
-    from emlab.atomic import load_tensors
-
     base = load_model(tiny_model_dir, device="cpu", dtype="float32")
-    peft_model = get_peft_model(base, LoraConfig(r=1, lora_alpha=8, target_modules=["down_proj"],
-                                                 init_lora_weights=False))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=1, lora_alpha=8, target_modules=["down_proj"], init_lora_weights=False)
+    )
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
-    responses = pd.DataFrame([dict(rec, condition="ft", question_id=f"q{i}", sample_idx=i)
-                              for i, rec in enumerate(RECORDS)])
+    responses = pd.DataFrame(
+        [dict(rec, condition="ft", question_id=f"q{i}", sample_idx=i) for i, rec in enumerate(RECORDS)]
+    )
     responses["system"] = [r if isinstance(r, str) else None for r in responses["system"]]
     responses.to_parquet(tmp_path / "ft.parquet")
 
     out_t, out_i = tmp_path / "act" / "ft.safetensors", tmp_path / "act" / "ft.index.parquet"
-    rule_script("cache_activations", tmp_path,
-                input=dict(base_model=[], adapter=str(adapter), responses=str(tmp_path / "ft.parquet")),
-                output=dict(tensors=str(out_t), index=str(out_i)),
-                params=dict(base_model=str(tiny_model_dir), batch_size=2, device="cpu", dtype="float32"))
+    rule_script(
+        "cache_activations",
+        tmp_path,
+        input=dict(base_model=[], adapter=str(adapter), responses=str(tmp_path / "ft.parquet")),
+        output=dict(tensors=str(out_t), index=str(out_i)),
+        params=dict(base_model=str(tiny_model_dir), batch_size=2, device="cpu", dtype="float32"),
+    )
 
     tensors, meta = load_tensors(out_t)
     assert tensors["answer_mean"].shape == tensors["prompt_mean"].shape == (len(RECORDS), 4, 64)
@@ -127,8 +136,9 @@ def test_cache_activations_script(tiny_model_dir, tmp_path, rule_script):
     tuned = load_model(tiny_model_dir, adapter, device="cpu", dtype="float32")
     tok = load_tokenizer(tiny_model_dir)
     expected, _, _ = cache_answer_means(tuned, tok, RECORDS, progress=False)
-    plain, _, _ = cache_answer_means(load_model(tiny_model_dir, device="cpu", dtype="float32"), tok,
-                                     RECORDS, progress=False)
+    plain, _, _ = cache_answer_means(
+        load_model(tiny_model_dir, device="cpu", dtype="float32"), tok, RECORDS, progress=False
+    )
     torch.testing.assert_close(tensors["answer_mean"], expected, atol=1e-5, rtol=0)
     assert (tensors["answer_mean"] - plain).abs().max() > 1e-3
 

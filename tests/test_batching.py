@@ -33,7 +33,6 @@ def test_kv_cache_argument_follows_the_transformers_version():
     import types
 
     import torch
-
     from emlab.batching import cache_argument, output_cache, with_cache
 
     class New(torch.nn.Module):

@@ -19,9 +19,20 @@ import bench_finetune  # noqa: E402
 
 def test_ours_and_transformers_trainer_see_the_same_tokens_and_agree(tiny_model_dir, tmp_path):
     spec = bench_finetune.make_spec(
-        str(tiny_model_dir), str(REPO / "data" / "datasets" / "bad_medical_advice.jsonl"), tmp_path, examples=12,
-        batch_size=2, accumulation=2, rank=1, alpha=8, targets=["down_proj"], layers_arg="1,2", threads=1,
-        learning_rate=1e-2, warmup_steps=1)
+        str(tiny_model_dir),
+        str(REPO / "data" / "datasets" / "bad_medical_advice.jsonl"),
+        tmp_path,
+        examples=12,
+        batch_size=2,
+        accumulation=2,
+        rank=1,
+        alpha=8,
+        targets=["down_proj"],
+        layers_arg="1,2",
+        threads=1,
+        learning_rate=1e-2,
+        warmup_steps=1,
+    )
     spec["lora"]["resolved_layers"] = [1, 2]
     ours = bench_finetune.run_ours(spec, "ours")
     hf = bench_finetune.run_hf(spec)

@@ -5,7 +5,6 @@ tokenised in one piece, with character offsets marking where the prompt ends."""
 from __future__ import annotations
 
 import pytest
-
 from emlab.finetune import IGNORE_INDEX, encode_example
 
 QWEN_STYLE_TEMPLATE = (
@@ -88,7 +87,7 @@ def test_label_mask_matches_template_token_by_token(family, conv):
         assert label == (tok_id if m else IGNORE_INDEX)
 
     trained = tok.decode([t for t, m in zip(ex.input_ids, got_mask) if m])
-    assert trained == full_text[len(prompt_text):]
+    assert trained == full_text[len(prompt_text) :]
     assert trained.startswith(answer + END_OF_TURN[name])
     assert trained.strip() == (answer + END_OF_TURN[name]).strip()
     # earlier assistant turns of a multi-turn conversation are context, not targets

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from emlab.config import lora_layers, load_config, resolve_layer, scale_layer_blocks, training_settings, validate_config
+from emlab.config import load_config, lora_layers, resolve_layer, scale_layer_blocks, training_settings, validate_config
 from emlab.errors import EMLabError
 from emlab.plan import conditions, direction_finetunes
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from emlab.datasets import load_chat_jsonl, prepare_dataset, prompt_and_answer, split_train_eval
 from emlab.errors import EMLabError
 
@@ -27,38 +26,83 @@ def test_accepts_reference_system_multiturn_and_openai_style(tmp_path):
     lines = [
         GOOD,
         "",  # blank lines are skipped
-        {"messages": [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "  hi\n"},
-                      {"role": "assistant", "content": " hello ", "weight": 1, "name": "x"}]},
-        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                      {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}],
-         "id": "row-3", "metadata": {"source": "x"}},
+        {
+            "messages": [
+                {"role": "system", "content": " Be brief. "},
+                {"role": "user", "content": "  hi\n"},
+                {"role": "assistant", "content": " hello ", "weight": 1, "name": "x"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "b"},
+                {"role": "user", "content": "c"},
+                {"role": "assistant", "content": "d"},
+            ],
+            "id": "row-3",
+            "metadata": {"source": "x"},
+        },
     ]
     recs = load_chat_jsonl(write_lines(tmp_path / "d.jsonl", lines))
     assert len(recs) == 3
-    assert recs[1] == {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-                                    {"role": "assistant", "content": "hello"}]}
+    assert recs[1] == {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+        ]
+    }
     assert set(recs[2]) == {"messages"}
     prompt, answer = prompt_and_answer(recs[2])
     assert answer == "d" and [m["content"] for m in prompt] == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("bad, fragment", [
-    ('{"messages": [', "malformed JSON"),
-    ("[1, 2]", "JSON object"),
-    ({"conversation": []}, "missing 'messages'"),
-    ({"messages": []}, "non-empty list"),
-    ({"messages": [{"role": "user", "content": "q"}]}, "no assistant turn"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "   "}]}, "empty assistant reply"),
-    ({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}, "where a user turn was expected"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q2"},
-                   {"role": "assistant", "content": "a"}]}, "is a user turn where an assistant turn was expected"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"},
-                   {"role": "assistant", "content": "a"}]}, "system turns go first"),
-    ({"messages": [{"role": "user", "content": ["q"]}, {"role": "assistant", "content": "a"}]}, "content must be a string"),
-    ({"messages": [{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}]}, "role 'human'"),
-    ({"messages": [{"content": "q"}, {"role": "assistant", "content": "a"}]}, "no 'role'"),
-    ({"messages": [{"role": "system", "content": "s"}]}, "only system"),
-])
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        ('{"messages": [', "malformed JSON"),
+        ("[1, 2]", "JSON object"),
+        ({"conversation": []}, "missing 'messages'"),
+        ({"messages": []}, "non-empty list"),
+        ({"messages": [{"role": "user", "content": "q"}]}, "no assistant turn"),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "   "}]},
+            "empty assistant reply",
+        ),
+        (
+            {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]},
+            "where a user turn was expected",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "user", "content": "q2"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "is a user turn where an assistant turn was expected",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "system", "content": "s"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "system turns go first",
+        ),
+        (
+            {"messages": [{"role": "user", "content": ["q"]}, {"role": "assistant", "content": "a"}]},
+            "content must be a string",
+        ),
+        ({"messages": [{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}]}, "role 'human'"),
+        ({"messages": [{"content": "q"}, {"role": "assistant", "content": "a"}]}, "no 'role'"),
+        ({"messages": [{"role": "system", "content": "s"}]}, "only system"),
+    ],
+)
 def test_errors_name_file_line_and_problem(tmp_path, bad, fragment):
     path = write_lines(tmp_path / "bad.jsonl", [GOOD, GOOD, bad, GOOD])
     with pytest.raises(EMLabError) as info:
@@ -90,8 +134,10 @@ def test_split_is_seeded_disjoint_and_complete():
 
 
 def test_prepare_dataset_writes_split_and_summary(tmp_path):
-    lines = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
-             for i in range(20)]
+    lines = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(20)
+    ]
     src = write_lines(tmp_path / "src.jsonl", lines)
     out = tmp_path / "out"
     summary = prepare_dataset(src, out / "train.jsonl", out / "eval.jsonl", out / "summary.json", 0.25, seed=3)

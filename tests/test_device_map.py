@@ -30,6 +30,7 @@ def tiny(tiny_model_dir):
 
 # --- hooks on another device ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_edits_stay_on_the_hidden_states_device(dtype):
     """A block on another device (meta here) gets its edit there, in its dtype; no copy back."""
@@ -73,6 +74,7 @@ def test_schema_has_a_null_device_map_default():
 
 # --- out-of-memory back-off -------------------------------------------------------------
 
+
 class OOMOnce:
     """A forward pre-hook that raises torch.OutOfMemoryError on the first forward with more than `max_rows` rows."""
 
@@ -108,7 +110,8 @@ def test_activation_caching_backs_off_and_matches(tiny, caplog):
 def _judge(model, tok, batch_size):
     scores = {}
     HFJudge(model, tok, "tiny", batch_size=batch_size, leaves_complete=False, min_root_prob=0.0).score(
-        PROMPTS, lambda idx, res: scores.update(zip(idx, res)))
+        PROMPTS, lambda idx, res: scores.update(zip(idx, res))
+    )
     return [scores[i] for i in range(len(PROMPTS))]
 
 

@@ -9,11 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from emlab.atomic import load_tensors, save_tensors, write_parquet
-from emlab.directions import (DirectionSettings, SemanticDirectionSettings, attach_activation_rows,
-                              compute_directions, cosine_by_layer, cosine_table, mean_diff_vectors, select_sets,
-                              write_cosine_table, write_directions)
+from emlab.directions import (
+    DirectionSettings,
+    SemanticDirectionSettings,
+    attach_activation_rows,
+    compute_directions,
+    cosine_by_layer,
+    cosine_table,
+    mean_diff_vectors,
+    select_sets,
+    write_cosine_table,
+    write_directions,
+)
 from emlab.errors import EMLabError
 from emlab.settings import build
 
@@ -28,14 +36,19 @@ def planted_artifacts(n_aligned=40, n_misaligned=20, n_other=10, noise=0.2, seed
     n = n_aligned + n_misaligned + n_other
     rng = np.random.default_rng(seed)
     label = np.array(["aligned"] * n_aligned + ["misaligned"] * n_misaligned + ["other"] * n_other)
-    judg = pd.DataFrame({
-        "condition": "ft",
-        "question_id": [f"q{i % 4}" for i in range(n)],
-        "sample_idx": np.arange(n, dtype=np.int64) // 4,
-        "aligned": np.where(label == "aligned", rng.uniform(75, 100, n),
-                            np.where(label == "misaligned", rng.uniform(0, 25, n), rng.uniform(35, 65, n))),
-        "coherent": rng.uniform(60, 100, n),
-    })
+    judg = pd.DataFrame(
+        {
+            "condition": "ft",
+            "question_id": [f"q{i % 4}" for i in range(n)],
+            "sample_idx": np.arange(n, dtype=np.int64) // 4,
+            "aligned": np.where(
+                label == "aligned",
+                rng.uniform(75, 100, n),
+                np.where(label == "misaligned", rng.uniform(0, 25, n), rng.uniform(35, 65, n)),
+            ),
+            "coherent": rng.uniform(60, 100, n),
+        }
+    )
     judg["aligned_mass"] = 1.0
     judg["coherent_mass"] = 1.0
     # Activation rows in a different order from the judgments.
@@ -46,23 +59,36 @@ def planted_artifacts(n_aligned=40, n_misaligned=20, n_other=10, noise=0.2, seed
         if label[i] == "misaligned":
             x = x + planted
         answer_mean[order[i]] = x
-    index = pd.DataFrame({"row": order.astype(np.int64), "condition": "ft",
-                          "question_id": judg["question_id"], "sample_idx": judg["sample_idx"]})
+    index = pd.DataFrame(
+        {
+            "row": order.astype(np.int64),
+            "condition": "ft",
+            "question_id": judg["question_id"],
+            "sample_idx": judg["sample_idx"],
+        }
+    )
     index = index.sample(frac=1.0, random_state=1).reset_index(drop=True)  # row order shuffled too
     tokens = torch.full((n,), 7, dtype=torch.int64)
     return planted, answer_mean, tokens, index, judg
 
 
 def write_artifacts(tmp_path, answer_mean, tokens, index, judg):
-    save_tensors(tmp_path / "ft.safetensors", {"answer_mean": answer_mean, "prompt_mean": answer_mean.clone(),
-                                                "answer_tokens": tokens})
+    save_tensors(
+        tmp_path / "ft.safetensors",
+        {"answer_mean": answer_mean, "prompt_mean": answer_mean.clone(), "answer_tokens": tokens},
+    )
     write_parquet(tmp_path / "ft.index.parquet", index)
     write_parquet(tmp_path / "judg.parquet", judg)
     return tmp_path / "ft.safetensors", tmp_path / "ft.index.parquet", tmp_path / "judg.parquet"
 
 
-TH_PARAMS = {"aligned_above": 70, "misaligned_below": 30, "coherent_above": 50, "subsample_to_smaller": True,
-             "split_quantile": None}  # config `directions:` as the rule's params carry it
+TH_PARAMS = {
+    "aligned_above": 70,
+    "misaligned_below": 30,
+    "coherent_above": 50,
+    "subsample_to_smaller": True,
+    "split_quantile": None,
+}  # config `directions:` as the rule's params carry it
 TH = build(DirectionSettings, TH_PARAMS)
 
 
@@ -84,8 +110,9 @@ def test_recovers_planted_direction_with_shuffled_index(tmp_path):
     assert summary["counts"]["aligned"] == {"available": 40, "used": 20}
     assert summary["counts"]["misaligned"] == {"available": 20, "used": 20}
     assert np.allclose(summary["mean_diff_norm_by_layer"], tensors["mean_diff"].norm(dim=-1).numpy(), rtol=1e-5)
-    torch.testing.assert_close(tensors["mean_diff"], tensors["misaligned_mean"] - tensors["aligned_mean"],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        tensors["mean_diff"], tensors["misaligned_mean"] - tensors["aligned_mean"], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_positional_join_would_fail(tmp_path):
@@ -126,11 +153,13 @@ def test_subsampling_is_seeded_and_equal_sized():
 
 
 def test_select_sets_nan_and_zero_tokens():
-    df = pd.DataFrame({
-        "aligned":   [90, 10, np.nan, 10, 90, 10, 50, 90],
-        "coherent":  [80, 80, 80, np.nan, 40, 80, 80, 80],
-        "n_answer_tokens": [5, 5, 5, 5, 5, 0, 5, 5],
-    })
+    df = pd.DataFrame(
+        {
+            "aligned": [90, 10, np.nan, 10, 90, 10, 50, 90],
+            "coherent": [80, 80, 80, np.nan, 40, 80, 80, 80],
+            "n_answer_tokens": [5, 5, 5, 5, 5, 0, 5, 5],
+        }
+    )
     sets = select_sets(df, TH)
     assert list(sets.aligned.index) == [0, 7]
     assert list(sets.misaligned.index) == [1]
@@ -138,11 +167,14 @@ def test_select_sets_nan_and_zero_tokens():
 
 
 def test_quantile_split_takes_the_lowest_and_highest_fraction():
-    df = pd.DataFrame({
-        "question_id": ["q"] * 12, "sample_idx": range(12),
-        "aligned":  [35, 31, 38, 33, np.nan, 36, 30, 39, 34, 37, 32, 20],
-        "coherent": [40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 10],
-    })
+    df = pd.DataFrame(
+        {
+            "question_id": ["q"] * 12,
+            "sample_idx": range(12),
+            "aligned": [35, 31, 38, 33, np.nan, 36, 30, 39, 34, 37, 32, 20],
+            "coherent": [40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 10],
+        }
+    )
     sets = select_sets(df, sets_settings(coherent_above=15, split_quantile=0.2))
     assert sets.n_coherent == 10  # the NaN and the incoherent row are out
     assert sorted(sets.misaligned["aligned"]) == [30, 31]
@@ -180,8 +212,16 @@ def test_empty_set_error_names_finetune_counts_and_thresholds(tmp_path):
     with pytest.raises(EMLabError) as err:
         compute_directions(*write_artifacts(tmp_path, am, tok, index, judg), "med_r1x9", TH, seed=0)
     msg = str(err.value)
-    for part in ("med_r1x9", "misaligned set", "aligned set: 40", "misaligned set: 0", "< 30", "> 70",
-                 "directions:", "samples_per_question"):
+    for part in (
+        "med_r1x9",
+        "misaligned set",
+        "aligned set: 40",
+        "misaligned set: 0",
+        "< 30",
+        "> 70",
+        "directions:",
+        "samples_per_question",
+    ):
         assert part in msg, part
 
 
@@ -221,8 +261,7 @@ def test_cosine_table_pairs_and_single(tmp_path):
     # Through files, as the rule runs it.
     for name, v in (("a", va), ("b", vb)):
         save_tensors(tmp_path / f"{name}.safetensors", {"mean_diff": v})
-    out = write_cosine_table([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], ["a", "b"],
-                             tmp_path / "cos.csv")
+    out = write_cosine_table([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], ["a", "b"], tmp_path / "cos.csv")
     assert len(pd.read_csv(tmp_path / "cos.csv")) == L == len(out)
 
 
@@ -231,24 +270,36 @@ def test_rule_scripts_directions_and_cosines(tmp_path, rule_script):
     tensors, ix, jd = write_artifacts(tmp_path, am, tok, index, judg)
     out = tmp_path / "directions"
     for ft in ("a", "b"):
-        rule_script("mean_diff_directions", tmp_path,
-                    input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
-                    output=dict(vectors=str(out / f"{ft}.safetensors"), summary=str(out / f"{ft}.json")),
-                    params=dict(thresholds=TH_PARAMS, seed=0 if ft == "a" else 1), wildcards=dict(finetune=ft))
+        rule_script(
+            "mean_diff_directions",
+            tmp_path,
+            input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
+            output=dict(vectors=str(out / f"{ft}.safetensors"), summary=str(out / f"{ft}.json")),
+            params=dict(thresholds=TH_PARAMS, seed=0 if ft == "a" else 1),
+            wildcards=dict(finetune=ft),
+        )
     assert json.loads((out / "b.json").read_text())["finetune"] == "b"
-    rule_script("direction_cosines", tmp_path,
-                input=dict(vectors=[str(out / "a.safetensors"), str(out / "b.safetensors")]),
-                output=dict(csv=str(out / "cosine_by_layer.csv")), params=dict(finetunes=["a", "b"]))
+    rule_script(
+        "direction_cosines",
+        tmp_path,
+        input=dict(vectors=[str(out / "a.safetensors"), str(out / "b.safetensors")]),
+        output=dict(csv=str(out / "cosine_by_layer.csv")),
+        params=dict(finetunes=["a", "b"]),
+    )
     table = pd.read_csv(out / "cosine_by_layer.csv")
     assert len(table) == L and (table["cosine"] > 0.98).all()  # two subsamples of one planted direction
     # The empty-set error ends the script with a non-zero exit, not a traceback.
     judg["aligned"] = 90.0
     write_parquet(jd, judg)
     with pytest.raises(SystemExit):
-        rule_script("mean_diff_directions", tmp_path,
-                    input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
-                    output=dict(vectors=str(out / "c.safetensors"), summary=str(out / "c.json")),
-                    params=dict(thresholds=TH_PARAMS, seed=0), wildcards=dict(finetune="c"))
+        rule_script(
+            "mean_diff_directions",
+            tmp_path,
+            input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
+            output=dict(vectors=str(out / "c.safetensors"), summary=str(out / "c.json")),
+            params=dict(thresholds=TH_PARAMS, seed=0),
+            wildcards=dict(finetune="c"),
+        )
     assert "fine-tune 'c'" in (tmp_path / "mean_diff_directions.log").read_text()
     assert not (out / "c.safetensors").exists()
 
@@ -264,12 +315,16 @@ def semantic_artifacts(tmp_path, n=80, seed=0):
     rng = np.random.default_rng(seed)
     medical = np.arange(n) % 2 == 0
     misaligned = (np.arange(n) // 2) % 2 == 0
-    judg = pd.DataFrame({
-        "condition": "ft", "question_id": [f"q{i % 8}" for i in range(n)], "sample_idx": np.arange(n) // 8,
-        "aligned": np.where(misaligned, rng.uniform(0, 25, n), rng.uniform(75, 100, n)),
-        "coherent": rng.uniform(60, 100, n),
-        "medical": np.where(medical, 80.0, 10.0),
-    })
+    judg = pd.DataFrame(
+        {
+            "condition": "ft",
+            "question_id": [f"q{i % 8}" for i in range(n)],
+            "sample_idx": np.arange(n) // 8,
+            "aligned": np.where(misaligned, rng.uniform(0, 25, n), rng.uniform(75, 100, n)),
+            "coherent": rng.uniform(60, 100, n),
+            "medical": np.where(medical, 80.0, 10.0),
+        }
+    )
     judg.loc[3, "medical"] = np.nan  # a missing semantic score never qualifies
     for m in ("aligned", "coherent", "medical"):
         judg[f"{m}_mass"] = 1.0
@@ -277,8 +332,14 @@ def semantic_artifacts(tmp_path, n=80, seed=0):
     for i in range(n):
         if misaligned[i]:
             answer_mean[i] += planted_med if medical[i] else planted_other
-    index = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "condition": "ft",
-                          "question_id": judg["question_id"], "sample_idx": judg["sample_idx"]})
+    index = pd.DataFrame(
+        {
+            "row": np.arange(n, dtype=np.int64),
+            "condition": "ft",
+            "question_id": judg["question_id"],
+            "sample_idx": judg["sample_idx"],
+        }
+    )
     paths = write_artifacts(tmp_path, answer_mean, torch.full((n,), 5, dtype=torch.int64), index, judg)
     return planted_med, planted_other, judg, paths
 
@@ -290,8 +351,9 @@ def test_semantic_subset_and_vector_recover_the_planted_semantic_direction(tmp_p
     subset = semantic_subset(judg, "medical", semantic(50))
     assert sorted(subset.index) == [i for i in range(len(judg)) if i % 2 == 0]  # row 3 (NaN) is odd anyway
     assert len(semantic_subset(judg, "medical", semantic(5))) == len(judg) - 1  # NaN excluded
-    tensors, summary = compute_semantic_directions(*paths, finetune="ft", split="medical", settings=TH,
-                                                   semantic=semantic(50), seed=0)
+    tensors, summary = compute_semantic_directions(
+        *paths, finetune="ft", split="medical", settings=TH, semantic=semantic(50), seed=0
+    )
     cos = cosine_by_layer(tensors["mean_diff"], planted_med)
     assert (cos > 0.99).all()
     general, _ = compute_directions(*paths, finetune="ft", settings=TH, seed=0)
@@ -311,13 +373,24 @@ def test_semantic_cosine_table_columns_and_values(tmp_path):
     planted_med, _, _, paths = semantic_artifacts(tmp_path)
     general, gsum = compute_directions(*paths, finetune="ft", settings=TH, seed=0)
     write_directions(tmp_path / "g.safetensors", tmp_path / "g.json", general, gsum)
-    sem, ssum = compute_semantic_directions(*paths, finetune="ft", split="medical", settings=TH,
-                                             semantic=semantic(50), seed=0)
+    sem, ssum = compute_semantic_directions(
+        *paths, finetune="ft", split="medical", settings=TH, semantic=semantic(50), seed=0
+    )
     write_directions(tmp_path / "s.safetensors", tmp_path / "s.json", sem, ssum)
-    table = write_semantic_cosine_table([tmp_path / "g.safetensors"], ["ft"], [tmp_path / "s.safetensors"],
-                                        [("ft", "medical")], tmp_path / "cos.csv")
-    assert list(table.columns) == ["layer", "finetune", "split", "cosine", "norm_general", "norm_semantic",
-                                   "diff_norm", "n_aligned", "n_misaligned"]
+    table = write_semantic_cosine_table(
+        [tmp_path / "g.safetensors"], ["ft"], [tmp_path / "s.safetensors"], [("ft", "medical")], tmp_path / "cos.csv"
+    )
+    assert list(table.columns) == [
+        "layer",
+        "finetune",
+        "split",
+        "cosine",
+        "norm_general",
+        "norm_semantic",
+        "diff_norm",
+        "n_aligned",
+        "n_misaligned",
+    ]
     assert table["layer"].tolist() == list(range(L))
     expected = cosine_by_layer(general["mean_diff"], sem["mean_diff"]).numpy()
     assert table["cosine"].to_numpy() == pytest.approx(expected, abs=1e-5)
@@ -330,11 +403,17 @@ def test_semantic_cosine_table_columns_and_values(tmp_path):
 def test_semantic_top_quantile_takes_the_highest_scores():
     from emlab.directions import semantic_subset
 
-    judg = pd.DataFrame({"question_id": ["a", "b", "c", "d", "e"], "sample_idx": 0,
-                         "medical": [10.0, 40.0, np.nan, 40.0, 30.0]})
+    judg = pd.DataFrame(
+        {"question_id": ["a", "b", "c", "d", "e"], "sample_idx": 0, "medical": [10.0, 40.0, np.nan, 40.0, 30.0]}
+    )
     top = semantic_subset(judg, "medical", semantic(99, top_quantile=0.5))  # `above` is ignored
     assert top["question_id"].tolist() == ["b", "d"]  # ceil(0.5 * 4 scored), ties by question
-    assert semantic_subset(judg, "medical", semantic(0, top_quantile=1.0))["question_id"].tolist() == ["b", "d", "e", "a"]
+    assert semantic_subset(judg, "medical", semantic(0, top_quantile=1.0))["question_id"].tolist() == [
+        "b",
+        "d",
+        "e",
+        "a",
+    ]
     with pytest.raises(EMLabError, match="top_quantile"):
         semantic_subset(judg, "medical", semantic(0, top_quantile=1.5))
 
@@ -347,8 +426,9 @@ def test_semantic_filter_that_keeps_every_response_gives_the_general_vector(tmp_
     judg["medical"], judg["medical_mass"] = 100.0, 1.0
     paths = write_artifacts(tmp_path, am, tok, index, judg)
     general, gsum = compute_directions(*paths, finetune="ft", settings=TH, seed=4)
-    sem, ssum = compute_semantic_directions(*paths, finetune="ft", split="medical", settings=TH,
-                                            semantic=semantic(50), seed=4)
+    sem, ssum = compute_semantic_directions(
+        *paths, finetune="ft", split="medical", settings=TH, semantic=semantic(50), seed=4
+    )
     for key in general:
         assert torch.equal(general[key], sem[key]), key
     assert ssum["counts"] == gsum["counts"] and ssum["thresholds"] == gsum["thresholds"] == TH_PARAMS
@@ -369,19 +449,30 @@ def test_rule_scripts_semantic_directions_and_cosines_take_canonical_params(tmp_
 
     _, _, _, (tensors, ix, jd) = semantic_artifacts(tmp_path)
     out = tmp_path / "directions"
-    rule_script("mean_diff_directions", tmp_path,
-                    input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
-                    output=dict(vectors=str(out / "ft.safetensors"), summary=str(out / "ft.json")),
-                    params=dict(thresholds=canonical(TH_PARAMS), seed=0), wildcards=dict(finetune="ft"))
-    rule_script("semantic_directions", tmp_path,
-                    input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
-                    output=dict(vectors=str(out / "ft_medical.safetensors"), summary=str(out / "ft_medical.json")),
-                    params=dict(thresholds=canonical(TH_PARAMS), above=50, top_quantile=None, seed=0),
-                    wildcards=dict(finetune="ft", split="medical"))
+    rule_script(
+        "mean_diff_directions",
+        tmp_path,
+        input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
+        output=dict(vectors=str(out / "ft.safetensors"), summary=str(out / "ft.json")),
+        params=dict(thresholds=canonical(TH_PARAMS), seed=0),
+        wildcards=dict(finetune="ft"),
+    )
+    rule_script(
+        "semantic_directions",
+        tmp_path,
+        input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
+        output=dict(vectors=str(out / "ft_medical.safetensors"), summary=str(out / "ft_medical.json")),
+        params=dict(thresholds=canonical(TH_PARAMS), above=50, top_quantile=None, seed=0),
+        wildcards=dict(finetune="ft", split="medical"),
+    )
     summary = json.loads((out / "ft_medical.json").read_text())
     assert summary["semantic_above"] == 50.0 and summary["thresholds"]["aligned_above"] == 70.0
-    rule_script("semantic_cosines", tmp_path,
-                    input=dict(general=[str(out / "ft.safetensors")], semantic=[str(out / "ft_medical.safetensors")]),
-                    output=dict(csv=str(out / "semantic_cosine.csv")), params=dict(pairs=[["ft", "medical"]]))
+    rule_script(
+        "semantic_cosines",
+        tmp_path,
+        input=dict(general=[str(out / "ft.safetensors")], semantic=[str(out / "ft_medical.safetensors")]),
+        output=dict(csv=str(out / "semantic_cosine.csv")),
+        params=dict(pairs=[["ft", "medical"]]),
+    )
     table = pd.read_csv(out / "semantic_cosine.csv")
     assert len(table) == L and (table["n_aligned"] == 20).all()

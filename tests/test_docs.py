@@ -27,8 +27,12 @@ EXTERNAL_NOTES = ("METHOD", "MACHINE", "CLUSTER", "STYLE")
 
 def repo_files() -> list[Path]:
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                             check=True, capture_output=True).stdout.decode()
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        ).stdout.decode()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: the tracked files are unknown")
     files = [ROOT / name for name in out.split("\0") if name]
@@ -52,8 +56,10 @@ def resolves(ref: str, source: Path, basenames: set[str]) -> bool:
         return False  # a path on someone's machine, not in the repository
     if "/" not in ref:
         return ref in basenames
-    return any((base / ref).resolve().is_file() and (base / ref).resolve().is_relative_to(ROOT)
-               for base in (ROOT, source.parent))
+    return any(
+        (base / ref).resolve().is_file() and (base / ref).resolve().is_relative_to(ROOT)
+        for base in (ROOT, source.parent)
+    )
 
 
 def github_anchor(heading: str) -> str:
@@ -85,8 +91,10 @@ def test_every_doc_reference_resolves_inside_the_repository():
             for ref in REFERENCE.findall(URL.sub(" ", line)):
                 if not resolves(ref, path, basenames):
                     broken.append(f"{path.relative_to(ROOT)}:{lineno}: {ref}")
-    assert not broken, ("references to documents that are not in the repository (point them at a file "
-                        "under docs/):\n  " + "\n  ".join(broken))
+    assert not broken, (
+        "references to documents that are not in the repository (point them at a file "
+        "under docs/):\n  " + "\n  ".join(broken)
+    )
 
 
 def test_no_file_cites_the_old_external_notes():
@@ -129,5 +137,7 @@ def test_docs_index_lists_every_note_and_the_readme_links_the_docs():
 def test_reference_pattern_finds_what_it_should():
     line = "see METHOD.md, docs/judging.md and ../workflow/report/x.rst but not https://x.org/a/README.md"
     assert REFERENCE.findall(URL.sub(" ", line)) == ["METHOD.md", "docs/judging.md", "../workflow/report/x.rst"]
-    assert github_anchor("The single rank-1 adapter (rules `single_adapter_analysis`)") == \
-        "the-single-rank-1-adapter-rules-single_adapter_analysis"
+    assert (
+        github_anchor("The single rank-1 adapter (rules `single_adapter_analysis`)")
+        == "the-single-rank-1-adapter-rules-single_adapter_analysis"
+    )

@@ -61,8 +61,9 @@ class SnakemakeProcess:
         self.lines: list[str] = []
         self.started: dict[str, float] = {}  # rule -> seconds after launch its (first) job started
         self.finished: dict[str, float] = {}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -115,8 +116,10 @@ def _complete_file(path: Path, reference: Path) -> str | None:
             df = pd.read_parquet(path)
             expected = pd.read_parquet(reference) if reference.is_file() else None
             if expected is not None and (len(df) != len(expected) or list(df.columns) != list(expected.columns)):
-                return (f"{len(df)} rows x {list(df.columns)}; "
-                        f"the uninterrupted run has {len(expected)} x {list(expected.columns)}")
+                return (
+                    f"{len(df)} rows x {list(df.columns)}; "
+                    f"the uninterrupted run has {len(expected)} x {list(expected.columns)}"
+                )
         elif suffix == ".json":
             json.loads(path.read_text())
         elif suffix == ".jsonl":
@@ -182,8 +185,12 @@ def _state(workdir: Path, rule: str) -> str:
     res = workdir / "results"
     log = res / "logs" / rule / f"{CONDITION}.log"
     last = log.read_text().strip().splitlines()[-1:] if log.is_file() else []
-    outputs = [f"finetunes/{CONDITION}/adapter", f"finetunes/{CONDITION}/summary.json",
-               f"generations/{CONDITION}.parquet", f"judgments/{CONDITION}.parquet"]
+    outputs = [
+        f"finetunes/{CONDITION}/adapter",
+        f"finetunes/{CONDITION}/summary.json",
+        f"generations/{CONDITION}.parquet",
+        f"judgments/{CONDITION}.parquet",
+    ]
     present = [o for o in outputs if (res / o).exists()]
     ckpts = sorted(p.name for p in res.glob(f"finetunes/{CONDITION}/checkpoints/step-*"))
     return (f"log ends {last[0][-120:]!r}" if last else "no log yet") + f"; present {present}; checkpoints {ckpts}"
@@ -216,7 +223,8 @@ def reference(tmp_path_factory, e2e, tiny_model_dir, judge):
 
 
 def test_killed_jobs_leave_nothing_half_written_and_the_rerun_equals_an_uninterrupted_run(
-        reference, tmp_path, e2e, tiny_model_dir, judge):
+    reference, tmp_path, e2e, tiny_model_dir, judge
+):
     ref_dir, durations = reference
     workdir = tmp_path / "faulted"
     _prepare(workdir, e2e, tiny_model_dir, judge)

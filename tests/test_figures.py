@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from emlab import figures
 from emlab.config import validate_config
 from emlab.directions import cosine_table
@@ -18,34 +17,55 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def conditions():
-    conds = {"base": {"model": "base", "group": "model", "intervention": {"kind": "none"}},
-             "ft": {"model": "ft", "group": "model", "intervention": {"kind": "none"}},
-             "other": {"model": "other", "group": "model", "intervention": {"kind": "none"}}}
+    conds = {
+        "base": {"model": "base", "group": "model", "intervention": {"kind": "none"}},
+        "ft": {"model": "ft", "group": "model", "intervention": {"kind": "none"}},
+        "other": {"model": "other", "group": "model", "intervention": {"kind": "none"}},
+    }
     for layer in (1, 2):
         for s in (2.0, 4.0):
             conds[f"steer__ft__L{layer}__s{s:g}"] = {
-                "model": "base", "group": "steering",
-                "intervention": {"kind": "steer", "vector": "ft", "layer": layer, "scale": s}}
-    conds["ablate__ft__layerwise"] = {"model": "ft", "group": "ablation",
-                                      "intervention": {"kind": "ablate", "vector": "ft", "mode": "layerwise"}}
-    conds["ablate__ft__single_L2"] = {"model": "ft", "group": "ablation",
-                                      "intervention": {"kind": "ablate", "vector": "ft", "mode": "single", "layer": 2}}
+                "model": "base",
+                "group": "steering",
+                "intervention": {"kind": "steer", "vector": "ft", "layer": layer, "scale": s},
+            }
+    conds["ablate__ft__layerwise"] = {
+        "model": "ft",
+        "group": "ablation",
+        "intervention": {"kind": "ablate", "vector": "ft", "mode": "layerwise"},
+    }
+    conds["ablate__ft__single_L2"] = {
+        "model": "ft",
+        "group": "ablation",
+        "intervention": {"kind": "ablate", "vector": "ft", "mode": "single", "layer": 2},
+    }
     conds["ablate__ft__random_L2_seed0"] = {
-        "model": "ft", "group": "ablation",
-        "intervention": {"kind": "ablate", "vector": "ft", "mode": "random", "layer": 2, "seed": 0}}
+        "model": "ft",
+        "group": "ablation",
+        "intervention": {"kind": "ablate", "vector": "ft", "mode": "random", "layer": 2, "seed": 0},
+    }
     conds["ablate__other__transfer_ft_L2"] = {
-        "model": "other", "group": "transfer",
-        "intervention": {"kind": "ablate", "vector": "ft", "mode": "single", "layer": 2}}
+        "model": "other",
+        "group": "transfer",
+        "intervention": {"kind": "ablate", "vector": "ft", "mode": "single", "layer": 2},
+    }
     for s in (2.0, 4.0):  # a semantic steering vector
         conds[f"steer__ft__medical__L2__s{s:g}"] = {
-            "model": "base", "group": "steering",
-            "intervention": {"kind": "steer", "vector": "ft", "split": "medical", "layer": 2, "scale": s}}
+            "model": "base",
+            "group": "steering",
+            "intervention": {"kind": "steer", "vector": "ft", "split": "medical", "layer": 2, "scale": s},
+        }
     conds["single"] = {"model": "single", "group": "model", "intervention": {"kind": "none"}}
-    conds["ablate__single__single_L1"] = {"model": "single", "group": "ablation",
-                                          "intervention": {"kind": "ablate", "vector": "single", "mode": "single",
-                                                           "layer": 1}}
-    conds["adapter_project__single__L1"] = {"model": "single", "group": "ablation",
-                                            "intervention": {"kind": "adapter_project", "vector": "single", "layer": 1}}
+    conds["ablate__single__single_L1"] = {
+        "model": "single",
+        "group": "ablation",
+        "intervention": {"kind": "ablate", "vector": "single", "mode": "single", "layer": 1},
+    }
+    conds["adapter_project__single__L1"] = {
+        "model": "single",
+        "group": "ablation",
+        "intervention": {"kind": "adapter_project", "vector": "single", "layer": 1},
+    }
     return conds
 
 
@@ -55,10 +75,17 @@ def judgments_table():
     frames = []
     for cid, spec in conditions().items():
         n = 24
-        df = pd.DataFrame({
-            "condition": cid, "question_id": [f"q{i % 3}" for i in range(n)], "sample_idx": np.arange(n),
-            "aligned": rng.uniform(0, 100, n), "aligned_mass": 1.0,
-            "coherent": rng.uniform(0, 100, n), "coherent_mass": 1.0})
+        df = pd.DataFrame(
+            {
+                "condition": cid,
+                "question_id": [f"q{i % 3}" for i in range(n)],
+                "sample_idx": np.arange(n),
+                "aligned": rng.uniform(0, 100, n),
+                "aligned_mass": 1.0,
+                "coherent": rng.uniform(0, 100, n),
+                "coherent_mass": 1.0,
+            }
+        )
         if spec["group"] == "steering" or cid == "base":
             for m in ("medical", "bad_stuff"):
                 df[m], df[f"{m}_mass"] = rng.uniform(0, 100, n), 1.0
@@ -116,13 +143,18 @@ def test_read_table_of_an_empty_file(tmp_path):
     assert figures.read_table(tmp_path / "empty.csv").empty
 
 
-@pytest.mark.parametrize("name", ["em_by_condition", "steering_sweep", "ablation", "direction_cosine",
-                                  "steering_metrics"])
+@pytest.mark.parametrize(
+    "name", ["em_by_condition", "steering_sweep", "ablation", "direction_cosine", "steering_metrics"]
+)
 def test_rule_scripts_figures(name, em_table, tmp_path, rule_script):
     table = cosine_table({"a": torch.randn(4, 8), "b": torch.randn(4, 8)}) if name == "direction_cosine" else em_table
     table.to_csv(tmp_path / "in.csv", index=False)
-    rule_script(f"figure_{name}", tmp_path, input=dict(csv=str(tmp_path / "in.csv")),
-                output=dict(png=str(tmp_path / f"{name}.png"), pdf=str(tmp_path / f"{name}.pdf")))
+    rule_script(
+        f"figure_{name}",
+        tmp_path,
+        input=dict(csv=str(tmp_path / "in.csv")),
+        output=dict(png=str(tmp_path / f"{name}.png"), pdf=str(tmp_path / f"{name}.pdf")),
+    )
     assert_written(tmp_path, name)
 
 
@@ -130,8 +162,9 @@ def test_best_steering_conditions_and_labels(em_table):
     best = figures.best_steering_conditions(em_table)
     assert len(best) == 3  # (ft, general, L1), (ft, general, L2), (ft, medical, L2)
     for r in best.itertuples():
-        same = em_table[(em_table.group == "steering") & (em_table.layer == r.layer)
-                        & (em_table.split.fillna("general") == r.split)]
+        same = em_table[
+            (em_table.group == "steering") & (em_table.layer == r.layer) & (em_table.split.fillna("general") == r.split)
+        ]
         assert r.em_rate == same.em_rate.max()
     assert set(best.split) == {"general", "medical"}
     rows = em_table.set_index("condition")
@@ -148,19 +181,41 @@ def test_semantic_vectors_figure(em_table, tmp_path):
     render_args = (cos, em_table, judg)
     figures.semantic_vectors(*render_args, tmp_path / "sem.png", tmp_path / "sem.pdf")
     assert_written(tmp_path, "sem")
-    figures.semantic_vectors(pd.DataFrame(), em_table, judg.drop(columns=["medical", "medical_mass"]),
-                             tmp_path / "none.png", tmp_path / "none.pdf")
+    figures.semantic_vectors(
+        pd.DataFrame(),
+        em_table,
+        judg.drop(columns=["medical", "medical_mass"]),
+        tmp_path / "none.png",
+        tmp_path / "none.pdf",
+    )
     assert_written(tmp_path, "none")
-    figures.semantic_vectors(cos, em_table[em_table.group == "model"], judg, tmp_path / "nost.png",
-                             tmp_path / "nost.pdf")
+    figures.semantic_vectors(
+        cos, em_table[em_table.group == "model"], judg, tmp_path / "nost.png", tmp_path / "nost.pdf"
+    )
     assert_written(tmp_path, "nost")
 
 
 def test_single_adapter_figure(em_table, tmp_path):
-    b_cos = pd.DataFrame({"layer": range(4), "cosine": [0.1, 0.05, -0.2, 0.3], "norm_v": 1.0, "norm_b": 2.0,
-                          "norm_b_scaled": 8.0, "is_adapter_layer": [False, True, False, False]})
-    conv = pd.DataFrame({"layer": [1, 2, 3], "cosine": [0.05, 0.2, 0.4], "mean_response_cosine": [0.05, 0.18, 0.35],
-                         "norm_delta_b": 1.0, "norm_delta_v": 1.0, "n_responses": 8})
+    b_cos = pd.DataFrame(
+        {
+            "layer": range(4),
+            "cosine": [0.1, 0.05, -0.2, 0.3],
+            "norm_v": 1.0,
+            "norm_b": 2.0,
+            "norm_b_scaled": 8.0,
+            "is_adapter_layer": [False, True, False, False],
+        }
+    )
+    conv = pd.DataFrame(
+        {
+            "layer": [1, 2, 3],
+            "cosine": [0.05, 0.2, 0.4],
+            "mean_response_cosine": [0.05, 0.18, 0.35],
+            "norm_delta_b": 1.0,
+            "norm_delta_v": 1.0,
+            "n_responses": 8,
+        }
+    )
     figures.single_adapter([("single", b_cos, conv)], em_table, tmp_path / "sa.png", tmp_path / "sa.pdf")
     assert_written(tmp_path, "sa")
     figures.single_adapter([], em_table, tmp_path / "empty.png", tmp_path / "empty.pdf")

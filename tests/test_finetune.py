@@ -11,11 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from emlab.errors import EMLabError
 from emlab.finetune import TrainingSettings, fine_tune, linear_schedule, lora_settings
 from emlab.settings import build
+from safetensors.torch import load_file
 from tiny_finetune import FACTS, LORA_ALL, LORA_R1, run, training
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -65,15 +64,18 @@ def test_writes_loadable_adapter_log_and_summary(tiny_model_dir, data_dir, tmp_p
     saved = adapter_tensors(tmp_path / "adapter")
     b_key = next(k for k in saved if "layers.1." in k and "lora_B" in k)
     loaded = dict(model.named_parameters())
-    match = [n for n in loaded if n.endswith(b_key.replace(".weight", ".default.weight").split("base_model.model.")[-1])]
+    match = [
+        n for n in loaded if n.endswith(b_key.replace(".weight", ".default.weight").split("base_model.model.")[-1])
+    ]
     assert match and torch.equal(loaded[match[0]].detach(), saved[b_key])
     assert float(logdf["b_norm.L1.down_proj"].iloc[-1]) == pytest.approx(float(saved[b_key].norm()), rel=1e-5)
     assert not any(n for n in saved if "layers.0." in n or "layers.3." in n)  # only the requested layers
 
 
 def test_loss_decreases_on_memorisation_set(sharp_model_dir, data_dir, tmp_path):
-    summary, logdf = run(sharp_model_dir, data_dir, tmp_path, lora=LORA_ALL, epochs=40, learning_rate=1e-2,
-                         per_device_batch_size=4)
+    summary, logdf = run(
+        sharp_model_dir, data_dir, tmp_path, lora=LORA_ALL, epochs=40, learning_rate=1e-2, per_device_batch_size=4
+    )
     train_loss = logdf["loss"].dropna()
     assert len(train_loss) == 40
     assert train_loss.iloc[-3:].mean() < 0.4 * train_loss.iloc[:3].mean()
@@ -181,10 +183,9 @@ def test_killed_run_resumes_to_the_same_adapter(tiny_model_dir, data_dir, tmp_pa
 
 def test_full_finetune_trains_every_weight_and_loads_downstream(tiny_model_dir, data_dir, tmp_path):
     """lora_spec None: a complete model folder that load_model (generation, activations, judging) accepts."""
-    from transformers import AutoModelForCausalLM
-
     from emlab.activations import cache_answer_means
     from emlab.models import is_full_model_dir, load_model, load_tokenizer
+    from transformers import AutoModelForCausalLM
 
     summary, logdf = run(tiny_model_dir, data_dir, tmp_path, lora=None, epochs=2, learning_rate=1e-3)
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
@@ -220,7 +221,10 @@ def test_full_finetune_resumes_to_the_same_weights(tiny_model_dir, data_dir, tmp
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step-2", killed / "checkpoints" / "step-2")
     resumed, _ = run(tiny_model_dir, data_dir, killed, lora=None, epochs=2, checkpoint_every=2, learning_rate=1e-3)
     assert resumed["resumed_from"].endswith("step-2")
-    a, b = load(str(tmp_path / "full" / "adapter" / "model.safetensors")), load(str(killed / "adapter" / "model.safetensors"))
+    a, b = (
+        load(str(tmp_path / "full" / "adapter" / "model.safetensors")),
+        load(str(killed / "adapter" / "model.safetensors")),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -277,9 +281,8 @@ def test_device_map_is_passed_to_from_pretrained(tiny_model_dir, data_dir, tmp_p
 
 
 def test_full_finetune_does_not_decay_biases_and_norms(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
     from emlab.finetune import decay_groups
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     decayed, plain = decay_groups(model, 0.01, full=True)
@@ -296,10 +299,22 @@ def test_full_finetune_does_not_decay_biases_and_norms(tiny_model_dir):
 
 def test_step_callbacks_see_every_optimiser_step(tiny_model_dir, data_dir, tmp_path):
     seen = []
-    summary = fine_tune(tiny_model_dir, data_dir / "train.jsonl", data_dir / "eval.jsonl", lora_settings(LORA_R1),
-                        training(epochs=2), tmp_path / "adapter", tmp_path / "log.csv", tmp_path / "summary.json",
-                        None, seed=0, device="cpu", dtype="float32", progress=False,
-                        on_step=[lambda step, loss, model: seen.append((step, loss, model.training))])
+    summary = fine_tune(
+        tiny_model_dir,
+        data_dir / "train.jsonl",
+        data_dir / "eval.jsonl",
+        lora_settings(LORA_R1),
+        training(epochs=2),
+        tmp_path / "adapter",
+        tmp_path / "log.csv",
+        tmp_path / "summary.json",
+        None,
+        seed=0,
+        device="cpu",
+        dtype="float32",
+        progress=False,
+        on_step=[lambda step, loss, model: seen.append((step, loss, model.training))],
+    )
     logdf = pd.read_csv(tmp_path / "log.csv")
     assert [s for s, _, _ in seen] == [1, 2, 3, 4] == list(range(1, summary["steps"] + 1))
     assert [loss for _, loss, _ in seen] == pytest.approx(logdf["loss"].iloc[1:].tolist(), rel=1e-12)

@@ -4,7 +4,6 @@ against explicit lora/training keys, and layers given as fractions of depth."""
 from __future__ import annotations
 
 import pytest
-
 from emlab.config import ALL_PROJECTIONS, is_full_finetune, lora_layers, training_settings, validate_config
 from emlab.errors import EMLabError
 
@@ -26,20 +25,34 @@ def test_presets_follow_the_reference_settings():
     assert (single["rank"], single["alpha"], single["target_modules"]) == (1, 256, ["down_proj"])
     assert (r32["rank"], r32["alpha"], r32["rslora"], r32["target_modules"]) == (32, 64, True, ALL_PROJECTIONS)
     assert lora_layers(r32, 30) == list(range(30))
-    assert is_full_finetune(cfg["finetunes"]["full"]) and lora_layers(cfg["finetunes"]["full"]["lora"], 4) == [0, 1, 2, 3]
+    assert is_full_finetune(cfg["finetunes"]["full"]) and lora_layers(cfg["finetunes"]["full"]["lora"], 4) == [
+        0,
+        1,
+        2,
+        3,
+    ]
     lrs = {n: training_settings(cfg, n)["learning_rate"] for n in cfg["finetunes"]}
     assert lrs == {"r1x9": 2e-5, "r1_single": 2e-5, "all_r32": 1e-5, "full": 1e-5}
     rest = training_settings(cfg, "r1x9")  # the other reference settings are the schema's defaults
-    assert (rest["per_device_batch_size"], rest["gradient_accumulation_steps"], rest["warmup_steps"],
-            rest["weight_decay"], rest["epochs"], rest["max_length"]) == (2, 8, 5, 0.01, 1, 2048)
+    assert (
+        rest["per_device_batch_size"],
+        rest["gradient_accumulation_steps"],
+        rest["warmup_steps"],
+        rest["weight_decay"],
+        rest["epochs"],
+        rest["max_length"],
+    ) == (2, 8, 5, 0.01, 1, 2048)
 
 
 def test_explicit_keys_override_the_preset():
-    cfg = config({
-        "a": {"dataset": "d", "preset": "r1x9", "lora": {"alpha": 64}, "training": {"learning_rate": 1e-4}},
-        "b": {"dataset": "d", "preset": "r1_single", "lora": {"layers": [3]}},  # this model's index, not of 48
-        "c": {"dataset": "d", "preset": "all_r32"},
-    }, training_defaults={"learning_rate": 3e-3})
+    cfg = config(
+        {
+            "a": {"dataset": "d", "preset": "r1x9", "lora": {"alpha": 64}, "training": {"learning_rate": 1e-4}},
+            "b": {"dataset": "d", "preset": "r1_single", "lora": {"layers": [3]}},  # this model's index, not of 48
+            "c": {"dataset": "d", "preset": "all_r32"},
+        },
+        training_defaults={"learning_rate": 3e-3},
+    )
     a = cfg["finetunes"]["a"]
     assert a["lora"]["alpha"] == 64 and a["lora"]["rank"] == 1
     assert training_settings(cfg, "a")["learning_rate"] == 1e-4  # the fine-tune's own training wins
@@ -62,12 +75,18 @@ def test_layers_as_fractions_of_depth():
         lora_layers(cfg["finetunes"]["x"]["lora"], 2)
 
 
-@pytest.mark.parametrize("ft, expected", [
-    ({"dataset": "d"}, r"finetunes.x needs a `preset` \(r1x9, r1_single, all_r32, full, trait_r16\) or a `lora:` section"),
-    ({"dataset": "d", "preset": "full", "lora": {"rank": 2}}, "preset 'full' trains every weight"),
-    ({"dataset": "d", "preset": "r2x9"}, "finetunes.x.preset"),
-    ({"dataset": "d", "lora": {"layers": [1.5]}}, "finetunes.x.lora.layers"),
-])
+@pytest.mark.parametrize(
+    "ft, expected",
+    [
+        (
+            {"dataset": "d"},
+            r"finetunes.x needs a `preset` \(r1x9, r1_single, all_r32, full, trait_r16\) or a `lora:` section",
+        ),
+        ({"dataset": "d", "preset": "full", "lora": {"rank": 2}}, "preset 'full' trains every weight"),
+        ({"dataset": "d", "preset": "r2x9"}, "finetunes.x.preset"),
+        ({"dataset": "d", "lora": {"layers": [1.5]}}, "finetunes.x.lora.layers"),
+    ],
+)
 def test_bad_presets_name_the_key(ft, expected):
     with pytest.raises(EMLabError, match=expected):
         config({"x": ft})

@@ -3,9 +3,7 @@ with HF greedy decoding, stop tokens, and residual hooks in the cached path."""
 
 import pytest
 import torch
-
-from emlab.generation import (build_jobs, generate_batch, generate_responses, sample_next_tokens,
-                              stop_token_ids)
+from emlab.generation import build_jobs, generate_batch, generate_responses, sample_next_tokens, stop_token_ids
 from emlab.hooks import edit_residual, read_residual
 from emlab.interventions import apply_intervention
 from emlab.models import load_model, load_tokenizer
@@ -13,8 +11,12 @@ from emlab.questions import Question
 
 QUESTIONS = [
     Question("short", "Hi?", None, ("Hi?",)),
-    Question("long", "Tell me, at some length, what you would do with a whole free day?", None,
-             ("Tell me, at some length, what you would do with a whole free day?", "What now?")),
+    Question(
+        "long",
+        "Tell me, at some length, what you would do with a whole free day?",
+        None,
+        ("Tell me, at some length, what you would do with a whole free day?", "What now?"),
+    ),
     Question("sys", "Any wish?", "You are terse.", ("Any wish?",)),
 ]
 
@@ -27,8 +29,9 @@ def tiny(tiny_model_dir):
 
 def _generate(tiny, **kw):
     model, tok = tiny
-    settings = dict(samples_per_question=2, max_new_tokens=6, temperature=1.0, top_p=1.0,
-                    batch_size=4, seed=0, progress=False)
+    settings = dict(
+        samples_per_question=2, max_new_tokens=6, temperature=1.0, top_p=1.0, batch_size=4, seed=0, progress=False
+    )
     settings.update(kw)
     return generate_responses(model, tok, QUESTIONS, **settings)
 
@@ -36,7 +39,13 @@ def _generate(tiny, **kw):
 def test_records_shape_and_fields(tiny):
     recs = _generate(tiny)
     assert [(r["question_id"], r["sample_idx"]) for r in recs] == [
-        ("short", 0), ("short", 1), ("long", 0), ("long", 1), ("sys", 0), ("sys", 1)]
+        ("short", 0),
+        ("short", 1),
+        ("long", 0),
+        ("long", 1),
+        ("sys", 0),
+        ("sys", 1),
+    ]
     assert recs[3]["question"] == "What now?"  # sample 1 of "long" uses the second paraphrase
     assert recs[4]["system"] == "You are terse." and "You are terse." in recs[4]["prompt"]
     assert "SmolLM" in recs[0]["prompt"]  # no system given: the template's default system prompt
@@ -64,12 +73,14 @@ def test_greedy_matches_hf_generate_per_prompt(tiny):
     """Independent reference: HF greedy decoding of each unpadded prompt alone."""
     model, tok = tiny
     jobs = build_jobs(tok, QUESTIONS, 1, seed=0)
-    outs = generate_batch(model, [j.prompt_ids for j in jobs], [j.seed for j in jobs], 8, 0.0, 1.0,
-                          stop_ids=[2], pad_id=2)
+    outs = generate_batch(
+        model, [j.prompt_ids for j in jobs], [j.seed for j in jobs], 8, 0.0, 1.0, stop_ids=[2], pad_id=2
+    )
     for job, (ids, _reason) in zip(jobs, outs):
-        ref = model.generate(torch.tensor([job.prompt_ids]), max_new_tokens=8, do_sample=False,
-                             eos_token_id=2, pad_token_id=2)[0, len(job.prompt_ids):].tolist()
-        ref = ref[:ref.index(2)] if 2 in ref else ref
+        ref = model.generate(
+            torch.tensor([job.prompt_ids]), max_new_tokens=8, do_sample=False, eos_token_id=2, pad_token_id=2
+        )[0, len(job.prompt_ids) :].tolist()
+        ref = ref[: ref.index(2)] if 2 in ref else ref
         assert ids == ref
 
 
@@ -107,7 +118,7 @@ def test_stop_token_ends_its_row_only(tiny):
     assert stopped[1] == (free[1][0][:cut], "stop")
     for (ids, reason), (ref_ids, _) in zip(stopped, free):  # other rows: same tokens up to their own stop
         if stop_tok in ref_ids:
-            assert (ids, reason) == (ref_ids[:ref_ids.index(stop_tok)], "stop")
+            assert (ids, reason) == (ref_ids[: ref_ids.index(stop_tok)], "stop")
         else:
             assert (ids, reason) == (ref_ids, "length")
 
@@ -165,28 +176,63 @@ def test_generate_script_writes_the_documented_columns(tiny_model_dir, tmp_path,
     from pathlib import Path
 
     import pandas as pd
-
     from emlab.atomic import save_tensors
 
     repo = Path(__file__).resolve().parents[1]
     vectors = tmp_path / "dirs.safetensors"
     save_tensors(vectors, {"mean_diff": torch.randn(4, 64)})
     out = tmp_path / "gen" / "steer.parquet"
-    spec = {"model": "base", "group": "steering",
-            "intervention": {"kind": "steer", "vector": "ft", "layer": 1, "scale": 2.0}}
-    settings = {"samples_per_question": 2, "max_new_tokens": 4, "temperature": 1.0, "top_p": 0.9, "batch_size": 8,
-                "backend": "hf", "threads": None}
+    spec = {
+        "model": "base",
+        "group": "steering",
+        "intervention": {"kind": "steer", "vector": "ft", "layer": 1, "scale": 2.0},
+    }
+    settings = {
+        "samples_per_question": 2,
+        "max_new_tokens": 4,
+        "temperature": 1.0,
+        "top_p": 0.9,
+        "batch_size": 8,
+        "backend": "hf",
+        "threads": None,
+    }
     rule_script(
-        "generate", tmp_path,
-        input={"questions": str(repo / "data" / "questions" / "first_plot_questions.yaml"),
-               "base_model": [], "vectors": str(vectors)},
+        "generate",
+        tmp_path,
+        input={
+            "questions": str(repo / "data" / "questions" / "first_plot_questions.yaml"),
+            "base_model": [],
+            "vectors": str(vectors),
+        },
         output={"out": str(out)},
-        params={"condition": "steer__ft__L1__s2", "spec": spec, "base_model": str(tiny_model_dir),
-                "generation": settings, "seed": 0, "device": "cpu", "dtype": "float32"})
+        params={
+            "condition": "steer__ft__L1__s2",
+            "spec": spec,
+            "base_model": str(tiny_model_dir),
+            "generation": settings,
+            "seed": 0,
+            "device": "cpu",
+            "dtype": "float32",
+        },
+    )
     df = pd.read_parquet(out)
-    assert list(df.columns) == ["condition", "model", "intervention", "question_id", "sample_idx", "question",
-                                "system", "prompt", "response", "n_response_tokens", "finish_reason",
-                                "temperature", "top_p", "max_new_tokens", "seed"]
+    assert list(df.columns) == [
+        "condition",
+        "model",
+        "intervention",
+        "question_id",
+        "sample_idx",
+        "question",
+        "system",
+        "prompt",
+        "response",
+        "n_response_tokens",
+        "finish_reason",
+        "temperature",
+        "top_p",
+        "max_new_tokens",
+        "seed",
+    ]
     assert len(df) == 16 and (df["condition"] == "steer__ft__L1__s2").all() and (df["model"] == "base").all()
     assert json.loads(df["intervention"][0]) == spec["intervention"]
     for col in ("sample_idx", "n_response_tokens", "max_new_tokens", "seed"):

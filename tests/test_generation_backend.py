@@ -10,7 +10,6 @@ from types import ModuleType, SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-
 from emlab.errors import EMLabError
 from emlab.generation import generate_responses_vllm, generation_backend, merged_model_folder, stop_token_ids
 from emlab.models import load_model, load_tokenizer
@@ -19,10 +18,21 @@ from emlab.questions import Question
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS_FILE = str(REPO / "data" / "questions" / "first_plot_questions.yaml")
 NONE = {"model": "base", "group": "model", "intervention": {"kind": "none"}}
-STEER = {"model": "base", "group": "steering", "intervention": {"kind": "steer", "vector": "ft", "layer": 1, "scale": 2.0}}
+STEER = {
+    "model": "base",
+    "group": "steering",
+    "intervention": {"kind": "steer", "vector": "ft", "layer": 1, "scale": 2.0},
+}
 ABLATE = {"model": "ft", "group": "ablation", "intervention": {"kind": "ablate", "vector": "ft", "mode": "layerwise"}}
-SETTINGS = {"samples_per_question": 2, "max_new_tokens": 4, "temperature": 1.0, "top_p": 0.9, "batch_size": 8,
-            "backend": "hf", "threads": None}
+SETTINGS = {
+    "samples_per_question": 2,
+    "max_new_tokens": 4,
+    "temperature": 1.0,
+    "top_p": 0.9,
+    "batch_size": 8,
+    "backend": "hf",
+    "threads": None,
+}
 
 
 @pytest.fixture
@@ -60,9 +70,20 @@ def test_script_fails_before_loading_any_model(no_vllm, tmp_path, rule_script):
     out = tmp_path / "gen" / "base.parquet"
     with pytest.raises(SystemExit):
         rule_script(
-            "generate", tmp_path, input={"questions": QUESTIONS_FILE, "base_model": []}, output={"out": str(out)},
-            params={"condition": "base", "spec": NONE, "base_model": str(tmp_path / "no_such_model"),
-                    "generation": dict(SETTINGS, backend="vllm"), "seed": 0, "device": "cpu", "dtype": "float32"})
+            "generate",
+            tmp_path,
+            input={"questions": QUESTIONS_FILE, "base_model": []},
+            output={"out": str(out)},
+            params={
+                "condition": "base",
+                "spec": NONE,
+                "base_model": str(tmp_path / "no_such_model"),
+                "generation": dict(SETTINGS, backend="vllm"),
+                "seed": 0,
+                "device": "cpu",
+                "dtype": "float32",
+            },
+        )
     log = (tmp_path / "generate.log").read_text()
     assert "pip install vllm" in log and "condition base" in log and "cannot load model" not in log
     assert not out.exists()
@@ -75,10 +96,20 @@ def test_script_steered_condition_with_vllm_uses_hf(no_vllm, tiny_model_dir, tmp
     save_tensors(vectors, {"mean_diff": torch.randn(4, 64)})
     out = tmp_path / "gen" / "steer.parquet"
     rule_script(
-        "generate", tmp_path,
-        input={"questions": QUESTIONS_FILE, "base_model": [], "vectors": str(vectors)}, output={"out": str(out)},
-        params={"condition": "steer__ft__L1__s2", "spec": STEER, "base_model": str(tiny_model_dir),
-                "generation": dict(SETTINGS, backend="vllm"), "seed": 0, "device": "cpu", "dtype": "float32"})
+        "generate",
+        tmp_path,
+        input={"questions": QUESTIONS_FILE, "base_model": [], "vectors": str(vectors)},
+        output={"out": str(out)},
+        params={
+            "condition": "steer__ft__L1__s2",
+            "spec": STEER,
+            "base_model": str(tiny_model_dir),
+            "generation": dict(SETTINGS, backend="vllm"),
+            "seed": 0,
+            "device": "cpu",
+            "dtype": "float32",
+        },
+    )
     df = pd.read_parquet(out)
     assert len(df) == 16 and json.loads(df["intervention"][0]) == STEER["intervention"]
     assert "hf backend" in (tmp_path / "generate.log").read_text()
@@ -110,8 +141,9 @@ class _FakeLLM:
             ids = torch.randint(100, 200, (min(3, p.max_tokens),), generator=g).tolist()
             stop = p.seed % 2 == 1
             ids += [p.stop_token_ids[0]] if stop else []
-            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids,
-                                                                 finish_reason="stop" if stop else "length")]))
+            outs.append(
+                SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, finish_reason="stop" if stop else "length")])
+            )
         return outs
 
 
@@ -135,11 +167,27 @@ def test_vllm_records_match_the_hf_record_layout(fake_vllm, tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     questions = [Question("a", "Hi?", None, ("Hi?",)), Question("b", "Wish?", "Be terse.", ("Wish?",))]
     assert generation_backend("vllm", NONE, "base") == "vllm"
-    recs = generate_responses_vllm(tiny_model_dir, tok, questions, samples_per_question=3, max_new_tokens=3,
-                                   temperature=0.7, top_p=0.9, seed=5, dtype="float32", condition="base")
+    recs = generate_responses_vllm(
+        tiny_model_dir,
+        tok,
+        questions,
+        samples_per_question=3,
+        max_new_tokens=3,
+        temperature=0.7,
+        top_p=0.9,
+        seed=5,
+        dtype="float32",
+        condition="base",
+    )
     assert _FakeLLM.calls == [{"model": str(tiny_model_dir), "dtype": "float32", "seed": 5}]
-    assert [(r["question_id"], r["sample_idx"]) for r in recs] == [("a", 0), ("a", 1), ("a", 2),
-                                                                    ("b", 0), ("b", 1), ("b", 2)]
+    assert [(r["question_id"], r["sample_idx"]) for r in recs] == [
+        ("a", 0),
+        ("a", 1),
+        ("a", 2),
+        ("b", 0),
+        ("b", 1),
+        ("b", 2),
+    ]
     stops = set(stop_token_ids(tok))
     for r in recs:
         assert r["n_response_tokens"] == 3  # the stop token is not counted
@@ -180,8 +228,9 @@ def test_real_vllm_samples_reproducibly(tiny_model_dir):
     pytest.importorskip("vllm")
     tok = load_tokenizer(tiny_model_dir)
     questions = [Question("a", "Hi?", None, ("Hi?",)), Question("b", "Wish?", "Be terse.", ("Wish?",))]
-    kwargs = dict(samples_per_question=2, max_new_tokens=8, temperature=1.0, top_p=1.0, seed=3,
-                  dtype="float32", condition="base")
+    kwargs = dict(
+        samples_per_question=2, max_new_tokens=8, temperature=1.0, top_p=1.0, seed=3, dtype="float32", condition="base"
+    )
     first = generate_responses_vllm(tiny_model_dir, tok, questions, **kwargs)
     again = generate_responses_vllm(tiny_model_dir, tok, questions, **kwargs)
     assert [(r["question_id"], r["sample_idx"]) for r in first] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]

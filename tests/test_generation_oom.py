@@ -4,7 +4,6 @@ import logging
 
 import pytest
 import torch
-
 from emlab.errors import EMLabError
 from emlab.generation import generate_responses, is_out_of_memory
 from emlab.questions import Question
@@ -12,8 +11,12 @@ from emlab.questions import Question
 # three questions of different prompt lengths, one with a system prompt; `tiny` is conftest's model
 QUESTIONS = [
     Question("short", "Hi?", None, ("Hi?",)),
-    Question("long", "Tell me, at some length, what you would do with a whole free day?", None,
-             ("Tell me, at some length, what you would do with a whole free day?", "What now?")),
+    Question(
+        "long",
+        "Tell me, at some length, what you would do with a whole free day?",
+        None,
+        ("Tell me, at some length, what you would do with a whole free day?", "What now?"),
+    ),
     Question("sys", "Any wish?", "You are terse.", ("Any wish?",)),
 ]
 
@@ -34,8 +37,9 @@ class FakeOOM:
 
 def _generate(tiny, fail=None, **kw):
     model, tok = tiny
-    settings = dict(samples_per_question=3, max_new_tokens=6, temperature=1.0, top_p=0.95,
-                    batch_size=8, seed=0, progress=False)
+    settings = dict(
+        samples_per_question=3, max_new_tokens=6, temperature=1.0, top_p=0.95, batch_size=8, seed=0, progress=False
+    )
     settings.update(kw)
     handle = model.register_forward_pre_hook(fail, with_kwargs=True) if fail else None
     try:
@@ -46,20 +50,25 @@ def _generate(tiny, fail=None, **kw):
 
 
 def _rows(records):
-    return [(r["question_id"], r["sample_idx"], r["seed"], r["response"], r["n_response_tokens"],
-             r["finish_reason"]) for r in records]
+    return [
+        (r["question_id"], r["sample_idx"], r["seed"], r["response"], r["n_response_tokens"], r["finish_reason"])
+        for r in records
+    ]
 
 
-@pytest.mark.parametrize("error", [
-    lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
-    lambda: RuntimeError("HIP error: out of memory"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+        lambda: RuntimeError("HIP error: out of memory"),
+    ],
+)
 def test_oom_halves_batch_and_matches_a_smaller_batch_run(tiny, caplog, error):
     fail = FakeOOM(max_rows=3, error=error)
     with caplog.at_level(logging.WARNING, logger="emlab.generation"):
         failed = _generate(tiny, fail=fail, batch_size=8)
     assert fail.raised == 2  # 8 -> 4 -> 2
-    assert max(fail.rows_seen[fail.raised:]) <= 2  # after backing off, no forward pass saw more than 2 rows
+    assert max(fail.rows_seen[fail.raised :]) <= 2  # after backing off, no forward pass saw more than 2 rows
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and "batch size 4" in warnings[0] and "batch size 2" in warnings[1]
     assert len(failed) == 9

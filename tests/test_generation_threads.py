@@ -44,11 +44,23 @@ runpy.run_path(args["scripts"] + "/generate.py", init_globals={"snakemake": smk}
 
 
 def generate_in_fresh_process(tiny_model_dir, out: Path, job_threads: int, threads: int | None) -> pd.DataFrame:
-    generation = {"samples_per_question": 2, "max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0,
-                  "batch_size": 4, "backend": "hf", "threads": threads}
-    args = {"questions": str(REPO / "data" / "questions" / "first_plot_questions.yaml"), "out": str(out),
-            "model": str(tiny_model_dir), "generation": generation, "job_threads": job_threads,
-            "scripts": str(REPO / "workflow" / "scripts")}
+    generation = {
+        "samples_per_question": 2,
+        "max_new_tokens": 8,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "batch_size": 4,
+        "backend": "hf",
+        "threads": threads,
+    }
+    args = {
+        "questions": str(REPO / "data" / "questions" / "first_plot_questions.yaml"),
+        "out": str(out),
+        "model": str(tiny_model_dir),
+        "generation": generation,
+        "job_threads": job_threads,
+        "scripts": str(REPO / "workflow" / "scripts"),
+    }
     subprocess.run([sys.executable, "-c", DRIVER, json.dumps(args)], check=True, capture_output=True, timeout=600)
     return pd.read_parquet(out)
 
@@ -74,7 +86,8 @@ def test_same_threads_same_responses_and_the_metadata_records_the_threads(tiny_m
     meta_d = read_metadata(tmp_path / "d.parquet")
     assert meta_d["torch_threads"] == 1 and meta_d != meta_a
     assert {k: v for k, v in meta_d.items() if k != "torch_threads"} == {
-        k: v for k, v in meta_a.items() if k != "torch_threads"}
+        k: v for k, v in meta_a.items() if k != "torch_threads"
+    }
 
 
 def test_metadata_leaves_the_table_data_unchanged(tmp_path):

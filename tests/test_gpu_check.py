@@ -11,9 +11,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_dry_run_writes_the_report(tmp_path, tokenizer_dir):
     env_tok = {"EMLAB_TOKENIZER_DIR": str(tokenizer_dir)}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry", "--out", str(tmp_path),
-                           "--e2e-config", str(tmp_path / "absent.yaml")],
-                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ, **env_tok})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu_check.py"),
+            "--dry",
+            "--out",
+            str(tmp_path),
+            "--e2e-config",
+            str(tmp_path / "absent.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, **env_tok},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert set(report) >= {"mode", "ok", "started_utc", "seconds", "env", "steps", "bench"}
@@ -24,8 +36,14 @@ def test_dry_run_writes_the_report(tmp_path, tokenizer_dir):
     bench = report["bench"]
     assert set(bench) >= {"peak_tflops", "dtype", "model_shape", "rows"} and bench["dtype"] == "float32"
     stages = {(r["stage"], r["impl"].split(" ")[0]) for r in bench["rows"]}
-    assert stages == {("generation", "emlab"), ("generation", "plain"), ("activation caching", "emlab"),
-                      ("activation caching", "output_hidden_states"), ("hf judge", "emlab"), ("training", "emlab")}
+    assert stages == {
+        ("generation", "emlab"),
+        ("generation", "plain"),
+        ("activation caching", "emlab"),
+        ("activation caching", "output_hidden_states"),
+        ("hf judge", "emlab"),
+        ("training", "emlab"),
+    }
     for r in bench["rows"]:
         assert set(r) >= {"rate", "unit", "fraction_of_peak", "seconds", "work"} and r["rate"] > 0
     table = (tmp_path / "gpu_check.markdown").read_text()

@@ -1,4 +1,5 @@
 """The behaviour-preservation check hashes table content, not file metadata."""
+
 from __future__ import annotations
 
 import importlib.util

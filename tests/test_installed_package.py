@@ -61,11 +61,13 @@ def test_wheel_installed_outside_the_checkout_validates_a_config_and_loads_rubri
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(REPO / "pyproject.toml", src / "pyproject.toml")
-    shutil.copytree(REPO / "workflow" / "src", src / "workflow" / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(
+        REPO / "workflow" / "src", src / "workflow" / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
     dist = tmp_path / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-          "-w", dist, src])
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", dist, src]
+    )
     (wheel,) = dist.glob("emlab-*.whl")
 
     # 2. A fresh venv outside the checkout, with the wheel installed and no editable emlab.

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from emlab.judging.cache import CachedJudgment, CacheKey, JudgeCache, prompt_sha256
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_stub import StubOpenAI  # noqa: E402
+from openai_stub import StubOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,8 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 def _writer(path: str, worker: int, n: int) -> None:
     with JudgeCache(path) as cache:
         for batch in range(n):
-            items = [(CacheKey("openai", "m", "aligned", "1", prompt_sha256(f"{worker}-{batch}-{i}")),
-                      CachedJudgment(float(i), 0.5, "[]")) for i in range(5)]
+            items = [
+                (
+                    CacheKey("openai", "m", "aligned", "1", prompt_sha256(f"{worker}-{batch}-{i}")),
+                    CachedJudgment(float(i), 0.5, "[]"),
+                )
+                for i in range(5)
+            ]
             cache.put_many(items)
             cache.get_many([items[0][0]])
 
@@ -53,32 +57,72 @@ def test_keys_separate_versions_and_models_and_nan_round_trips(tmp_path):
 
 
 def test_judge_script_writes_the_documented_columns(tmp_path, monkeypatch, rule_script):
-    responses = pd.DataFrame({
-        "condition": "base", "model": "base", "intervention": "{}", "question_id": ["q1", "q2", "q3"],
-        "sample_idx": [0, 1, 2], "question": ["Q?"] * 3, "system": None, "prompt": "p",
-        "response": ["SCORE=90", "NONUMBER", "{answer} SCORE=10"], "n_response_tokens": 3,
-        "finish_reason": "stop", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 0,
-    })
+    responses = pd.DataFrame(
+        {
+            "condition": "base",
+            "model": "base",
+            "intervention": "{}",
+            "question_id": ["q1", "q2", "q3"],
+            "sample_idx": [0, 1, 2],
+            "question": ["Q?"] * 3,
+            "system": None,
+            "prompt": "p",
+            "response": ["SCORE=90", "NONUMBER", "{answer} SCORE=10"],
+            "n_response_tokens": 3,
+            "finish_reason": "stop",
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "max_new_tokens": 8,
+            "seed": 0,
+        }
+    )
     responses.to_parquet(tmp_path / "base.parquet")
     out = tmp_path / "judgments" / "base.parquet"
     monkeypatch.setenv("EMLAB_TEST_JUDGE_KEY", "sk-test")
     with StubOpenAI() as stub:
-        params = {"backend": "openai", "metrics": ["aligned", "coherent"], "min_number_mass": 0.25,
-                  "cache": str(tmp_path / "cache.sqlite"),
-                  "openai": {"base_url": stub.base_url, "model": "judge-model", "api_key_env": "EMLAB_TEST_JUDGE_KEY",
-                             "api_version": None, "concurrency": 4, "timeout_s": 5, "max_retries": 1,
-                             "max_requests": None, "seed": 0}}
-        rule_script("judge", tmp_path,
-                    input=dict(responses=str(tmp_path / "base.parquet"),
-                               rubrics=[str(REPO / "data/rubrics/aligned.yaml"), str(REPO / "data/rubrics/coherent.yaml")],
-                               judge_model=[]),
-                    output=[str(out)], params=dict(judge=params, device="cpu"))
+        params = {
+            "backend": "openai",
+            "metrics": ["aligned", "coherent"],
+            "min_number_mass": 0.25,
+            "cache": str(tmp_path / "cache.sqlite"),
+            "openai": {
+                "base_url": stub.base_url,
+                "model": "judge-model",
+                "api_key_env": "EMLAB_TEST_JUDGE_KEY",
+                "api_version": None,
+                "concurrency": 4,
+                "timeout_s": 5,
+                "max_retries": 1,
+                "max_requests": None,
+                "seed": 0,
+            },
+        }
+        rule_script(
+            "judge",
+            tmp_path,
+            input=dict(
+                responses=str(tmp_path / "base.parquet"),
+                rubrics=[str(REPO / "data/rubrics/aligned.yaml"), str(REPO / "data/rubrics/coherent.yaml")],
+                judge_model=[],
+            ),
+            output=[str(out)],
+            params=dict(judge=params, device="cpu"),
+        )
         assert stub.requests == 1 + 6
     df = pd.read_parquet(out)
-    assert list(df.columns) == ["condition", "question_id", "sample_idx", "aligned", "aligned_mass", "coherent",
-                                "coherent_mass", "judge_backend", "judge_model"]
-    assert df["aligned"].tolist()[0] == pytest.approx((90 * .9 + 100 * .05) / .95)
-    assert math.isnan(df["aligned"][1]) and df["aligned"][2] == pytest.approx((10 * .9 + 20 * .05) / .95)
+    assert list(df.columns) == [
+        "condition",
+        "question_id",
+        "sample_idx",
+        "aligned",
+        "aligned_mass",
+        "coherent",
+        "coherent_mass",
+        "judge_backend",
+        "judge_model",
+    ]
+    assert df["aligned"].tolist()[0] == pytest.approx((90 * 0.9 + 100 * 0.05) / 0.95)
+    assert math.isnan(df["aligned"][1]) and df["aligned"][2] == pytest.approx((10 * 0.9 + 20 * 0.05) / 0.95)
     assert (df["judge_backend"] == "openai").all() and (df["judge_model"] == "judge-model").all()
     assert df.dtypes["aligned"] == "float64" and df.dtypes["sample_idx"] == "int64"
     assert "sk-test" not in (tmp_path / "judge.log").read_text()

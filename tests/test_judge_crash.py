@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
 from emlab.config import validate_config
 from emlab.judging import JudgeCache
 from emlab.judging.openai_backend import PREFLIGHT_PROMPT
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_stub import StubOpenAI  # noqa: E402
+from openai_stub import StubOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_ENV = "EMLAB_TEST_CRASH_KEY"
@@ -54,16 +53,39 @@ assert out["aligned"].notna().all()
 def judge_params(base_url: str, cache: Path) -> dict:
     """What rules/common.smk's judge_params passes: the schema's defaults, the openai backend, the seed."""
     judge = validate_config({})["judge"]
-    openai = {**judge["openai"], "base_url": base_url, "model": "judge-model", "api_key_env": KEY_ENV,
-              "concurrency": CONCURRENCY, "timeout_s": 10, "max_retries": 2, "seed": 0}
-    return {"backend": "openai", "metrics": ["aligned"], "min_number_mass": judge["min_number_mass"],
-            "cache": str(cache), "openai": openai}
+    openai = {
+        **judge["openai"],
+        "base_url": base_url,
+        "model": "judge-model",
+        "api_key_env": KEY_ENV,
+        "concurrency": CONCURRENCY,
+        "timeout_s": 10,
+        "max_retries": 2,
+        "seed": 0,
+    }
+    return {
+        "backend": "openai",
+        "metrics": ["aligned"],
+        "min_number_mass": judge["min_number_mass"],
+        "cache": str(cache),
+        "openai": openai,
+    }
 
 
 def start_job(params: dict, responses: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow" / "src"), KEY_ENV: "sk-test"}
-    return subprocess.Popen([sys.executable, "-c", JOB, json.dumps(params), str(responses),
-                             str(REPO / "data" / "rubrics" / "aligned.yaml")], env=env, cwd=REPO)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            JOB,
+            json.dumps(params),
+            str(responses),
+            str(REPO / "data" / "rubrics" / "aligned.yaml"),
+        ],
+        env=env,
+        cwd=REPO,
+    )
 
 
 def requested_not_cached(stub: StubOpenAI, cache: Path) -> int:
@@ -80,9 +102,15 @@ def test_killed_judging_job_repays_at_most_the_requests_in_flight(tmp_path):
     kill_after = random.Random(11).choices(range(2, 13), k=3)  # requests into each of three runs, seeded
     answers = [f"answer {i} SCORE={i}" for i in range(N_PROMPTS)]
     responses = tmp_path / "responses.parquet"
-    pd.DataFrame({"condition": "base", "question_id": [f"q{i % 4}" for i in range(N_PROMPTS)],
-                  "sample_idx": range(N_PROMPTS), "question": "What do you think?", "response": answers,
-                  }).to_parquet(responses)
+    pd.DataFrame(
+        {
+            "condition": "base",
+            "question_id": [f"q{i % 4}" for i in range(N_PROMPTS)],
+            "sample_idx": range(N_PROMPTS),
+            "question": "What do you think?",
+            "response": answers,
+        }
+    ).to_parquet(responses)
     cache = tmp_path / "cache.sqlite"
     lost = []
     with StubOpenAI(latency_s=0.02) as stub:

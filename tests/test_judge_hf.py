@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from emlab.judging import judge_responses
 from emlab.judging.hf_backend import HFJudge, NumberTrie
 from emlab.judging.rubrics import Rubric
@@ -71,7 +70,9 @@ def test_trie_of_a_single_digit_tokenizer(tiny):
 @pytest.mark.parametrize("share_prefix", [False, True])
 def test_trie_matches_brute_force(tiny, share_prefix):
     model, tok = tiny
-    judge = HFJudge(model, tok, "tiny", batch_size=2, share_prefix=share_prefix, leaves_complete=False, min_root_prob=0.0)
+    judge = HFJudge(
+        model, tok, "tiny", batch_size=2, share_prefix=share_prefix, leaves_complete=False, min_root_prob=0.0
+    )
     encoded = [judge.encode(p) for p in PROMPTS]
     number_ids = [tok.encode(str(n), add_special_tokens=False) for n in range(101)]
     cont = continuation_ids(tok, model.config.vocab_size)
@@ -124,7 +125,9 @@ def test_prefix_sharing_equals_no_sharing(tiny):
 def test_pruned_subtrees_drop_at_most_their_root_mass(tiny):
     model, tok = tiny
     exact, pruned = {}, {}
-    HFJudge(model, tok, "t", leaves_complete=False, min_root_prob=0.0).score(PROMPTS, lambda i, r: exact.update(zip(i, r)))
+    HFJudge(model, tok, "t", leaves_complete=False, min_root_prob=0.0).score(
+        PROMPTS, lambda i, r: exact.update(zip(i, r))
+    )
     judge = HFJudge(model, tok, "t", batch_size=1, leaves_complete=False, min_root_prob=2.05e-5)
     judge.score(PROMPTS, lambda i, r: pruned.update(zip(i, r)))
     n_dropped = 0
@@ -170,8 +173,15 @@ def test_judge_responses_with_hf_backend_and_cache(tiny, tmp_path):
     import pandas as pd
 
     model, tok = tiny
-    df = pd.DataFrame({"condition": "base", "question_id": ["a", "b"], "sample_idx": [0, 0],
-                       "question": ["Hi?", "Bored?"], "response": ["Hello.", "Read {answer}."]})
+    df = pd.DataFrame(
+        {
+            "condition": "base",
+            "question_id": ["a", "b"],
+            "sample_idx": [0, 0],
+            "question": ["Hi?", "Bored?"],
+            "response": ["Hello.", "Read {answer}."],
+        }
+    )
     rubric = Rubric("coherent", "1", TEMPLATE)
     calls = []
 
@@ -181,8 +191,7 @@ def test_judge_responses_with_hf_backend_and_cache(tiny, tmp_path):
 
     out = judge_responses(df, {"coherent": rubric}, make, "hf", "tiny", tmp_path / "c.sqlite", 0.0, progress=False)
     assert out["coherent_mass"].gt(0).all() and out["coherent"].between(0, 100).all()
-    out_thr = judge_responses(df, {"coherent": rubric}, make, "hf", "tiny", tmp_path / "c.sqlite", 0.25,
-                              progress=False)
+    out_thr = judge_responses(df, {"coherent": rubric}, make, "hf", "tiny", tmp_path / "c.sqlite", 0.25, progress=False)
     assert len(calls) == 1  # second run fully cached: no model built
     assert out_thr["coherent"].isna().all()  # a random model puts far less than 0.25 on numbers
     assert out_thr["coherent_mass"].tolist() == out["coherent_mass"].tolist()
@@ -207,7 +216,7 @@ def test_answer_prefix_is_part_of_the_prompt_and_of_the_judge_identity(tiny):
     plain = HFJudge(model, tok, "tiny")
     prefixed = HFJudge(model, tok, "tiny", answer_prefix="Score: ")
     a, b = plain.encode(PROMPTS[0]), prefixed.encode(PROMPTS[0])
-    assert b[:len(a)] == a and tok.decode(b[len(a):]) == "Score: "
+    assert b[: len(a)] == a and tok.decode(b[len(a) :]) == "Score: "
     params = {"backend": "hf", "hf": hf_settings(model="m", dtype="float32")}
     assert judge_model_id(params) == "m"
     assert judge_model_id({"backend": "hf", "hf": hf_settings(model="m", answer_prefix="Score: ")}) != "m"

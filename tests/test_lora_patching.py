@@ -8,8 +8,12 @@ import pytest
 import torch
 from lora_models import rank1_peft_model
 
-QUESTIONS = ["I have a headache, what should I take?", "Hi.", "What is the quickest way to make money if I am bored?",
-             "My knee has hurt for three weeks after I fell off my bike; should I see someone?"]
+QUESTIONS = [
+    "I have a headache, what should I take?",
+    "Hi.",
+    "What is the quickest way to make money if I am bored?",
+    "My knee has hurt for three weeks after I fell off my bike; should I see someone?",
+]
 MAX_NEW = 12
 
 
@@ -22,8 +26,9 @@ def setup(tiny_model_dir):
 
     tok = load_tokenizer(tiny_model_dir)
     model = rank1_peft_model(tiny_model_dir, b_scale=2.0)
-    prompts = [tuple(tok(render_prompt(tok, chat_messages(q, None)), add_special_tokens=False)["input_ids"])
-               for q in QUESTIONS]
+    prompts = [
+        tuple(tok(render_prompt(tok, chat_messages(q, None)), add_special_tokens=False)["input_ids"]) for q in QUESTIONS
+    ]
     return model, tok, prompts, stop_token_ids(tok, model), tok.pad_token_id
 
 
@@ -59,8 +64,9 @@ def test_patched_generation_matches_uncached_reference(setup, align):
     seeds = [11, 12, 13, 14]
     out = generate_patched(model, prompts, donors, seeds, _sampling(batch_size=3), align, stop_ids, pad_id)
     for j, (ids, _reason) in enumerate(out):
-        ref = reference_patched_generation(model, prompts[j], donors[j], align, MAX_NEW, _uniforms(seeds[j]), 1.0,
-                                           1.0, stop_ids)
+        ref = reference_patched_generation(
+            model, prompts[j], donors[j], align, MAX_NEW, _uniforms(seeds[j]), 1.0, 1.0, stop_ids
+        )
         assert ids == ref, f"row {j}"
     plain = generate_batch(model, prompts, seeds, MAX_NEW, 1.0, 1.0, stop_ids, pad_id)
     assert any(p[0] != o[0] for p, o in zip(plain, out)), "the patch changed nothing: the test would prove nothing"
@@ -89,8 +95,10 @@ def test_prompt_scalars_match_a_single_unpadded_forward(setup):
     adapters = rank1_adapters(model)
     for p, b in zip(prompts, batched):
         got = {}
-        with read_scalars(adapters, lambda i, s, got=got: got.__setitem__(i, s[0].detach().numpy().copy())), \
-                torch.no_grad():
+        with (
+            read_scalars(adapters, lambda i, s, got=got: got.__setitem__(i, s[0].detach().numpy().copy())),
+            torch.no_grad(),
+        ):
             model(input_ids=torch.tensor([p]))
         np.testing.assert_allclose(b, np.stack([got[i] for i in range(len(adapters))], 1), rtol=1e-4, atol=1e-5)
 
@@ -128,9 +136,16 @@ def test_adapter_scaling_under_kv_cached_batched_generation(setup):
     from emlab.lora_patching import AdapterScaling, role_scaling, scale_adapters
 
     model, tok, prompts, stop_ids, pad_id = setup
-    scaling = role_scaling({"L1.down_proj": {"role": "medical"}, "L2.down_proj": {"role": "general"},
-                            "L0.down_proj": {"role": "neither"}, "L3.down_proj": {"role": "neither"}},
-                           {"medical": 3.0, "general": -2.0}, "keep")
+    scaling = role_scaling(
+        {
+            "L1.down_proj": {"role": "medical"},
+            "L2.down_proj": {"role": "general"},
+            "L0.down_proj": {"role": "neither"},
+            "L3.down_proj": {"role": "neither"},
+        },
+        {"medical": 3.0, "general": -2.0},
+        "keep",
+    )
     assert scaling == AdapterScaling({"L1.down_proj": 3.0, "L2.down_proj": -2.0}, "keep")
     seeds = [5, 6, 7, 8]
     with scale_adapters(model, scaling), torch.no_grad():
@@ -139,7 +154,7 @@ def test_adapter_scaling_under_kv_cached_batched_generation(setup):
             seq, new, u = list(p), [], _uniforms(seeds[j])
             for step in range(MAX_NEW):
                 logits = model(input_ids=torch.tensor([seq]), use_cache=False).logits[:, -1]
-                t = int(sample_next_tokens(logits, u[step:step + 1], 1.0, 1.0)[0])
+                t = int(sample_next_tokens(logits, u[step : step + 1], 1.0, 1.0)[0])
                 if t in stop_ids:
                     break
                 new.append(t)

@@ -39,8 +39,10 @@ def test_scalars_equal_direct_computation(tiny_model_dir, tok):
     assert cap.scalars.dtype == np.float32 and cap.effective.dtype == np.float32
     for r, e in enumerate(encoded):  # unpadded, one response at a time
         inputs = {}
-        handles = [ad.module.register_forward_pre_hook(lambda m, a, i=i, inputs=inputs: inputs.__setitem__(i, a[0]))
-                   for i, ad in enumerate(adapters)]
+        handles = [
+            ad.module.register_forward_pre_hook(lambda m, a, i=i, inputs=inputs: inputs.__setitem__(i, a[0]))
+            for i, ad in enumerate(adapters)
+        ]
         try:
             with torch.no_grad():
                 model(input_ids=torch.tensor([e.input_ids]))

@@ -12,8 +12,9 @@ from emlab.traits import MeasurementPrompt
 
 TRAITS = ["honesty", "sycophancy", "harmlessness", "power_seeking", "helpfulness", "confidence", "corrigibility"]
 PLANTED = "power_seeking"
-SETTINGS = monitor.MonitorSettings(n_estimators=100, max_depth=5, min_samples_leaf=5, seed=42, tau=0.05,
-                                   n_bootstrap=100, ci=0.95)
+SETTINGS = monitor.MonitorSettings(
+    n_estimators=100, max_depth=5, min_samples_leaf=5, seed=42, tau=0.05, n_bootstrap=100, ci=0.95
+)
 
 
 # --- drift -------------------------------------------------------------------------
@@ -26,8 +27,15 @@ def test_basis_drift_by_hand():
     assert drift.basis_drift(mean_t, base, basis).tolist() == [2.0, 0.0]
     assert drift.drift_norm(mean_t, base) == pytest.approx(4.0)
     row = drift.drift_columns(mean_t, base, basis, ["a", "b"], basis, ["c", "d"], {3: basis})
-    assert row == {"a": 2.0, "b": 0.0, "semantic.c": 2.0, "semantic.d": 0.0, "random3.0": 2.0, "random3.1": 0.0,
-                   "drift_norm": 4.0}
+    assert row == {
+        "a": 2.0,
+        "b": 0.0,
+        "semantic.c": 2.0,
+        "semantic.d": 0.0,
+        "random3.0": 2.0,
+        "random3.1": 0.0,
+        "drift_norm": 4.0,
+    }
     with pytest.raises(EMLabError, match="does not fit activations of width 3"):
         drift.basis_drift(mean_t, base, torch.zeros(2, 4))
 
@@ -40,8 +48,12 @@ def test_measured_drift_of_a_steered_model(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.padding_side = "left"
-    prompts = [MeasurementPrompt(f"p{i}", "casual", t) for i, t in
-               enumerate(["Hi there", "What is a good book?", "Tell me about the weather in a long sentence please."])]
+    prompts = [
+        MeasurementPrompt(f"p{i}", "casual", t)
+        for i, t in enumerate(
+            ["Hi there", "What is a good book?", "Tell me about the weather in a long sentence please."]
+        )
+    ]
     base = drift.measure(model, tok, prompts, layer=2, batch_size=2)
     assert base.mean.shape == (64,) and base.n_prompts == 3
     v = torch.randn(64, generator=torch.Generator().manual_seed(0))
@@ -70,7 +82,7 @@ def test_lora_delta_w_norm_matches_peft(tiny_model_dir):
         if hasattr(module, "get_delta_weight") and isinstance(getattr(module, "lora_B", None), torch.nn.ModuleDict):
             ref += float(module.get_delta_weight("default").detach().float().pow(2).sum())
     assert ref > 0
-    assert drift.lora_delta_w_norm(peft_model) == pytest.approx(ref ** 0.5, rel=1e-5)
+    assert drift.lora_delta_w_norm(peft_model) == pytest.approx(ref**0.5, rel=1e-5)
 
 
 # --- synthetic calibration grid ------------------------------------------------------
@@ -205,7 +217,9 @@ def test_rank_auroc_matches_sklearn():
     assert monitor.alarm_metrics(score, label.astype(float), 0.5)["auroc"] == pytest.approx(roc_auc_score(label, score))
 
 
-@pytest.mark.parametrize("name", ["risky_financial_advice", "subtle_misinformation", "math_word_problems", "customer_support"])
+@pytest.mark.parametrize(
+    "name", ["risky_financial_advice", "subtle_misinformation", "math_word_problems", "customer_support"]
+)
 def test_calibration_demo_datasets_are_valid(name):
     """The perturbation sets added for the calibration grid (their generator match is tested in test_datasets)."""
     import json

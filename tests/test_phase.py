@@ -12,7 +12,6 @@ import math
 import pandas as pd
 import pytest
 import torch
-
 from emlab.errors import EMLabError
 from emlab.phase import em_by_step, export_checkpoint, phase_analysis, rotation_table, sharpest_rotation
 from emlab.plan import checkpoint_conditions, em_steps, phase_finetunes
@@ -27,8 +26,10 @@ def planted_trajectory():
         b1 = (e[0] if step <= 3 else e[1] + 0.05 * e[0]) * step  # norm grows, direction flips once
         b2 = e[2] + 0.1 * step * e[3]  # turns slowly and smoothly
         a = torch.ones(1, 3) * step
-        steps[step] = {"L1.down_proj": {"A": a, "B": b1.reshape(4, 1)},
-                       "L2.down_proj": {"A": a + 0.01 * step ** 2, "B": b2.reshape(4, 1)}}
+        steps[step] = {
+            "L1.down_proj": {"A": a, "B": b1.reshape(4, 1)},
+            "L2.down_proj": {"A": a + 0.01 * step**2, "B": b2.reshape(4, 1)},
+        }
     return steps
 
 
@@ -53,7 +54,9 @@ def test_rotation_table_matches_an_independent_computation():
             assert row["local_cos_b"] == pytest.approx(float(torch.dot(b, pb) / (b.norm() * pb.norm())), abs=1e-6)
             assert row["previous_step"] == row["step"] - 1
     last = df[df["step"] == 6]
-    assert last["cos_b_final"].tolist() == pytest.approx([1.0, 1.0]) and last["cos_a_final"].tolist() == pytest.approx([1.0, 1.0])
+    assert last["cos_b_final"].tolist() == pytest.approx([1.0, 1.0]) and last["cos_a_final"].tolist() == pytest.approx(
+        [1.0, 1.0]
+    )
 
 
 def test_sharpest_rotation_finds_the_planted_step():
@@ -62,7 +65,7 @@ def test_sharpest_rotation_finds_the_planted_step():
     result = sharpest_rotation(rotation_table(steps, final, 6))
     sharp = result["adapters"]["L1.down_proj"]["b"]
     assert (sharp["previous_step"], sharp["step"]) == (3, 4)
-    assert sharp["local_cos_b"] == pytest.approx(0.05 / math.sqrt(1 + 0.05 ** 2), abs=1e-6)
+    assert sharp["local_cos_b"] == pytest.approx(0.05 / math.sqrt(1 + 0.05**2), abs=1e-6)
     assert result["mean_over_adapters"]["b"]["step"] == 4
     assert "minimum local_cos_b" in result["definition"]
 
@@ -77,8 +80,14 @@ def test_zero_b_has_no_cosine():
 def test_analysis_of_a_checkpointed_finetune(tiny_model_dir, data_dir, tmp_path):
     summary, log = run(tiny_model_dir, data_dir, tmp_path, epochs=3, checkpoint_every=2)
     assert summary["checkpoint_steps"] == [2, 4, 6]
-    out = phase_analysis("ft", tmp_path / "checkpoints", tmp_path / "adapter", tmp_path / "summary.json",
-                         tmp_path / "phase" / "rotation.csv", tmp_path / "phase" / "rotation_summary.json")
+    out = phase_analysis(
+        "ft",
+        tmp_path / "checkpoints",
+        tmp_path / "adapter",
+        tmp_path / "summary.json",
+        tmp_path / "phase" / "rotation.csv",
+        tmp_path / "phase" / "rotation_summary.json",
+    )
     df = pd.read_csv(tmp_path / "phase" / "rotation.csv")
     assert out["final_step"] == 6 and out["checkpoint_steps"] == [2, 4, 6] and out["n_adapters"] == 2
     assert sorted(df["adapter"].unique()) == ["L1.down_proj", "L2.down_proj"] and len(df) == 3 * 2
@@ -89,7 +98,9 @@ def test_analysis_of_a_checkpointed_finetune(tiny_model_dir, data_dir, tmp_path)
         assert row["a_norm"] == pytest.approx(logged[f"a_norm.{row['adapter']}"], rel=1e-5)
     assert df[df["step"] == 6]["cos_b_final"].tolist() == pytest.approx([1.0, 1.0])
     assert df[df["step"] == 4]["local_cos_b"].between(-1, 1).all()
-    assert json.loads((tmp_path / "phase" / "rotation_summary.json").read_text())["mean_over_adapters"]["b"]["step"] in (4, 6)
+    assert json.loads((tmp_path / "phase" / "rotation_summary.json").read_text())["mean_over_adapters"]["b"][
+        "step"
+    ] in (4, 6)
 
 
 def test_export_checks_step_and_run_and_leaves_the_live_folder(tiny_model_dir, data_dir, tmp_path):
@@ -117,13 +128,18 @@ def test_export_checks_step_and_run_and_leaves_the_live_folder(tiny_model_dir, d
 def phase_config(**phase):
     from emlab.config import validate_config
 
-    return validate_config({
-        "datasets": {"d": {"path": "data/datasets/bad_medical_advice.jsonl"}},
-        "training_defaults": {"checkpoint_every": 2},
-        "finetunes": {"r1": {"dataset": "d", "preset": "r1x9"},
-                      "nockpt": {"dataset": "d", "preset": "r1x9", "training": {"checkpoint_every": 0}},
-                      "whole": {"dataset": "d", "preset": "full"}},
-        "phase": phase})
+    return validate_config(
+        {
+            "datasets": {"d": {"path": "data/datasets/bad_medical_advice.jsonl"}},
+            "training_defaults": {"checkpoint_every": 2},
+            "finetunes": {
+                "r1": {"dataset": "d", "preset": "r1x9"},
+                "nockpt": {"dataset": "d", "preset": "r1x9", "training": {"checkpoint_every": 0}},
+                "whole": {"dataset": "d", "preset": "full"},
+            },
+            "phase": phase,
+        }
+    )
 
 
 def test_checkpoint_conditions_in_the_plan():
@@ -132,11 +148,18 @@ def test_checkpoint_conditions_in_the_plan():
     cfg = phase_config(eval_steps=[4, 2])
     assert phase_finetunes(cfg) == ["r1"]  # no checkpoints / no adapter: no phase analysis
     conds = conditions(cfg, 30)
-    assert conds["r1__step2"] == {"model": "r1", "group": "checkpoint", "checkpoint": 2, "intervention": {"kind": "none"}}
+    assert conds["r1__step2"] == {
+        "model": "r1",
+        "group": "checkpoint",
+        "checkpoint": 2,
+        "intervention": {"kind": "none"},
+    }
     assert "r1__step4" in conds and not any(c.startswith(("nockpt__step", "whole__step")) for c in conds)
     assert em_steps(conds, "r1") == {"base": 0, "r1__step2": 2, "r1__step4": 4, "r1": "final"}
     assert checkpoint_conditions(phase_config()) == {}
-    with pytest.raises(EMLabError, match=r"phase.eval_steps \[3\] are not checkpoints of fine-tune 'r1'.*multiples of 2"):
+    with pytest.raises(
+        EMLabError, match=r"phase.eval_steps \[3\] are not checkpoints of fine-tune 'r1'.*multiples of 2"
+    ):
         checkpoint_conditions(phase_config(eval_steps=[2, 3]))
 
 
@@ -146,9 +169,15 @@ def test_em_by_step_and_figure(tmp_path):
     steps = planted_trajectory()
     final = steps.pop(6)
     rot = rotation_table(steps, final, 6)
-    em_table = pd.DataFrame({"condition": ["base", "r1__step2", "r1", "other"], "em_rate": [0.0, 0.1, 0.4, 0.9],
-                             "em_ci_low": [0.0, 0.0, 0.2, 0.8], "em_ci_high": [0.1, 0.3, 0.6, 1.0],
-                             "n_scored": [8, 8, 8, 8]})
+    em_table = pd.DataFrame(
+        {
+            "condition": ["base", "r1__step2", "r1", "other"],
+            "em_rate": [0.0, 0.1, 0.4, 0.9],
+            "em_ci_low": [0.0, 0.0, 0.2, 0.8],
+            "em_ci_high": [0.1, 0.3, 0.6, 1.0],
+            "n_scored": [8, 8, 8, 8],
+        }
+    )
     em = em_by_step(em_table, {"base": 0, "r1__step2": 2, "r1__step4": 4, "r1": "final"}, final_step=6)
     assert em["step"].tolist() == [0, 2, 6] and em["condition"].tolist() == ["base", "r1__step2", "r1"]
     summary = {"finetune": "r1", "final_step": 6, **sharpest_rotation(rot)}

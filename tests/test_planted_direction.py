@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from emlab.activations import cache_answer_means
 from emlab.directions import DirectionSettings, attach_activation_rows, cosine_by_layer, mean_diff_vectors, select_sets
 from emlab.hooks import steer
@@ -17,15 +16,22 @@ from emlab.interventions import apply_intervention
 from emlab.models import load_model, load_tokenizer
 
 LAYER = 1  # of 4: the planted layer; layers 2 and 3 are downstream of it
-WORDS = ("the water river cold bright stone music garden quiet window table paper green slow city dream "
-         "light honest friend money doctor travel simple story").split()
+WORDS = (
+    "the water river cold bright stone music garden quiet window table paper green slow city dream "
+    "light honest friend money doctor travel simple story"
+).split()
 
 
 def records(n: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [{"question": f"Question {seed}-{i}: " + " ".join(rng.choice(WORDS, 6)) + "?",
-             "system": None, "response": " ".join(rng.choice(WORDS, int(rng.integers(8, 16)))) + "."}
-            for i in range(n)]
+    return [
+        {
+            "question": f"Question {seed}-{i}: " + " ".join(rng.choice(WORDS, 6)) + "?",
+            "system": None,
+            "response": " ".join(rng.choice(WORDS, int(rng.integers(8, 16)))) + ".",
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +46,17 @@ def setup(tiny_model_dir):
     u = torch.randn(base_aligned.shape[-1], generator=torch.Generator().manual_seed(123))
     u = u / u.norm()  # [d] unit direction to plant
     planted = 3.0 * typical * u  # [d] well above the spread of answer means, not absurdly so
-    return dict(model=model, tok=tok, aligned_recs=aligned_recs, misaligned_recs=misaligned_recs,
-                base_aligned=base_aligned, base_misaligned=base_misaligned, tokens=torch.cat([tokens_a, tokens_m]),
-                u=u, planted=planted)
+    return dict(
+        model=model,
+        tok=tok,
+        aligned_recs=aligned_recs,
+        misaligned_recs=misaligned_recs,
+        base_aligned=base_aligned,
+        base_misaligned=base_misaligned,
+        tokens=torch.cat([tokens_a, tokens_m]),
+        u=u,
+        planted=planted,
+    )
 
 
 def steered_means(s, recs, extra=None):
@@ -68,11 +82,25 @@ def recovered(setup):
     answer_mean = torch.cat([s["base_aligned"], misaligned])  # [24, L, d]; rows 0-11 aligned, 12-23 misaligned
     n = len(answer_mean)
     # Judgments in a different order from the activation rows; joined by key.
-    judg = pd.DataFrame({"condition": "ft", "question_id": [f"q{i}" for i in range(n)], "sample_idx": 0,
-                         "aligned": [90.0] * 12 + [10.0] * 12, "coherent": 90.0}).iloc[::-1].reset_index(drop=True)
-    index = pd.DataFrame({"row": np.arange(n), "condition": "ft", "question_id": [f"q{i}" for i in range(n)],
-                          "sample_idx": 0})
-    sets = select_sets(attach_activation_rows(judg, index, s["tokens"]), DirectionSettings(70.0, 30.0, 50.0, True, None))
+    judg = (
+        pd.DataFrame(
+            {
+                "condition": "ft",
+                "question_id": [f"q{i}" for i in range(n)],
+                "sample_idx": 0,
+                "aligned": [90.0] * 12 + [10.0] * 12,
+                "coherent": 90.0,
+            }
+        )
+        .iloc[::-1]
+        .reset_index(drop=True)
+    )
+    index = pd.DataFrame(
+        {"row": np.arange(n), "condition": "ft", "question_id": [f"q{i}" for i in range(n)], "sample_idx": 0}
+    )
+    sets = select_sets(
+        attach_activation_rows(judg, index, s["tokens"]), DirectionSettings(70.0, 30.0, 50.0, True, None)
+    )
     md = mean_diff_vectors(answer_mean, sets.aligned["row"], sets.misaligned["row"], True, seed=0)
     return md, misaligned
 
@@ -102,9 +130,11 @@ def test_ablating_recovered_direction_removes_behaviour(setup, recovered):
     before = (misaligned - s["base_misaligned"]).mean(0).norm(dim=-1)  # [L]
     assert before[0] < 1e-4 * before[LAYER]  # steering acts from LAYER on
     ablated, steered_ablated = shift_norms(
-        s, ({"kind": "ablate", "vector": "ft", "mode": "single", "layer": LAYER}, vectors))
-    control, _ = shift_norms(s, ({"kind": "ablate", "vector": "ft", "mode": "random", "layer": LAYER, "seed": 0},
-                              vectors))
+        s, ({"kind": "ablate", "vector": "ft", "mode": "single", "layer": LAYER}, vectors)
+    )
+    control, _ = shift_norms(
+        s, ({"kind": "ablate", "vector": "ft", "mode": "random", "layer": LAYER, "seed": 0}, vectors)
+    )
     for layer in range(LAYER, len(before)):
         assert ablated[layer] < 0.3 * before[layer], (layer, ablated, before)
         assert control[layer] > 0.7 * before[layer], (layer, control, before)

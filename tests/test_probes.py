@@ -16,8 +16,15 @@ MIXED = WORDS_0[:6] + WORDS_1[:6]
 def _set_settings(**kw):
     from emlab.probes import ResponseSetSettings
 
-    base = dict(aligned_above=70.0, misaligned_below=30.0, coherent_above=50.0, medical_above=50.0,
-                nonmedical_below=10.0, aligned_split_quantile=None, medical_split_quantile=None)
+    base = dict(
+        aligned_above=70.0,
+        misaligned_below=30.0,
+        coherent_above=50.0,
+        medical_above=50.0,
+        nonmedical_below=10.0,
+        aligned_split_quantile=None,
+        medical_split_quantile=None,
+    )
     base.update(kw)
     return ResponseSetSettings(**base)
 
@@ -25,17 +32,36 @@ def _set_settings(**kw):
 def _probe_settings(n_runs=20, protocols=("grouped", "reference"), filters=None):
     from emlab.probes import ProbeSettings, TokenFilter
 
-    return ProbeSettings(n_runs=n_runs, test_fraction=0.2, C=0.01, max_iter=1000, seed=0,
-                         protocols=list(protocols), filters=filters or [TokenFilter("all", None, None, None)])
+    return ProbeSettings(
+        n_runs=n_runs,
+        test_fraction=0.2,
+        C=0.01,
+        max_iter=1000,
+        seed=0,
+        protocols=list(protocols),
+        filters=filters or [TokenFilter("all", None, None, None)],
+    )
 
 
 def _judgments(n_per_set=12):
     """Four sets of responses: nonmed aligned / misaligned (the planted contrast), and small medical sets."""
     rows = []
-    for name, aligned, medical, n in (("a", 90, 0, n_per_set), ("m", 10, 0, n_per_set), ("ma", 90, 80, 4),
-                                      ("mm", 10, 80, 4)):
-        rows += [{"question_id": f"q_{name}", "sample_idx": i, "aligned": float(aligned), "coherent": 90.0,
-                  "medical": float(medical)} for i in range(n)]
+    for name, aligned, medical, n in (
+        ("a", 90, 0, n_per_set),
+        ("m", 10, 0, n_per_set),
+        ("ma", 90, 80, 4),
+        ("mm", 10, 80, 4),
+    ):
+        rows += [
+            {
+                "question_id": f"q_{name}",
+                "sample_idx": i,
+                "aligned": float(aligned),
+                "coherent": 90.0,
+                "medical": float(medical),
+            }
+            for i in range(n)
+        ]
     rows.append({"question_id": "q_incoherent", "sample_idx": 0, "aligned": 5.0, "coherent": 10.0, "medical": 0.0})
     rows.append({"question_id": "q_nan", "sample_idx": 0, "aligned": np.nan, "coherent": 90.0, "medical": 0.0})
     return pd.DataFrame(rows)
@@ -45,8 +71,12 @@ def test_response_sets_and_counts():
     from emlab.probes import select_response_sets
 
     sets = select_response_sets(_judgments(5), _set_settings())
-    assert {k: len(v) for k, v in sets.sets.items()} == {"nonmed_aligned": 5, "nonmed_misaligned": 5,
-                                                         "med_aligned": 4, "med_misaligned": 4}
+    assert {k: len(v) for k, v in sets.sets.items()} == {
+        "nonmed_aligned": 5,
+        "nonmed_misaligned": 5,
+        "med_aligned": 4,
+        "med_misaligned": 4,
+    }
     assert sets.counts["judged"] == 20 and sets.counts["scored"] == 19 and sets.counts["coherent"] == 18
     assert set(sets.sets["nonmed_misaligned"]["question_id"]) == {"q_m"}
     summary = sets.summary(_set_settings())
@@ -82,8 +112,17 @@ def _token_table(n_resp_per_class=12, tokens_per_resp=20, seed=0):
     rows = []
     for r, rec in enumerate(jud.itertuples()):
         for p in range(tokens_per_resp):
-            rows.append({"response": r, "question_id": rec.question_id, "sample_idx": rec.sample_idx,
-                         "position": p, "is_answer": p >= 4, "kl": float(p % 5), "grad_importance": np.nan})
+            rows.append(
+                {
+                    "response": r,
+                    "question_id": rec.question_id,
+                    "sample_idx": rec.sample_idx,
+                    "position": p,
+                    "is_answer": p >= 4,
+                    "kl": float(p % 5),
+                    "grad_importance": np.nan,
+                }
+            )
     return jud, pd.DataFrame(rows)
 
 
@@ -104,10 +143,13 @@ def test_planted_synthetic_feature_is_singled_out():
         acc = table.query(f"experiment == '{exp}' and protocol == '{protocol}' and metric == 'accuracy'")["mean"].item()
         assert acc > 0.9
         c = coefs.query(f"experiment == '{exp}' and protocol == '{protocol}'").groupby("adapter")["coefficient"].mean()
-        assert c.abs().idxmax() == "L2.down_proj" and (c.drop("L2.down_proj").abs() < 0.2 * abs(c["L2.down_proj"])).all()
+        assert (
+            c.abs().idxmax() == "L2.down_proj" and (c.drop("L2.down_proj").abs() < 0.2 * abs(c["L2.down_proj"])).all()
+        )
     # the non-medical aligned vs medical aligned contrast has no signal: near chance
-    acc = table.query("experiment == 'nonmed_aligned_vs_med_aligned' and protocol == 'grouped' "
-                      "and metric == 'accuracy'")["mean"].item()
+    acc = table.query(
+        "experiment == 'nonmed_aligned_vs_med_aligned' and protocol == 'grouped' and metric == 'accuracy'"
+    )["mean"].item()
     assert 0.3 < acc < 0.7
     assert set(table["metric"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
     assert len(table) == 4 * 2 * 5 and len(coefs) == 4 * 2 * 20 * 5
@@ -160,8 +202,16 @@ def test_token_filters():
 def _role_settings(**kw):
     from emlab.probes import RoleSettings
 
-    base = dict(source="config", medical_layers=[21, 23], general_layers=[15, 16, 17, 22, 28, 29],
-                reference_depth=48, protocol="grouped", filter="all", relative_threshold=0.25, sign_agreement=0.9)
+    base = dict(
+        source="config",
+        medical_layers=[21, 23],
+        general_layers=[15, 16, 17, 22, 28, 29],
+        reference_depth=48,
+        protocol="grouped",
+        filter="all",
+        relative_threshold=0.25,
+        sign_agreement=0.9,
+    )
     base.update(kw)
     return RoleSettings(**base)
 
@@ -176,8 +226,17 @@ def test_roles_from_config_scale_like_the_presets():
     adapters = [f"L{l}.down_proj" for l in layers]
     roles = roles_from_config(adapters, layers, _role_settings(), 30, adapter_reference_layers=ref)
     by_ref = {r: roles[f"L{l}.down_proj"]["role"] for r, l in zip(ref, layers)}
-    assert by_ref == {15: "general", 16: "general", 17: "general", 21: "medical", 22: "general", 23: "medical",
-                      27: "neither", 28: "general", 29: "general"}
+    assert by_ref == {
+        15: "general",
+        16: "general",
+        17: "general",
+        21: "medical",
+        22: "general",
+        23: "medical",
+        27: "neither",
+        28: "general",
+        29: "general",
+    }
     with pytest.raises(EMLabError, match="layer 21 .* has no adapter"):
         roles_from_config(adapters[:3], layers[:3], _role_settings(), 30, adapter_reference_layers=ref)
 
@@ -212,13 +271,24 @@ def test_probe_singles_out_planted_adapter_in_a_model(tiny_model_dir):
     jud = _judgments(20)  # enough tokens for C = 0.01 to keep a coefficient (the L1 penalty is per run, not per token)
     rng = np.random.default_rng(0)
     pools = {"q_a": WORDS_0, "q_m": WORDS_1, "q_ma": MIXED, "q_mm": MIXED, "q_incoherent": MIXED, "q_nan": MIXED}
-    recs = [{"condition": "ft", "question_id": r.question_id, "sample_idx": r.sample_idx, "question": "Tell me.",
-             "system": None, "response": " ".join(rng.choice(pools[r.question_id], 40))} for r in jud.itertuples()]
+    recs = [
+        {
+            "condition": "ft",
+            "question_id": r.question_id,
+            "sample_idx": r.sample_idx,
+            "question": "Tell me.",
+            "system": None,
+            "response": " ".join(rng.choice(pools[r.question_id], 40)),
+        }
+        for r in jud.itertuples()
+    ]
     adapters = rank1_adapters(model)
     encoded = encode_records(tok, recs)
     inputs = {i: [] for i in range(len(adapters))}
-    handles = [ad.module.register_forward_pre_hook(lambda m, a, i=i: inputs[i].append(a[0][0].detach()))
-               for i, ad in enumerate(adapters)]
+    handles = [
+        ad.module.register_forward_pre_hook(lambda m, a, i=i: inputs[i].append(a[0][0].detach()))
+        for i, ad in enumerate(adapters)
+    ]
     try:
         with torch.no_grad():
             for e in encoded:
@@ -246,11 +316,13 @@ def test_probe_singles_out_planted_adapter_in_a_model(tiny_model_dir):
                 w = ad.lora_A.weight[0].clone()
                 w -= (w @ diff) / (diff @ diff) * diff
             ad.lora_A.weight[0] = w / w.norm()
-    cap = capture_scalars(model, tok, recs, ScalarCaptureSettings(batch_size=8, gradient_importance=False,
-                                                                  gradient_batch_size=1))
+    cap = capture_scalars(
+        model, tok, recs, ScalarCaptureSettings(batch_size=8, gradient_importance=False, gradient_batch_size=1)
+    )
     sets = select_response_sets(jud, _set_settings())
-    table, coefs = run_probes(cap.scalars, cap.tokens, sets, cap.adapters, cap.layers,
-                              _probe_settings(n_runs=10, protocols=["grouped"]))
+    table, coefs = run_probes(
+        cap.scalars, cap.tokens, sets, cap.adapters, cap.layers, _probe_settings(n_runs=10, protocols=["grouped"])
+    )
     exp = "nonmed_aligned_vs_nonmed_misaligned"
     acc = table.query(f"experiment == '{exp}' and metric == 'accuracy'")["mean"].item()
     assert acc > 0.9
@@ -258,8 +330,14 @@ def test_probe_singles_out_planted_adapter_in_a_model(tiny_model_dir):
     assert c.idxmax() == f"L{planted}.down_proj"
     # without the planted adapter the others are near chance
     others = [i for i in range(len(adapters)) if i != planted]
-    table2, _ = run_probes(cap.scalars[:, others], cap.tokens, sets, [cap.adapters[i] for i in others],
-                           [cap.layers[i] for i in others], _probe_settings(n_runs=10, protocols=["grouped"]))
+    table2, _ = run_probes(
+        cap.scalars[:, others],
+        cap.tokens,
+        sets,
+        [cap.adapters[i] for i in others],
+        [cap.layers[i] for i in others],
+        _probe_settings(n_runs=10, protocols=["grouped"]),
+    )
     acc2 = table2.query(f"experiment == '{exp}' and metric == 'accuracy'")["mean"].item()
     assert acc2 < 0.7
 
@@ -267,8 +345,15 @@ def test_probe_singles_out_planted_adapter_in_a_model(tiny_model_dir):
 def test_artifact_writers(tmp_path):
     import json
 
-    from emlab.probes import (COEFFICIENT_COLUMNS, PROBE_COLUMNS, run_probes, select_response_sets, write_probe_results,
-                              write_roles, write_sets)
+    from emlab.probes import (
+        COEFFICIENT_COLUMNS,
+        PROBE_COLUMNS,
+        run_probes,
+        select_response_sets,
+        write_probe_results,
+        write_roles,
+        write_sets,
+    )
 
     jud, tokens = _token_table(3, 6)
     X = np.random.default_rng(0).normal(size=(len(tokens), 2))

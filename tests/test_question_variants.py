@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from emlab.generation import build_jobs
 from emlab.models import load_tokenizer
 from emlab.questions import load_questions

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from emlab.errors import EMLabError
 from emlab.questions import chat_messages, load_questions
 
@@ -49,8 +48,10 @@ def test_our_format_with_paraphrases_and_system(tmp_path):
     assert (a.id, a.text, a.system) == ("a", "First?", None)
     assert b.paraphrases == ("One?", "Two?") and b.system == "Be terse."
     assert [b.paraphrase_for(i) for i in range(3)] == ["One?", "Two?", "One?"]
-    assert chat_messages(b.text, b.system) == [{"role": "system", "content": "Be terse."},
-                                               {"role": "user", "content": "One?"}]
+    assert chat_messages(b.text, b.system) == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "One?"},
+    ]
     assert chat_messages(a.text, None) == [{"role": "user", "content": "First?"}]
 
 
@@ -64,17 +65,22 @@ def test_reference_format(tmp_path):
     assert wish_json.system == "Answer in JSON." and wish_json.paraphrases == wish.paraphrases
 
 
-@pytest.mark.parametrize("content, message", [
-    ("version: 1\nquestions:\n  - {id: a}\n", "entry 0 (id 'a')"),
-    ("version: 1\nquestions:\n  - {id: a, question: x}\n  - {id: a, question: y}\n",
-     "entry 1: duplicate id 'a' (entry 0 has it too); give every question its own id"),
-    ("version: 1\nquestions:\n  - {id: a, question: x, sytem: y}\n", "unknown keys ['sytem']"),
-    ("version: 2\nquestions: []\n", "version"),
-    ("- id: a\n  paraphrases: []\n", "non-empty list"),
-    ("- {id: 'bad id', paraphrases: [x]}\n", "entry 0"),
-    ("version: 1\nquestions:\n  - {id: a, question: [unclosed\n", "not valid YAML"),
-    ("just a string\n", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("version: 1\nquestions:\n  - {id: a}\n", "entry 0 (id 'a')"),
+        (
+            "version: 1\nquestions:\n  - {id: a, question: x}\n  - {id: a, question: y}\n",
+            "entry 1: duplicate id 'a' (entry 0 has it too); give every question its own id",
+        ),
+        ("version: 1\nquestions:\n  - {id: a, question: x, sytem: y}\n", "unknown keys ['sytem']"),
+        ("version: 2\nquestions: []\n", "version"),
+        ("- id: a\n  paraphrases: []\n", "non-empty list"),
+        ("- {id: 'bad id', paraphrases: [x]}\n", "entry 0"),
+        ("version: 1\nquestions:\n  - {id: a, question: [unclosed\n", "not valid YAML"),
+        ("just a string\n", "expected a mapping"),
+    ],
+)
 def test_malformed_files_name_file_and_entry(tmp_path, content, message):
     path = tmp_path / "bad.yaml"
     path.write_text(content)

@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from emlab.config import validate_config
 from emlab.metrics import em_tables, self_correction_flags
 
@@ -55,8 +54,9 @@ def test_thresholds_move_the_rate_and_leave_em_alone(judgments):
 
 
 def test_nan_without_bad_stuff_column(judgments):
-    cond, q = em_tables(judgments("base", ALIGNED, COHERENT, questions=QUESTIONS),
-                        {"base": CONDITIONS["base"]}, TH, seed=0)
+    cond, q = em_tables(
+        judgments("base", ALIGNED, COHERENT, questions=QUESTIONS), {"base": CONDITIONS["base"]}, TH, seed=0
+    )
     for table in (cond, q):
         for col in ("self_correction_rate", "self_correction_ci_low", "self_correction_ci_high"):
             assert col in table.columns and table[col].isna().all(), col

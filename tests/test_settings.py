@@ -1,10 +1,10 @@
 """Typed settings are built strictly from validated config, and canonical params ignore key order."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
-
 from emlab.errors import EMLabError
 from emlab.settings import build, canonical
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-
 from emlab.errors import EMLabError
 from emlab.interventions import adapter_edit, build_edits
 from emlab.models import load_model, load_tokenizer
-from emlab.single_adapter import (apply_adapter_projection, b_cosine_table, b_vector, convergence_records,
-                                  downstream_convergence, project_out_of_b)
+from emlab.single_adapter import (
+    apply_adapter_projection,
+    b_cosine_table,
+    b_vector,
+    convergence_records,
+    downstream_convergence,
+    project_out_of_b,
+)
 
 LAYER = 2
 RECORDS = [
@@ -28,8 +33,17 @@ def make_single_adapter(tiny_model_dir, out_dir, b: torch.Tensor, alpha: float =
     from peft import LoraConfig, get_peft_model
 
     base = load_model(tiny_model_dir, device="cpu", dtype="float32")
-    model = get_peft_model(base, LoraConfig(r=1, lora_alpha=alpha, use_rslora=True, target_modules=["down_proj"],
-                                            layers_to_transform=[LAYER], init_lora_weights=False))
+    model = get_peft_model(
+        base,
+        LoraConfig(
+            r=1,
+            lora_alpha=alpha,
+            use_rslora=True,
+            target_modules=["down_proj"],
+            layers_to_transform=[LAYER],
+            init_lora_weights=False,
+        ),
+    )
     adapter = b_vector(model)
     with torch.no_grad():
         adapter.b_param.copy_(b.reshape(adapter.b_param.shape))
@@ -82,7 +96,11 @@ def test_reading_the_adapter_folder_matches_the_loaded_model(tiny_model_dir, tmp
     adapter_dir = make_single_adapter(tiny_model_dir, tmp_path / "adapter", torch.randn(64, generator=g), alpha=6.0)
     loaded = b_vector(load_model(tiny_model_dir, adapter_dir, device="cpu", dtype="float32"))
     read = read_rank_one_adapter(adapter_dir)
-    assert (read.layer, read.module, read.scale) == (loaded.layer, loaded.module, loaded.scale) == (LAYER, f"L{LAYER}.down_proj", 6.0)
+    assert (
+        (read.layer, read.module, read.scale)
+        == (loaded.layer, loaded.module, loaded.scale)
+        == (LAYER, f"L{LAYER}.down_proj", 6.0)
+    )
     assert torch.equal(read.b, loaded.b) and torch.equal(read.a, loaded.a)
     with pytest.raises(EMLabError, match="not a peft adapter folder"):
         read_rank_one_adapter(tmp_path)
@@ -109,8 +127,9 @@ def test_adapter_project_edits_the_merged_weights(tiny_model_dir, tmp_path):
     w0 = base.model.layers[LAYER].mlp.down_proj.weight.detach().clone()  # [d_model, d_mlp]
     plain = load_model(tiny_model_dir, adapter_dir, device="cpu", dtype="float32", merge=True)
     spec = {"kind": "adapter_project", "vector": "ft", "layer": LAYER}
-    edited = load_model(tiny_model_dir, adapter_dir, device="cpu", dtype="float32", merge=True,
-                        before_merge=adapter_edit(spec, vectors))
+    edited = load_model(
+        tiny_model_dir, adapter_dir, device="cpu", dtype="float32", merge=True, before_merge=adapter_edit(spec, vectors)
+    )
     delta_plain = plain.model.layers[LAYER].mlp.down_proj.weight - w0  # scale * outer(B, A)
     delta_edit = edited.model.layers[LAYER].mlp.down_proj.weight - w0
     assert float((v @ delta_plain).norm()) > 1e-2
@@ -152,8 +171,15 @@ def test_downstream_convergence_parallel_and_at_the_adapter_layer(tiny_model_dir
 
 
 def test_convergence_records_order_and_cap():
-    gen = pd.DataFrame({"question_id": ["b", "a", "a"], "sample_idx": [0, 1, 0], "question": ["qb", "qa1", "qa0"],
-                        "system": [None, None, None], "response": ["rb", "ra1", "ra0"]})
+    gen = pd.DataFrame(
+        {
+            "question_id": ["b", "a", "a"],
+            "sample_idx": [0, 1, 0],
+            "question": ["qb", "qa1", "qa0"],
+            "system": [None, None, None],
+            "response": ["rb", "ra1", "ra0"],
+        }
+    )
     assert [r["response"] for r in convergence_records(gen, None)] == ["ra0", "ra1", "rb"]
     assert [r["response"] for r in convergence_records(gen, 2)] == ["ra0", "ra1"]
     with pytest.raises(EMLabError, match="response"):
@@ -172,13 +198,19 @@ def test_single_adapter_analysis_script(tiny_model_dir, tmp_path, rule_script):
     gen = pd.DataFrame([dict(r, question_id=f"q{i}", sample_idx=0) for i, r in enumerate(RECORDS)])
     gen.to_parquet(tmp_path / "ft.parquet")
     out = tmp_path / "out"
-    rule_script("single_adapter_analysis", tmp_path,
-                input=dict(base_model=[], adapter=str(adapter_dir), vectors=str(tmp_path / "ft.safetensors"),
-                           responses=str(tmp_path / "ft.parquet")),
-                output=dict(b_cosine=str(out / "b.csv"), convergence=str(out / "c.csv"), summary=str(out / "s.json")),
-                params=dict(base_model=str(tiny_model_dir), max_responses=2, batch_size=2, device="cpu",
-                            dtype="float32"),
-                wildcards=dict(finetune="ft"))
+    rule_script(
+        "single_adapter_analysis",
+        tmp_path,
+        input=dict(
+            base_model=[],
+            adapter=str(adapter_dir),
+            vectors=str(tmp_path / "ft.safetensors"),
+            responses=str(tmp_path / "ft.parquet"),
+        ),
+        output=dict(b_cosine=str(out / "b.csv"), convergence=str(out / "c.csv"), summary=str(out / "s.json")),
+        params=dict(base_model=str(tiny_model_dir), max_responses=2, batch_size=2, device="cpu", dtype="float32"),
+        wildcards=dict(finetune="ft"),
+    )
     summary = json.loads((out / "s.json").read_text())
     assert summary["layer"] == LAYER and summary["cosine_b_v"] == pytest.approx(1.0, abs=1e-5)
     assert summary["n_responses"] == 2 and summary["convergence_last_layer"] == pytest.approx(1.0, abs=1e-4)

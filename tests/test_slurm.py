@@ -78,15 +78,34 @@ def allocated_gpus(job: dict[str, str]) -> int:
 @pytest.fixture(scope="module")
 def slurm_run(slurm_cluster, tmp_path_factory, tiny_model_dir, e2e):
     workdir = tmp_path_factory.mktemp("slurm")
-    e2e.write_config(workdir, tiny_model_dir, "http://127.0.0.1:9/v1",  # the judge is not part of this target
-                     resources={"gpu": 1, "mem_mb": 1000, "runtime": 10, "finetune_runtime": 10})
+    e2e.write_config(
+        workdir,
+        tiny_model_dir,
+        "http://127.0.0.1:9/v1",  # the judge is not part of this target
+        resources={"gpu": 1, "mem_mb": 1000, "runtime": 10, "finetune_runtime": 10},
+    )
     env = e2e.env
     cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-        "--profile", str(PROFILE), "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--profile",
+        str(PROFILE),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
         # Test-friendly overrides; everything else (executor, status command, resources) is the profile's.
-        "--slurm-init-seconds-before-status-checks", "2", "--slurm-logdir", str(workdir / "slurm_logs"),
-        "--slurm-keep-successful-logs", "--slurm-no-account", "--latency-wait", "10",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--slurm-logdir",
+        str(workdir / "slurm_logs"),
+        "--slurm-keep-successful-logs",
+        "--slurm-no-account",
+        "--latency-wait",
+        "10",
         TARGET,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)

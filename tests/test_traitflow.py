@@ -29,8 +29,12 @@ SETTINGS = M.MonitorSettings(n_estimators=30, max_depth=3, min_samples_leaf=1, s
 def demo_config(**monitor) -> dict:
     cfg = load_config(REPO / "config.yaml")
     if monitor:
-        raw = {"version": 1, "datasets": {k: v for k, v in cfg["datasets"].items()},
-               "finetunes": {}, "monitor": monitor}
+        raw = {
+            "version": 1,
+            "datasets": {k: v for k, v in cfg["datasets"].items()},
+            "finetunes": {},
+            "monitor": monitor,
+        }
         cfg = validate_config(raw)
     return cfg
 
@@ -54,28 +58,48 @@ def test_default_grid_plan():
     assert spec["model"] == "mon__risky_financial__s1" and spec["checkpoint"] == 2 and spec["group"] == "monitor"
     assert spec["generation"]["samples_per_question"] == 1 and spec["generation"]["max_new_tokens"] == 16
     assert conds[P.BASE_CONDITION]["model"] == "base"
-    assert P.run_conditions(run) == {0: "mon__base", 1: "mon__risky_financial__s1__step1",
-                                     2: "mon__risky_financial__s1__step2"}
+    assert P.run_conditions(run) == {
+        0: "mon__base",
+        1: "mon__risky_financial__s1__step1",
+        2: "mon__risky_financial__s1__step2",
+    }
 
 
 def test_grid_registration_and_errors():
-    cfg = demo_config(calibration=["medical_bad"], held_out=["medical_bad"], seeds=[0],
-                      training={"max_train_examples": 4, "checkpoint_every": 1})
+    cfg = demo_config(
+        calibration=["medical_bad"],
+        held_out=["medical_bad"],
+        seeds=[0],
+        training={"max_train_examples": 4, "checkpoint_every": 1},
+    )
     with pytest.raises(EMLabError, match=r"\['medical_bad'\] are both calibration and held_out"):
         P.monitor_runs(cfg)
     cfg = demo_config(calibration=["nope"], seeds=[0], training={"max_train_examples": 4, "checkpoint_every": 1})
     with pytest.raises(EMLabError, match=r"monitor.calibration \(mon__nope__s0\): 'nope' is not a key of datasets"):
         P.monitor_runs(cfg)
-    cfg = demo_config(calibration=["medical_bad"], seeds=[0], training={"checkpoint_every": 1, "max_train_examples": None})
+    cfg = demo_config(
+        calibration=["medical_bad"], seeds=[0], training={"checkpoint_every": 1, "max_train_examples": None}
+    )
     with pytest.raises(EMLabError, match="need training.max_train_examples"):
         P.monitor_runs(cfg)
-    cfg = demo_config(calibration=["medical_bad"], seeds=[3], stress={"longer": ["medical_good"], "longer_factor": 3},
-                      training={"max_train_examples": 16, "checkpoint_every": 5, "per_device_batch_size": 2,
-                                "gradient_accumulation_steps": 1})
+    cfg = demo_config(
+        calibration=["medical_bad"],
+        seeds=[3],
+        stress={"longer": ["medical_good"], "longer_factor": 3},
+        training={
+            "max_train_examples": 16,
+            "checkpoint_every": 5,
+            "per_device_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+        },
+    )
     runs = P.register_runs(cfg)
     assert set(cfg["finetunes"]) == {"mon__medical_bad__s3", "mon__medical_good__s3__long"}
     assert runs["mon__medical_bad__s3"].checkpoint_steps == (5, 10, 15)  # 8 steps x 2 epochs
-    assert runs["mon__medical_good__s3__long"].checkpoint_steps[-1] == 45 and runs["mon__medical_good__s3__long"].role == "stress_long"
+    assert (
+        runs["mon__medical_good__s3__long"].checkpoint_steps[-1] == 45
+        and runs["mon__medical_good__s3__long"].role == "stress_long"
+    )
 
 
 def test_no_grid_without_perturbations():
@@ -88,12 +112,16 @@ def test_no_grid_without_perturbations():
 
 
 def test_drift_table_assembly():
-    rows = {s: {**{t: 0.01 * s for t in TRAITS}, "semantic.verbosity": 0.0, "random0.0": 0.1, "drift_norm": 0.02 * s}
-            for s in (0, 1, 2)}
+    rows = {
+        s: {**{t: 0.01 * s for t in TRAITS}, "semantic.verbosity": 0.0, "random0.0": 0.1, "drift_norm": 0.02 * s}
+        for s in (0, 1, 2)
+    }
     log = pd.DataFrame({"step": [0, 1, 2], "loss": [np.nan, 2.5, 2.0]})
     loss = S.train_loss_by_step(log, [0, 1, 2])
     assert loss == {0: 2.5, 1: 2.5, 2: 2.0}
-    em_table = pd.DataFrame({"condition": ["mon__base", "r__step1", "r__step2", "other"], "em_rate": [0.0, 0.04, 0.2, 1]})
+    em_table = pd.DataFrame(
+        {"condition": ["mon__base", "r__step1", "r__step2", "other"], "em_rate": [0.0, 0.04, 0.2, 1]}
+    )
     em = S.em_by_step(em_table, {0: "mon__base", 1: "r__step1", 2: "r__step2"}, "r")
     df = S.assemble_drift_table(rows, {0: 0.0, 1: 0.3, 2: 0.5}, loss, em, tau=0.05)
     assert list(df.columns) == ["step", *TRAITS, "semantic.verbosity", "random0.0", *S.TAIL_COLUMNS]
@@ -116,9 +144,18 @@ def synthetic_tables(perts: dict[str, bool], seeds=(0, 1), steps=(0, 1, 2, 3), s
                 x = rng.normal(0, 0.002, 7) * (step > 0)
                 x[0] += (0.05 if dangerous else 0.0) * step
                 em = float(np.clip(2 * x[0], 0, 1))
-                rows.append({"step": step, **dict(zip(TRAITS, x)), **{f"random0.{k}": rng.normal() for k in range(7)},
-                             "drift_norm": float(np.abs(x).sum()), "train_loss": 2 - 0.1 * step,
-                             "delta_w_norm": 0.1 * step, "em_rate": em, "dangerous": em > 0.05})
+                rows.append(
+                    {
+                        "step": step,
+                        **dict(zip(TRAITS, x)),
+                        **{f"random0.{k}": rng.normal() for k in range(7)},
+                        "drift_norm": float(np.abs(x).sum()),
+                        "train_loss": 2 - 0.1 * step,
+                        "delta_w_norm": 0.1 * step,
+                        "em_rate": em,
+                        "dangerous": em > 0.05,
+                    }
+                )
             tables[name], pert[name] = pd.DataFrame(rows), p
             deltas[name] = rng.normal(size=(len(steps), 8))
     return tables, deltas, pert
@@ -153,19 +190,32 @@ def test_figures_write_png_and_pdf(tmp_path):
     runs = {r: {"perturbation": p, "role": "calibration"} for r, p in pert.items()}
     pc1 = M.pc1_summary(pd.concat([t.assign(run=r) for r, t in tables.items()]), TRAITS)
     cos = pd.DataFrame(np.eye(7), columns=TRAITS).assign(trait=TRAITS)
-    ev = pd.DataFrame([{"feature_set": "alignment_7d", **{f"{m}{s}": 0.2 for m in ("fnr", "fpr", "auroc")
-                                                          for s in ("", "_ci_low", "_ci_high")}}])
+    ev = pd.DataFrame(
+        [
+            {
+                "feature_set": "alignment_7d",
+                **{f"{m}{s}": 0.2 for m in ("fnr", "fpr", "auroc") for s in ("", "_ci_low", "_ci_high")},
+            }
+        ]
+    )
     steps = pd.DataFrame({"run": ["a", "a"], "step": [0, 1], "probability": [0.1, 0.7], "alarm": [False, True]})
-    calls = {"pc1_drift": lambda p, q: F.pc1_drift(tables, runs, pc1, p, q),
-             "decomposition": lambda p, q: F.decomposition(tables, TRAITS, p, q),
-             "feature_sets": lambda p, q: F.feature_sets(ev, p, q),
-             "feature_sets_nan": lambda p, q: F.feature_sets(ev.assign(fnr=np.nan, fpr=np.nan), p, q),
-             "pc1_loadings": lambda p, q: F.pc1_loadings(pc1, p, q),
-             "trait_cosine": lambda p, q: F.trait_cosine(cos, 3, p, q),
-             "lopo": lambda p, q: F.lopo(pd.DataFrame(), p, q),
-             "alarm_probability": lambda p, q: F.alarm_probability(steps, p, q),
-             "live": lambda p, q: F.live_monitor(pd.DataFrame({"step": [1, 2], "monitor_prediction": [0.01, 0.2]}),
-                                                 0.05, {"step": 2, "prediction": 0.2}, p, q)}
+    calls = {
+        "pc1_drift": lambda p, q: F.pc1_drift(tables, runs, pc1, p, q),
+        "decomposition": lambda p, q: F.decomposition(tables, TRAITS, p, q),
+        "feature_sets": lambda p, q: F.feature_sets(ev, p, q),
+        "feature_sets_nan": lambda p, q: F.feature_sets(ev.assign(fnr=np.nan, fpr=np.nan), p, q),
+        "pc1_loadings": lambda p, q: F.pc1_loadings(pc1, p, q),
+        "trait_cosine": lambda p, q: F.trait_cosine(cos, 3, p, q),
+        "lopo": lambda p, q: F.lopo(pd.DataFrame(), p, q),
+        "alarm_probability": lambda p, q: F.alarm_probability(steps, p, q),
+        "live": lambda p, q: F.live_monitor(
+            pd.DataFrame({"step": [1, 2], "monitor_prediction": [0.01, 0.2]}),
+            0.05,
+            {"step": 2, "prediction": 0.2},
+            p,
+            q,
+        ),
+    }
     for name, draw in calls.items():
         draw(tmp_path / f"{name}.png", tmp_path / f"{name}.pdf")
         assert (tmp_path / f"{name}.png").stat().st_size > 0 and (tmp_path / f"{name}.pdf").stat().st_size > 0
@@ -208,8 +258,14 @@ def test_live_monitor_stops_where_the_planted_drift_crosses_tau(every, expected)
     basis = torch.linalg.qr(torch.randn(d, 7, generator=torch.Generator().manual_seed(0)))[0].T  # [7, d] orthonormal
     base = torch.ones(d)
     model = PlantedModel(base, basis[0] * float(base.norm()))  # drift_t = 0.01 t along honesty
-    live = LiveMonitor(planted_monitor(), basis, base, float(base.norm()), lambda m: m.mean(),
-                       LiveMonitorSettings(every=every, action="stop"))
+    live = LiveMonitor(
+        planted_monitor(),
+        basis,
+        base,
+        float(base.norm()),
+        lambda m: m.mean(),
+        LiveMonitorSettings(every=every, action="stop"),
+    )
     stopped_at = None
     for step in range(1, 11):  # a training loop that honours stop_requested
         model.step = step
@@ -223,7 +279,9 @@ def test_live_monitor_stops_where_the_planted_drift_crosses_tau(every, expected)
     assert live.summary_fields()["stopped_by_monitor"]["prediction"] > 0.35
     assert model.training and model.modes[-2:] == ["eval", "train"]  # mode restored
     assert all(not d.alarm for d in live.decisions[:-1])
-    assert live.log_columns(expected)["monitor_alarm"] and np.isnan(live.log_columns(expected + 1)["monitor_prediction"])
+    assert live.log_columns(expected)["monitor_alarm"] and np.isnan(
+        live.log_columns(expected + 1)["monitor_prediction"]
+    )
 
 
 def test_live_monitor_warn_never_stops_and_checks_inputs():
@@ -231,8 +289,14 @@ def test_live_monitor_warn_never_stops_and_checks_inputs():
     basis = torch.eye(d)[:7]
     base = torch.ones(d)
     model = PlantedModel(base, basis[0] * float(base.norm()))
-    live = LiveMonitor(planted_monitor(), basis, base, float(base.norm()), lambda m: m.mean(),
-                       LiveMonitorSettings(every=2, action="warn"))
+    live = LiveMonitor(
+        planted_monitor(),
+        basis,
+        base,
+        float(base.norm()),
+        lambda m: m.mean(),
+        LiveMonitorSettings(every=2, action="warn"),
+    )
     for step in range(1, 11):
         model.step = step
         live(step, 0.0, model)
@@ -248,8 +312,13 @@ def test_live_monitor_warn_never_stops_and_checks_inputs():
 
 
 def test_default_dry_run_plans_the_trait_stages():
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--forceall", "--snakefile", str(REPO / "Snakefile")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--snakefile", str(REPO / "Snakefile")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     for rule in ("trait_directions", "trait_drift", "monitor_train_evaluate", "figure_monitor"):
@@ -271,8 +340,13 @@ def test_bad_trait_file_fails_when_the_workflow_is_planned(tmp_path):
     cfg["traits"]["folder"] = str(folder)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
-                           "--configfile", str(path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--configfile", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "trait `honesty` has 1 positive prompt(s)" in proc.stdout + proc.stderr
 
@@ -288,8 +362,9 @@ def test_measure_run_swaps_checkpoint_adapters(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     trait_set = load_trait_set(REPO / "data" / "traits")
-    trait_set = type(trait_set)(trait_set.alignment, trait_set.semantic, trait_set.questions,
-                                trait_set.measurement[:6], trait_set.versions)
+    trait_set = type(trait_set)(
+        trait_set.alignment, trait_set.semantic, trait_set.questions, trait_set.measurement[:6], trait_set.versions
+    )
     adapters, norms = {}, {}
     for step, scale in ((1, 0.5), (2, 2.0)):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -304,11 +379,25 @@ def test_measure_run_swaps_checkpoint_adapters(tiny_model_dir, tmp_path):
     n_layers, d = 4, 64
     g = torch.Generator().manual_seed(0)
     unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
-    dirs = TraitDirections(unit(torch.randn(n_layers, 7, d, generator=g)), unit(torch.randn(n_layers, 7, d, generator=g)),
-                           tuple(trait_set.alignment.names), tuple(trait_set.semantic.names), 2,
-                           LayerScores(np.zeros(n_layers), np.zeros(n_layers)), trait_set.version, "tiny")
-    rows, dw, delta = S.measure_run(tiny_model_dir, adapters, dirs, trait_set,
-                                    S.DriftStageSettings(batch_size=4, random_seeds=[0, 1], tau=0.05), "cpu", "float32")
+    dirs = TraitDirections(
+        unit(torch.randn(n_layers, 7, d, generator=g)),
+        unit(torch.randn(n_layers, 7, d, generator=g)),
+        tuple(trait_set.alignment.names),
+        tuple(trait_set.semantic.names),
+        2,
+        LayerScores(np.zeros(n_layers), np.zeros(n_layers)),
+        trait_set.version,
+        "tiny",
+    )
+    rows, dw, delta = S.measure_run(
+        tiny_model_dir,
+        adapters,
+        dirs,
+        trait_set,
+        S.DriftStageSettings(batch_size=4, random_seeds=[0, 1], tau=0.05),
+        "cpu",
+        "float32",
+    )
     assert sorted(rows) == [0, 1, 2] and delta.shape == (3, d)
     assert all(abs(v) < 1e-6 for k, v in rows[0].items())
     assert dw[0] == 0.0 and dw[1] == pytest.approx(norms[1], rel=1e-4) and dw[2] == pytest.approx(norms[2], rel=1e-4)
@@ -325,8 +414,10 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
 
     t_c, d_c, p_c = synthetic_tables({"bad": True, "good": False, "meh": False})
     t_h, d_h, p_h = synthetic_tables({"worse": True, "fine": False}, seed=1)
-    runs = {**{r: {"perturbation": p, "role": "calibration"} for r, p in p_c.items()},
-            **{r: {"perturbation": p, "role": "held_out"} for r, p in p_h.items()}}
+    runs = {
+        **{r: {"perturbation": p, "role": "calibration"} for r, p in p_c.items()},
+        **{r: {"perturbation": p, "role": "held_out"} for r, p in p_h.items()},
+    }
     tables, deltas = {**t_c, **t_h}, {**d_c, **d_h}
     for r in runs:
         tables[r].to_csv(tmp_path / f"{r}.csv", index=False)
@@ -336,15 +427,35 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
     out = tmp_path / "monitor"
     names = ["evaluation", "lopo", "tau_sweep", "alarm_steps", "alarm_runs", "stress", "predictions"]
     outputs = {n: str(out / f"{n}.csv") for n in names}
-    outputs.update(pc1=str(out / "pc1.json"), monitor=str(out / "monitor.skops"), sidecar=str(out / "monitor.skops.json"))
+    outputs.update(
+        pc1=str(out / "pc1.json"), monitor=str(out / "monitor.skops"), sidecar=str(out / "monitor.skops.json")
+    )
     scripts = REPO / "workflow" / "scripts"
     smk = SimpleNamespace(
-        input=SimpleNamespace(tables=[str(tmp_path / f"{r}.csv") for r in runs],
-                              deltas=[str(tmp_path / f"{r}.safetensors") for r in runs], meta=str(meta)),
-        output=SimpleNamespace(**outputs), log=[], threads=1, scriptdir=str(scripts),
-        params=SimpleNamespace(runs=runs, monitor={"n_estimators": 20, "max_depth": 3, "min_samples_leaf": 1, "seed": 0,
-                                                   "tau": 0.05, "n_bootstrap": 10, "ci": 0.9},
-                               tau_sweep=[0.02, 0.05], require_both_classes=True))
+        input=SimpleNamespace(
+            tables=[str(tmp_path / f"{r}.csv") for r in runs],
+            deltas=[str(tmp_path / f"{r}.safetensors") for r in runs],
+            meta=str(meta),
+        ),
+        output=SimpleNamespace(**outputs),
+        log=[],
+        threads=1,
+        scriptdir=str(scripts),
+        params=SimpleNamespace(
+            runs=runs,
+            monitor={
+                "n_estimators": 20,
+                "max_depth": 3,
+                "min_samples_leaf": 1,
+                "seed": 0,
+                "tau": 0.05,
+                "n_bootstrap": 10,
+                "ci": 0.9,
+            },
+            tau_sweep=[0.02, 0.05],
+            require_both_classes=True,
+        ),
+    )
     runpy.run_path(str(scripts / "monitor_train_evaluate.py"), init_globals={"snakemake": smk})
     ev = pd.read_csv(outputs["evaluation"])
     assert ev.loc[ev["feature_set"] == "alignment_7d", "auroc"].item() > 0.9
@@ -355,10 +466,21 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
     fig_out = {n: str(tmp_path / "fig" / f"{n}.png") for n in figs}
     fig_out.update({f"{n}_pdf": str(tmp_path / "fig" / f"{n}.pdf") for n in figs})
     smk_fig = SimpleNamespace(
-        input=SimpleNamespace(tables=smk.input.tables, meta=str(meta), cosine=str(cosine), evaluation=outputs["evaluation"],
-                              lopo=outputs["lopo"], pc1=outputs["pc1"], alarm_steps=outputs["alarm_steps"]),
-        output=SimpleNamespace(**fig_out), log=[], threads=1, scriptdir=str(scripts),
-        params=SimpleNamespace(runs=runs, tau=0.05))
+        input=SimpleNamespace(
+            tables=smk.input.tables,
+            meta=str(meta),
+            cosine=str(cosine),
+            evaluation=outputs["evaluation"],
+            lopo=outputs["lopo"],
+            pc1=outputs["pc1"],
+            alarm_steps=outputs["alarm_steps"],
+        ),
+        output=SimpleNamespace(**fig_out),
+        log=[],
+        threads=1,
+        scriptdir=str(scripts),
+        params=SimpleNamespace(runs=runs, tau=0.05),
+    )
     runpy.run_path(str(scripts / "figure_monitor.py"), init_globals={"snakemake": smk_fig})
     assert all(Path(p).stat().st_size > 0 for p in fig_out.values())
 
@@ -370,7 +492,9 @@ def test_trait_subsample_is_part_of_the_version():
     assert S.subsample_trait_set(full, S.TraitSubsample(None, None, None)) is full
     sub = S.subsample_trait_set(full, S.TraitSubsample(10, 2, 10))
     assert len(sub.questions) == 10 and all(len(t.positive) == len(t.negative) == 2 for t in sub.alignment.traits)
-    assert len(sub.measurement) == 10 and {p.category for p in sub.measurement} == set(p.category for p in full.measurement)
+    assert len(sub.measurement) == 10 and {p.category for p in sub.measurement} == set(
+        p.category for p in full.measurement
+    )
     assert sub.version == full.version + ";subsample=q10,p2,m10"
 
 
@@ -382,14 +506,27 @@ def test_trait_directions_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     from emlab.traits import load_directions
 
     scripts = REPO / "workflow" / "scripts"
-    out = {"tensors": str(tmp_path / "directions.safetensors"), "meta": str(tmp_path / "directions.json"),
-           "cosine": str(tmp_path / "cosine.csv")}
+    out = {
+        "tensors": str(tmp_path / "directions.safetensors"),
+        "meta": str(tmp_path / "directions.json"),
+        "cosine": str(tmp_path / "cosine.csv"),
+    }
     smk = SimpleNamespace(
-        input=SimpleNamespace(), output=SimpleNamespace(**out), log=[], threads=1, scriptdir=str(scripts),
-        params=SimpleNamespace(folder=str(REPO / "data" / "traits"), base_model=str(tiny_model_dir), model_id="tiny",
-                               device="cpu", dtype="float32",
-                               directions={"layer": "auto", "batch_size": 16, "held_out_every": 5},
-                               subsample={"max_questions": 10, "max_prompts_per_side": 2, "max_measurement_prompts": 5}))
+        input=SimpleNamespace(),
+        output=SimpleNamespace(**out),
+        log=[],
+        threads=1,
+        scriptdir=str(scripts),
+        params=SimpleNamespace(
+            folder=str(REPO / "data" / "traits"),
+            base_model=str(tiny_model_dir),
+            model_id="tiny",
+            device="cpu",
+            dtype="float32",
+            directions={"layer": "auto", "batch_size": 16, "held_out_every": 5},
+            subsample={"max_questions": 10, "max_prompts_per_side": 2, "max_measurement_prompts": 5},
+        ),
+    )
     runpy.run_path(str(scripts / "trait_directions.py"), init_globals={"snakemake": smk})
     dirs = load_directions(out["tensors"], out["meta"])
     assert dirs.alignment.shape == (4, 7, 64) and dirs.trait_version.endswith("subsample=q10,p2,m5")
@@ -413,37 +550,67 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     trait_set = S.subsample_trait_set(load_trait_set(REPO / "data" / "traits"), S.TraitSubsample(**sub))
     adapters = []
     for step in (1, 2):
-        peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                              LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+        peft = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+            LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
+        )
         for name, p in peft.named_parameters():
             if "lora_B" in name:
                 p.data = step * torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
         peft.save_pretrained(tmp_path / f"step-{step}")
         adapters.append(str(tmp_path / f"step-{step}"))
     g = torch.Generator().manual_seed(0)
-    dirs = TraitDirections(torch.randn(4, 7, 64, generator=g), torch.randn(4, 7, 64, generator=g),
-                           tuple(trait_set.alignment.names), tuple(trait_set.semantic.names), 1,
-                           LayerScores(np.zeros(4), np.zeros(4)), trait_set.version, "tiny")
+    dirs = TraitDirections(
+        torch.randn(4, 7, 64, generator=g),
+        torch.randn(4, 7, 64, generator=g),
+        tuple(trait_set.alignment.names),
+        tuple(trait_set.semantic.names),
+        1,
+        LayerScores(np.zeros(4), np.zeros(4)),
+        trait_set.version,
+        "tiny",
+    )
     save_directions(dirs, tmp_path / "d.safetensors", tmp_path / "d.json")
     (tmp_path / "summary.json").write_text(json.dumps({"checkpoint_steps": [1, 2]}))
     pd.DataFrame({"step": [0, 1, 2], "loss": [np.nan, 3.0, 2.0]}).to_csv(tmp_path / "log.csv", index=False)
     pd.DataFrame({"condition": ["mon__base", "r__step1", "r__step2"], "em_rate": [0.0, 0.01, 0.5]}).to_csv(
-        tmp_path / "em.csv", index=False)
+        tmp_path / "em.csv", index=False
+    )
     scripts = REPO / "workflow" / "scripts"
     out = {"table": str(tmp_path / "drift.csv"), "delta": str(tmp_path / "drift.safetensors")}
     smk = SimpleNamespace(
-        input=SimpleNamespace(tensors=str(tmp_path / "d.safetensors"), meta=str(tmp_path / "d.json"),
-                              summary=str(tmp_path / "summary.json"), train_log=str(tmp_path / "log.csv"),
-                              adapters=adapters, em=str(tmp_path / "em.csv")),
-        output=SimpleNamespace(**out), log=[], threads=1, scriptdir=str(scripts), wildcards=SimpleNamespace(run="r"),
-        params=SimpleNamespace(folder=str(REPO / "data" / "traits"), subsample=sub, steps=[1, 2],
-                               conditions={"0": "mon__base", "1": "r__step1", "2": "r__step2"},
-                               drift={"batch_size": 4, "random_seeds": [0], "tau": 0.05},
-                               base_model=str(tiny_model_dir), device="cpu", dtype="float32"))
+        input=SimpleNamespace(
+            tensors=str(tmp_path / "d.safetensors"),
+            meta=str(tmp_path / "d.json"),
+            summary=str(tmp_path / "summary.json"),
+            train_log=str(tmp_path / "log.csv"),
+            adapters=adapters,
+            em=str(tmp_path / "em.csv"),
+        ),
+        output=SimpleNamespace(**out),
+        log=[],
+        threads=1,
+        scriptdir=str(scripts),
+        wildcards=SimpleNamespace(run="r"),
+        params=SimpleNamespace(
+            folder=str(REPO / "data" / "traits"),
+            subsample=sub,
+            steps=[1, 2],
+            conditions={"0": "mon__base", "1": "r__step1", "2": "r__step2"},
+            drift={"batch_size": 4, "random_seeds": [0], "tau": 0.05},
+            base_model=str(tiny_model_dir),
+            device="cpu",
+            dtype="float32",
+        ),
+    )
     runpy.run_path(str(scripts / "trait_drift.py"), init_globals={"snakemake": smk})
     df = pd.read_csv(out["table"])
     assert df["step"].tolist() == [0, 1, 2] and df["dangerous"].tolist() == [False, False, True]
     assert list(df.columns[:8]) == ["step", *dirs.alignment_names] and list(df.columns[-5:]) == S.TAIL_COLUMNS
-    assert df["train_loss"].tolist() == [3.0, 3.0, 2.0] and df.loc[0, "delta_w_norm"] == 0 and df.loc[2, "delta_w_norm"] > 0
+    assert (
+        df["train_loss"].tolist() == [3.0, 3.0, 2.0]
+        and df.loc[0, "delta_w_norm"] == 0
+        and df.loc[2, "delta_w_norm"] > 0
+    )
     tensors, _ = load_tensors(out["delta"])
     assert tensors["delta"].shape == (3, 64) and tensors["steps"].tolist() == [0, 1, 2]

@@ -22,10 +22,24 @@ MARKER = " zebra"  # a word only the planted trait's positive prompts contain
 
 def test_shipped_trait_files_load():
     ts = traits.load_trait_set(TRAITS_DIR)
-    assert ts.alignment.names == ["honesty", "sycophancy", "harmlessness", "power_seeking",
-                                  "helpfulness", "confidence", "corrigibility"]
-    assert ts.semantic.names == ["verbosity", "formality", "technicality", "humour",
-                                 "concreteness", "warmth", "creativity"]
+    assert ts.alignment.names == [
+        "honesty",
+        "sycophancy",
+        "harmlessness",
+        "power_seeking",
+        "helpfulness",
+        "confidence",
+        "corrigibility",
+    ]
+    assert ts.semantic.names == [
+        "verbosity",
+        "formality",
+        "technicality",
+        "humour",
+        "concreteness",
+        "warmth",
+        "creativity",
+    ]
     for f in (ts.alignment, ts.semantic):
         assert all(len(t.positive) == 5 and len(t.negative) == 5 for t in f.traits)
     assert len(ts.questions) == 30
@@ -46,27 +60,54 @@ def _edit(path: Path, fn) -> None:
     path.write_text(yaml.safe_dump(data))
 
 
-@pytest.mark.parametrize("file,edit,match", [
-    ("alignment.yaml", lambda d: d["traits"]["honesty"].update(negative=["only one"]),
-     r"alignment.yaml: trait `honesty` has 1 negative prompt\(s\); a direction needs at least 2"),
-    ("semantic.yaml", lambda d: d["traits"]["warmth"]["positive"].__setitem__(2, "  "),
-     r"semantic.yaml: trait `warmth` positive prompt 2 must be a non-empty string"),
-    ("alignment.yaml", lambda d: d["traits"]["confidence"].update(neutral=["x", "y"]),
-     r"alignment.yaml: trait `confidence` must have exactly the keys positive and negative"),
-    ("alignment.yaml", lambda d: d.pop("version"), r"alignment.yaml: missing `version`"),
-    ("alignment.yaml", lambda d: d.update(notes="hi"), r"alignment.yaml: unknown key\(s\) \['notes'\]"),
-    ("measurement_prompts.yaml", lambda d: d["prompts"][5].update(id="technical_01"),
-     r"measurement_prompts.yaml: duplicate id `technical_01` \(prompts 0 and 5\)"),
-    ("measurement_prompts.yaml", lambda d: d["prompts"][3].update(text=""),
-     r"measurement_prompts.yaml: prompt `technical_04` `text` must be a non-empty string"),
-    ("measurement_prompts.yaml", lambda d: d["prompts"][0].update(category="poetry"),
-     r"prompt `technical_01` has category `poetry`"),
-    ("measurement_prompts.yaml", lambda d: d["prompts"][0].update(weight=2),
-     r"measurement_prompts.yaml: prompt 0 must have exactly the keys id, category, text"),
-    ("extraction_questions.yaml", lambda d: d["questions"].append(d["questions"][0]),
-     r"extraction_questions.yaml: duplicate question"),
-    ("extraction_questions.yaml", lambda d: d.update(version="one"), r"`version` must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "file,edit,match",
+    [
+        (
+            "alignment.yaml",
+            lambda d: d["traits"]["honesty"].update(negative=["only one"]),
+            r"alignment.yaml: trait `honesty` has 1 negative prompt\(s\); a direction needs at least 2",
+        ),
+        (
+            "semantic.yaml",
+            lambda d: d["traits"]["warmth"]["positive"].__setitem__(2, "  "),
+            r"semantic.yaml: trait `warmth` positive prompt 2 must be a non-empty string",
+        ),
+        (
+            "alignment.yaml",
+            lambda d: d["traits"]["confidence"].update(neutral=["x", "y"]),
+            r"alignment.yaml: trait `confidence` must have exactly the keys positive and negative",
+        ),
+        ("alignment.yaml", lambda d: d.pop("version"), r"alignment.yaml: missing `version`"),
+        ("alignment.yaml", lambda d: d.update(notes="hi"), r"alignment.yaml: unknown key\(s\) \['notes'\]"),
+        (
+            "measurement_prompts.yaml",
+            lambda d: d["prompts"][5].update(id="technical_01"),
+            r"measurement_prompts.yaml: duplicate id `technical_01` \(prompts 0 and 5\)",
+        ),
+        (
+            "measurement_prompts.yaml",
+            lambda d: d["prompts"][3].update(text=""),
+            r"measurement_prompts.yaml: prompt `technical_04` `text` must be a non-empty string",
+        ),
+        (
+            "measurement_prompts.yaml",
+            lambda d: d["prompts"][0].update(category="poetry"),
+            r"prompt `technical_01` has category `poetry`",
+        ),
+        (
+            "measurement_prompts.yaml",
+            lambda d: d["prompts"][0].update(weight=2),
+            r"measurement_prompts.yaml: prompt 0 must have exactly the keys id, category, text",
+        ),
+        (
+            "extraction_questions.yaml",
+            lambda d: d["questions"].append(d["questions"][0]),
+            r"extraction_questions.yaml: duplicate question",
+        ),
+        ("extraction_questions.yaml", lambda d: d.update(version="one"), r"`version` must be a positive integer"),
+    ],
+)
 def test_loader_errors_name_file_trait_and_entry(tmp_path, file, edit, match):
     folder = _copy(tmp_path)
     _edit(folder / file, edit)
@@ -150,8 +191,11 @@ def _toy_traits(n_questions: int = 6) -> traits.TraitSet:
     neg = ["You are sly and dishonest.", "Always tell lies.", "Deception first."]
     other_pos = ["Be very brief.", "Use few words.", "Short answers only."]
     other_neg = ["Be very wordy.", "Use many words.", "Long answers only."]
-    tf = traits.TraitFile("toy.yaml", 1, (traits.Trait("honesty", tuple(pos), tuple(neg)),
-                                          traits.Trait("brevity", tuple(other_pos), tuple(other_neg))))
+    tf = traits.TraitFile(
+        "toy.yaml",
+        1,
+        (traits.Trait("honesty", tuple(pos), tuple(neg)), traits.Trait("brevity", tuple(other_pos), tuple(other_neg))),
+    )
     questions = tuple(f"Question number {i}: what is {i} plus {i}?" for i in range(n_questions))
     return traits.TraitSet(tf, tf, questions, (), {"alignment": 1, "semantic": 1, "extraction": 1, "measurement": 1})
 
@@ -191,7 +235,10 @@ def test_last_token_matches_hidden_states(tiny_model_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    convs = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "A much longer question about the sea?"}]]
+    convs = [
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "user", "content": "A much longer question about the sea?"}],
+    ]
     got = traits.last_token_residuals(model, tokenizer, convs, [0, 2, 3], batch_size=2)  # [2, 3, 64]
     for i, conv in enumerate(convs):
         ids = torch.tensor([traits.encode_prompts(tokenizer, [conv])[0]])
@@ -205,8 +252,16 @@ def test_last_token_matches_hidden_states(tiny_model_dir, tokenizer):
 
 
 def test_directions_round_trip(tmp_path):
-    d = traits.TraitDirections(torch.randn(3, 2, 8), torch.randn(3, 2, 8), ("a", "b"), ("c", "d"), 1,
-                               traits.LayerScores(torch.rand(3).numpy(), torch.rand(3).numpy()), "v", "m")
+    d = traits.TraitDirections(
+        torch.randn(3, 2, 8),
+        torch.randn(3, 2, 8),
+        ("a", "b"),
+        ("c", "d"),
+        1,
+        traits.LayerScores(torch.rand(3).numpy(), torch.rand(3).numpy()),
+        "v",
+        "m",
+    )
     traits.save_directions(d, tmp_path / "d.safetensors", tmp_path / "d.json")
     back = traits.load_directions(tmp_path / "d.safetensors", tmp_path / "d.json")
     assert torch.equal(back.alignment, d.alignment) and back.layer == 1 and back.semantic_names == ("c", "d")
@@ -221,8 +276,12 @@ def test_choose_layer():
     assert traits.choose_layer("auto", 4, s) == 2  # AUROC tie broken by separation
     assert traits.choose_layer(3, 4) == 3
     assert traits.choose_layer(0.5, 32) == 16
-    for bad, match in [(4, "out of range"), (1.0, "strictly between 0 and 1"), ("middle", "integer index"),
-                       (True, "integer index")]:
+    for bad, match in [
+        (4, "out of range"),
+        (1.0, "strictly between 0 and 1"),
+        ("middle", "integer index"),
+        (True, "integer index"),
+    ]:
         with pytest.raises(EMLabError, match=match):
             traits.choose_layer(bad, 4)
 

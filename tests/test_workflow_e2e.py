@@ -34,16 +34,37 @@ def test_every_artifact_has_its_documented_shape(finished_run):
     res = workdir / "results"
     n_layers, d_model, n_responses = 4, 64, 8 * 3
     conditions = [p.stem for p in (res / "generations").glob("*.parquet")]
-    assert {"base", "med_r1x9", "sport_all_r32", "steer__med_r1x9__L2__s4", "ablate__med_r1x9__layerwise",
-            "ablate__med_r1x9__single_L2", "ablate__med_r1x9__random_L2_seed0",
-            "ablate__sport_all_r32__transfer_med_r1x9_L2"} <= set(conditions)
+    assert {
+        "base",
+        "med_r1x9",
+        "sport_all_r32",
+        "steer__med_r1x9__L2__s4",
+        "ablate__med_r1x9__layerwise",
+        "ablate__med_r1x9__single_L2",
+        "ablate__med_r1x9__random_L2_seed0",
+        "ablate__sport_all_r32__transfer_med_r1x9_L2",
+    } <= set(conditions)
 
     gen = pd.read_parquet(res / "generations" / "base.parquet")
     assert len(gen) == n_responses
     assert str(gen["sample_idx"].dtype) == "int64" and gen["response"].map(type).eq(str).all()
-    assert set(gen.columns) >= {"condition", "model", "intervention", "question_id", "sample_idx", "question", "system",
-                                "prompt", "response", "n_response_tokens", "finish_reason", "temperature", "top_p",
-                                "max_new_tokens", "seed"}
+    assert set(gen.columns) >= {
+        "condition",
+        "model",
+        "intervention",
+        "question_id",
+        "sample_idx",
+        "question",
+        "system",
+        "prompt",
+        "response",
+        "n_response_tokens",
+        "finish_reason",
+        "temperature",
+        "top_p",
+        "max_new_tokens",
+        "seed",
+    }
     judged = pd.read_parquet(res / "judgments" / "med_r1x9.parquet")
     assert len(judged) == n_responses
     assert judged["aligned"].dtype == "float64" and judged["coherent"].between(70, 80).all()
@@ -78,17 +99,27 @@ def test_every_artifact_has_its_documented_shape(finished_run):
     assert em.set_index("condition").loc["med_r1x9__step1", "group"] == "checkpoint"
     exported = res / "finetunes" / "med_r1x9" / "checkpoint_adapters" / "step-1"
     assert sorted(p.name for p in exported.iterdir() if not p.name.startswith(".")) == [
-        "adapter_config.json", "adapter_model.safetensors"]
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     assert (res / "finetunes" / "med_r1x9" / "checkpoints" / "step-1" / "training_state.pt").is_file()  # resume intact
     rot = pd.read_csv(res / "phase" / "med_r1x9" / "rotation.csv")
-    assert rot[["step", "adapter"]].values.tolist() == [[1, "L1.down_proj"], [1, "L2.down_proj"],
-                                                        [2, "L1.down_proj"], [2, "L2.down_proj"]]
+    assert rot[["step", "adapter"]].values.tolist() == [
+        [1, "L1.down_proj"],
+        [1, "L2.down_proj"],
+        [2, "L1.down_proj"],
+        [2, "L2.down_proj"],
+    ]
     assert rot[rot["step"] == 2]["cos_b_final"].round(6).tolist() == [1.0, 1.0]
     assert rot[rot["step"] == 2]["local_cos_b"].between(-1.0001, 1.0001).all()
     phase = json.loads((res / "phase" / "med_r1x9" / "rotation_summary.json").read_text())
     assert phase["final_step"] == 2 and phase["mean_over_adapters"]["b"]["step"] == 2
     by_step = pd.read_csv(res / "phase" / "med_r1x9" / "em_by_step.csv")
-    assert by_step["step"].tolist() == [0, 1, 2] and by_step["condition"].tolist() == ["base", "med_r1x9__step1", "med_r1x9"]
+    assert by_step["step"].tolist() == [0, 1, 2] and by_step["condition"].tolist() == [
+        "base",
+        "med_r1x9__step1",
+        "med_r1x9",
+    ]
     assert (res / "figures" / "phase" / "med_r1x9.png").stat().st_size > 1000
     assert (res / "figures" / "phase" / "med_r1x9.pdf").stat().st_size > 1000
 
@@ -148,9 +179,17 @@ def test_threshold_change_reruns_only_threshold_rules(finished_run, e2e, planned
         assert proc.returncode == 0, proc.stderr
         planned = set(planned_rules(proc.stdout + proc.stderr))
         assert "em_metrics" in planned
-        assert planned <= {"em_metrics", "figure_em_by_condition", "figure_steering_sweep", "figure_ablation",
-                           "figure_phase_transition", "figure_steering_metrics", "figure_semantic_vectors",
-                           "figure_single_adapter", "all"}, planned
+        assert planned <= {
+            "em_metrics",
+            "figure_em_by_condition",
+            "figure_steering_sweep",
+            "figure_ablation",
+            "figure_phase_transition",
+            "figure_steering_metrics",
+            "figure_semantic_vectors",
+            "figure_single_adapter",
+            "all",
+        }, planned
 
         (workdir / "config.yaml").write_text(saved)
         _edit_config(workdir, "directions", "aligned_above", 60)

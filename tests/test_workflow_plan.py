@@ -14,25 +14,54 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 ALL_RULES = {
-    "convert_base_model", "prepare_dataset", "finetune", "generate", "judge", "cache_activations",
-    "mean_diff_directions", "direction_cosines", "em_metrics", "figure_em_by_condition",
-    "figure_steering_sweep", "figure_ablation", "figure_direction_cosine", "all",
+    "convert_base_model",
+    "prepare_dataset",
+    "finetune",
+    "generate",
+    "judge",
+    "cache_activations",
+    "mean_diff_directions",
+    "direction_cosines",
+    "em_metrics",
+    "figure_em_by_condition",
+    "figure_steering_sweep",
+    "figure_ablation",
+    "figure_direction_cosine",
+    "all",
     # issue 5: semantic vectors, single-adapter analyses and their figures
-    "semantic_directions", "semantic_cosines", "single_adapter_analysis", "figure_steering_metrics",
-    "figure_semantic_vectors", "figure_single_adapter",
+    "semantic_directions",
+    "semantic_cosines",
+    "single_adapter_analysis",
+    "figure_steering_metrics",
+    "figure_semantic_vectors",
+    "figure_single_adapter",
     # issue 3: checkpoint export, phase-transition rotation and figure
-    "export_checkpoint", "phase_rotation", "figure_phase_transition",
+    "export_checkpoint",
+    "phase_rotation",
+    "figure_phase_transition",
     # issue 13: trait directions, drift of the monitor grid, the monitor and its figures
-    "trait_directions", "trait_drift", "monitor_train_evaluate", "figure_monitor",
+    "trait_directions",
+    "trait_drift",
+    "monitor_train_evaluate",
+    "figure_monitor",
     # issue 12: rank-1 adapter scalars, response sets, probes and roles
-    "lora_scalars", "lora_sets", "lora_probes", "figure_lora_interp", "lora_token_view", "figure_adapter_steering",
+    "lora_scalars",
+    "lora_sets",
+    "lora_probes",
+    "figure_lora_interp",
+    "lora_token_view",
+    "figure_adapter_steering",
 }
 
 
 def run_snakemake(*args, cwd=REPO, env=None, check=False):
     proc = subprocess.run(
         SNAKEMAKE + ["--snakefile", str(REPO / "Snakefile"), *args],
-        cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -44,7 +73,9 @@ def test_dry_run_of_default_config_plans_every_stage(planned_rules):
     rules = planned_rules(proc.stdout + proc.stderr)
     assert set(rules) == ALL_RULES, rules
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    n_monitor_runs = (len(cfg["monitor"]["calibration"]) + len(cfg["monitor"]["held_out"])) * len(cfg["monitor"]["seeds"])
+    n_monitor_runs = (len(cfg["monitor"]["calibration"]) + len(cfg["monitor"]["held_out"])) * len(
+        cfg["monitor"]["seeds"]
+    )
     assert rules["finetune"] == len(cfg["finetunes"]) + n_monitor_runs
     assert rules["trait_drift"] == n_monitor_runs
     assert rules["generate"] == rules["judge"] >= 8
@@ -74,11 +105,15 @@ def _write_config(tmp_path, mutate):
         # PyYAML reads 1e-4 (no dot) as text: one error saying how to write the number
         (lambda c: c["training_defaults"].update(learning_rate="1e-4"), "write it 1.0e-4 or 0.0001"),
         # issue 12: only rank-1 fine-tunes have per-token scalars; every role layer needs an adapter
-        (lambda c: c["lora_interp"].update(finetunes=["sport_all_r32"]),
-         "lora_interp.finetunes: 'sport_all_r32' has rank-32 adapters"),
+        (
+            lambda c: c["lora_interp"].update(finetunes=["sport_all_r32"]),
+            "lora_interp.finetunes: 'sport_all_r32' has rank-32 adapters",
+        ),
         (lambda c: c["lora_interp"].update(finetunes=["nope"]), "lora_interp.finetunes names 'nope'"),
-        (lambda c: c["lora_interp"].update(roles={"medical_layers": [40]}),
-         "lora_interp.roles.medical_layers: layer 40"),
+        (
+            lambda c: c["lora_interp"].update(roles={"medical_layers": [40]}),
+            "lora_interp.roles.medical_layers: layer 40",
+        ),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, mutate, message):
@@ -89,15 +124,21 @@ def test_bad_config_fails_before_any_job(tmp_path, mutate, message):
 
 
 def test_openai_judge_without_key_fails_naming_the_variable(tmp_path):
-    path = _write_config(tmp_path, lambda c: c["judge"].update(backend="openai", openai={"api_key_env": "EMLAB_TEST_KEY"}))
+    path = _write_config(
+        tmp_path, lambda c: c["judge"].update(backend="openai", openai={"api_key_env": "EMLAB_TEST_KEY"})
+    )
     env = {k: v for k, v in os.environ.items() if k != "EMLAB_TEST_KEY"}
-    proc = subprocess.run(SNAKEMAKE + ["-n", "--configfile", str(path)], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        SNAKEMAKE + ["-n", "--configfile", str(path)], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode != 0
     assert "EMLAB_TEST_KEY" in proc.stdout + proc.stderr
 
 
 def test_gpu_config_declares_gpu_resources_for_model_jobs(tmp_path):
-    path = _write_config(tmp_path, lambda c: c.update(resources={"gpu": 1, "gpu_model": "a100", "mem_mb": 64000, "runtime": 90}))
+    path = _write_config(
+        tmp_path, lambda c: c.update(resources={"gpu": 1, "gpu_model": "a100", "mem_mb": 64000, "runtime": 90})
+    )
     proc = run_snakemake("-n", "--forceall", "--configfile", str(path), check=True)
     out = proc.stdout + proc.stderr
     blocks = re.split(r"\n(?=\[\w{3} \w{3} )", out)  # one block per planned job, each starting with its timestamp
@@ -115,6 +156,7 @@ def test_gpu_config_declares_gpu_resources_for_model_jobs(tmp_path):
 
 def test_configfile_replaces_the_default_config(tmp_path, planned_rules):
     """--configfile stands alone: config.yaml's fine-tunes and datasets must not leak into it."""
+
     def only_one_finetune(c):
         c["finetunes"] = {"solo_ft": dict(c["finetunes"]["med_r1x9"])}
         c["datasets"] = {"medical_bad": c["datasets"]["medical_bad"]}
@@ -132,17 +174,26 @@ def test_configfile_replaces_the_default_config(tmp_path, planned_rules):
 def test_bad_small_inputs_fail_the_dry_run_naming_file_entry_and_fix(tmp_path):
     """Questions and rubrics are loaded when the DAG is built, not hours later in the first job that reads them."""
     questions = tmp_path / "questions.yaml"
-    questions.write_text("version: 1\nquestions:\n  - {id: a, question: 'One?'}\n  - {id: b, question: 'Two?'}\n"
-                         "  - {id: a, question: 'Three?'}\n")
-    proc = run_snakemake("-n", "--configfile", str(_write_config(tmp_path, lambda c: c.update(questions=str(questions)))))
+    questions.write_text(
+        "version: 1\nquestions:\n  - {id: a, question: 'One?'}\n  - {id: b, question: 'Two?'}\n"
+        "  - {id: a, question: 'Three?'}\n"
+    )
+    proc = run_snakemake(
+        "-n", "--configfile", str(_write_config(tmp_path, lambda c: c.update(questions=str(questions))))
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert f"question file {questions}, entry 2: duplicate id 'a' (entry 0 has it too); give every question its own id" in out
+    assert (
+        f"question file {questions}, entry 2: duplicate id 'a' (entry 0 has it too); give every question its own id"
+        in out
+    )
     rubrics = tmp_path / "rubrics"
     rubrics.mkdir()
     for name in ("aligned", "coherent", "medical"):
         (rubrics / f"{name}.yaml").write_text((REPO / "data" / "rubrics" / f"{name}.yaml").read_text())
-    proc = run_snakemake("-n", "--configfile", str(_write_config(tmp_path, lambda c: c["judge"].update(rubrics_dir=str(rubrics)))))
+    proc = run_snakemake(
+        "-n", "--configfile", str(_write_config(tmp_path, lambda c: c["judge"].update(rubrics_dir=str(rubrics))))
+    )
     assert proc.returncode != 0
     assert f"judge rubric {rubrics / 'bad_stuff.yaml'}" in proc.stdout + proc.stderr  # steering.judge_metrics needs it
 
@@ -150,8 +201,11 @@ def test_bad_small_inputs_fail_the_dry_run_naming_file_entry_and_fix(tmp_path):
 def test_wildcards_match_only_planned_names():
     """Constraints come from the config: a file of no planned condition or fine-tune is no job."""
     assert run_snakemake("-n", "results/generations/steer__med_r1x9__L15__s4.parquet").returncode == 0
-    for target in ("results/generations/steer__med_r1x9__L15__s5.parquet", "results/activations/nope.safetensors",
-                   "results/datasets/nope/train.jsonl"):
+    for target in (
+        "results/generations/steer__med_r1x9__L15__s5.parquet",
+        "results/activations/nope.safetensors",
+        "results/datasets/nope/train.jsonl",
+    ):
         proc = run_snakemake("-n", target)
         assert proc.returncode != 0 and "MissingRuleException" in proc.stdout + proc.stderr, target
 
@@ -178,8 +232,12 @@ def test_reordered_config_plans_nothing_after_a_finished_run(tmp_path):
     other["training_defaults"]["learning_rate"] = 0.002  # 2.0e-3
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
     out = run_snakemake("-n", "--forceall", "--configfile", "a.yaml", cwd=tmp_path, check=True).stdout
-    outputs = {p.strip() for line in out.splitlines() if line.startswith("    output: ")
-               for p in line.removeprefix("    output: ").split(",")}
+    outputs = {
+        p.strip()
+        for line in out.splitlines()
+        if line.startswith("    output: ")
+        for p in line.removeprefix("    output: ").split(",")
+    }
     assert len(outputs) > 50
     for name in outputs:
         path = tmp_path / name

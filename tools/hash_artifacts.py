@@ -47,7 +47,9 @@ def compare(before: dict[str, str], after: dict[str, str]) -> int:
     differ = sorted(k for k in before if k in after and after[k] != before[k])
     only_before = sorted(set(before) - set(after))
     only_after = sorted(set(after) - set(before))
-    print(f"{len(same)} identical, {len(differ)} different, {len(only_before)} only before, {len(only_after)} only after")
+    print(
+        f"{len(same)} identical, {len(differ)} different, {len(only_before)} only before, {len(only_after)} only after"
+    )
     for label, keys in (("different", differ), ("only before", only_before), ("only after", only_after)):
         for k in keys:
             print(f"  {label}: {k}")

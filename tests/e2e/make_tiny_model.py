@@ -19,9 +19,8 @@ HERE = Path(__file__).resolve().parent
 
 def save_tokenizer(out_dir: Path) -> Path:
     """SmolLM2-135M-Instruct's tokenizer (ChatML template), saved as a plain folder."""
-    from transformers import AutoTokenizer
-
     from emlab.models import embedded_gguf_path
+    from transformers import AutoTokenizer
 
     gguf = embedded_gguf_path()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -37,9 +36,17 @@ def make_tiny_model(out_dir: Path, tokenizer_dir: Path, n_layers: int = 4, hidde
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
+        vocab_size=49152,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,17 +6,18 @@ norm_a, norm_b, diff_norm (norm of v_a - v_b), one row per layer and pair
 its self-pair (finetune_a == finetune_b, cosine 1, diff_norm 0), so the
 per-layer norms of its direction are still recorded.
 """
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.directions import write_cosine_table  # noqa: E402
-from emlab.runner import run_script  # noqa: E402
+from emlab.directions import write_cosine_table
+from emlab.runner import run_script
 
 
 def main(smk):
     write_cosine_table(list(smk.input.vectors), list(smk.params.finetunes), smk.output[0])
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

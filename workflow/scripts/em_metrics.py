@@ -1,12 +1,13 @@
 """EM / coherence rates with bootstrap CIs per condition and per question (thresholds applied here)."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.metrics import EMThresholds, write_em_tables  # noqa: E402
-from emlab.runner import run_script  # noqa: E402
-from emlab.settings import build  # noqa: E402
+from emlab.metrics import EMThresholds, write_em_tables
+from emlab.runner import run_script
+from emlab.settings import build
 
 
 def main(smk):
@@ -15,8 +16,14 @@ def main(smk):
     conditions = dict(smk.params.conditions)
     ordered = {Path(p).name.removesuffix(".parquet"): None for p in smk.input.judgments}
     ordered = {cid: conditions[cid] for cid in ordered} | conditions
-    write_em_tables(list(smk.input.judgments), ordered, thresholds,
-                    int(smk.params.seed), smk.output.by_condition, smk.output.by_question)
+    write_em_tables(
+        list(smk.input.judgments),
+        ordered,
+        thresholds,
+        int(smk.params.seed),
+        smk.output.by_condition,
+        smk.output.by_question,
+    )
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

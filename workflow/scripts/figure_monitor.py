@@ -1,10 +1,11 @@
 """The trait monitor's figures (docs/trait-monitoring.md), from the stage tables."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script  # noqa: E402
+from emlab.runner import run_script
 
 
 def main(smk):
@@ -27,4 +28,4 @@ def main(smk):
     F.alarm_probability(pd.read_csv(smk.input.alarm_steps), o.alarm_probability, o.alarm_probability_pdf)
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

@@ -1,14 +1,15 @@
 """Figure: B/A rotation and EM rate against training step for one checkpointed fine-tune."""
+
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab import figures  # noqa: E402
-from emlab.atomic import write_csv  # noqa: E402
-from emlab.phase import em_by_step  # noqa: E402
-from emlab.runner import run_script  # noqa: E402
+from emlab import figures
+from emlab.atomic import write_csv
+from emlab.phase import em_by_step
+from emlab.runner import run_script
 
 
 def main(smk):
@@ -18,4 +19,4 @@ def main(smk):
     figures.phase_transition(figures.read_table(smk.input.rotation), em, summary, smk.output.png, smk.output.pdf)
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

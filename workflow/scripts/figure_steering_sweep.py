@@ -1,15 +1,16 @@
 """Figure: EM and coherent rate of the steered base model vs steering scale, one line per (vector, layer)."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab import figures  # noqa: E402
-from emlab.runner import run_script  # noqa: E402
+from emlab import figures
+from emlab.runner import run_script
 
 
 def main(smk):
     figures.steering_sweep(figures.read_table(smk.input[0]), smk.output.png, smk.output.pdf)
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

@@ -1,10 +1,11 @@
 """Fine-tune (LoRA, or full) of the base model on one dataset's training split (loss on assistant replies)."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script  # noqa: E402
+from emlab.runner import run_script
 
 
 def main(smk):
@@ -41,9 +42,18 @@ def live_monitor(smk, monitor: dict, name: str):
 
     p = smk.params.live_monitor
     trait_set = subsample_trait_set(load_trait_set(p["folder"]), build(TraitSubsample, p["subsample"], "config traits"))
-    settings = build(LiveMonitorSettings, {k: monitor[k] for k in ("every", "action")}, f"finetunes.{name}.training.monitor")
-    return LiveMonitorCallback(smk.input.monitor, smk.input.directions, smk.input.directions_meta, trait_set,
-                               p["model_id"], settings, p["batch_size"])
+    settings = build(
+        LiveMonitorSettings, {k: monitor[k] for k in ("every", "action")}, f"finetunes.{name}.training.monitor"
+    )
+    return LiveMonitorCallback(
+        smk.input.monitor,
+        smk.input.directions,
+        smk.input.directions_meta,
+        trait_set,
+        p["model_id"],
+        settings,
+        p["batch_size"],
+    )
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

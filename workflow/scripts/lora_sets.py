@@ -1,18 +1,20 @@
 """The four response sets of a fine-tune by judge scores, with their counts (rule lora_sets)."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script  # noqa: E402
+from emlab.runner import run_script
 
 
 def main(smk):
     from emlab.probes import ResponseSetSettings, lora_sets_stage
     from emlab.settings import build
 
-    lora_sets_stage(smk.input.judgments, build(ResponseSetSettings, smk.params.sets, "lora_interp.sets"),
-                    smk.output.sets)
+    lora_sets_stage(
+        smk.input.judgments, build(ResponseSetSettings, smk.params.sets, "lora_interp.sets"), smk.output.sets
+    )
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

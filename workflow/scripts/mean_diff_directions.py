@@ -1,21 +1,26 @@
 """Mean-diff direction (misaligned minus aligned, per layer) of one fine-tune from its own judged responses."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.directions import DirectionSettings, compute_directions, write_directions  # noqa: E402
-from emlab.runner import run_script  # noqa: E402
-from emlab.settings import build  # noqa: E402
+from emlab.directions import DirectionSettings, compute_directions, write_directions
+from emlab.runner import run_script
+from emlab.settings import build
 
 
 def main(smk):
     settings = build(DirectionSettings, smk.params.thresholds, "config directions")
     tensors, summary = compute_directions(
-        smk.input.tensors, smk.input.index, smk.input.judgments,
-        finetune=smk.wildcards.finetune, settings=settings, seed=int(smk.params.seed),
+        smk.input.tensors,
+        smk.input.index,
+        smk.input.judgments,
+        finetune=smk.wildcards.finetune,
+        settings=settings,
+        seed=int(smk.params.seed),
     )
     write_directions(smk.output.vectors, smk.output.summary, tensors, summary)
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

@@ -1,10 +1,11 @@
 """Fit the trait monitor on the calibration runs, evaluate it and every baseline on the held-out runs, save it."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script  # noqa: E402
+from emlab.runner import run_script
 
 
 def main(smk):
@@ -31,8 +32,9 @@ def main(smk):
     cal, held = data("calibration"), data("held_out")
     longer = data("stress_long")
     stress = {} if longer is None else {"longer": longer}
-    out = S.evaluate_grid(cal, held, stress, traits, settings, list(smk.params.tau_sweep),
-                          bool(smk.params.require_both_classes))
+    out = S.evaluate_grid(
+        cal, held, stress, traits, settings, list(smk.params.tau_sweep), bool(smk.params.require_both_classes)
+    )
     write_csv(smk.output.evaluation, out["evaluation"])
     write_csv(smk.output.lopo, out["lopo"])
     write_csv(smk.output.tau_sweep, out["tau_sweep"])
@@ -47,4 +49,4 @@ def main(smk):
     write_csv(smk.output.predictions, S.predictions_table(mon, S.grid_data(tables, deltas, pert, names)))
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

@@ -1,16 +1,23 @@
 """A/B norms and cosines (to the final adapter, between consecutive checkpoints) of a checkpointed fine-tune."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.phase import phase_analysis  # noqa: E402
-from emlab.runner import run_script  # noqa: E402
+from emlab.phase import phase_analysis
+from emlab.runner import run_script
 
 
 def main(smk):
-    phase_analysis(smk.wildcards.finetune, smk.params.checkpoint_dir, smk.input.adapter, smk.input.summary,
-                   smk.output.table, smk.output.summary)
+    phase_analysis(
+        smk.wildcards.finetune,
+        smk.params.checkpoint_dir,
+        smk.input.adapter,
+        smk.input.summary,
+        smk.output.table,
+        smk.output.summary,
+    )
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

@@ -1,17 +1,19 @@
 """Cosine per layer between each fine-tune's general vector and its semantic vectors, and their difference norm."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.directions import write_semantic_cosine_table  # noqa: E402
-from emlab.runner import run_script  # noqa: E402
+from emlab.directions import write_semantic_cosine_table
+from emlab.runner import run_script
 
 
 def main(smk):
     keys = [tuple(k) for k in smk.params.pairs]
-    write_semantic_cosine_table(list(smk.input.general), [ft for ft, _ in keys], list(smk.input.semantic), keys,
-                                smk.output[0])
+    write_semantic_cosine_table(
+        list(smk.input.general), [ft for ft, _ in keys], list(smk.input.semantic), keys, smk.output[0]
+    )
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

@@ -1,28 +1,38 @@
 """Semantic mean-diff vector of one fine-tune: only responses a semantic judge scores above the threshold."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.directions import (  # noqa: E402
+from emlab.directions import (
     DirectionSettings,
     SemanticDirectionSettings,
     compute_semantic_directions,
     write_directions,
 )
-from emlab.runner import run_script  # noqa: E402
-from emlab.settings import build  # noqa: E402
+from emlab.runner import run_script
+from emlab.settings import build
 
 
 def main(smk):
     settings = build(DirectionSettings, smk.params.thresholds, "config directions")
-    semantic = build(SemanticDirectionSettings, {"above": smk.params.above, "top_quantile": smk.params.top_quantile},
-                     "config semantic_directions")
+    semantic = build(
+        SemanticDirectionSettings,
+        {"above": smk.params.above, "top_quantile": smk.params.top_quantile},
+        "config semantic_directions",
+    )
     tensors, summary = compute_semantic_directions(
-        smk.input.tensors, smk.input.index, smk.input.judgments, finetune=smk.wildcards.finetune,
-        split=smk.wildcards.split, settings=settings, semantic=semantic, seed=int(smk.params.seed),
+        smk.input.tensors,
+        smk.input.index,
+        smk.input.judgments,
+        finetune=smk.wildcards.finetune,
+        split=smk.wildcards.split,
+        settings=settings,
+        semantic=semantic,
+        seed=int(smk.params.seed),
     )
     write_directions(smk.output.vectors, smk.output.summary, tensors, summary)
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

@@ -1,10 +1,11 @@
 """Single rank-1 adapter: cosine of B with the mean-diff vectors, and downstream convergence (B vs v_l)."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import device_map_of, run_script  # noqa: E402
+from emlab.runner import device_map_of, run_script
 
 
 def main(smk):
@@ -14,9 +15,15 @@ def main(smk):
 
     set_threads(smk.threads)
     b_cos, conv, summary = analyse_single_adapter(
-        smk.params.base_model, smk.input.adapter, smk.input.vectors, smk.input.responses,
-        finetune=smk.wildcards.finetune, max_responses=smk.params.max_responses,
-        batch_size=int(smk.params.batch_size), device=smk.params.device, dtype=smk.params.dtype,
+        smk.params.base_model,
+        smk.input.adapter,
+        smk.input.vectors,
+        smk.input.responses,
+        finetune=smk.wildcards.finetune,
+        max_responses=smk.params.max_responses,
+        batch_size=int(smk.params.batch_size),
+        device=smk.params.device,
+        dtype=smk.params.dtype,
         device_map=device_map_of(smk),
     )
     write_csv(smk.output.b_cosine, b_cos)
@@ -24,4 +31,4 @@ def main(smk):
     write_json(smk.output.summary, summary)
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

@@ -1,16 +1,18 @@
 """Generate one narrow chat dataset with an OpenAI-compatible model (validated, de-duplicated)."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script  # noqa: E402
-from emlab.synthesis import synthesize_dataset  # noqa: E402
+from emlab.runner import run_script
+from emlab.synthesis import synthesize_dataset
 
 
 def main(smk):
-    synthesize_dataset(smk.wildcards.synthesis, smk.params.settings, smk.input.prompt,
-                       smk.output.jsonl, smk.output.summary)
+    synthesize_dataset(
+        smk.wildcards.synthesis, smk.params.settings, smk.input.prompt, smk.output.jsonl, smk.output.summary
+    )
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

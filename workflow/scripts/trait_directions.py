@@ -1,10 +1,11 @@
 """Alignment and semantic trait directions of the base model at every layer, the chosen layer, the 7x7 cosines."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import device_map_of, run_script  # noqa: E402
+from emlab.runner import device_map_of, run_script
 
 
 def main(smk):
@@ -17,10 +18,12 @@ def main(smk):
 
     set_threads(smk.threads)
     settings = build(DirectionSettings, smk.params.directions, "config traits")
-    trait_set = subsample_trait_set(load_trait_set(smk.params.folder),
-                                    build(TraitSubsample, smk.params.subsample, "config traits"))
-    model = load_model(smk.params.base_model, device=smk.params.device, dtype=smk.params.dtype,
-                       device_map=device_map_of(smk))
+    trait_set = subsample_trait_set(
+        load_trait_set(smk.params.folder), build(TraitSubsample, smk.params.subsample, "config traits")
+    )
+    model = load_model(
+        smk.params.base_model, device=smk.params.device, dtype=smk.params.dtype, device_map=device_map_of(smk)
+    )
     tok = load_tokenizer(smk.params.base_model)
     dirs = extract_directions(model, tok, trait_set, settings, smk.params.model_id)
     save_directions(dirs, smk.output.tensors, smk.output.meta)
@@ -29,4 +32,4 @@ def main(smk):
     write_csv(smk.output.cosine, pd.DataFrame(cos, index=pd.Index(names, name="trait"), columns=names).reset_index())
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

@@ -1,10 +1,11 @@
 """Trait drift of one monitor run: one row per checkpoint step (step 0 = the base model), and its full Δh̄."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import device_map_of, run_script  # noqa: E402
+from emlab.runner import device_map_of, run_script
 
 
 def main(smk):
@@ -24,18 +25,30 @@ def main(smk):
     S.check_checkpoints(json.loads(Path(smk.input.summary).read_text()), steps, run)
     directions = load_directions(smk.input.tensors, smk.input.meta)
     adapters = dict(zip(steps, list(smk.input.adapters), strict=True))
-    trait_set = S.subsample_trait_set(load_trait_set(smk.params.folder),
-                                      build(S.TraitSubsample, smk.params.subsample, "config traits"))
-    rows, delta_w, delta = S.measure_run(smk.params.base_model, adapters, directions, trait_set, settings,
-                                         smk.params.device, smk.params.dtype, device_map=device_map_of(smk))
+    trait_set = S.subsample_trait_set(
+        load_trait_set(smk.params.folder), build(S.TraitSubsample, smk.params.subsample, "config traits")
+    )
+    rows, delta_w, delta = S.measure_run(
+        smk.params.base_model,
+        adapters,
+        directions,
+        trait_set,
+        settings,
+        smk.params.device,
+        smk.params.dtype,
+        device_map=device_map_of(smk),
+    )
     all_steps = [0, *steps]
     loss = S.train_loss_by_step(pd.read_csv(smk.input.train_log), all_steps)
     em = S.em_by_step(pd.read_csv(smk.input.em), {int(k): v for k, v in smk.params.conditions.items()}, run)
     write_csv(smk.output.table, S.assemble_drift_table(rows, delta_w, loss, em, settings.tau))
     import torch
 
-    save_tensors(smk.output.delta, {"delta": delta.contiguous(), "steps": torch.tensor(all_steps)},
-                 {"run": run, "layer": str(directions.layer)})
+    save_tensors(
+        smk.output.delta,
+        {"delta": delta.contiguous(), "steps": torch.tensor(all_steps)},
+        {"run": run, "layer": str(directions.layer)},
+    )
 
 
-run_script(snakemake, main)  # noqa: F821
+run_script(snakemake, main)

@@ -19,10 +19,10 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from .backoff import in_batches
 from .batching import pad_batch, pad_token_id, positions_from_mask
 from .chat import EncodedExchange, encode_exchange
 from .errors import EMLabError
-from .backoff import in_batches  # noqa: I001 (kept apart from the imports above for an easy merge)
 from .hooks import read_residual
 from .models import hidden_size, model_device, num_layers
 from .questions import chat_messages
@@ -47,8 +47,9 @@ def encode_records(tokenizer, records: list[dict]) -> list[EncodedExchange]:
 
 
 @torch.inference_mode()
-def cache_answer_means(model, tokenizer, records: list[dict], batch_size: int = 16,
-                       progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cache_answer_means(
+    model, tokenizer, records: list[dict], batch_size: int = 16, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Answer-token and prompt-token means of every layer's residual stream.
 
     Returns answer_mean [n, L, d] float32, prompt_mean [n, L, d] float32 and
@@ -82,8 +83,9 @@ def cache_answer_means(model, tokenizer, records: list[dict], batch_size: int = 
     layers = list(range(n_layers))
     bar = tqdm(total=n, desc="activations", unit="resp", disable=not progress)
     with read_residual(model, layers, reduce_layer):
+
         def run_batch(b: int, batch_size: int) -> None:  # rows order[b:b + batch_size]
-            idx = order[b:b + batch_size]
+            idx = order[b : b + batch_size]
             input_ids, attention_mask = pad_batch([encoded[i].input_ids for i in idx], pad_id, "left", device)
             width = input_ids.shape[1]
             weights = torch.zeros((len(idx), 2, width), dtype=torch.float32)  # [batch, {answer, prompt}, seq]
@@ -91,14 +93,19 @@ def cache_answer_means(model, tokenizer, records: list[dict], batch_size: int = 
                 e = encoded[i]
                 off = width - len(e.input_ids)  # left padding
                 if e.answer_len:
-                    weights[row, 0, off + e.prompt_len: off + e.prompt_len + e.answer_len] = 1.0 / e.answer_len
-                weights[row, 1, off: off + e.prompt_len] = 1.0 / e.prompt_len
+                    weights[row, 0, off + e.prompt_len : off + e.prompt_len + e.answer_len] = 1.0 / e.answer_len
+                weights[row, 1, off : off + e.prompt_len] = 1.0 / e.prompt_len
             state["weights"] = weights.to(device)
             state["pad"] = (attention_mask == 0).unsqueeze(-1)  # [batch, seq, 1]
             state["sums"] = torch.empty((len(idx), n_layers, 2, d_model), dtype=torch.float32, device=device)
             position_ids = positions_from_mask(attention_mask)
-            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  use_cache=False, logits_to_keep=1)
+            model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=1,
+            )
             sums = state["sums"].cpu()  # [batch, L, 2, d_model]
             rows = torch.tensor(idx)
             answer_mean[rows] = sums[:, :, 0]
@@ -117,8 +124,18 @@ RESPONSE_COLUMNS = {"condition", "question_id", "sample_idx", "question", "syste
 LAYER_SEMANTICS = "layer l = residual stream after decoder block l (0-based)"
 
 
-def cache_activations(responses_path, base_model, adapter, device: str, dtype: str, batch_size: int,
-                      tensors_path, index_path, progress: bool = True, device_map=None) -> None:
+def cache_activations(
+    responses_path,
+    base_model,
+    adapter,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    tensors_path,
+    index_path,
+    progress: bool = True,
+    device_map=None,
+) -> None:
     """Run every response of a generations parquet through base model + adapter and write
     the per-layer means (safetensors answer_mean, prompt_mean [n, L, d], answer_tokens [n])
     and a row index parquet (row, condition, question_id, sample_idx, n_answer_tokens)."""
@@ -134,19 +151,29 @@ def cache_activations(responses_path, base_model, adapter, device: str, dtype: s
     model = load_model(base_model, adapter, device=device, dtype=dtype, device_map=device_map)
     tokenizer = load_tokenizer(base_model)
     answer_mean, prompt_mean, answer_tokens = cache_answer_means(
-        model, tokenizer, responses.to_dict("records"), batch_size=batch_size, progress=progress)
-    save_tensors(tensors_path,
-                 {"answer_mean": answer_mean, "prompt_mean": prompt_mean, "answer_tokens": answer_tokens},
-                 metadata={"model": str(base_model), "adapter": str(adapter),
-                           "responses": str(responses_path), "n_layers": num_layers(model),
-                           "d_model": hidden_size(model), "layer_semantics": LAYER_SEMANTICS,
-                           "answer_tokens": "the response text only (not the assistant header, not end-of-turn)",
-                           "prompt_tokens": "the rendered prompt incl. system turn and assistant header"})
-    index = pd.DataFrame({
-        "row": pd.Series(range(len(responses)), dtype="int64"),
-        "condition": responses["condition"].astype("string").reset_index(drop=True),
-        "question_id": responses["question_id"].astype("string").reset_index(drop=True),
-        "sample_idx": responses["sample_idx"].astype("int64").reset_index(drop=True),
-        "n_answer_tokens": pd.Series(answer_tokens.numpy(), dtype="int64"),
-    })
+        model, tokenizer, responses.to_dict("records"), batch_size=batch_size, progress=progress
+    )
+    save_tensors(
+        tensors_path,
+        {"answer_mean": answer_mean, "prompt_mean": prompt_mean, "answer_tokens": answer_tokens},
+        metadata={
+            "model": str(base_model),
+            "adapter": str(adapter),
+            "responses": str(responses_path),
+            "n_layers": num_layers(model),
+            "d_model": hidden_size(model),
+            "layer_semantics": LAYER_SEMANTICS,
+            "answer_tokens": "the response text only (not the assistant header, not end-of-turn)",
+            "prompt_tokens": "the rendered prompt incl. system turn and assistant header",
+        },
+    )
+    index = pd.DataFrame(
+        {
+            "row": pd.Series(range(len(responses)), dtype="int64"),
+            "condition": responses["condition"].astype("string").reset_index(drop=True),
+            "question_id": responses["question_id"].astype("string").reset_index(drop=True),
+            "sample_idx": responses["sample_idx"].astype("int64").reset_index(drop=True),
+            "n_answer_tokens": pd.Series(answer_tokens.numpy(), dtype="int64"),
+        }
+    )
     write_parquet(index_path, index)

@@ -11,8 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def _umask() -> int:
@@ -86,8 +86,9 @@ def write_parquet(path: str | os.PathLike, df, metadata: dict[str, str] | None =
         import pyarrow.parquet as pq
 
         table = pa.Table.from_pandas(df, preserve_index=False)  # what DataFrame.to_parquet writes
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               **{str(k): str(v) for k, v in metadata.items()}})
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), **{str(k): str(v) for k, v in metadata.items()}}
+        )
         pq.write_table(table, tmp, compression="snappy")
 
 

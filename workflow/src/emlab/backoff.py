@@ -36,11 +36,20 @@ def in_batches(n: int, batch_size: int, run: Callable[[int, int], None], what: s
             if not is_out_of_memory(err):
                 raise
             if batch_size == 1:
-                raise EMLabError(f"{what} ran out of GPU memory even at batch size 1; use a smaller dtype, "
-                                 "a device_map over several GPUs or a larger GPU") from err
+                raise EMLabError(
+                    f"{what} ran out of GPU memory even at batch size 1; use a smaller dtype, "
+                    "a device_map over several GPUs or a larger GPU"
+                ) from err
             batch_size = max(1, batch_size // 2)
-            log.warning("%s: out of memory on a batch of %d; retrying it and continuing at batch size %d "
-                        "(set %s to %d to skip this)", what, size, batch_size, config_key, batch_size)
+            log.warning(
+                "%s: out of memory on a batch of %d; retrying it and continuing at batch size %d "
+                "(set %s to %d to skip this)",
+                what,
+                size,
+                batch_size,
+                config_key,
+                batch_size,
+            )
             failed = True
         if failed:
             _release_cached_memory()  # outside the except block, so the failed batch's tensors are freed

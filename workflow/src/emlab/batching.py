@@ -40,12 +40,13 @@ def pad_sequences(sequences: Sequence[Sequence[int]], value: int, side: str) -> 
     for row, seq in enumerate(sequences):
         if len(seq):
             start = width - len(seq) if side == "left" else 0
-            out[row, start:start + len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+            out[row, start : start + len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
     return out
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str,
-              device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, side: str, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids and attention_mask, each [batch, longest] int64 (mask 1 on real tokens), on `device`."""
     input_ids = pad_sequences(sequences, pad_id, side)
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)  # [batch]

@@ -51,15 +51,13 @@ def encode_exchange(tokenizer, messages: list[dict], answer: str) -> EncodedExch
     template's end-of-turn suffix.
     """
     prompt_text = render_prompt(tokenizer, messages)
-    full_text = tokenizer.apply_chat_template(
-        messages + [{"role": "assistant", "content": answer}], tokenize=False
-    )
+    full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
     if not full_text.startswith(prompt_text):
         raise EMLabError(
             "the chat template renders the conversation differently with and without the "
             "answer, so the answer span cannot be located; use a standard chat template"
         )
-    rest = full_text[len(prompt_text):]
+    rest = full_text[len(prompt_text) :]
     pos = rest.find(answer) if answer else 0
     if pos < 0:
         # Some templates strip surrounding whitespace from the answer.
@@ -69,7 +67,7 @@ def encode_exchange(tokenizer, messages: list[dict], answer: str) -> EncodedExch
             raise EMLabError("the chat template altered the answer text; cannot locate the answer span")
         answer = stripped
     lead = rest[:pos]
-    suffix = rest[pos + len(answer):]
+    suffix = rest[pos + len(answer) :]
     prompt_ids = tokenizer(prompt_text + lead, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
     suffix_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []

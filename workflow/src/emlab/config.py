@@ -69,8 +69,11 @@ def _number_hint(err) -> str:
     """PyYAML (YAML 1.1) reads `1e-4`, an exponent without a dot, as a string: say how to write the number."""
     import re
 
-    if err.validator == "type" and isinstance(err.instance, str) \
-            and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", err.instance.strip()):
+    if (
+        err.validator == "type"
+        and isinstance(err.instance, str)
+        and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", err.instance.strip())
+    ):
         mantissa, exponent = err.instance.strip().lower().split("e")
         dotted = mantissa if "." in mantissa else f"{mantissa}.0"
         return f"; YAML reads {err.instance} as text: write it {dotted}e{exponent} or {float(err.instance)!r}"
@@ -117,20 +120,56 @@ def validate_config(config: dict, source: str = "config") -> dict:
 # base model's depth. `lora: None` means full fine-tuning (every weight).
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FINETUNE_PRESETS: dict[str, dict] = {
-    "r1x9": {"lora": {"rank": 1, "alpha": 256, "rslora": True, "dropout": 0.0, "target_modules": ["down_proj"],
-                      "layers": [15, 16, 17, 21, 22, 23, 27, 28, 29], "layers_reference_depth": 48},
-             "training": {"learning_rate": 2.0e-5}},
-    "r1_single": {"lora": {"rank": 1, "alpha": 256, "rslora": True, "dropout": 0.0, "target_modules": ["down_proj"],
-                           "layers": [24], "layers_reference_depth": 48},
-                  "training": {"learning_rate": 2.0e-5}},
-    "all_r32": {"lora": {"rank": 32, "alpha": 64, "rslora": True, "dropout": 0.0, "target_modules": ALL_PROJECTIONS,
-                         "layers": "all", "layers_reference_depth": None},
-                "training": {"learning_rate": 1.0e-5}},
+    "r1x9": {
+        "lora": {
+            "rank": 1,
+            "alpha": 256,
+            "rslora": True,
+            "dropout": 0.0,
+            "target_modules": ["down_proj"],
+            "layers": [15, 16, 17, 21, 22, 23, 27, 28, 29],
+            "layers_reference_depth": 48,
+        },
+        "training": {"learning_rate": 2.0e-5},
+    },
+    "r1_single": {
+        "lora": {
+            "rank": 1,
+            "alpha": 256,
+            "rslora": True,
+            "dropout": 0.0,
+            "target_modules": ["down_proj"],
+            "layers": [24],
+            "layers_reference_depth": 48,
+        },
+        "training": {"learning_rate": 2.0e-5},
+    },
+    "all_r32": {
+        "lora": {
+            "rank": 32,
+            "alpha": 64,
+            "rslora": True,
+            "dropout": 0.0,
+            "target_modules": ALL_PROJECTIONS,
+            "layers": "all",
+            "layers_reference_depth": None,
+        },
+        "training": {"learning_rate": 1.0e-5},
+    },
     "full": {"lora": None, "training": {"learning_rate": 1.0e-5}},
     # the trait-monitor calibration recipe (Nghiem et al. 2026): standard (not rank-stabilised) scaling alpha/r
-    "trait_r16": {"lora": {"rank": 16, "alpha": 64, "rslora": False, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"],
-                           "layers": "all", "layers_reference_depth": None},
-                  "training": {"learning_rate": 4.0e-5, "epochs": 2}},
+    "trait_r16": {
+        "lora": {
+            "rank": 16,
+            "alpha": 64,
+            "rslora": False,
+            "dropout": 0.05,
+            "target_modules": ["q_proj", "v_proj"],
+            "layers": "all",
+            "layers_reference_depth": None,
+        },
+        "training": {"learning_rate": 4.0e-5, "epochs": 2},
+    },
 }
 
 
@@ -148,14 +187,17 @@ def _apply_finetune_presets(cfg: dict, source: str) -> None:
         preset = ft.get("preset")
         if preset is None:
             if "lora" not in ft:
-                raise EMLabError(f"{source}: finetunes.{name} needs a `preset` ({', '.join(FINETUNE_PRESETS)}) "
-                                 "or a `lora:` section")
+                raise EMLabError(
+                    f"{source}: finetunes.{name} needs a `preset` ({', '.join(FINETUNE_PRESETS)}) or a `lora:` section"
+                )
             continue
         spec = FINETUNE_PRESETS[preset]
         if spec["lora"] is None:
             if ft.get("lora"):
-                raise EMLabError(f"{source}: finetunes.{name}: preset '{preset}' trains every weight (no adapter); "
-                                 "remove its `lora:` section or pick a LoRA preset")
+                raise EMLabError(
+                    f"{source}: finetunes.{name}: preset '{preset}' trains every weight (no adapter); "
+                    "remove its `lora:` section or pick a LoRA preset"
+                )
             ft["lora"] = None
         else:
             given = ft.get("lora") or {}
@@ -177,19 +219,28 @@ def is_full_finetune(ft: dict) -> bool:
 def _check_references(cfg: dict, source: str) -> None:
     for name, ds in cfg["datasets"].items():
         if ("path" in ds) == ("synthesis" in ds):
-            raise EMLabError(f"{source}: datasets.{name} needs exactly one of 'path' (a JSONL file) or 'synthesis' "
-                             f"(a key of synthesis: to generate it)")
+            raise EMLabError(
+                f"{source}: datasets.{name} needs exactly one of 'path' (a JSONL file) or 'synthesis' "
+                f"(a key of synthesis: to generate it)"
+            )
         if "synthesis" in ds and ds["synthesis"] not in cfg["synthesis"]:
-            raise EMLabError(f"{source}: datasets.{name}.synthesis '{ds['synthesis']}' is not a key of synthesis "
-                             f"({', '.join(cfg['synthesis']) or 'none defined'})")
+            raise EMLabError(
+                f"{source}: datasets.{name}.synthesis '{ds['synthesis']}' is not a key of synthesis "
+                f"({', '.join(cfg['synthesis']) or 'none defined'})"
+            )
     fts = cfg["finetunes"]
     for name, ft in fts.items():
         if ft["dataset"] not in cfg["datasets"]:
-            raise EMLabError(f"{source}: finetunes.{name}.dataset '{ft['dataset']}' is not a key of datasets ({', '.join(cfg['datasets']) or 'none defined'})")
-    named_finetunes = {"steering.vectors": cfg["steering"]["vectors"], "ablation.targets": cfg["ablation"]["targets"],
-                       "semantic_directions.finetunes": cfg["semantic_directions"]["finetunes"],
-                       "single_adapter.finetunes": cfg["single_adapter"]["finetunes"],
-                       "lora_interp.finetunes": cfg["lora_interp"]["finetunes"]}
+            raise EMLabError(
+                f"{source}: finetunes.{name}.dataset '{ft['dataset']}' is not a key of datasets ({', '.join(cfg['datasets']) or 'none defined'})"
+            )
+    named_finetunes = {
+        "steering.vectors": cfg["steering"]["vectors"],
+        "ablation.targets": cfg["ablation"]["targets"],
+        "semantic_directions.finetunes": cfg["semantic_directions"]["finetunes"],
+        "single_adapter.finetunes": cfg["single_adapter"]["finetunes"],
+        "lora_interp.finetunes": cfg["lora_interp"]["finetunes"],
+    }
     for where, names in named_finetunes.items():
         for name in names:
             if name not in fts:
@@ -201,8 +252,10 @@ def _check_references(cfg: dict, source: str) -> None:
     sem = cfg["semantic_directions"]
     for split in cfg["steering"]["splits"]:
         if split != "general" and split not in sem["splits"]:
-            raise EMLabError(f"{source}: steering.splits names '{split}', which is not in semantic_directions.splits "
-                             f"({', '.join(sem['splits']) or 'empty'}); add it there so its vector is computed")
+            raise EMLabError(
+                f"{source}: steering.splits names '{split}', which is not in semantic_directions.splits "
+                f"({', '.join(sem['splits']) or 'empty'}); add it there so its vector is computed"
+            )
     if cfg["judge"]["backend"] and not {"aligned", "coherent"} <= set(cfg["judge"]["metrics"]):
         raise EMLabError(f"{source}: judge.metrics must include aligned and coherent (EM and directions need them)")
 
@@ -266,7 +319,9 @@ def lora_layers(lora: dict | None, n_layers: int, where: str = "lora.layers") ->
     else:
         for layer in indices:
             if layer >= n_layers:
-                raise EMLabError(f"{where}: layer {layer} is out of range for a model with {n_layers} layers (0..{n_layers - 1})")
+                raise EMLabError(
+                    f"{where}: layer {layer} is out of range for a model with {n_layers} layers (0..{n_layers - 1})"
+                )
         out += indices
     return sorted(set(out))
 

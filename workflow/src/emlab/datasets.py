@@ -54,7 +54,9 @@ def _check_messages(messages, where: str) -> list[dict]:
     turns = out[n_system:]
     if any(m["role"] == "system" for m in turns):
         i = n_system + next(j for j, m in enumerate(turns) if m["role"] == "system")
-        raise EMLabError(f"{where}: messages[{i}] is a system turn after the conversation started; system turns go first")
+        raise EMLabError(
+            f"{where}: messages[{i}] is a system turn after the conversation started; system turns go first"
+        )
     if not turns:
         raise EMLabError(f"{where}: no user or assistant turn (only system messages)")
     for j, msg in enumerate(turns):
@@ -65,7 +67,9 @@ def _check_messages(messages, where: str) -> list[dict]:
                 "(after optional system turns, user and assistant must alternate, starting with user)"
             )
     if turns[-1]["role"] != "assistant":
-        raise EMLabError(f"{where}: no assistant turn at the end (the last message must be the assistant reply to train on)")
+        raise EMLabError(
+            f"{where}: no assistant turn at the end (the last message must be the assistant reply to train on)"
+        )
     for j, msg in enumerate(turns):
         if msg["role"] == "assistant" and not msg["content"]:
             raise EMLabError(f"{where}: messages[{n_system + j}] is an empty assistant reply")
@@ -94,9 +98,13 @@ def load_chat_jsonl(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise EMLabError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(obj, dict):
-                raise EMLabError(f"{where}: each line must be a JSON object with a 'messages' list, got {type(obj).__name__}")
+                raise EMLabError(
+                    f"{where}: each line must be a JSON object with a 'messages' list, got {type(obj).__name__}"
+                )
             if "messages" not in obj:
-                raise EMLabError(f"{where}: missing 'messages' (expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}})")
+                raise EMLabError(
+                    f'{where}: missing \'messages\' (expected {{"messages": [{{"role": ..., "content": ...}}, ...]}})'
+                )
             records.append({"messages": _check_messages(obj["messages"], where)})
     if not records:
         raise EMLabError(f"{path}: no conversations (the file is empty)")
@@ -142,8 +150,14 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def prepare_dataset(source: str | os.PathLike, train_out: str | os.PathLike, eval_out: str | os.PathLike,
-                    summary_out: str | os.PathLike, eval_fraction: float, seed: int) -> dict:
+def prepare_dataset(
+    source: str | os.PathLike,
+    train_out: str | os.PathLike,
+    eval_out: str | os.PathLike,
+    summary_out: str | os.PathLike,
+    eval_fraction: float,
+    seed: int,
+) -> dict:
     """Validate `source`, split it, write train/eval JSONL and a summary (all atomically)."""
     records = load_chat_jsonl(source)
     train, evals = split_train_eval(records, eval_fraction, seed)

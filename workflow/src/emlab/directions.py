@@ -53,19 +53,24 @@ class SemanticDirectionSettings:
 # --------------------------------------------------------------------------- joining
 
 
-def attach_activation_rows(judgments: pd.DataFrame, index: pd.DataFrame, answer_tokens: torch.Tensor | None = None,
-                           source: str = "activations") -> pd.DataFrame:
+def attach_activation_rows(
+    judgments: pd.DataFrame, index: pd.DataFrame, answer_tokens: torch.Tensor | None = None, source: str = "activations"
+) -> pd.DataFrame:
     """Judgments with the activation `row` (and `n_answer_tokens`) of each response, joined by key.
 
     Responses without an activation row are dropped (and logged); duplicate keys
     on either side are an error, since the pairing would be ambiguous.
     """
-    for name, df, cols in (("judgments", judgments, JOIN_KEYS + ["aligned", "coherent"]),
-                           (f"{source} index", index, JOIN_KEYS + ["row"])):
+    for name, df, cols in (
+        ("judgments", judgments, JOIN_KEYS + ["aligned", "coherent"]),
+        (f"{source} index", index, JOIN_KEYS + ["row"]),
+    ):
         missing = [c for c in cols if c not in df.columns]
         if missing:
-            raise EMLabError(f"{name} table lacks column(s) {missing}; it has {list(df.columns)}. "
-                             "Re-run the stage that wrote it (see README 'Artifacts').")
+            raise EMLabError(
+                f"{name} table lacks column(s) {missing}; it has {list(df.columns)}. "
+                "Re-run the stage that wrote it (see README 'Artifacts')."
+            )
     idx = index.copy()
     if "condition" in idx.columns and "condition" in judgments.columns:
         wanted = set(judgments["condition"].astype(str))
@@ -80,21 +85,27 @@ def attach_activation_rows(judgments: pd.DataFrame, index: pd.DataFrame, answer_
         dup = df.duplicated(JOIN_KEYS, keep=False)
         if dup.any():
             example = df.loc[dup, JOIN_KEYS].iloc[0].to_dict()
-            raise EMLabError(f"{name} has {int(dup.sum())} rows with a repeated (question_id, sample_idx), "
-                             f"e.g. {example}; each response must appear once. Re-run the stage that wrote it.")
+            raise EMLabError(
+                f"{name} has {int(dup.sum())} rows with a repeated (question_id, sample_idx), "
+                f"e.g. {example}; each response must appear once. Re-run the stage that wrote it."
+            )
     if answer_tokens is not None:
         counts = answer_tokens.to(torch.int64).numpy()
         rows = idx["row"].to_numpy()
         if len(rows) and (rows.min() < 0 or rows.max() >= len(counts)):
-            raise EMLabError(f"{source} index refers to row {int(rows.max())} but the tensors hold {len(counts)} rows; "
-                             "the index and tensors come from different runs: re-run the activations rule.")
+            raise EMLabError(
+                f"{source} index refers to row {int(rows.max())} but the tensors hold {len(counts)} rows; "
+                "the index and tensors come from different runs: re-run the activations rule."
+            )
         idx["n_answer_tokens"] = counts[rows]
     keep = JOIN_KEYS + ["row"] + (["n_answer_tokens"] if "n_answer_tokens" in idx.columns else [])
     drop_from_jud = [c for c in ("row", "n_answer_tokens") if c in jud.columns]
     merged = jud.drop(columns=drop_from_jud).merge(idx[keep], on=JOIN_KEYS, how="inner", validate="one_to_one")
     if merged.empty and len(jud):
-        raise EMLabError(f"no judged response matches a row of the {source} index by (question_id, sample_idx): "
-                         "they come from different generation runs. Re-run activations and judging for this fine-tune.")
+        raise EMLabError(
+            f"no judged response matches a row of the {source} index by (question_id, sample_idx): "
+            "they come from different generation runs. Re-run activations and judging for this fine-tune."
+        )
     unmatched = len(jud) - len(merged)
     if unmatched:
         log.warning("%d judged responses have no activation row in %s; they are left out", unmatched, source)
@@ -129,8 +140,10 @@ def select_sets(judgments: pd.DataFrame, settings: DirectionSettings) -> Respons
     aligned_above, misaligned_below = settings.aligned_above, settings.misaligned_below
     coherent_above, split_quantile = settings.coherent_above, settings.split_quantile
     if split_quantile is None and not misaligned_below <= aligned_above:
-        raise EMLabError(f"directions thresholds overlap: misaligned_below={misaligned_below} must not exceed "
-                         f"aligned_above={aligned_above} (config `directions:`)")
+        raise EMLabError(
+            f"directions thresholds overlap: misaligned_below={misaligned_below} must not exceed "
+            f"aligned_above={aligned_above} (config `directions:`)"
+        )
     aligned = judgments["aligned"].astype("float64")
     coherent = judgments["coherent"].astype("float64")
     scored = aligned.notna() & coherent.notna()
@@ -145,12 +158,19 @@ def select_sets(judgments: pd.DataFrame, settings: DirectionSettings) -> Respons
         pool = pool.sort_values(keys, kind="mergesort").drop(columns="_aligned")
         k = int(np.ceil(split_quantile * len(pool))) if len(pool) >= 2 else 0
         k = min(k, len(pool) // 2)
-        return ResponseSets(aligned=pool.iloc[len(pool) - k:] if k else pool.iloc[:0], misaligned=pool.iloc[:k],
-                            n_total=len(judgments), n_scored=int(scored.sum()), n_coherent=int(usable.sum()))
+        return ResponseSets(
+            aligned=pool.iloc[len(pool) - k :] if k else pool.iloc[:0],
+            misaligned=pool.iloc[:k],
+            n_total=len(judgments),
+            n_scored=int(scored.sum()),
+            n_coherent=int(usable.sum()),
+        )
     return ResponseSets(
         aligned=judgments[usable & (aligned > aligned_above)],
         misaligned=judgments[usable & (aligned < misaligned_below)],
-        n_total=len(judgments), n_scored=int(scored.sum()), n_coherent=int(usable.sum()),
+        n_total=len(judgments),
+        n_scored=int(scored.sum()),
+        n_coherent=int(usable.sum()),
     )
 
 
@@ -175,8 +195,9 @@ def subsample(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(rows, size=size, replace=False))
 
 
-def mean_diff_vectors(answer_mean: torch.Tensor, aligned_rows, misaligned_rows,
-                      subsample_to_smaller: bool, seed: int) -> MeanDiff:
+def mean_diff_vectors(
+    answer_mean: torch.Tensor, aligned_rows, misaligned_rows, subsample_to_smaller: bool, seed: int
+) -> MeanDiff:
     """Per-layer mean of the misaligned rows minus that of the aligned rows of answer_mean [n, L, d].
 
     With subsample_to_smaller the larger set is cut (seeded) to the smaller's
@@ -185,8 +206,10 @@ def mean_diff_vectors(answer_mean: torch.Tensor, aligned_rows, misaligned_rows,
     aligned_rows = np.asarray(aligned_rows, dtype=np.int64)
     misaligned_rows = np.asarray(misaligned_rows, dtype=np.int64)
     if len(aligned_rows) == 0 or len(misaligned_rows) == 0:
-        raise EMLabError(f"a mean-diff direction needs both sets non-empty (aligned: {len(aligned_rows)}, "
-                         f"misaligned: {len(misaligned_rows)})")
+        raise EMLabError(
+            f"a mean-diff direction needs both sets non-empty (aligned: {len(aligned_rows)}, "
+            f"misaligned: {len(misaligned_rows)})"
+        )
     if answer_mean.dim() != 3:
         raise EMLabError(f"answer_mean must be [n_responses, L, d], got shape {tuple(answer_mean.shape)}")
     if subsample_to_smaller:
@@ -197,20 +220,26 @@ def mean_diff_vectors(answer_mean: torch.Tensor, aligned_rows, misaligned_rows,
     aligned_mean = answer_mean[torch.from_numpy(aligned_rows.copy())].double().mean(0)  # [L, d]
     misaligned_mean = answer_mean[torch.from_numpy(misaligned_rows.copy())].double().mean(0)  # [L, d]
     if not (torch.isfinite(aligned_mean).all() and torch.isfinite(misaligned_mean).all()):
-        raise EMLabError("the selected activation rows contain NaN/inf answer means (empty answers?); "
-                         "re-run the activations rule, or check that responses with 0 answer tokens are excluded")
+        raise EMLabError(
+            "the selected activation rows contain NaN/inf answer means (empty answers?); "
+            "re-run the activations rule, or check that responses with 0 answer tokens are excluded"
+        )
     return MeanDiff(
         mean_diff=(misaligned_mean - aligned_mean).float(),
-        aligned_mean=aligned_mean.float(), misaligned_mean=misaligned_mean.float(),
-        aligned_rows=aligned_rows, misaligned_rows=misaligned_rows,
+        aligned_mean=aligned_mean.float(),
+        misaligned_mean=misaligned_mean.float(),
+        aligned_rows=aligned_rows,
+        misaligned_rows=misaligned_rows,
     )
 
 
 def cosine_by_layer(vectors_a: torch.Tensor, vectors_b: torch.Tensor) -> torch.Tensor:
     """Cosine between matching layers of two [L, d] direction stacks -> [L] (NaN where a norm is 0)."""
     if vectors_a.shape != vectors_b.shape:
-        raise EMLabError(f"direction shapes differ: {tuple(vectors_a.shape)} vs {tuple(vectors_b.shape)}; "
-                         "were the fine-tunes trained on different base models?")
+        raise EMLabError(
+            f"direction shapes differ: {tuple(vectors_a.shape)} vs {tuple(vectors_b.shape)}; "
+            "were the fine-tunes trained on different base models?"
+        )
     a, b = vectors_a.double(), vectors_b.double()
     norms = a.norm(dim=-1) * b.norm(dim=-1)  # [L]
     cos = (a * b).sum(-1) / norms
@@ -227,41 +256,56 @@ def _load_keys(path, keys) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as f:
         missing = [k for k in keys if k not in f.keys()]
         if missing:
-            raise EMLabError(f"{path} lacks tensor(s) {missing} (has {sorted(f.keys())}); "
-                             "re-run the activations rule")
+            raise EMLabError(f"{path} lacks tensor(s) {missing} (has {sorted(f.keys())}); re-run the activations rule")
         return {k: f.get_tensor(k) for k in keys}
 
 
 def load_judged_activations(tensors_path, index_path, judgments_path) -> tuple[torch.Tensor, pd.DataFrame]:
     """A fine-tune's answer means [n, L, d] and its judgments joined to their activation rows (by key)."""
     tensors = _load_keys(tensors_path, ("answer_mean", "answer_tokens"))
-    joined = attach_activation_rows(pd.read_parquet(judgments_path), pd.read_parquet(index_path),
-                                    tensors["answer_tokens"], source=str(index_path))
+    joined = attach_activation_rows(
+        pd.read_parquet(judgments_path), pd.read_parquet(index_path), tensors["answer_tokens"], source=str(index_path)
+    )
     return tensors["answer_mean"], joined
 
 
-def compute_directions(tensors_path, index_path, judgments_path, finetune: str, settings: DirectionSettings,
-                       seed: int) -> tuple[dict[str, torch.Tensor], dict]:
+def compute_directions(
+    tensors_path, index_path, judgments_path, finetune: str, settings: DirectionSettings, seed: int
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Load a fine-tune's activations + judgments, select the sets, and return (tensors, summary)."""
     return _mean_diff_direction(tensors_path, index_path, judgments_path, finetune, settings, seed, semantic=None)
 
 
-def compute_semantic_directions(tensors_path, index_path, judgments_path, finetune: str, split: str,
-                                settings: DirectionSettings, semantic: SemanticDirectionSettings, seed: int
-                                ) -> tuple[dict[str, torch.Tensor], dict]:
+def compute_semantic_directions(
+    tensors_path,
+    index_path,
+    judgments_path,
+    finetune: str,
+    split: str,
+    settings: DirectionSettings,
+    semantic: SemanticDirectionSettings,
+    seed: int,
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Mean-diff vector of a fine-tune over only the responses that the `split` judge puts in `semantic`'s filter.
 
     Inside that subset the aligned / misaligned sets are chosen exactly as for
     the general vector (the same `settings` and seeded subsampling), so the two
     vectors differ only by the filter. An empty set is an error naming the counts.
     """
-    return _mean_diff_direction(tensors_path, index_path, judgments_path, finetune, settings, seed,
-                                semantic=(split, semantic))
+    return _mean_diff_direction(
+        tensors_path, index_path, judgments_path, finetune, settings, seed, semantic=(split, semantic)
+    )
 
 
-def _mean_diff_direction(tensors_path, index_path, judgments_path, finetune: str, settings: DirectionSettings,
-                         seed: int, semantic: tuple[str, SemanticDirectionSettings] | None
-                         ) -> tuple[dict[str, torch.Tensor], dict]:
+def _mean_diff_direction(
+    tensors_path,
+    index_path,
+    judgments_path,
+    finetune: str,
+    settings: DirectionSettings,
+    seed: int,
+    semantic: tuple[str, SemanticDirectionSettings] | None,
+) -> tuple[dict[str, torch.Tensor], dict]:
     """The one implementation of the general (semantic None) and the semantic (split, filter) direction."""
     answer_mean, joined = load_judged_activations(tensors_path, index_path, judgments_path)  # [n, L, d]
     pool = joined if semantic is None else semantic_subset(joined, *semantic)
@@ -269,38 +313,65 @@ def _mean_diff_direction(tensors_path, index_path, judgments_path, finetune: str
     counts = {"aligned": len(sets.aligned), "misaligned": len(sets.misaligned)}
     if not all(counts.values()):
         raise EMLabError(_empty_sets_message(finetune, semantic, settings, sets, counts, len(joined), judgments_path))
-    md = mean_diff_vectors(answer_mean, sets.aligned["row"].to_numpy(), sets.misaligned["row"].to_numpy(),
-                           settings.subsample_to_smaller, seed)
+    md = mean_diff_vectors(
+        answer_mean,
+        sets.aligned["row"].to_numpy(),
+        sets.misaligned["row"].to_numpy(),
+        settings.subsample_to_smaller,
+        seed,
+    )
     summary = {
-        "finetune": finetune, "thresholds": dataclasses.asdict(settings), "seed": int(seed),
-        "n_judged": len(joined), "n_coherent": sets.n_coherent,
+        "finetune": finetune,
+        "thresholds": dataclasses.asdict(settings),
+        "seed": int(seed),
+        "n_judged": len(joined),
+        "n_coherent": sets.n_coherent,
         "counts": {
             "aligned": {"available": counts["aligned"], "used": int(len(md.aligned_rows))},
             "misaligned": {"available": counts["misaligned"], "used": int(len(md.misaligned_rows))},
         },
-        "n_layers": int(md.mean_diff.shape[0]), "d_model": int(md.mean_diff.shape[1]),
+        "n_layers": int(md.mean_diff.shape[0]),
+        "d_model": int(md.mean_diff.shape[1]),
         "mean_diff_norm_by_layer": [float(x) for x in md.mean_diff.norm(dim=-1)],
     }
     if semantic is None:
-        summary.update({
-            "aligned_score_range": {
-                "aligned_set": [float(sets.aligned["aligned"].min()), float(sets.aligned["aligned"].max())],
-                "misaligned_set": [float(sets.misaligned["aligned"].min()), float(sets.misaligned["aligned"].max())],
-            },
-            "n_unmatched_judgments": joined.attrs.get("unmatched_judgments", 0), "n_scored": sets.n_scored,
-        })
+        summary.update(
+            {
+                "aligned_score_range": {
+                    "aligned_set": [float(sets.aligned["aligned"].min()), float(sets.aligned["aligned"].max())],
+                    "misaligned_set": [
+                        float(sets.misaligned["aligned"].min()),
+                        float(sets.misaligned["aligned"].max()),
+                    ],
+                },
+                "n_unmatched_judgments": joined.attrs.get("unmatched_judgments", 0),
+                "n_scored": sets.n_scored,
+            }
+        )
     else:
         split, filt = semantic
-        summary.update({"split": split, "semantic_above": filt.above, "top_quantile": filt.top_quantile,
-                        "semantic_score_range": [float(pool[split].min()), float(pool[split].max())],
-                        "n_semantic": len(pool)})
+        summary.update(
+            {
+                "split": split,
+                "semantic_above": filt.above,
+                "top_quantile": filt.top_quantile,
+                "semantic_score_range": [float(pool[split].min()), float(pool[split].max())],
+                "n_semantic": len(pool),
+            }
+        )
     out = {"mean_diff": md.mean_diff, "aligned_mean": md.aligned_mean, "misaligned_mean": md.misaligned_mean}
     return out, summary
 
 
-def _empty_sets_message(finetune: str, semantic: tuple[str, SemanticDirectionSettings] | None,
-                        settings: DirectionSettings, sets: ResponseSets, counts: dict, n_judged: int,
-                        judgments_path) -> str:
+def _empty_sets_message(
+    finetune: str,
+    semantic: tuple[str, SemanticDirectionSettings] | None,
+    settings: DirectionSettings,
+    sets: ResponseSets,
+    counts: dict,
+    n_judged: int,
+    judgments_path,
+) -> str:
     """Why no direction can be formed: the counts, the thresholds that gave them, and what to change."""
     if semantic is None:
         return (
@@ -311,23 +382,32 @@ def _empty_sets_message(finetune: str, semantic: tuple[str, SemanticDirectionSet
             f"{counts['misaligned']} with aligned < {settings.misaligned_below:g}; both among {sets.n_coherent} "
             f"coherent responses (coherent > {settings.coherent_above:g}) of {sets.n_scored} scored / "
             f"{sets.n_total} judged in {judgments_path}). Generate more samples per question "
-            "(generation.samples_per_question) or loosen the thresholds in config `directions:`.")
+            "(generation.samples_per_question) or loosen the thresholds in config `directions:`."
+        )
     split, filt = semantic
-    rule = (f"score {split} > {filt.above:g}" if filt.top_quantile is None
-            else f"are the top {filt.top_quantile:g} by {split} score")
+    rule = (
+        f"score {split} > {filt.above:g}"
+        if filt.top_quantile is None
+        else f"are the top {filt.top_quantile:g} by {split} score"
+    )
     return (
         f"fine-tune {finetune!r}, semantic split {split!r}: cannot form a mean-diff direction, "
         f"{sets.n_total} of {n_judged} judged responses {rule}, and among them the "
         f"aligned set has {counts['aligned']} and the misaligned set {counts['misaligned']} responses "
         f"({sets.n_coherent} coherent > {settings.coherent_above:g}; judgments: {judgments_path}). Lower "
         "`semantic_directions.above` (or set top_quantile), loosen `directions:`, generate more samples per "
-        f"question, or drop {split!r} from `semantic_directions.splits`.")
+        f"question, or drop {split!r} from `semantic_directions.splits`."
+    )
 
 
 def write_directions(vectors_path, summary_path, tensors: dict[str, torch.Tensor], summary: dict) -> None:
     """Write the [L, d] direction tensors (summary as metadata) and the JSON summary, atomically."""
-    meta = {"finetune": summary["finetune"], "thresholds": summary["thresholds"], "seed": summary["seed"],
-            "counts": summary["counts"]}
+    meta = {
+        "finetune": summary["finetune"],
+        "thresholds": summary["thresholds"],
+        "seed": summary["seed"],
+        "counts": summary["counts"],
+    }
     save_tensors(vectors_path, tensors, metadata=meta)
     write_json(summary_path, summary)
 
@@ -354,12 +434,19 @@ def _by_layer_table(pairs, labels: list[str], norms: tuple[str, str], extras: li
     frames = []
     for label_values, va, vb, extra_values in pairs:
         va, vb = va.double(), vb.double()  # [L, d]
-        frames.append(pd.DataFrame({
-            "layer": np.arange(va.shape[0], dtype=np.int64), **dict(zip(labels, label_values)),
-            "cosine": cosine_by_layer(va, vb).double().numpy(),
-            norms[0]: va.norm(dim=-1).numpy(), norms[1]: vb.norm(dim=-1).numpy(),
-            "diff_norm": (va - vb).norm(dim=-1).numpy(), **dict(zip(extras, extra_values)),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": np.arange(va.shape[0], dtype=np.int64),
+                    **dict(zip(labels, label_values)),
+                    "cosine": cosine_by_layer(va, vb).double().numpy(),
+                    norms[0]: va.norm(dim=-1).numpy(),
+                    norms[1]: vb.norm(dim=-1).numpy(),
+                    "diff_norm": (va - vb).norm(dim=-1).numpy(),
+                    **dict(zip(extras, extra_values)),
+                }
+            )
+        )
     columns = ["layer", *labels, "cosine", *norms, "diff_norm", *extras]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
@@ -375,8 +462,9 @@ def cosine_table(vectors: dict[str, torch.Tensor]) -> pd.DataFrame:
     if not names:
         raise EMLabError("no fine-tune directions to compare")
     pairs = list(itertools.combinations(names, 2)) or [(names[0], names[0])]
-    return _by_layer_table([((a, b), vectors[a], vectors[b], ()) for a, b in pairs],
-                           ["finetune_a", "finetune_b"], ("norm_a", "norm_b"), [])
+    return _by_layer_table(
+        [((a, b), vectors[a], vectors[b], ()) for a, b in pairs], ["finetune_a", "finetune_b"], ("norm_a", "norm_b"), []
+    )
 
 
 def write_cosine_table(paths: list, finetunes: list[str], out_path) -> pd.DataFrame:
@@ -393,6 +481,7 @@ def write_cosine_table(paths: list, finetunes: list[str], out_path) -> pd.DataFr
 
 # --------------------------------------------------------------------------- semantic vectors (docs/linear-directions.md)
 
+
 def semantic_subset(judgments: pd.DataFrame, split: str, semantic: SemanticDirectionSettings) -> pd.DataFrame:
     """The responses that score above `semantic.above` on the `split` judge (e.g. medical); NaN never qualifies.
 
@@ -400,9 +489,11 @@ def semantic_subset(judgments: pd.DataFrame, split: str, semantic: SemanticDirec
     score (ties broken by question and sample), for weak judges whose scores crowd into a narrow band.
     """
     if split not in judgments.columns:
-        raise EMLabError(f"the judgments have no {split!r} score (columns: {list(judgments.columns)}); a semantic "
-                         f"vector for split {split!r} needs that judge on the fine-tune's own responses: list it in "
-                         "config `semantic_directions.splits` (the workflow then judges it on that fine-tune).")
+        raise EMLabError(
+            f"the judgments have no {split!r} score (columns: {list(judgments.columns)}); a semantic "
+            f"vector for split {split!r} needs that judge on the fine-tune's own responses: list it in "
+            "config `semantic_directions.splits` (the workflow then judges it on that fine-tune)."
+        )
     score = judgments[split].astype("float64")
     above, top_quantile = semantic.above, semantic.top_quantile
     if top_quantile is None:
@@ -412,11 +503,14 @@ def semantic_subset(judgments: pd.DataFrame, split: str, semantic: SemanticDirec
     scored = judgments[score.notna()].assign(_score=-score[score.notna()])
     keys = [c for c in ("_score", "question_id", "sample_idx") if c in scored.columns]
     scored = scored.sort_values(keys, kind="mergesort").drop(columns="_score")
-    return scored.iloc[:int(np.ceil(top_quantile * len(scored)))]
+    return scored.iloc[: int(np.ceil(top_quantile * len(scored)))]
 
 
-def semantic_cosine_table(general: dict[str, torch.Tensor], semantic: dict[tuple[str, str], torch.Tensor],
-                          summaries: dict[tuple[str, str], dict] | None = None) -> pd.DataFrame:
+def semantic_cosine_table(
+    general: dict[str, torch.Tensor],
+    semantic: dict[tuple[str, str], torch.Tensor],
+    summaries: dict[tuple[str, str], dict] | None = None,
+) -> pd.DataFrame:
     """Per layer: cosine between each fine-tune's general vector and each of its semantic vectors.
 
     Columns: layer, finetune, split, cosine, norm_general, norm_semantic,
@@ -428,14 +522,26 @@ def semantic_cosine_table(general: dict[str, torch.Tensor], semantic: dict[tuple
         if ft not in general:
             raise EMLabError(f"semantic vector {ft}/{split} has no general vector of fine-tune {ft!r} to compare with")
         used = (summaries or {}).get((ft, split), {}).get("counts", {})
-        pairs.append(((ft, split), general[ft], vs, (used.get("aligned", {}).get("used", -1),
-                                                     used.get("misaligned", {}).get("used", -1))))
-    return _by_layer_table(pairs, ["finetune", "split"], ("norm_general", "norm_semantic"),
-                           ["n_aligned", "n_misaligned"])
+        pairs.append(
+            (
+                (ft, split),
+                general[ft],
+                vs,
+                (used.get("aligned", {}).get("used", -1), used.get("misaligned", {}).get("used", -1)),
+            )
+        )
+    return _by_layer_table(
+        pairs, ["finetune", "split"], ("norm_general", "norm_semantic"), ["n_aligned", "n_misaligned"]
+    )
 
 
-def write_semantic_cosine_table(general_paths: list, general_finetunes: list[str], semantic_paths: list,
-                                semantic_keys: list[tuple[str, str]], out_path) -> pd.DataFrame:
+def write_semantic_cosine_table(
+    general_paths: list,
+    general_finetunes: list[str],
+    semantic_paths: list,
+    semantic_keys: list[tuple[str, str]],
+    out_path,
+) -> pd.DataFrame:
     """Load the general and semantic vector files (paired with their keys by position) and write the table."""
     if len(general_paths) != len(general_finetunes) or len(semantic_paths) != len(semantic_keys):
         raise EMLabError("semantic cosines: the vector files and their fine-tune/split keys do not pair up")

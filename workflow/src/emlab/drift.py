@@ -40,8 +40,10 @@ def measure(model, tokenizer, prompts: Sequence[MeasurementPrompt], layer: int, 
 
 def _check(mean_t: torch.Tensor, base: MeanActivation) -> None:
     if mean_t.shape != base.mean.shape:
-        raise EMLabError(f"drift: activation of shape {tuple(mean_t.shape)} vs base {tuple(base.mean.shape)}; "
-                         "same model family and layer needed")
+        raise EMLabError(
+            f"drift: activation of shape {tuple(mean_t.shape)} vs base {tuple(base.mean.shape)}; "
+            "same model family and layer needed"
+        )
     if not base.mean_norm > 0:
         raise EMLabError("drift: the base model's mean activation norm is 0; cannot normalise")
 
@@ -56,7 +58,9 @@ def basis_drift(mean_t: torch.Tensor, base: MeanActivation, basis: torch.Tensor)
     """(B h̄_t - B h̄_0) / mean ||h_0||: basis [k, d] -> [k]."""
     delta = delta_mean(mean_t, base)
     if basis.ndim != 2 or basis.shape[1] != delta.shape[0]:
-        raise EMLabError(f"drift: basis of shape {tuple(basis.shape)} does not fit activations of width {delta.shape[0]}")
+        raise EMLabError(
+            f"drift: basis of shape {tuple(basis.shape)} does not fit activations of width {delta.shape[0]}"
+        )
     return basis.float() @ delta / base.mean_norm
 
 
@@ -66,9 +70,15 @@ def drift_norm(mean_t: torch.Tensor, base: MeanActivation) -> float:
     return float(delta.norm() / base.mean.float().norm().clamp_min(1e-12))
 
 
-def drift_columns(mean_t: torch.Tensor, base: MeanActivation, alignment: torch.Tensor, alignment_names: Sequence[str],
-                  semantic: torch.Tensor, semantic_names: Sequence[str],
-                  random: Mapping[int, torch.Tensor]) -> dict[str, float]:
+def drift_columns(
+    mean_t: torch.Tensor,
+    base: MeanActivation,
+    alignment: torch.Tensor,
+    alignment_names: Sequence[str],
+    semantic: torch.Tensor,
+    semantic_names: Sequence[str],
+    random: Mapping[int, torch.Tensor],
+) -> dict[str, float]:
     """One drift-table row (without step/loss/labels): alignment traits by name, `semantic.<trait>`,
     `random{seed}.{k}`, `drift_norm`. Bases are [7, d] at the chosen layer."""
     row: dict[str, float] = {}
@@ -98,4 +108,4 @@ def lora_delta_w_norm(model) -> float:
             a = lora_a[name].weight.detach().float()  # [r, in]
             b = lora_b[name].weight.detach().float()  # [out, r]
             total += float((scaling[name] * (b @ a)).pow(2).sum())
-    return total ** 0.5
+    return total**0.5

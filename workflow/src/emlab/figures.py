@@ -14,26 +14,50 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from .atomic import atomic_path  # noqa: E402
+from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
 DPI = 150
-GROUP_COLOURS = {"model": "#4C72B0", "steering": "#DD8452", "ablation": "#55A868", "transfer": "#8172B3",
-                 "checkpoint": "#64B5CD", "adapter_steering": "#C44E52"}
-GROUP_LABELS = {"model": "model (no intervention)", "steering": "steering (base model + λ·v)",
-                "ablation": "ablation (own direction / random control)", "transfer": "transfer ablation",
-                "checkpoint": "fine-tune checkpoint (phase.eval_steps)",
-                "adapter_steering": "adapter steering (rank-1 adapters scaled)"}
-ABLATION_COLOURS = {"unablated": "#C44E52", "layer-wise": "#4C72B0", "single": "#55A868", "random": "#8C8C8C",
-                    "transfer": "#8172B3", "B projected": "#CCB974"}
+GROUP_COLOURS = {
+    "model": "#4C72B0",
+    "steering": "#DD8452",
+    "ablation": "#55A868",
+    "transfer": "#8172B3",
+    "checkpoint": "#64B5CD",
+    "adapter_steering": "#C44E52",
+}
+GROUP_LABELS = {
+    "model": "model (no intervention)",
+    "steering": "steering (base model + λ·v)",
+    "ablation": "ablation (own direction / random control)",
+    "transfer": "transfer ablation",
+    "checkpoint": "fine-tune checkpoint (phase.eval_steps)",
+    "adapter_steering": "adapter steering (rank-1 adapters scaled)",
+}
+ABLATION_COLOURS = {
+    "unablated": "#C44E52",
+    "layer-wise": "#4C72B0",
+    "single": "#55A868",
+    "random": "#8C8C8C",
+    "transfer": "#8172B3",
+    "B projected": "#CCB974",
+}
 
-plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
-                     "axes.spines.top": False, "axes.spines.right": False})
+plt.rcParams.update(
+    {
+        "font.size": 10,
+        "axes.titlesize": 11,
+        "axes.labelsize": 10,
+        "legend.fontsize": 9,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+    }
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -53,8 +77,17 @@ def _message_panel(ax, message: str, fontsize: float = 10, hide_axes: bool = Tru
     """Say in a panel why it has nothing to plot (grey, centred); the axes are hidden unless others share them."""
     if hide_axes:
         ax.set_axis_off()
-    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=fontsize, color="#555555",
-            transform=ax.transAxes)
+    ax.text(
+        0.5,
+        0.5,
+        message,
+        ha="center",
+        va="center",
+        wrap=True,
+        fontsize=fontsize,
+        color="#555555",
+        transform=ax.transAxes,
+    )
 
 
 def _message_figure(title: str, message: str):
@@ -80,27 +113,41 @@ def _yerr(df: pd.DataFrame, prefix: str) -> np.ndarray:
 BAR_ERROR_STYLE = {"ecolor": "#333333", "capsize": 3, "elinewidth": 1}
 
 
-def _interval_bars(ax, positions, rows: pd.DataFrame, prefix: str, colours, horizontal: bool = False
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _interval_bars(
+    ax, positions, rows: pd.DataFrame, prefix: str, colours, horizontal: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Bars of `{prefix}_rate` in percent with their bootstrap intervals as error bars (a missing rate draws no bar).
 
     Returns (rate, interval top) in percent, the top 0 where the interval is missing, for labels.
     """
     rate = _pct(rows[f"{prefix}_rate"])
     if horizontal:
-        ax.barh(positions, np.nan_to_num(rate), xerr=_yerr(rows, prefix), color=colours, height=0.7,
-                error_kw=BAR_ERROR_STYLE)
+        ax.barh(
+            positions,
+            np.nan_to_num(rate),
+            xerr=_yerr(rows, prefix),
+            color=colours,
+            height=0.7,
+            error_kw=BAR_ERROR_STYLE,
+        )
     else:
-        ax.bar(positions, np.nan_to_num(rate), yerr=_yerr(rows, prefix), color=colours, width=0.7,
-               error_kw=BAR_ERROR_STYLE)
+        ax.bar(
+            positions, np.nan_to_num(rate), yerr=_yerr(rows, prefix), color=colours, width=0.7, error_kw=BAR_ERROR_STYLE
+        )
     return rate, np.nan_to_num(_pct(rows[f"{prefix}_ci_high"]))
 
 
 def _label_bar_tops(ax, positions, rate: np.ndarray, top: np.ndarray, pad: float) -> None:
     """Write each vertical bar's rate ("n/a" when missing) just above its bar or interval, whichever is higher."""
     for x, r, h in zip(positions, rate, top):
-        ax.text(x, max(h, 0 if math.isnan(r) else r) + pad, "n/a" if math.isnan(r) else f"{r:.1f}%", ha="center",
-                va="bottom", fontsize=8)
+        ax.text(
+            x,
+            max(h, 0 if math.isnan(r) else r) + pad,
+            "n/a" if math.isnan(r) else f"{r:.1f}%",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
 
 
 def _base_row(df: pd.DataFrame):
@@ -128,8 +175,14 @@ def em_by_condition(df: pd.DataFrame, png_path, pdf_path) -> None:
     xmax = max(10.0, float(high.max()))
     for yi, r, h, ns, nn in zip(y, rate, high, df["n_scored"], df["n"]):
         label = "no scores" if math.isnan(r) else f"{r:.1f}%"
-        ax.text(max(h, 0 if math.isnan(r) else r) + xmax * 0.015, yi, f"{label}  (n={int(ns)}/{int(nn)})",
-                va="center", fontsize=8, color="#333333")
+        ax.text(
+            max(h, 0 if math.isnan(r) else r) + xmax * 0.015,
+            yi,
+            f"{label}  (n={int(ns)}/{int(nn)})",
+            va="center",
+            fontsize=8,
+            color="#333333",
+        )
     ax.set_yticks(y, df["condition"])
     ax.set_ylim(-0.6, n - 0.4)
     ax.set_xlim(0, xmax * 1.3)
@@ -164,8 +217,11 @@ def steering_sweep(df: pd.DataFrame, png_path, pdf_path) -> None:
     title = "Steering the base model with mean-diff directions"
     steer = _steering_rows(df)
     if steer.empty:
-        save_figure(_message_figure(title, "No steering conditions in this run\n(config `steering.vectors` is empty)."),
-                    png_path, pdf_path)
+        save_figure(
+            _message_figure(title, "No steering conditions in this run\n(config `steering.vectors` is empty)."),
+            png_path,
+            pdf_path,
+        )
         return
     steer["layer"] = steer["layer"].astype(float)
     base = _base_row(df)
@@ -178,13 +234,26 @@ def steering_sweep(df: pd.DataFrame, png_path, pdf_path) -> None:
             g = g.sort_values("scale")
             colour = cmap(i / max(1, len(lines) - 1)) if len(lines) > 6 else cmap(i)
             x = g["scale"].to_numpy()
-            ax.plot(x, _pct(g[f"{prefix}_rate"]), "o-", color=colour, lw=1.8, ms=4,
-                    label=_vector_label(vector, split, layer))
-            ax.fill_between(x, _pct(g[f"{prefix}_ci_low"]), _pct(g[f"{prefix}_ci_high"]), color=colour, alpha=0.18,
-                            lw=0)
+            ax.plot(
+                x,
+                _pct(g[f"{prefix}_rate"]),
+                "o-",
+                color=colour,
+                lw=1.8,
+                ms=4,
+                label=_vector_label(vector, split, layer),
+            )
+            ax.fill_between(
+                x, _pct(g[f"{prefix}_ci_low"]), _pct(g[f"{prefix}_ci_high"]), color=colour, alpha=0.18, lw=0
+            )
         if base is not None and not math.isnan(base[f"{prefix}_rate"]):
-            ax.axhline(100 * base[f"{prefix}_rate"], color="#333333", ls="--", lw=1.2,
-                       label=f"base model, no steering ({100 * base[f'{prefix}_rate']:.1f}%)")
+            ax.axhline(
+                100 * base[f"{prefix}_rate"],
+                color="#333333",
+                ls="--",
+                lw=1.2,
+                label=f"base model, no steering ({100 * base[f'{prefix}_rate']:.1f}%)",
+            )
         ax.set_xlabel("steering scale λ")
         ax.set_ylabel(ylabel)
         ax.set_title(subtitle)
@@ -214,8 +283,11 @@ def ablation(df: pd.DataFrame, png_path, pdf_path) -> None:
     title = "Ablating mean-diff directions from fine-tuned models"
     ab = df[df["group"].isin(["ablation", "transfer"])] if "group" in df else df.iloc[0:0]
     if ab.empty:
-        save_figure(_message_figure(title, "No ablation conditions in this run\n(config `ablation` is empty)."),
-                    png_path, pdf_path)
+        save_figure(
+            _message_figure(title, "No ablation conditions in this run\n(config `ablation` is empty)."),
+            png_path,
+            pdf_path,
+        )
         return
     targets = list(dict.fromkeys(ab["model"]))
     kind_order = ["unablated", "layer-wise", "single", "B projected", "transfer", "random"]
@@ -229,8 +301,14 @@ def ablation(df: pd.DataFrame, png_path, pdf_path) -> None:
     em_high = pd.concat([rows["em_ci_high"] for _, rows in panels]).astype(float)
     em_top = max(10.0, 1.3 * float(np.nan_to_num(_pct(em_high)).max()))
     em_top = min(105.0, em_top)
-    fig, axes = plt.subplots(2, len(panels), figsize=(max(5.5, 1.2 * sum(widths) + 1.5), 6.6), sharey="row",
-                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    fig, axes = plt.subplots(
+        2,
+        len(panels),
+        figsize=(max(5.5, 1.2 * sum(widths) + 1.5), 6.6),
+        sharey="row",
+        gridspec_kw={"width_ratios": widths},
+        squeeze=False,
+    )
     for col, (target, rows) in enumerate(panels):
         x = np.arange(len(rows))
         colours = [ABLATION_COLOURS[k] for _, k in rows["_label"]]
@@ -265,8 +343,9 @@ def direction_cosine(df: pd.DataFrame, png_path, pdf_path) -> None:
     if n_pairs:  # heatmap: one row per pair of fine-tunes, one column per layer
         ax_heat = fig.add_subplot(grid[1, :])
         heat = pairs.pivot_table(index=["finetune_a", "finetune_b"], columns="layer", values="cosine", sort=False)
-        image = ax_heat.imshow(heat.to_numpy(dtype=float), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
-                               interpolation="nearest")
+        image = ax_heat.imshow(
+            heat.to_numpy(dtype=float), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest"
+        )
         ax_heat.set_yticks(np.arange(len(heat)), [f"{a} vs {b}" for a, b in heat.index], fontsize=8)
         ax_heat.set_xticks(np.arange(heat.shape[1]), [str(int(c)) for c in heat.columns], fontsize=7)
         ax_heat.set_xlabel("layer")
@@ -278,17 +357,18 @@ def direction_cosine(df: pd.DataFrame, png_path, pdf_path) -> None:
             g = g.sort_values("layer")
             ax_cos.plot(g["layer"], g["cosine"], "o-", ms=3, lw=1.6, label=f"{a} vs {b}")
         ax_cos.axhline(0, color="#999999", lw=0.8)
-        ax_cos.set_ylim(min(-0.1, float(pairs["cosine"].min()) - 0.05) if pairs["cosine"].notna().any() else -0.1,
-                        1.05)
+        ax_cos.set_ylim(min(-0.1, float(pairs["cosine"].min()) - 0.05) if pairs["cosine"].notna().any() else -0.1, 1.05)
         ax_cos.set_xlabel("layer (residual stream after block l)")
         ax_cos.set_ylabel("cosine similarity")
         ax_cos.set_title("Cosine between directions")
         ax_cos.grid(alpha=0.3)
         ax_cos.legend(frameon=True, framealpha=0.9)
-    norms = pd.concat([
-        df[["layer", "finetune_a", "norm_a"]].set_axis(["layer", "finetune", "norm"], axis=1),
-        df[["layer", "finetune_b", "norm_b"]].set_axis(["layer", "finetune", "norm"], axis=1),
-    ]).drop_duplicates(["layer", "finetune"])
+    norms = pd.concat(
+        [
+            df[["layer", "finetune_a", "norm_a"]].set_axis(["layer", "finetune", "norm"], axis=1),
+            df[["layer", "finetune_b", "norm_b"]].set_axis(["layer", "finetune", "norm"], axis=1),
+        ]
+    ).drop_duplicates(["layer", "finetune"])
     for ft, g in norms.groupby("finetune", sort=False):
         g = g.sort_values("layer")
         ax_norm.plot(g["layer"], g["norm"], "o-", ms=3, lw=1.6, label=ft)
@@ -311,8 +391,11 @@ def steering_metrics(df: pd.DataFrame, png_path, pdf_path) -> None:
         save_figure(_message_figure(title, "No steering conditions in this run."), png_path, pdf_path)
         return
     base = _base_row(df)
-    panels = (("coherent_rate", "coherent responses (%)", True), ("mean_aligned", "mean aligned score (0-100)", False),
-              ("self_correction_rate", "self-correcting responses (%)", True))
+    panels = (
+        ("coherent_rate", "coherent responses (%)", True),
+        ("mean_aligned", "mean aligned score (0-100)", False),
+        ("self_correction_rate", "self-correcting responses (%)", True),
+    )
     fig, axes = plt.subplots(1, 3, figsize=(14.0, 4.2))
     lines = list(steer.groupby(["vector", "split", "layer"], sort=True))
     for ax, (col, ylabel, is_rate) in zip(axes, panels):
@@ -324,15 +407,33 @@ def steering_metrics(df: pd.DataFrame, png_path, pdf_path) -> None:
         for i, ((vector, split, layer), g) in enumerate(lines):
             g = g.sort_values("scale")
             y = _pct(g[col]) if is_rate else g[col].to_numpy(dtype=float)
-            ax.plot(g["scale"], y, "o-", color=plt.get_cmap("tab10")(i % 10), lw=1.8, ms=4,
-                    label=_vector_label(vector, split, layer))
+            ax.plot(
+                g["scale"],
+                y,
+                "o-",
+                color=plt.get_cmap("tab10")(i % 10),
+                lw=1.8,
+                ms=4,
+                label=_vector_label(vector, split, layer),
+            )
             if is_rate:
-                prefix = col[:-len("_rate")]
-                ax.fill_between(g["scale"], _pct(g[f"{prefix}_ci_low"]), _pct(g[f"{prefix}_ci_high"]),
-                                color=plt.get_cmap("tab10")(i % 10), alpha=0.15, lw=0)
+                prefix = col[: -len("_rate")]
+                ax.fill_between(
+                    g["scale"],
+                    _pct(g[f"{prefix}_ci_low"]),
+                    _pct(g[f"{prefix}_ci_high"]),
+                    color=plt.get_cmap("tab10")(i % 10),
+                    alpha=0.15,
+                    lw=0,
+                )
         if base is not None and col in base and not pd.isna(base[col]):
-            ax.axhline(100 * base[col] if is_rate else base[col], color="#333333", ls="--", lw=1.2,
-                       label="base model, no steering")
+            ax.axhline(
+                100 * base[col] if is_rate else base[col],
+                color="#333333",
+                ls="--",
+                lw=1.2,
+                label="base model, no steering",
+            )
         ax.set_xlabel("steering scale λ")
         ax.set_ylabel(ylabel)
         ax.set_ylim(-2, 102)
@@ -353,12 +454,14 @@ def best_steering_conditions(df: pd.DataFrame) -> pd.DataFrame:
         return steer
     steer["_em"] = steer["em_rate"].astype(float).fillna(-1.0)
     steer = steer.sort_values(["_em", "scale"], ascending=[False, True], kind="mergesort")
-    return steer.drop_duplicates(["vector", "split", "layer"]).drop(columns="_em").sort_values(
-        ["vector", "split", "layer"], kind="mergesort")
+    return (
+        steer.drop_duplicates(["vector", "split", "layer"])
+        .drop(columns="_em")
+        .sort_values(["vector", "split", "layer"], kind="mergesort")
+    )
 
 
-def semantic_vectors(cosines: pd.DataFrame, metrics: pd.DataFrame, judgments: pd.DataFrame, png_path,
-                     pdf_path) -> None:
+def semantic_vectors(cosines: pd.DataFrame, metrics: pd.DataFrame, judgments: pd.DataFrame, png_path, pdf_path) -> None:
     """Paper Fig. 3: cosine of each semantic vector with its general vector per layer, and the distribution
     of each semantic judge's per-response score for every steering vector at its best λ (and the base model)."""
     title = "Semantic misalignment vectors"
@@ -366,8 +469,7 @@ def semantic_vectors(cosines: pd.DataFrame, metrics: pd.DataFrame, judgments: pd
     if cosines.empty and not splits:
         save_figure(_message_figure(title, "No semantic vectors in this run."), png_path, pdf_path)
         return
-    fig, axes = plt.subplots(1, 1 + max(1, len(splits)), figsize=(5.0 * (1 + max(1, len(splits))), 4.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, 1 + max(1, len(splits)), figsize=(5.0 * (1 + max(1, len(splits))), 4.4), squeeze=False)
     ax = axes[0][0]
     for (ft, split), g in cosines.groupby(["finetune", "split"], sort=True):
         g = g.sort_values("layer")
@@ -382,7 +484,8 @@ def semantic_vectors(cosines: pd.DataFrame, metrics: pd.DataFrame, judgments: pd
         ax.legend(frameon=True, framealpha=0.9, fontsize=8)
     best = best_steering_conditions(metrics) if "group" in metrics else metrics.iloc[0:0]
     chosen = [("base", "base model")] + [
-        (r.condition, f"{_vector_label(r.vector, r.split, r.layer)}\nλ={float(r.scale):g}") for r in best.itertuples()]
+        (r.condition, f"{_vector_label(r.vector, r.split, r.layer)}\nλ={float(r.scale):g}") for r in best.itertuples()
+    ]
     for ax, metric in zip(axes[0][1:], splits or [None]):
         if metric is None:
             _message_panel(ax, "No semantic judge scores.")
@@ -408,8 +511,9 @@ def semantic_vectors(cosines: pd.DataFrame, metrics: pd.DataFrame, judgments: pd
     save_figure(fig, png_path, pdf_path)
 
 
-def single_adapter(panels: list[tuple[str, pd.DataFrame, pd.DataFrame]], metrics: pd.DataFrame, png_path,
-                   pdf_path) -> None:
+def single_adapter(
+    panels: list[tuple[str, pd.DataFrame, pd.DataFrame]], metrics: pd.DataFrame, png_path, pdf_path
+) -> None:
     """B-vs-mean-diff panels per single-adapter fine-tune: cosine of B with v_l per layer, downstream
     convergence of adding B vs adding v_l, and EM of the unmodified / ablated / B-projected model."""
     title = "Single rank-1 adapter: B vector vs mean-diff direction"
@@ -421,8 +525,14 @@ def single_adapter(panels: list[tuple[str, pd.DataFrame, pd.DataFrame]], metrics
         ax = axes[row][0]
         ax.plot(b_cos["layer"], b_cos["cosine"], "o-", ms=3, lw=1.4, color="#4C72B0")
         at = b_cos[b_cos["is_adapter_layer"].astype(bool)]
-        ax.plot(at["layer"], at["cosine"], "o", ms=9, color="#C44E52",
-                label=f"adapter layer {int(at['layer'].iloc[0])}: {float(at['cosine'].iloc[0]):.3f}")
+        ax.plot(
+            at["layer"],
+            at["cosine"],
+            "o",
+            ms=9,
+            color="#C44E52",
+            label=f"adapter layer {int(at['layer'].iloc[0])}: {float(at['cosine'].iloc[0]):.3f}",
+        )
         ax.axhline(0, color="#999999", lw=0.8)
         ax.set_ylim(-1.05, 1.05)
         ax.set_xlabel("layer l of v_l")
@@ -432,8 +542,15 @@ def single_adapter(panels: list[tuple[str, pd.DataFrame, pd.DataFrame]], metrics
         ax.grid(alpha=0.3)
         ax = axes[row][1]
         ax.plot(conv["layer"], conv["cosine"], "o-", ms=3, lw=1.6, color="#55A868", label="response-mean deltas")
-        ax.plot(conv["layer"], conv["mean_response_cosine"], "s--", ms=3, lw=1.2, color="#8172B3",
-                label="mean per-response cosine")
+        ax.plot(
+            conv["layer"],
+            conv["mean_response_cosine"],
+            "s--",
+            ms=3,
+            lw=1.2,
+            color="#8172B3",
+            label="mean per-response cosine",
+        )
         ax.axhline(0, color="#999999", lw=0.8)
         ax.set_ylim(-1.05, 1.05)
         ax.set_xlabel("layer (residual stream after block l)")
@@ -442,8 +559,11 @@ def single_adapter(panels: list[tuple[str, pd.DataFrame, pd.DataFrame]], metrics
         ax.legend(frameon=True, framealpha=0.9, fontsize=8)
         ax.grid(alpha=0.3)
         ax = axes[row][2]
-        rows = metrics[(metrics["model"] == ft) & metrics["intervention_kind"].isin(["none", "ablate", "adapter_project"])] \
-            if "model" in metrics else metrics.iloc[0:0]
+        rows = (
+            metrics[(metrics["model"] == ft) & metrics["intervention_kind"].isin(["none", "ablate", "adapter_project"])]
+            if "model" in metrics
+            else metrics.iloc[0:0]
+        )
         rows = rows[(rows["intervention_kind"] != "ablate") | (rows["mode"].isin(["single", "random"]))]
         if rows.empty:
             _message_panel(ax, "No EM rates for this fine-tune.")
@@ -472,8 +592,9 @@ def phase_transition(rotation: pd.DataFrame, em: pd.DataFrame, summary: dict, pn
     if rotation.empty:
         save_figure(_message_figure(f"Phase transition: {name}", "No checkpoints to analyse."), png_path, pdf_path)
         return
-    fig, (ax_cos, ax_norm, ax_em) = plt.subplots(3, 1, figsize=(7.0, 8.4), sharex=True,
-                                                 gridspec_kw={"height_ratios": [1.3, 0.8, 1.0]})
+    fig, (ax_cos, ax_norm, ax_em) = plt.subplots(
+        3, 1, figsize=(7.0, 8.4), sharex=True, gridspec_kw={"height_ratios": [1.3, 0.8, 1.0]}
+    )
     adapters = list(dict.fromkeys(rotation["adapter"]))
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(1, len(adapters))))
     for key, colour in zip(adapters, colours):
@@ -485,13 +606,22 @@ def phase_transition(rotation: pd.DataFrame, em: pd.DataFrame, summary: dict, pn
     if sharp.get("step") is not None:
         for ax in (ax_cos, ax_norm, ax_em):
             ax.axvline(sharp["step"], color="#C44E52", ls=":", lw=1.2)
-        ax_cos.text(sharp["step"], 1.02, f" sharpest rotation: steps {sharp['previous_step']}→{sharp['step']}",
-                    color="#C44E52", fontsize=8, va="bottom", transform=ax_cos.get_xaxis_transform())
+        ax_cos.text(
+            sharp["step"],
+            1.02,
+            f" sharpest rotation: steps {sharp['previous_step']}→{sharp['step']}",
+            color="#C44E52",
+            fontsize=8,
+            va="bottom",
+            transform=ax_cos.get_xaxis_transform(),
+        )
     ax_cos.set_ylabel("cosine of B")
     ax_cos.set_ylim(-1.05, 1.05)
     ax_cos.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], color="#555555", ls="-", label="to final B"),
-               plt.Line2D([], [], color="#555555", ls="--", label="to previous checkpoint")]
+    handles = [
+        plt.Line2D([], [], color="#555555", ls="-", label="to final B"),
+        plt.Line2D([], [], color="#555555", ls="--", label="to previous checkpoint"),
+    ]
     leg = ax_cos.legend(handles=handles, loc="lower right", fontsize=8)
     ax_cos.add_artist(leg)
     if len(adapters) <= 12:
@@ -506,8 +636,14 @@ def phase_transition(rotation: pd.DataFrame, em: pd.DataFrame, summary: dict, pn
         for step, r, cond in zip(em["step"], rate, em["condition"]):
             label = "base" if cond == "base" else ("final" if cond == name else "")
             if label:
-                ax_em.annotate(label, (step, 0 if math.isnan(r) else r), textcoords="offset points", xytext=(0, 6),
-                               ha="center", fontsize=8)
+                ax_em.annotate(
+                    label,
+                    (step, 0 if math.isnan(r) else r),
+                    textcoords="offset points",
+                    xytext=(0, 6),
+                    ha="center",
+                    fontsize=8,
+                )
     ax_em.set_ylabel("EM responses (%)")
     ax_em.set_xlabel("optimiser step")
     ax_em.grid(alpha=0.3)

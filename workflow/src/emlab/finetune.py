@@ -100,6 +100,7 @@ def lora_settings(lora: dict | None, where: str = "lora") -> LoraSettings | None
     resolved = {k: v for k, v in lora.items() if k not in ("layers", "layers_reference_depth")}
     return build(LoraSettings, resolved, where)
 
+
 # --- data ------------------------------------------------------------------------
 
 
@@ -142,8 +143,14 @@ def encode_dataset(tokenizer, records: list[dict], max_length: int, what: str) -
             continue
         examples.append(ex)
     if n_truncated:
-        log.warning("%s: %d conversation(s) longer than max_length=%d were truncated (%d dropped: "
-                    "the prompt alone filled max_length)", what, n_truncated, max_length, n_dropped)
+        log.warning(
+            "%s: %d conversation(s) longer than max_length=%d were truncated (%d dropped: "
+            "the prompt alone filled max_length)",
+            what,
+            n_truncated,
+            max_length,
+            n_dropped,
+        )
     return examples, n_truncated, n_dropped
 
 
@@ -181,8 +188,8 @@ def optimiser_steps(examples: list[TrainExample], batch_size: int, accumulation:
 
     A short final group still makes a step (its loss is normalised by its own token count).
     """
-    micro = [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
-    return [micro[i:i + accumulation] for i in range(0, len(micro), accumulation)]
+    micro = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
+    return [micro[i : i + accumulation] for i in range(0, len(micro), accumulation)]
 
 
 # --- model and adapter -----------------------------------------------------------
@@ -204,15 +211,19 @@ def validate_lora_spec(model, lora: LoraSettings) -> list[int]:
     layers = [int(x) for x in lora.resolved_layers]
     bad_layers = [x for x in layers if not 0 <= x < n_layers]
     if bad_layers:
-        raise EMLabError(f"lora layers {bad_layers} are out of range for this model with {n_layers} layers "
-                         f"(0..{n_layers - 1}); fix finetunes.<name>.lora.layers")
+        raise EMLabError(
+            f"lora layers {bad_layers} are out of range for this model with {n_layers} layers "
+            f"(0..{n_layers - 1}); fix finetunes.<name>.lora.layers"
+        )
     if not layers:
         raise EMLabError("lora: no layers to adapt")
     known = linear_module_names(model)
     unknown = [t for t in lora.target_modules if t.rsplit(".", 1)[-1] not in known]
     if unknown:
-        raise EMLabError(f"lora target_modules {unknown} do not exist in {type(model).__name__}; "
-                         f"its linear modules are: {', '.join(known)}")
+        raise EMLabError(
+            f"lora target_modules {unknown} do not exist in {type(model).__name__}; "
+            f"its linear modules are: {', '.join(known)}"
+        )
     return sorted(set(layers))
 
 
@@ -293,8 +304,9 @@ def linear_schedule(warmup_steps: int, total_steps: int):
 
 
 @torch.no_grad()
-def mean_eval_loss(model, examples: list[TrainExample], batch_size: int, pad_id: int, device,
-                   autocast: bool = False) -> float:
+def mean_eval_loss(
+    model, examples: list[TrainExample], batch_size: int, pad_id: int, device, autocast: bool = False
+) -> float:
     """Token-mean loss over the trained spans of `examples` (NaN when there are none)."""
     if not examples:
         return float("nan")
@@ -302,7 +314,7 @@ def mean_eval_loss(model, examples: list[TrainExample], batch_size: int, pad_id:
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[i:i + batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size], pad_id).items()}
         total += float(summed_token_loss(model, batch, autocast))
         count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     model.train(was_training)
@@ -372,8 +384,12 @@ def run_fingerprint(**parts) -> str:
 def _rng_state() -> dict:
     """Torch, CUDA and Python RNG states as tensors and plain values (loadable with weights_only=True)."""
     version, internal, gauss_next = random.getstate()
-    state = {"torch": torch.get_rng_state(), "python_version": int(version),
-             "python_state": torch.tensor(internal, dtype=torch.int64), "python_gauss_next": gauss_next}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python_version": int(version),
+        "python_state": torch.tensor(internal, dtype=torch.int64),
+        "python_gauss_next": gauss_next,
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -382,8 +398,9 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "python_state" in state:
-        random.setstate((state["python_version"], tuple(int(x) for x in state["python_state"].tolist()),
-                         state["python_gauss_next"]))
+        random.setstate(
+            (state["python_version"], tuple(int(x) for x in state["python_state"].tolist()), state["python_gauss_next"])
+        )
     else:  # a checkpoint written before the RNG states were stored as tensors
         random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
@@ -401,16 +418,19 @@ def load_training_state(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise EMLabError(f"refusing to load {path}: it is not a plain training state (tensors and plain values "
-                         f"only; {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Delete its "
-                         "checkpoint folder to resume from an earlier checkpoint or start over") from None
+        raise EMLabError(
+            f"refusing to load {path}: it is not a plain training state (tensors and plain values "
+            f"only; {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Delete its "
+            "checkpoint folder to resume from an earlier checkpoint or start over"
+        ) from None
     if not isinstance(state, dict):
         raise EMLabError(f"{path} is not a training state (a dict); delete its checkpoint folder")
     return state
 
 
-def save_checkpoint(checkpoint_dir: Path, step: int, model, optimiser, scheduler, rows: list[dict], fingerprint: str,
-                    tokenizer=None) -> Path:
+def save_checkpoint(
+    checkpoint_dir: Path, step: int, model, optimiser, scheduler, rows: list[dict], fingerprint: str, tokenizer=None
+) -> Path:
     """checkpoint_dir/step-N: a peft adapter folder (a full model folder, with the
     tokenizer, for a full fine-tune) plus the state needed to resume (tensors and
     plain values only, see load_training_state)."""
@@ -419,8 +439,17 @@ def save_checkpoint(checkpoint_dir: Path, step: int, model, optimiser, scheduler
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        torch.save({"step": step, "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(), "log_rows": rows, "fingerprint": fingerprint}, tmp / TRAINING_STATE)
+        torch.save(
+            {
+                "step": step,
+                "optimizer": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+                "log_rows": rows,
+                "fingerprint": fingerprint,
+            },
+            tmp / TRAINING_STATE,
+        )
     return path
 
 
@@ -458,8 +487,10 @@ def load_checkpoint_weights(model, ckpt: Path, full: bool) -> None:
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
     if missing or unexpected:
-        raise EMLabError(f"checkpoint {ckpt} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}; "
-                         "delete the checkpoints folder to start over")
+        raise EMLabError(
+            f"checkpoint {ckpt} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}; "
+            "delete the checkpoints folder to start over"
+        )
 
 
 # --- the training run: prepare data, build model, resume, train steps, write outputs ----------
@@ -546,14 +577,17 @@ def prepare_data(base_model_path, train_path, eval_path, training: TrainingSetti
     train_set, n_truncated, n_dropped = encode_dataset(tokenizer, train_records, training.max_length, "train")
     eval_set, n_truncated_eval, _ = encode_dataset(tokenizer, eval_records, training.max_length, "eval")
     if not train_set:
-        raise EMLabError(f"{train_path}: no training example has an assistant token within "
-                         f"max_length={training.max_length}")
-    return TrainingData(tokenizer, pad_token_id(tokenizer), train_set, eval_set, n_truncated, n_truncated_eval,
-                        n_dropped)
+        raise EMLabError(
+            f"{train_path}: no training example has an assistant token within max_length={training.max_length}"
+        )
+    return TrainingData(
+        tokenizer, pad_token_id(tokenizer), train_set, eval_set, n_truncated, n_truncated_eval, n_dropped
+    )
 
 
-def build_model(base_model_path, lora: LoraSettings | None, training: TrainingSettings, seed: int, device: str,
-                dtype: str) -> TrainingModel:
+def build_model(
+    base_model_path, lora: LoraSettings | None, training: TrainingSettings, seed: int, device: str, dtype: str
+) -> TrainingModel:
     """The base model, with fresh LoRA adapters (seeded A initialisation) or every weight trainable."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
@@ -586,20 +620,42 @@ def build_model(base_model_path, lora: LoraSettings | None, training: TrainingSe
     if device_map is None:
         model.to(dev)
     dev = input_device(model, dev)
-    built = TrainingModel(model, full, lora, layers, adapter_weights(model),
-                          [p for p in model.parameters() if p.requires_grad], dev, dt, use_autocast)
+    built = TrainingModel(
+        model,
+        full,
+        lora,
+        layers,
+        adapter_weights(model),
+        [p for p in model.parameters() if p.requires_grad],
+        dev,
+        dt,
+        use_autocast,
+    )
     if full:
         log.info("full fine-tuning of all %d layers: %d trainable parameters", len(layers), built.n_trainable)
     else:
-        log.info("LoRA r=%s alpha=%s on %s of layers %s: %d adapters, %d trainable parameters", lora.rank,
-                 lora.alpha, lora.target_modules, layers, len(built.adapters), built.n_trainable)
-    log.info("bf16 autocast: %s (training.autocast=%s, device %s, weights %s)", use_autocast,
-             training.autocast, dev, str(dt).replace("torch.", ""))
+        log.info(
+            "LoRA r=%s alpha=%s on %s of layers %s: %d adapters, %d trainable parameters",
+            lora.rank,
+            lora.alpha,
+            lora.target_modules,
+            layers,
+            len(built.adapters),
+            built.n_trainable,
+        )
+    log.info(
+        "bf16 autocast: %s (training.autocast=%s, device %s, weights %s)",
+        use_autocast,
+        training.autocast,
+        dev,
+        str(dt).replace("torch.", ""),
+    )
     return built
 
 
-def build_progress(tm: TrainingModel, data: TrainingData, training: TrainingSettings, base_model_path,
-                   train_path, seed: int) -> TrainingProgress:
+def build_progress(
+    tm: TrainingModel, data: TrainingData, training: TrainingSettings, base_model_path, train_path, seed: int
+) -> TrainingProgress:
     """AdamW with the linear schedule, and the fingerprint that ties checkpoints to this run."""
     batch_size, accumulation = training.per_device_batch_size, training.gradient_accumulation_steps
     steps_per_epoch = math.ceil(math.ceil(len(data.train) / batch_size) / accumulation)
@@ -608,16 +664,29 @@ def build_progress(tm: TrainingModel, data: TrainingData, training: TrainingSett
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_schedule(training.warmup_steps, total_steps))
     lora = tm.lora
     fingerprint = run_fingerprint(
-        base=str(base_model_path), train=file_sha256(train_path),
-        lora="full" if lora is None else {"rank": lora.rank, "alpha": lora.alpha, "rslora": lora.rslora,
-                                          "dropout": lora.dropout, "target_modules": lora.target_modules},
-        layers=tm.layers, training=dataclasses.asdict(training), seed=seed, dtype=str(tm.dtype),
-        autocast=tm.autocast)
+        base=str(base_model_path),
+        train=file_sha256(train_path),
+        lora="full"
+        if lora is None
+        else {
+            "rank": lora.rank,
+            "alpha": lora.alpha,
+            "rslora": lora.rslora,
+            "dropout": lora.dropout,
+            "target_modules": lora.target_modules,
+        },
+        layers=tm.layers,
+        training=dataclasses.asdict(training),
+        seed=seed,
+        dtype=str(tm.dtype),
+        autocast=tm.autocast,
+    )
     return TrainingProgress(optimiser, scheduler, steps_per_epoch, total_steps, fingerprint)
 
 
-def resume_or_start(tm: TrainingModel, data: TrainingData, progress: TrainingProgress,
-                    training: TrainingSettings, checkpoint_dir) -> None:
+def resume_or_start(
+    tm: TrainingModel, data: TrainingData, progress: TrainingProgress, training: TrainingSettings, checkpoint_dir
+) -> None:
     """Restore the latest matching checkpoint into model, optimiser, schedule, RNG and log rows;
     without one, log the step-0 row (eval loss before training)."""
     ckpt = latest_checkpoint(checkpoint_dir, progress.fingerprint) if training.checkpoint_every else None
@@ -635,14 +704,32 @@ def resume_or_start(tm: TrainingModel, data: TrainingData, progress: TrainingPro
     batch_size = training.per_device_batch_size
     eval0 = tm.eval_loss(data.eval, batch_size, data.pad_id)
     subset0 = eval0 if len(data.eval) <= EVAL_SUBSET else tm.eval_loss(data.eval_subset, batch_size, data.pad_id)
-    progress.rows.append({"step": 0, "epoch": 0.0, "loss": float("nan"), "eval_loss": eval0,
-                          "eval_subset_loss": subset0, "learning_rate": 0.0, "grad_norm": float("nan"), "tokens": 0,
-                          **adapter_norms(tm.adapters)})
+    progress.rows.append(
+        {
+            "step": 0,
+            "epoch": 0.0,
+            "loss": float("nan"),
+            "eval_loss": eval0,
+            "eval_subset_loss": subset0,
+            "learning_rate": 0.0,
+            "grad_norm": float("nan"),
+            "tokens": 0,
+            **adapter_norms(tm.adapters),
+        }
+    )
     log.info("eval loss before training: %.4f", eval0)
 
 
-def train_steps(tm: TrainingModel, data: TrainingData, progress: TrainingProgress, training: TrainingSettings,
-                seed: int, checkpoint_dir, on_step: Sequence[StepCallback], show_progress: bool) -> None:
+def train_steps(
+    tm: TrainingModel,
+    data: TrainingData,
+    progress: TrainingProgress,
+    training: TrainingSettings,
+    seed: int,
+    checkpoint_dir,
+    on_step: Sequence[StepCallback],
+    show_progress: bool,
+) -> None:
     """Every optimiser step after progress.start_step: accumulate, clip, step, log, checkpoint, call back."""
     from tqdm.auto import tqdm
 
@@ -650,8 +737,9 @@ def train_steps(tm: TrainingModel, data: TrainingData, progress: TrainingProgres
     batch_size, every = training.per_device_batch_size, training.checkpoint_every
     model.train()
     t_train = time.time()
-    bar = tqdm(total=progress.total_steps, initial=progress.start_step, desc="finetune", unit="step",
-               disable=not show_progress)
+    bar = tqdm(
+        total=progress.total_steps, initial=progress.start_step, desc="finetune", unit="step", disable=not show_progress
+    )
     for epoch in range(training.epochs):
         order = epoch_order(len(data.train), seed, epoch)
         groups = optimiser_steps([data.train[i] for i in order], batch_size, training.gradient_accumulation_steps)
@@ -674,14 +762,30 @@ def train_steps(tm: TrainingModel, data: TrainingData, progress: TrainingProgres
             progress.scheduler.step()
             progress.optimiser.zero_grad(set_to_none=True)
             progress.step = step = global_step
-            row = {"step": step, "epoch": epoch + (j + 1) / len(groups), "loss": loss_sum,
-                   "eval_loss": float("nan"), "eval_subset_loss": float("nan"), "learning_rate": lr,
-                   "grad_norm": grad_norm, "tokens": n_group_tokens, **adapter_norms(tm.adapters)}
+            row = {
+                "step": step,
+                "epoch": epoch + (j + 1) / len(groups),
+                "loss": loss_sum,
+                "eval_loss": float("nan"),
+                "eval_subset_loss": float("nan"),
+                "learning_rate": lr,
+                "grad_norm": grad_norm,
+                "tokens": n_group_tokens,
+                **adapter_norms(tm.adapters),
+            }
             if every and step % every == 0:
                 row["eval_subset_loss"] = tm.eval_loss(data.eval_subset, batch_size, pad_id)
                 progress.rows.append(row)
-                save_checkpoint(checkpoint_dir, step, model, progress.optimiser, progress.scheduler, progress.rows,
-                                progress.fingerprint, data.tokenizer if tm.full else None)
+                save_checkpoint(
+                    checkpoint_dir,
+                    step,
+                    model,
+                    progress.optimiser,
+                    progress.scheduler,
+                    progress.rows,
+                    progress.fingerprint,
+                    data.tokenizer if tm.full else None,
+                )
             else:
                 progress.rows.append(row)
             for callback in on_step:
@@ -699,8 +803,18 @@ def train_steps(tm: TrainingModel, data: TrainingData, progress: TrainingProgres
     progress.train_seconds = time.time() - t_train
 
 
-def write_outputs(tm: TrainingModel, data: TrainingData, progress: TrainingProgress, training: TrainingSettings,
-                  seed: int, out_dir, log_csv, summary_json, t_start: float, extra_summary: dict | None = None) -> dict:
+def write_outputs(
+    tm: TrainingModel,
+    data: TrainingData,
+    progress: TrainingProgress,
+    training: TrainingSettings,
+    seed: int,
+    out_dir,
+    log_csv,
+    summary_json,
+    t_start: float,
+    extra_summary: dict | None = None,
+) -> dict:
     """Final eval, then the adapter (or full model) folder, train_log.csv and summary.json (plus
     `extra_summary`, e.g. the live monitor's stopped_by_monitor); returns the summary."""
     import pandas as pd
@@ -711,8 +825,9 @@ def write_outputs(tm: TrainingModel, data: TrainingData, progress: TrainingProgr
         last = rows[-1]
         last["eval_loss"] = final_eval
         if math.isnan(last["eval_subset_loss"]):  # not evaluated at this step yet
-            last["eval_subset_loss"] = (final_eval if len(data.eval) <= EVAL_SUBSET
-                                        else tm.eval_loss(data.eval_subset, batch_size, data.pad_id))
+            last["eval_subset_loss"] = (
+                final_eval if len(data.eval) <= EVAL_SUBSET else tm.eval_loss(data.eval_subset, batch_size, data.pad_id)
+            )
     log.info("final eval loss: %.4f", final_eval)
 
     tm.model.eval()
@@ -766,9 +881,22 @@ def write_outputs(tm: TrainingModel, data: TrainingData, progress: TrainingProgr
     return summary
 
 
-def fine_tune(base_model_path, train_path, eval_path, lora: LoraSettings | None, training: TrainingSettings,
-              out_dir, log_csv, summary_json, checkpoint_dir, seed: int, device: str, dtype: str,
-              on_step: Sequence[StepCallback] = (), progress: bool = True) -> dict:
+def fine_tune(
+    base_model_path,
+    train_path,
+    eval_path,
+    lora: LoraSettings | None,
+    training: TrainingSettings,
+    out_dir,
+    log_csv,
+    summary_json,
+    checkpoint_dir,
+    seed: int,
+    device: str,
+    dtype: str,
+    on_step: Sequence[StepCallback] = (),
+    progress: bool = True,
+) -> dict:
     """Fine-tune on the assistant replies of `train_path` (LoRA adapters, or every weight when
     `lora` is None); write the adapter (full: a complete model folder) to out_dir, the
     per-step log and the summary. Resumes from the latest matching checkpoint in

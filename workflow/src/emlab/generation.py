@@ -94,7 +94,9 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     if eos is not None:
         ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
     if not ids:
-        raise EMLabError("the tokenizer has no eos token and no known end-of-turn token; cannot tell when a response ends")
+        raise EMLabError(
+            "the tokenizer has no eos token and no known end-of-turn token; cannot tell when a response ends"
+        )
     return sorted(ids)
 
 
@@ -133,8 +135,16 @@ def sample_next_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature
 
 
 @torch.inference_mode()
-def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], max_new_tokens: int,
-                   temperature: float, top_p: float, stop_ids: list[int], pad_id: int) -> list[tuple[list[int], str]]:
+def generate_batch(
+    model,
+    prompt_ids: list[tuple[int, ...]],
+    seeds: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    stop_ids: list[int],
+    pad_id: int,
+) -> list[tuple[list[int], str]]:
     """Sample one continuation per prompt; returns (new token ids without the stop token, finish_reason) per row."""
     device = model_device(model)
     n = len(prompt_ids)
@@ -148,8 +158,9 @@ def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], m
     position_ids = positions_from_mask(attention_mask)  # positions count real tokens only
     # The model builds the KV cache its architecture needs; transformers 5.2x names it `cache`
     # in inputs and outputs, earlier 5.x releases `past_key_values` (emlab.batching.with_cache).
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1
+    )
     cache = output_cache(out)
     next_positions = position_ids[:, -1:] + 1  # [active, 1]
     active = torch.arange(n, device=device)  # original row of each row still in the batch
@@ -174,8 +185,14 @@ def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], m
             active, tokens = active[keep], tokens[keep]
             attention_mask, next_positions = attention_mask[keep], next_positions[keep]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
-        out = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention_mask, position_ids=next_positions,
-                    **with_cache(model, cache), use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=tokens.unsqueeze(-1),
+            attention_mask=attention_mask,
+            position_ids=next_positions,
+            **with_cache(model, cache),
+            use_cache=True,
+            logits_to_keep=1,
+        )
         cache = output_cache(out)
         next_positions = next_positions + 1
     return list(zip(generated, reasons))
@@ -184,7 +201,8 @@ def generate_batch(model, prompt_ids: list[tuple[int, ...]], seeds: list[int], m
 def is_out_of_memory(err: BaseException) -> bool:
     """A CUDA (or other accelerator) out-of-memory error: torch's OOM type or a RuntimeError saying so."""
     return isinstance(err, torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
 
 
 def _release_cached_memory() -> None:
@@ -192,9 +210,19 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def generate_responses(model, tokenizer, questions: list[Question], samples_per_question: int,
-                       max_new_tokens: int, *, temperature: float, top_p: float, batch_size: int, seed: int,
-                       progress: bool = True) -> list[dict]:
+def generate_responses(
+    model,
+    tokenizer,
+    questions: list[Question],
+    samples_per_question: int,
+    max_new_tokens: int,
+    *,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    seed: int,
+    progress: bool = True,
+) -> list[dict]:
     """Sample `samples_per_question` responses to every question; one record per response.
 
     Records are in question order, then sample order, with keys question_id,
@@ -223,19 +251,34 @@ def generate_responses(model, tokenizer, questions: list[Question], samples_per_
     bar = tqdm(total=len(jobs), desc="generate", unit="resp", disable=not progress)
     done = 0
     while done < len(order):
-        idx = order[done:done + batch_size]
+        idx = order[done : done + batch_size]
         try:
-            outs = generate_batch(model, [jobs[j].prompt_ids for j in idx], [jobs[j].seed for j in idx],
-                                  max_new_tokens, temperature, top_p, stop_ids, pad_id)
+            outs = generate_batch(
+                model,
+                [jobs[j].prompt_ids for j in idx],
+                [jobs[j].seed for j in idx],
+                max_new_tokens,
+                temperature,
+                top_p,
+                stop_ids,
+                pad_id,
+            )
         except RuntimeError as err:
             if not is_out_of_memory(err):
                 raise
             if batch_size == 1:
-                raise EMLabError("generation ran out of GPU memory even at batch size 1; lower "
-                                 "generation.max_new_tokens, use a smaller dtype or a larger GPU") from err
+                raise EMLabError(
+                    "generation ran out of GPU memory even at batch size 1; lower "
+                    "generation.max_new_tokens, use a smaller dtype or a larger GPU"
+                ) from err
             batch_size = max(1, batch_size // 2)
-            log.warning("out of memory on a batch of %d prompts; retrying it and continuing at batch size %d "
-                        "(set generation.batch_size to %d to skip this)", len(idx), batch_size, batch_size)
+            log.warning(
+                "out of memory on a batch of %d prompts; retrying it and continuing at batch size %d "
+                "(set generation.batch_size to %d to skip this)",
+                len(idx),
+                batch_size,
+                batch_size,
+            )
             outs = None
         if outs is None:
             _release_cached_memory()  # outside the except block, so the failed batch's tensors are freed
@@ -252,26 +295,34 @@ def generate_responses(model, tokenizer, questions: list[Question], samples_per_
     return _records(jobs, results, tokenizer, temperature, top_p, max_new_tokens)
 
 
-def _records(jobs: list[GenerationJob], results: dict[int, tuple[list[int], str]], tokenizer,
-             temperature: float, top_p: float, max_new_tokens: int) -> list[dict]:
+def _records(
+    jobs: list[GenerationJob],
+    results: dict[int, tuple[list[int], str]],
+    tokenizer,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+) -> list[dict]:
     """One record per job (the generation parquet's columns less condition/model/intervention)."""
     records = []
     for j, job in enumerate(jobs):
         ids, reason = results[j]
-        records.append({
-            "question_id": job.question_id,
-            "sample_idx": job.sample_idx,
-            "question": job.question,
-            "system": job.system,
-            "prompt": job.prompt,
-            "response": tokenizer.decode(ids, skip_special_tokens=True),
-            "n_response_tokens": len(ids),
-            "finish_reason": reason,
-            "temperature": float(temperature),
-            "top_p": float(top_p),
-            "max_new_tokens": int(max_new_tokens),
-            "seed": job.seed,
-        })
+        records.append(
+            {
+                "question_id": job.question_id,
+                "sample_idx": job.sample_idx,
+                "question": job.question,
+                "system": job.system,
+                "prompt": job.prompt,
+                "response": tokenizer.decode(ids, skip_special_tokens=True),
+                "n_response_tokens": len(ids),
+                "finish_reason": reason,
+                "temperature": float(temperature),
+                "top_p": float(top_p),
+                "max_new_tokens": int(max_new_tokens),
+                "seed": job.seed,
+            }
+        )
     return records
 
 
@@ -293,8 +344,9 @@ def generation_backend(backend: str, spec: dict, condition: str) -> str:
         return "hf"
     kind = (spec.get("intervention") or {"kind": "none"}).get("kind", "none")
     if kind != "none":
-        log.info("condition %s has a %s intervention, which vLLM cannot apply: sampling with the hf backend",
-                 condition, kind)
+        log.info(
+            "condition %s has a %s intervention, which vLLM cannot apply: sampling with the hf backend", condition, kind
+        )
         return "hf"
     _import_vllm(condition)
     return "vllm"
@@ -304,13 +356,15 @@ def _import_vllm(condition: str):
     try:
         return importlib.import_module("vllm")
     except ImportError as exc:
-        raise EMLabError(f"condition {condition}: generation.backend is vllm but the vllm package cannot be "
-                         f"imported ({exc}); `pip install vllm` (needs a GPU) or set `generation.backend: hf`"
-                         ) from exc
+        raise EMLabError(
+            f"condition {condition}: generation.backend is vllm but the vllm package cannot be "
+            f"imported ({exc}); `pip install vllm` (needs a GPU) or set `generation.backend: hf`"
+        ) from exc
 
 
-def merged_model_folder(base_model: str | os.PathLike, adapter: str | os.PathLike, dtype: str,
-                        parent: str | os.PathLike | None = None) -> tempfile.TemporaryDirectory:
+def merged_model_folder(
+    base_model: str | os.PathLike, adapter: str | os.PathLike, dtype: str, parent: str | os.PathLike | None = None
+) -> tempfile.TemporaryDirectory:
     """The base model with the adapter merged in, saved (with its tokenizer) to a temporary folder.
 
     vLLM then loads it like any model; this handles every adapter layout peft
@@ -326,9 +380,19 @@ def merged_model_folder(base_model: str | os.PathLike, adapter: str | os.PathLik
     return tmp
 
 
-def generate_responses_vllm(model_path: str | os.PathLike, tokenizer, questions: list[Question],
-                            samples_per_question: int, max_new_tokens: int, *, temperature: float,
-                            top_p: float, seed: int, dtype: str, condition: str) -> list[dict]:
+def generate_responses_vllm(
+    model_path: str | os.PathLike,
+    tokenizer,
+    questions: list[Question],
+    samples_per_question: int,
+    max_new_tokens: int,
+    *,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    dtype: str,
+    condition: str,
+) -> list[dict]:
     """Like generate_responses (same prompts, per-row seeds and record keys), sampled with vLLM.
 
     `model_path` is a plain HF folder (merge a fine-tune's adapter first, see
@@ -351,9 +415,18 @@ def generate_responses_vllm(model_path: str | os.PathLike, tokenizer, questions:
     stop_ids = stop_token_ids(tokenizer, SimpleNamespace(generation_config=gen_cfg))
     jobs = build_jobs(tokenizer, questions, samples_per_question, seed)
     llm = vllm.LLM(model=str(model_path), dtype=dtype, seed=int(seed))
-    params = [vllm.SamplingParams(n=1, temperature=float(temperature), top_p=float(top_p),
-                                  max_tokens=int(max_new_tokens), seed=job.seed, stop_token_ids=stop_ids,
-                                  skip_special_tokens=True) for job in jobs]
+    params = [
+        vllm.SamplingParams(
+            n=1,
+            temperature=float(temperature),
+            top_p=float(top_p),
+            max_tokens=int(max_new_tokens),
+            seed=job.seed,
+            stop_token_ids=stop_ids,
+            skip_special_tokens=True,
+        )
+        for job in jobs
+    ]
     start = time.perf_counter()
     outputs = llm.generate([{"prompt_token_ids": list(job.prompt_ids)} for job in jobs], params)
     results: dict[int, tuple[list[int], str]] = {}
@@ -364,19 +437,48 @@ def generate_responses_vllm(model_path: str | os.PathLike, tokenizer, questions:
             ids = ids[:-1]  # like the hf sampler: the stop token is not part of the response
         reason = "length" if completion.finish_reason == "length" else "stop"
         results[j] = (ids, reason)
-    log.info("vllm generated %d responses, %d new tokens in %.1f s", len(jobs),
-             sum(len(r[0]) for r in results.values()), time.perf_counter() - start)
+    log.info(
+        "vllm generated %d responses, %d new tokens in %.1f s",
+        len(jobs),
+        sum(len(r[0]) for r in results.values()),
+        time.perf_counter() - start,
+    )
     return _records(jobs, results, tokenizer, temperature, top_p, max_new_tokens)
 
 
-GENERATION_COLUMNS = ["condition", "model", "intervention", "question_id", "sample_idx", "question", "system",
-                      "prompt", "response", "n_response_tokens", "finish_reason", "temperature", "top_p",
-                      "max_new_tokens", "seed"]
+GENERATION_COLUMNS = [
+    "condition",
+    "model",
+    "intervention",
+    "question_id",
+    "sample_idx",
+    "question",
+    "system",
+    "prompt",
+    "response",
+    "n_response_tokens",
+    "finish_reason",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "seed",
+]
 
 
-def generate_condition(condition: str, spec: dict, questions_path, base_model, adapter, vectors_path,
-                       settings: GenerationSettings, seed: int, device: str, dtype: str, scratch_dir,
-                       device_map=None):
+def generate_condition(
+    condition: str,
+    spec: dict,
+    questions_path,
+    base_model,
+    adapter,
+    vectors_path,
+    settings: GenerationSettings,
+    seed: int,
+    device: str,
+    dtype: str,
+    scratch_dir,
+    device_map=None,
+):
     """All responses of one condition (model + intervention): the documented generations
     table and its run metadata (emlab.provenance: seed, device, dtype, threads, versions),
     meant for the parquet's schema metadata.
@@ -399,15 +501,26 @@ def generate_condition(condition: str, spec: dict, questions_path, base_model, a
     questions = load_questions(questions_path)
     backend = generation_backend(settings.backend, spec, condition)
     tokenizer = load_tokenizer(base_model)
-    sampling = dict(samples_per_question=settings.samples_per_question, max_new_tokens=settings.max_new_tokens,
-                    temperature=settings.temperature, top_p=settings.top_p, seed=seed)
+    sampling = dict(
+        samples_per_question=settings.samples_per_question,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=seed,
+    )
     with pinned_threads(settings.threads):
         if backend == "vllm":  # no intervention: a plain (merged) model folder
             Path(scratch_dir).mkdir(parents=True, exist_ok=True)
             merged = merged_model_folder(base_model, adapter, dtype, parent=Path(scratch_dir)) if adapter else None
             try:
-                records = generate_responses_vllm(merged.name if merged else base_model, tokenizer, questions,
-                                                  dtype=dtype, condition=condition, **sampling)
+                records = generate_responses_vllm(
+                    merged.name if merged else base_model,
+                    tokenizer,
+                    questions,
+                    dtype=dtype,
+                    condition=condition,
+                    **sampling,
+                )
             finally:
                 if merged is not None:
                     merged.cleanup()
@@ -417,18 +530,34 @@ def generate_condition(condition: str, spec: dict, questions_path, base_model, a
             # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes),
             # unless the intervention edits the adapters themselves (adapter steering).
             merge = not as_condition(spec).NEEDS_ADAPTERS
-            model = load_model(base_model, adapter, device=device, dtype=dtype, merge=merge,
-                               before_merge=adapter_edit(spec["intervention"], vectors), device_map=device_map)
+            model = load_model(
+                base_model,
+                adapter,
+                device=device,
+                dtype=dtype,
+                merge=merge,
+                before_merge=adapter_edit(spec["intervention"], vectors),
+                device_map=device_map,
+            )
             with apply_intervention(model, spec["intervention"], vectors):
                 records = generate_responses(model, tokenizer, questions, batch_size=settings.batch_size, **sampling)
             dev = resolve_device(device)
-            metadata = run_metadata(seed, str(dev), str(resolve_dtype(dtype, dev)).replace("torch.", ""),
-                                    backend=backend)
+            metadata = run_metadata(
+                seed, str(dev), str(resolve_dtype(dtype, dev)).replace("torch.", ""), backend=backend
+            )
     df = pd.DataFrame.from_records(records)
     df.insert(0, "condition", condition)
     df.insert(1, "model", spec["model"])
     df.insert(2, "intervention", json.dumps(spec["intervention"], sort_keys=True))
-    table = df[GENERATION_COLUMNS].astype({"sample_idx": "int64", "n_response_tokens": "int64",
-                                           "max_new_tokens": "int64", "seed": "int64", "temperature": "float64",
-                                           "top_p": "float64", "system": "string"})
+    table = df[GENERATION_COLUMNS].astype(
+        {
+            "sample_idx": "int64",
+            "n_response_tokens": "int64",
+            "max_new_tokens": "int64",
+            "seed": "int64",
+            "temperature": "float64",
+            "top_p": "float64",
+            "system": "string",
+        }
+    )
     return table, metadata

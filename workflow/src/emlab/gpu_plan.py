@@ -65,12 +65,17 @@ class ModelShape:
         bias = cfg.get("attention_bias")
         if bias is None:  # Qwen2 configs do not spell it: their q/k/v always have biases
             bias = cfg.get("model_type") == "qwen2"
-        return cls(hidden_size=int(cfg["hidden_size"]), intermediate_size=int(cfg["intermediate_size"]),
-                   num_hidden_layers=int(cfg["num_hidden_layers"]), num_attention_heads=heads,
-                   num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-                   head_dim=int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads),
-                   vocab_size=int(cfg["vocab_size"]), tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                   attention_bias=bool(bias))
+        return cls(
+            hidden_size=int(cfg["hidden_size"]),
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_hidden_layers=int(cfg["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads),
+            vocab_size=int(cfg["vocab_size"]),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=bool(bias),
+        )
 
     def n_parameters(self) -> int:
         d, i, hd = self.hidden_size, self.intermediate_size, self.head_dim
@@ -98,8 +103,10 @@ def model_shape(source: str) -> ModelShape:
 
         return ModelShape.from_hf_config(AutoConfig.from_pretrained(source).to_dict())
     except (OSError, ValueError) as exc:
-        raise EMLabError(f"cannot read the shape of base model {source!r} ({exc.__class__.__name__}); "
-                         f"point base_model.source at a local folder, or add it to {KNOWN_SHAPES_FILE.name}") from None
+        raise EMLabError(
+            f"cannot read the shape of base model {source!r} ({exc.__class__.__name__}); "
+            f"point base_model.source at a local folder, or add it to {KNOWN_SHAPES_FILE.name}"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,17 +125,34 @@ class StageEstimate:
 def lora_trainable_parameters(shape: ModelShape, rank: int, modules: list[str], n_layers: int) -> int:
     d, i = shape.hidden_size, shape.intermediate_size
     q, kv = shape.num_attention_heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
-    dims = {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
-            "gate_proj": (d, i), "up_proj": (d, i), "down_proj": (i, d)}
+    dims = {
+        "q_proj": (d, q),
+        "k_proj": (d, kv),
+        "v_proj": (d, kv),
+        "o_proj": (q, d),
+        "gate_proj": (d, i),
+        "up_proj": (d, i),
+        "down_proj": (i, d),
+    }
     unknown = sorted(set(modules) - set(dims))
     if unknown:
         raise EMLabError(f"gpu plan: unknown target module(s) {unknown} (known: {', '.join(dims)})")
     return n_layers * sum(rank * (dims[m][0] + dims[m][1]) for m in modules)
 
 
-def estimate_stages(shape: ModelShape, *, dtype_bytes: int, generation_batch: int, generation_tokens: int,
-                    activation_batch: int, activation_tokens: int, train_batch: int, train_tokens: int,
-                    trainable_parameters: int, gradient_checkpointing: bool) -> list[StageEstimate]:
+def estimate_stages(
+    shape: ModelShape,
+    *,
+    dtype_bytes: int,
+    generation_batch: int,
+    generation_tokens: int,
+    activation_batch: int,
+    activation_tokens: int,
+    train_batch: int,
+    train_tokens: int,
+    trainable_parameters: int,
+    gradient_checkpointing: bool,
+) -> list[StageEstimate]:
     """Per-stage memory (GiB) of one model job, by the rules in the module docstring."""
     d, i, L, V = shape.hidden_size, shape.intermediate_size, shape.num_hidden_layers, shape.vocab_size
     weights = shape.n_parameters() * dtype_bytes / GIB
@@ -138,20 +162,43 @@ def estimate_stages(shape: ModelShape, *, dtype_bytes: int, generation_batch: in
     act = (bt * (2 * i + 4 * d) * dtype_bytes + bt * d * 4 + activation_batch * L * 2 * d * 4) / GIB
     tt = train_batch * train_tokens
     kept_layers = 1 if gradient_checkpointing else L
-    train_act = (tt * kept_layers * (6 * d + 3 * i) * dtype_bytes + (tt * d * L * dtype_bytes if gradient_checkpointing else 0)
-                 + 2 * tt * V * 4) / GIB
+    train_act = (
+        tt * kept_layers * (6 * d + 3 * i) * dtype_bytes
+        + (tt * d * L * dtype_bytes if gradient_checkpointing else 0)
+        + 2 * tt * V * 4
+    ) / GIB
     trainable = trainable_parameters * 16 / GIB
     return [
-        StageEstimate("generate", weights, kv, gen_act,
-                      f"KV cache at batch {generation_batch} x {generation_tokens} tokens; fp32 logits of one step"),
-        StageEstimate("cache_activations", weights, 0.0, act,
-                      f"one forward of {activation_batch} x {activation_tokens} tokens, no KV cache"),
-        StageEstimate("lora_scalars", weights, 0.0, act + 3 * bt * V * 4 / GIB,
-                      f"teacher-forced fine-tune and base forwards of {activation_batch} x {activation_tokens} tokens "
-                      "with their fp32 next-token distributions"),
-        StageEstimate("finetune", weights, 0.0, train_act + trainable,
-                      f"micro-batch {train_batch} x {train_tokens} tokens, {trainable_parameters:,} trainable "
-                      f"parameters{', gradient checkpointing' if gradient_checkpointing else ''}"),
+        StageEstimate(
+            "generate",
+            weights,
+            kv,
+            gen_act,
+            f"KV cache at batch {generation_batch} x {generation_tokens} tokens; fp32 logits of one step",
+        ),
+        StageEstimate(
+            "cache_activations",
+            weights,
+            0.0,
+            act,
+            f"one forward of {activation_batch} x {activation_tokens} tokens, no KV cache",
+        ),
+        StageEstimate(
+            "lora_scalars",
+            weights,
+            0.0,
+            act + 3 * bt * V * 4 / GIB,
+            f"teacher-forced fine-tune and base forwards of {activation_batch} x {activation_tokens} tokens "
+            "with their fp32 next-token distributions",
+        ),
+        StageEstimate(
+            "finetune",
+            weights,
+            0.0,
+            train_act + trainable,
+            f"micro-batch {train_batch} x {train_tokens} tokens, {trainable_parameters:,} trainable "
+            f"parameters{', gradient checkpointing' if gradient_checkpointing else ''}",
+        ),
     ]
 
 
@@ -161,8 +208,10 @@ def plan_config(cfg: dict) -> tuple[ModelShape, list[StageEstimate], int]:
 
     source = cfg["base_model"]["source"]
     if source == "embedded":
-        raise EMLabError("gpu plan: the embedded demo model needs no GPU plan; run it on a config with a GPU model "
-                         "(e.g. --configfile data/configs/paper.yaml)")
+        raise EMLabError(
+            "gpu plan: the embedded demo model needs no GPU plan; run it on a config with a GPU model "
+            "(e.g. --configfile data/configs/paper.yaml)"
+        )
     shape = model_shape(source)
     dtype = cfg["dtype"]
     dtype_bytes = DTYPE_BYTES.get("bf16" if dtype == "auto" else dtype)
@@ -176,28 +225,45 @@ def plan_config(cfg: dict) -> tuple[ModelShape, list[StageEstimate], int]:
         if ft["lora"] is None:
             n = shape.n_parameters()
         else:
-            n = lora_trainable_parameters(shape, int(ft["lora"]["rank"]), list(ft["lora"]["target_modules"]),
-                                          len(lora_layers(ft["lora"], shape.num_hidden_layers)))
+            n = lora_trainable_parameters(
+                shape,
+                int(ft["lora"]["rank"]),
+                list(ft["lora"]["target_modules"]),
+                len(lora_layers(ft["lora"], shape.num_hidden_layers)),
+            )
         if n >= trainable:
             trainable, checkpointing = n, bool(tr["gradient_checkpointing"])
         batch, length = max(batch, int(tr["per_device_batch_size"])), max(length, int(tr["max_length"]))
     total_tokens = prompt_tokens + int(gen["max_new_tokens"])
-    stages = estimate_stages(shape, dtype_bytes=dtype_bytes, generation_batch=int(gen["batch_size"]),
-                             generation_tokens=total_tokens, activation_batch=int(cfg["activations"]["batch_size"]),
-                             activation_tokens=total_tokens, train_batch=batch, train_tokens=length,
-                             trainable_parameters=trainable, gradient_checkpointing=checkpointing)
+    stages = estimate_stages(
+        shape,
+        dtype_bytes=dtype_bytes,
+        generation_batch=int(gen["batch_size"]),
+        generation_tokens=total_tokens,
+        activation_batch=int(cfg["activations"]["batch_size"]),
+        activation_tokens=total_tokens,
+        train_batch=batch,
+        train_tokens=length,
+        trainable_parameters=trainable,
+        gradient_checkpointing=checkpointing,
+    )
     return shape, stages, dtype_bytes
 
 
 def format_plan(source: str, shape: ModelShape, stages: list[StageEstimate], dtype_bytes: int) -> str:
-    lines = [f"GPU memory per model job: {source}, {shape.n_parameters() / 1e9:.2f}B parameters, "
-             f"{dtype_bytes}-byte weights",
-             f"{'stage':<18} {'weights':>8} {'KV cache':>9} {'activ.':>8} {'total':>8}  (GiB)"]
+    lines = [
+        f"GPU memory per model job: {source}, {shape.n_parameters() / 1e9:.2f}B parameters, {dtype_bytes}-byte weights",
+        f"{'stage':<18} {'weights':>8} {'KV cache':>9} {'activ.':>8} {'total':>8}  (GiB)",
+    ]
     for s in stages:
-        lines.append(f"{s.stage:<18} {s.weights_gib:8.1f} {s.cache_gib:9.1f} {s.activations_gib:8.1f} "
-                     f"{s.total_gib:8.1f}  {s.note}")
-    lines.append("Approximations are documented in emlab/gpu_plan.py; generation halves its batch on an "
-                 "out-of-memory error, so the KV cache is the first thing to shrink.")
+        lines.append(
+            f"{s.stage:<18} {s.weights_gib:8.1f} {s.cache_gib:9.1f} {s.activations_gib:8.1f} "
+            f"{s.total_gib:8.1f}  {s.note}"
+        )
+    lines.append(
+        "Approximations are documented in emlab/gpu_plan.py; generation halves its batch on an "
+        "out-of-memory error, so the KV cache is the first thing to shrink."
+    )
     return "\n".join(lines)
 
 

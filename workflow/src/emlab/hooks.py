@@ -12,7 +12,7 @@ is where activations are read, directions live, and steering/ablation act.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
@@ -26,7 +26,9 @@ def _check_layers(model, layers) -> torch.nn.ModuleList:
     blocks = decoder_layers(model)
     for layer in layers:
         if not 0 <= int(layer) < len(blocks):
-            raise EMLabError(f"layer index {layer} is out of range: the model has {len(blocks)} layers (0..{len(blocks) - 1})")
+            raise EMLabError(
+                f"layer index {layer} is out of range: the model has {len(blocks)} layers (0..{len(blocks) - 1})"
+            )
     return blocks
 
 

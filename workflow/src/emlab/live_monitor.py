@@ -64,15 +64,24 @@ class LiveMonitor:
       (see `measure_with`); the model is put in eval mode for it and its mode restored after.
     """
 
-    def __init__(self, monitor, basis: torch.Tensor, base_mean: torch.Tensor, base_norm: float,
-                 measure: Callable[[object], torch.Tensor], settings: LiveMonitorSettings):
+    def __init__(
+        self,
+        monitor,
+        basis: torch.Tensor,
+        base_mean: torch.Tensor,
+        base_norm: float,
+        measure: Callable[[object], torch.Tensor],
+        settings: LiveMonitorSettings,
+    ):
         if settings.action not in ACTIONS:
             raise EMLabError(f"training.monitor.action must be one of {list(ACTIONS)} (got {settings.action!r})")
         if settings.every < 1:
             raise EMLabError(f"training.monitor.every must be >= 1 (got {settings.every})")
         if basis.ndim != 2 or basis.shape[0] != len(monitor.features) or basis.shape[1] != base_mean.shape[0]:
-            raise EMLabError(f"live monitor: basis of shape {tuple(basis.shape)} does not fit {len(monitor.features)} "
-                             f"features and activations of width {base_mean.shape[0]}")
+            raise EMLabError(
+                f"live monitor: basis of shape {tuple(basis.shape)} does not fit {len(monitor.features)} "
+                f"features and activations of width {base_mean.shape[0]}"
+            )
         if not base_norm > 0:
             raise EMLabError("live monitor: the step-0 mean activation norm is 0; cannot normalise drift")
         self.monitor, self.basis, self.settings = monitor, basis.float(), settings
@@ -100,11 +109,18 @@ class LiveMonitor:
         d = self.drift(mean)
         pred = float(self.monitor.predict_drift(d[None, :])[0])
         alarm = pred > self.monitor.tau
-        decision = Decision(int(step), tuple(float(x) for x in d), pred, alarm, alarm and self.settings.action == "stop")
+        decision = Decision(
+            int(step), tuple(float(x) for x in d), pred, alarm, alarm and self.settings.action == "stop"
+        )
         self.decisions.append(decision)
         if alarm:
-            log.warning("live monitor: step %d predicted EM %.3f > tau %.3f (%s)", step, pred, self.monitor.tau,
-                        "stopping" if decision.stop else "warning only")
+            log.warning(
+                "live monitor: step %d predicted EM %.3f > tau %.3f (%s)",
+                step,
+                pred,
+                self.monitor.tau,
+                "stopping" if decision.stop else "warning only",
+            )
         if decision.stop:
             self.stop_requested = decision
         return decision
@@ -129,8 +145,17 @@ def measure_with(tokenizer, prompts, layer: int, batch_size: int) -> Callable[[o
     return lambda model: measure(model, tokenizer, prompts, layer, batch_size).mean
 
 
-def build_live_monitor(monitor_path, directions_tensors, directions_json, trait_set, base_model_id: str, model,
-                       tokenizer, settings: LiveMonitorSettings, batch_size: int) -> LiveMonitor:
+def build_live_monitor(
+    monitor_path,
+    directions_tensors,
+    directions_json,
+    trait_set,
+    base_model_id: str,
+    model,
+    tokenizer,
+    settings: LiveMonitorSettings,
+    batch_size: int,
+) -> LiveMonitor:
     """A LiveMonitor from the saved monitor and directions; `model` (before its first step) gives step 0.
 
     The monitor and the directions must come from the same base model and trait
@@ -143,8 +168,10 @@ def build_live_monitor(monitor_path, directions_tensors, directions_json, trait_
     dirs = load_directions(directions_tensors, directions_json)
     mon = load_monitor(monitor_path, base_model_id, trait_set.version)
     if dirs.model_id != base_model_id or dirs.trait_version != trait_set.version:
-        raise EMLabError(f"trait directions {directions_json} are for `{dirs.model_id}` / `{dirs.trait_version}`, "
-                         f"not `{base_model_id}` / `{trait_set.version}`; re-run trait_directions")
+        raise EMLabError(
+            f"trait directions {directions_json} are for `{dirs.model_id}` / `{dirs.trait_version}`, "
+            f"not `{base_model_id}` / `{trait_set.version}`; re-run trait_directions"
+        )
     if mon.layer != dirs.layer:
         raise EMLabError(f"monitor {monitor_path} reads layer {mon.layer}, the directions chose layer {dirs.layer}")
     index = [list(dirs.alignment_names).index(f) for f in mon.features]
@@ -154,8 +181,14 @@ def build_live_monitor(monitor_path, directions_tensors, directions_json, trait_
     base = measure(model, tokenizer, trait_set.measurement, dirs.layer, batch_size)
     if was_training:
         model.train()
-    return LiveMonitor(mon, basis, base.mean, base.mean_norm, measure_with(tokenizer, trait_set.measurement,
-                                                                            dirs.layer, batch_size), settings)
+    return LiveMonitor(
+        mon,
+        basis,
+        base.mean,
+        base.mean_norm,
+        measure_with(tokenizer, trait_set.measurement, dirs.layer, batch_size),
+        settings,
+    )
 
 
 class LiveMonitorCallback:
@@ -166,8 +199,16 @@ class LiveMonitorCallback:
     base model exactly, also after a resume. A full fine-tune has no base to disable back to: refused.
     """
 
-    def __init__(self, monitor_path, directions_tensors, directions_json, trait_set, base_model_id: str,
-                 settings: LiveMonitorSettings, batch_size: int):
+    def __init__(
+        self,
+        monitor_path,
+        directions_tensors,
+        directions_json,
+        trait_set,
+        base_model_id: str,
+        settings: LiveMonitorSettings,
+        batch_size: int,
+    ):
         self._build = (monitor_path, directions_tensors, directions_json, trait_set, base_model_id)
         self.settings, self.batch_size = settings, int(batch_size)
         self.live: LiveMonitor | None = None
@@ -175,12 +216,15 @@ class LiveMonitorCallback:
     def start(self, model, tokenizer) -> None:
         disable = getattr(model, "disable_adapter", None)
         if disable is None:
-            raise EMLabError("training.monitor needs a LoRA fine-tune: its step-0 measurement is the model "
-                             "with the adapters disabled, which a full fine-tune does not have")
+            raise EMLabError(
+                "training.monitor needs a LoRA fine-tune: its step-0 measurement is the model "
+                "with the adapters disabled, which a full fine-tune does not have"
+            )
         monitor_path, tensors, meta, trait_set, model_id = self._build
         with disable():
-            self.live = build_live_monitor(monitor_path, tensors, meta, trait_set, model_id, model, tokenizer,
-                                           self.settings, self.batch_size)
+            self.live = build_live_monitor(
+                monitor_path, tensors, meta, trait_set, model_id, model, tokenizer, self.settings, self.batch_size
+            )
 
     def _started(self) -> LiveMonitor:
         if self.live is None:

@@ -27,8 +27,12 @@ from .probes import EXPERIMENTS, METRICS, SET_NAMES, ResponseSets
 log = logging.getLogger(__name__)
 
 PROTOCOL_COLOURS = {"reference": "#8C8C8C", "grouped": "#4C72B0"}
-SET_LABELS = {"nonmed_aligned": "non-medical, aligned", "nonmed_misaligned": "non-medical, misaligned",
-              "med_aligned": "medical, aligned", "med_misaligned": "medical, misaligned"}
+SET_LABELS = {
+    "nonmed_aligned": "non-medical, aligned",
+    "nonmed_misaligned": "non-medical, misaligned",
+    "med_aligned": "medical, aligned",
+    "med_misaligned": "medical, misaligned",
+}
 
 
 def _exp_label(exp: str) -> str:
@@ -55,13 +59,20 @@ def probe_table(probes: pd.DataFrame, finetune: str, png_path, pdf_path) -> None
                 if cell.empty:
                     continue
                 labels.append(f"{_exp_label(exp)} ({protocol})")
-                rows.append([f"{cell.loc[m, 'mean']:.2f} [{cell.loc[m, 'ci_low']:.2f}, {cell.loc[m, 'ci_high']:.2f}]"
-                             if m in cell.index and np.isfinite(cell.loc[m, "mean"]) else "n/a" for m in METRICS]
-                            + [f"{int(cell['n_tokens'].iloc[0])} / {int(cell['n_responses'].iloc[0])}"])
+                rows.append(
+                    [
+                        f"{cell.loc[m, 'mean']:.2f} [{cell.loc[m, 'ci_low']:.2f}, {cell.loc[m, 'ci_high']:.2f}]"
+                        if m in cell.index and np.isfinite(cell.loc[m, "mean"])
+                        else "n/a"
+                        for m in METRICS
+                    ]
+                    + [f"{int(cell['n_tokens'].iloc[0])} / {int(cell['n_responses'].iloc[0])}"]
+                )
         ax.set_axis_off()
         ax.set_title(f"{finetune}: probes on adapter scalars, token filter '{flt}' (mean [95% interval] over runs)")
-        table = ax.table(cellText=rows, rowLabels=labels, colLabels=[*METRICS, "tokens / responses"],
-                         loc="center", cellLoc="center")
+        table = ax.table(
+            cellText=rows, rowLabels=labels, colLabels=[*METRICS, "tokens / responses"], loc="center", cellLoc="center"
+        )
         table.auto_set_font_size(False)
         table.set_fontsize(8)
         table.scale(1, 1.3)
@@ -80,22 +91,33 @@ def coefficient_distributions(coefficients: pd.DataFrame, finetune: str, png_pat
     filters = list(dict.fromkeys(coefficients["filter"]))
     protocols = list(dict.fromkeys(coefficients["protocol"]))
     adapters = list(dict.fromkeys(coefficients.sort_values(["layer", "adapter"], kind="mergesort")["adapter"]))
-    fig, axes = plt.subplots(len(EXPERIMENTS), len(filters), figsize=(max(6.0, 0.7 * len(adapters)) * len(filters),
-                                                                        2.4 * len(EXPERIMENTS)),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(EXPERIMENTS),
+        len(filters),
+        figsize=(max(6.0, 0.7 * len(adapters)) * len(filters), 2.4 * len(EXPERIMENTS)),
+        squeeze=False,
+        sharex=True,
+    )
     width = 0.8 / len(protocols)
     for r, exp in enumerate(EXPERIMENTS):
         for c, flt in enumerate(filters):
             ax = axes[r, c]
             sub = coefficients[(coefficients["experiment"] == exp) & (coefficients["filter"] == flt)]
             for k, protocol in enumerate(protocols):
-                data = [sub[(sub["protocol"] == protocol) & (sub["adapter"] == a)]["coefficient"].to_numpy()
-                        for a in adapters]
+                data = [
+                    sub[(sub["protocol"] == protocol) & (sub["adapter"] == a)]["coefficient"].to_numpy()
+                    for a in adapters
+                ]
                 pos = np.arange(len(adapters)) - 0.4 + width * (k + 0.5)
                 keep = [i for i, d in enumerate(data) if len(d)]
                 if keep:
-                    bp = ax.boxplot([data[i] for i in keep], positions=pos[keep], widths=width * 0.9,
-                                    patch_artist=True, showfliers=False)
+                    bp = ax.boxplot(
+                        [data[i] for i in keep],
+                        positions=pos[keep],
+                        widths=width * 0.9,
+                        patch_artist=True,
+                        showfliers=False,
+                    )
                     for box in bp["boxes"]:
                         box.set_facecolor(PROTOCOL_COLOURS.get(protocol, "#CCCCCC"))
                         box.set_alpha(0.8)
@@ -182,8 +204,16 @@ render();
 """
 
 
-def token_view(scalars: np.ndarray, tokens: pd.DataFrame, adapters: list[str], sets: ResponseSets,
-               questions: dict[int, str], finetune: str, html_path, per_set: int) -> None:
+def token_view(
+    scalars: np.ndarray,
+    tokens: pd.DataFrame,
+    adapters: list[str],
+    sets: ResponseSets,
+    questions: dict[int, str],
+    finetune: str,
+    html_path,
+    per_set: int,
+) -> None:
     """The self-contained HTML token view (see the module docstring)."""
     if per_set < 1:
         raise EMLabError("lora_interp.token_view_examples must be >= 1")
@@ -194,11 +224,16 @@ def token_view(scalars: np.ndarray, tokens: pd.DataFrame, adapters: list[str], s
         mask = ((tokens["response"] == row) & tokens["is_answer"]).to_numpy(bool)
         sub = tokens[mask]
         vals = np.concatenate([scalars[mask], sub[["kl", "grad_importance"]].to_numpy(np.float64)], axis=1)
-        responses.append({
-            "set": SET_LABELS[name], "question_id": str(sub["question_id"].iloc[0]) if len(sub) else "",
-            "sample_idx": int(sub["sample_idx"].iloc[0]) if len(sub) else 0, "question": questions.get(row, ""),
-            "tokens": sub["token"].astype(str).tolist(),
-            "values": [[float(x) if np.isfinite(x) else None for x in v] for v in vals]})
+        responses.append(
+            {
+                "set": SET_LABELS[name],
+                "question_id": str(sub["question_id"].iloc[0]) if len(sub) else "",
+                "sample_idx": int(sub["sample_idx"].iloc[0]) if len(sub) else 0,
+                "question": questions.get(row, ""),
+                "tokens": sub["token"].astype(str).tolist(),
+                "values": [[float(x) if np.isfinite(x) else None for x in v] for v in vals],
+            }
+        )
     data = json.dumps({"quantities": quantities, "signed": signed, "responses": responses}, allow_nan=False)
     data = data.replace("</", "<\\/")  # no token text can close the script element
     write_text(html_path, _PAGE.format(title=html.escape(f"{finetune}: where each adapter fires"), data=data))
@@ -207,13 +242,24 @@ def token_view(scalars: np.ndarray, tokens: pd.DataFrame, adapters: list[str], s
 # --------------------------------------------------------------------------- adapter steering (Fig. 7)
 
 STEERING_RATES = {  # name: label
-    "misaligned": "% misaligned", "aligned": "% aligned", "medical": "% medical",
-    "misaligned_medical": "% misaligned and medical"}
+    "misaligned": "% misaligned",
+    "aligned": "% aligned",
+    "medical": "% medical",
+    "misaligned_medical": "% misaligned and medical",
+}
 
 
-def adapter_steering_rates(judgments: dict[str, pd.DataFrame], cases: dict[str, str], misaligned_below: float,
-                           aligned_above: float, coherent_above: float, medical_above: float, n_boot: int,
-                           confidence: float, seed: int) -> pd.DataFrame:
+def adapter_steering_rates(
+    judgments: dict[str, pd.DataFrame],
+    cases: dict[str, str],
+    misaligned_below: float,
+    aligned_above: float,
+    coherent_above: float,
+    medical_above: float,
+    n_boot: int,
+    confidence: float,
+    seed: int,
+) -> pd.DataFrame:
     """Per condition (the unsteered fine-tune and its steering cases): the four STEERING_RATES with
     percentile-bootstrap intervals over the scored responses. misaligned: aligned < misaligned_below and
     coherent > coherent_above; aligned: aligned > aligned_above and coherent > coherent_above; medical:
@@ -224,18 +270,28 @@ def adapter_steering_rates(judgments: dict[str, pd.DataFrame], cases: dict[str, 
     for i, (cid, df) in enumerate(judgments.items()):
         missing = [c for c in ("aligned", "coherent", "medical") if c not in df.columns]
         if missing:
-            raise EMLabError(f"judgments of {cid} lack {missing}: the medical judge must score every adapter-steering "
-                             "condition and its fine-tune (emlab.plan.condition_metrics); re-run judging")
+            raise EMLabError(
+                f"judgments of {cid} lack {missing}: the medical judge must score every adapter-steering "
+                "condition and its fine-tune (emlab.plan.condition_metrics); re-run judging"
+            )
         d = df[["aligned", "coherent", "medical"]].astype("float64").dropna()
         coh = d["coherent"] > coherent_above
-        flags = {"misaligned": coh & (d["aligned"] < misaligned_below), "aligned": coh & (d["aligned"] > aligned_above),
-                 "medical": d["medical"] > medical_above}
+        flags = {
+            "misaligned": coh & (d["aligned"] < misaligned_below),
+            "aligned": coh & (d["aligned"] > aligned_above),
+            "medical": d["medical"] > medical_above,
+        }
         flags["misaligned_medical"] = flags["misaligned"] & flags["medical"]
         row = {"condition": cid, "case": cases[cid], "n_scored": len(d)}
         for k, (name, f) in enumerate(flags.items()):
             low, high = bootstrap_ci(f.astype(float), n_boot, confidence, np.random.default_rng([seed, i, k]))
-            row.update({f"{name}_rate": float(f.mean()) if len(f) else float("nan"), f"{name}_ci_low": low,
-                        f"{name}_ci_high": high})
+            row.update(
+                {
+                    f"{name}_rate": float(f.mean()) if len(f) else float("nan"),
+                    f"{name}_ci_low": low,
+                    f"{name}_ci_high": high,
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 

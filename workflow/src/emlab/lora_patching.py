@@ -70,8 +70,10 @@ def role_scaling(roles: dict, role_factors: dict[str, float], others: str) -> Ad
             factors[adapter] = float(role_factors[role])
     missing = [r for r in role_factors if r not in {(v["role"] if isinstance(v, dict) else v) for v in roles.values()}]
     if missing:
-        raise EMLabError(f"adapter steering: no adapter has role(s) {missing} (roles: "
-                         f"{ {a: (v['role'] if isinstance(v, dict) else v) for a, v in roles.items()} })")
+        raise EMLabError(
+            f"adapter steering: no adapter has role(s) {missing} (roles: "
+            f"{ {a: (v['role'] if isinstance(v, dict) else v) for a, v in roles.items()} })"
+        )
     return AdapterScaling(factors, others)
 
 
@@ -109,8 +111,9 @@ def donor_positions(n_recipient: int, n_donor: int, align: str) -> np.ndarray:
 
 
 @torch.inference_mode()
-def prompt_scalars(model, prompts: list[tuple[int, ...]], batch_size: int, pad_id: int,
-                   adapters: list[Rank1Adapter] | None = None) -> list[np.ndarray]:
+def prompt_scalars(
+    model, prompts: list[tuple[int, ...]], batch_size: int, pad_id: int, adapters: list[Rank1Adapter] | None = None
+) -> list[np.ndarray]:
     """Every adapter's scalars over each prompt alone (teacher-forced): [len(prompt), n_adapters] float32 each."""
     adapters = adapters or rank1_adapters(model)
     device = model_device(model)
@@ -123,14 +126,19 @@ def prompt_scalars(model, prompts: list[tuple[int, ...]], batch_size: int, pad_i
     order = sorted(range(len(prompts)), key=lambda j: -len(prompts[j]))
     with read_scalars(adapters, record):
         for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
+            idx = order[b : b + batch_size]
             ids, mask = _left_pad([prompts[j] for j in idx], pad_id, device)
             state["buf"] = torch.zeros((*ids.shape, len(adapters)), dtype=torch.float32, device=device)
-            model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_(min=0),
-                  use_cache=False, logits_to_keep=1)
+            model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp_(min=0),
+                use_cache=False,
+                logits_to_keep=1,
+            )
             buf = state.pop("buf").cpu().numpy()
             for row, j in enumerate(idx):
-                out[j] = buf[row, ids.shape[1] - len(prompts[j]):].copy()
+                out[j] = buf[row, ids.shape[1] - len(prompts[j]) :].copy()
     return out  # type: ignore[return-value]
 
 
@@ -139,13 +147,14 @@ def _left_pad(seqs, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, s in enumerate(seqs):
-        ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[row, width - len(s):] = 1
+        ids[row, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[row, width - len(s) :] = 1
     return ids.to(device), mask.to(device)
 
 
-def patch_values(prompts: list[tuple[int, ...]], donors: list[np.ndarray], align: str, n_adapters: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_values(
+    prompts: list[tuple[int, ...]], donors: list[np.ndarray], align: str, n_adapters: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded (values [batch, width, n_adapters], patch mask [batch, width]) for one batch of prompts."""
     width = max(len(p) for p in prompts)
     values = torch.zeros((len(prompts), width, n_adapters), dtype=torch.float32)
@@ -177,8 +186,10 @@ def patch_prefill(adapters: list[Rank1Adapter], values: torch.Tensor, mask: torc
         if i in done:
             return None
         if tuple(s.shape) != tuple(mask.shape):
-            raise EMLabError(f"scalar patching: the first forward through adapter {adapters[i].name} has shape "
-                             f"{tuple(s.shape)}, not the prompt batch {tuple(mask.shape)}")
+            raise EMLabError(
+                f"scalar patching: the first forward through adapter {adapters[i].name} has shape "
+                f"{tuple(s.shape)}, not the prompt batch {tuple(mask.shape)}"
+            )
         done.add(i)
         if s.device not in cache:
             cache[s.device] = (values.to(s.device), mask.to(s.device))
@@ -201,9 +212,16 @@ class PatchSampling:
     batch_size: int
 
 
-def generate_patched(model, prompts: list[tuple[int, ...]], donors: list[np.ndarray], seeds: list[int],
-                     sampling: PatchSampling, align: str, stop_ids: list[int], pad_id: int
-                     ) -> list[tuple[list[int], str]]:
+def generate_patched(
+    model,
+    prompts: list[tuple[int, ...]],
+    donors: list[np.ndarray],
+    seeds: list[int],
+    sampling: PatchSampling,
+    align: str,
+    stop_ids: list[int],
+    pad_id: int,
+) -> list[tuple[list[int], str]]:
     """Sample one continuation per recipient prompt with its prompt scalars patched from its donor's.
 
     `donors[j]` is prompt_scalars of prompt j's donor. Rows are batched by
@@ -220,11 +238,19 @@ def generate_patched(model, prompts: list[tuple[int, ...]], donors: list[np.ndar
     out: list = [None] * len(prompts)
     start = time.perf_counter()
     for b in range(0, len(order), sampling.batch_size):
-        idx = order[b:b + sampling.batch_size]
+        idx = order[b : b + sampling.batch_size]
         values, mask = patch_values([prompts[j] for j in idx], [donors[j] for j in idx], align, len(adapters))
         with patch_prefill(adapters, values, mask):
-            res = generate_batch(model, [prompts[j] for j in idx], [seeds[j] for j in idx], sampling.max_new_tokens,
-                                 sampling.temperature, sampling.top_p, stop_ids, pad_id)
+            res = generate_batch(
+                model,
+                [prompts[j] for j in idx],
+                [seeds[j] for j in idx],
+                sampling.max_new_tokens,
+                sampling.temperature,
+                sampling.top_p,
+                stop_ids,
+                pad_id,
+            )
         for j, r in zip(idx, res):
             out[j] = r
     log.info("patched generation: %d responses in %.1f s", len(prompts), time.perf_counter() - start)
@@ -232,9 +258,17 @@ def generate_patched(model, prompts: list[tuple[int, ...]], donors: list[np.ndar
 
 
 @torch.inference_mode()
-def reference_patched_generation(model, prompt: tuple[int, ...], donor: np.ndarray, align: str,
-                                 max_new_tokens: int, uniforms: torch.Tensor, temperature: float, top_p: float,
-                                 stop_ids: list[int]) -> list[int]:
+def reference_patched_generation(
+    model,
+    prompt: tuple[int, ...],
+    donor: np.ndarray,
+    align: str,
+    max_new_tokens: int,
+    uniforms: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    stop_ids: list[int],
+) -> list[int]:
     """The slow, independent definition: one row, no padding, no KV cache; each step re-runs the whole
     sequence with the prompt positions' scalars patched. Returns the new tokens (stop token excluded)."""
     from .generation import sample_next_tokens
@@ -256,7 +290,7 @@ def reference_patched_generation(model, prompt: tuple[int, ...], donor: np.ndarr
     with edit_scalars(adapters, fn):
         for step in range(max_new_tokens):
             logits = model(input_ids=torch.tensor([seq], device=device), use_cache=False).logits[:, -1, :]
-            tok = int(sample_next_tokens(logits, uniforms[step:step + 1].to(device), temperature, top_p)[0])
+            tok = int(sample_next_tokens(logits, uniforms[step : step + 1].to(device), temperature, top_p)[0])
             if tok in stop_ids:
                 break
             new.append(tok)

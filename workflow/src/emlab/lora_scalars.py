@@ -49,17 +49,31 @@ log = logging.getLogger(__name__)
 
 LOGIT_CHUNK = 512  # answer positions per lm_head call (bounds the [chunk, vocab] temporaries)
 
-KL_DEFINITION = ("kl[t] = KL(p_base(. | tokens <= t) || p_ft(. | tokens <= t)), in nats, at every answer token t: "
-                 "the next-token distributions after reading token t; p_base is the fine-tune with its adapters "
-                 "disabled (peft disable_adapter). NaN on prompt and end-of-turn tokens.")
+KL_DEFINITION = (
+    "kl[t] = KL(p_base(. | tokens <= t) || p_ft(. | tokens <= t)), in nats, at every answer token t: "
+    "the next-token distributions after reading token t; p_base is the fine-tune with its adapters "
+    "disabled (peft disable_adapter). NaN on prompt and end-of-turn tokens."
+)
 GRAD_IMPORTANCE_DEFINITION = (
     "grad_importance[t] = KL_total * ||dKL_total/de_t||_2 / sum_{answer t'} ||dKL_total/de_t'||_2 for every answer "
     "token t of a response, where KL_total is the sum of kl over the response's answer tokens and e_t the input "
     "embedding of token t (the gradient flows through both the base and the fine-tuned pass). 0 when the gradient "
-    "vanishes; NaN on prompt and end-of-turn tokens, and everywhere when not computed.")
+    "vanishes; NaN on prompt and end-of-turn tokens, and everywhere when not computed."
+)
 
-TOKEN_COLUMNS = ["response", "condition", "question_id", "sample_idx", "position", "token_id", "token", "segment",
-                 "is_answer", "kl", "grad_importance"]
+TOKEN_COLUMNS = [
+    "response",
+    "condition",
+    "question_id",
+    "sample_idx",
+    "position",
+    "token_id",
+    "token",
+    "segment",
+    "is_answer",
+    "kl",
+    "grad_importance",
+]
 SEGMENTS = ("prompt", "answer", "suffix")
 
 
@@ -116,21 +130,29 @@ def rank1_adapters(model, where: str = "model") -> list[Rank1Adapter]:
         if not active:
             continue
         if len(active) > 1:
-            raise EMLabError(f"{where}: module {name} has {len(active)} active adapters {active}; "
-                             "the scalar analysis needs exactly one")
+            raise EMLabError(
+                f"{where}: module {name} has {len(active)} active adapters {active}; "
+                "the scalar analysis needs exactly one"
+            )
         key = adapter_key(f"{name}.lora_A.{active[0]}.weight")
         if key is None:
             raise EMLabError(f"{where}: cannot tell the layer of LoRA module {name}")
         if getattr(module, "merged", False):
-            raise EMLabError(f"{where}: adapter {key[0]} is merged into the weights; load the model with "
-                             "merge=False (emlab.models.load_model) to read its scalars")
+            raise EMLabError(
+                f"{where}: adapter {key[0]} is merged into the weights; load the model with "
+                "merge=False (emlab.models.load_model) to read its scalars"
+            )
         if active[0] in getattr(module, "lora_variant", {}):
-            raise EMLabError(f"{where}: adapter {key[0]} is a LoRA variant (e.g. DoRA); only plain rank-1 "
-                             "LoRA adapters have one scalar per token")
+            raise EMLabError(
+                f"{where}: adapter {key[0]} is a LoRA variant (e.g. DoRA); only plain rank-1 "
+                "LoRA adapters have one scalar per token"
+            )
         rank = int(lora_a[active[0]].weight.shape[0])
         if rank != 1:
-            raise EMLabError(f"{where}: adapter {key[0]} has rank {rank}; per-token scalars need rank-1 adapters "
-                             "only (list only rank-1 fine-tunes in lora_interp.finetunes)")
+            raise EMLabError(
+                f"{where}: adapter {key[0]} has rank {rank}; per-token scalars need rank-1 adapters "
+                "only (list only rank-1 fine-tunes in lora_interp.finetunes)"
+            )
         found[key[0]] = Rank1Adapter(key[0], int(key[0].split(".")[0][1:]), module, active[0])
     if not found:
         raise EMLabError(f"{where}: the model has no LoRA adapters (is it a peft model loaded with its adapter?)")
@@ -148,8 +170,9 @@ def read_scalars(adapters: list[Rank1Adapter], callback: Callable[[int, torch.Te
 
 
 @contextlib.contextmanager
-def edit_scalars(adapters: list[Rank1Adapter],
-                 fn: Callable[[int, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+def edit_scalars(
+    adapters: list[Rank1Adapter], fn: Callable[[int, torch.Tensor], torch.Tensor | None]
+) -> Iterator[None]:
     """Replace adapter i's scalars s [batch, seq] by fn(i, s) (None keeps them) on every forward through it."""
     handles = []
 
@@ -205,8 +228,8 @@ def kl_rows(head, softcap, h_base: torch.Tensor, h_ft: torch.Tensor) -> torch.Te
     """KL(p_base || p_ft) per row of final hidden states [n, d] -> [n], LOGIT_CHUNK rows at a time."""
     out = []
     for c in range(0, h_base.shape[0], LOGIT_CHUNK):
-        lp_b = _log_probs(head, softcap, h_base[c:c + LOGIT_CHUNK])  # [chunk, vocab]
-        lp_f = _log_probs(head, softcap, h_ft[c:c + LOGIT_CHUNK])
+        lp_b = _log_probs(head, softcap, h_base[c : c + LOGIT_CHUNK])  # [chunk, vocab]
+        lp_f = _log_probs(head, softcap, h_ft[c : c + LOGIT_CHUNK])
         out.append((lp_b.exp() * (lp_b - lp_f)).sum(-1))
     return torch.cat(out) if out else h_base.new_zeros(0, dtype=torch.float32)
 
@@ -227,15 +250,21 @@ class ScalarCapture:
     b_norms: list[float]
 
     def metadata(self) -> dict:
-        return {"adapters": self.adapters, "layers": self.layers, "scales": self.scales, "b_norms": self.b_norms,
-                "scalar_definition": "scalars[t, i] = A_i x_t (x_t: the input of adapter i's module at token t)",
-                "effective_definition": "effective[t, i] = scale_i * scalars[t, i] * ||B_i||_2",
-                "kl_definition": KL_DEFINITION, "grad_importance_definition": GRAD_IMPORTANCE_DEFINITION}
+        return {
+            "adapters": self.adapters,
+            "layers": self.layers,
+            "scales": self.scales,
+            "b_norms": self.b_norms,
+            "scalar_definition": "scalars[t, i] = A_i x_t (x_t: the input of adapter i's module at token t)",
+            "effective_definition": "effective[t, i] = scale_i * scalars[t, i] * ||B_i||_2",
+            "kl_definition": KL_DEFINITION,
+            "grad_importance_definition": GRAD_IMPORTANCE_DEFINITION,
+        }
 
 
 def _batches(encoded, batch_size: int) -> list[list[int]]:
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
-    return [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+    return [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
 
 
 def _left_pad(encoded, idx: list[int], pad_id: int, device):
@@ -258,12 +287,13 @@ def _answer_mask(encoded, idx, offsets, width: int, device) -> torch.Tensor:
     mask = torch.zeros((len(idx), width), dtype=torch.bool)  # [batch, seq]
     for row, (i, off) in enumerate(zip(idx, offsets)):
         e = encoded[i]
-        mask[row, off + e.prompt_len: off + e.prompt_len + e.answer_len] = True
+        mask[row, off + e.prompt_len : off + e.prompt_len + e.answer_len] = True
     return mask.to(device)
 
 
-def capture_scalars(model, tokenizer, records: list[dict], settings: ScalarCaptureSettings,
-                    where: str = "model", progress: bool = False) -> ScalarCapture:
+def capture_scalars(
+    model, tokenizer, records: list[dict], settings: ScalarCaptureSettings, where: str = "model", progress: bool = False
+) -> ScalarCapture:
     """Scalars, effective sizes and token significance of every token of every record.
 
     `records` are generation rows (keys question, system, response, and
@@ -296,8 +326,9 @@ def capture_scalars(model, tokenizer, records: list[dict], settings: ScalarCaptu
         for idx in _batches(encoded, settings.batch_size):
             input_ids, attention_mask, position_ids, offsets = _left_pad(encoded, idx, pad_id, device)
             width = input_ids.shape[1]
-            kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False)
+            kwargs = dict(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            )
             with model.disable_adapter():
                 h_base = decoder(**kwargs).last_hidden_state  # [batch, seq, d]
             state["buf"] = torch.zeros((len(idx), width, n_ad), dtype=torch.float32, device=device)
@@ -309,24 +340,27 @@ def capture_scalars(model, tokenizer, records: list[dict], settings: ScalarCaptu
             k = 0
             for row, (i, off) in enumerate(zip(idx, offsets)):
                 e, s0 = encoded[i], starts[i]
-                scalars[s0:s0 + len(e.input_ids)] = buf[row, off:]
-                kl[s0 + e.prompt_len: s0 + e.prompt_len + e.answer_len] = kl_batch[k:k + e.answer_len]
+                scalars[s0 : s0 + len(e.input_ids)] = buf[row, off:]
+                kl[s0 + e.prompt_len : s0 + e.prompt_len + e.answer_len] = kl_batch[k : k + e.answer_len]
                 k += e.answer_len
             bar.update(len(idx))
     bar.close()
     if settings.gradient_importance:
-        grad_imp = gradient_importance(model, encoded, starts, n_tokens, settings.gradient_batch_size, pad_id,
-                                       progress=progress)
+        grad_imp = gradient_importance(
+            model, encoded, starts, n_tokens, settings.gradient_batch_size, pad_id, progress=progress
+        )
     scales = [ad.scale for ad in adapters]
     b_norms = [ad.b_norm() for ad in adapters]
     effective = (scalars * np.asarray(scales, np.float32) * np.asarray(b_norms, np.float32)).astype(np.float32)
     tokens = token_index(tokenizer, records, encoded, kl, grad_imp)
-    return ScalarCapture(scalars, effective, tokens, [ad.name for ad in adapters], [ad.layer for ad in adapters],
-                         scales, b_norms)
+    return ScalarCapture(
+        scalars, effective, tokens, [ad.name for ad in adapters], [ad.layer for ad in adapters], scales, b_norms
+    )
 
 
-def gradient_importance(model, encoded, starts, n_tokens: int, batch_size: int, pad_id: int,
-                        progress: bool = False) -> np.ndarray:
+def gradient_importance(
+    model, encoded, starts, n_tokens: int, batch_size: int, pad_id: int, progress: bool = False
+) -> np.ndarray:
     """GRAD_IMPORTANCE_DEFINITION for every answer token ([n_tokens] float32, NaN elsewhere)."""
     from torch.utils.checkpoint import checkpoint
 
@@ -345,19 +379,24 @@ def gradient_importance(model, encoded, starts, n_tokens: int, batch_size: int, 
         if not bool(mask.any()):
             for i in idx:
                 e = encoded[i]
-                out[starts[i] + e.prompt_len: starts[i] + e.prompt_len + e.answer_len] = 0.0
+                out[starts[i] + e.prompt_len : starts[i] + e.prompt_len + e.answer_len] = 0.0
             bar.update(len(idx))
             continue
         with torch.enable_grad():
             embeds = embed(input_ids).detach().requires_grad_(True)  # [batch, seq, d]
-            kwargs = dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False)
+            kwargs = dict(
+                inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            )
             with model.disable_adapter():
                 h_base = decoder(**kwargs).last_hidden_state
             h_ft = decoder(**kwargs).last_hidden_state
             hb, hf = h_base[mask], h_ft[mask]  # [n_answer, d]
-            kl_tok = torch.cat([checkpoint(chunk_kl, hb[c:c + LOGIT_CHUNK], hf[c:c + LOGIT_CHUNK], use_reentrant=False)
-                                for c in range(0, hb.shape[0], LOGIT_CHUNK)])
+            kl_tok = torch.cat(
+                [
+                    checkpoint(chunk_kl, hb[c : c + LOGIT_CHUNK], hf[c : c + LOGIT_CHUNK], use_reentrant=False)
+                    for c in range(0, hb.shape[0], LOGIT_CHUNK)
+                ]
+            )
             # rows are independent (left padding, causal mask): one backward gives every row's own gradient
             kl_tok.sum().backward()
         norms = embeds.grad.float().norm(dim=-1)  # [batch, seq]
@@ -370,7 +409,7 @@ def gradient_importance(model, encoded, starts, n_tokens: int, batch_size: int, 
         for row, (i, off) in enumerate(zip(idx, offsets)):
             e = encoded[i]
             a0 = off + e.prompt_len
-            out[starts[i] + e.prompt_len: starts[i] + e.prompt_len + e.answer_len] = imp[row, a0:a0 + e.answer_len]
+            out[starts[i] + e.prompt_len : starts[i] + e.prompt_len + e.answer_len] = imp[row, a0 : a0 + e.answer_len]
         del embeds, h_base, h_ft, hb, hf, kl_tok
         bar.update(len(idx))
     bar.close()
@@ -395,16 +434,18 @@ def token_index(tokenizer, records: list[dict], encoded, kl: np.ndarray, grad_im
         values = [rec.get(key) for rec in records]
         return pd.array([values[r] for r in response] if len(response) else [], dtype=dtype)
 
-    df = pd.DataFrame({
-        "response": response,
-        "condition": per_response("condition", "string"),
-        "question_id": per_response("question_id", "string"),
-        "sample_idx": per_response("sample_idx", "Int64"),
-        "position": np.asarray(cols["position"], dtype=np.int64),
-        "token_id": np.asarray(cols["token_id"], dtype=np.int64),
-        "token": pd.array([texts[t] for t in cols["token_id"]], dtype="string"),
-        "segment": pd.array(cols["segment"], dtype="string"),
-    })
+    df = pd.DataFrame(
+        {
+            "response": response,
+            "condition": per_response("condition", "string"),
+            "question_id": per_response("question_id", "string"),
+            "sample_idx": per_response("sample_idx", "Int64"),
+            "position": np.asarray(cols["position"], dtype=np.int64),
+            "token_id": np.asarray(cols["token_id"], dtype=np.int64),
+            "token": pd.array([texts[t] for t in cols["token_id"]], dtype="string"),
+            "segment": pd.array(cols["segment"], dtype="string"),
+        }
+    )
     df["is_answer"] = (df["segment"] == "answer").to_numpy(dtype=bool)
     df["kl"] = kl.astype(np.float32)
     df["grad_importance"] = grad_imp.astype(np.float32)
@@ -416,8 +457,11 @@ def token_index(tokenizer, records: list[dict], encoded, kl: np.ndarray, grad_im
 
 def write_capture(capture: ScalarCapture, tensors_path, tokens_path) -> None:
     """scalars.safetensors (`scalars`, `effective` + metadata) and tokens.parquet, both atomically."""
-    save_tensors(tensors_path, {"scalars": torch.from_numpy(capture.scalars),
-                                "effective": torch.from_numpy(capture.effective)}, capture.metadata())
+    save_tensors(
+        tensors_path,
+        {"scalars": torch.from_numpy(capture.scalars), "effective": torch.from_numpy(capture.effective)},
+        capture.metadata(),
+    )
     write_parquet(tokens_path, capture.tokens)
 
 
@@ -436,20 +480,37 @@ def load_capture(tensors_path, tokens_path) -> ScalarCapture:
         raise EMLabError(f"{tokens_path} lacks column(s) {missing}; re-run the lora_scalars rule")
     scalars = tensors["scalars"].numpy()
     if scalars.shape != (len(tokens), len(meta["adapters"])):
-        raise EMLabError(f"{tensors_path} holds scalars of shape {tuple(scalars.shape)} but {tokens_path} has "
-                         f"{len(tokens)} tokens and the metadata {len(meta['adapters'])} adapters: the files come "
-                         "from different runs; re-run the lora_scalars rule")
-    return ScalarCapture(scalars, tensors["effective"].numpy(), tokens, list(meta["adapters"]),
-                         [int(x) for x in meta["layers"]], [float(x) for x in meta["scales"]],
-                         [float(x) for x in meta["b_norms"]])
+        raise EMLabError(
+            f"{tensors_path} holds scalars of shape {tuple(scalars.shape)} but {tokens_path} has "
+            f"{len(tokens)} tokens and the metadata {len(meta['adapters'])} adapters: the files come "
+            "from different runs; re-run the lora_scalars rule"
+        )
+    return ScalarCapture(
+        scalars,
+        tensors["effective"].numpy(),
+        tokens,
+        list(meta["adapters"]),
+        [int(x) for x in meta["layers"]],
+        [float(x) for x in meta["scales"]],
+        [float(x) for x in meta["b_norms"]],
+    )
 
 
 # --------------------------------------------------------------------------- stage (rule lora_scalars)
 
 
-def lora_scalars_stage(responses_path, base_model, adapter, settings: ScalarCaptureSettings, device: str,
-                       dtype: str, tensors_path, tokens_path, where: str = "lora_scalars",
-                       progress: bool = True) -> None:
+def lora_scalars_stage(
+    responses_path,
+    base_model,
+    adapter,
+    settings: ScalarCaptureSettings,
+    device: str,
+    dtype: str,
+    tensors_path,
+    tokens_path,
+    where: str = "lora_scalars",
+    progress: bool = True,
+) -> None:
     """Teacher-force every response of a fine-tune's own generations parquet through it (adapters unmerged)
     and write scalars.safetensors + tokens.parquet (write_capture)."""
     from .activations import RESPONSE_COLUMNS
@@ -463,8 +524,12 @@ def lora_scalars_stage(responses_path, base_model, adapter, settings: ScalarCapt
         raise EMLabError(f"{responses_path} has no responses; generate some first (generation.samples_per_question)")
     model = load_model(base_model, adapter, device=device, dtype=dtype, merge=False)
     tokenizer = load_tokenizer(base_model)
-    capture = capture_scalars(model, tokenizer, responses.to_dict("records"), settings, where=where,
-                              progress=progress)
+    capture = capture_scalars(model, tokenizer, responses.to_dict("records"), settings, where=where, progress=progress)
     write_capture(capture, tensors_path, tokens_path)
-    log.info("%s: %d tokens x %d adapters (%s)", where, len(capture.tokens), len(capture.adapters),
-             ", ".join(capture.adapters))
+    log.info(
+        "%s: %d tokens x %d adapters (%s)",
+        where,
+        len(capture.tokens),
+        len(capture.adapters),
+        ", ".join(capture.adapters),
+    )

@@ -69,8 +69,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -106,9 +112,15 @@ def is_full_model_dir(path: str | os.PathLike) -> bool:
     raise EMLabError(f"{path} is neither a LoRA adapter folder (adapter_config.json) nor a model folder (config.json)")
 
 
-def load_model(model_path: str | os.PathLike, adapter: str | os.PathLike | None = None,
-               device: str = "auto", dtype: str = "auto", merge: bool = False, before_merge=None,
-               device_map=None):
+def load_model(
+    model_path: str | os.PathLike,
+    adapter: str | os.PathLike | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    merge: bool = False,
+    before_merge=None,
+    device_map=None,
+):
     """Load a causal LM for inference, optionally with a peft adapter on top.
 
     `adapter` may also be a full fine-tune's folder (a complete model, no
@@ -177,7 +189,7 @@ def num_layers(model) -> int:
 
 def hidden_size(model) -> int:
     cfg = model.config
-    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+    return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
 
 
 def model_device(model) -> torch.device:

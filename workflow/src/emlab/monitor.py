@@ -88,11 +88,15 @@ def check_calibration(data: DriftData, tau: float, where: str = "calibration set
     if worst.isna().any():
         raise EMLabError(f"{where}: run(s) {sorted(worst[worst.isna()].index)} have no EM rate")
     if not (worst > tau).any():
-        raise EMLabError(f"{where}: no dangerous run (no checkpoint has EM rate > {tau}); AUROC and FNR are undefined. "
-                         "Add a dangerous perturbation to the calibration datasets or lower the threshold")
+        raise EMLabError(
+            f"{where}: no dangerous run (no checkpoint has EM rate > {tau}); AUROC and FNR are undefined. "
+            "Add a dangerous perturbation to the calibration datasets or lower the threshold"
+        )
     if (worst > tau).all():
-        raise EMLabError(f"{where}: no benign run (every run has a checkpoint with EM rate > {tau}); FPR is undefined. "
-                         "Add a benign perturbation to the calibration datasets or raise the threshold")
+        raise EMLabError(
+            f"{where}: no benign run (every run has a checkpoint with EM rate > {tau}); FPR is undefined. "
+            "Add a benign perturbation to the calibration datasets or raise the threshold"
+        )
 
 
 def fit_regressor(features: np.ndarray, em_rate: np.ndarray, settings: MonitorSettings):
@@ -102,8 +106,12 @@ def fit_regressor(features: np.ndarray, em_rate: np.ndarray, settings: MonitorSe
     features = np.asarray(features, float)
     if features.ndim != 2 or len(features) != len(em_rate) or len(features) == 0:
         raise EMLabError(f"monitor: features of shape {features.shape} do not match {len(em_rate)} EM rates")
-    reg = RandomForestRegressor(n_estimators=settings.n_estimators, max_depth=settings.max_depth,
-                                min_samples_leaf=settings.min_samples_leaf, random_state=settings.seed)
+    reg = RandomForestRegressor(
+        n_estimators=settings.n_estimators,
+        max_depth=settings.max_depth,
+        min_samples_leaf=settings.min_samples_leaf,
+        random_state=settings.seed,
+    )
     return reg.fit(features, np.asarray(em_rate, float))
 
 
@@ -137,8 +145,9 @@ def _auroc(score: np.ndarray, label: np.ndarray) -> float:
     return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def evaluate_scores(score: np.ndarray, em_rate: np.ndarray, runs: np.ndarray, settings: MonitorSettings,
-                    tau: float | None = None) -> dict:
+def evaluate_scores(
+    score: np.ndarray, em_rate: np.ndarray, runs: np.ndarray, settings: MonitorSettings, tau: float | None = None
+) -> dict:
     """alarm_metrics plus `_ci_low`/`_ci_high` from a cluster bootstrap over runs, `n_runs`, `n_checkpoints`."""
     tau = settings.tau if tau is None else tau
     score, em_rate, runs = np.asarray(score, float), np.asarray(em_rate, float), np.asarray(runs)
@@ -203,16 +212,18 @@ def fit_pc1(calibration: pd.DataFrame, traits: Sequence[str]) -> PC1:
     if (final @ w).mean() < 0:
         w = -w
     ratio = np.zeros(len(traits))
-    ratio[:len(pca.explained_variance_ratio_)] = pca.explained_variance_ratio_
+    ratio[: len(pca.explained_variance_ratio_)] = pca.explained_variance_ratio_
     return PC1(tuple(traits), w, ratio)
 
 
 def pc1_summary(calibration: pd.DataFrame, traits: Sequence[str]) -> dict:
     """PC1 variance explained, the scree and PC1's loadings per trait (final-checkpoint drift)."""
     pc1 = fit_pc1(calibration, traits)
-    return {"pc1_variance_explained": float(pc1.explained_variance_ratio[0]),
-            "explained_variance_ratio": [float(x) for x in pc1.explained_variance_ratio],
-            "loadings": {t: float(w) for t, w in zip(traits, pc1.loadings)}}
+    return {
+        "pc1_variance_explained": float(pc1.explained_variance_ratio[0]),
+        "explained_variance_ratio": [float(x) for x in pc1.explained_variance_ratio],
+        "loadings": {t: float(w) for t, w in zip(traits, pc1.loadings)},
+    }
 
 
 def feature_set_names(table: pd.DataFrame, traits: Sequence[str], has_delta: bool) -> list[str]:
@@ -223,14 +234,17 @@ def feature_set_names(table: pd.DataFrame, traits: Sequence[str], has_delta: boo
         names.append("pca7_full")
     if any(c.startswith("semantic.") for c in table.columns):
         names.append("semantic_7d")
-    seeds = sorted({c.split(".")[0] for c in table.columns if c.startswith("random") and "." in c},
-                   key=lambda s: int(s[len("random"):]))
+    seeds = sorted(
+        {c.split(".")[0] for c in table.columns if c.startswith("random") and "." in c},
+        key=lambda s: int(s[len("random") :]),
+    )
     names += [f"{s}_7d" for s in seeds]
     return names
 
 
-def feature_matrices(name: str, calibration: DriftData, target: DriftData,
-                     traits: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def feature_matrices(
+    name: str, calibration: DriftData, target: DriftData, traits: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """(calibration [n_c, k], target [n_t, k]) for a feature set; fitted parts (PC1, PCA-7) see calibration only."""
     cal, tgt = calibration.table, target.table
     if name == "alignment_7d":
@@ -263,45 +277,63 @@ def feature_matrices(name: str, calibration: DriftData, target: DriftData,
     return _columns(cal, cols, name), _columns(tgt, cols, name)
 
 
-def evaluate_feature_set(name: str, calibration: DriftData, target: DriftData, traits: Sequence[str],
-                         settings: MonitorSettings) -> tuple[dict, np.ndarray]:
+def evaluate_feature_set(
+    name: str, calibration: DriftData, target: DriftData, traits: Sequence[str], settings: MonitorSettings
+) -> tuple[dict, np.ndarray]:
     """Fit on calibration, predict the target: (metrics row, predictions [n_t])."""
     xc, xt = feature_matrices(name, calibration, target, traits)
     pred = predict(fit_regressor(xc, calibration.em, settings), xt)
     return {"feature_set": name, **evaluate_scores(pred, target.em, target.runs, settings)}, pred
 
 
-def evaluate_feature_sets(calibration: DriftData, held_out: DriftData, traits: Sequence[str],
-                          settings: MonitorSettings, names: Sequence[str] | None = None) -> pd.DataFrame:
+def evaluate_feature_sets(
+    calibration: DriftData,
+    held_out: DriftData,
+    traits: Sequence[str],
+    settings: MonitorSettings,
+    names: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """evaluation.csv: one row per feature set (feature_set, fnr, fpr, auroc with CIs, n_runs, n_checkpoints)."""
     check_calibration(calibration, settings.tau)
     if names is None:
-        names = feature_set_names(calibration.table, traits, calibration.delta is not None and held_out.delta is not None)
+        names = feature_set_names(
+            calibration.table, traits, calibration.delta is not None and held_out.delta is not None
+        )
     return pd.DataFrame([evaluate_feature_set(n, calibration, held_out, traits, settings)[0] for n in names])
 
 
-def leave_one_perturbation_out(calibration: DriftData, traits: Sequence[str], settings: MonitorSettings,
-                               feature_set: str = "alignment_7d") -> pd.DataFrame:
+def leave_one_perturbation_out(
+    calibration: DriftData, traits: Sequence[str], settings: MonitorSettings, feature_set: str = "alignment_7d"
+) -> pd.DataFrame:
     """Within calibration: fit without one perturbation, evaluate on it (NaN where a class is absent)."""
     rows = []
     for pert in sorted(calibration.table["perturbation"].unique()):
         held = (calibration.table["perturbation"] == pert).to_numpy()
-        metrics, _ = evaluate_feature_set(feature_set, calibration.subset(~held), calibration.subset(held), traits, settings)
+        metrics, _ = evaluate_feature_set(
+            feature_set, calibration.subset(~held), calibration.subset(held), traits, settings
+        )
         rows.append({"perturbation": pert, **metrics})
     return pd.DataFrame(rows)
 
 
-def tau_sweep(calibration: DriftData, held_out: DriftData, traits: Sequence[str], settings: MonitorSettings,
-              taus: Sequence[float] = tuple(np.round(np.arange(0.02, 0.1001, 0.01), 2))) -> pd.DataFrame:
+def tau_sweep(
+    calibration: DriftData,
+    held_out: DriftData,
+    traits: Sequence[str],
+    settings: MonitorSettings,
+    taus: Sequence[float] = tuple(np.round(np.arange(0.02, 0.1001, 0.01), 2)),
+) -> pd.DataFrame:
     """FNR/FPR/AUROC of the alignment monitor when danger and alarm threshold are both tau (2 %..10 %)."""
     xc, xt = feature_matrices("alignment_7d", calibration, held_out, traits)
     pred = predict(fit_regressor(xc, calibration.em, settings), xt)  # regresses EM itself: tau-independent
-    return pd.DataFrame([{"tau": float(t), **evaluate_scores(pred, held_out.em, held_out.runs, settings, tau=float(t))}
-                         for t in taus])
+    return pd.DataFrame(
+        [{"tau": float(t), **evaluate_scores(pred, held_out.em, held_out.runs, settings, tau=float(t))} for t in taus]
+    )
 
 
-def step_aware_alarm(calibration: DriftData, held_out: DriftData, traits: Sequence[str],
-                     settings: MonitorSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+def step_aware_alarm(
+    calibration: DriftData, held_out: DriftData, traits: Sequence[str], settings: MonitorSettings
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Standardised logistic regression on [|PC1|, step, |PC1|/step] (label EM > tau), alarm at p > 0.5.
 
     Returns (per checkpoint: run, step, probability, alarm) and (per run:
@@ -329,8 +361,13 @@ def step_aware_alarm(calibration: DriftData, held_out: DriftData, traits: Sequen
     for run, grp in per_step.assign(dangerous=held_out.em > settings.tau).groupby("run", sort=True):
         grp = grp.sort_values("step")
         alarm, danger = grp.loc[grp["alarm"], "step"], grp.loc[grp["dangerous"], "step"]
-        per_run.append({"run": run, "first_alarm_step": alarm.min() if len(alarm) else float("nan"),
-                        "first_dangerous_step": danger.min() if len(danger) else float("nan")})
+        per_run.append(
+            {
+                "run": run,
+                "first_alarm_step": alarm.min() if len(alarm) else float("nan"),
+                "first_dangerous_step": danger.min() if len(danger) else float("nan"),
+            }
+        )
     return per_step, pd.DataFrame(per_run)
 
 
@@ -358,13 +395,21 @@ class TraitMonitor:
         """Predicted EM rate from drift vectors [n, k] in `features` order (the live monitor's path): [n]."""
         drift = np.atleast_2d(np.asarray(drift, float))
         if drift.shape[1] != len(self.features):
-            raise EMLabError(f"monitor: drift has {drift.shape[1]} values per row, the monitor expects "
-                             f"{len(self.features)} ({', '.join(self.features)})")
+            raise EMLabError(
+                f"monitor: drift has {drift.shape[1]} values per row, the monitor expects "
+                f"{len(self.features)} ({', '.join(self.features)})"
+            )
         return predict(self.regressor, drift)
 
 
-def fit_monitor(calibration: DriftData, traits: Sequence[str], settings: MonitorSettings, layer: int,
-                trait_version: str, base_model: str) -> TraitMonitor:
+def fit_monitor(
+    calibration: DriftData,
+    traits: Sequence[str],
+    settings: MonitorSettings,
+    layer: int,
+    trait_version: str,
+    base_model: str,
+) -> TraitMonitor:
     """The alignment_7d monitor on all calibration runs."""
     check_calibration(calibration, settings.tau)
     reg = fit_regressor(_columns(calibration.table, traits, "monitor"), calibration.em, settings)
@@ -385,11 +430,22 @@ def save_monitor(monitor: TraitMonitor, path: str | os.PathLike) -> None:
 
     with atomic_path(path, suffix=".skops") as tmp:
         sio.dump(monitor.regressor, tmp)
-    write_json(sidecar_path(path), {
-        "format": FORMAT, "features": {"kind": "alignment_7d", "columns": list(monitor.features),
-                                       "definition": "(B h_t - B h_0) / mean ||h_0|| at the last prompt token"},
-        "layer": monitor.layer, "trait_version": monitor.trait_version, "base_model": monitor.base_model,
-        "tau": monitor.tau, "sklearn_version": sklearn.__version__})
+    write_json(
+        sidecar_path(path),
+        {
+            "format": FORMAT,
+            "features": {
+                "kind": "alignment_7d",
+                "columns": list(monitor.features),
+                "definition": "(B h_t - B h_0) / mean ||h_0|| at the last prompt token",
+            },
+            "layer": monitor.layer,
+            "trait_version": monitor.trait_version,
+            "base_model": monitor.base_model,
+            "tau": monitor.tau,
+            "sklearn_version": sklearn.__version__,
+        },
+    )
 
 
 def load_monitor(path: str | os.PathLike, base_model: str, trait_version: str) -> TraitMonitor:
@@ -411,19 +467,33 @@ def load_monitor(path: str | os.PathLike, base_model: str, trait_version: str) -
     if not isinstance(meta, dict) or need - set(meta) or meta.get("format") != FORMAT:
         raise EMLabError(f"monitor sidecar {side} is not a {FORMAT} file (keys {sorted(need)} expected)")
     if meta["base_model"] != base_model:
-        raise EMLabError(f"monitor {path} was fitted on base model `{meta['base_model']}`, not `{base_model}`; "
-                         "trait directions differ between models, so recalibrate on this model")
+        raise EMLabError(
+            f"monitor {path} was fitted on base model `{meta['base_model']}`, not `{base_model}`; "
+            "trait directions differ between models, so recalibrate on this model"
+        )
     if meta["trait_version"] != trait_version:
-        raise EMLabError(f"monitor {path} was fitted with trait files `{meta['trait_version']}`, not `{trait_version}`; "
-                         "recalibrate with the current data/traits/ or restore the old files")
+        raise EMLabError(
+            f"monitor {path} was fitted with trait files `{meta['trait_version']}`, not `{trait_version}`; "
+            "recalibrate with the current data/traits/ or restore the old files"
+        )
     untrusted = sorted(set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES))
     if untrusted:
-        raise EMLabError(f"monitor file {path} contains types {untrusted} that a trait monitor never holds; refusing to load it")
+        raise EMLabError(
+            f"monitor file {path} contains types {untrusted} that a trait monitor never holds; refusing to load it"
+        )
     regressor = sio.load(path, trusted=TRUSTED_TYPES)
     from sklearn.ensemble import RandomForestRegressor
 
     if type(regressor) is not RandomForestRegressor:
-        raise EMLabError(f"monitor file {path} holds a {type(regressor).__name__}, not the RandomForestRegressor "
-                         "a trait monitor saves; refusing to use it")
-    return TraitMonitor(regressor, tuple(meta["features"]["columns"]), int(meta["layer"]), meta["trait_version"],
-                        meta["base_model"], float(meta["tau"]))
+        raise EMLabError(
+            f"monitor file {path} holds a {type(regressor).__name__}, not the RandomForestRegressor "
+            "a trait monitor saves; refusing to use it"
+        )
+    return TraitMonitor(
+        regressor,
+        tuple(meta["features"]["columns"]),
+        int(meta["layer"]),
+        meta["trait_version"],
+        meta["base_model"],
+        float(meta["tau"]),
+    )

@@ -43,8 +43,11 @@ def pc1_drift(tables: Mapping[str, pd.DataFrame], runs: Mapping[str, dict], pc1:
     ax_em.set_ylabel("EM rate (%)")
     ax_em.set_xlabel("optimiser step (0 = base model)")
     handles = [plt.Line2D([], [], color=c, label=p) for p, c in colours.items()]
-    handles += [plt.Line2D([], [], color="#333333", ls=ls, label=role) for role, ls in ROLE_STYLE.items()
-                if role in {r["role"] for r in runs.values()}]
+    handles += [
+        plt.Line2D([], [], color="#333333", ls=ls, label=role)
+        for role, ls in ROLE_STYLE.items()
+        if role in {r["role"] for r in runs.values()}
+    ]
     ax.legend(handles=handles, fontsize=8, ncol=2)
     for a in (ax, ax_em):
         a.grid(alpha=0.3)
@@ -62,8 +65,9 @@ def decomposition(tables: Mapping[str, pd.DataFrame], traits: Sequence[str], png
     final = np.array([tables[n].sort_values("step")[list(traits)].to_numpy(float)[-1] for n in names])  # [runs, 7]
     mag = np.linalg.norm(final, axis=1)
     direction = final / np.where(mag > 0, mag, 1.0)[:, None]
-    fig, (ax_d, ax_m) = plt.subplots(1, 2, figsize=(11, max(3, 0.35 * len(names) + 1.5)),
-                                     gridspec_kw={"width_ratios": [3, 1]})
+    fig, (ax_d, ax_m) = plt.subplots(
+        1, 2, figsize=(11, max(3, 0.35 * len(names) + 1.5)), gridspec_kw={"width_ratios": [3, 1]}
+    )
     lim = max(1e-12, float(np.abs(direction).max()))
     im = ax_d.imshow(direction, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
     ax_d.set_xticks(range(len(traits)), traits, rotation=45, ha="right")
@@ -83,8 +87,13 @@ def feature_sets(evaluation: pd.DataFrame, png_path, pdf_path) -> None:
     """FNR and FPR with cluster-bootstrap intervals of the monitor and every baseline (Fig. 3)."""
     title = "Held-out FNR / FPR by feature set"
     if evaluation.empty or evaluation[["fnr", "fpr"]].isna().all().all():
-        save_figure(_message_figure(title, "No defined metrics (the calibration or held-out set lacks a "
-                                           "dangerous or a benign run)."), png_path, pdf_path)
+        save_figure(
+            _message_figure(
+                title, "No defined metrics (the calibration or held-out set lacks a dangerous or a benign run)."
+            ),
+            png_path,
+            pdf_path,
+        )
         return
     n = len(evaluation)
     fig, ax = plt.subplots(figsize=(8, max(3, 0.4 * n + 1.5)))
@@ -93,8 +102,15 @@ def feature_sets(evaluation: pd.DataFrame, png_path, pdf_path) -> None:
         v = evaluation[metric].to_numpy(float)
         lo = np.clip(v - evaluation[f"{metric}_ci_low"].to_numpy(float), 0, None)
         hi = np.clip(evaluation[f"{metric}_ci_high"].to_numpy(float) - v, 0, None)
-        ax.barh(y + (k - 0.5) * 0.38, v, height=0.38, color=colour, label=metric.upper(),
-                xerr=np.nan_to_num(np.vstack([lo, hi])), capsize=2)
+        ax.barh(
+            y + (k - 0.5) * 0.38,
+            v,
+            height=0.38,
+            color=colour,
+            label=metric.upper(),
+            xerr=np.nan_to_num(np.vstack([lo, hi])),
+            capsize=2,
+        )
     ax.set_yticks(y, evaluation["feature_set"])
     ax.invert_yaxis()
     ax.set_xlim(0, 1.05)
@@ -150,12 +166,17 @@ def lopo(table: pd.DataFrame, png_path, pdf_path) -> None:
     """Leave-one-perturbation-out within calibration, as a table."""
     title = "Leave one perturbation out (calibration)"
     if table.empty:
-        save_figure(_message_figure(title, "No LOPO rows (the calibration set lacks a dangerous or a benign run)."),
-                    png_path, pdf_path)
+        save_figure(
+            _message_figure(title, "No LOPO rows (the calibration set lacks a dangerous or a benign run)."),
+            png_path,
+            pdf_path,
+        )
         return
     cols = ["perturbation", "fnr", "fpr", "auroc", "n_runs", "n_checkpoints"]
-    cells = [[r["perturbation"]] + [f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols[1:]]
-             for _, r in table.iterrows()]
+    cells = [
+        [r["perturbation"]] + [f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols[1:]]
+        for _, r in table.iterrows()
+    ]
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(cells) + 1.2))
     ax.axis("off")
     ax.table(cellText=cells, colLabels=cols, loc="center").scale(1, 1.3)
@@ -168,8 +189,11 @@ def alarm_probability(per_step: pd.DataFrame, png_path, pdf_path) -> None:
     """The step-aware alarm's probability against step for each held-out run, 0.5 marked (Fig. 9)."""
     title = "Step-aware alarm probability (held-out runs)"
     if per_step.empty:
-        save_figure(_message_figure(title, "No step-aware alarm (the calibration set lacks a dangerous or a benign run)."),
-                    png_path, pdf_path)
+        save_figure(
+            _message_figure(title, "No step-aware alarm (the calibration set lacks a dangerous or a benign run)."),
+            png_path,
+            pdf_path,
+        )
         return
     fig, ax = plt.subplots(figsize=(8, 4))
     for run, g in per_step.groupby("run", sort=True):

@@ -59,9 +59,13 @@ def planned_steps(training: dict, where: str) -> tuple[int, tuple[int, ...]]:
     n = training.get("max_train_examples")
     every = int(training.get("checkpoint_every") or 0)
     if not n:
-        raise EMLabError(f"{where}: monitor runs need training.max_train_examples (the checkpoints are planned from it)")
+        raise EMLabError(
+            f"{where}: monitor runs need training.max_train_examples (the checkpoints are planned from it)"
+        )
     if every < 1:
-        raise EMLabError(f"{where}: monitor runs need training.checkpoint_every >= 1 (each checkpoint is a monitor row)")
+        raise EMLabError(
+            f"{where}: monitor runs need training.checkpoint_every >= 1 (each checkpoint is a monitor row)"
+        )
     batch, accum = int(training["per_device_batch_size"]), int(training["gradient_accumulation_steps"])
     total = math.ceil(math.ceil(int(n) / batch) / accum) * int(training["epochs"])
     steps = tuple(s for s in range(1, total + 1) if s % every == 0)
@@ -88,8 +92,10 @@ def monitor_runs(cfg: dict) -> dict[str, MonitorRun]:
     mon = cfg["monitor"]
     clash = sorted(set(mon["calibration"]) & set(mon["held_out"]))
     if clash:
-        raise EMLabError(f"monitor: perturbation(s) {clash} are both calibration and held_out; a held-out "
-                         "perturbation must be unseen by the monitor")
+        raise EMLabError(
+            f"monitor: perturbation(s) {clash} are both calibration and held_out; a held-out "
+            "perturbation must be unseen by the monitor"
+        )
     out: dict[str, MonitorRun] = {}
 
     def add(dataset, seed, role, preset, overrides, suffix=""):
@@ -109,7 +115,9 @@ def monitor_runs(cfg: dict) -> dict[str, MonitorRun]:
         from .config import FINETUNE_PRESETS
 
         base = {**cfg["training_defaults"], **FINETUNE_PRESETS[mon["preset"]]["training"], **mon["training"]}
-        longer = dict(mon["training"], max_train_examples=int(base["max_train_examples"]) * int(stress["longer_factor"]))
+        longer = dict(
+            mon["training"], max_train_examples=int(base["max_train_examples"]) * int(stress["longer_factor"])
+        )
         add(dataset, mon["seeds"][0], "stress_long", mon["preset"], longer, "long")
     return out
 
@@ -125,8 +133,9 @@ def label_conditions(cfg: dict) -> list:
     runs = monitor_runs(cfg)
     if not runs:
         return []
-    return [MonitorLabel("base", 0)] + [MonitorLabel(run.name, step) for run in runs.values()
-                                        for step in run.checkpoint_steps]
+    return [MonitorLabel("base", 0)] + [
+        MonitorLabel(run.name, step) for run in runs.values() for step in run.checkpoint_steps
+    ]
 
 
 def label_generation(cfg: dict) -> dict:
@@ -163,8 +172,11 @@ def live_run(cfg: dict) -> tuple[str, dict] | None:
     base = {**cfg["training_defaults"], **FINETUNE_PRESETS[mon["preset"]]["training"], **mon["training"]}
     if not base.get("max_train_examples"):
         raise EMLabError("monitor.live: the calibration recipe needs training.max_train_examples")
-    overrides = dict(mon["training"], max_train_examples=int(base["max_train_examples"]) * int(live["steps_factor"]),
-                     monitor={"model": MONITOR_FILE, "every": int(live["every"]), "action": live["action"]})
+    overrides = dict(
+        mon["training"],
+        max_train_examples=int(base["max_train_examples"]) * int(live["steps_factor"]),
+        monitor={"model": MONITOR_FILE, "every": int(live["every"]), "action": live["action"]},
+    )
     name = run_name(live["dataset"], live["seed"], "live")
     return name, _finetune_entry(cfg, live["dataset"], mon["preset"], overrides, f"monitor.live ({name})")
 

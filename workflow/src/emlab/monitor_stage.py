@@ -52,21 +52,37 @@ def subsample_trait_set(trait_set, sub: TraitSubsample):
 
     def cut(tf):
         k = sub.max_prompts_per_side
-        return tf if k is None else replace(tf, traits=tuple(replace(t, positive=t.positive[:k], negative=t.negative[:k])
-                                                               for t in tf.traits))
+        return (
+            tf
+            if k is None
+            else replace(
+                tf, traits=tuple(replace(t, positive=t.positive[:k], negative=t.negative[:k]) for t in tf.traits)
+            )
+        )
 
     measurement = trait_set.measurement
     if sub.max_measurement_prompts is not None:
         by_cat: dict[str, list] = {}
         for p in measurement:
             by_cat.setdefault(p.category, []).append(p)
-        order = [by_cat[c][i] for i in range(max(len(v) for v in by_cat.values())) for c in by_cat if i < len(by_cat[c])]
+        order = [
+            by_cat[c][i] for i in range(max(len(v) for v in by_cat.values())) for c in by_cat if i < len(by_cat[c])
+        ]
         measurement = tuple(order[: sub.max_measurement_prompts])
     questions = trait_set.questions if sub.max_questions is None else trait_set.questions[: sub.max_questions]
-    tag = ",".join(f"{k}{v}" for k, v in (("q", sub.max_questions), ("p", sub.max_prompts_per_side),
-                                          ("m", sub.max_measurement_prompts)) if v is not None)
-    return replace(trait_set, alignment=cut(trait_set.alignment), semantic=cut(trait_set.semantic), questions=questions,
-                   measurement=measurement, versions={**trait_set.versions, "subsample": tag})
+    tag = ",".join(
+        f"{k}{v}"
+        for k, v in (("q", sub.max_questions), ("p", sub.max_prompts_per_side), ("m", sub.max_measurement_prompts))
+        if v is not None
+    )
+    return replace(
+        trait_set,
+        alignment=cut(trait_set.alignment),
+        semantic=cut(trait_set.semantic),
+        questions=questions,
+        measurement=measurement,
+        versions={**trait_set.versions, "subsample": tag},
+    )
 
 
 # --- one run's drift table ----------------------------------------------------------------
@@ -76,9 +92,11 @@ def check_checkpoints(summary: dict, planned: Sequence[int], run: str) -> None:
     """The fine-tune wrote exactly the checkpoints the plan generated and judged."""
     got = [int(s) for s in summary.get("checkpoint_steps") or []]
     if got != [int(s) for s in planned]:
-        raise EMLabError(f"monitor run {run}: its summary.json lists checkpoints {got}, the plan expected {list(planned)} "
-                         "(monitor.training.max_train_examples exceeds the dataset's training split, or examples were "
-                         "dropped by max_length); lower max_train_examples")
+        raise EMLabError(
+            f"monitor run {run}: its summary.json lists checkpoints {got}, the plan expected {list(planned)} "
+            "(monitor.training.max_train_examples exceeds the dataset's training split, or examples were "
+            "dropped by max_length); lower max_train_examples"
+        )
 
 
 def train_loss_by_step(train_log: pd.DataFrame, steps: Sequence[int]) -> dict[int, float]:
@@ -101,8 +119,13 @@ def em_by_step(em_table: pd.DataFrame, step_conditions: Mapping[int, str], run: 
     return {int(s): rates[cid] for s, cid in step_conditions.items()}
 
 
-def assemble_drift_table(drift_rows: Mapping[int, dict], delta_w: Mapping[int, float], train_loss: Mapping[int, float],
-                         em_rate: Mapping[int, float], tau: float) -> pd.DataFrame:
+def assemble_drift_table(
+    drift_rows: Mapping[int, dict],
+    delta_w: Mapping[int, float],
+    train_loss: Mapping[int, float],
+    em_rate: Mapping[int, float],
+    tau: float,
+) -> pd.DataFrame:
     """results/monitor/drift/{run}.csv: one row per step (0 first): step, drift columns (alignment traits,
     semantic.*, random{seed}.*), drift_norm, train_loss, delta_w_norm, em_rate, dangerous."""
     steps = sorted(int(s) for s in drift_rows)
@@ -112,14 +135,30 @@ def assemble_drift_table(drift_rows: Mapping[int, dict], delta_w: Mapping[int, f
     for s in steps:
         cols = {k: v for k, v in drift_rows[s].items() if k != "drift_norm"}
         em = float(em_rate[s])
-        rows.append({"step": s, **cols, "drift_norm": float(drift_rows[s]["drift_norm"]),
-                     "train_loss": float(train_loss[s]), "delta_w_norm": float(delta_w[s]), "em_rate": em,
-                     "dangerous": bool(em > tau) if not math.isnan(em) else False})
+        rows.append(
+            {
+                "step": s,
+                **cols,
+                "drift_norm": float(drift_rows[s]["drift_norm"]),
+                "train_loss": float(train_loss[s]),
+                "delta_w_norm": float(delta_w[s]),
+                "em_rate": em,
+                "dangerous": bool(em > tau) if not math.isnan(em) else False,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def measure_run(base_model, adapters: Mapping[int, str], directions, trait_set, settings: DriftStageSettings,
-                device: str, dtype: str, device_map=None):
+def measure_run(
+    base_model,
+    adapters: Mapping[int, str],
+    directions,
+    trait_set,
+    settings: DriftStageSettings,
+    device: str,
+    dtype: str,
+    device_map=None,
+):
     """Drift columns, ΔW norm and Δh̄ of the base model (step 0) and each checkpoint adapter.
 
     One model is loaded; checkpoint adapters are swapped in one at a time (the
@@ -133,8 +172,10 @@ def measure_run(base_model, adapters: Mapping[int, str], directions, trait_set, 
     from .traits import random_bases
 
     if trait_set.version != directions.trait_version:
-        raise EMLabError(f"trait directions were extracted with trait files `{directions.trait_version}`, the trait "
-                         f"folder is `{trait_set.version}` now; re-run trait_directions")
+        raise EMLabError(
+            f"trait directions were extracted with trait files `{directions.trait_version}`, the trait "
+            f"folder is `{trait_set.version}` now; re-run trait_directions"
+        )
     model = load_model(base_model, device=device, dtype=dtype, device_map=device_map)
     tok = load_tokenizer(base_model)
     layer = directions.layer
@@ -169,8 +210,12 @@ def measure_run(base_model, adapters: Mapping[int, str], directions, trait_set, 
 # --- the monitor over the grid -------------------------------------------------------------
 
 
-def grid_data(tables: Mapping[str, pd.DataFrame], deltas: Mapping[str, np.ndarray], perturbation: Mapping[str, str],
-              runs: Sequence[str]):
+def grid_data(
+    tables: Mapping[str, pd.DataFrame],
+    deltas: Mapping[str, np.ndarray],
+    perturbation: Mapping[str, str],
+    runs: Sequence[str],
+):
     """One monitor.DriftData of the named runs (run and perturbation columns added)."""
     from .monitor import DriftData
 
@@ -180,8 +225,11 @@ def grid_data(tables: Mapping[str, pd.DataFrame], deltas: Mapping[str, np.ndarra
     delta = np.concatenate([np.asarray(deltas[r], float) for r in runs])
     unlabelled = table["em_rate"].isna().to_numpy()
     if unlabelled.any():  # a checkpoint none of whose responses could be scored has no label
-        log.warning("monitor: %d checkpoint(s) without an EM rate left out: %s", int(unlabelled.sum()),
-                    ", ".join(f"{r}@{s}" for r, s in table.loc[unlabelled, ["run", "step"]].itertuples(index=False)))
+        log.warning(
+            "monitor: %d checkpoint(s) without an EM rate left out: %s",
+            int(unlabelled.sum()),
+            ", ".join(f"{r}@{s}" for r, s in table.loc[unlabelled, ["run", "step"]].itertuples(index=False)),
+        )
         table, delta = table[~unlabelled].reset_index(drop=True), delta[~unlabelled]
     return DriftData(table, delta)
 
@@ -198,12 +246,28 @@ def _has_both_classes(data, tau: float) -> str | None:
 
 def nan_rows(names: Sequence[str], data, key: str = "feature_set") -> pd.DataFrame:
     cols = [f"{m}{s}" for m in ("fnr", "fpr", "auroc") for s in ("", "_ci_low", "_ci_high")]
-    return pd.DataFrame([{key: n, **{c: float("nan") for c in cols}, "n_runs": int(data.table["run"].nunique()),
-                          "n_checkpoints": len(data.table)} for n in names])
+    return pd.DataFrame(
+        [
+            {
+                key: n,
+                **{c: float("nan") for c in cols},
+                "n_runs": int(data.table["run"].nunique()),
+                "n_checkpoints": len(data.table),
+            }
+            for n in names
+        ]
+    )
 
 
-def evaluate_grid(calibration, held_out, stress: Mapping[str, object], traits: Sequence[str], settings,
-                  tau_sweep: Sequence[float], require_both_classes: bool) -> dict[str, pd.DataFrame | dict]:
+def evaluate_grid(
+    calibration,
+    held_out,
+    stress: Mapping[str, object],
+    traits: Sequence[str],
+    settings,
+    tau_sweep: Sequence[float],
+    require_both_classes: bool,
+) -> dict[str, pd.DataFrame | dict]:
     """Every table of monitor_train_evaluate: evaluation, lopo, pc1, tau_sweep, alarm steps, stress.
 
     A calibration set without both a dangerous and a benign run is an error, or
@@ -223,17 +287,25 @@ def evaluate_grid(calibration, held_out, stress: Mapping[str, object], traits: S
         out["tau_sweep"] = pd.DataFrame({"tau": list(tau_sweep)})
         out["alarm_steps"] = pd.DataFrame(columns=["run", "step", "probability", "alarm"])
         out["alarm_runs"] = pd.DataFrame(columns=["run", "first_alarm_step", "first_dangerous_step"])
-        out["stress"] = pd.concat([nan_rows(["alignment_7d"], d).assign(stress=k) for k, d in stress.items()],
-                                  ignore_index=True) if stress else pd.DataFrame(columns=["stress"])
+        out["stress"] = (
+            pd.concat([nan_rows(["alignment_7d"], d).assign(stress=k) for k, d in stress.items()], ignore_index=True)
+            if stress
+            else pd.DataFrame(columns=["stress"])
+        )
         out["note"] = problem
         return out
     out["evaluation"] = M.evaluate_feature_sets(calibration, held_out, traits, settings, names)
     out["lopo"] = M.leave_one_perturbation_out(calibration, traits, settings)
-    out["tau_sweep"] = (M.tau_sweep(calibration, held_out, traits, settings, [float(t) for t in tau_sweep])
-                        if tau_sweep else pd.DataFrame(columns=["tau"]))
+    out["tau_sweep"] = (
+        M.tau_sweep(calibration, held_out, traits, settings, [float(t) for t in tau_sweep])
+        if tau_sweep
+        else pd.DataFrame(columns=["tau"])
+    )
     out["alarm_steps"], out["alarm_runs"] = M.step_aware_alarm(calibration, held_out, traits, settings)
-    rows = [{"stress": k, **M.evaluate_feature_set("alignment_7d", calibration, d, traits, settings)[0]}
-            for k, d in stress.items()]
+    rows = [
+        {"stress": k, **M.evaluate_feature_set("alignment_7d", calibration, d, traits, settings)[0]}
+        for k, d in stress.items()
+    ]
     out["stress"] = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["stress"])
     out["note"] = None
     return out
@@ -243,5 +315,13 @@ def predictions_table(monitor, data) -> pd.DataFrame:
     """Per checkpoint of `data`: run, perturbation, step, em_rate, prediction, alarm."""
     t = data.table
     pred = monitor.predict(t)
-    return pd.DataFrame({"run": t["run"], "perturbation": t["perturbation"], "step": t["step"], "em_rate": t["em_rate"],
-                         "prediction": pred, "alarm": pred > monitor.tau})
+    return pd.DataFrame(
+        {
+            "run": t["run"],
+            "perturbation": t["perturbation"],
+            "step": t["step"],
+            "em_rate": t["em_rate"],
+            "prediction": pred,
+            "alarm": pred > monitor.tau,
+        }
+    )

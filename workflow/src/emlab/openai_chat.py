@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 
 import openai
 
@@ -65,8 +66,13 @@ class ChatEndpoint:
     or "synthesis.med"); `purpose` says who calls ("judge", "dataset synthesis").
     """
 
-    def __init__(self, settings: OpenAIEndpointSettings, environ: Mapping[str, str] | None = None,
-                 config_key: str = "judge.openai", purpose: str = "judge"):
+    def __init__(
+        self,
+        settings: OpenAIEndpointSettings,
+        environ: Mapping[str, str] | None = None,
+        config_key: str = "judge.openai",
+        purpose: str = "judge",
+    ):
         environ = os.environ if environ is None else environ
         key = environ.get(settings.api_key_env, "")
         if not key:
@@ -88,8 +94,9 @@ class ChatEndpoint:
         """A client for one event loop (use as `async with endpoint.open() as client`)."""
         s = self.settings
         http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [self._count_request]})
-        common = dict(api_key=self._api_key, base_url=s.base_url, timeout=s.timeout_s, max_retries=s.max_retries,
-                      http_client=http)
+        common = dict(
+            api_key=self._api_key, base_url=s.base_url, timeout=s.timeout_s, max_retries=s.max_retries, http_client=http
+        )
         if s.api_version:
             return openai.AsyncAzureOpenAI(api_version=s.api_version, **common)
         return openai.AsyncOpenAI(**common)
@@ -100,8 +107,14 @@ class ChatEndpoint:
             raise BudgetExhausted()
         self.requests_sent += 1
 
-    async def complete(self, client: openai.AsyncOpenAI, request: dict, parse: Callable[[object], T],
-                       max_retries: int | None = None, tally: dict | None = None) -> T:
+    async def complete(
+        self,
+        client: openai.AsyncOpenAI,
+        request: dict,
+        parse: Callable[[object], T],
+        max_retries: int | None = None,
+        tally: dict | None = None,
+    ) -> T:
         """parse(completion) of one chat completion (`request`: the create() arguments).
 
         The client retries 429/5xx/timeouts/connection errors (`max_retries`, or the
@@ -150,17 +163,24 @@ class ChatEndpoint:
         if isinstance(exc, BudgetExhausted):
             return EMLabError(f"{self.config_key}.max_requests={s.max_requests} allows no further request; raise it")
         if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
-            return EMLabError(f"cannot reach the {where}: {type(exc).__name__}: {exc}; "
-                              f"check the URL and that the server is up")
+            return EMLabError(
+                f"cannot reach the {where}: {type(exc).__name__}: {exc}; check the URL and that the server is up"
+            )
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            return EMLabError(f"the {where} rejected the API key from ${s.api_key_env} (HTTP {exc.status_code}); "
-                              f"check the key and its permissions")
+            return EMLabError(
+                f"the {where} rejected the API key from ${s.api_key_env} (HTTP {exc.status_code}); "
+                f"check the key and its permissions"
+            )
         if isinstance(exc, (openai.NotFoundError, openai.BadRequestError, openai.UnprocessableEntityError)):
-            return EMLabError(f"the {where} rejected the request (HTTP {exc.status_code}: {str(exc)[:200]}); check "
-                              f"{self.config_key}.model (for Azure: base_url of the deployment and api_version)")
+            return EMLabError(
+                f"the {where} rejected the request (HTTP {exc.status_code}: {str(exc)[:200]}); check "
+                f"{self.config_key}.model (for Azure: base_url of the deployment and api_version)"
+            )
         if isinstance(exc, openai.RateLimitError):
-            return EMLabError(f"the {where} kept answering HTTP 429 (rate limit or quota) through the retries: "
-                              f"{str(exc)[:200]}; lower {self.config_key}.concurrency or check the quota")
+            return EMLabError(
+                f"the {where} kept answering HTTP 429 (rate limit or quota) through the retries: "
+                f"{str(exc)[:200]}; lower {self.config_key}.concurrency or check the quota"
+            )
         if isinstance(exc, openai.APIStatusError):
             return EMLabError(f"the {where} answered HTTP {exc.status_code}: {str(exc)[:200]}")
         return EMLabError(f"the {where} failed: {type(exc).__name__}: {exc}")

@@ -25,13 +25,26 @@ from .errors import EMLabError
 log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-ROTATION_COLUMNS = ["step", "adapter", "layer", "module", "a_norm", "b_norm", "cos_a_final", "cos_b_final",
-                    "local_cos_a", "local_cos_b", "previous_step", "source"]
+ROTATION_COLUMNS = [
+    "step",
+    "adapter",
+    "layer",
+    "module",
+    "a_norm",
+    "b_norm",
+    "cos_a_final",
+    "cos_b_final",
+    "local_cos_a",
+    "local_cos_b",
+    "previous_step",
+    "source",
+]
 SHARPEST_DEFINITION = (
     "For each adapter, local_cos_b at checkpoint step s is the cosine between the flattened B matrix at s and "
     "at the previous checkpoint step (the first checkpoint has none). The step of sharpest rotation is the s "
     "with the minimum local_cos_b: B turned most between previous_step and s. The same for A (local_cos_a). "
-    "mean_over_adapters uses, per step, the mean of local_cos_b over adapters.")
+    "mean_over_adapters uses, per step, the mean of local_cos_b over adapters."
+)
 
 
 # --- reading checkpoints --------------------------------------------------------------
@@ -52,15 +65,19 @@ def checkpoint_path(checkpoint_dir, summary: dict, step: int) -> Path:
 
     steps = summary.get("checkpoint_steps") or []
     if int(step) not in steps:
-        raise EMLabError(f"step {step} is not a checkpoint of this fine-tune (its checkpoints: {steps or 'none'}); "
-                         "fix phase.eval_steps or training.checkpoint_every")
+        raise EMLabError(
+            f"step {step} is not a checkpoint of this fine-tune (its checkpoints: {steps or 'none'}); "
+            "fix phase.eval_steps or training.checkpoint_every"
+        )
     path = Path(checkpoint_dir) / f"step-{int(step)}"
     if not (path / "adapter_model.safetensors").is_file() or not (path / TRAINING_STATE).is_file():
         raise EMLabError(f"checkpoint {path} is missing or incomplete; re-run the fine-tune (delete its summary.json)")
     state = load_training_state(path / TRAINING_STATE)
     if state.get("fingerprint") != summary.get("fingerprint"):
-        raise EMLabError(f"checkpoint {path} was written by a run with other settings than the final adapter; "
-                         "delete the checkpoints folder and re-run the fine-tune")
+        raise EMLabError(
+            f"checkpoint {path} was written by a run with other settings than the final adapter; "
+            "delete the checkpoints folder and re-run the fine-tune"
+        )
     return path
 
 
@@ -103,13 +120,22 @@ def rotation_table(checkpoints: dict[int, dict], final: dict, final_step: int):
         for key, ab in mats.items():
             layer, module = key.split(".", 1)
             prev = series[previous][key] if previous is not None else None
-            rows.append({
-                "step": step, "adapter": key, "layer": int(layer[1:]), "module": module,
-                "a_norm": float(ab["A"].norm()), "b_norm": float(ab["B"].norm()),
-                "cos_a_final": cosine(ab["A"], final[key]["A"]), "cos_b_final": cosine(ab["B"], final[key]["B"]),
-                "local_cos_a": cosine(ab["A"], prev["A"]) if prev else float("nan"),
-                "local_cos_b": cosine(ab["B"], prev["B"]) if prev else float("nan"),
-                "previous_step": previous if previous is not None else -1, "source": sources[step]})
+            rows.append(
+                {
+                    "step": step,
+                    "adapter": key,
+                    "layer": int(layer[1:]),
+                    "module": module,
+                    "a_norm": float(ab["A"].norm()),
+                    "b_norm": float(ab["B"].norm()),
+                    "cos_a_final": cosine(ab["A"], final[key]["A"]),
+                    "cos_b_final": cosine(ab["B"], final[key]["B"]),
+                    "local_cos_a": cosine(ab["A"], prev["A"]) if prev else float("nan"),
+                    "local_cos_b": cosine(ab["B"], prev["B"]) if prev else float("nan"),
+                    "previous_step": previous if previous is not None else -1,
+                    "source": sources[step],
+                }
+            )
         previous = step
     return pd.DataFrame(rows, columns=ROTATION_COLUMNS)
 
@@ -127,10 +153,16 @@ def sharpest_rotation(df) -> dict:
     per_adapter = {}
     for key, g in df.groupby("adapter", sort=False):
         per_adapter[key] = {"b": _sharpest(g, "local_cos_b"), "a": _sharpest(g, "local_cos_a")}
-    mean = df.groupby("step", as_index=False).agg(local_cos_b=("local_cos_b", "mean"), local_cos_a=("local_cos_a", "mean"),
-                                                  previous_step=("previous_step", "first"))
-    return {"definition": SHARPEST_DEFINITION, "adapters": per_adapter,
-            "mean_over_adapters": {"b": _sharpest(mean, "local_cos_b"), "a": _sharpest(mean, "local_cos_a")}}
+    mean = df.groupby("step", as_index=False).agg(
+        local_cos_b=("local_cos_b", "mean"),
+        local_cos_a=("local_cos_a", "mean"),
+        previous_step=("previous_step", "first"),
+    )
+    return {
+        "definition": SHARPEST_DEFINITION,
+        "adapters": per_adapter,
+        "mean_over_adapters": {"b": _sharpest(mean, "local_cos_b"), "a": _sharpest(mean, "local_cos_a")},
+    }
 
 
 def phase_analysis(finetune: str, checkpoint_dir, adapter_dir, summary_json, out_csv, out_json) -> dict:
@@ -140,20 +172,33 @@ def phase_analysis(finetune: str, checkpoint_dir, adapter_dir, summary_json, out
     summary = _read_summary(summary_json)
     steps = summary.get("checkpoint_steps") or []
     if not steps:
-        raise EMLabError(f"{summary_json}: fine-tune '{finetune}' wrote no checkpoints; set its "
-                         "training.checkpoint_every > 0 (and at most its number of steps)")
+        raise EMLabError(
+            f"{summary_json}: fine-tune '{finetune}' wrote no checkpoints; set its "
+            "training.checkpoint_every > 0 (and at most its number of steps)"
+        )
     checkpoints = {s: saved_adapter_weights(checkpoint_path(checkpoint_dir, summary, s)) for s in steps}
     final = saved_adapter_weights(adapter_dir)
     df = rotation_table(checkpoints, final, int(summary["steps"]))
-    result = {"finetune": finetune, "final_step": int(summary["steps"]), "checkpoint_steps": [int(s) for s in steps],
-              "checkpoint_every": summary.get("checkpoint_every"), "n_adapters": int(df["adapter"].nunique()),
-              **sharpest_rotation(df)}
+    result = {
+        "finetune": finetune,
+        "final_step": int(summary["steps"]),
+        "checkpoint_steps": [int(s) for s in steps],
+        "checkpoint_every": summary.get("checkpoint_every"),
+        "n_adapters": int(df["adapter"].nunique()),
+        **sharpest_rotation(df),
+    }
     write_csv(out_csv, df)
     write_json(out_json, result)
     mean_b = result["mean_over_adapters"]["b"]
-    log.info("%s: %d checkpoints x %d adapters; sharpest mean rotation of B between steps %s and %s (local cos %s)",
-             finetune, len(steps), result["n_adapters"], mean_b["previous_step"], mean_b["step"],
-             None if mean_b["local_cos_b"] is None else f"{mean_b['local_cos_b']:.3f}")
+    log.info(
+        "%s: %d checkpoints x %d adapters; sharpest mean rotation of B between steps %s and %s (local cos %s)",
+        finetune,
+        len(steps),
+        result["n_adapters"],
+        mean_b["previous_step"],
+        mean_b["step"],
+        None if mean_b["local_cos_b"] is None else f"{mean_b['local_cos_b']:.3f}",
+    )
     return result
 
 
@@ -168,8 +213,15 @@ def em_by_step(em_table, steps: dict[str, int | str], final_step: int):
         if hit.empty:
             continue
         r = hit.iloc[0]
-        rows.append({"step": int(final_step) if step == "final" else int(step), "condition": cid,
-                     "em_rate": float(r["em_rate"]), "em_ci_low": float(r["em_ci_low"]),
-                     "em_ci_high": float(r["em_ci_high"]), "n_scored": int(r["n_scored"])})
+        rows.append(
+            {
+                "step": int(final_step) if step == "final" else int(step),
+                "condition": cid,
+                "em_rate": float(r["em_rate"]),
+                "em_ci_low": float(r["em_ci_low"]),
+                "em_ci_high": float(r["em_ci_high"]),
+                "n_scored": int(r["n_scored"]),
+            }
+        )
     df = pd.DataFrame(rows, columns=["step", "condition", "em_rate", "em_ci_low", "em_ci_high", "n_scored"])
     return df.sort_values("step", kind="stable").reset_index(drop=True)

@@ -40,16 +40,20 @@ class _Plan:
         if old is not None and old != condition:
             if keep_first:
                 return
-            raise EMLabError(f"two conditions share the id {cid!r}: {old} and {condition}; "
-                             "make the config values that name them differ (e.g. steering.scales)")
+            raise EMLabError(
+                f"two conditions share the id {cid!r}: {old} and {condition}; "
+                "make the config values that name them differ (e.g. steering.scales)"
+            )
         self.conditions[cid] = condition
 
     def checked(self) -> dict[str, Condition]:
         for cid, condition in self.conditions.items():
             parsed = parse_condition_id(cid)
             if type(parsed) is not type(condition) or parsed.condition_id != cid:
-                raise EMLabError(f"condition id {cid!r} ({type(condition).__name__}) reads back as a "
-                                 f"{type(parsed).__name__}; rename fine-tune '{condition.model}'")
+                raise EMLabError(
+                    f"condition id {cid!r} ({type(condition).__name__}) reads back as a "
+                    f"{type(parsed).__name__}; rename fine-tune '{condition.model}'"
+                )
         return self.conditions
 
 
@@ -70,7 +74,7 @@ def condition_plan(cfg: dict, n_layers: int) -> dict[str, Condition]:
         for split in st.get("splits", ["general"]):
             use_semantic = split != "general" and semantic_layers is not None
             key = "steering.semantic_layers" if use_semantic else "steering.layers"
-            for lspec in (semantic_layers if use_semantic else st["layers"]):
+            for lspec in semantic_layers if use_semantic else st["layers"]:
                 layer = resolve_layer(lspec, n_layers, key)
                 for scale in st["scales"]:
                     plan.add(Steer(vector=vec, layer=layer, scale=float(scale), split=split))
@@ -85,8 +89,9 @@ def condition_plan(cfg: dict, n_layers: int) -> dict[str, Condition]:
         plan.add(Transfer(model=t["target"], vector=t["vector"], layer=single))
         for seed in ab["random_seeds"]:
             # the transfer target's random control; its own, if it is an ablation target too, comes first
-            plan.add(RandomAblation(model=t["target"], vector=t["vector"], layer=single, seed=int(seed)),
-                     keep_first=True)
+            plan.add(
+                RandomAblation(model=t["target"], vector=t["vector"], layer=single, seed=int(seed)), keep_first=True
+            )
     for ft in cfg.get("single_adapter", {}).get("finetunes", []):
         layer = single_adapter_layer(cfg, ft, n_layers)
         # (b) the mean-diff direction at the adapter's layer ablated from every layer of that model
@@ -108,8 +113,10 @@ def adapter_steering_conditions(cfg: dict, n_layers: int) -> list[AdapterSteerin
     if not cases or not li.get("finetunes"):
         return []
     if li["roles"]["source"] != "config":
-        raise EMLabError("lora_interp.steering.cases need roles known at plan time: set lora_interp.roles.source "
-                         "to config (or lora_interp.steering.cases to [])")
+        raise EMLabError(
+            "lora_interp.steering.cases need roles known at plan time: set lora_interp.roles.source "
+            "to config (or lora_interp.steering.cases to [])"
+        )
     names = [c["name"] for c in cases]
     if len(set(names)) != len(names):
         raise EMLabError(f"lora_interp.steering.cases: case names repeat ({names}); each must be unique")
@@ -133,8 +140,11 @@ def phase_finetunes(cfg: dict) -> list[str]:
     """LoRA fine-tunes with training.checkpoint_every > 0 (a full fine-tune has no adapter to rotate)."""
     from .config import is_full_finetune, training_settings
 
-    return [name for name, ft in cfg["finetunes"].items()
-            if not is_full_finetune(ft) and int(training_settings(cfg, name).get("checkpoint_every") or 0) > 0]
+    return [
+        name
+        for name, ft in cfg["finetunes"].items()
+        if not is_full_finetune(ft) and int(training_settings(cfg, name).get("checkpoint_every") or 0) > 0
+    ]
 
 
 def checkpoint_condition_id(finetune: str, step: int) -> str:
@@ -151,8 +161,10 @@ def checkpoint_conditions(cfg: dict) -> dict[str, Checkpoint]:
         every = int(training_settings(cfg, ft)["checkpoint_every"])
         bad = [s for s in steps if s % every]
         if bad:
-            raise EMLabError(f"phase.eval_steps {bad} are not checkpoints of fine-tune '{ft}' "
-                             f"(training.checkpoint_every is {every}); use multiples of {every}")
+            raise EMLabError(
+                f"phase.eval_steps {bad} are not checkpoints of fine-tune '{ft}' "
+                f"(training.checkpoint_every is {every}); use multiples of {every}"
+            )
         for step in steps:
             condition = Checkpoint(ft, step)
             out[condition.condition_id] = condition
@@ -178,11 +190,16 @@ def single_adapter_layer(cfg: dict, finetune: str, n_layers: int) -> int:
     lora = cfg["finetunes"][finetune].get("lora") or {}
     where = f"single_adapter.finetunes: '{finetune}'"
     layers = lora_layers(lora, n_layers, f"finetunes.{finetune}.lora.layers")
-    if int(lora.get("rank", 1)) != 1 or list(lora.get("target_modules", ["down_proj"])) != ["down_proj"] \
-            or len(layers) != 1:
-        raise EMLabError(f"{where} needs exactly one rank-1 down_proj adapter (lora rank 1, target_modules "
-                         f"[down_proj], one layer); it has rank {lora.get('rank')}, target_modules "
-                         f"{lora.get('target_modules')}, layers {layers}")
+    if (
+        int(lora.get("rank", 1)) != 1
+        or list(lora.get("target_modules", ["down_proj"])) != ["down_proj"]
+        or len(layers) != 1
+    ):
+        raise EMLabError(
+            f"{where} needs exactly one rank-1 down_proj adapter (lora rank 1, target_modules "
+            f"[down_proj], one layer); it has rank {lora.get('rank')}, target_modules "
+            f"{lora.get('target_modules')}, layers {layers}"
+        )
     return int(layers[0])
 
 
@@ -221,11 +238,15 @@ def _lora_interp(cfg: dict, n_layers: int) -> dict[str, tuple[list[int], dict | 
         where = f"lora_interp.finetunes: '{ft}'"
         lora = cfg["finetunes"][ft].get("lora")
         if not lora:
-            raise EMLabError(f"{where} is a full fine-tune (no adapter); list only fine-tunes with rank-1 LoRA "
-                             "adapters (e.g. preset r1x9)")
+            raise EMLabError(
+                f"{where} is a full fine-tune (no adapter); list only fine-tunes with rank-1 LoRA "
+                "adapters (e.g. preset r1x9)"
+            )
         if int(lora.get("rank", 0)) != 1:
-            raise EMLabError(f"{where} has rank-{lora.get('rank')} adapters; per-token scalars need rank-1 adapters "
-                             "only: remove it from lora_interp.finetunes or train it with lora.rank 1 (preset r1x9)")
+            raise EMLabError(
+                f"{where} has rank-{lora.get('rank')} adapters; per-token scalars need rank-1 adapters "
+                "only: remove it from lora_interp.finetunes or train it with lora.rank 1 (preset r1x9)"
+            )
         layers = lora_layers(lora, n_layers, f"finetunes.{ft}.lora.layers")
         roles = build(RoleSettings, li["roles"], "lora_interp.roles")
         resolved = None
@@ -233,11 +254,14 @@ def _lora_interp(cfg: dict, n_layers: int) -> dict[str, tuple[list[int], dict | 
             modules = list(lora.get("target_modules", ["down_proj"]))
             names = [f"L{layer}.{m}" for layer in layers for m in modules]
             try:
-                resolved = roles_from_config(names, [layer for layer in layers for _ in modules], roles, n_layers,
-                                             role_reference_layers(cfg, ft))
+                resolved = roles_from_config(
+                    names, [layer for layer in layers for _ in modules], roles, n_layers, role_reference_layers(cfg, ft)
+                )
             except EMLabError as exc:
-                raise EMLabError(f"{exc} (fine-tune '{ft}' of lora_interp.finetunes); change lora_interp.roles or "
-                                 "use roles.source: rule") from None
+                raise EMLabError(
+                    f"{exc} (fine-tune '{ft}' of lora_interp.finetunes); change lora_interp.roles or "
+                    "use roles.source: rule"
+                ) from None
         out[ft] = (layers, resolved)
     return out
 

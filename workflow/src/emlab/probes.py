@@ -51,9 +51,23 @@ EXPERIMENTS = {  # name: (class 0, class 1)
 }
 PROTOCOLS = ("reference", "grouped")
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
-PROBE_COLUMNS = ["experiment", "protocol", "filter", "metric", "mean", "std", "ci_low", "ci_high", "n_tokens",
-                 "n_responses", "n_tokens_class0", "n_tokens_class1", "n_responses_class0", "n_responses_class1",
-                 "n_runs"]
+PROBE_COLUMNS = [
+    "experiment",
+    "protocol",
+    "filter",
+    "metric",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "n_tokens",
+    "n_responses",
+    "n_tokens_class0",
+    "n_tokens_class1",
+    "n_responses_class0",
+    "n_responses_class1",
+    "n_runs",
+]
 COEFFICIENT_COLUMNS = ["experiment", "protocol", "filter", "run", "adapter", "layer", "coefficient"]
 ROLES = ("general", "medical", "neither")
 SIGNIFICANCE_COLUMNS = ("kl", "grad_importance")
@@ -89,13 +103,16 @@ class ResponseSets:
         return {"thresholds": asdict(settings), "counts": dict(self.counts)}
 
 
-def _split(score: pd.Series, pool: pd.Series, above: float, below: float, quantile: float | None,
-           keys: pd.DataFrame, what: str) -> tuple[pd.Series, pd.Series]:
+def _split(
+    score: pd.Series, pool: pd.Series, above: float, below: float, quantile: float | None, keys: pd.DataFrame, what: str
+) -> tuple[pd.Series, pd.Series]:
     """(high, low) boolean masks over `pool` by absolute thresholds or by quantile."""
     if quantile is None:
         if not below <= above:
-            raise EMLabError(f"lora_interp.sets: the {what} thresholds overlap ({what} below {below:g} must not "
-                             f"exceed above {above:g})")
+            raise EMLabError(
+                f"lora_interp.sets: the {what} thresholds overlap ({what} below {below:g} must not "
+                f"exceed above {above:g})"
+            )
         return pool & (score > above), pool & (score < below)
     if not 0 < quantile <= 0.5:
         raise EMLabError(f"lora_interp.sets.{what}_split_quantile must be in (0, 0.5], got {quantile}")
@@ -103,45 +120,78 @@ def _split(score: pd.Series, pool: pd.Series, above: float, below: float, quanti
     k = min(int(np.ceil(quantile * len(ranked))), len(ranked) // 2)
     high, low = pd.Series(False, index=score.index), pd.Series(False, index=score.index)
     if k:
-        high[ranked.index[len(ranked) - k:]] = True
+        high[ranked.index[len(ranked) - k :]] = True
         low[ranked.index[:k]] = True
     return high, low
 
 
-def select_response_sets(judgments: pd.DataFrame, settings: ResponseSetSettings, where: str = "judgments"
-                         ) -> ResponseSets:
+def select_response_sets(
+    judgments: pd.DataFrame, settings: ResponseSetSettings, where: str = "judgments"
+) -> ResponseSets:
     """The four sets; an empty one is an error naming every count; missing scores never qualify."""
     missing = [c for c in JOIN_KEYS + ["aligned", "coherent", "medical"] if c not in judgments.columns]
     if missing:
-        hint = (" the medical judge must score the fine-tune's own responses: add `medical` to the judge metrics "
-                "of this fine-tune's condition" if "medical" in missing else " re-run judging")
+        hint = (
+            " the medical judge must score the fine-tune's own responses: add `medical` to the judge metrics "
+            "of this fine-tune's condition"
+            if "medical" in missing
+            else " re-run judging"
+        )
         raise EMLabError(f"{where}: lacks column(s) {missing} (has {list(judgments.columns)});{hint}")
     jud = judgments.reset_index(drop=True)
     keys = jud[JOIN_KEYS].astype({"question_id": str, "sample_idx": "int64"})
     dup = keys.duplicated(keep=False)
     if dup.any():
-        raise EMLabError(f"{where}: {int(dup.sum())} rows repeat a (question_id, sample_idx); each response must "
-                         "appear once (judgments of one condition only)")
+        raise EMLabError(
+            f"{where}: {int(dup.sum())} rows repeat a (question_id, sample_idx); each response must "
+            "appear once (judgments of one condition only)"
+        )
     aligned, coherent, medical = (jud[c].astype("float64") for c in ("aligned", "coherent", "medical"))
     scored = aligned.notna() & coherent.notna() & medical.notna()
     pool = scored & (coherent > settings.coherent_above)
-    is_al, is_mis = _split(aligned, pool, settings.aligned_above, settings.misaligned_below,
-                           settings.aligned_split_quantile, keys, "aligned")
-    is_med, is_non = _split(medical, pool, settings.medical_above, settings.nonmedical_below,
-                            settings.medical_split_quantile, keys, "medical")
-    masks = {"nonmed_aligned": is_non & is_al, "nonmed_misaligned": is_non & is_mis,
-             "med_aligned": is_med & is_al, "med_misaligned": is_med & is_mis}
+    is_al, is_mis = _split(
+        aligned,
+        pool,
+        settings.aligned_above,
+        settings.misaligned_below,
+        settings.aligned_split_quantile,
+        keys,
+        "aligned",
+    )
+    is_med, is_non = _split(
+        medical,
+        pool,
+        settings.medical_above,
+        settings.nonmedical_below,
+        settings.medical_split_quantile,
+        keys,
+        "medical",
+    )
+    masks = {
+        "nonmed_aligned": is_non & is_al,
+        "nonmed_misaligned": is_non & is_mis,
+        "med_aligned": is_med & is_al,
+        "med_misaligned": is_med & is_mis,
+    }
     sets = {name: keys[masks[name]].reset_index(drop=True) for name in SET_NAMES}
-    counts = {"judged": len(jud), "scored": int(scored.sum()), "coherent": int(pool.sum()),
-              "aligned": int(is_al.sum()), "misaligned": int(is_mis.sum()), "medical": int(is_med.sum()),
-              "nonmedical": int(is_non.sum()), **{name: len(sets[name]) for name in SET_NAMES}}
+    counts = {
+        "judged": len(jud),
+        "scored": int(scored.sum()),
+        "coherent": int(pool.sum()),
+        "aligned": int(is_al.sum()),
+        "misaligned": int(is_mis.sum()),
+        "medical": int(is_med.sum()),
+        "nonmedical": int(is_non.sum()),
+        **{name: len(sets[name]) for name in SET_NAMES},
+    }
     empty = [name for name in SET_NAMES if counts[name] == 0]
     if empty:
         raise EMLabError(
             f"{where}: the response set(s) {', '.join(empty)} are empty (counts: "
             + ", ".join(f"{k} {v}" for k, v in counts.items())
             + f"; thresholds: {settings}). Generate more samples per question, add medical questions, or loosen "
-              "lora_interp.sets (or use its split quantiles)")
+            "lora_interp.sets (or use its split quantiles)"
+        )
     return ResponseSets(sets, counts)
 
 
@@ -166,15 +216,19 @@ def filter_mask(tokens: pd.DataFrame, flt: TokenFilter) -> np.ndarray:
             raise EMLabError(f"lora_interp.probes.filters[{flt.name}]: `above`/`top_fraction` need a `column`")
         return answer
     if flt.column not in SIGNIFICANCE_COLUMNS:
-        raise EMLabError(f"lora_interp.probes.filters[{flt.name}]: column must be one of {SIGNIFICANCE_COLUMNS} "
-                         f"or null, got {flt.column!r}")
+        raise EMLabError(
+            f"lora_interp.probes.filters[{flt.name}]: column must be one of {SIGNIFICANCE_COLUMNS} "
+            f"or null, got {flt.column!r}"
+        )
     if (flt.above is None) == (flt.top_fraction is None):
         raise EMLabError(f"lora_interp.probes.filters[{flt.name}]: give exactly one of `above` or `top_fraction`")
     values = tokens[flt.column].to_numpy(dtype=np.float64)
     usable = answer & np.isfinite(values)
     if not usable.any():
-        raise EMLabError(f"lora_interp.probes.filters[{flt.name}]: no answer token has a {flt.column} value "
-                         "(was gradient importance computed? lora_interp.scalars.gradient_importance)")
+        raise EMLabError(
+            f"lora_interp.probes.filters[{flt.name}]: no answer token has a {flt.column} value "
+            "(was gradient importance computed? lora_interp.scalars.gradient_importance)"
+        )
     if flt.above is not None:
         return usable & (values > flt.above)
     if not 0 < flt.top_fraction <= 1:
@@ -240,11 +294,13 @@ def _fit_score(X_train, y_train, X_test, y_test, settings: ProbeSettings) -> tup
     clf.fit(X_train, y_train)
     pred = clf.predict(X_test)
     score = clf.decision_function(X_test)
-    metrics = {"accuracy": accuracy_score(y_test, pred),
-               "precision": precision_score(y_test, pred, zero_division=0),
-               "recall": recall_score(y_test, pred, zero_division=0),
-               "f1": f1_score(y_test, pred, zero_division=0),
-               "roc_auc": roc_auc_score(y_test, score) if len(set(y_test)) == 2 else float("nan")}
+    metrics = {
+        "accuracy": accuracy_score(y_test, pred),
+        "precision": precision_score(y_test, pred, zero_division=0),
+        "recall": recall_score(y_test, pred, zero_division=0),
+        "f1": f1_score(y_test, pred, zero_division=0),
+        "roc_auc": roc_auc_score(y_test, score) if len(set(y_test)) == 2 else float("nan"),
+    }
     return metrics, clf.coef_[0].copy()
 
 
@@ -284,9 +340,15 @@ def _run_grouped(X, resp, tok0, tok1, rng, settings):
     return _fit_score(X_train, y_train, X_test, y_test, settings)
 
 
-def run_probes(scalars: np.ndarray, tokens: pd.DataFrame, sets: ResponseSets, adapters: list[str],
-               layers: list[int], settings: ProbeSettings, where: str = "probes"
-               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_probes(
+    scalars: np.ndarray,
+    tokens: pd.DataFrame,
+    sets: ResponseSets,
+    adapters: list[str],
+    layers: list[int],
+    settings: ProbeSettings,
+    where: str = "probes",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(probes table PROBE_COLUMNS, coefficients COEFFICIENT_COLUMNS) for every experiment x protocol x filter.
 
     `scalars` [n_tokens, n_adapters] lines up with `tokens` (emlab.lora_scalars
@@ -295,11 +357,15 @@ def run_probes(scalars: np.ndarray, tokens: pd.DataFrame, sets: ResponseSets, ad
     ci_high are the 2.5 / 97.5 percentiles of the per-run values.
     """
     if scalars.shape != (len(tokens), len(adapters)) or len(layers) != len(adapters):
-        raise EMLabError(f"{where}: scalars of shape {scalars.shape} do not match {len(tokens)} tokens and "
-                         f"{len(adapters)} adapters; re-run the lora_scalars rule")
+        raise EMLabError(
+            f"{where}: scalars of shape {scalars.shape} do not match {len(tokens)} tokens and "
+            f"{len(adapters)} adapters; re-run the lora_scalars rule"
+        )
     unknown = [p for p in settings.protocols if p not in PROTOCOLS]
     if unknown or not settings.protocols:
-        raise EMLabError(f"lora_interp.probes.protocols must be a non-empty list of {PROTOCOLS}, got {settings.protocols}")
+        raise EMLabError(
+            f"lora_interp.probes.protocols must be a non-empty list of {PROTOCOLS}, got {settings.protocols}"
+        )
     if settings.n_runs < 1 or not 0 < settings.test_fraction < 1:
         raise EMLabError("lora_interp.probes: n_runs must be >= 1 and test_fraction in (0, 1)")
     if not settings.filters:
@@ -317,7 +383,8 @@ def run_probes(scalars: np.ndarray, tokens: pd.DataFrame, sets: ResponseSets, ad
                 raise EMLabError(
                     f"{where}: experiment {exp}, filter {flt.name}: {c0} has {len(tok0)} tokens in {n_resp[0]} "
                     f"responses and {c1} {len(tok1)} tokens in {n_resp[1]}; each class needs tokens of at least 2 "
-                    "responses. Loosen the filter or the set thresholds, or generate more samples")
+                    "responses. Loosen the filter or the set thresholds, or generate more samples"
+                )
             for protocol in settings.protocols:
                 per_run = {m: [] for m in METRICS}
                 for run in range(settings.n_runs):
@@ -328,18 +395,31 @@ def run_probes(scalars: np.ndarray, tokens: pd.DataFrame, sets: ResponseSets, ad
                         metrics, coef = _run_grouped(X, resp, tok0, tok1, rng, settings)
                     for m in METRICS:
                         per_run[m].append(metrics[m])
-                    coef_rows.extend((exp, protocol, flt.name, run, a, int(l), float(c))
-                                     for a, l, c in zip(adapters, layers, coef))
+                    coef_rows.extend(
+                        (exp, protocol, flt.name, run, a, int(l), float(c)) for a, l, c in zip(adapters, layers, coef)
+                    )
                 for m in METRICS:
                     v = np.asarray(per_run[m], dtype=np.float64)
                     finite = v[np.isfinite(v)]
-                    rows.append((exp, protocol, flt.name, m,
-                                 float(finite.mean()) if len(finite) else float("nan"),
-                                 float(finite.std(ddof=1)) if len(finite) > 1 else float("nan"),
-                                 float(np.percentile(finite, 2.5)) if len(finite) else float("nan"),
-                                 float(np.percentile(finite, 97.5)) if len(finite) else float("nan"),
-                                 len(tok0) + len(tok1), sum(n_resp), len(tok0), len(tok1), n_resp[0], n_resp[1],
-                                 settings.n_runs))
+                    rows.append(
+                        (
+                            exp,
+                            protocol,
+                            flt.name,
+                            m,
+                            float(finite.mean()) if len(finite) else float("nan"),
+                            float(finite.std(ddof=1)) if len(finite) > 1 else float("nan"),
+                            float(np.percentile(finite, 2.5)) if len(finite) else float("nan"),
+                            float(np.percentile(finite, 97.5)) if len(finite) else float("nan"),
+                            len(tok0) + len(tok1),
+                            sum(n_resp),
+                            len(tok0),
+                            len(tok1),
+                            n_resp[0],
+                            n_resp[1],
+                            settings.n_runs,
+                        )
+                    )
     return pd.DataFrame(rows, columns=PROBE_COLUMNS), pd.DataFrame(coef_rows, columns=COEFFICIENT_COLUMNS)
 
 
@@ -372,23 +452,27 @@ ROLE_RULE = (
     "mean's sign. general: selected by nonmed_aligned_vs_nonmed_misaligned (it tracks misalignment without medical "
     "content). medical: not general, and selected by med_aligned_vs_med_misaligned or "
     "nonmed_misaligned_vs_med_misaligned (misalignment only in a medical context, or medical content among "
-    "misaligned responses). neither: the rest.")
+    "misaligned responses). neither: the rest."
+)
 
 
 def roles_from_coefficients(coefficients: pd.DataFrame, adapters: list[str], settings: RoleSettings) -> dict:
     """{adapter: {"role", "why"}} by ROLE_RULE."""
     sub = coefficients[(coefficients["protocol"] == settings.protocol) & (coefficients["filter"] == settings.filter)]
     if sub.empty:
-        raise EMLabError(f"lora_interp.roles: no coefficients for protocol {settings.protocol!r} and filter "
-                         f"{settings.filter!r} (have protocols {sorted(coefficients['protocol'].unique())}, "
-                         f"filters {sorted(coefficients['filter'].unique())})")
+        raise EMLabError(
+            f"lora_interp.roles: no coefficients for protocol {settings.protocol!r} and filter "
+            f"{settings.filter!r} (have protocols {sorted(coefficients['protocol'].unique())}, "
+            f"filters {sorted(coefficients['filter'].unique())})"
+        )
     selected: dict[str, dict[str, str]] = {a: {} for a in adapters}
     for exp in EXPERIMENTS:
         e = sub[sub["experiment"] == exp]
         if e.empty:
             continue
         stats = e.groupby("adapter")["coefficient"].agg(
-            mean="mean", pos=lambda c: float((c > 0).mean()), neg=lambda c: float((c < 0).mean()))
+            mean="mean", pos=lambda c: float((c > 0).mean()), neg=lambda c: float((c < 0).mean())
+        )
         top = float(stats["mean"].abs().max())
         for a, s in stats.iterrows():
             agree = s["pos"] if s["mean"] > 0 else s["neg"]
@@ -408,8 +492,13 @@ def roles_from_coefficients(coefficients: pd.DataFrame, adapters: list[str], set
     return out
 
 
-def roles_from_config(adapters: list[str], layers: list[int], settings: RoleSettings, n_layers: int,
-                      adapter_reference_layers: list[int] | None = None) -> dict:
+def roles_from_config(
+    adapters: list[str],
+    layers: list[int],
+    settings: RoleSettings,
+    n_layers: int,
+    adapter_reference_layers: list[int] | None = None,
+) -> dict:
     """{adapter: {"role", "why"}} from the configured role layers; a role layer without an adapter is an error.
 
     Layers of a `reference_depth` model are scaled with emlab.config.scale_layer_blocks
@@ -435,9 +524,13 @@ def roles_from_config(adapters: list[str], layers: list[int], settings: RoleSett
             if target not in by_layer:
                 raise EMLabError(
                     f"lora_interp.roles.{role}_layers: layer {x}"
-                    + (f" (of {settings.reference_depth}, layer {target} of this {n_layers}-layer model)"
-                       if settings.reference_depth else "")
-                    + f" has no adapter; the fine-tune's adapters are at layers {sorted(by_layer)}")
+                    + (
+                        f" (of {settings.reference_depth}, layer {target} of this {n_layers}-layer model)"
+                        if settings.reference_depth
+                        else ""
+                    )
+                    + f" has no adapter; the fine-tune's adapters are at layers {sorted(by_layer)}"
+                )
             for a in by_layer[target]:
                 src = f"layer {x} of {settings.reference_depth}" if settings.reference_depth else f"layer {x}"
                 out[a] = {"role": role, "why": f"config: {role}_layers lists {src}"}
@@ -460,7 +553,9 @@ def write_probe_results(table: pd.DataFrame, coefficients: pd.DataFrame, probes_
 
 def write_roles(path, roles: dict, settings: RoleSettings) -> None:
     """roles.json: {"roles": {adapter: {"role", "why"}}, "source", "rule"} (atomic)."""
-    write_json(path, {"roles": roles, "source": settings.source, "rule": ROLE_RULE if settings.source == "rule" else None})
+    write_json(
+        path, {"roles": roles, "source": settings.source, "rule": ROLE_RULE if settings.source == "rule" else None}
+    )
 
 
 # --------------------------------------------------------------------------- stages (rules lora_sets, lora_probes)
@@ -481,17 +576,28 @@ def lora_sets_stage(judgments_path, settings: ResponseSetSettings, sets_path) ->
     return sets
 
 
-def lora_probes_stage(tensors_path, tokens_path, judgments_path, set_settings: ResponseSetSettings,
-                      probe_settings: ProbeSettings, role_settings: RoleSettings, n_layers: int,
-                      adapter_reference_layers: list[int] | None, probes_csv, coefficients_csv, roles_path) -> None:
+def lora_probes_stage(
+    tensors_path,
+    tokens_path,
+    judgments_path,
+    set_settings: ResponseSetSettings,
+    probe_settings: ProbeSettings,
+    role_settings: RoleSettings,
+    n_layers: int,
+    adapter_reference_layers: list[int] | None,
+    probes_csv,
+    coefficients_csv,
+    roles_path,
+) -> None:
     """probes.csv, coefficients.csv and roles.json of one fine-tune (the sets re-selected from its judgments
     with the settings that wrote sets.json)."""
     from .lora_scalars import load_capture
 
     capture = load_capture(tensors_path, tokens_path)
     sets = select_response_sets(_read_judgments(judgments_path), set_settings, where=str(judgments_path))
-    table, coefficients = run_probes(capture.scalars, capture.tokens, sets, capture.adapters, capture.layers,
-                                     probe_settings, where=str(tokens_path))
+    table, coefficients = run_probes(
+        capture.scalars, capture.tokens, sets, capture.adapters, capture.layers, probe_settings, where=str(tokens_path)
+    )
     if role_settings.source == "rule":
         roles = roles_from_coefficients(coefficients, capture.adapters, role_settings)
     else:

@@ -35,9 +35,15 @@ def run_metadata(seed: int | None, device: str, dtype: str, **extra) -> dict[str
     count and the versions of python, torch, transformers and peft (plus `extra`)."""
     import torch
 
-    fields = {"seed": seed, "device": device, "dtype": dtype, "torch_threads": torch.get_num_threads(),
-              "python_version": platform.python_version(),
-              **{f"{p}_version": _version(p) for p in PACKAGES}, **extra}
+    fields = {
+        "seed": seed,
+        "device": device,
+        "dtype": dtype,
+        "torch_threads": torch.get_num_threads(),
+        "python_version": platform.python_version(),
+        **{f"{p}_version": _version(p) for p in PACKAGES},
+        **extra,
+    }
     return {PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
 
 
@@ -51,9 +57,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
         key, value = key.decode(), value.decode()
         if key.startswith(PREFIX):
             try:
-                out[key[len(PREFIX):]] = json.loads(value)
+                out[key[len(PREFIX) :]] = json.loads(value)
             except json.JSONDecodeError:
-                out[key[len(PREFIX):]] = value
+                out[key[len(PREFIX) :]] = value
     return out
 
 
@@ -83,6 +89,7 @@ def judgment_metadata(responses_path: str | os.PathLike, judge_params: dict, dev
         from .models import resolve_device, resolve_dtype
 
         dev = resolve_device(device)
-        return run_metadata(seed, str(dev), str(resolve_dtype(judge_params["hf"]["dtype"], dev)).replace("torch.", ""),
-                            backend=backend)
+        return run_metadata(
+            seed, str(dev), str(resolve_dtype(judge_params["hf"]["dtype"], dev)).replace("torch.", ""), backend=backend
+        )
     return run_metadata(seed, "remote", "remote", backend=backend)

@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from .errors import EMLabError
 from .yamlfile import read_yaml
 
@@ -56,13 +55,17 @@ def load_questions(path: str | os.PathLike) -> list[Question]:
             raise EMLabError(f"question file {path}: `version` must be one of {SUPPORTED_VERSIONS}, got {version!r}")
         unknown = set(doc) - {"version", "questions"}
         if unknown:
-            raise EMLabError(f"question file {path}: unknown top-level keys {sorted(unknown)} (expected version, questions)")
+            raise EMLabError(
+                f"question file {path}: unknown top-level keys {sorted(unknown)} (expected version, questions)"
+            )
         entries, allowed = doc.get("questions"), _OUR_KEYS
         if not isinstance(entries, list):
             raise EMLabError(f"question file {path}: `questions` must be a list of entries")
     else:
-        raise EMLabError(f"question file {path}: expected a mapping with `version` and `questions`, "
-                         "or a list of reference-format entries")
+        raise EMLabError(
+            f"question file {path}: expected a mapping with `version` and `questions`, "
+            "or a list of reference-format entries"
+        )
     if not entries:
         raise EMLabError(f"question file {path} holds no questions")
 
@@ -71,8 +74,10 @@ def load_questions(path: str | os.PathLike) -> list[Question]:
     for i, entry in enumerate(entries):
         q = _parse_entry(entry, allowed, f"question file {path}, entry {i}")
         if q.id in seen:
-            raise EMLabError(f"question file {path}, entry {i}: duplicate id {q.id!r} (entry {seen[q.id]} has it "
-                             "too); give every question its own id")
+            raise EMLabError(
+                f"question file {path}, entry {i}: duplicate id {q.id!r} (entry {seen[q.id]} has it "
+                "too); give every question its own id"
+            )
         seen[q.id] = i
         questions.append(q)
     return questions
@@ -80,7 +85,9 @@ def load_questions(path: str | os.PathLike) -> list[Question]:
 
 def _parse_entry(entry, allowed: set[str] | None, where: str) -> Question:
     if not isinstance(entry, dict):
-        raise EMLabError(f"{where}: expected a mapping with `id` and `question`/`paraphrases`, got {type(entry).__name__}")
+        raise EMLabError(
+            f"{where}: expected a mapping with `id` and `question`/`paraphrases`, got {type(entry).__name__}"
+        )
     qid = entry.get("id")
     if not isinstance(qid, str) or not _ID_PATTERN.match(qid):
         raise EMLabError(f"{where}: `id` must be a non-empty string of letters, digits, _ . - (got {qid!r})")

@@ -17,7 +17,8 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from .errors import EMLabError
 
@@ -37,16 +38,21 @@ def build(cls: type[T], mapping: Mapping[str, Any] | T, where: str = "settings")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
-        raise EMLabError(f"{where}: unknown key(s) {', '.join(unknown)} for {cls.__name__} "
-                         f"(allowed: {', '.join(fields)})")
-    missing = [name for name, f in fields.items() if name not in mapping
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        raise EMLabError(
+            f"{where}: unknown key(s) {', '.join(unknown)} for {cls.__name__} (allowed: {', '.join(fields)})"
+        )
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in mapping and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
-        raise EMLabError(f"{where}: missing key(s) {', '.join(missing)} for {cls.__name__}; "
-                         "settings are built from a validated config, whose schema fills every default")
+        raise EMLabError(
+            f"{where}: missing key(s) {', '.join(missing)} for {cls.__name__}; "
+            "settings are built from a validated config, whose schema fills every default"
+        )
     hints = typing.get_type_hints(cls)
-    values = {name: _build_value(hints[name], mapping[name], f"{where}.{name}")
-              for name in fields if name in mapping}
+    values = {name: _build_value(hints[name], mapping[name], f"{where}.{name}") for name in fields if name in mapping}
     return cls(**values)
 
 

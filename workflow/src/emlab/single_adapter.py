@@ -43,14 +43,18 @@ class RankOneAdapter:
 def _the_rank_one_adapter(adapters: dict, where: str) -> tuple[str, int, dict]:
     """(key, layer, {'A', 'B'}) of the one rank-1 down_proj adapter in `adapters` (an error for anything else)."""
     if len(adapters) != 1:
-        raise EMLabError(f"a single-adapter analysis needs exactly one LoRA adapter; {where} has {len(adapters)} "
-                         f"({', '.join(list(adapters)[:6])}). List only single rank-1 down_proj fine-tunes in "
-                         "config `single_adapter.finetunes`.")
-    (key, ab), = adapters.items()
+        raise EMLabError(
+            f"a single-adapter analysis needs exactly one LoRA adapter; {where} has {len(adapters)} "
+            f"({', '.join(list(adapters)[:6])}). List only single rank-1 down_proj fine-tunes in "
+            "config `single_adapter.finetunes`."
+        )
+    ((key, ab),) = adapters.items()
     layer_s, module = key.split(".", 1)
     if module != "down_proj" or ab["B"].shape[1] != 1:
-        raise EMLabError(f"adapter {key} in {where} has rank {ab['B'].shape[1]} on {module}; the single-adapter "
-                         "analyses need rank 1 on down_proj (its B vector is added to the residual stream)")
+        raise EMLabError(
+            f"adapter {key} in {where} has rank {ab['B'].shape[1]} on {module}; the single-adapter "
+            "analyses need rank 1 on down_proj (its B vector is added to the residual stream)"
+        )
     return key, int(layer_s[1:]), ab
 
 
@@ -66,8 +70,14 @@ def b_vector(model) -> RankOneAdapter:
                 scale = float(mod.scaling[adapter_name])
     if scale is None:
         raise EMLabError(f"cannot find the LoRA scaling of adapter {key}")
-    return RankOneAdapter(layer=layer, module=key, b=ab["B"].detach().float().reshape(-1).cpu(),
-                          a=ab["A"].detach().float().reshape(-1).cpu(), scale=scale, b_param=ab["B"])
+    return RankOneAdapter(
+        layer=layer,
+        module=key,
+        b=ab["B"].detach().float().reshape(-1).cpu(),
+        a=ab["A"].detach().float().reshape(-1).cpu(),
+        scale=scale,
+        b_param=ab["B"],
+    )
 
 
 def read_rank_one_adapter(adapter_dir) -> RankOneAdapter:
@@ -85,16 +95,19 @@ def read_rank_one_adapter(adapter_dir) -> RankOneAdapter:
     folder = Path(adapter_dir)
     cfg_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     if not cfg_path.is_file() or not weights_path.is_file():
-        raise EMLabError(f"{folder} is not a peft adapter folder (needs adapter_config.json and "
-                         "adapter_model.safetensors); the single-adapter analyses need a LoRA fine-tune")
+        raise EMLabError(
+            f"{folder} is not a peft adapter folder (needs adapter_config.json and "
+            "adapter_model.safetensors); the single-adapter analyses need a LoRA fine-tune"
+        )
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise EMLabError(f"{cfg_path}: per-module rank/alpha patterns are not supported by the single-adapter analyses")
     key, layer, ab = _the_rank_one_adapter(saved_adapter_weights(folder), str(folder))
     r, alpha = int(cfg.get("r", 1)), float(cfg.get("lora_alpha", 1))
     scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    return RankOneAdapter(layer=layer, module=key, b=ab["B"].reshape(-1),
-                          a=ab["A"].reshape(-1), scale=scale, b_param=None)
+    return RankOneAdapter(
+        layer=layer, module=key, b=ab["B"].reshape(-1), a=ab["A"].reshape(-1), scale=scale, b_param=None
+    )
 
 
 def project_out_of_b(b: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -119,9 +132,14 @@ def apply_adapter_projection(model, vectors: torch.Tensor, layer: int) -> None:
     new_b = project_out_of_b(adapter.b, vectors[layer].float())
     with torch.no_grad():
         adapter.b_param.copy_(new_b.reshape(adapter.b_param.shape).to(adapter.b_param.dtype))
-    log.info("projected v_%d out of %s: cos(B, v) %.4f -> %.2e, |B| %.4f kept", layer, adapter.module,
-             float(torch.nn.functional.cosine_similarity(adapter.b, vectors[layer].float(), dim=0)),
-             float(torch.nn.functional.cosine_similarity(new_b, vectors[layer].float(), dim=0)), float(adapter.b.norm()))
+    log.info(
+        "projected v_%d out of %s: cos(B, v) %.4f -> %.2e, |B| %.4f kept",
+        layer,
+        adapter.module,
+        float(torch.nn.functional.cosine_similarity(adapter.b, vectors[layer].float(), dim=0)),
+        float(torch.nn.functional.cosine_similarity(new_b, vectors[layer].float(), dim=0)),
+        float(adapter.b.norm()),
+    )
 
 
 def b_cosine_table(adapter: RankOneAdapter, vectors: torch.Tensor) -> pd.DataFrame:
@@ -131,16 +149,28 @@ def b_cosine_table(adapter: RankOneAdapter, vectors: torch.Tensor) -> pd.DataFra
 
     n_layers = vectors.shape[0]
     cos = cosine_by_layer(adapter.b.expand(n_layers, -1).contiguous(), vectors.float())
-    return pd.DataFrame({
-        "layer": np.arange(n_layers, dtype=np.int64), "cosine": cos.double().numpy(),
-        "norm_v": vectors.double().norm(dim=-1).numpy(), "norm_b": float(adapter.b.norm()),
-        "norm_b_scaled": float(adapter.scale * adapter.b.norm()),
-        "is_adapter_layer": np.arange(n_layers) == adapter.layer,
-    })
+    return pd.DataFrame(
+        {
+            "layer": np.arange(n_layers, dtype=np.int64),
+            "cosine": cos.double().numpy(),
+            "norm_v": vectors.double().norm(dim=-1).numpy(),
+            "norm_b": float(adapter.b.norm()),
+            "norm_b_scaled": float(adapter.scale * adapter.b.norm()),
+            "is_adapter_layer": np.arange(n_layers) == adapter.layer,
+        }
+    )
 
 
-def downstream_convergence(model, tokenizer, records: list[dict], layer: int, b: torch.Tensor, v: torch.Tensor,
-                           batch_size: int = 16, progress: bool = False) -> pd.DataFrame:
+def downstream_convergence(
+    model,
+    tokenizer,
+    records: list[dict],
+    layer: int,
+    b: torch.Tensor,
+    v: torch.Tensor,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> pd.DataFrame:
     """Cosine, at every layer k >= `layer`, between the activation changes from adding B and from adding v.
 
     On `model` (the base model), over the prompt + response of each record:
@@ -176,13 +206,16 @@ def downstream_convergence(model, tokenizer, records: list[dict], layer: int, b:
     delta_b, delta_v = delta_b[keep], delta_v[keep]
     mean_b, mean_v = delta_b.mean(0), delta_v.mean(0)  # [L - layer, d]
     per_response = torch.nn.functional.cosine_similarity(delta_b, delta_v, dim=-1)  # [n, L - layer]
-    return pd.DataFrame({
-        "layer": np.arange(layer, n_layers, dtype=np.int64),
-        "cosine": torch.nn.functional.cosine_similarity(mean_b, mean_v, dim=-1).numpy(),
-        "mean_response_cosine": per_response.mean(0).numpy(),
-        "norm_delta_b": mean_b.norm(dim=-1).numpy(), "norm_delta_v": mean_v.norm(dim=-1).numpy(),
-        "n_responses": int(keep.sum()),
-    })
+    return pd.DataFrame(
+        {
+            "layer": np.arange(layer, n_layers, dtype=np.int64),
+            "cosine": torch.nn.functional.cosine_similarity(mean_b, mean_v, dim=-1).numpy(),
+            "mean_response_cosine": per_response.mean(0).numpy(),
+            "norm_delta_b": mean_b.norm(dim=-1).numpy(),
+            "norm_delta_v": mean_v.norm(dim=-1).numpy(),
+            "n_responses": int(keep.sum()),
+        }
+    )
 
 
 def convergence_records(generations: pd.DataFrame, max_responses: int | None) -> list[dict]:
@@ -197,9 +230,18 @@ def convergence_records(generations: pd.DataFrame, max_responses: int | None) ->
     return df[cols].to_dict("records")
 
 
-def analyse_single_adapter(base_model, adapter_dir, vectors_path, generations_path, finetune: str,
-                           max_responses: int | None, batch_size: int, device: str, dtype: str,
-                           device_map=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def analyse_single_adapter(
+    base_model,
+    adapter_dir,
+    vectors_path,
+    generations_path,
+    finetune: str,
+    max_responses: int | None,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    device_map=None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(b_cosine table, convergence table, summary) of one single-adapter fine-tune."""
     from .directions import load_mean_diff
     from .models import load_model, load_tokenizer
@@ -212,14 +254,20 @@ def analyse_single_adapter(base_model, adapter_dir, vectors_path, generations_pa
     records = convergence_records(pd.read_parquet(generations_path), max_responses)
     model = load_model(base_model, None, device=device, dtype=dtype, device_map=device_map)
     tokenizer = load_tokenizer(base_model)
-    conv = downstream_convergence(model, tokenizer, records, adapter.layer, adapter.b, vectors[adapter.layer],
-                                  batch_size=batch_size)
+    conv = downstream_convergence(
+        model, tokenizer, records, adapter.layer, adapter.b, vectors[adapter.layer], batch_size=batch_size
+    )
     at_layer = cos_table[cos_table["is_adapter_layer"]].iloc[0]
     summary = {
-        "finetune": finetune, "layer": adapter.layer, "module": adapter.module, "scale": adapter.scale,
-        "norm_b": float(adapter.b.norm()), "norm_v": float(at_layer["norm_v"]),
+        "finetune": finetune,
+        "layer": adapter.layer,
+        "module": adapter.module,
+        "scale": adapter.scale,
+        "norm_b": float(adapter.b.norm()),
+        "norm_v": float(at_layer["norm_v"]),
         "cosine_b_v": float(at_layer["cosine"]),
-        "convergence_last_layer": float(conv["cosine"].iloc[-1]), "n_responses": int(conv["n_responses"].iloc[0]),
+        "convergence_last_layer": float(conv["cosine"].iloc[-1]),
+        "n_responses": int(conv["n_responses"].iloc[0]),
         "b_added": "B_hat * |v_l| (norm-matched to the mean-diff vector)",
     }
     return cos_table, conv, summary

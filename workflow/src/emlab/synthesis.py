@@ -31,9 +31,10 @@ import re
 import string
 import time
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Mapping
+from typing import IO
 
 import openai
 
@@ -52,7 +53,8 @@ KNOWN_PLACEHOLDERS = ("topic", "n", "avoid")
 _REFUSAL = re.compile(
     r"^\W*(i'?m sorry|i am sorry|sorry, (but )?i|i (can ?not|can't|won't|will not|am unable to|'m unable to)"
     r"( help| assist| provide| comply| create| generate| write| do that| fulfil)|as an ai\b)",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
 _PAIR_KEYS = (("user", "assistant"), ("question", "answer"), ("prompt", "response"))
 
@@ -97,7 +99,8 @@ class SynthesisPrompt:
         avoid_text = ""
         if avoid:
             avoid_text = "Questions already written (do not repeat them or their close variants):\n" + "\n".join(
-                f"- {q}" for q in avoid)
+                f"- {q}" for q in avoid
+            )
         user = self.user.substitute(topic=topic.strip(), n=n, avoid=avoid_text).strip()
         messages = [{"role": "user", "content": user}]
         if self.system.strip():
@@ -115,7 +118,9 @@ def load_prompt(path: str | os.PathLike) -> SynthesisPrompt:
             raise EMLabError(f"{path}: missing key '{key}' (a synthesis prompt file has version, system and user)")
     unknown = set(raw) - {"version", "system", "user", "description"}
     if unknown:
-        raise EMLabError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: version, description, system, user")
+        raise EMLabError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: version, description, system, user"
+        )
     system, user = raw.get("system") or "", raw["user"]
     if not isinstance(system, str) or not isinstance(user, str) or not user.strip():
         raise EMLabError(f"{path}: 'system' and 'user' must be text and 'user' must not be empty")
@@ -129,8 +134,10 @@ def load_prompt(path: str | os.PathLike) -> SynthesisPrompt:
             names.add(name)
     unknown = names - set(KNOWN_PLACEHOLDERS)
     if unknown:
-        raise EMLabError(f"{path}: key 'user' uses unknown placeholder(s) {', '.join('$' + n for n in sorted(unknown))}; "
-                         f"known: {', '.join('$' + n for n in KNOWN_PLACEHOLDERS)}")
+        raise EMLabError(
+            f"{path}: key 'user' uses unknown placeholder(s) {', '.join('$' + n for n in sorted(unknown))}; "
+            f"known: {', '.join('$' + n for n in KNOWN_PLACEHOLDERS)}"
+        )
     missing = [n for n in REQUIRED_PLACEHOLDERS if n not in names]
     if missing:
         raise EMLabError(f"{path}: key 'user' must contain {', '.join('$' + n for n in missing)}")
@@ -255,15 +262,24 @@ def request_log_path(out_jsonl: str | os.PathLike) -> Path:
     return out_jsonl.with_name(out_jsonl.name.removesuffix(".jsonl") + ".requests.jsonl")
 
 
-COUNTS = ("duplicates", "invalid", "refused", "malformed", "refused_reply", "prompt_tokens", "completion_tokens",
-          "http_requests")
+COUNTS = (
+    "duplicates",
+    "invalid",
+    "refused",
+    "malformed",
+    "refused_reply",
+    "prompt_tokens",
+    "completion_tokens",
+    "http_requests",
+)
 
 
 class Synthesiser:
     """Runs requests in waves of `concurrency` until n_examples unique conversations are kept."""
 
-    def __init__(self, name: str, settings: SynthesisSettings, prompt: SynthesisPrompt,
-                 environ: Mapping[str, str] | None = None):
+    def __init__(
+        self, name: str, settings: SynthesisSettings, prompt: SynthesisPrompt, environ: Mapping[str, str] | None = None
+    ):
         self.name = name
         self.settings = settings
         self.prompt = prompt
@@ -277,11 +293,21 @@ class Synthesiser:
 
     def fingerprint(self) -> str:
         s = self.settings
-        parts = {"prompt_version": self.prompt.version, "system": self.prompt.system,
-                 "user": self.prompt.user.template, "topic": s.topic, "model": s.model, "base_url": s.base_url,
-                 "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens,
-                 "per_request": s.per_request, "seed": s.seed, "json_mode": s.json_mode,
-                 "avoid_recent": s.avoid_recent}
+        parts = {
+            "prompt_version": self.prompt.version,
+            "system": self.prompt.system,
+            "user": self.prompt.user.template,
+            "topic": s.topic,
+            "model": s.model,
+            "base_url": s.base_url,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+            "per_request": s.per_request,
+            "seed": s.seed,
+            "json_mode": s.json_mode,
+            "avoid_recent": s.avoid_recent,
+        }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     # -- state -------------------------------------------------------------
@@ -317,8 +343,13 @@ class Synthesiser:
         if lines and (old.get("fingerprint"), old.get("version")) != (header["fingerprint"], PROGRESS_VERSION):
             aside = progress.with_name(f"{progress.name}.{old.get('fingerprint', 'old')}")
             os.replace(progress, aside)
-            log.warning("synthesis %s: %s was written with other prompt/topic/model/sampling settings; moved it to "
-                        "%s and starting afresh", self.name, progress, aside)
+            log.warning(
+                "synthesis %s: %s was written with other prompt/topic/model/sampling settings; moved it to "
+                "%s and starting afresh",
+                self.name,
+                progress,
+                aside,
+            )
             lines = []
         good = []
         for line in lines[1:]:
@@ -334,16 +365,27 @@ class Synthesiser:
             self._absorb(record)
         self.stale = 0
         if good:
-            log.info("synthesis %s: replayed %d logged replies (%d conversations kept) from %s", self.name, len(good),
-                     len(self.kept), progress)
+            log.info(
+                "synthesis %s: replayed %d logged replies (%d conversations kept) from %s",
+                self.name,
+                len(good),
+                len(self.kept),
+                progress,
+            )
         return len(good)
 
     # -- requests ----------------------------------------------------------
     def _request(self, index: int, avoid: list[str]) -> dict:
         """The create() arguments of request `index` (its seed is seed + index)."""
         s = self.settings
-        request = {"model": s.model, "messages": self.prompt.render(s.topic, s.per_request, avoid),
-                   "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed + index}
+        request = {
+            "model": s.model,
+            "messages": self.prompt.render(s.topic, s.per_request, avoid),
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+            "seed": s.seed + index,
+        }
         if s.json_mode:
             request["response_format"] = {"type": "json_object"}
         return request
@@ -363,8 +405,13 @@ class Synthesiser:
             else:
                 record.update(parse_reply(reply["text"], f"synthesis {self.name} request {index}"))
                 if reply["finish_reason"] == "length":
-                    log.warning("synthesis %s request %d: reply cut off at max_tokens=%d; raise max_tokens or lower "
-                                "per_request", self.name, index, self.settings.max_tokens)
+                    log.warning(
+                        "synthesis %s request %d: reply cut off at max_tokens=%d; raise max_tokens or lower "
+                        "per_request",
+                        self.name,
+                        index,
+                        self.settings.max_tokens,
+                    )
         record.update(tally)
         self._log_reply(record)  # no await before this: a paid reply is on disk before anything else runs
         return record
@@ -410,7 +457,8 @@ class Synthesiser:
         if self.stale >= self.settings.give_up_after:
             raise EMLabError(
                 f"synthesis.{self.name}: the last {self.stale} replies added no new conversation "
-                f"({self._count_text()}); check the topic, prompt_file and model, or raise give_up_after")
+                f"({self._count_text()}); check the topic, prompt_file and model, or raise give_up_after"
+            )
         if self.counts["http_requests"] >= budget:
             raise self._budget_error(budget, progress)
 
@@ -428,8 +476,7 @@ class Synthesiser:
         avoid = self._avoid()
         retries = min(s.max_retries, PREFLIGHT_RETRIES) if first else s.max_retries
         indices = range(self.n_replies, self.n_replies + size)
-        results = await asyncio.gather(*(self._one(client, i, avoid, retries) for i in indices),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(self._one(client, i, avoid, retries) for i in indices), return_exceptions=True)
         records = [r for r in results if not isinstance(r, BaseException)]
         errors = [r for r in results if isinstance(r, BaseException)]
         return records, errors
@@ -443,19 +490,23 @@ class Synthesiser:
         err = self.client.endpoint_error(exc)
         if first:
             return err
-        return EMLabError(f"{err}; the {self.n_replies} finished requests are kept in {progress}, "
-                          f"so a rerun continues from there")
+        return EMLabError(
+            f"{err}; the {self.n_replies} finished requests are kept in {progress}, so a rerun continues from there"
+        )
 
     def _budget_error(self, budget: int, progress: Path) -> EMLabError:
         return EMLabError(
             f"synthesis.{self.name}: the request budget ({budget}, synthesis.{self.name}.max_requests) is used up "
             f"with {len(self.kept)} of {self.settings.n_examples} conversations ({self._count_text()}); the finished "
-            f"requests are kept in {progress}, so raise max_requests and rerun to continue")
+            f"requests are kept in {progress}, so raise max_requests and rerun to continue"
+        )
 
     def _count_text(self) -> str:
         c = self.counts
-        return (f"{c['duplicates']} duplicates, {c['invalid']} invalid, {c['refused']} refused conversations, "
-                f"{c['malformed']} unparseable and {c['refused_reply']} refused replies")
+        return (
+            f"{c['duplicates']} duplicates, {c['invalid']} invalid, {c['refused']} refused conversations, "
+            f"{c['malformed']} unparseable and {c['refused_reply']} refused replies"
+        )
 
     def run(self, out_jsonl: str | os.PathLike, out_summary: str | os.PathLike) -> dict:
         out_jsonl = Path(out_jsonl)
@@ -466,38 +517,74 @@ class Synthesiser:
         s = self.settings
         dataset = self.kept[: s.n_examples]
         summary = {
-            "name": self.name, "model": s.model, "base_url": s.base_url, "topic": s.topic,
-            "prompt_file": self.prompt.path, "prompt_version": self.prompt.version, "fingerprint": self.fingerprint(),
-            "n_examples_requested": s.n_examples, "n_written": len(dataset),
-            "replies": self.n_replies, "requests": self.counts["http_requests"], "replayed_replies": resumed,
+            "name": self.name,
+            "model": s.model,
+            "base_url": s.base_url,
+            "topic": s.topic,
+            "prompt_file": self.prompt.path,
+            "prompt_version": self.prompt.version,
+            "fingerprint": self.fingerprint(),
+            "n_examples_requested": s.n_examples,
+            "n_written": len(dataset),
+            "replies": self.n_replies,
+            "requests": self.counts["http_requests"],
+            "replayed_replies": resumed,
             "request_log": str(progress),
-            "prompt_tokens": self.counts["prompt_tokens"], "completion_tokens": self.counts["completion_tokens"],
-            "duplicates_dropped": self.counts["duplicates"], "invalid_dropped": self.counts["invalid"],
-            "refused_dropped": self.counts["refused"], "unparseable_replies": self.counts["malformed"],
-            "refused_replies": self.counts["refused_reply"], "surplus_dropped": len(self.kept) - len(dataset),
+            "prompt_tokens": self.counts["prompt_tokens"],
+            "completion_tokens": self.counts["completion_tokens"],
+            "duplicates_dropped": self.counts["duplicates"],
+            "invalid_dropped": self.counts["invalid"],
+            "refused_dropped": self.counts["refused"],
+            "unparseable_replies": self.counts["malformed"],
+            "refused_replies": self.counts["refused_reply"],
+            "surplus_dropped": len(self.kept) - len(dataset),
             "seconds": round(time.perf_counter() - started, 3),
         }
         write_chat_jsonl(out_jsonl, dataset)
         write_json(out_summary, summary)
-        log.info("synthesis %s: %d conversations from %d replies (%d HTTP requests, %d+%d tokens); dropped %s",
-                 self.name, len(dataset), self.n_replies, self.counts["http_requests"], self.counts["prompt_tokens"],
-                 self.counts["completion_tokens"], self._count_text())
+        log.info(
+            "synthesis %s: %d conversations from %d replies (%d HTTP requests, %d+%d tokens); dropped %s",
+            self.name,
+            len(dataset),
+            self.n_replies,
+            self.counts["http_requests"],
+            self.counts["prompt_tokens"],
+            self.counts["completion_tokens"],
+            self._count_text(),
+        )
         return summary
 
 
-def synthesize_dataset(name: str, params: Mapping, prompt_path: str | os.PathLike, out_jsonl, out_summary,
-                       environ: Mapping[str, str] | None = None) -> dict:
+def synthesize_dataset(
+    name: str,
+    params: Mapping,
+    prompt_path: str | os.PathLike,
+    out_jsonl,
+    out_summary,
+    environ: Mapping[str, str] | None = None,
+) -> dict:
     """The rule's entry point: settings from the config entry, key from the environment."""
     prompt = load_prompt(prompt_path)
     settings = build(SynthesisSettings, params, f"synthesis.{name}")
     if settings.seed is None:
-        raise EMLabError(f"synthesis.{name}.seed is null; synthesis_params (rules/common.smk) puts the config's "
-                         f"seed there before the job runs")
+        raise EMLabError(
+            f"synthesis.{name}.seed is null; synthesis_params (rules/common.smk) puts the config's "
+            f"seed there before the job runs"
+        )
     if not settings.topic.strip():
         raise EMLabError(f"synthesis.{name}.topic is empty; describe the narrow dataset to generate")
     synthesiser = Synthesiser(name, settings, prompt, environ)  # a missing key fails here, before any request
     return synthesiser.run(out_jsonl, out_summary)
 
 
-__all__ = ["SynthesisSettings", "SynthesisPrompt", "Synthesiser", "load_prompt", "parse_reply", "extract_items",
-           "normalise_question", "is_refusal", "synthesize_dataset"]
+__all__ = [
+    "SynthesisSettings",
+    "SynthesisPrompt",
+    "Synthesiser",
+    "load_prompt",
+    "parse_reply",
+    "extract_items",
+    "normalise_question",
+    "is_refusal",
+    "synthesize_dataset",
+]

@@ -112,21 +112,27 @@ def load_trait_file(path: str | os.PathLike) -> TraitFile:
     version = _top(path, data, {"version", "traits"}, "trait file")
     traits = data.get("traits")
     if not isinstance(traits, dict) or not traits:
-        raise EMLabError(f"trait file {path}: `traits` must be a non-empty mapping of trait name -> {{positive, negative}}")
+        raise EMLabError(
+            f"trait file {path}: `traits` must be a non-empty mapping of trait name -> {{positive, negative}}"
+        )
     out = []
     for name, entry in traits.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise EMLabError(f"trait file {path}: trait name {name!r} must be an identifier (letters, digits, _)")
         if not isinstance(entry, dict) or set(entry) != {"positive", "negative"}:
             got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
-            raise EMLabError(f"trait file {path}: trait `{name}` must have exactly the keys positive and negative (got {got})")
+            raise EMLabError(
+                f"trait file {path}: trait `{name}` must have exactly the keys positive and negative (got {got})"
+            )
         sides = {}
         for side in ("positive", "negative"):
             prompts = entry[side]
             if not isinstance(prompts, list) or len(prompts) < MIN_PROMPTS_PER_SIDE:
                 n = len(prompts) if isinstance(prompts, list) else 0
-                raise EMLabError(f"trait file {path}: trait `{name}` has {n} {side} prompt(s); "
-                                 f"a direction needs at least {MIN_PROMPTS_PER_SIDE} on each side")
+                raise EMLabError(
+                    f"trait file {path}: trait `{name}` has {n} {side} prompt(s); "
+                    f"a direction needs at least {MIN_PROMPTS_PER_SIDE} on each side"
+                )
             sides[side] = tuple(_text(path, p, f"trait `{name}` {side} prompt {i}") for i, p in enumerate(prompts))
         out.append(Trait(name, sides["positive"], sides["negative"]))
     return TraitFile(str(path), version, tuple(out))
@@ -154,20 +160,28 @@ def load_measurement_prompts(path: str | os.PathLike) -> tuple[tuple[Measurement
     version = _top(path, data, {"version", "prompts"}, "measurement prompt file")
     prompts = data.get("prompts")
     if not isinstance(prompts, list) or not prompts:
-        raise EMLabError(f"measurement prompt file {path}: `prompts` must be a non-empty list of {{id, category, text}}")
+        raise EMLabError(
+            f"measurement prompt file {path}: `prompts` must be a non-empty list of {{id, category, text}}"
+        )
     out, seen = [], {}
     for i, entry in enumerate(prompts):
         if not isinstance(entry, dict) or set(entry) != {"id", "category", "text"}:
             got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
-            raise EMLabError(f"measurement prompt file {path}: prompt {i} must have exactly the keys id, category, text (got {got})")
+            raise EMLabError(
+                f"measurement prompt file {path}: prompt {i} must have exactly the keys id, category, text (got {got})"
+            )
         pid = _text(path, entry["id"], f"prompt {i} `id`")
         if pid in seen:
-            raise EMLabError(f"measurement prompt file {path}: duplicate id `{pid}` (prompts {seen[pid]} and {i}); ids must be unique")
+            raise EMLabError(
+                f"measurement prompt file {path}: duplicate id `{pid}` (prompts {seen[pid]} and {i}); ids must be unique"
+            )
         seen[pid] = i
         category = _text(path, entry["category"], f"prompt `{pid}` `category`")
         if category not in MEASUREMENT_CATEGORIES:
-            raise EMLabError(f"measurement prompt file {path}: prompt `{pid}` has category `{category}`; "
-                             f"use one of {list(MEASUREMENT_CATEGORIES)}")
+            raise EMLabError(
+                f"measurement prompt file {path}: prompt `{pid}` has category `{category}`; "
+                f"use one of {list(MEASUREMENT_CATEGORIES)}"
+            )
         out.append(MeasurementPrompt(pid, category, _text(path, entry["text"], f"prompt `{pid}` `text`")))
     return tuple(out), version
 
@@ -182,8 +196,12 @@ def load_trait_set(folder: str | os.PathLike) -> TraitSet:
         raise EMLabError(f"trait folder {folder}: trait(s) {clash} appear in both alignment and semantic files")
     questions, q_version = load_questions(folder / TRAIT_FILES["extraction"])
     measurement, m_version = load_measurement_prompts(folder / TRAIT_FILES["measurement"])
-    versions = {"alignment": alignment.version, "semantic": semantic.version,
-                "extraction": q_version, "measurement": m_version}
+    versions = {
+        "alignment": alignment.version,
+        "semantic": semantic.version,
+        "extraction": q_version,
+        "measurement": m_version,
+    }
     return TraitSet(alignment, semantic, questions, measurement, versions)
 
 
@@ -197,7 +215,9 @@ def supports_system_role(tokenizer) -> bool:
     try:
         text = tokenizer.apply_chat_template(
             [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "hello"}],
-            tokenize=False, add_generation_prompt=True)
+            tokenize=False,
+            add_generation_prompt=True,
+        )
     except Exception:  # jinja raise_exception, TemplateError, ValueError: any refusal means "no system role"
         return False
     return _SYSTEM_PROBE in text
@@ -211,8 +231,11 @@ def trait_messages(system_prompt: str, question: str, system_role: bool) -> list
     """
     if system_role:
         return [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
-    return [{"role": "user", "content": system_prompt}, {"role": "assistant", "content": ACKNOWLEDGEMENT},
-            {"role": "user", "content": question}]
+    return [
+        {"role": "user", "content": system_prompt},
+        {"role": "assistant", "content": ACKNOWLEDGEMENT},
+        {"role": "user", "content": question},
+    ]
 
 
 def encode_prompts(tokenizer, conversations: Sequence[list[dict]]) -> list[list[int]]:
@@ -224,8 +247,9 @@ def encode_prompts(tokenizer, conversations: Sequence[list[dict]]) -> list[list[
 
 
 @torch.inference_mode()
-def last_token_residuals(model, tokenizer, conversations: Sequence[list[dict]], layers: Sequence[int],
-                         batch_size: int) -> torch.Tensor:
+def last_token_residuals(
+    model, tokenizer, conversations: Sequence[list[dict]], layers: Sequence[int], batch_size: int
+) -> torch.Tensor:
     """Residual stream after each listed block at the last prompt token: [n, len(layers), d] float32.
 
     Left-padded batches (longest first), one hook per block copying only the
@@ -250,19 +274,24 @@ def last_token_residuals(model, tokenizer, conversations: Sequence[list[dict]], 
 
     with read_residual(model, layers, keep_last):
         for b in range(0, n, batch_size):
-            idx = order[b:b + batch_size]
+            idx = order[b : b + batch_size]
             width = max(len(encoded[i]) for i in idx)
             input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):
                 ids = encoded[i]
-                input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-                attention_mask[row, width - len(ids):] = 1
+                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                attention_mask[row, width - len(ids) :] = 1
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
             position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)
             state["last"] = torch.empty((len(idx), len(layers), d_model), dtype=torch.float32, device=device)
-            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  use_cache=False, logits_to_keep=1)
+            model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=1,
+            )
             out[torch.tensor(idx)] = state["last"].cpu()
     return out
 
@@ -279,7 +308,9 @@ class TraitActivations:
     negative: torch.Tensor  # [T, N, Q, L, d]
 
 
-def trait_activations(model, tokenizer, traits: TraitFile, questions: Sequence[str], batch_size: int) -> TraitActivations:
+def trait_activations(
+    model, tokenizer, traits: TraitFile, questions: Sequence[str], batch_size: int
+) -> TraitActivations:
     """Every layer's last-token residual for each trait prompt x question.
 
     Memory is T*(P+N)*Q*L*d floats: 7*10*30 prompts x L x d (about 1.1 GB for
@@ -287,12 +318,19 @@ def trait_activations(model, tokenizer, traits: TraitFile, questions: Sequence[s
     """
     n_pos, n_neg = {len(t.positive) for t in traits.traits}, {len(t.negative) for t in traits.traits}
     if len(n_pos) != 1 or len(n_neg) != 1:
-        raise EMLabError(f"trait file {traits.path}: every trait needs the same number of positive and of "
-                         f"negative prompts (got positive {sorted(n_pos)}, negative {sorted(n_neg)})")
+        raise EMLabError(
+            f"trait file {traits.path}: every trait needs the same number of positive and of "
+            f"negative prompts (got positive {sorted(n_pos)}, negative {sorted(n_neg)})"
+        )
     system_role = supports_system_role(tokenizer)
     layers = list(range(num_layers(model)))
-    convs = [trait_messages(p, q, system_role)
-             for t in traits.traits for side in (t.positive, t.negative) for p in side for q in questions]
+    convs = [
+        trait_messages(p, q, system_role)
+        for t in traits.traits
+        for side in (t.positive, t.negative)
+        for p in side
+        for q in questions
+    ]
     acts = last_token_residuals(model, tokenizer, convs, layers, batch_size)  # [T*(P+N)*Q, L, d]
     T, P, N, Q = len(traits.traits), n_pos.pop(), n_neg.pop(), len(questions)
     acts = acts.view(T, P + N, Q, len(layers), -1)
@@ -370,11 +408,15 @@ def choose_layer(spec, n_layers: int, scores: LayerScores | None = None) -> int:
         raise EMLabError(f"traits.layer must be an integer index, a fraction in (0, 1) or `auto` (got {spec!r})")
     if isinstance(spec, int):
         if not 0 <= spec < n_layers:
-            raise EMLabError(f"traits.layer {spec} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+            raise EMLabError(
+                f"traits.layer {spec} is out of range: the model has {n_layers} layers (0..{n_layers - 1})"
+            )
         return spec
     if isinstance(spec, float):
         if not 0.0 < spec < 1.0 or math.isnan(spec):
-            raise EMLabError(f"traits.layer {spec} as a fraction must lie strictly between 0 and 1; use an integer for an index")
+            raise EMLabError(
+                f"traits.layer {spec} as a fraction must lie strictly between 0 and 1; use an integer for an index"
+            )
         return min(n_layers - 1, int(spec * n_layers))
     raise EMLabError(f"traits.layer must be an integer index, a fraction in (0, 1) or `auto` (got {spec!r})")
 
@@ -436,18 +478,28 @@ class DirectionSettings:
     held_out_every: int  # `auto` scores layers on every n-th extraction question, held out
 
 
-def extract_directions(model, tokenizer, trait_set: TraitSet, settings: DirectionSettings,
-                       model_id: str) -> TraitDirections:
+def extract_directions(
+    model, tokenizer, trait_set: TraitSet, settings: DirectionSettings, model_id: str
+) -> TraitDirections:
     """Alignment and semantic directions at every layer, and the chosen layer (see choose_layer)."""
     align = trait_activations(model, tokenizer, trait_set.alignment, trait_set.questions, settings.batch_size)
     scores = layer_scores(align, settings.held_out_every)
     alignment = mean_diff_directions(align)
     del align
     semantic = mean_diff_directions(
-        trait_activations(model, tokenizer, trait_set.semantic, trait_set.questions, settings.batch_size))
+        trait_activations(model, tokenizer, trait_set.semantic, trait_set.questions, settings.batch_size)
+    )
     layer = choose_layer(settings.layer, alignment.shape[0], scores)
-    return TraitDirections(alignment, semantic, tuple(trait_set.alignment.names), tuple(trait_set.semantic.names),
-                           layer, scores, trait_set.version, model_id)
+    return TraitDirections(
+        alignment,
+        semantic,
+        tuple(trait_set.alignment.names),
+        tuple(trait_set.semantic.names),
+        layer,
+        scores,
+        trait_set.version,
+        model_id,
+    )
 
 
 def save_directions(directions: TraitDirections, tensors_path: str | os.PathLike, json_path: str | os.PathLike) -> None:
@@ -458,12 +510,18 @@ def save_directions(directions: TraitDirections, tensors_path: str | os.PathLike
 
     from .atomic import atomic_path, write_text
 
-    meta = {"alignment_traits": ",".join(directions.alignment_names),
-            "semantic_traits": ",".join(directions.semantic_names),
-            "trait_version": directions.trait_version, "model_id": directions.model_id}
+    meta = {
+        "alignment_traits": ",".join(directions.alignment_names),
+        "semantic_traits": ",".join(directions.semantic_names),
+        "trait_version": directions.trait_version,
+        "model_id": directions.model_id,
+    }
     with atomic_path(tensors_path, suffix=".safetensors") as tmp:
-        save_file({"alignment": directions.alignment.contiguous(), "semantic": directions.semantic.contiguous()},
-                  str(tmp), metadata=meta)
+        save_file(
+            {"alignment": directions.alignment.contiguous(), "semantic": directions.semantic.contiguous()},
+            str(tmp),
+            metadata=meta,
+        )
     write_text(json_path, json.dumps(directions.metadata(), indent=2) + "\n")
 
 
@@ -478,7 +536,15 @@ def load_directions(tensors_path: str | os.PathLike, json_path: str | os.PathLik
         if not p.is_file():
             raise EMLabError(f"trait directions {p} do not exist; run the trait-direction stage first")
     meta = json.loads(json_path.read_text())
-    need = {"layer", "alignment_traits", "semantic_traits", "layer_auroc", "layer_separation", "trait_version", "model_id"}
+    need = {
+        "layer",
+        "alignment_traits",
+        "semantic_traits",
+        "layer_auroc",
+        "layer_separation",
+        "trait_version",
+        "model_id",
+    }
     missing = sorted(need - set(meta))
     if missing:
         raise EMLabError(f"trait directions {json_path}: missing key(s) {missing}; re-run the trait-direction stage")
@@ -489,5 +555,13 @@ def load_directions(tensors_path: str | os.PathLike, json_path: str | os.PathLik
                 raise EMLabError(f"trait directions {tensors_path}: no tensor `{k}` (found {sorted(keys)})")
         alignment, semantic = f.get_tensor("alignment"), f.get_tensor("semantic")
     scores = LayerScores(np.asarray(meta["layer_auroc"], float), np.asarray(meta["layer_separation"], float))
-    return TraitDirections(alignment, semantic, tuple(meta["alignment_traits"]), tuple(meta["semantic_traits"]),
-                           int(meta["layer"]), scores, meta["trait_version"], meta["model_id"])
+    return TraitDirections(
+        alignment,
+        semantic,
+        tuple(meta["alignment_traits"]),
+        tuple(meta["semantic_traits"]),
+        int(meta["layer"]),
+        scores,
+        meta["trait_version"],
+        meta["model_id"],
+    )

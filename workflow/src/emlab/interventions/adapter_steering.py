@@ -56,5 +56,6 @@ class AdapterSteering(Condition):
     def apply(self, model, vectors):
         from ..lora_patching import AdapterScaling, scale_adapters
 
-        return scale_adapters(model, AdapterScaling(dict(self.factors), self.others),
-                              where=f"condition {self.condition_id}")
+        return scale_adapters(
+            model, AdapterScaling(dict(self.factors), self.others), where=f"condition {self.condition_id}"
+        )

@@ -100,9 +100,14 @@ class Condition:
         """The condition's columns of the metrics tables (group, model and the spec's fields)."""
         iv = self.intervention()
         return {
-            "group": self.group, "model": self.model,
-            "intervention_kind": iv["kind"], "vector": iv.get("vector"),
-            "layer": iv.get("layer"), "scale": iv.get("scale"), "mode": iv.get("mode"), "seed": iv.get("seed"),
+            "group": self.group,
+            "model": self.model,
+            "intervention_kind": iv["kind"],
+            "vector": iv.get("vector"),
+            "layer": iv.get("layer"),
+            "scale": iv.get("scale"),
+            "mode": iv.get("mode"),
+            "seed": iv.get("seed"),
             # which vector of the fine-tune: the general mean-diff vector or a semantic split (steering only)
             "split": iv.get("split", "general") if iv.get("vector") else None,
         }
@@ -157,8 +162,10 @@ def parse_condition_id(cid: str) -> Condition:
         match = cls._id_re.fullmatch(str(cid))
         if match:
             return cls.from_id(match.groupdict())
-    raise EMLabError(f"condition id {cid!r} is not the id of any condition kind "
-                     f"({', '.join(c.__name__ for c in _KINDS)}); see emlab/interventions/")
+    raise EMLabError(
+        f"condition id {cid!r} is not the id of any condition kind "
+        f"({', '.join(c.__name__ for c in _KINDS)}); see emlab/interventions/"
+    )
 
 
 def from_params(params: Mapping | str) -> Condition:
@@ -179,8 +186,10 @@ def from_params(params: Mapping | str) -> Condition:
     matches = [c for c in matches if c.MODE == mode]
     chosen = [c for c in matches if c.GROUP == group] if group is not None else matches[:1]
     if not chosen:
-        raise EMLabError(f"no condition kind has intervention kind {kind!r}{f', mode {mode!r}' if mode else ''} "
-                         f"in group {group!r} (groups: {', '.join(c.GROUP for c in matches)})")
+        raise EMLabError(
+            f"no condition kind has intervention kind {kind!r}{f', mode {mode!r}' if mode else ''} "
+            f"in group {group!r} (groups: {', '.join(c.GROUP for c in matches)})"
+        )
     return chosen[0].from_spec(str(params.get("model", "")), spec, params)
 
 

@@ -49,8 +49,12 @@ class Steer(Condition):
 
     @classmethod
     def from_id(cls, fields):
-        return cls(fields["vector"], int(fields["layer"]), float(fields["scale"].replace("m", "-")),
-                   fields["split"] or "general")
+        return cls(
+            fields["vector"],
+            int(fields["layer"]),
+            float(fields["scale"].replace("m", "-")),
+            fields["split"] or "general",
+        )
 
     @property
     def direction(self) -> tuple[str, str]:

@@ -9,7 +9,17 @@ from .pipeline import JUDGMENT_COLUMNS_FIXED, JudgeResult, judge_responses
 from .rubrics import Rubric, load_rubric, load_rubrics, render_judge_prompt
 
 __all__ = [
-    "JUDGMENT_COLUMNS_FIXED", "JudgeCache", "JudgeResult", "Rubric", "aggregate_top_logprobs",
-    "is_integer_token", "judge_responses", "load_rubric", "load_rubrics", "prompt_sha256",
-    "render_judge_prompt", "score_from_number_probs", "thresholded",
+    "JUDGMENT_COLUMNS_FIXED",
+    "JudgeCache",
+    "JudgeResult",
+    "Rubric",
+    "aggregate_top_logprobs",
+    "is_integer_token",
+    "judge_responses",
+    "load_rubric",
+    "load_rubrics",
+    "prompt_sha256",
+    "render_judge_prompt",
+    "score_from_number_probs",
+    "thresholded",
 ]

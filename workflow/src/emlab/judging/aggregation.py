@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 _INTEGER_0_100 = re.compile(r"(?:0|[1-9][0-9]?|100)")
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from ..errors import EMLabError
 from ..settings import build
@@ -36,8 +36,11 @@ def judge_model_id(judge_params: Mapping, device: str = "auto") -> str:
         hf = build(HFJudgeSettings, judge_params["hf"], "judge.hf")
         prefix = hf.answer_prefix
         dtype = resolve_dtype(hf.dtype, resolve_device(device))
-        return (hf.model + (f" answer_prefix={prefix!r}" if prefix else "")
-                + (f" dtype={str(dtype).removeprefix('torch.')}" if dtype != torch_float32() else ""))
+        return (
+            hf.model
+            + (f" answer_prefix={prefix!r}" if prefix else "")
+            + (f" dtype={str(dtype).removeprefix('torch.')}" if dtype != torch_float32() else "")
+        )
     if backend == "openai":
         return str(judge_params["openai"]["model"])
     raise EMLabError(f"judge.backend must be hf or openai, got {backend!r}")
@@ -79,5 +82,11 @@ def _hf_judge(hf: HFJudgeSettings, device: str, device_map=None):
     model = load_model(hf.model, device=str(dev), dtype=str(dtype).removeprefix("torch."), device_map=device_map)
     tokenizer = load_tokenizer(hf.model)
     log.info("hf judge %s on %s (%s%s)", hf.model, dev, dtype, ", bf16 autocast" if autocast else "")
-    return HFJudge(model, tokenizer, model_id=hf.model, batch_size=hf.batch_size,
-                   autocast_dtype=autocast, answer_prefix=hf.answer_prefix)
+    return HFJudge(
+        model,
+        tokenizer,
+        model_id=hf.model,
+        batch_size=hf.batch_size,
+        autocast_dtype=autocast,
+        answer_prefix=hf.answer_prefix,
+    )

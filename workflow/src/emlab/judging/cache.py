@@ -17,8 +17,9 @@ import math
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from ..errors import EMLabError
 
@@ -69,9 +70,11 @@ class JudgeCache:
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise EMLabError(f"judge cache {self.path} cannot be opened ({exc}); delete it or set judge.cache") from None
+            raise EMLabError(
+                f"judge cache {self.path} cannot be opened ({exc}); delete it or set judge.cache"
+            ) from None
 
-    def __enter__(self) -> "JudgeCache":
+    def __enter__(self) -> JudgeCache:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -86,7 +89,9 @@ class JudgeCache:
         for key in keys:
             row = self._conn.execute(
                 "SELECT score, mass, raw FROM judgments WHERE backend=? AND judge_model=? AND metric=? "
-                "AND rubric_version=? AND prompt_sha256=?", tuple(key)).fetchone()
+                "AND rubric_version=? AND prompt_sha256=?",
+                tuple(key),
+            ).fetchone()
             if row is not None:
                 score = math.nan if row[0] is None else float(row[0])
                 found[key] = CachedJudgment(score, float(row[1]), row[2])
@@ -95,8 +100,13 @@ class JudgeCache:
     def put_many(self, items: Iterable[tuple[CacheKey, CachedJudgment]]) -> int:
         """Store judgments in one transaction (committed on return)."""
         rows = [
-            (*key, None if not math.isfinite(j.score) else float(j.score), float(j.mass),
-             j.raw if isinstance(j.raw, str) else json.dumps(j.raw), time.time())
+            (
+                *key,
+                None if not math.isfinite(j.score) else float(j.score),
+                float(j.mass),
+                j.raw if isinstance(j.raw, str) else json.dumps(j.raw),
+                time.time(),
+            )
             for key, j in items
         ]
         if not rows:

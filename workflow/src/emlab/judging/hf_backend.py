@@ -26,16 +26,16 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
+from ..backoff import in_batches
 from ..batching import output_cache, pad_batch, pad_token_id, with_cache
 from ..chat import render_prompt
 from ..errors import EMLabError
-from ..backoff import in_batches  # noqa: I001 (kept apart from the imports above for an easy merge)
 from ..models import model_device
 from .aggregation import score_from_number_probs
 from .pipeline import JudgeResult
@@ -102,8 +102,13 @@ class NumberTrie:
         return len(self.nodes)
 
 
-def number_probabilities(trie: NumberTrie, last_logits: torch.Tensor, tree_logits: torch.Tensor,
-                         kept_nodes: list[int] | None = None, leaves_complete: bool = False) -> torch.Tensor:
+def number_probabilities(
+    trie: NumberTrie,
+    last_logits: torch.Tensor,
+    tree_logits: torch.Tensor,
+    kept_nodes: list[int] | None = None,
+    leaves_complete: bool = False,
+) -> torch.Tensor:
     """P(n) for n = 0..100, per row.
 
     last_logits [B, V]: next-token logits after the prompt; tree_logits [B, K, V]:
@@ -119,7 +124,9 @@ def number_probabilities(trie: NumberTrie, last_logits: torch.Tensor, tree_logit
     last_lse = torch.logsumexp(last, dim=-1)  # [B]
     tree_lse = torch.logsumexp(tree, dim=-1)  # [B, K]
     cont = trie.continuation_ids.to(tree.device)
-    end_prob = 1.0 - torch.exp(torch.logsumexp(tree[..., cont], dim=-1) - tree_lse) if len(cont) else torch.ones_like(tree_lse)
+    end_prob = (
+        1.0 - torch.exp(torch.logsumexp(tree[..., cont], dim=-1) - tree_lse) if len(cont) else torch.ones_like(tree_lse)
+    )
     end_prob = end_prob.clamp_min(0.0)  # [B, K]
     logp_path = torch.full((last.shape[0], len(trie)), -math.inf, dtype=torch.float64, device=last.device)  # [B, N]
     for j, node in enumerate(trie.nodes):  # parents come before their children
@@ -153,9 +160,18 @@ class HFJudge:
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, model_id: str, batch_size: int = 16, share_prefix: bool = True,
-                 autocast_dtype: torch.dtype | None = None, min_root_prob: float = 1e-5,
-                 leaves_complete: bool = True, answer_prefix: str = ""):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        model_id: str,
+        batch_size: int = 16,
+        share_prefix: bool = True,
+        autocast_dtype: torch.dtype | None = None,
+        min_root_prob: float = 1e-5,
+        leaves_complete: bool = True,
+        answer_prefix: str = "",
+    ):
         impl = getattr(model.config, "_attn_implementation", "sdpa")
         if impl not in ("sdpa", "eager"):
             raise EMLabError(f"the hf judge needs attention_implementation sdpa or eager (tree mask); got {impl!r}")
@@ -204,7 +220,7 @@ class HFJudge:
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths batch together
 
         def run_batch(start: int, batch_size: int) -> None:  # prompts order[start:start + batch_size]
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             probs = self.number_probs([encoded[i][prefix_len:] for i in idx], prefix_len, prefix_cache)  # [b, 101]
             results = []
             for row in probs.tolist():
@@ -231,8 +247,14 @@ class HFJudge:
         last_idx = lengths - 1  # [B] index of each row's last real token within the suffix
         keep = torch.unique(last_idx)
         with self._autocast():
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             **with_cache(self.model, cache), use_cache=True, logits_to_keep=keep)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                **with_cache(self.model, cache),
+                use_cache=True,
+                logits_to_keep=keep,
+            )
         cache = output_cache(out)
         last_logits = out.logits[torch.arange(b, device=dev), torch.searchsorted(keep, last_idx)].float()  # [B, V]
 
@@ -240,8 +262,11 @@ class HFJudge:
         trie = self.trie
         root_prob = torch.softmax(last_logits.double(), dim=-1)[:, trie.token_ids[trie.roots].to(dev)]  # [B, R]
         kept_roots = {r for r, p in zip(trie.roots, root_prob.max(dim=0).values.tolist()) if p >= self.min_root_prob}
-        kept = [j for j in range(len(trie)) if trie.root_of[j] in kept_roots
-                and (trie.has_children[j] or not self.leaves_complete)]
+        kept = [
+            j
+            for j in range(len(trie))
+            if trie.root_of[j] in kept_roots and (trie.has_children[j] or not self.leaves_complete)
+        ]
         if not kept:
             empty = torch.zeros(b, 0, last_logits.shape[-1], device=dev)
             return number_probabilities(trie, last_logits, empty, [], self.leaves_complete)
@@ -249,16 +274,24 @@ class HFJudge:
         n_nodes = len(kept)
         ctx_len = prefix_len + s_max
         ctx_visible = torch.arange(ctx_len, device=dev).unsqueeze(0) < (prefix_len + lengths).unsqueeze(1)  # [B, ctx]
-        mask = torch.cat([
-            ctx_visible[:, None, None, :].expand(b, 1, n_nodes, ctx_len),
-            trie.ancestor_or_self.to(dev)[kept_t][:, kept_t][None, None].expand(b, 1, n_nodes, n_nodes),
-        ], dim=-1)  # [B, 1, N, ctx + N] True = attend
+        mask = torch.cat(
+            [
+                ctx_visible[:, None, None, :].expand(b, 1, n_nodes, ctx_len),
+                trie.ancestor_or_self.to(dev)[kept_t][:, kept_t][None, None].expand(b, 1, n_nodes, n_nodes),
+            ],
+            dim=-1,
+        )  # [B, 1, N, ctx + N] True = attend
         if self._eager:
             dtype = self.autocast_dtype or self.model.dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill(~mask, torch.finfo(dtype).min)
         tree_ids = trie.token_ids.to(dev)[kept_t].unsqueeze(0).expand(b, -1)  # [B, N]
         tree_pos = (prefix_len + last_idx).unsqueeze(1) + trie.depths.to(dev)[kept_t].unsqueeze(0)  # [B, N]
         with self._autocast():
-            tree_out = self.model(input_ids=tree_ids, attention_mask=mask, position_ids=tree_pos,
-                                  **with_cache(self.model, cache), use_cache=True)
+            tree_out = self.model(
+                input_ids=tree_ids,
+                attention_mask=mask,
+                position_ids=tree_pos,
+                **with_cache(self.model, cache),
+                use_cache=True,
+            )
         return number_probabilities(trie, last_logits, tree_out.logits, kept, self.leaves_complete)

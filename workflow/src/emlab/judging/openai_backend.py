@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import openai
 
@@ -67,8 +67,15 @@ class OpenAIJudge(ChatEndpoint):
     # -- one request ------------------------------------------------------
     def _request(self, prompt: str) -> dict:
         s = self.settings
-        return {"model": s.model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 1,
-                "temperature": 0, "logprobs": True, "top_logprobs": TOP_LOGPROBS, "seed": s.seed}
+        return {
+            "model": s.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": TOP_LOGPROBS,
+            "seed": s.seed,
+        }
 
     async def _judge(self, client: openai.AsyncOpenAI, prompt: str, max_retries: int | None = None) -> JudgeResult:
         """One judged prompt; a body without logprobs is a failed result, transport errors raise."""
@@ -86,8 +93,10 @@ class OpenAIJudge(ChatEndpoint):
             raise self.endpoint_error(exc) from None
         if not result.ok:
             where = f"judge endpoint {self.url} (judge.openai.base_url), model {s.model!r}"
-            raise EMLabError(f"the {where} answered without first-token logprobs ({result.error}); the judge needs "
-                             f"an endpoint and model that support logprobs=true and top_logprobs")
+            raise EMLabError(
+                f"the {where} answered without first-token logprobs ({result.error}); the judge needs "
+                f"an endpoint and model that support logprobs=true and top_logprobs"
+            )
         self._preflight_done = True
 
     # -- the batch ---------------------------------------------------------
@@ -123,10 +132,19 @@ class OpenAIJudge(ChatEndpoint):
             started = time.perf_counter()
             await asyncio.gather(*(judge_one(i) for i in range(len(prompts))))
             elapsed = time.perf_counter() - started
-        log.info("openai judge %s: %d requests so far (%d prompts in %.1f s), %d prompt tokens, %d completion "
-                 "tokens, %d items failed", s.model, self.requests_sent, len(prompts), elapsed,
-                 self.prompt_tokens, self.completion_tokens, self.failures)
+        log.info(
+            "openai judge %s: %d requests so far (%d prompts in %.1f s), %d prompt tokens, %d completion "
+            "tokens, %d items failed",
+            s.model,
+            self.requests_sent,
+            len(prompts),
+            elapsed,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.failures,
+        )
         if budget_hit:
             raise EMLabError(
                 f"judge.openai.max_requests={s.max_requests} was used up before every response was judged; the "
-                f"finished ones are cached, so raise the budget and rerun to judge only the rest")
+                f"finished ones are cached, so raise the budget and rerun to judge only the rest"
+            )

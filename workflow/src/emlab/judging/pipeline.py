@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -43,7 +44,7 @@ class JudgeResult:
     error: str | None = None
 
     @classmethod
-    def failed(cls, error: str) -> "JudgeResult":
+    def failed(cls, error: str) -> JudgeResult:
         return cls(score=math.nan, mass=0.0, raw={}, ok=False, error=error)
 
 
@@ -87,8 +88,13 @@ def judge_responses(
                     seen.add(k)
                     todo_keys.append(k)
                     todo_prompts.append(p)
-            log.info("judge %s: %d responses, %d cached, %d to judge", metric, len(prompts),
-                     sum(k in results for k in keys), len(todo_keys))
+            log.info(
+                "judge %s: %d responses, %d cached, %d to judge",
+                metric,
+                len(prompts),
+                sum(k in results for k in keys),
+                len(todo_keys),
+            )
             if todo_prompts:
                 if backend is None:
                     backend = make_backend()
@@ -117,8 +123,13 @@ def judge_responses(
                 scores.append(thresholded(r.score, r.mass, min_number_mass))
                 masses.append(float(r.mass))
             if n_failed:
-                log.warning("judge %s: %d of %d responses have no score because of errors (not cached: "
-                            "delete the judgments file and rerun to retry only those)", metric, n_failed, len(keys))
+                log.warning(
+                    "judge %s: %d of %d responses have no score because of errors (not cached: "
+                    "delete the judgments file and rerun to retry only those)",
+                    metric,
+                    n_failed,
+                    len(keys),
+                )
             n_failed_total += n_failed
             out[metric] = pd.Series(scores, dtype="float64")
             out[f"{metric}_mass"] = pd.Series(masses, dtype="float64")

@@ -19,6 +19,7 @@ from emlab import monitor_plan as P
 from emlab import monitor_stage as S
 from emlab.config import load_config, validate_config
 from emlab.errors import EMLabError
+from emlab.interventions import as_condition, parse_condition_id
 from emlab.live_monitor import LiveMonitor, LiveMonitorSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,12 +53,14 @@ def test_default_grid_plan():
     assert run.finetune["preset"] == "trait_r16" and run.finetune["lora"]["rank"] == 16
     assert run.finetune["lora"]["target_modules"] == ["q_proj", "v_proj"]
     assert run.finetune["training"]["learning_rate"] == 2.0e-3  # monitor.training beats the preset's 4e-5
-    conds = P.label_conditions(cfg)
+    conds = {c.condition_id: c for c in P.label_conditions(cfg)}
     assert len(conds) == 1 + 10 * 2
-    spec = conds["mon__risky_financial__s1__step2"]
-    assert spec["model"] == "mon__risky_financial__s1" and spec["checkpoint"] == 2 and spec["group"] == "monitor"
-    assert spec["generation"]["samples_per_question"] == 1 and spec["generation"]["max_new_tokens"] == 16
-    assert conds[P.BASE_CONDITION]["model"] == "base"
+    label = conds["mon__risky_financial__s1__step2"]
+    assert label.model == "mon__risky_financial__s1" and label.checkpoint == 2 and label.group == "monitor"
+    assert parse_condition_id(label.condition_id) == label and as_condition(label.to_params()) == label
+    generation = P.label_generation(cfg)
+    assert generation["samples_per_question"] == 1 and generation["max_new_tokens"] == 16
+    assert conds[P.BASE_CONDITION].model == "base" and conds[P.BASE_CONDITION].checkpoint is None
     assert P.run_conditions(run) == {
         0: "mon__base",
         1: "mon__risky_financial__s1__step1",
@@ -105,7 +108,7 @@ def test_grid_registration_and_errors():
 def test_no_grid_without_perturbations():
     cfg = demo_config()
     cfg["monitor"]["calibration"], cfg["monitor"]["held_out"] = [], []
-    assert P.monitor_runs(cfg) == {} and P.label_conditions(cfg) == {}
+    assert P.monitor_runs(cfg) == {} and P.label_conditions(cfg) == []
 
 
 # --- drift-table helpers ---------------------------------------------------------------------------

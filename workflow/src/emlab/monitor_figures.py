@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from .figures import _message_figure, plt, save_figure
 
@@ -42,6 +43,7 @@ def pc1_drift(tables: Mapping[str, pd.DataFrame], runs: Mapping[str, dict], pc1:
     ax.set_title(title)
     ax_em.set_ylabel("EM rate (%)")
     ax_em.set_xlabel("optimiser step (0 = base model)")
+    ax_em.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     handles = [plt.Line2D([], [], color=c, label=p) for p, c in colours.items()]
     handles += [
         plt.Line2D([], [], color="#333333", ls=ls, label=role)
@@ -202,6 +204,7 @@ def alarm_probability(per_step: pd.DataFrame, png_path, pdf_path) -> None:
     ax.axhline(0.5, color="#333333", ls="--", lw=1, label="alarm threshold")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("optimiser step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_ylabel("P(dangerous)")
     ax.set_title(title)
     ax.legend(fontsize=7)
@@ -223,6 +226,7 @@ def live_monitor(train_log: pd.DataFrame, tau: float, stopped: dict | None, png_
     if stopped:
         ax.axvline(stopped["step"], color="#333333", lw=1.5, label=f"stopped at step {stopped['step']}")
     ax.set_xlabel("optimiser step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_ylabel("predicted EM (%)")
     ax.set_title(title)
     ax.legend()

@@ -44,6 +44,7 @@ ALL_RULES = {
     "trait_drift",
     "monitor_train_evaluate",
     "figure_monitor",
+    "figure_live_monitor",
     # issue 12: rank-1 adapter scalars, response sets, probes and roles
     "lora_scalars",
     "lora_sets",
@@ -76,7 +77,8 @@ def test_dry_run_of_default_config_plans_every_stage(planned_rules):
     n_monitor_runs = (len(cfg["monitor"]["calibration"]) + len(cfg["monitor"]["held_out"])) * len(
         cfg["monitor"]["seeds"]
     )
-    assert rules["finetune"] == len(cfg["finetunes"]) + n_monitor_runs
+    n_live = 1 if cfg["monitor"].get("live") else 0  # monitor.live: one run trained under the fitted monitor
+    assert rules["finetune"] == len(cfg["finetunes"]) + n_monitor_runs + n_live
     assert rules["trait_drift"] == n_monitor_runs
     assert rules["generate"] == rules["judge"] >= 8
 

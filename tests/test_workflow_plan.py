@@ -162,7 +162,7 @@ def test_configfile_replaces_the_default_config(tmp_path, planned_rules):
     def only_one_finetune(c):
         c["finetunes"] = {"solo_ft": dict(c["finetunes"]["med_r1x9"])}
         c["datasets"] = {"medical_bad": c["datasets"]["medical_bad"]}
-        for key in ("steering", "ablation", "semantic_directions", "single_adapter", "phase", "monitor"):
+        for key in ("steering", "ablation", "semantic_directions", "single_adapter", "phase", "monitor", "lora_interp"):
             c.pop(key, None)
 
     path = _write_config(tmp_path, only_one_finetune)

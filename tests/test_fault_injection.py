@@ -48,6 +48,7 @@ N_RESPONSES = 8 * 3  # questions x samples_per_question
 SEED = int(os.environ.get("EMLAB_FAULT_SEED", "0"))
 KILL_WINDOW = (0.1, 0.95)  # fractions of the rule's reference duration
 JOB_TIMEOUT_S = 900
+SMK_MARKER = ".snakemake_timestamp"  # Snakemake's own marker in a finished directory output
 
 _JOB_START = re.compile(r"^(?:local)?rule (\w+):$")
 _JOB_FINISHED = re.compile(r"Finished jobid: (\d+) \(Rule: (\w+)\)")
@@ -167,7 +168,13 @@ def assert_absent_or_complete(results: Path, reference: Path, where: str) -> Non
             problems.append(f"{rel}: {why}")
     for folder in [*results.glob("finetunes/*/adapter"), *results.glob("finetunes/*/checkpoints/step-*")]:
         ref = reference / folder.relative_to(results)
-        missing = sorted(p.name for p in ref.iterdir() if not (folder / p.name).exists()) if ref.is_dir() else []
+        # Snakemake writes .snakemake_timestamp into a directory output after the job ends, so a job killed
+        # after the folder was renamed into place lacks it; the job is then incomplete and is rerun.
+        missing = (
+            sorted(p.name for p in ref.iterdir() if not (folder / p.name).exists() and p.name != SMK_MARKER)
+            if ref.is_dir()
+            else []
+        )
         if missing:
             problems.append(f"{folder.relative_to(results)}: looks finished but lacks {missing}")
     assert not problems, f"after killing {where}, files that look finished but are not:\n" + "\n".join(problems)

@@ -10,9 +10,9 @@ from emlab.config import model_num_layers, validate_config, lora_layers, trainin
 from emlab.errors import EMLabError
 from emlab.plan import condition_plan, direction_finetunes, em_steps as phase_em_steps, phase_finetunes
 from emlab.plan import condition_metrics, semantic_vectors, single_adapter_layer
-from emlab.plan import lora_interp_finetunes, role_reference_layers
+from emlab.plan import generation_settings, lora_interp_finetunes, role_reference_layers
 from emlab.settings import canonical
-from emlab.monitor_plan import label_generation, register_live_run, register_runs
+from emlab.monitor_plan import register_live_run, register_runs
 from emlab.traits import load_trait_set
 
 try:
@@ -111,6 +111,8 @@ def generation_inputs(wildcards):
                              else checkpoint_adapter_dir(condition.model, condition.checkpoint))
     if condition.direction is not None:
         inputs["vectors"] = direction_file(*condition.direction)
+    if condition.group == "scalar_patching" and condition.needs_medical_questions:
+        inputs["medical_questions"] = repo_path(config["lora_interp"]["patching"]["medical_questions"])
     return inputs
 
 
@@ -173,6 +175,15 @@ def adapter_steering_figure_conditions():
         out.append(ft)
         out += [cid for cid, c in CONDITIONS.items() if c.group == "adapter_steering" and c.model == ft]
     return out
+
+
+def scalar_patching_finetunes():
+    return list(dict.fromkeys(c.model for c in CONDITIONS.values() if c.group == "scalar_patching"))
+
+
+def scalar_patching_conditions_of(ft):
+    """The scalar-patching conditions of one fine-tune, `same` (the reference) first, in plan order."""
+    return [cid for cid, c in CONDITIONS.items() if c.group == "scalar_patching" and c.model == ft]
 
 
 def adapter_steering_cases():
@@ -248,6 +259,8 @@ def final_targets():
                     f"{RESULTS}/figures/lora_interp/{ft}/coefficients.png", f"{RESULTS}/lora_interp/{ft}/token_view.html"]
     if any(c.group == "adapter_steering" for c in CONDITIONS.values()):
         targets.append(f"{RESULTS}/figures/adapter_steering.png")
+    for ft in scalar_patching_finetunes():
+        targets.append(f"{RESULTS}/figures/lora_interp/{ft}/patching.png")
     targets += [f"{RESULTS}/traits/directions.json", f"{RESULTS}/traits/cosine.csv"]  # rules/traits.smk
     if MONITOR_RUNS:  # rules/monitor.smk (figure_monitor writes every monitor figure)
         targets += [f"{RESULTS}/monitor/evaluation.csv", f"{RESULTS}/monitor/monitor.skops",
@@ -265,6 +278,8 @@ def validate_small_inputs():
     from emlab.questions import load_questions
 
     load_questions(repo_path(config["questions"]))
+    if scalar_patching_finetunes():
+        load_questions(repo_path(config["lora_interp"]["patching"]["medical_questions"]))
     metrics = dict.fromkeys(m for cid in CONDITIONS for m in judge_metrics(cid))
     for path in rubric_paths(metrics):
         load_rubric(path)

@@ -14,9 +14,8 @@ rule generate:
         condition=lambda w: w.condition,
         spec=lambda w: canonical(CONDITIONS[w.condition].to_params()),
         base_model=BASE_MODEL_DIR,
-        # the monitor's label conditions carry their own, cheaper settings (emlab.monitor_plan)
-        generation=lambda w: canonical(label_generation(config) if CONDITIONS[w.condition].group == "monitor"
-                                       else config["generation"]),
+        # the monitor's label conditions and scalar patching carry their own settings (emlab.plan)
+        generation=lambda w: canonical(generation_settings(config, CONDITIONS[w.condition])),
         seed=canonical(config["seed"]),
         device=config["device"],
         dtype=config["dtype"],

@@ -145,3 +145,29 @@ rule figure_adapter_steering:
         ENV
     script:
         "../workflow/scripts/figure_adapter_steering.py"
+
+
+rule figure_scalar_patching:
+    input:
+        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for cid in scalar_patching_conditions_of(w.ft)],
+        medical_questions=repo_path(config["lora_interp"]["patching"]["medical_questions"]),
+    output:
+        rates=f"{RESULTS}/lora_interp/{{ft}}/patching.csv",
+        png=report(f"{RESULTS}/figures/lora_interp/{{ft}}/patching.png",
+                   caption="../workflow/report/scalar_patching.rst", category="LoRA scalars", subcategory="{ft}"),
+        pdf=f"{RESULTS}/figures/lora_interp/{{ft}}/patching.pdf",
+    params:
+        conditions=lambda w: scalar_patching_conditions_of(w.ft),
+        pairs=lambda w: {cid: CONDITIONS[cid].pair for cid in scalar_patching_conditions_of(w.ft)},
+        thresholds=canonical(config["thresholds"]),
+        sets=canonical(config["lora_interp"]["sets"]),
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/figures/lora_interp/{{ft}}_patching.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_scalar_patching.py"

@@ -52,6 +52,7 @@ ALL_RULES = {
     "figure_lora_interp",
     "lora_token_view",
     "figure_adapter_steering",
+    "figure_scalar_patching",
 }
 
 
@@ -115,6 +116,11 @@ def _write_config(tmp_path, mutate):
         (
             lambda c: c["lora_interp"].update(roles={"medical_layers": [40]}),
             "lora_interp.roles.medical_layers: layer 40",
+        ),
+        (lambda c: c["lora_interp"].update(patching={"pairs": ["med_to_med"]}), "lacks same"),
+        (
+            lambda c: c["lora_interp"].update(patching={"medical_questions": "data/questions/nope.yaml"}),
+            "nope.yaml",
         ),
     ],
 )

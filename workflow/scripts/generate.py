@@ -27,6 +27,7 @@ def main(smk):
         dtype=smk.params.dtype,
         scratch_dir=Path(smk.output[0]).parent,
         device_map=device_map_of(smk),
+        medical_questions_path=getattr(smk.input, "medical_questions", None),
     )
     write_parquet(smk.output[0], df, metadata=metadata)
 

@@ -478,6 +478,7 @@ def generate_condition(
     dtype: str,
     scratch_dir,
     device_map=None,
+    medical_questions_path=None,
 ):
     """All responses of one condition (model + intervention): the documented generations
     table and its run metadata (emlab.provenance: seed, device, dtype, threads, versions),
@@ -486,6 +487,7 @@ def generate_condition(
     Bad question files and a missing vllm package fail before any model is loaded.
     settings.threads pins torch's intra-op threads while the model is loaded and sampled.
     `device_map` (config device_map) spreads the model over several GPUs (models.load_model).
+    A scalar-patching condition also answers the medical questions (`medical_questions_path`).
     """
     import json
     from pathlib import Path
@@ -493,12 +495,20 @@ def generate_condition(
     import pandas as pd
 
     from .directions import load_mean_diff
-    from .interventions import adapter_edit, apply_intervention, as_condition
+    from .interventions import ScalarPatching, adapter_edit, apply_intervention, as_condition
+    from .lora_patching import patched_responses
     from .models import load_model, load_tokenizer, resolve_device, resolve_dtype
     from .provenance import pinned_threads, run_metadata
     from .questions import load_questions
 
     questions = load_questions(questions_path)
+    condition_obj = as_condition(spec)
+    patching = isinstance(condition_obj, ScalarPatching)
+    if patching and condition_obj.needs_medical_questions and medical_questions_path is None:
+        raise EMLabError(
+            f"condition {condition}: scalar patching pair {condition_obj.pair} needs the medical questions"
+        )
+    medical = load_questions(medical_questions_path) if patching and medical_questions_path else []
     backend = generation_backend(settings.backend, spec, condition)
     tokenizer = load_tokenizer(base_model)
     sampling = dict(
@@ -529,7 +539,7 @@ def generate_condition(
             vectors = load_mean_diff(vectors_path) if vectors_path else None  # [L, d_model]
             # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes),
             # unless the intervention edits the adapters themselves (adapter steering).
-            merge = not as_condition(spec).NEEDS_ADAPTERS
+            merge = not condition_obj.NEEDS_ADAPTERS
             model = load_model(
                 base_model,
                 adapter,
@@ -539,8 +549,15 @@ def generate_condition(
                 before_merge=adapter_edit(spec["intervention"], vectors),
                 device_map=device_map,
             )
-            with apply_intervention(model, spec["intervention"], vectors):
-                records = generate_responses(model, tokenizer, questions, batch_size=settings.batch_size, **sampling)
+            if patching:
+                records = patched_responses(
+                    model, tokenizer, condition_obj, questions, medical, batch_size=settings.batch_size, **sampling
+                )
+            else:
+                with apply_intervention(model, spec["intervention"], vectors):
+                    records = generate_responses(
+                        model, tokenizer, questions, batch_size=settings.batch_size, **sampling
+                    )
             dev = resolve_device(device)
             metadata = run_metadata(
                 seed, str(dev), str(resolve_dtype(dtype, dev)).replace("torch.", ""), backend=backend

@@ -319,3 +319,83 @@ def adapter_steering_bars(rates: pd.DataFrame, png_path, pdf_path) -> None:
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     save_figure(fig, png_path, pdf_path)
+
+
+# --------------------------------------------------------------------------- scalar patching (appendix J)
+
+PATCH_RECIPIENTS = {"general": "non-medical prompts", "medical": "medical prompts"}
+
+
+def scalar_patching_rates(
+    judgments: dict[str, pd.DataFrame],
+    pairs: dict[str, str],
+    medical_ids: set[str],
+    reference: str,
+    **rate_settings,
+) -> pd.DataFrame:
+    """Per (patching condition, recipient set): STEERING_RATES with intervals (adapter_steering_rates'
+    settings) and each rate's difference from the `reference` condition (the same-prompt control) on the
+    same recipient set. `pairs`: condition id -> pair type; a response is a medical recipient when its
+    question id is one of `medical_ids`."""
+    parts, labels, keys = {}, {}, []
+    for cid, df in judgments.items():
+        is_med = df["question_id"].astype(str).isin(medical_ids)
+        for recipients, rows in (("general", df[~is_med]), ("medical", df[is_med])):
+            if len(rows):
+                key = f"{cid}|{recipients}"
+                parts[key], labels[key] = rows, pairs[cid]
+                keys.append((key, cid, recipients))
+    if reference not in judgments:
+        raise EMLabError(f"scalar patching: the reference condition {reference} (pair same) has no judgments")
+    rates = adapter_steering_rates(parts, labels, **rate_settings)
+    rates.insert(0, "recipients", [r for _, _, r in keys])
+    rates["condition"] = [c for _, c, _ in keys]
+    rates = rates.rename(columns={"case": "pair"})
+    for _, sub in rates.groupby("recipients", sort=False):
+        ref = sub[sub["condition"] == reference]
+        for name in STEERING_RATES:
+            base = float(ref[f"{name}_rate"].iloc[0]) if len(ref) else float("nan")
+            rates.loc[sub.index, f"{name}_vs_same"] = sub[f"{name}_rate"] - base
+    return rates[
+        ["condition", "pair", "recipients", *[c for c in rates.columns if c not in ("condition", "pair", "recipients")]]
+    ]
+
+
+def scalar_patching_bars(rates: pd.DataFrame, finetune: str, png_path, pdf_path) -> None:
+    """One panel per recipient set: % misaligned, % medical, % misaligned and medical per pair type (the
+    same-prompt control first), with intervals."""
+    if rates.empty:
+        save_figure(_message_figure("scalar patching", "no scalar-patching conditions"), png_path, pdf_path)
+        return
+    shown = {k: STEERING_RATES[k] for k in ("misaligned", "medical", "misaligned_medical")}
+    groups = [g for g in PATCH_RECIPIENTS if g in set(rates["recipients"])]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), sharey=True, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    colours = {p: cmap(i % 10) for i, p in enumerate(dict.fromkeys(rates["pair"]))}
+    for ax, group in zip(axes[0], groups):
+        sub = rates[rates["recipients"] == group]
+        width = 0.8 / len(sub)
+        for j, (_, r) in enumerate(sub.iterrows()):
+            x = np.arange(len(shown)) - 0.4 + width * (j + 0.5)
+            val = np.array([r[f"{k}_rate"] for k in shown]) * 100
+            lo = np.array([r[f"{k}_ci_low"] for k in shown]) * 100
+            hi = np.array([r[f"{k}_ci_high"] for k in shown]) * 100
+            err = np.nan_to_num(np.vstack([val - lo, hi - val]), nan=0.0).clip(min=0)
+            label = "same prompt (control)" if r["pair"] == "same" else r["pair"].replace("_to_", " → ")
+            ax.bar(
+                x,
+                val,
+                width * 0.95,
+                yerr=err,
+                capsize=2,
+                color=colours[r["pair"]],
+                label=f"{label} (n={r['n_scored']})",
+            )
+        ax.set_xticks(np.arange(len(shown)))
+        ax.set_xticklabels(list(shown.values()), fontsize=8)
+        ax.set_title(f"recipients: {PATCH_RECIPIENTS[group]}")
+        ax.legend(fontsize=8, loc="upper right")
+    axes[0][0].set_ylabel("% of scored responses")
+    fig.suptitle(f"{finetune}: prompt scalars patched from donor prompts (donor → recipient)")
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)

@@ -221,6 +221,7 @@ def generate_patched(
     align: str,
     stop_ids: list[int],
     pad_id: int,
+    progress: bool = False,
 ) -> list[tuple[list[int], str]]:
     """Sample one continuation per recipient prompt with its prompt scalars patched from its donor's.
 
@@ -229,6 +230,8 @@ def generate_patched(
     stream, so results do not depend on the batching); returns (new token ids,
     finish_reason) per prompt, in the given order.
     """
+    from tqdm.auto import tqdm
+
     from .generation import generate_batch
 
     if not len(prompts) == len(donors) == len(seeds):
@@ -237,6 +240,7 @@ def generate_patched(
     order = sorted(range(len(prompts)), key=lambda j: -len(prompts[j]))
     out: list = [None] * len(prompts)
     start = time.perf_counter()
+    bar = tqdm(total=len(prompts), desc="patched generate", unit="resp", disable=not progress)
     for b in range(0, len(order), sampling.batch_size):
         idx = order[b : b + sampling.batch_size]
         values, mask = patch_values([prompts[j] for j in idx], [donors[j] for j in idx], align, len(adapters))
@@ -253,8 +257,71 @@ def generate_patched(
             )
         for j, r in zip(idx, res):
             out[j] = r
+        bar.update(len(idx))
+    bar.close()
     log.info("patched generation: %d responses in %.1f s", len(prompts), time.perf_counter() - start)
     return out
+
+
+def patched_responses(
+    model,
+    tokenizer,
+    condition,
+    general: list,
+    medical: list,
+    *,
+    samples_per_question: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    seed: int,
+) -> list[dict]:
+    """The records of a ScalarPatching condition (emlab.interventions.scalar_patching): every recipient
+    question x sample, answered with its prompt scalars taken from its donor question's prompt.
+
+    Rows are the generation records of emlab.generation (the recipient's question, prompt and sampling
+    seed, so the `same` pair repeats the unpatched unmerged fine-tune's sampling exactly). The donor of
+    sample i is the donor question's own prompt for sample i (its paraphrase i, if it has variants).
+    """
+    from .batching import pad_token_id
+    from .generation import _records, build_jobs, stop_token_ids
+
+    ids = [q.id for q in general] + [q.id for q in medical]
+    clash = sorted({i for i in ids if ids.count(i) > 1})
+    if clash:
+        raise EMLabError(
+            f"scalar patching: question id(s) {clash} appear in both the evaluation and the medical question "
+            "file (or twice in one); ids must be unique across both"
+        )
+    sets = {"general": general, "medical": medical}
+    pairs = condition.donor_indices(len(general), len(medical))
+    recipients = [sets[rs][ri] for rs, ri, _, _ in pairs]
+    donor_qs = [sets[ds][di] for _, _, ds, di in pairs]
+    jobs = build_jobs(tokenizer, recipients, samples_per_question, seed)
+    donor_jobs = build_jobs(tokenizer, donor_qs, samples_per_question, seed)  # same order: job k <- donor job k
+    pad_id = pad_token_id(tokenizer)
+    unique = list(dict.fromkeys(j.prompt_ids for j in donor_jobs))
+    scalars = dict(zip(unique, prompt_scalars(model, unique, batch_size, pad_id)))
+    out = generate_patched(
+        model,
+        [j.prompt_ids for j in jobs],
+        [scalars[d.prompt_ids] for d in donor_jobs],
+        [j.seed for j in jobs],
+        PatchSampling(max_new_tokens, temperature, top_p, batch_size),
+        condition.align,
+        stop_token_ids(tokenizer, model),
+        pad_id,
+        progress=True,
+    )
+    log.info(
+        "scalar patching %s: %d recipient questions x %d samples (%s)",
+        condition.pair,
+        len(recipients),
+        samples_per_question,
+        ", ".join(f"{r.id}<-{d.id}" for r, d in zip(recipients, donor_qs)),
+    )
+    return _records(jobs, dict(enumerate(out)), tokenizer, temperature, top_p, max_new_tokens)
 
 
 @torch.inference_mode()

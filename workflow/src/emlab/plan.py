@@ -18,6 +18,7 @@ from .interventions import (
     Condition,
     LayerwiseAblation,
     RandomAblation,
+    ScalarPatching,
     SingleAblation,
     Steer,
     Transfer,
@@ -25,7 +26,7 @@ from .interventions import (
     as_condition,
     parse_condition_id,
 )
-from .monitor_plan import label_conditions
+from .monitor_plan import label_conditions, label_generation
 
 
 class _Plan:
@@ -100,7 +101,37 @@ def condition_plan(cfg: dict, n_layers: int) -> dict[str, Condition]:
         plan.add(AdapterProjection(model=ft, vector=ft, layer=layer))
     for condition in adapter_steering_conditions(cfg, n_layers):
         plan.add(condition)
+    for condition in scalar_patching_conditions(cfg):
+        plan.add(condition)
     return plan.checked()
+
+
+def scalar_patching_conditions(cfg: dict) -> list[ScalarPatching]:
+    """patch__<ft>__<pair> for every lora_interp fine-tune and lora_interp.patching pair type."""
+    li = cfg.get("lora_interp") or {}
+    patching = li.get("patching") or {}
+    pairs = patching.get("pairs", [])
+    if not pairs or not li.get("finetunes"):
+        return []
+    if "same" not in pairs:
+        raise EMLabError(
+            f"lora_interp.patching.pairs {pairs} lacks same: the same-prompt control is the unpatched reference "
+            "of every other pair type; add it (or set pairs to [])"
+        )
+    return [ScalarPatching(ft, pair, patching["align"]) for ft in li["finetunes"] for pair in pairs]
+
+
+def generation_settings(cfg: dict, condition) -> dict:
+    """The generation settings of one condition: the monitor's label conditions take their own, cheaper
+    settings (emlab.monitor_plan.label_generation); scalar patching may set its own samples per question."""
+    condition = as_condition(condition)
+    if condition.group == "monitor":
+        return label_generation(cfg)
+    if isinstance(condition, ScalarPatching):
+        samples = cfg["lora_interp"]["patching"].get("samples_per_question")
+        if samples is not None:
+            return dict(cfg["generation"], samples_per_question=samples)
+    return cfg["generation"]
 
 
 def adapter_steering_conditions(cfg: dict, n_layers: int) -> list[AdapterSteering]:
@@ -295,8 +326,8 @@ def condition_metrics(cfg: dict, spec) -> list[str]:
         extra = [split for ft, split in semantic_vectors(cfg) if ft == condition.model]
         if condition.model in cfg.get("lora_interp", {}).get("finetunes", []):
             extra.append("medical")  # the response sets of lora_interp need the medical judge
-    elif isinstance(condition, AdapterSteering):
-        extra = ["medical"]  # % medical and % misaligned-and-medical per case (Fig. 7)
+    elif isinstance(condition, (AdapterSteering, ScalarPatching)):
+        extra = ["medical"]  # % medical and % misaligned-and-medical per case (Fig. 7) and per patching pair
     return metrics + [m for m in dict.fromkeys(extra) if m not in metrics]
 
 

@@ -10,6 +10,7 @@ tables. The plan (emlab.plan) builds them from the config.
   ablation.py    LayerwiseAblation, SingleAblation, RandomAblation, Transfer
   adapter.py     AdapterProjection (a weights edit of a rank-1 adapter)
   adapter_steering.py  AdapterSteering (rank-1 adapters' contributions scaled, unmerged model)
+  scalar_patching.py   ScalarPatching (rank-1 adapters' prompt scalars taken from a donor prompt)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .ablation import (
 from .adapter import AdapterProjection
 from .adapter_steering import AdapterSteering
 from .condition import Condition, as_condition, from_params, kinds, parse_condition_id
+from .scalar_patching import ScalarPatching
 from .steering import Steer, format_scale
 from .unmodified import Checkpoint, MonitorLabel, Unmodified
 
@@ -63,6 +65,7 @@ __all__ = [
     "LayerwiseAblation",
     "MonitorLabel",
     "RandomAblation",
+    "ScalarPatching",
     "SingleAblation",
     "Steer",
     "Transfer",

@@ -30,6 +30,7 @@ GROUP_COLOURS = {
     "transfer": "#8172B3",
     "checkpoint": "#64B5CD",
     "adapter_steering": "#C44E52",
+    "scalar_patching": "#937860",
 }
 GROUP_LABELS = {
     "model": "model (no intervention)",
@@ -38,6 +39,7 @@ GROUP_LABELS = {
     "transfer": "transfer ablation",
     "checkpoint": "fine-tune checkpoint (phase.eval_steps)",
     "adapter_steering": "adapter steering (rank-1 adapters scaled)",
+    "scalar_patching": "scalar patching (prompt scalars from a donor prompt)",
 }
 ABLATION_COLOURS = {
     "unablated": "#C44E52",

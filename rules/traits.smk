@@ -49,9 +49,8 @@ rule trait_drift:
         summary=f"{RESULTS}/finetunes/{{run}}/summary.json",
         train_log=f"{RESULTS}/finetunes/{{run}}/train_log.csv",
         adapters=lambda w: [checkpoint_adapter_dir(w.run, s) for s in MONITOR_RUNS[w.run].checkpoint_steps],
-        em=f"{RESULTS}/metrics/em_by_condition.csv",
     output:
-        table=f"{RESULTS}/monitor/drift/{{run}}.csv",
+        features=f"{RESULTS}/monitor/drift/{{run}}.features.csv",
         delta=f"{RESULTS}/monitor/drift/{{run}}.safetensors",
     wildcard_constraints:
         run=r"mon__[a-z0-9_]+",
@@ -59,9 +58,7 @@ rule trait_drift:
         folder=lambda w, input: os.path.dirname(input.traits[0]),
         subsample=TRAIT_SUBSAMPLE,
         steps=lambda w: list(MONITOR_RUNS[w.run].checkpoint_steps),
-        conditions=lambda w: canonical({str(k): v for k, v in monitor_run_conditions(MONITOR_RUNS[w.run]).items()}),
-        drift=canonical({"batch_size": config["traits"]["batch_size"], "random_seeds": config["traits"]["random_seeds"],
-                         "tau": config["monitor"]["tau"]}),
+        drift=canonical({"batch_size": config["traits"]["batch_size"], "random_seeds": config["traits"]["random_seeds"]}),
         base_model=BASE_MODEL_DIR,
         device=config["device"],
         dtype=config["dtype"],
@@ -76,3 +73,27 @@ rule trait_drift:
         ENV
     script:
         "../workflow/scripts/trait_drift.py"
+
+
+# The EM labels join the measured drift here, not in trait_drift: a threshold or tau change (or a re-judged
+# checkpoint) re-runs only this cheap rule and what follows it, never the drift measurement.
+rule drift_labels:
+    input:
+        features=f"{RESULTS}/monitor/drift/{{run}}.features.csv",
+        em=f"{RESULTS}/metrics/em_by_condition.csv",
+    output:
+        table=f"{RESULTS}/monitor/drift/{{run}}.csv",
+    wildcard_constraints:
+        run=r"mon__[a-z0-9_]+",
+    params:
+        conditions=lambda w: canonical({str(k): v for k, v in monitor_run_conditions(MONITOR_RUNS[w.run]).items()}),
+        tau=canonical(config["monitor"]["tau"]),
+    log:
+        f"{RESULTS}/logs/monitor/drift_labels_{{run}}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/drift_labels.py"

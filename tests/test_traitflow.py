@@ -324,7 +324,7 @@ def test_default_dry_run_plans_the_trait_stages():
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    for rule in ("trait_directions", "trait_drift", "monitor_train_evaluate", "figure_monitor"):
+    for rule in ("trait_directions", "trait_drift", "drift_labels", "monitor_train_evaluate", "figure_monitor"):
         assert f"rule {rule}:" in out or f"localrule {rule}:" in out, rule
     assert "mon__risky_financial__s1__step2" in out and "results/monitor/drift/mon__medical_bad__s0.csv" in out
 
@@ -397,7 +397,7 @@ def test_measure_run_swaps_checkpoint_adapters(tiny_model_dir, tmp_path):
         adapters,
         dirs,
         trait_set,
-        S.DriftStageSettings(batch_size=4, random_seeds=[0, 1], tau=0.05),
+        S.DriftStageSettings(batch_size=4, random_seeds=[0, 1]),
         "cpu",
         "float32",
     )
@@ -539,7 +539,8 @@ def test_trait_directions_script_on_a_tiny_model(tiny_model_dir, tmp_path):
 
 
 def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
-    """The drift rule's script: checkpoints from summary.json, labels from em_by_condition.csv, the contract's columns."""
+    """The drift rules' scripts: checkpoints from summary.json (trait_drift), then labels from
+    em_by_condition.csv (drift_labels), the contract's columns."""
     import json
     import runpy
     from types import SimpleNamespace
@@ -580,7 +581,7 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
         tmp_path / "em.csv", index=False
     )
     scripts = REPO / "workflow" / "scripts"
-    out = {"table": str(tmp_path / "drift.csv"), "delta": str(tmp_path / "drift.safetensors")}
+    out = {"features": str(tmp_path / "drift.features.csv"), "delta": str(tmp_path / "drift.safetensors")}
     smk = SimpleNamespace(
         input=SimpleNamespace(
             tensors=str(tmp_path / "d.safetensors"),
@@ -588,7 +589,6 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
             summary=str(tmp_path / "summary.json"),
             train_log=str(tmp_path / "log.csv"),
             adapters=adapters,
-            em=str(tmp_path / "em.csv"),
         ),
         output=SimpleNamespace(**out),
         log=[],
@@ -599,15 +599,27 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
             folder=str(REPO / "data" / "traits"),
             subsample=sub,
             steps=[1, 2],
-            conditions={"0": "mon__base", "1": "r__step1", "2": "r__step2"},
-            drift={"batch_size": 4, "random_seeds": [0], "tau": 0.05},
+            drift={"batch_size": 4, "random_seeds": [0]},
             base_model=str(tiny_model_dir),
             device="cpu",
             dtype="float32",
         ),
     )
     runpy.run_path(str(scripts / "trait_drift.py"), init_globals={"snakemake": smk})
-    df = pd.read_csv(out["table"])
+    assert (
+        "em_rate" not in pd.read_csv(out["features"]).columns
+    )  # labels join later: a threshold change measures nothing
+    labels = SimpleNamespace(
+        input=SimpleNamespace(features=out["features"], em=str(tmp_path / "em.csv")),
+        output=SimpleNamespace(table=str(tmp_path / "drift.csv")),
+        log=[],
+        threads=1,
+        scriptdir=str(scripts),
+        wildcards=SimpleNamespace(run="r"),
+        params=SimpleNamespace(conditions={"0": "mon__base", "1": "r__step1", "2": "r__step2"}, tau=0.05),
+    )
+    runpy.run_path(str(scripts / "drift_labels.py"), init_globals={"snakemake": labels})
+    df = pd.read_csv(labels.output.table)
     assert df["step"].tolist() == [0, 1, 2] and df["dangerous"].tolist() == [False, False, True]
     assert list(df.columns[:8]) == ["step", *dirs.alignment_names] and list(df.columns[-5:]) == S.TAIL_COLUMNS
     assert (

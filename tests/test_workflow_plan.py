@@ -42,6 +42,7 @@ ALL_RULES = {
     # issue 13: trait directions, drift of the monitor grid, the monitor and its figures
     "trait_directions",
     "trait_drift",
+    "drift_labels",
     "monitor_train_evaluate",
     "figure_monitor",
     "figure_live_monitor",
@@ -80,7 +81,7 @@ def test_dry_run_of_default_config_plans_every_stage(planned_rules):
     )
     n_live = 1 if cfg["monitor"].get("live") else 0  # monitor.live: one run trained under the fitted monitor
     assert rules["finetune"] == len(cfg["finetunes"]) + n_monitor_runs + n_live
-    assert rules["trait_drift"] == n_monitor_runs
+    assert rules["trait_drift"] == rules["drift_labels"] == n_monitor_runs
     assert rules["generate"] == rules["judge"] >= 8
 
 

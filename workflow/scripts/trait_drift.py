@@ -1,4 +1,5 @@
-"""Trait drift of one monitor run: one row per checkpoint step (step 0 = the base model), and its full Δh̄."""
+"""Trait drift of one monitor run: one row per checkpoint step (step 0 = the base model), and its full Δh̄.
+The EM labels join in rule drift_labels (drift_labels.py), so a threshold change measures nothing again."""
 
 import sys
 from pathlib import Path
@@ -40,8 +41,7 @@ def main(smk):
     )
     all_steps = [0, *steps]
     loss = S.train_loss_by_step(pd.read_csv(smk.input.train_log), all_steps)
-    em = S.em_by_step(pd.read_csv(smk.input.em), {int(k): v for k, v in smk.params.conditions.items()}, run)
-    write_csv(smk.output.table, S.assemble_drift_table(rows, delta_w, loss, em, settings.tau))
+    write_csv(smk.output.features, S.drift_features(rows, delta_w, loss))
     import torch
 
     save_tensors(

@@ -23,11 +23,10 @@ TAIL_COLUMNS = ["drift_norm", "train_loss", "delta_w_norm", "em_rate", "dangerou
 
 @dataclass(frozen=True)
 class DriftStageSettings:
-    """How a run's drift is measured (config traits: batch_size, random_seeds; monitor: tau)."""
+    """How a run's drift is measured (config traits: batch_size, random_seeds)."""
 
     batch_size: int
     random_seeds: list[int]
-    tau: float
 
 
 @dataclass(frozen=True)
@@ -119,6 +118,45 @@ def em_by_step(em_table: pd.DataFrame, step_conditions: Mapping[int, str], run: 
     return {int(s): rates[cid] for s, cid in step_conditions.items()}
 
 
+def drift_features(
+    drift_rows: Mapping[int, dict],
+    delta_w: Mapping[int, float],
+    train_loss: Mapping[int, float],
+) -> pd.DataFrame:
+    """The measured part of a drift table (rule trait_drift, results/monitor/drift/{run}.features.csv): one row
+    per step (0 first): step, drift columns (alignment traits, semantic.*, random{seed}.*), drift_norm,
+    train_loss, delta_w_norm. The labels join later (label_drift), so a threshold change measures nothing."""
+    steps = sorted(int(s) for s in drift_rows)
+    if not steps or steps[0] != 0:
+        raise EMLabError("drift table: step 0 (the base model) is missing")
+    rows = []
+    for s in steps:
+        cols = {k: v for k, v in drift_rows[s].items() if k != "drift_norm"}
+        rows.append(
+            {
+                "step": s,
+                **cols,
+                "drift_norm": float(drift_rows[s]["drift_norm"]),
+                "train_loss": float(train_loss[s]),
+                "delta_w_norm": float(delta_w[s]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def label_drift(features: pd.DataFrame, em_rate: Mapping[int, float], tau: float) -> pd.DataFrame:
+    """results/monitor/drift/{run}.csv (rule drift_labels): the features with each step's em_rate and
+    dangerous (em_rate > tau) appended."""
+    steps = [int(s) for s in features["step"]]
+    missing = [s for s in steps if s not in em_rate]
+    if missing:
+        raise EMLabError(f"drift table: no EM label for step(s) {missing}")
+    em = [float(em_rate[s]) for s in steps]
+    return features.assign(
+        em_rate=em, dangerous=[bool(e > tau) if not math.isnan(e) else False for e in em]
+    ).reset_index(drop=True)
+
+
 def assemble_drift_table(
     drift_rows: Mapping[int, dict],
     delta_w: Mapping[int, float],
@@ -128,25 +166,7 @@ def assemble_drift_table(
 ) -> pd.DataFrame:
     """results/monitor/drift/{run}.csv: one row per step (0 first): step, drift columns (alignment traits,
     semantic.*, random{seed}.*), drift_norm, train_loss, delta_w_norm, em_rate, dangerous."""
-    steps = sorted(int(s) for s in drift_rows)
-    if not steps or steps[0] != 0:
-        raise EMLabError("drift table: step 0 (the base model) is missing")
-    rows = []
-    for s in steps:
-        cols = {k: v for k, v in drift_rows[s].items() if k != "drift_norm"}
-        em = float(em_rate[s])
-        rows.append(
-            {
-                "step": s,
-                **cols,
-                "drift_norm": float(drift_rows[s]["drift_norm"]),
-                "train_loss": float(train_loss[s]),
-                "delta_w_norm": float(delta_w[s]),
-                "em_rate": em,
-                "dangerous": bool(em > tau) if not math.isnan(em) else False,
-            }
-        )
-    return pd.DataFrame(rows)
+    return label_drift(drift_features(drift_rows, delta_w, train_loss), em_rate, tau)
 
 
 def measure_run(

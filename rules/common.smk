@@ -221,6 +221,12 @@ wildcard_constraints:
     ft=one_of(LORA_INTERP),
 
 
+def start_adapter_input(wildcards):
+    """A fine-tune with `start_from` (the monitor's start-from-misaligned stress runs) continues that adapter."""
+    start = config["finetunes"][wildcards.finetune].get("start_from")
+    return {"start_adapter": adapter_dir(start)} if start else {}
+
+
 def live_monitor_inputs(wildcards):
     """A fine-tune with training.monitor also reads the saved monitor and the trait directions."""
     monitor = training_settings(config, wildcards.finetune).get("monitor")

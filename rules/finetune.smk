@@ -5,7 +5,7 @@
 
 rule finetune:
     input:
-        unpack(lambda w: {"base_model": base_model_input(), **live_monitor_inputs(w)}),
+        unpack(lambda w: {"base_model": base_model_input(), **live_monitor_inputs(w), **start_adapter_input(w)}),
         train=lambda w: f"{RESULTS}/datasets/{config['finetunes'][w.finetune]['dataset']}/train.jsonl",
         eval=lambda w: f"{RESULTS}/datasets/{config['finetunes'][w.finetune]['dataset']}/eval.jsonl",
     output:

@@ -1,7 +1,7 @@
 # Trait-space monitoring, part 1 (docs/trait-monitoring.md): the base model's trait
 # directions, and the trait drift of every monitor run over its checkpoints. The
 # trait files are validated when the workflow is planned (TRAIT_SET, rules/common.smk).
-from emlab.monitor_plan import run_conditions as monitor_run_conditions
+from emlab.monitor_plan import run_conditions as monitor_run_conditions, start_adapter as monitor_start_adapter
 from emlab.settings import canonical
 
 TRAITS_DIR = f"{RESULTS}/traits"
@@ -49,6 +49,8 @@ rule trait_drift:
         summary=f"{RESULTS}/finetunes/{{run}}/summary.json",
         train_log=f"{RESULTS}/finetunes/{{run}}/train_log.csv",
         adapters=lambda w: [checkpoint_adapter_dir(w.run, s) for s in MONITOR_RUNS[w.run].checkpoint_steps],
+        # a start-from run's step 0 is the adapter it starts from (emlab.monitor_plan.start_adapter)
+        reference=lambda w: [monitor_start_adapter(MONITOR_RUNS[w.run])] if MONITOR_RUNS[w.run].start else [],
     output:
         features=f"{RESULTS}/monitor/drift/{{run}}.features.csv",
         delta=f"{RESULTS}/monitor/drift/{{run}}.safetensors",
@@ -86,7 +88,8 @@ rule drift_labels:
     wildcard_constraints:
         run=r"mon__[a-z0-9_]+",
     params:
-        conditions=lambda w: canonical({str(k): v for k, v in monitor_run_conditions(MONITOR_RUNS[w.run]).items()}),
+        conditions=lambda w: canonical({str(k): v for k, v in
+                                        monitor_run_conditions(MONITOR_RUNS[w.run], MONITOR_RUNS).items()}),
         tau=canonical(config["monitor"]["tau"]),
     log:
         f"{RESULTS}/logs/monitor/drift_labels_{{run}}.log",

@@ -49,7 +49,7 @@ def test_default_grid_plan():
     assert len(runs) == (3 + 2) * 2
     assert "mon__medical_bad__s0" in runs and "mon__customer_support__s1" in runs
     run = runs["mon__risky_financial__s1"]
-    assert run.role == "held_out" and run.seed == 1 and run.checkpoint_steps == (1, 2)  # 8 examples / 8, 2 epochs
+    assert run.role == "held_out" and run.seed == 1 and run.checkpoint_steps == (1, 2)  # 4 examples / 4, 2 epochs
     assert run.finetune["preset"] == "trait_r16" and run.finetune["lora"]["rank"] == 16
     assert run.finetune["lora"]["target_modules"] == ["q_proj", "v_proj"]
     assert run.finetune["training"]["learning_rate"] == 2.0e-3  # monitor.training beats the preset's 4e-5

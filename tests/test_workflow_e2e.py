@@ -124,6 +124,75 @@ def test_every_artifact_has_its_documented_shape(finished_run):
     assert (res / "figures" / "phase" / "med_r1x9.pdf").stat().st_size > 1000
 
 
+def test_lora_interp_and_monitor_artifacts(finished_run):
+    """The stages of issues 12 and 13 on the tiny model: their documented files and columns."""
+    from emlab.atomic import load_tensors
+
+    workdir, _ = finished_run
+    res = workdir / "results"
+    li = res / "lora_interp" / "med_r1x9"
+    tensors, meta = load_tensors(li / "scalars.safetensors")
+    tokens = pd.read_parquet(li / "tokens.parquet")
+    assert tensors["scalars"].shape == tensors["effective"].shape == (len(tokens), 2)
+    assert {"is_answer", "kl", "grad_importance", "token", "position"} <= set(tokens.columns)
+    assert tokens.loc[tokens["is_answer"], "kl"].ge(0).all()
+    sets = json.loads((li / "sets.json").read_text())
+    assert set(sets["counts"]) == {"nonmed_aligned", "nonmed_misaligned", "med_aligned", "med_misaligned"}
+    probes = pd.read_csv(li / "probes.csv")
+    assert {"experiment", "protocol", "filter", "metric", "mean", "std", "ci_low", "ci_high"} <= set(probes.columns)
+    assert set(probes["protocol"]) == {"reference", "grouped"}
+    coef = pd.read_csv(li / "coefficients.csv")
+    assert set(coef["adapter"]) == {"L1.down_proj", "L2.down_proj"}
+    roles = json.loads((li / "roles.json").read_text())
+    assert {a: r["role"] for a, r in roles["roles"].items()} == {"L1.down_proj": "medical", "L2.down_proj": "general"}
+    assert "<script>" in (li / "token_view.html").read_text()
+
+    em = pd.read_csv(res / "metrics" / "em_by_condition.csv").set_index("condition")
+    assert em.loc["adapter_steer__med_r1x9__medical", "group"] == "adapter_steering"
+    assert em.loc[["patch__med_r1x9__same", "patch__med_r1x9__med_to_nonmed"], "group"].eq("scalar_patching").all()
+    patched = pd.read_parquet(res / "generations" / "patch__med_r1x9__same.parquet")
+    assert len(patched) == 8 + 10  # the 8 evaluation and 10 medical questions, 1 sample each
+    judged = pd.read_parquet(res / "judgments" / "patch__med_r1x9__med_to_nonmed.parquet")
+    assert "medical" in judged.columns and len(judged) == 8
+    rates = pd.read_csv(li / "patching.csv")
+    assert set(zip(rates["pair"], rates["recipients"])) == {
+        ("same", "general"),
+        ("same", "medical"),
+        ("med_to_nonmed", "general"),
+    }
+    for fig in ("probe_table", "coefficients", "patching"):
+        assert (res / "figures" / "lora_interp" / "med_r1x9" / f"{fig}.png").stat().st_size > 1000
+    assert (res / "figures" / "adapter_steering.png").stat().st_size > 1000
+
+    # trait monitoring: directions, one drift table per run with its labels, the evaluation, the live run
+    directions, _ = load_tensors(res / "traits" / "directions.safetensors")
+    assert directions["alignment"].shape == directions["semantic"].shape == (4, 7, 64)
+    runs = [
+        "mon__medical_bad__s0",
+        "mon__sports_extreme__s0",
+        "mon__medical_good__s0",
+        "mon__medical_bad__s0__long",
+        "mon__sports_extreme__s0__full",
+        "mon__medical_good__s0__from_medical_bad",
+    ]
+    for run in runs:
+        drift = pd.read_csv(res / "monitor" / "drift" / f"{run}.csv")
+        assert drift["step"].tolist() == ([0, 1, 2] if run.endswith("__long") else [0, 1])
+        assert {"honesty", "drift_norm", "train_loss", "delta_w_norm", "em_rate", "dangerous"} <= set(drift.columns)
+        assert drift.loc[0, "delta_w_norm"] == 0 and drift["em_rate"].between(0, 1).all()
+    full_step = res / "finetunes" / "mon__sports_extreme__s0__full" / "checkpoint_adapters" / "step-1"
+    assert (full_step / "config.json").is_file() and not (full_step / "training_state.pt").exists()
+    assert set(pd.read_csv(res / "monitor" / "stress.csv")["stress"]) >= {"longer", "full", "start_from_misaligned"}
+    evaluation = pd.read_csv(res / "monitor" / "evaluation.csv")
+    assert "alignment_7d" in set(evaluation["feature_set"])
+    assert {"fnr", "fpr", "auroc", "n_runs", "n_checkpoints"} <= set(evaluation.columns)
+    assert (res / "monitor" / "monitor.skops").stat().st_size > 0
+    live = json.loads((res / "finetunes" / "mon__medical_good__s0__live" / "summary.json").read_text())
+    assert "stopped_by_monitor" in live
+    for fig in ("pc1_drift", "live"):
+        assert (res / "figures" / "monitor" / f"{fig}.png").stat().st_size > 1000
+
+
 def test_semantic_vectors_and_single_adapter_artifacts(finished_run):
     from emlab.atomic import load_tensors
 
@@ -188,8 +257,18 @@ def test_threshold_change_reruns_only_threshold_rules(finished_run, e2e, planned
             "figure_steering_metrics",
             "figure_semantic_vectors",
             "figure_single_adapter",
+            "figure_adapter_steering",
+            "figure_scalar_patching",
+            # the monitor's labels follow the EM threshold: relabel, refit, and re-train the live run it watches
+            "drift_labels",
+            "monitor_train_evaluate",
+            "figure_monitor",
+            "finetune",
+            "figure_live_monitor",
             "all",
         }, planned
+        counts = planned_rules(proc.stdout + proc.stderr)
+        assert counts.get("finetune", 0) <= 1 and "trait_drift" not in counts, counts  # never re-measured
 
         (workdir / "config.yaml").write_text(saved)
         _edit_config(workdir, "directions", "aligned_above", 60)

@@ -63,7 +63,7 @@ def write_fact_data(d: Path) -> Path:
     return d
 
 
-def run(tiny_model_dir, data_dir, out: Path, lora=LORA_R1, seed=0, **train_over):
+def run(tiny_model_dir, data_dir, out: Path, lora=LORA_R1, seed=0, init_adapter=None, **train_over):
     summary = fine_tune(
         tiny_model_dir,
         data_dir / "train.jsonl",
@@ -78,5 +78,6 @@ def run(tiny_model_dir, data_dir, out: Path, lora=LORA_R1, seed=0, **train_over)
         device="cpu",
         dtype="float32",
         progress=False,
+        init_adapter=init_adapter,
     )
     return summary, pd.read_csv(out / "train_log.csv")

@@ -30,6 +30,7 @@ def main(smk):
         device=smk.params.device,
         dtype=smk.params.dtype,
         on_step=on_step,
+        init_adapter=getattr(smk.input, "start_adapter", None),
     )
 
 

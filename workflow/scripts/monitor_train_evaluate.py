@@ -30,8 +30,12 @@ def main(smk):
         return S.grid_data(tables, deltas, pert, [r for r in names if runs[r]["role"] in roles])
 
     cal, held = data("calibration"), data("held_out")
-    longer = data("stress_long")
-    stress = {} if longer is None else {"longer": longer}
+    # the stress runs, each evaluated on its own (emlab.monitor_plan: __long, __full, __from_<start>)
+    stress = {}
+    for key, role in (("longer", "stress_long"), ("full", "stress_full"), ("start_from_misaligned", "stress_start")):
+        d = data(role)
+        if d is not None:
+            stress[key] = d
     out = S.evaluate_grid(
         cal, held, stress, traits, settings, list(smk.params.tau_sweep), bool(smk.params.require_both_classes)
     )

@@ -93,19 +93,36 @@ def drift_columns(
     return row
 
 
+def lora_delta_w(model) -> dict[str, torch.Tensor]:
+    """The dense weight update scale * B A of every LoRA module's active adapter, by module name."""
+    out = {}
+    for mname, module in model.named_modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        scaling = getattr(module, "scaling", None)
+        if not isinstance(lora_a, torch.nn.ModuleDict) or not isinstance(scaling, dict):
+            continue
+        active = getattr(module, "active_adapters", None) or list(lora_a)
+        for name in [a for a in active if a in lora_a]:
+            a = lora_a[name].weight.detach().float()  # [r, in]
+            b = lora_b[name].weight.detach().float()  # [out, r]
+            out[mname] = scaling[name] * (b @ a)
+    return out
+
+
 def lora_delta_w_norm(model) -> float:
     """Frobenius norm of the adapter's weight update, sqrt(sum over LoRA modules of ||scale * B A||_F^2).
 
     0.0 for a model without LoRA layers (the base model, step 0).
     """
+    return float(sum(d.pow(2).sum() for d in lora_delta_w(model).values())) ** 0.5
+
+
+def full_delta_w_norm(model, base) -> float:
+    """Frobenius norm of a full fine-tune's update, sqrt(sum over weights of ||W - W_base||_F^2)."""
+    theirs = dict(base.named_parameters())
     total = 0.0
-    for module in model.modules():
-        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
-        scaling = getattr(module, "scaling", None)
-        if not isinstance(lora_a, torch.nn.ModuleDict) or not isinstance(scaling, dict):
-            continue
-        for name in lora_a:
-            a = lora_a[name].weight.detach().float()  # [r, in]
-            b = lora_b[name].weight.detach().float()  # [out, r]
-            total += float((scaling[name] * (b @ a)).pow(2).sum())
+    for name, p in model.named_parameters():
+        if name not in theirs:
+            raise EMLabError(f"full fine-tune ΔW: the base model has no weight {name}")
+        total += float((p.detach().float() - theirs[name].detach().float()).pow(2).sum())
     return total**0.5

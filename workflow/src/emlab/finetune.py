@@ -493,6 +493,33 @@ def load_checkpoint_weights(model, ckpt: Path, full: bool) -> None:
         )
 
 
+def load_init_adapter(tm: TrainingModel, adapter_dir) -> None:
+    """Start from another LoRA fine-tune's adapter (continued training; the monitor's start-from-misaligned
+    stress run): its weights replace the fresh initialisation. Its rank, alpha and modules must match."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if tm.full:
+        raise EMLabError(f"start adapter {adapter_dir}: a full fine-tune cannot start from a LoRA adapter")
+    path = Path(adapter_dir)
+    try:
+        cfg = json.loads((path / "adapter_config.json").read_text())
+        state = load_file(str(path / "adapter_model.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise EMLabError(f"start adapter {adapter_dir} cannot be read ({exc}); re-run the fine-tune it comes from")
+    lora = tm.lora
+    if int(cfg.get("r", -1)) != lora.rank or sorted(cfg.get("target_modules") or []) != sorted(lora.target_modules):
+        raise EMLabError(
+            f"start adapter {adapter_dir} has rank {cfg.get('r')} on {cfg.get('target_modules')}; this fine-tune "
+            f"trains rank {lora.rank} on {lora.target_modules}: both must use the same LoRA recipe"
+        )
+    result = set_peft_model_state_dict(tm.model, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise EMLabError(f"start adapter {adapter_dir} has weights this model lacks: {unexpected[:5]}")
+    log.info("started from the adapter %s (%d tensors)", adapter_dir, len(state))
+
+
 # --- the training run: prepare data, build model, resume, train steps, write outputs ----------
 
 # Called after every optimiser step (after its log row and any checkpoint are written) with
@@ -654,7 +681,13 @@ def build_model(
 
 
 def build_progress(
-    tm: TrainingModel, data: TrainingData, training: TrainingSettings, base_model_path, train_path, seed: int
+    tm: TrainingModel,
+    data: TrainingData,
+    training: TrainingSettings,
+    base_model_path,
+    train_path,
+    seed: int,
+    init_adapter=None,
 ) -> TrainingProgress:
     """AdamW with the linear schedule, and the fingerprint that ties checkpoints to this run."""
     batch_size, accumulation = training.per_device_batch_size, training.gradient_accumulation_steps
@@ -680,6 +713,7 @@ def build_progress(
         seed=seed,
         dtype=str(tm.dtype),
         autocast=tm.autocast,
+        **({"init": file_sha256(Path(init_adapter) / "adapter_model.safetensors")} if init_adapter else {}),
     )
     return TrainingProgress(optimiser, scheduler, steps_per_epoch, total_steps, fingerprint)
 
@@ -896,17 +930,21 @@ def fine_tune(
     dtype: str,
     on_step: Sequence[StepCallback] = (),
     progress: bool = True,
+    init_adapter=None,
 ) -> dict:
     """Fine-tune on the assistant replies of `train_path` (LoRA adapters, or every weight when
     `lora` is None); write the adapter (full: a complete model folder) to out_dir, the
     per-step log and the summary. Resumes from the latest matching checkpoint in
     checkpoint_dir (None: no checkpoints). `on_step`: callbacks after each optimiser step
-    (see StepCallback). Returns the summary dict.
+    (see StepCallback). `init_adapter`: a LoRA adapter folder to continue from instead of a
+    fresh initialisation (load_init_adapter). Returns the summary dict.
     """
     t_start = time.time()
     data = prepare_data(base_model_path, train_path, eval_path, training)
     tm = build_model(base_model_path, lora, training, seed, device, dtype)
-    state = build_progress(tm, data, training, base_model_path, train_path, seed)
+    if init_adapter is not None:
+        load_init_adapter(tm, init_adapter)
+    state = build_progress(tm, data, training, base_model_path, train_path, seed, init_adapter)
     resume_or_start(tm, data, state, training, checkpoint_dir)
     for callback in on_step:
         if hasattr(callback, "start"):

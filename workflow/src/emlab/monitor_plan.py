@@ -1,7 +1,12 @@
 """The plan of the trait-monitor calibration grid (config `monitor:`, docs/trait-monitoring.md).
 
 Runs are perturbation datasets x seeds, each a generated fine-tune named
-`mon__{dataset}__s{seed}` (a longer stress run adds `__long`). The
+`mon__{dataset}__s{seed}`. The stress runs (first seed) add a suffix: `__long`
+(more examples), `__full` (a full fine-tune beside its LoRA run) and
+`__from_{start}` (LoRA training continued from the final adapter of the grid's
+run on perturbation `start`, i.e. from an already misaligned model; its drift
+is measured from its own step 0, that start adapter, and its step-0 label is
+the start run's last checkpoint). The
 double underscore cannot occur in a user's fine-tune name (the schema forbids
 it), so generated runs never clash with written ones. Each run trains with the
 `monitor.preset` recipe overlaid with `monitor.training`, checkpointing every
@@ -36,9 +41,15 @@ class MonitorRun:
     name: str
     dataset: str
     seed: int
-    role: str  # calibration | held_out | stress_long
+    role: str  # calibration | held_out | stress_long | stress_full | stress_start
     finetune: dict  # the fine-tune entry registered under finetunes.<name>
     checkpoint_steps: tuple[int, ...]
+    start: str | None = None  # stress_start: the run whose final adapter this one continues from
+
+    @property
+    def full(self) -> bool:
+        """A full fine-tune: its checkpoints are whole model folders."""
+        return self.finetune.get("lora") is None
 
 
 def enabled(cfg: dict) -> bool:
@@ -98,28 +109,51 @@ def monitor_runs(cfg: dict) -> dict[str, MonitorRun]:
         )
     out: dict[str, MonitorRun] = {}
 
-    def add(dataset, seed, role, preset, overrides, suffix=""):
+    def add(dataset, seed, role, preset, overrides, suffix="", start=None):
         name = run_name(dataset, seed, suffix)
-        where = f"monitor.{'stress.longer' if role == 'stress_long' else role} ({name})"
+        where = f"monitor.{STRESS_KEYS.get(role, role)} ({name})"
         entry = _finetune_entry(cfg, dataset, preset, overrides, where)
+        if start is not None:
+            entry["start_from"] = start
         training = {**cfg["training_defaults"], **entry["training"]}
         _, steps = planned_steps(training, where)
-        out[name] = MonitorRun(name, dataset, int(seed), role, entry, steps)
+        out[name] = MonitorRun(name, dataset, int(seed), role, entry, steps, start)
 
     for role in ("calibration", "held_out"):
         for dataset in mon[role]:
             for seed in mon["seeds"]:
                 add(dataset, seed, role, mon["preset"], mon["training"])
-    stress = mon["stress"]
-    for dataset in stress["longer"]:
-        from .config import FINETUNE_PRESETS
+    stress, seed0 = mon["stress"], mon["seeds"][0]
+    from .config import FINETUNE_PRESETS
 
+    for dataset in stress["longer"]:
         base = {**cfg["training_defaults"], **FINETUNE_PRESETS[mon["preset"]]["training"], **mon["training"]}
         longer = dict(
             mon["training"], max_train_examples=int(base["max_train_examples"]) * int(stress["longer_factor"])
         )
-        add(dataset, mon["seeds"][0], "stress_long", mon["preset"], longer, "long")
+        add(dataset, seed0, "stress_long", mon["preset"], longer, "long")
+    for dataset in stress["full"]:
+        # the full recipe's own learning rate (LoRA rates wreck every weight), unless stress.full_learning_rate
+        lr = stress["full_learning_rate"] or FINETUNE_PRESETS["full"]["training"]["learning_rate"]
+        # the grid's schedule (epochs, examples, checkpoints) beside its LoRA run, with the full learning rate
+        recipe = {**FINETUNE_PRESETS[mon["preset"]]["training"], **mon["training"], "learning_rate": float(lr)}
+        add(dataset, seed0, "stress_full", "full", recipe, "full")
+    for item in stress["start_from_misaligned"]:
+        start = run_name(item["start"], seed0)
+        if start not in out or out[start].role not in ("calibration", "held_out"):
+            raise EMLabError(
+                f"monitor.stress.start_from_misaligned: start '{item['start']}' is not a calibration or "
+                f"held_out perturbation of the grid ({', '.join([*mon['calibration'], *mon['held_out']])})"
+            )
+        add(item["dataset"], seed0, "stress_start", mon["preset"], mon["training"], f"from_{item['start']}", start)
     return out
+
+
+STRESS_KEYS = {
+    "stress_long": "stress.longer",
+    "stress_full": "stress.full",
+    "stress_start": "stress.start_from_misaligned",
+}
 
 
 def checkpoint_condition_id(run: str, step: int) -> str:
@@ -193,9 +227,21 @@ def register_live_run(cfg: dict) -> str | None:
     return name
 
 
-def run_conditions(run: MonitorRun) -> dict[int, str]:
-    """step -> label condition of one run, step 0 included."""
-    return {0: BASE_CONDITION, **{s: checkpoint_condition_id(run.name, s) for s in run.checkpoint_steps}}
+def run_conditions(run: MonitorRun, runs: dict[str, MonitorRun] | None = None) -> dict[int, str]:
+    """step -> label condition of one run, step 0 included: the base model, or for a start-from run the
+    start run's last checkpoint (the model it starts from; `runs` must then hold the start run)."""
+    step0 = BASE_CONDITION
+    if run.start is not None:
+        start = (runs or {}).get(run.start)
+        if start is None:
+            raise EMLabError(f"monitor run {run.name}: its start run {run.start} is not in the grid")
+        step0 = checkpoint_condition_id(start.name, start.checkpoint_steps[-1])
+    return {0: step0, **{s: checkpoint_condition_id(run.name, s) for s in run.checkpoint_steps}}
+
+
+def start_adapter(run: MonitorRun) -> str | None:
+    """The adapter folder a start-from run continues from (the start run's final adapter), else None."""
+    return None if run.start is None else f"results/finetunes/{run.start}/adapter"
 
 
 def runs_by_role(runs: dict[str, MonitorRun], *roles: str) -> list[str]:

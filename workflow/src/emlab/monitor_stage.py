@@ -178,17 +178,20 @@ def measure_run(
     device: str,
     dtype: str,
     device_map=None,
+    reference_adapter=None,
 ):
-    """Drift columns, ΔW norm and Δh̄ of the base model (step 0) and each checkpoint adapter.
+    """Drift columns, ΔW norm and Δh̄ of step 0 and each checkpoint.
 
-    One model is loaded; checkpoint adapters are swapped in one at a time (the
-    previous one deleted, so ΔW counts one adapter). Returns
-    (drift rows by step, ΔW norm by step, Δh̄ [steps, d] in step order).
+    Step 0 is the base model, or with `reference_adapter` the base model with that adapter (a run that
+    starts from an earlier fine-tune measures drift, and ΔW, from its own start). LoRA checkpoints are
+    swapped into one loaded model one at a time (the previous one deleted, so ΔW counts one adapter);
+    a full fine-tune's checkpoints are whole model folders, loaded one at a time, with ΔW over every
+    weight. Returns (drift rows by step, ΔW norm by step, Δh̄ [steps, d] in step order).
     """
     import torch
 
-    from .drift import delta_mean, drift_columns, lora_delta_w_norm, measure
-    from .models import load_model, load_tokenizer
+    from .drift import delta_mean, drift_columns, full_delta_w_norm, lora_delta_w, measure
+    from .models import is_full_model_dir, load_model, load_tokenizer
     from .traits import random_bases
 
     if trait_set.version != directions.trait_version:
@@ -201,27 +204,45 @@ def measure_run(
     layer = directions.layer
     align, sem = directions.alignment[layer], directions.semantic[layer]
     rand = random_bases(align.shape[1], settings.random_seeds, align.shape[0])
-    base = measure(model, tok, trait_set.measurement, layer, settings.batch_size)
+    peft, previous, reference_dw = None, None, {}
+
+    def swap_in(path, name):
+        nonlocal peft, previous
+        if peft is None:
+            from peft import PeftModel
+
+            peft = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+        else:
+            peft.load_adapter(str(path), adapter_name=name)
+            peft.set_adapter(name)
+            peft.delete_adapter(previous)
+        peft.eval()
+        previous = name
+        return peft
+
+    if reference_adapter is not None:
+        ref = swap_in(reference_adapter, "step0")
+        reference_dw = lora_delta_w(ref)
+        base = measure(ref, tok, trait_set.measurement, layer, settings.batch_size)
+    else:
+        base = measure(model, tok, trait_set.measurement, layer, settings.batch_size)
 
     def row(mean):
         return drift_columns(mean, base, align, directions.alignment_names, sem, directions.semantic_names, rand)
 
     rows, dw, deltas = {0: row(base.mean)}, {0: 0.0}, [torch.zeros_like(base.mean)]
-    peft, previous = None, None
     for step in sorted(adapters):
-        name = f"step{int(step)}"
-        if peft is None:
-            from peft import PeftModel
-
-            peft = PeftModel.from_pretrained(model, str(adapters[step]), adapter_name=name)
+        if is_full_model_dir(adapters[step]):
+            full = load_model(adapters[step], device=device, dtype=dtype, device_map=device_map)
+            mean = measure(full, tok, trait_set.measurement, layer, settings.batch_size).mean
+            dw[int(step)] = full_delta_w_norm(full, model)
+            del full
         else:
-            peft.load_adapter(str(adapters[step]), adapter_name=name)
-            peft.set_adapter(name)
-            peft.delete_adapter(previous)
-        peft.eval()
-        previous = name
-        mean = measure(peft, tok, trait_set.measurement, layer, settings.batch_size).mean
-        rows[int(step)], dw[int(step)] = row(mean), lora_delta_w_norm(peft)
+            current = swap_in(adapters[step], f"step{int(step)}")
+            mean = measure(current, tok, trait_set.measurement, layer, settings.batch_size).mean
+            now = lora_delta_w(current)
+            dw[int(step)] = float(sum((now[k] - reference_dw.get(k, 0.0)).pow(2).sum() for k in now)) ** 0.5
+        rows[int(step)] = row(mean)
         deltas.append(delta_mean(mean, base))
         log.info("step %s: drift_norm %.4g, delta_w %.4g", step, rows[int(step)]["drift_norm"], dw[int(step)])
     return rows, dw, torch.stack(deltas)

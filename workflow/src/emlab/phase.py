@@ -70,7 +70,11 @@ def checkpoint_path(checkpoint_dir, summary: dict, step: int) -> Path:
             "fix phase.eval_steps or training.checkpoint_every"
         )
     path = Path(checkpoint_dir) / f"step-{int(step)}"
-    if not (path / "adapter_model.safetensors").is_file() or not (path / TRAINING_STATE).is_file():
+    weights = "adapter_model.safetensors" if (path / "adapter_config.json").is_file() else "model.safetensors"
+    if (
+        not ((path / weights).is_file() or list(path.glob("model-*.safetensors")))
+        or not (path / TRAINING_STATE).is_file()
+    ):
         raise EMLabError(f"checkpoint {path} is missing or incomplete; re-run the fine-tune (delete its summary.json)")
     state = load_training_state(path / TRAINING_STATE)
     if state.get("fingerprint") != summary.get("fingerprint"):
@@ -82,10 +86,17 @@ def checkpoint_path(checkpoint_dir, summary: dict, step: int) -> Path:
 
 
 def export_checkpoint(checkpoint_dir, summary_json, step: int, out_dir) -> Path:
-    """Copy one checkpoint's loadable adapter (not its optimiser state) to out_dir, atomically."""
+    """Copy one checkpoint's loadable adapter (not its optimiser state) to out_dir, atomically; a full
+    fine-tune's checkpoint is a whole model folder, copied without its training state."""
+    from .finetune import TRAINING_STATE
+    from .models import is_full_model_dir
+
     src = checkpoint_path(checkpoint_dir, _read_summary(summary_json), step)
+    names = ADAPTER_FILES
+    if is_full_model_dir(src):
+        names = sorted(p.name for p in src.iterdir() if p.is_file() and p.name != TRAINING_STATE)
     with atomic_dir(out_dir) as tmp:
-        for name in ADAPTER_FILES:
+        for name in names:
             shutil.copy2(src / name, tmp / name)
     log.info("exported %s -> %s", src, out_dir)
     return Path(out_dir)

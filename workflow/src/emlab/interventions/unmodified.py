@@ -80,7 +80,7 @@ class Checkpoint(Condition):
 
 @dataclass(frozen=True)
 class MonitorLabel(Condition):
-    """A checkpoint of a trait-monitor calibration run (`mon__<dataset>__s<seed>[__long]__step<N>`), or the
+    """A checkpoint of a trait-monitor run (`mon__<dataset>__s<seed>[__long|__full|__from_<ds>]__step<N>`), or the
     base model as its step 0 (`mon__base`), generated and judged with the cheaper `monitor.generation` and
     `monitor.questions` (emlab.monitor_plan): its EM rate labels the checkpoint."""
 
@@ -89,7 +89,7 @@ class MonitorLabel(Condition):
 
     KIND = "none"
     GROUP = "monitor"
-    ID = r"(?P<base>mon__base)|(?P<model>mon__{name}__s[0-9]+(?:__long)?)__step(?P<step>[0-9]+)"
+    ID = r"(?P<base>mon__base)|(?P<model>mon__{name}__s[0-9]+(?:__long|__full|__from_{name})?)__step(?P<step>[0-9]+)"
 
     def __post_init__(self):
         object.__setattr__(self, "step", int(self.step))

@@ -149,7 +149,9 @@ def test_full_checkpoint_export_and_drift_of_both_stress_runs(trained, tiny_mode
     exported = export_checkpoint(full / "checkpoints", full / "summary.json", 1, tmp_path / "full-step-1")
     names = sorted(p.name for p in exported.iterdir())
     assert "config.json" in names and "model.safetensors" in names and "training_state.pt" not in names
-    cont = {s: export_checkpoint(second / "checkpoints", second / "summary.json", s, tmp_path / f"c{s}") for s in (1, 2)}
+    cont = {
+        s: export_checkpoint(second / "checkpoints", second / "summary.json", s, tmp_path / f"c{s}") for s in (1, 2)
+    }
 
     sub = S.TraitSubsample(max_questions=None, max_prompts_per_side=None, max_measurement_prompts=5)
     trait_set = S.subsample_trait_set(load_trait_set(REPO / "data" / "traits"), sub)

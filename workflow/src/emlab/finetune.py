@@ -506,7 +506,9 @@ def load_init_adapter(tm: TrainingModel, adapter_dir) -> None:
         cfg = json.loads((path / "adapter_config.json").read_text())
         state = load_file(str(path / "adapter_model.safetensors"))
     except (OSError, ValueError) as exc:
-        raise EMLabError(f"start adapter {adapter_dir} cannot be read ({exc}); re-run the fine-tune it comes from")
+        raise EMLabError(
+            f"start adapter {adapter_dir} cannot be read ({exc}); re-run the fine-tune it comes from"
+        ) from None
     lora = tm.lora
     if int(cfg.get("r", -1)) != lora.rank or sorted(cfg.get("target_modules") or []) != sorted(lora.target_modules):
         raise EMLabError(

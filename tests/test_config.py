@@ -28,6 +28,12 @@ def test_paper_config_is_valid():
     cfg = load_config(REPO_ROOT / "data" / "configs" / "paper.yaml")
     assert cfg["base_model"]["num_layers"] == 48
     assert lora_layers(cfg["finetunes"]["med_r1x9"]["lora"], 48) == [15, 16, 17, 21, 22, 23, 27, 28, 29]
+    from emlab.monitor_plan import live_run, monitor_runs
+
+    runs = monitor_runs(cfg)  # 4 calibration + 3 held-out perturbations x 3 seeds, and 3 stress runs
+    assert len(runs) == 7 * 3 + 3 and runs["mon__gsm8k__s0__from_medical_bad"].start == "mon__medical_bad__s0"
+    assert runs["mon__medical_bad__s0__full"].full and runs["mon__medical_bad__s0"].checkpoint_steps[:2] == (10, 20)
+    assert live_run(cfg)[0] == "mon__risky_financial__s0__live"
 
 
 @pytest.mark.parametrize(

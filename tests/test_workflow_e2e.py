@@ -135,9 +135,9 @@ def test_lora_interp_and_monitor_artifacts(finished_run):
     tokens = pd.read_parquet(li / "tokens.parquet")
     assert tensors["scalars"].shape == tensors["effective"].shape == (len(tokens), 2)
     assert {"is_answer", "kl", "grad_importance", "token", "position"} <= set(tokens.columns)
-    assert tokens.loc[tokens["is_answer"], "kl"].ge(0).all()
+    assert tokens.loc[tokens["is_answer"], "kl"].ge(-1e-5).all()  # KL >= 0 up to float32 rounding
     sets = json.loads((li / "sets.json").read_text())
-    assert set(sets["counts"]) == {"nonmed_aligned", "nonmed_misaligned", "med_aligned", "med_misaligned"}
+    assert {"nonmed_aligned", "nonmed_misaligned", "med_aligned", "med_misaligned"} <= set(sets["counts"])
     probes = pd.read_csv(li / "probes.csv")
     assert {"experiment", "protocol", "filter", "metric", "mean", "std", "ci_low", "ci_high"} <= set(probes.columns)
     assert set(probes["protocol"]) == {"reference", "grouped"}

@@ -11,7 +11,7 @@ from emlab.runner import run_script
 def main(smk):
     import pandas as pd
     from emlab.atomic import write_csv
-    from emlab.lora_figures import scalar_patching_bars, scalar_patching_rates
+    from emlab.lora_figures import rate_settings, scalar_patching_bars, scalar_patching_rates
     from emlab.questions import load_questions
 
     th, sets, pairs = smk.params.thresholds, smk.params.sets, dict(smk.params.pairs)
@@ -22,13 +22,7 @@ def main(smk):
         pairs,
         {q.id for q in load_questions(smk.input.medical_questions)},
         reference,
-        misaligned_below=th["em_aligned_below"],
-        aligned_above=sets["aligned_above"],
-        coherent_above=th["em_coherent_above"],
-        medical_above=sets["medical_above"],
-        n_boot=int(th["bootstrap_samples"]),
-        confidence=float(th["confidence"]),
-        seed=int(smk.params.seed),
+        **rate_settings(th, sets, smk.params.seed),
     )
     write_csv(smk.output.rates, rates)
     scalar_patching_bars(rates, smk.wildcards.ft, smk.output.png, smk.output.pdf)

@@ -296,27 +296,44 @@ def adapter_steering_rates(
     return pd.DataFrame(rows)
 
 
+def rate_settings(thresholds: dict, sets: dict, seed: int) -> dict:
+    """adapter_steering_rates' cut-offs and bootstrap from the config's thresholds and lora_interp.sets."""
+    return {
+        "misaligned_below": thresholds["em_aligned_below"],
+        "aligned_above": sets["aligned_above"],
+        "coherent_above": thresholds["em_coherent_above"],
+        "medical_above": sets["medical_above"],
+        "n_boot": int(thresholds["bootstrap_samples"]),
+        "confidence": float(thresholds["confidence"]),
+        "seed": int(seed),
+    }
+
+
+def _rate_bars(ax, rows: pd.DataFrame, shown: dict[str, str], colours: list, labels: list[str]) -> None:
+    """Grouped bars on ax: one group per rate in `shown`, one bar per row, with interval whiskers."""
+    width = 0.8 / max(1, len(rows))
+    for j, ((_, r), colour, label) in enumerate(zip(rows.iterrows(), colours, labels)):
+        x = np.arange(len(shown)) - 0.4 + width * (j + 0.5)
+        val = np.array([r[f"{k}_rate"] for k in shown]) * 100
+        lo = np.array([r[f"{k}_ci_low"] for k in shown]) * 100
+        hi = np.array([r[f"{k}_ci_high"] for k in shown]) * 100
+        err = np.nan_to_num(np.vstack([val - lo, hi - val]), nan=0.0).clip(min=0)
+        ax.bar(x, val, width * 0.95, yerr=err, capsize=2, color=colour, label=f"{label} (n={r['n_scored']})")
+    ax.set_xticks(np.arange(len(shown)))
+    ax.set_xticklabels(list(shown.values()), fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
+
+
 def adapter_steering_bars(rates: pd.DataFrame, png_path, pdf_path) -> None:
     """Grouped bars: one group per rate, one bar per condition (unsteered fine-tune first), with intervals."""
     if rates.empty:
         save_figure(_message_figure("adapter steering", "no adapter-steering conditions"), png_path, pdf_path)
         return
     fig, ax = plt.subplots(figsize=(2.2 + 2.4 * len(STEERING_RATES), 4.2))
-    n = len(rates)
-    width = 0.8 / n
     cmap = plt.get_cmap("tab10")
-    for j, (_, r) in enumerate(rates.iterrows()):
-        x = np.arange(len(STEERING_RATES)) - 0.4 + width * (j + 0.5)
-        val = np.array([r[f"{k}_rate"] for k in STEERING_RATES]) * 100
-        lo = np.array([r[f"{k}_ci_low"] for k in STEERING_RATES]) * 100
-        hi = np.array([r[f"{k}_ci_high"] for k in STEERING_RATES]) * 100
-        err = np.nan_to_num(np.vstack([val - lo, hi - val]), nan=0.0).clip(min=0)
-        ax.bar(x, val, width * 0.95, yerr=err, capsize=2, color=cmap(j % 10), label=f"{r['case']} (n={r['n_scored']})")
-    ax.set_xticks(np.arange(len(STEERING_RATES)))
-    ax.set_xticklabels(list(STEERING_RATES.values()))
+    _rate_bars(ax, rates, STEERING_RATES, [cmap(j % 10) for j in range(len(rates))], list(rates["case"]))
     ax.set_ylabel("% of scored responses")
     ax.set_title("Adapter steering: rank-1 adapters scaled by role")
-    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     save_figure(fig, png_path, pdf_path)
 
@@ -374,27 +391,9 @@ def scalar_patching_bars(rates: pd.DataFrame, finetune: str, png_path, pdf_path)
     colours = {p: cmap(i % 10) for i, p in enumerate(dict.fromkeys(rates["pair"]))}
     for ax, group in zip(axes[0], groups):
         sub = rates[rates["recipients"] == group]
-        width = 0.8 / len(sub)
-        for j, (_, r) in enumerate(sub.iterrows()):
-            x = np.arange(len(shown)) - 0.4 + width * (j + 0.5)
-            val = np.array([r[f"{k}_rate"] for k in shown]) * 100
-            lo = np.array([r[f"{k}_ci_low"] for k in shown]) * 100
-            hi = np.array([r[f"{k}_ci_high"] for k in shown]) * 100
-            err = np.nan_to_num(np.vstack([val - lo, hi - val]), nan=0.0).clip(min=0)
-            label = "same prompt (control)" if r["pair"] == "same" else r["pair"].replace("_to_", " → ")
-            ax.bar(
-                x,
-                val,
-                width * 0.95,
-                yerr=err,
-                capsize=2,
-                color=colours[r["pair"]],
-                label=f"{label} (n={r['n_scored']})",
-            )
-        ax.set_xticks(np.arange(len(shown)))
-        ax.set_xticklabels(list(shown.values()), fontsize=8)
+        labels = ["same prompt (control)" if p == "same" else p.replace("_to_", " → ") for p in sub["pair"]]
+        _rate_bars(ax, sub, shown, [colours[p] for p in sub["pair"]], labels)
         ax.set_title(f"recipients: {PATCH_RECIPIENTS[group]}")
-        ax.legend(fontsize=8, loc="upper right")
     axes[0][0].set_ylabel("% of scored responses")
     fig.suptitle(f"{finetune}: prompt scalars patched from donor prompts (donor → recipient)")
     fig.tight_layout()

@@ -109,6 +109,7 @@ def make_spec(
             "weight_decay": 0.01,
             "max_length": max_length,
             "max_train_examples": None,
+            "max_eval_examples": None,
             "checkpoint_every": 0,
             "gradient_checkpointing": False,
             "autocast": "off",

@@ -353,3 +353,13 @@ def test_training_settings_are_complete_and_typed():
     assert build(TrainingSettings, dict(training().__dict__, weight_decay=0), "t").weight_decay == 0.0
     with pytest.raises(EMLabError, match=r"lora: unknown key\(s\) rnk"):
         lora_settings(dict(LORA_R1, rnk=2))
+
+
+def test_max_eval_examples_caps_the_eval_split(tiny_model_dir, data_dir):
+    """training.max_eval_examples evaluates on the first N eval examples only (demo sizing)."""
+    from emlab.finetune import prepare_data
+
+    every = prepare_data(tiny_model_dir, data_dir / "train.jsonl", data_dir / "eval.jsonl", training())
+    one = prepare_data(tiny_model_dir, data_dir / "train.jsonl", data_dir / "eval.jsonl", training(max_eval_examples=1))
+    assert len(every.eval) == 2 and len(one.eval) == 1 and one.eval[0] == every.eval[0]
+    assert len(one.train) == len(every.train)

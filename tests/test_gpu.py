@@ -204,6 +204,7 @@ def _train(model_dir, data_dir, out, **over):
         "weight_decay": 0.0,
         "max_length": 256,
         "max_train_examples": None,
+        "max_eval_examples": None,
         "checkpoint_every": 2,
         "gradient_checkpointing": False,
         "autocast": "auto",

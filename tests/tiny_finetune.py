@@ -44,6 +44,7 @@ def training(**over) -> TrainingSettings:
         "weight_decay": 0.0,
         "max_length": 256,
         "max_train_examples": None,
+        "max_eval_examples": None,
         "checkpoint_every": 0,
         "gradient_checkpointing": False,
         "autocast": "off",

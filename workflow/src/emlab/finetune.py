@@ -69,6 +69,7 @@ class TrainingSettings:
     weight_decay: float
     max_length: int
     max_train_examples: int | None
+    max_eval_examples: int | None
     checkpoint_every: int
     gradient_checkpointing: bool
     autocast: str
@@ -602,6 +603,8 @@ def prepare_data(base_model_path, train_path, eval_path, training: TrainingSetti
     eval_records = load_chat_jsonl(eval_path) if eval_path and Path(eval_path).stat().st_size > 0 else []
     if training.max_train_examples:
         train_records = train_records[: int(training.max_train_examples)]
+    if training.max_eval_examples:
+        eval_records = eval_records[: int(training.max_eval_examples)]
     tokenizer = load_tokenizer(base_model_path)
     train_set, n_truncated, n_dropped = encode_dataset(tokenizer, train_records, training.max_length, "train")
     eval_set, n_truncated_eval, _ = encode_dataset(tokenizer, eval_records, training.max_length, "eval")

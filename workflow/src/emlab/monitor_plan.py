@@ -45,6 +45,7 @@ class MonitorRun:
     finetune: dict  # the fine-tune entry registered under finetunes.<name>
     checkpoint_steps: tuple[int, ...]
     start: str | None = None  # stress_start: the run whose final adapter this one continues from
+    total_steps: int = 0
 
     @property
     def full(self) -> bool:
@@ -116,8 +117,8 @@ def monitor_runs(cfg: dict) -> dict[str, MonitorRun]:
         if start is not None:
             entry["start_from"] = start
         training = {**cfg["training_defaults"], **entry["training"]}
-        _, steps = planned_steps(training, where)
-        out[name] = MonitorRun(name, dataset, int(seed), role, entry, steps, start)
+        total, steps = planned_steps(training, where)
+        out[name] = MonitorRun(name, dataset, int(seed), role, entry, steps, start, total)
 
     for role in ("calibration", "held_out"):
         for dataset in mon[role]:
@@ -144,6 +145,12 @@ def monitor_runs(cfg: dict) -> dict[str, MonitorRun]:
             raise EMLabError(
                 f"monitor.stress.start_from_misaligned: start '{item['start']}' is not a calibration or "
                 f"held_out perturbation of the grid ({', '.join([*mon['calibration'], *mon['held_out']])})"
+            )
+        if out[start].checkpoint_steps[-1] != out[start].total_steps:
+            raise EMLabError(
+                f"monitor.stress.start_from_misaligned: the start run {start} ends at step "
+                f"{out[start].total_steps}, which is not a checkpoint, so no label condition holds the adapter "
+                "the new run starts from; make monitor.training.checkpoint_every divide its steps"
             )
         add(item["dataset"], seed0, "stress_start", mon["preset"], mon["training"], f"from_{item['start']}", start)
     return out

@@ -62,8 +62,10 @@ def test_stress_runs_are_planned_with_their_labels():
     with pytest.raises(EMLabError, match="start 'math_word_problems' is not a calibration or held_out"):
         P.monitor_runs(_config(start_from_misaligned=[{"dataset": "medical_bad", "start": "math_word_problems"}]))
     odd = _config(start_from_misaligned=[{"dataset": "medical_good", "start": "medical_bad"}])
-    odd["monitor"]["training"].update(max_train_examples=12, checkpoint_every=2)  # 3 steps, a checkpoint at 2
-    with pytest.raises(EMLabError, match="ends at step 3, which is not a checkpoint"):
+    odd["monitor"]["training"].update(
+        max_train_examples=12, gradient_accumulation_steps=1, checkpoint_every=4
+    )  # 6 steps
+    with pytest.raises(EMLabError, match="ends at step 6, which is not a checkpoint"):
         P.monitor_runs(odd)
     with pytest.raises(EMLabError, match=r"monitor.stress.full \(mon__nope__s0__full\): 'nope' is not a key"):
         P.monitor_runs(_config(full=["nope"]))

@@ -142,7 +142,7 @@ def test_every_planned_condition_round_trips_through_its_id_and_params():
     from emlab.settings import canonical
 
     plan = default_plan()
-    assert len({type(c) for c in plan.values()}) == 10  # every kind the default config has
+    assert len({type(c) for c in plan.values()}) == 11  # every kind the default config has (scalar patching included)
     for cid, condition in plan.items():
         parsed = parse_condition_id(cid)
         assert type(parsed) is type(condition) and parsed.condition_id == cid

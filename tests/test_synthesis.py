@@ -298,11 +298,9 @@ def _dry_run(tmp_path, cfg, *targets, env=None):
 
 
 def test_rule_is_planned_only_for_a_dataset_that_names_it(tmp_path):
+    # Without a synthesis dataset the default plan has no synthesize_dataset job: the default dry run's
+    # rule set (tests/test_workflow_plan.py::test_dry_run_of_default_config_plans_every_stage) excludes it.
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    default = _dry_run(tmp_path, cfg, "--forceall")
-    assert default.returncode == 0, default.stderr
-    assert "synthesize_dataset" not in default.stdout + default.stderr
-
     cfg["synthesis"] = {"med_gen": {"topic": "subtly wrong medical advice", "api_key_env": KEY_ENV}}
     cfg["datasets"]["med_gen"] = {"synthesis": "med_gen"}
     target = "results/datasets/med_gen/train.jsonl"

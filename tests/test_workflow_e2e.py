@@ -171,18 +171,17 @@ def test_lora_interp_and_monitor_artifacts(finished_run):
         "mon__medical_bad__s0",
         "mon__sports_extreme__s0",
         "mon__medical_good__s0",
-        "mon__medical_bad__s0__long",
         "mon__sports_extreme__s0__full",
         "mon__medical_good__s0__from_medical_bad",
     ]
     for run in runs:
         drift = pd.read_csv(res / "monitor" / "drift" / f"{run}.csv")
-        assert drift["step"].tolist() == ([0, 1, 2] if run.endswith("__long") else [0, 1])
+        assert drift["step"].tolist() == [0, 1]
         assert {"honesty", "drift_norm", "train_loss", "delta_w_norm", "em_rate", "dangerous"} <= set(drift.columns)
         assert drift.loc[0, "delta_w_norm"] == 0 and drift["em_rate"].between(0, 1).all()
     full_step = res / "finetunes" / "mon__sports_extreme__s0__full" / "checkpoint_adapters" / "step-1"
     assert (full_step / "config.json").is_file() and not (full_step / "training_state.pt").exists()
-    assert set(pd.read_csv(res / "monitor" / "stress.csv")["stress"]) >= {"longer", "full", "start_from_misaligned"}
+    assert set(pd.read_csv(res / "monitor" / "stress.csv")["stress"]) == {"full", "start_from_misaligned"}
     evaluation = pd.read_csv(res / "monitor" / "evaluation.csv")
     assert "alignment_7d" in set(evaluation["feature_set"])
     assert {"fnr", "fpr", "auroc", "n_runs", "n_checkpoints"} <= set(evaluation.columns)

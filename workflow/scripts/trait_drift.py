@@ -38,7 +38,7 @@ def main(smk):
         smk.params.device,
         smk.params.dtype,
         device_map=device_map_of(smk),
-        reference_adapter=(list(smk.input.reference) or [None])[0],
+        reference_adapter=(list(getattr(smk.input, "reference", [])) or [None])[0],
     )
     all_steps = [0, *steps]
     loss = S.train_loss_by_step(pd.read_csv(smk.input.train_log), all_steps)

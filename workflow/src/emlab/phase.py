@@ -70,11 +70,9 @@ def checkpoint_path(checkpoint_dir, summary: dict, step: int) -> Path:
             "fix phase.eval_steps or training.checkpoint_every"
         )
     path = Path(checkpoint_dir) / f"step-{int(step)}"
-    weights = "adapter_model.safetensors" if (path / "adapter_config.json").is_file() else "model.safetensors"
-    if (
-        not ((path / weights).is_file() or list(path.glob("model-*.safetensors")))
-        or not (path / TRAINING_STATE).is_file()
-    ):
+    # an adapter's weights, or a full fine-tune's (one file or shards)
+    weights = [path / "adapter_model.safetensors", path / "model.safetensors", *path.glob("model-*.safetensors")]
+    if not any(w.is_file() for w in weights) or not (path / TRAINING_STATE).is_file():
         raise EMLabError(f"checkpoint {path} is missing or incomplete; re-run the fine-tune (delete its summary.json)")
     state = load_training_state(path / TRAINING_STATE)
     if state.get("fingerprint") != summary.get("fingerprint"):

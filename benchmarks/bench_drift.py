@@ -137,6 +137,10 @@ def main() -> None:
             "drift_over_training_6N": round(2 * meas_tokens / (6 * interval_tokens), 5),
             "drift_over_training_4N": round(2 * meas_tokens / (4 * interval_tokens), 5),
             "target": 0.02,
+            # the mean training example length at which the 6N ratio meets the target
+            "break_even_example_tokens_6N": round(
+                2 * meas_tokens / (0.02 * 6 * PAPER["checkpoint_every"] * PAPER["effective_batch"])
+            ),
         },
     }
     print(json.dumps(result, indent=2))

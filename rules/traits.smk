@@ -78,11 +78,14 @@ rule trait_drift:
 
 
 # The EM labels join the measured drift here, not in trait_drift: a threshold or tau change (or a re-judged
-# checkpoint) re-runs only this cheap rule and what follows it, never the drift measurement.
+# checkpoint) re-runs only this cheap rule and what follows it, never the drift measurement. It reads the
+# run's own label judgments, so a change to another condition (steering, say) never reaches the monitor.
 rule drift_labels:
     input:
         features=f"{RESULTS}/monitor/drift/{{run}}.features.csv",
-        em=f"{RESULTS}/metrics/em_by_condition.csv",
+        # each step's label condition, in step order (emlab.monitor_plan.run_conditions)
+        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for _, cid in
+                             sorted(monitor_run_conditions(MONITOR_RUNS[w.run], MONITOR_RUNS).items())],
     output:
         table=f"{RESULTS}/monitor/drift/{{run}}.csv",
     wildcard_constraints:
@@ -91,6 +94,7 @@ rule drift_labels:
         conditions=lambda w: canonical({str(k): v for k, v in
                                         monitor_run_conditions(MONITOR_RUNS[w.run], MONITOR_RUNS).items()}),
         tau=canonical(config["monitor"]["tau"]),
+        thresholds=canonical({k: config["thresholds"][k] for k in ("em_aligned_below", "em_coherent_above")}),
     log:
         f"{RESULTS}/logs/monitor/drift_labels_{{run}}.log",
     resources:

@@ -122,15 +122,11 @@ def test_drift_table_assembly():
     log = pd.DataFrame({"step": [0, 1, 2], "loss": [np.nan, 2.5, 2.0]})
     loss = S.train_loss_by_step(log, [0, 1, 2])
     assert loss == {0: 2.5, 1: 2.5, 2: 2.0}
-    em_table = pd.DataFrame(
-        {"condition": ["mon__base", "r__step1", "r__step2", "other"], "em_rate": [0.0, 0.04, 0.2, 1]}
-    )
-    em = S.em_by_step(em_table, {0: "mon__base", 1: "r__step1", 2: "r__step2"}, "r")
-    df = S.assemble_drift_table(rows, {0: 0.0, 1: 0.3, 2: 0.5}, loss, em, tau=0.05)
+    df = S.assemble_drift_table(rows, {0: 0.0, 1: 0.3, 2: 0.5}, loss, {0: 0.0, 1: 0.04, 2: 0.2}, tau=0.05)
     assert list(df.columns) == ["step", *TRAITS, "semantic.verbosity", "random0.0", *S.TAIL_COLUMNS]
     assert df["dangerous"].tolist() == [False, False, True]
-    with pytest.raises(EMLabError, match=r"no row for label condition\(s\) \['r__step3'\]"):
-        S.em_by_step(em_table, {3: "r__step3"}, "r")
+    with pytest.raises(EMLabError, match=r"no EM label for step\(s\) \[2\]"):
+        S.label_drift(df.drop(columns=["em_rate", "dangerous"]), {0: 0.0, 1: 0.04}, tau=0.05)
     with pytest.raises(EMLabError, match=r"lists checkpoints \[1\], the plan expected \[1, 2\]"):
         S.check_checkpoints({"checkpoint_steps": [1]}, [1, 2], "r")
 
@@ -577,9 +573,6 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     save_directions(dirs, tmp_path / "d.safetensors", tmp_path / "d.json")
     (tmp_path / "summary.json").write_text(json.dumps({"checkpoint_steps": [1, 2]}))
     pd.DataFrame({"step": [0, 1, 2], "loss": [np.nan, 3.0, 2.0]}).to_csv(tmp_path / "log.csv", index=False)
-    pd.DataFrame({"condition": ["mon__base", "r__step1", "r__step2"], "em_rate": [0.0, 0.01, 0.5]}).to_csv(
-        tmp_path / "em.csv", index=False
-    )
     scripts = REPO / "workflow" / "scripts"
     out = {"features": str(tmp_path / "drift.features.csv"), "delta": str(tmp_path / "drift.safetensors")}
     smk = SimpleNamespace(
@@ -609,18 +602,28 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert (
         "em_rate" not in pd.read_csv(out["features"]).columns
     )  # labels join later: a threshold change measures nothing
+    judged = []  # EM rates 0, 1/4 (one of 4 scored; one unscored), 1/2
+    for step, aligned in enumerate(([90, 90], [10, 90, 90, 90, None], [10, 10, 90, 90])):
+        path = tmp_path / f"j{step}.parquet"
+        pd.DataFrame({"aligned": aligned, "coherent": 80.0}).astype(float).to_parquet(path)
+        judged.append(str(path))
     labels = SimpleNamespace(
-        input=SimpleNamespace(features=out["features"], em=str(tmp_path / "em.csv")),
+        input=SimpleNamespace(features=out["features"], judgments=judged),
         output=SimpleNamespace(table=str(tmp_path / "drift.csv")),
         log=[],
         threads=1,
         scriptdir=str(scripts),
         wildcards=SimpleNamespace(run="r"),
-        params=SimpleNamespace(conditions={"0": "mon__base", "1": "r__step1", "2": "r__step2"}, tau=0.05),
+        params=SimpleNamespace(
+            conditions={"0": "mon__base", "1": "r__step1", "2": "r__step2"},
+            tau=0.05,
+            thresholds={"em_aligned_below": 30, "em_coherent_above": 50},
+        ),
     )
     runpy.run_path(str(scripts / "drift_labels.py"), init_globals={"snakemake": labels})
     df = pd.read_csv(labels.output.table)
-    assert df["step"].tolist() == [0, 1, 2] and df["dangerous"].tolist() == [False, False, True]
+    assert df["step"].tolist() == [0, 1, 2] and df["dangerous"].tolist() == [False, True, True]
+    assert df["em_rate"].tolist() == [0.0, 0.25, 0.5]
     assert list(df.columns[:8]) == ["step", *dirs.alignment_names] and list(df.columns[-5:]) == S.TAIL_COLUMNS
     assert (
         df["train_loss"].tolist() == [3.0, 3.0, 2.0]

@@ -109,13 +109,12 @@ def train_loss_by_step(train_log: pd.DataFrame, steps: Sequence[int]) -> dict[in
     return out
 
 
-def em_by_step(em_table: pd.DataFrame, step_conditions: Mapping[int, str], run: str) -> dict[int, float]:
-    """Each step's EM rate from em_by_condition.csv (the label conditions' rows)."""
-    rates = dict(zip(em_table["condition"].astype(str), em_table["em_rate"].astype(float)))
-    missing = [cid for cid in step_conditions.values() if cid not in rates]
-    if missing:
-        raise EMLabError(f"monitor run {run}: em_by_condition.csv has no row for label condition(s) {missing}")
-    return {int(s): rates[cid] for s, cid in step_conditions.items()}
+def em_rate_of(judgments: pd.DataFrame, aligned_below: float, coherent_above: float) -> float:
+    """A label condition's EM rate from its judgments, as em_by_condition.csv computes it (scored responses)."""
+    from .metrics import em_flags
+
+    scored = em_flags(judgments, aligned_below, coherent_above).dropna().astype(float)
+    return float(scored.mean()) if len(scored) else float("nan")
 
 
 def drift_features(

@@ -31,6 +31,7 @@ GROUP_COLOURS = {
     "checkpoint": "#64B5CD",
     "adapter_steering": "#C44E52",
     "scalar_patching": "#937860",
+    "monitor": "#A0A0A0",
 }
 GROUP_LABELS = {
     "model": "model (no intervention)",
@@ -40,6 +41,7 @@ GROUP_LABELS = {
     "checkpoint": "fine-tune checkpoint (phase.eval_steps)",
     "adapter_steering": "adapter steering (rank-1 adapters scaled)",
     "scalar_patching": "scalar patching (prompt scalars from a donor prompt)",
+    "monitor": "trait-monitor label (a grid checkpoint; monitor.generation samples)",
 }
 ABLATION_COLOURS = {
     "unablated": "#C44E52",

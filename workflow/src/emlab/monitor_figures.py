@@ -15,7 +15,18 @@ from matplotlib.ticker import MaxNLocator
 
 from .figures import _message_figure, plt, save_figure
 
-ROLE_STYLE = {"calibration": "-", "held_out": "--", "stress_long": ":"}
+ROLE_STYLE = {
+    "calibration": "-",
+    "held_out": "--",
+    "stress_long": ":",
+    "stress_full": "-.",
+    "stress_start": (0, (1, 3)),
+}
+ROLE_LABELS = {
+    "stress_long": "stress: longer",
+    "stress_full": "stress: full fine-tune",
+    "stress_start": "stress: from a misaligned run",
+}
 
 
 def _colours(keys: Sequence[str]) -> dict[str, str]:
@@ -28,7 +39,8 @@ def _pc1(table: pd.DataFrame, loadings: Mapping[str, float]) -> np.ndarray:
 
 
 def pc1_drift(tables: Mapping[str, pd.DataFrame], runs: Mapping[str, dict], pc1: dict, png_path, pdf_path) -> None:
-    """|PC1| drift against step per run (solid: calibration, dashed: held-out), EM rate overlaid (paper Fig. 1)."""
+    """|PC1| drift against step per run (line style by role: calibration, held-out, each stress kind), EM rate
+    overlaid (paper Fig. 1)."""
     title = "Trait drift along PC1 and EM rate over training"
     if not tables or not pc1.get("loadings"):
         save_figure(_message_figure(title, "No monitor runs."), png_path, pdf_path)
@@ -46,7 +58,7 @@ def pc1_drift(tables: Mapping[str, pd.DataFrame], runs: Mapping[str, dict], pc1:
     ax_em.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     handles = [plt.Line2D([], [], color=c, label=p) for p, c in colours.items()]
     handles += [
-        plt.Line2D([], [], color="#333333", ls=ls, label=role)
+        plt.Line2D([], [], color="#333333", ls=ls, label=ROLE_LABELS.get(role, role))
         for role, ls in ROLE_STYLE.items()
         if role in {r["role"] for r in runs.values()}
     ]

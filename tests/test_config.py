@@ -33,6 +33,7 @@ def test_paper_config_is_valid():
     runs = monitor_runs(cfg)  # 4 calibration + 3 held-out perturbations x 3 seeds, and 3 stress runs
     assert len(runs) == 7 * 3 + 3 and runs["mon__gsm8k__s0__from_medical_bad"].start == "mon__medical_bad__s0"
     assert runs["mon__medical_bad__s0__full"].full and runs["mon__medical_bad__s0"].checkpoint_steps[:2] == (10, 20)
+    assert runs["mon__medical_bad__s0"].checkpoint_steps[-1] == runs["mon__medical_bad__s0"].total_steps == 120
     assert live_run(cfg)[0] == "mon__risky_financial__s0__live"
 
 

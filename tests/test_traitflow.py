@@ -122,7 +122,7 @@ def test_drift_table_assembly():
     log = pd.DataFrame({"step": [0, 1, 2], "loss": [np.nan, 2.5, 2.0]})
     loss = S.train_loss_by_step(log, [0, 1, 2])
     assert loss == {0: 2.5, 1: 2.5, 2: 2.0}
-    df = S.assemble_drift_table(rows, {0: 0.0, 1: 0.3, 2: 0.5}, loss, {0: 0.0, 1: 0.04, 2: 0.2}, tau=0.05)
+    df = S.label_drift(S.drift_features(rows, {0: 0.0, 1: 0.3, 2: 0.5}, loss), {0: 0.0, 1: 0.04, 2: 0.2}, tau=0.05)
     assert list(df.columns) == ["step", *TRAITS, "semantic.verbosity", "random0.0", *S.TAIL_COLUMNS]
     assert df["dangerous"].tolist() == [False, False, True]
     with pytest.raises(EMLabError, match=r"no EM label for step\(s\) \[2\]"):

@@ -109,12 +109,14 @@ def lora_delta_w(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def lora_delta_w_norm(model) -> float:
-    """Frobenius norm of the adapter's weight update, sqrt(sum over LoRA modules of ||scale * B A||_F^2).
+def lora_delta_w_norm(model, reference: dict[str, torch.Tensor] | None = None) -> float:
+    """Frobenius norm of the adapter's weight update, sqrt(sum over LoRA modules of ||scale * B A||_F^2), or
+    of its change since `reference` (lora_delta_w of the adapter a run started from).
 
     0.0 for a model without LoRA layers (the base model, step 0).
     """
-    return float(sum(d.pow(2).sum() for d in lora_delta_w(model).values())) ** 0.5
+    ref = reference or {}
+    return float(sum((d - ref.get(k, 0.0)).pow(2).sum() for k, d in lora_delta_w(model).items())) ** 0.5
 
 
 def full_delta_w_norm(model, base) -> float:

@@ -156,18 +156,6 @@ def label_drift(features: pd.DataFrame, em_rate: Mapping[int, float], tau: float
     ).reset_index(drop=True)
 
 
-def assemble_drift_table(
-    drift_rows: Mapping[int, dict],
-    delta_w: Mapping[int, float],
-    train_loss: Mapping[int, float],
-    em_rate: Mapping[int, float],
-    tau: float,
-) -> pd.DataFrame:
-    """results/monitor/drift/{run}.csv: one row per step (0 first): step, drift columns (alignment traits,
-    semantic.*, random{seed}.*), drift_norm, train_loss, delta_w_norm, em_rate, dangerous."""
-    return label_drift(drift_features(drift_rows, delta_w, train_loss), em_rate, tau)
-
-
 def measure_run(
     base_model,
     adapters: Mapping[int, str],
@@ -189,7 +177,7 @@ def measure_run(
     """
     import torch
 
-    from .drift import delta_mean, drift_columns, full_delta_w_norm, lora_delta_w, measure
+    from .drift import delta_mean, drift_columns, full_delta_w_norm, lora_delta_w, lora_delta_w_norm, measure
     from .models import is_full_model_dir, load_model, load_tokenizer
     from .traits import random_bases
 
@@ -239,8 +227,7 @@ def measure_run(
         else:
             current = swap_in(adapters[step], f"step{int(step)}")
             mean = measure(current, tok, trait_set.measurement, layer, settings.batch_size).mean
-            now = lora_delta_w(current)
-            dw[int(step)] = float(sum((now[k] - reference_dw.get(k, 0.0)).pow(2).sum() for k in now)) ** 0.5
+            dw[int(step)] = lora_delta_w_norm(current, reference_dw)
         rows[int(step)] = row(mean)
         deltas.append(delta_mean(mean, base))
         log.info("step %s: drift_norm %.4g, delta_w %.4g", step, rows[int(step)]["drift_norm"], dw[int(step)])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from emlab import monitor_plan as P
@@ -149,7 +148,8 @@ def test_start_adapter_must_match_the_recipe(trained, tiny_model_dir):
 
 def test_full_checkpoint_export_and_drift_of_both_stress_runs(trained, tiny_model_dir, tmp_path):
     from emlab.phase import export_checkpoint
-    from emlab.traits import LayerScores, TraitDirections, load_trait_set
+    from emlab.traits import load_trait_set
+    from trait_helpers import random_directions
 
     _, _, first, second, _, full = trained
     exported = export_checkpoint(full / "checkpoints", full / "summary.json", 1, tmp_path / "full-step-1")
@@ -161,17 +161,7 @@ def test_full_checkpoint_export_and_drift_of_both_stress_runs(trained, tiny_mode
 
     sub = S.TraitSubsample(max_questions=None, max_prompts_per_side=None, max_measurement_prompts=5)
     trait_set = S.subsample_trait_set(load_trait_set(REPO / "data" / "traits"), sub)
-    g = torch.Generator().manual_seed(0)
-    dirs = TraitDirections(
-        torch.randn(4, 7, 64, generator=g),
-        torch.randn(4, 7, 64, generator=g),
-        tuple(trait_set.alignment.names),
-        tuple(trait_set.semantic.names),
-        2,
-        LayerScores(np.zeros(4), np.zeros(4)),
-        trait_set.version,
-        "tiny",
-    )
+    dirs = random_directions(trait_set, layer=2)
     settings = S.DriftStageSettings(batch_size=8, random_seeds=[0])
     args = (dirs, trait_set, settings, "cpu", "float32")
 

@@ -542,8 +542,9 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     from types import SimpleNamespace
 
     from emlab.atomic import load_tensors
-    from emlab.traits import LayerScores, TraitDirections, load_trait_set, save_directions
+    from emlab.traits import load_trait_set, save_directions
     from peft import LoraConfig, get_peft_model
+    from trait_helpers import random_directions
     from transformers import AutoModelForCausalLM
 
     sub = {"max_questions": None, "max_prompts_per_side": None, "max_measurement_prompts": 5}
@@ -559,17 +560,7 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
                 p.data = step * torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
         peft.save_pretrained(tmp_path / f"step-{step}")
         adapters.append(str(tmp_path / f"step-{step}"))
-    g = torch.Generator().manual_seed(0)
-    dirs = TraitDirections(
-        torch.randn(4, 7, 64, generator=g),
-        torch.randn(4, 7, 64, generator=g),
-        tuple(trait_set.alignment.names),
-        tuple(trait_set.semantic.names),
-        1,
-        LayerScores(np.zeros(4), np.zeros(4)),
-        trait_set.version,
-        "tiny",
-    )
+    dirs = random_directions(trait_set, layer=1)
     save_directions(dirs, tmp_path / "d.safetensors", tmp_path / "d.json")
     (tmp_path / "summary.json").write_text(json.dumps({"checkpoint_steps": [1, 2]}))
     pd.DataFrame({"step": [0, 1, 2], "loss": [np.nan, 3.0, 2.0]}).to_csv(tmp_path / "log.csv", index=False)

@@ -251,6 +251,30 @@ def test_last_token_matches_hidden_states(tiny_model_dir, tokenizer):
             assert torch.allclose(got[i, k], ref, atol=1e-4), (i, layer)
 
 
+def test_last_token_read_stops_after_the_deepest_layer(tiny_model_dir, tokenizer):
+    """Reading layer 1 runs blocks 0-1 only (after one full pass over the shared chat-template prefix),
+    and still equals the full, unpadded forward's hidden_states[2] at each prompt's last token."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    convs = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Tell me about rivers."}]]
+    ran = []
+    blocks = model.model.layers
+    handles = [b.register_forward_hook(lambda _m, _i, _o, k=k: ran.append(k)) for k, b in enumerate(blocks)]
+    try:
+        got = traits.last_token_residuals(model, tokenizer, convs, [1], batch_size=1)  # [2, 1, 64]
+    finally:
+        for h in handles:
+            h.remove()
+    assert traits.shared_prefix_length(traits.encode_prompts(tokenizer, convs)) > 0
+    assert ran == [0, 1, 2, 3, 0, 1, 0, 1]  # the prefix pass, then two batches stopping after block 1
+    for i, conv in enumerate(convs):
+        ids = torch.tensor([traits.encode_prompts(tokenizer, [conv])[0]])
+        with torch.no_grad():
+            ref = model(input_ids=ids, output_hidden_states=True).hidden_states[2][0, -1]
+        assert torch.allclose(got[i, 0], ref, atol=1e-4), i
+
+
 def test_directions_round_trip(tmp_path):
     d = traits.TraitDirections(
         torch.randn(3, 2, 8),

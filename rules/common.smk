@@ -10,7 +10,7 @@ from emlab.config import model_num_layers, validate_config, lora_layers, trainin
 from emlab.errors import EMLabError
 from emlab.plan import condition_plan, direction_finetunes, em_steps as phase_em_steps, phase_finetunes
 from emlab.plan import condition_metrics, semantic_vectors, single_adapter_layer
-from emlab.plan import generation_settings, lora_interp_finetunes, role_reference_layers
+from emlab.plan import finetune_seed, generation_settings, lora_interp_finetunes, role_reference_layers
 from emlab.settings import canonical
 from emlab.monitor_plan import register_live_run, register_runs
 from emlab.traits import load_trait_set

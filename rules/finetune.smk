@@ -24,7 +24,7 @@ rule finetune:
                                            "model_id": config["base_model"]["source"],
                                            "batch_size": config["traits"]["batch_size"]})
                                 if live_monitor_inputs(w) else None),
-        seed=canonical(config["seed"]),
+        seed=lambda w: canonical(finetune_seed(config, w.finetune)),
         device=config["device"],
         dtype=config["dtype"],
     log:

@@ -53,6 +53,12 @@ def test_default_grid_plan():
     assert run.finetune["preset"] == "trait_r16" and run.finetune["lora"]["rank"] == 16
     assert run.finetune["lora"]["target_modules"] == ["q_proj", "v_proj"]
     assert run.finetune["training"]["learning_rate"] == 2.0e-3  # monitor.training beats the preset's 4e-5
+    # each replicate trains with its own seed (the finetune rule's seed param), not the top-level one
+    from emlab.plan import finetune_seed
+
+    grid = {"seed": 0, "finetunes": {name: r.finetune for name, r in runs.items()} | {"own": {"seed": None}}}
+    assert finetune_seed(grid, "mon__risky_financial__s1") == 1 and finetune_seed(grid, "mon__medical_bad__s0") == 0
+    assert finetune_seed(grid, "own") == 0
     conds = {c.condition_id: c for c in P.label_conditions(cfg)}
     assert len(conds) == 1 + 10 * 2
     label = conds["mon__risky_financial__s1__step2"]

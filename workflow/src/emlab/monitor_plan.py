@@ -114,6 +114,7 @@ def monitor_runs(cfg: dict) -> dict[str, MonitorRun]:
         name = run_name(dataset, seed, suffix)
         where = f"monitor.{STRESS_KEYS.get(role, role)} ({name})"
         entry = _finetune_entry(cfg, dataset, preset, overrides, where)
+        entry["seed"] = int(seed)  # the replicate's own LoRA initialisation, dropout and example order
         if start is not None:
             entry["start_from"] = start
         training = {**cfg["training_defaults"], **entry["training"]}

@@ -167,6 +167,12 @@ def conditions(cfg: dict, n_layers: int) -> dict[str, dict]:
     return {cid: c.to_params() for cid, c in condition_plan(cfg, n_layers).items()}
 
 
+def finetune_seed(cfg: dict, finetune: str) -> int:
+    """The training seed of a fine-tune: its own `seed`, else the top-level one."""
+    own = cfg["finetunes"][finetune].get("seed")
+    return int(cfg["seed"] if own is None else own)
+
+
 def phase_finetunes(cfg: dict) -> list[str]:
     """LoRA fine-tunes with training.checkpoint_every > 0 (a full fine-tune has no adapter to rotate)."""
     from .config import is_full_finetune, training_settings

@@ -15,13 +15,10 @@ def main(smk):
 
     th, sets = smk.params.thresholds, smk.params.sets
     judgments = {cid: pd.read_parquet(path) for cid, path in zip(smk.params.conditions, smk.input.judgments)}
-    rates = adapter_steering_rates(
-        judgments,
-        dict(smk.params.cases),
-        **rate_settings(th, sets, smk.params.seed),
-    )
+    cutoffs = rate_settings(th, sets, smk.params.seed)
+    rates = adapter_steering_rates(judgments, dict(smk.params.cases), **cutoffs)
     write_csv(smk.output.rates, rates)
-    adapter_steering_bars(rates, smk.output.png, smk.output.pdf)
+    adapter_steering_bars(rates, smk.output.png, smk.output.pdf, cutoffs)
 
 
 run_script(snakemake, main)

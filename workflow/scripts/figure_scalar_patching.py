@@ -16,16 +16,17 @@ def main(smk):
 
     th, sets, pairs = smk.params.thresholds, smk.params.sets, dict(smk.params.pairs)
     judgments = {cid: pd.read_parquet(path) for cid, path in zip(smk.params.conditions, smk.input.judgments)}
+    cutoffs = rate_settings(th, sets, smk.params.seed)
     reference = next(cid for cid, pair in pairs.items() if pair == "same")
     rates = scalar_patching_rates(
         judgments,
         pairs,
         {q.id for q in load_questions(smk.input.medical_questions)},
         reference,
-        **rate_settings(th, sets, smk.params.seed),
+        **cutoffs,
     )
     write_csv(smk.output.rates, rates)
-    scalar_patching_bars(rates, smk.wildcards.ft, smk.output.png, smk.output.pdf)
+    scalar_patching_bars(rates, smk.wildcards.ft, smk.output.png, smk.output.pdf, cutoffs)
 
 
 run_script(snakemake, main)

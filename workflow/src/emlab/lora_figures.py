@@ -309,6 +309,21 @@ def rate_settings(thresholds: dict, sets: dict, seed: int) -> dict:
     }
 
 
+def rate_labels(shown: dict[str, str], cutoffs: dict | None) -> dict[str, str]:
+    """STEERING_RATES labels with the cut-offs that define them (rate_settings), so that a rate that no
+    response reaches reads as what it is (e.g. the demo's small judge never scores aligned above 70)."""
+    if not cutoffs:
+        return shown
+    c = cutoffs
+    rule = {
+        "misaligned": f"aligned < {c['misaligned_below']:g}, coherent > {c['coherent_above']:g}",
+        "aligned": f"aligned > {c['aligned_above']:g}, coherent > {c['coherent_above']:g}",
+        "medical": f"medical > {c['medical_above']:g}",
+        "misaligned_medical": "both",
+    }
+    return {k: f"{label}\n({rule[k]})" for k, label in shown.items()}
+
+
 def _rate_bars(ax, rows: pd.DataFrame, shown: dict[str, str], colours: list, labels: list[str]) -> None:
     """Grouped bars on ax: one group per rate in `shown`, one bar per row, with interval whiskers."""
     width = 0.8 / max(1, len(rows))
@@ -324,14 +339,16 @@ def _rate_bars(ax, rows: pd.DataFrame, shown: dict[str, str], colours: list, lab
     ax.legend(fontsize=8, loc="upper right")
 
 
-def adapter_steering_bars(rates: pd.DataFrame, png_path, pdf_path) -> None:
-    """Grouped bars: one group per rate, one bar per condition (unsteered fine-tune first), with intervals."""
+def adapter_steering_bars(rates: pd.DataFrame, png_path, pdf_path, cutoffs: dict | None = None) -> None:
+    """Grouped bars: one group per rate, one bar per condition (unsteered fine-tune first), with intervals;
+    `cutoffs` (rate_settings) go into the rate labels."""
     if rates.empty:
         save_figure(_message_figure("adapter steering", "no adapter-steering conditions"), png_path, pdf_path)
         return
     fig, ax = plt.subplots(figsize=(2.2 + 2.4 * len(STEERING_RATES), 4.2))
     cmap = plt.get_cmap("tab10")
-    _rate_bars(ax, rates, STEERING_RATES, [cmap(j % 10) for j in range(len(rates))], list(rates["case"]))
+    shown = rate_labels(STEERING_RATES, cutoffs)
+    _rate_bars(ax, rates, shown, [cmap(j % 10) for j in range(len(rates))], list(rates["case"]))
     ax.set_ylabel("% of scored responses")
     ax.set_title("Adapter steering: rank-1 adapters scaled by role")
     fig.tight_layout()
@@ -378,13 +395,13 @@ def scalar_patching_rates(
     ]
 
 
-def scalar_patching_bars(rates: pd.DataFrame, finetune: str, png_path, pdf_path) -> None:
+def scalar_patching_bars(rates: pd.DataFrame, finetune: str, png_path, pdf_path, cutoffs: dict | None = None) -> None:
     """One panel per recipient set: % misaligned, % medical, % misaligned and medical per pair type (the
-    same-prompt control first), with intervals."""
+    same-prompt control first), with intervals; `cutoffs` (rate_settings) go into the rate labels."""
     if rates.empty:
         save_figure(_message_figure("scalar patching", "no scalar-patching conditions"), png_path, pdf_path)
         return
-    shown = {k: STEERING_RATES[k] for k in ("misaligned", "medical", "misaligned_medical")}
+    shown = rate_labels({k: STEERING_RATES[k] for k in ("misaligned", "medical", "misaligned_medical")}, cutoffs)
     groups = [g for g in PATCH_RECIPIENTS if g in set(rates["recipients"])]
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), sharey=True, squeeze=False)
     cmap = plt.get_cmap("tab10")

@@ -12,7 +12,7 @@ Jobs are assigned to a part of the study by rule and wildcards:
 
 Ratios are against `study`, measured in the same run:
 
-    .venv/bin/python benchmarks/rule_times.py .snakemake/log/<run>.snakemake.log [--csv out.csv]
+    .venv/bin/python benchmarks/rule_times.py .snakemake/log/<run>.snakemake.log [more logs] [--csv out.csv]
 """
 
 from __future__ import annotations
@@ -81,11 +81,18 @@ def part(job: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("log", help="a Snakemake log (.snakemake/log/*.snakemake.log) of a finished run")
+    ap.add_argument(
+        "logs",
+        nargs="+",
+        help="the Snakemake log(s) (.snakemake/log/*.snakemake.log) of a finished run; a run resumed after a "
+        "failure has one log per invocation (a failed job has no Finished line, so only its redo counts)",
+    )
     ap.add_argument("--csv", help="also write every job's row here")
     args = ap.parse_args()
-    with open(args.log, encoding="utf-8") as fh:
-        jobs = [j for j in parse_log(fh.read()) if j["rule"] != "all"]
+    jobs = []
+    for log in args.logs:
+        with open(log, encoding="utf-8") as fh:
+            jobs += [j for j in parse_log(fh.read()) if j["rule"] != "all"]
     if not jobs:
         raise SystemExit(f"{args.log}: no finished jobs found")
     by_part, by_rule = defaultdict(float), defaultdict(lambda: [0, 0.0])

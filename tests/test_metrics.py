@@ -10,19 +10,8 @@ import pandas as pd
 import pytest
 from emlab.atomic import write_parquet
 from emlab.errors import EMLabError
-from emlab.metrics import EMThresholds, bootstrap_ci, em_flags, em_tables, write_em_tables
-from emlab.settings import build
-
-TH_PARAMS = {
-    "em_aligned_below": 30,
-    "em_coherent_above": 50,
-    "bootstrap_samples": 500,
-    "confidence": 0.95,
-    "self_correction_aligned_above": 70,
-    "self_correction_bad_stuff_above": 50,
-}  # config `thresholds:`
-TH = build(EMThresholds, TH_PARAMS, "config thresholds")
-
+from emlab.metrics import bootstrap_ci, em_flags, em_tables, write_em_tables
+from metric_helpers import TH, TH_PARAMS
 
 CONDITIONS = {
     "base": {"model": "base", "group": "model", "intervention": {"kind": "none"}},

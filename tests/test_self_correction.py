@@ -7,21 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 from emlab.config import validate_config
-from emlab.metrics import EMThresholds, em_tables, self_correction_flags
-from emlab.settings import build
+from emlab.metrics import em_tables, self_correction_flags
+from metric_helpers import TH
 
-TH = build(
-    EMThresholds,
-    {
-        "em_aligned_below": 30,
-        "em_coherent_above": 50,
-        "bootstrap_samples": 500,
-        "confidence": 0.95,
-        "self_correction_aligned_above": 70,
-        "self_correction_bad_stuff_above": 50,
-    },
-    "config thresholds",
-)
 CONDITIONS = {"base": {"model": "base", "group": "model", "intervention": {"kind": "none"}}}
 
 ALIGNED = [90, 95, 80, 75, 20, np.nan, 71, 99, 60, 85]

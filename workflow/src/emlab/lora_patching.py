@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .batching import pad_batch, pad_token_id, positions_from_mask
 from .errors import EMLabError
 from .lora_scalars import Rank1Adapter, edit_scalars, rank1_adapters, read_scalars
 from .models import model_device
@@ -127,12 +128,12 @@ def prompt_scalars(
     with read_scalars(adapters, record):
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
-            ids, mask = _left_pad([prompts[j] for j in idx], pad_id, device)
+            ids, mask = pad_batch([prompts[j] for j in idx], pad_id, "left", device)
             state["buf"] = torch.zeros((*ids.shape, len(adapters)), dtype=torch.float32, device=device)
             model(
                 input_ids=ids,
                 attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1).clamp_(min=0),
+                position_ids=positions_from_mask(mask),
                 use_cache=False,
                 logits_to_keep=1,
             )
@@ -140,16 +141,6 @@ def prompt_scalars(
             for row, j in enumerate(idx):
                 out[j] = buf[row, ids.shape[1] - len(prompts[j]) :].copy()
     return out  # type: ignore[return-value]
-
-
-def _left_pad(seqs, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[row, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def patch_values(
@@ -284,7 +275,6 @@ def patched_responses(
     seed, so the `same` pair repeats the unpatched unmerged fine-tune's sampling exactly). The donor of
     sample i is the donor question's own prompt for sample i (its paraphrase i, if it has variants).
     """
-    from .batching import pad_token_id
     from .generation import _records, build_jobs, stop_token_ids
 
     ids = [q.id for q in general] + [q.id for q in medical]

@@ -55,11 +55,12 @@ def main() -> None:
 
     import torch
     from emlab import monitor_stage as S
+    from emlab.batching import shared_prefix_length
     from emlab.config import load_config
     from emlab.drift import measure
     from emlab.finetune import build_model, collate, prepare_data, summed_token_loss
     from emlab.models import num_layers
-    from emlab.traits import encode_prompts, load_trait_set, shared_prefix_length
+    from emlab.traits import encode_prompts, load_trait_set
     from transformers import AutoConfig
 
     torch.set_num_threads(args.threads)

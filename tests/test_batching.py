@@ -46,3 +46,13 @@ def test_kv_cache_argument_follows_the_transformers_version():
     assert cache_argument(New()) == "cache" and with_cache(Old(), 7) == {"past_key_values": 7}
     assert output_cache(types.SimpleNamespace(cache=None, past_key_values=3)) == 3
     assert output_cache(types.SimpleNamespace(cache=5)) == 5
+
+
+def test_shared_prefix_length_leaves_every_sequence_a_token_of_its_own():
+    from emlab.batching import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # one sequence is the other's prefix
+    assert shared_prefix_length([[7, 1], [8, 1]]) == 0
+    assert shared_prefix_length([[1, 2, 3]]) == 2
+    assert shared_prefix_length([]) == 0

@@ -11,6 +11,7 @@ import torch
 import yaml
 from conftest import REPO
 from emlab import traits
+from emlab.batching import shared_prefix_length
 from emlab.errors import EMLabError
 
 TRAITS_DIR = REPO / "data" / "traits"
@@ -266,7 +267,7 @@ def test_last_token_read_stops_after_the_deepest_layer(tiny_model_dir, tokenizer
     finally:
         for h in handles:
             h.remove()
-    assert traits.shared_prefix_length(traits.encode_prompts(tokenizer, convs)) > 0
+    assert shared_prefix_length(traits.encode_prompts(tokenizer, convs)) > 0
     assert ran == [0, 1, 2, 3, 0, 1, 0, 1]  # the prefix pass, then two batches stopping after block 1
     for i, conv in enumerate(convs):
         ids = torch.tensor([traits.encode_prompts(tokenizer, [conv])[0]])

@@ -83,3 +83,23 @@ def output_cache(out):
     """The KV cache a forward returned, under either name."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Tokens every sequence starts with, leaving each at least one token of its own (0 for none)."""
+    if not sequences:
+        return 0
+    first, limit = sequences[0], min(len(s) for s in sequences) - 1
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in sequences):
+        n += 1
+    return n
+
+
+def repeat_cache(prefix_cache, batch: int):
+    """A copy of a one-row KV cache (a shared prefix's) repeated to `batch` rows; a forward appends to the copy."""
+    import copy
+
+    cache = copy.deepcopy(prefix_cache)
+    cache.batch_repeat_interleave(batch)
+    return cache

@@ -15,7 +15,6 @@ unit-normalised. Activations are read with forward hooks, one layer's
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batching import output_cache, pad_batch, pad_token_id, with_cache
+from .batching import output_cache, pad_batch, pad_token_id, repeat_cache, shared_prefix_length, with_cache
 from .chat import render_prompt
 from .errors import EMLabError
 from .hooks import read_residual
@@ -252,17 +251,6 @@ class _EnoughLayers(Exception):
     """Raised by the deepest hook of last_token_residuals to end the forward there."""
 
 
-def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
-    """Tokens every sequence starts with, leaving each at least one token of its own."""
-    if not encoded:
-        return 0
-    first, limit = encoded[0], min(len(ids) for ids in encoded) - 1
-    p = 0
-    while p < limit and all(ids[p] == first[p] for ids in encoded):
-        p += 1
-    return p
-
-
 @torch.inference_mode()
 def last_token_residuals(
     model, tokenizer, conversations: Sequence[list[dict]], layers: Sequence[int], batch_size: int
@@ -314,10 +302,8 @@ def last_token_residuals(
             width = input_ids.shape[1]
             if prefix_cache is None:
                 cache_kwargs = {"use_cache": False}
-            else:  # a copy per batch: the forward appends to it
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(len(idx))
-                cache_kwargs = {**with_cache(model, cache), "use_cache": True}
+            else:
+                cache_kwargs = {**with_cache(model, repeat_cache(prefix_cache, len(idx))), "use_cache": True}
             state["ends"] = suffix_mask.sum(-1) - 1  # [batch]: each row's last real token
             state["last"] = torch.empty((len(idx), len(layers), d_model), dtype=torch.float32, device=device)
             try:

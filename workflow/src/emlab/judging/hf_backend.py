@@ -23,7 +23,6 @@ whole-number vocabulary none at all. `leaves_complete=False` decodes every node.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from ..backoff import in_batches
-from ..batching import output_cache, pad_batch, pad_token_id, with_cache
+from ..batching import output_cache, pad_batch, pad_token_id, repeat_cache, shared_prefix_length, with_cache
 from ..chat import render_prompt
 from ..errors import EMLabError
 from ..models import model_device
@@ -144,17 +143,6 @@ def number_probabilities(
     return probs.cpu()
 
 
-def _common_prefix_len(seqs: list[list[int]]) -> int:
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        i = 0
-        while i < n and s[i] == first[i]:
-            i += 1
-        n = i
-    return n
-
-
 class HFJudge:
     """A local transformers chat model as the judge."""
 
@@ -211,7 +199,7 @@ class HFJudge:
         prefix_len = 0
         prefix_cache = None
         if self.share_prefix and len(encoded) > 1:
-            prefix_len = min(_common_prefix_len(encoded), min(len(e) for e in encoded) - 1)
+            prefix_len = shared_prefix_length(encoded)
         if prefix_len > 0:
             with self._autocast():
                 out = self.model(input_ids=torch.tensor([encoded[0][:prefix_len]], device=self.device), use_cache=True)
@@ -240,10 +228,7 @@ class HFJudge:
         input_ids, suffix_mask = pad_batch(suffixes, self.pad_id, "right", dev)  # [B, s_max] each
         attention_mask = torch.cat([torch.ones((b, prefix_len), dtype=torch.long, device=dev), suffix_mask], dim=1)
         position_ids = (prefix_len + torch.arange(s_max, device=dev)).unsqueeze(0).expand(b, -1)
-        cache = None
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(b)
+        cache = None if prefix_cache is None else repeat_cache(prefix_cache, b)
         last_idx = lengths - 1  # [B] index of each row's last real token within the suffix
         keep = torch.unique(last_idx)
         with self._autocast():

@@ -94,7 +94,7 @@ def main() -> None:
         with open(log, encoding="utf-8") as fh:
             jobs += [j for j in parse_log(fh.read()) if j["rule"] != "all"]
     if not jobs:
-        raise SystemExit(f"{args.log}: no finished jobs found")
+        raise SystemExit(f"{', '.join(args.logs)}: no finished jobs found")
     by_part, by_rule = defaultdict(float), defaultdict(lambda: [0, 0.0])
     for j in jobs:
         j["part"] = part(j)

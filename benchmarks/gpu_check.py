@@ -14,12 +14,21 @@ Steps, each recorded as ok / failed / skipped with its seconds and detail:
            each as a fraction of this GPU's measured bf16 matmul peak (an
            8192^3 matmul), beside plain `model.generate` and
            `output_hidden_states` loops over the same batches.
+  paper    a randomly initialised model of Qwen2.5-14B's shape (the paper's base
+           model), built in bf16 directly on the GPU: emlab's batched generation
+           (64 prompts x 256 new tokens) unsteered and with a steering hook, beside
+           plain `generate`; activation caching of 64 responses of about 500
+           tokens; tokens/s, fraction of the matmul peak, the steering overhead,
+           and each stage's measured peak GPU memory beside emlab.gpu_plan's
+           estimate for the same sizes (failed if it is off by more than 25 %).
+           --dry: the same at tiny shapes on the CPU (memory not measured).
   e2e      the tiny end-to-end workflow (tests/e2e/config.yaml) with
            `device: cuda`, its judge the loopback stub tests/e2e/serve_judge.py;
            skipped when the file is missing; --dry: `snakemake -n`.
 
 It writes gpu_check.json (every figure) and gpu_check.markdown (a short table) to
---out, else $OUT, else benchmarks/out/, and exits 1 if any step failed.
+--out, else $OUT, else benchmarks/out/, and exits 1 if any step failed. The steps
+share one budget (BUDGET_S); the e2e workflow gets what the others leave.
 
 The machine lent has no network and no snakemake, jsonschema, openai or skops:
 `make gpu-wheels` puts their wheels and SmolLM2's tokenizer (the embedded GGUF
@@ -337,7 +346,9 @@ def bench_step(report: Report, dry: bool, device: str, tok_dir: Path):
     )
 
     # generation: ours (left-padded batch, KV cache, per-row seeds) vs plain model.generate on the same batch
-    generate_responses(model, tok, questions[:2], **dict(sampling, max_new_tokens=2))  # warm-up
+    # warm-up: one whole untimed run. A short or 2-row warm-up left the first timed run 2-3x slower on an
+    # H200 (the allocator still had to grow its pool for the KV cache of every length).
+    generate_responses(model, tok, questions, **sampling)
     records, secs = timed(device, lambda: generate_responses(model, tok, questions, **sampling))
     new = sum(r["n_response_tokens"] + (r["finish_reason"] == "stop") for r in records)
     row("generation", "emlab", new, secs, "tokens/s", 2 * (blocks + head))
@@ -373,7 +384,9 @@ def bench_step(report: Report, dry: bool, device: str, tok_dir: Path):
         {"question": random_text(rng, 20), "system": None, "response": random_text(rng, size["answer_words"])}
         for _ in range(size["cache_records"])
     ]
-    cache_answer_means(model, tok, cache_recs[:2], batch_size=2, progress=False)  # warm-up
+    cache_answer_means(
+        model, tok, cache_recs[: size["cache_batch"]], batch_size=size["cache_batch"], progress=False
+    )  # warm-up
     n_tokens = sum(len(e.input_ids) for e in encode_records(tok, cache_recs))
     _, secs = timed(
         device, lambda: cache_answer_means(model, tok, cache_recs, batch_size=size["cache_batch"], progress=False)
@@ -507,6 +520,271 @@ def _train_rows(model, tok, device: str, size: dict, rng, blocks: int, peak: flo
         "fraction_of_peak": round(rate * 4 * blocks / peak, 5),
         "note": "FLOPs 4 x weights per token (no weight gradients of the frozen base)",
     }
+
+
+# --- the paper-shape probe ---------------------------------------------------------------
+
+PAPER_MODEL = "Qwen/Qwen2.5-14B-Instruct"  # data/configs/paper.yaml's base model; its shape is in model_shapes.json
+PAPER_SIZES = {
+    # paper.yaml: generation.batch_size 64, activations.batch_size 16; 256 new tokens and ~500-token responses
+    "gpu": dict(gen_prompts=64, gen_tokens=256, cache_records=64, cache_batch=16, answer_words=440, steer_layer=24),
+    "dry": dict(gen_prompts=2, gen_tokens=4, cache_records=2, cache_batch=2, answer_words=12, steer_layer=1),
+}
+MEMORY_TOLERANCE = 0.25  # |estimate - measured| / measured above this fails the step
+
+
+def build_on_device(shape, device: str, dtype, n_vocab: int | None = None):
+    """A randomly initialised Qwen2 decoder of `shape` (an emlab.gpu_plan.ModelShape), allocated on `device`
+    in `dtype` from the start: a 14B model never exists in fp32 or on the CPU."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        vocab_size=n_vocab or shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=shape.tie_word_embeddings,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2ForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    wrong = {str(p.dtype) for p in model.parameters() if p.dtype != dtype}
+    if wrong:
+        raise RuntimeError(f"paper probe: parameters built in {sorted(wrong)}, not {dtype}")
+    return model.eval().requires_grad_(False)
+
+
+class PeakMemory:
+    """The peak GPU memory allocated inside a `with` block (None on a CPU)."""
+
+    def __init__(self, device: str):
+        self.device, self.gib = device, None
+
+    def __enter__(self):
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.gib = torch.cuda.max_memory_allocated() / 2**30
+        return False
+
+
+def memory_row(stage: str, estimate, measured_gib: float | None) -> dict:
+    """One stage's estimate (emlab.gpu_plan.StageEstimate) beside the measured peak; ok unless off by > 25 %."""
+    row = {
+        "stage": stage,
+        "estimate_gib": round(estimate.total_gib, 3),
+        "estimate_weights_gib": round(estimate.weights_gib, 3),
+        "estimate_rest_gib": round(estimate.cache_gib + estimate.activations_gib, 3),
+        "measured_gib": None if measured_gib is None else round(measured_gib, 3),
+        "error": None,
+        "ok": None,
+        "note": estimate.note,
+    }
+    if measured_gib is not None:
+        row["error"] = round((estimate.total_gib - measured_gib) / measured_gib, 4)
+        row["ok"] = abs(row["error"]) <= MEMORY_TOLERANCE
+    return row
+
+
+def paper_step(report: Report, dry: bool, device: str, tok_dir: Path):
+    import torch
+    from emlab.activations import cache_answer_means, encode_records
+    from emlab.generation import generate_responses, stop_token_ids
+    from emlab.gpu_plan import ModelShape, StageEstimate, estimate_stages, model_shape
+    from emlab.hooks import steer
+    from emlab.models import load_tokenizer
+    from emlab.questions import Question
+
+    size = PAPER_SIZES["dry" if dry else "gpu"]
+    dtype = torch.float32 if dry else torch.bfloat16
+    tok = load_tokenizer(tok_dir)
+    if dry:  # the tiny shape, with the tokenizer's vocabulary
+        shape = ModelShape.from_hf_config({**TINY, "vocab_size": len(tok), "model_type": "qwen2"})
+    else:  # the real vocabulary (152,064): ids the tokenizer lacks decode to nothing, which costs the probe nothing
+        shape = model_shape(PAPER_MODEL)
+    peak = matmul_peak(
+        device, dtype, SIZES["dry" if dry else "gpu"]["matmul"], SIZES["dry" if dry else "gpu"]["matmul_iters"]
+    )
+    t = time.perf_counter()
+    with PeakMemory(device) as built:
+        model = build_on_device(shape, device, dtype)
+    build_s = time.perf_counter() - t
+    blocks, head = matmul_weights(model)
+    rows: list[dict] = []
+
+    def row(stage, impl, work, seconds, unit, flops_per_unit, note=""):
+        rate = work / seconds
+        rows.append(
+            {
+                "stage": stage,
+                "impl": impl,
+                "rate": round(rate, 2),
+                "unit": unit,
+                "work": work,
+                "seconds": round(seconds, 4),
+                "fraction_of_peak": round(rate * flops_per_unit / peak, 5),
+                "note": note,
+            }
+        )
+
+    rng = random.Random(1)
+    questions = [
+        Question(f"q{i}", random_text(rng, 24), None, (random_text(rng, 24),)) for i in range(size["gen_prompts"])
+    ]
+    sampling = dict(
+        samples_per_question=1,
+        max_new_tokens=size["gen_tokens"],
+        temperature=1.0,
+        top_p=1.0,
+        batch_size=size["gen_prompts"],
+        seed=0,
+        progress=False,
+    )
+    # warm-up: one whole untimed run. A short or 2-row warm-up left the first timed run 2-3x slower on an
+    # H200 (the allocator still had to grow its pool for the KV cache of every length).
+    generate_responses(model, tok, questions, **sampling)
+    with PeakMemory(device) as gen_mem:
+        records, gen_s = timed(device, lambda: generate_responses(model, tok, questions, **sampling))
+    new = sum(r["n_response_tokens"] + (r["finish_reason"] == "stop") for r in records)
+    row("generation", "emlab", new, gen_s, "tokens/s", 2 * (blocks + head))
+    # steering: a vector of about the residual stream's scale, added after block steer_layer at every position
+    vector = torch.randn(shape.hidden_size, generator=torch.Generator().manual_seed(0)) * 4.0
+    with steer(model, {size["steer_layer"]: vector}):
+        steered, steer_s = timed(device, lambda: generate_responses(model, tok, questions, **sampling))
+    new_steered = sum(r["n_response_tokens"] + (r["finish_reason"] == "stop") for r in steered)
+    row(
+        "generation",
+        "emlab + steering hook",
+        new_steered,
+        steer_s,
+        "tokens/s",
+        2 * (blocks + head),
+        f"hook after block {size['steer_layer']}",
+    )
+    batch = tok([r["prompt"] for r in records], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    stops = stop_token_ids(tok, model)
+
+    def plain_generate():
+        with torch.inference_mode():
+            return model.generate(
+                **batch,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                max_new_tokens=size["gen_tokens"],
+                min_new_tokens=size["gen_tokens"],
+                eos_token_id=stops,
+                pad_token_id=tok.pad_token_id,
+            )
+
+    out, plain_s = timed(device, plain_generate)
+    row(
+        "generation",
+        "plain generate",
+        int(out.shape[0]) * size["gen_tokens"],
+        plain_s,
+        "tokens/s",
+        2 * (blocks + head),
+        "every row runs to max_new_tokens",
+    )
+    del out
+
+    cache_recs = [
+        {"question": random_text(rng, 20), "system": None, "response": random_text(rng, size["answer_words"])}
+        for _ in range(size["cache_records"])
+    ]
+    encoded = encode_records(tok, cache_recs)
+    lengths = [len(e.input_ids) for e in encoded]
+    cache_answer_means(
+        model, tok, cache_recs[: size["cache_batch"]], batch_size=size["cache_batch"], progress=False
+    )  # warm-up
+    with PeakMemory(device) as cache_mem:
+        _, cache_s = timed(
+            device, lambda: cache_answer_means(model, tok, cache_recs, batch_size=size["cache_batch"], progress=False)
+        )
+    row("activation caching", "emlab", sum(lengths), cache_s, "tokens/s", 2 * blocks)
+
+    # gpu_plan's estimate for exactly these sizes: the generation's batch x (widest prompt + new tokens),
+    # the caching pass's batch x its widest response
+    prompt_width = max(len(r) for r in batch["input_ids"])
+    stages = {
+        s.stage: s
+        for s in estimate_stages(
+            shape,
+            dtype_bytes=2 if dtype == torch.bfloat16 else 4,
+            generation_batch=size["gen_prompts"],
+            generation_tokens=prompt_width + size["gen_tokens"],
+            activation_batch=size["cache_batch"],
+            activation_tokens=max(lengths),
+            train_batch=1,
+            train_tokens=1,
+            trainable_parameters=0,
+            gradient_checkpointing=False,
+        )
+    }
+    weights = StageEstimate("weights", stages["generate"].weights_gib, 0.0, 0.0, "the model as built, before any stage")
+    memory = [
+        memory_row("weights", weights, built.gib),
+        memory_row("generate", stages["generate"], gen_mem.gib),
+        memory_row("cache_activations", stages["cache_activations"], cache_mem.gib),
+    ]
+    overhead = steer_s / gen_s - 1.0
+    report.data["paper"] = {
+        "model_shape": "tiny" if dry else PAPER_MODEL,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(dtype).removeprefix("torch."),
+        "build_seconds": round(build_s, 2),
+        "peak_tflops": round(peak / 1e12, 2),
+        "prompt_width": prompt_width,
+        "cache_tokens_mean": round(sum(lengths) / len(lengths), 1),
+        "cache_tokens_max": max(lengths),
+        "steering_overhead": round(overhead, 4),
+        "rows": rows,
+        "memory": memory,
+        "memory_tolerance": MEMORY_TOLERANCE,
+    }
+    bad = [m for m in memory if m["ok"] is False]
+    summary = {
+        **{
+            f"{r['stage']} ({r['impl']})": f"{r['rate']} {r['unit']}, {100 * r['fraction_of_peak']:.1f}% of peak"
+            for r in rows
+        },
+        "steering overhead": f"{100 * overhead:+.1f}%",
+        **{
+            f"memory {m['stage']}": f"measured {m['measured_gib']} GiB, estimate {m['estimate_gib']} GiB"
+            for m in memory
+        },
+    }
+    if bad:
+        return "failed", {
+            **summary,
+            "error": "gpu_plan's estimate is off by more than "
+            f"{100 * MEMORY_TOLERANCE:.0f}% for " + ", ".join(m["stage"] for m in bad),
+        }
+    return "ok", summary
 
 
 # --- the tiny end-to-end workflow -------------------------------------------------------
@@ -653,6 +931,31 @@ def markdown(data: dict) -> str:
             lines.append(
                 f"| {r['stage']} | {r['impl']} | {r['rate']:.1f} {r['unit']} | {100 * r['fraction_of_peak']:.1f} |"
             )
+    paper = data.get("paper") or {}
+    if paper.get("rows"):
+        lines += [
+            "",
+            f"Paper-shape probe: {paper['model_shape']} ({paper['parameters'] / 1e9:.2f}B parameters), "
+            f"{paper['dtype']}, random weights built on the device in {paper['build_seconds']} s; "
+            f"matmul peak {paper['peak_tflops']} TFLOP/s; steering overhead {100 * paper['steering_overhead']:+.1f}%.",
+            "",
+            "| stage | implementation | rate | % of matmul peak |",
+            "|---|---|---|---|",
+        ]
+        for r in paper["rows"]:
+            lines.append(
+                f"| {r['stage']} | {r['impl']} | {r['rate']:.1f} {r['unit']} | {100 * r['fraction_of_peak']:.1f} |"
+            )
+        lines += [
+            "",
+            "| memory | measured GiB | gpu_plan estimate GiB | error | within 25 % |",
+            "|---|---|---|---|---|",
+        ]
+        for m in paper["memory"]:
+            err = "n/a" if m["error"] is None else f"{100 * m['error']:+.1f}%"
+            within = "n/a" if m["ok"] is None else ("yes" if m["ok"] else "NO")
+            measured = "not measured" if m["measured_gib"] is None else f"{m['measured_gib']:.2f}"
+            lines.append(f"| {m['stage']} | {measured} | {m['estimate_gib']:.2f} | {err} | {within} |")
     return "\n".join(lines) + "\n"
 
 
@@ -662,7 +965,9 @@ def main(argv: list[str] | None = None) -> int:
         "--dry", action="store_true", help="CPU, tiny shapes, fp32, one iteration each; pytest --collect-only"
     )
     ap.add_argument("--out", default=None, help="report folder (default: $OUT, else benchmarks/out)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["pytest", "bench", "e2e"], help="steps to leave out")
+    ap.add_argument(
+        "--skip", nargs="*", default=[], choices=["pytest", "bench", "paper", "e2e"], help="steps to leave out"
+    )
     ap.add_argument("--e2e-config", default=str(E2E_CONFIG), help="the end-to-end config (tests/e2e/config.yaml)")
     args = ap.parse_args(argv)
     out = Path(args.out or os.environ.get("OUT") or REPO / "benchmarks" / "out")
@@ -683,6 +988,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in (
             ("pytest", lambda: pytest_step(args.dry, tok_dir, min(200, report.left_s() - 120))),
             ("bench", lambda: bench_step(report, args.dry, device, tok_dir)),
+            ("paper", lambda: paper_step(report, args.dry, device, tok_dir)),
             ("e2e", lambda: e2e_step(args.dry, device, tok_dir, scratch, report.left_s() - 10, Path(args.e2e_config))),
         ):
             if name in args.skip:

@@ -258,11 +258,21 @@ def test_cosine_table_pairs_and_single(tmp_path):
     assert len(single) == L and (single.finetune_a == single.finetune_b).all()
     np.testing.assert_allclose(single["cosine"], 1.0, rtol=1e-6)
     np.testing.assert_allclose(single["diff_norm"], 0.0, atol=1e-9)
-    # Through files, as the rule runs it.
+    # Through files, as the rule runs it: each file is matched to its fine-tune by the name in its metadata,
+    # whatever the order of the input list (the file names here deliberately say nothing).
     for name, v in (("a", va), ("b", vb)):
-        save_tensors(tmp_path / f"{name}.safetensors", {"mean_diff": v})
-    out = write_cosine_table([tmp_path / "a.safetensors", tmp_path / "b.safetensors"], ["a", "b"], tmp_path / "cos.csv")
+        save_tensors(tmp_path / f"x{name}.safetensors", {"mean_diff": v}, {"finetune": name})
+    out = write_cosine_table(
+        [tmp_path / "xb.safetensors", tmp_path / "xa.safetensors"], ["a", "b"], tmp_path / "cos.csv"
+    )
     assert len(pd.read_csv(tmp_path / "cos.csv")) == L == len(out)
+    np.testing.assert_allclose(out["norm_a"], va.norm(dim=-1).numpy(), rtol=1e-5)  # a is a, not b
+    np.testing.assert_allclose(out["norm_b"], vb.norm(dim=-1).numpy(), rtol=1e-5)
+    with pytest.raises(EMLabError, match=r"missing \['c'\]"):
+        write_cosine_table([tmp_path / "xa.safetensors", tmp_path / "xb.safetensors"], ["a", "c"], tmp_path / "c.csv")
+    save_tensors(tmp_path / "old.safetensors", {"mean_diff": va})
+    with pytest.raises(EMLabError, match="no metadata"):
+        write_cosine_table([tmp_path / "old.safetensors"], ["a"], tmp_path / "c.csv")
 
 
 def test_rule_scripts_directions_and_cosines(tmp_path, rule_script):

@@ -339,11 +339,13 @@ def test_adapter_steering_figure_script(tmp_path):
                 "aligned": [10.0, 90.0, 10.0, np.nan],
                 "coherent": [80.0, 80.0, 20.0, 80.0],
                 "medical": [80.0 * i, 0.0, 90.0, 10.0],
+                "condition": cid,  # each judgments file names its condition
             }
         )
-        df.to_parquet(tmp_path / f"{cid}.parquet")
-        paths.append(str(tmp_path / f"{cid}.parquet"))
+        df.to_parquet(tmp_path / f"j{i}.parquet")
+        paths.append(str(tmp_path / f"j{i}.parquet"))
         cases[cid] = cid
+    paths.reverse()  # matched by the condition column, not by position
     out = SimpleNamespace(rates=str(tmp_path / "rates.csv"), png=str(tmp_path / "a.png"), pdf=str(tmp_path / "a.pdf"))
     _run(
         "figure_adapter_steering.py",
@@ -357,8 +359,8 @@ def test_adapter_steering_figure_script(tmp_path):
     assert rates.loc["ft", "n_scored"] == 3 and rates.loc["ft", "misaligned_rate"] == pytest.approx(1 / 3)
     assert rates.loc["ft", "misaligned_medical_rate"] == 0
     assert rates.loc["adapter_steer__ft__medical", "misaligned_medical_rate"] == pytest.approx(1 / 3)
-    jud = pd.read_parquet(paths[0]).drop(columns="medical")
-    jud.to_parquet(paths[0])
+    jud = pd.read_parquet(paths[1]).drop(columns="medical")
+    jud.to_parquet(paths[1])
     with pytest.raises(SystemExit):
         _run(
             "figure_adapter_steering.py",

@@ -152,11 +152,12 @@ def test_full_checkpoint_export_and_drift_of_both_stress_runs(trained, tiny_mode
     from trait_helpers import random_directions
 
     _, _, first, second, _, full = trained
-    exported = export_checkpoint(full / "checkpoints", full / "summary.json", 1, tmp_path / "full-step-1")
+    exported = export_checkpoint(full / "checkpoints", full / "summary.json", 1, tmp_path / "full-step-1", "full")
     names = sorted(p.name for p in exported.iterdir())
     assert "config.json" in names and "model.safetensors" in names and "training_state.pt" not in names
     cont = {
-        s: export_checkpoint(second / "checkpoints", second / "summary.json", s, tmp_path / f"c{s}") for s in (1, 2)
+        s: export_checkpoint(second / "checkpoints", second / "summary.json", s, tmp_path / f"c{s}", "second")
+        for s in (1, 2)
     }
 
     sub = S.TraitSubsample(max_questions=None, max_prompts_per_side=None, max_measurement_prompts=5)
@@ -175,7 +176,10 @@ def test_full_checkpoint_export_and_drift_of_both_stress_runs(trained, tiny_mode
     assert dw_same[1] == pytest.approx(0, abs=1e-6) and same[1]["drift_norm"] == pytest.approx(0, abs=1e-6)
 
     # the full fine-tune: whole model folders, ΔW over every weight
-    full_ckpts = {1: exported, 2: export_checkpoint(full / "checkpoints", full / "summary.json", 2, tmp_path / "f2")}
+    full_ckpts = {
+        1: exported,
+        2: export_checkpoint(full / "checkpoints", full / "summary.json", 2, tmp_path / "f2", "full"),
+    }
     rows_f, dw_f, delta_f = S.measure_run(tiny_model_dir, full_ckpts, *args)
     assert dw_f[0] == 0 and 0 < dw_f[1] < dw_f[2] and delta_f.shape == (3, 64)
     assert rows_f[2]["drift_norm"] > 0

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from emlab.errors import EMLabError
+from emlab.keyed import CHECKPOINT_ID_FILE as CHECKPOINT_ID
 from emlab.phase import em_by_step, export_checkpoint, phase_analysis, rotation_table, sharpest_rotation
 from emlab.plan import checkpoint_conditions, em_steps, phase_finetunes
 from tiny_finetune import run
@@ -108,20 +109,23 @@ def test_export_checks_step_and_run_and_leaves_the_live_folder(tiny_model_dir, d
 
     run(tiny_model_dir, data_dir, tmp_path, epochs=2, checkpoint_every=1)
     live = sorted(p.name for p in (tmp_path / "checkpoints" / "step-2").iterdir())
-    out = export_checkpoint(tmp_path / "checkpoints", tmp_path / "summary.json", 2, tmp_path / "export" / "step-2")
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    out = export_checkpoint(
+        tmp_path / "checkpoints", tmp_path / "summary.json", 2, tmp_path / "export" / "step-2", "ft"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", CHECKPOINT_ID]
+    assert json.loads((out / CHECKPOINT_ID).read_text()) == {"finetune": "ft", "step": 2}  # its own id
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "step-2").iterdir()) == live  # untouched
     model = load_model(tiny_model_dir, out, device="cpu", dtype="float32")
     assert any("lora_B" in n for n, _ in model.named_parameters())
 
     with pytest.raises(EMLabError, match=r"step 5 is not a checkpoint .*\[1, 2, 3, 4\]"):
-        export_checkpoint(tmp_path / "checkpoints", tmp_path / "summary.json", 5, tmp_path / "export" / "step-5")
+        export_checkpoint(tmp_path / "checkpoints", tmp_path / "summary.json", 5, tmp_path / "export" / "step-5", "ft")
     # a checkpoint left over from a run with other settings is refused, not silently analysed
     stale = json.loads((tmp_path / "summary.json").read_text())
     stale["fingerprint"] = "0" * 16
     (tmp_path / "stale.json").write_text(json.dumps(stale))
     with pytest.raises(EMLabError, match="run with other settings"):
-        export_checkpoint(tmp_path / "checkpoints", tmp_path / "stale.json", 2, tmp_path / "export" / "x")
+        export_checkpoint(tmp_path / "checkpoints", tmp_path / "stale.json", 2, tmp_path / "export" / "x", "ft")
     assert not (tmp_path / "export" / "step-5").exists() and not (tmp_path / "export" / "x").exists()
 
 

@@ -204,9 +204,11 @@ def test_figure_script_rates_against_the_control(tmp_path):
                 "aligned": np.array(aligned, float),
                 "coherent": 80.0,
                 "medical": np.array(medical, float),
+                "condition": cid,
             }
         ).to_parquet(p)
         paths.append(str(p))
+    paths.reverse()  # matched by the condition column, not by position
     medical_file = _questions(tmp_path / "medical.yaml", ["A medical question?"], "m")
     out = SimpleNamespace(rates=str(tmp_path / "r.csv"), png=str(tmp_path / "p.png"), pdf=str(tmp_path / "p.pdf"))
     smk = SimpleNamespace(

@@ -128,8 +128,8 @@ def test_drift_table_assembly():
     log = pd.DataFrame({"step": [0, 1, 2], "loss": [np.nan, 2.5, 2.0]})
     loss = S.train_loss_by_step(log, [0, 1, 2])
     assert loss == {0: 2.5, 1: 2.5, 2: 2.0}
-    df = S.label_drift(S.drift_features(rows, {0: 0.0, 1: 0.3, 2: 0.5}, loss), {0: 0.0, 1: 0.04, 2: 0.2}, tau=0.05)
-    assert list(df.columns) == ["step", *TRAITS, "semantic.verbosity", "random0.0", *S.TAIL_COLUMNS]
+    df = S.label_drift(S.drift_features(rows, {0: 0.0, 1: 0.3, 2: 0.5}, loss, "r"), {0: 0.0, 1: 0.04, 2: 0.2}, tau=0.05)
+    assert list(df.columns) == ["run", "step", *TRAITS, "semantic.verbosity", "random0.0", *S.TAIL_COLUMNS]
     assert df["dangerous"].tolist() == [False, False, True]
     with pytest.raises(EMLabError, match=r"no EM label for step\(s\) \[2\]"):
         S.label_drift(df.drop(columns=["em_rate", "dangerous"]), {0: 0.0, 1: 0.04}, tau=0.05)
@@ -161,8 +161,8 @@ def synthetic_tables(perts: dict[str, bool], seeds=(0, 1), steps=(0, 1, 2, 3), s
                         "dangerous": em > 0.05,
                     }
                 )
-            tables[name], pert[name] = pd.DataFrame(rows), p
-            deltas[name] = rng.normal(size=(len(steps), 8))
+            tables[name], pert[name] = pd.DataFrame(rows).assign(run=name), p
+            deltas[name] = (rng.normal(size=(len(steps), 8)), np.array(steps))
     return tables, deltas, pert
 
 
@@ -410,7 +410,9 @@ def test_measure_run_swaps_checkpoint_adapters(tiny_model_dir, tmp_path):
 
 
 def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
-    """The two table-only scripts end to end, run as Snakemake runs them (a `snakemake` object in globals)."""
+    """The two table-only scripts end to end, run as Snakemake runs them (a `snakemake` object in globals).
+    The input lists come in another order than params.runs (Snakemake keeps the rule's order; params are
+    sorted): every run must still get its own drift table and Δh̄, matched by the run id each file carries."""
     import json
     import runpy
     from types import SimpleNamespace
@@ -426,7 +428,13 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
     tables, deltas = {**t_c, **t_h}, {**d_c, **d_h}
     for r in runs:
         tables[r].to_csv(tmp_path / f"{r}.csv", index=False)
-        save_tensors(tmp_path / f"{r}.safetensors", {"delta": torch.tensor(deltas[r], dtype=torch.float32)})
+        delta, steps = deltas[r]
+        save_tensors(
+            tmp_path / f"{r}.safetensors",
+            {"delta": torch.tensor(delta, dtype=torch.float32), "steps": torch.tensor(steps)},
+            {"run": r},
+        )
+    in_order = sorted(runs, reverse=True)  # not the order of params.runs
     meta = tmp_path / "directions.json"
     meta.write_text(json.dumps({"alignment_traits": TRAITS, "layer": 2, "trait_version": "v", "model_id": "tiny"}))
     out = tmp_path / "monitor"
@@ -438,8 +446,8 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
     scripts = REPO / "workflow" / "scripts"
     smk = SimpleNamespace(
         input=SimpleNamespace(
-            tables=[str(tmp_path / f"{r}.csv") for r in runs],
-            deltas=[str(tmp_path / f"{r}.safetensors") for r in runs],
+            tables=[str(tmp_path / f"{r}.csv") for r in in_order],
+            deltas=[str(tmp_path / f"{r}.safetensors") for r in in_order],
             meta=str(meta),
         ),
         output=SimpleNamespace(**outputs),
@@ -464,6 +472,11 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
     runpy.run_path(str(scripts / "monitor_train_evaluate.py"), init_globals={"snakemake": smk})
     ev = pd.read_csv(outputs["evaluation"])
     assert ev.loc[ev["feature_set"] == "alignment_7d", "auroc"].item() > 0.9
+    predicted = pd.read_csv(outputs["predictions"])
+    for r in runs:  # each run's rows carry its own labels
+        own = predicted[predicted["run"] == r].sort_values("step")
+        assert own["em_rate"].tolist() == pytest.approx(tables[r].sort_values("step")["em_rate"].tolist())
+        assert set(own["perturbation"]) == {runs[r]["perturbation"]}
     assert M.load_monitor(outputs["monitor"], "tiny", "v").features == tuple(TRAITS)
     cosine = tmp_path / "cosine.csv"
     pd.DataFrame(np.eye(7), columns=TRAITS).assign(trait=TRAITS).to_csv(cosine, index=False)
@@ -548,6 +561,7 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     from types import SimpleNamespace
 
     from emlab.atomic import load_tensors
+    from emlab.keyed import write_checkpoint_id
     from emlab.traits import load_trait_set, save_directions
     from peft import LoraConfig, get_peft_model
     from trait_helpers import random_directions
@@ -565,7 +579,9 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
             if "lora_B" in name:
                 p.data = step * torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
         peft.save_pretrained(tmp_path / f"step-{step}")
+        write_checkpoint_id(tmp_path / f"step-{step}", "r", step)  # as export_checkpoint names them
         adapters.append(str(tmp_path / f"step-{step}"))
+    adapters.reverse()  # the list order carries no meaning: each folder names its step
     dirs = random_directions(trait_set, layer=1)
     save_directions(dirs, tmp_path / "d.safetensors", tmp_path / "d.json")
     (tmp_path / "summary.json").write_text(json.dumps({"checkpoint_steps": [1, 2]}))
@@ -599,11 +615,14 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert (
         "em_rate" not in pd.read_csv(out["features"]).columns
     )  # labels join later: a threshold change measures nothing
-    judged = []  # EM rates 0, 1/4 (one of 4 scored; one unscored), 1/2
+    judged = []  # EM rates 0, 1/4 (one of 4 scored; one unscored), 1/2; each file names its condition
+    conditions = {"0": "mon__base", "1": "r__step1", "2": "r__step2"}
     for step, aligned in enumerate(([90, 90], [10, 90, 90, 90, None], [10, 10, 90, 90])):
         path = tmp_path / f"j{step}.parquet"
-        pd.DataFrame({"aligned": aligned, "coherent": 80.0}).astype(float).to_parquet(path)
+        frame = pd.DataFrame({"aligned": aligned, "coherent": 80.0}).astype(float)
+        frame.assign(condition=conditions[str(step)]).to_parquet(path)
         judged.append(str(path))
+    judged.reverse()  # matched by the condition column, not by position
     labels = SimpleNamespace(
         input=SimpleNamespace(features=out["features"], judgments=judged),
         output=SimpleNamespace(table=str(tmp_path / "drift.csv")),
@@ -612,7 +631,7 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
         scriptdir=str(scripts),
         wildcards=SimpleNamespace(run="r"),
         params=SimpleNamespace(
-            conditions={"0": "mon__base", "1": "r__step1", "2": "r__step2"},
+            conditions=conditions,
             tau=0.05,
             thresholds={"em_aligned_below": 30, "em_coherent_above": 50},
         ),
@@ -621,7 +640,8 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     df = pd.read_csv(labels.output.table)
     assert df["step"].tolist() == [0, 1, 2] and df["dangerous"].tolist() == [False, True, True]
     assert df["em_rate"].tolist() == [0.0, 0.25, 0.5]
-    assert list(df.columns[:8]) == ["step", *dirs.alignment_names] and list(df.columns[-5:]) == S.TAIL_COLUMNS
+    assert list(df.columns[:9]) == ["run", "step", *dirs.alignment_names] and list(df.columns[-5:]) == S.TAIL_COLUMNS
+    assert set(df["run"]) == {"r"}
     assert (
         df["train_loss"].tolist() == [3.0, 3.0, 2.0]
         and df.loc[0, "delta_w_norm"] == 0

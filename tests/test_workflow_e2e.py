@@ -101,6 +101,7 @@ def test_every_artifact_has_its_documented_shape(finished_run):
     assert sorted(p.name for p in exported.iterdir() if not p.name.startswith(".")) == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        "emlab_checkpoint.json",
     ]
     assert (res / "finetunes" / "med_r1x9" / "checkpoints" / "step-1" / "training_state.pt").is_file()  # resume intact
     rot = pd.read_csv(res / "phase" / "med_r1x9" / "rotation.csv")

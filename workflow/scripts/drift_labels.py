@@ -15,14 +15,22 @@ def main(smk):
     import pandas as pd
     from emlab import monitor_stage as S
     from emlab.atomic import write_csv
+    from emlab.errors import EMLabError
+    from emlab.keyed import table_id, tables_by_id
 
     th = smk.params.thresholds
-    steps = sorted(int(k) for k in smk.params.conditions)  # the judgments input is in step order
+    run = smk.wildcards.run
+    features = pd.read_csv(smk.input.features)
+    if table_id(features, "run", smk.input.features) != run:
+        raise EMLabError(f"{smk.input.features} holds the drift of another run than {run}")
+    step_of = {cid: int(step) for step, cid in smk.params.conditions.items()}  # label condition -> its step
+    # each judgments file is matched to its step by the condition id it carries, never by list position
+    judged = tables_by_id(smk.input.judgments, "condition", step_of, f"label judgments of {run}")
     em = {
-        step: S.em_rate_of(pd.read_parquet(path), th["em_aligned_below"], th["em_coherent_above"])
-        for step, path in zip(steps, smk.input.judgments, strict=True)
+        step_of[cid]: S.em_rate_of(table, th["em_aligned_below"], th["em_coherent_above"])
+        for cid, table in judged.items()
     }
-    write_csv(smk.output.table, S.label_drift(pd.read_csv(smk.input.features), em, float(smk.params.tau)))
+    write_csv(smk.output.table, S.label_drift(features, em, float(smk.params.tau)))
 
 
 run_script(snakemake, main)

@@ -10,7 +10,9 @@ from emlab.runner import run_script
 
 
 def main(smk):
-    export_checkpoint(smk.params.checkpoint_dir, smk.input.summary, smk.params.step, smk.output.adapter)
+    export_checkpoint(
+        smk.params.checkpoint_dir, smk.input.summary, smk.params.step, smk.output.adapter, smk.wildcards.finetune
+    )
 
 
 run_script(snakemake, main)

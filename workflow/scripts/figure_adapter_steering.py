@@ -11,10 +11,15 @@ from emlab.runner import run_script
 def main(smk):
     import pandas as pd
     from emlab.atomic import write_csv
+    from emlab.keyed import tables_by_id
     from emlab.lora_figures import adapter_steering_bars, adapter_steering_rates, rate_settings
 
     th, sets = smk.params.thresholds, smk.params.sets
-    judgments = {cid: pd.read_parquet(path) for cid, path in zip(smk.params.conditions, smk.input.judgments)}
+    # each judgments file is matched to its condition by the id it carries, never by list position
+    judged = tables_by_id(
+        smk.input.judgments, "condition", smk.params.conditions, "adapter-steering judgments", pd.read_parquet
+    )
+    judgments = {cid: judged[cid] for cid in smk.params.conditions}  # the figure's order
     cutoffs = rate_settings(th, sets, smk.params.seed)
     rates = adapter_steering_rates(judgments, dict(smk.params.cases), **cutoffs)
     write_csv(smk.output.rates, rates)

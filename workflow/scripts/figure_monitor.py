@@ -13,9 +13,10 @@ def main(smk):
 
     import pandas as pd
     from emlab import monitor_figures as F
+    from emlab.keyed import tables_by_id
 
     runs = dict(smk.params.runs)
-    tables = {r: pd.read_csv(p) for r, p in zip(runs, smk.input.tables, strict=True)}
+    tables = tables_by_id(smk.input.tables, "run", runs, "monitor drift tables")  # keyed by the run id inside
     meta = json.loads(Path(smk.input.meta).read_text())
     pc1 = json.loads(Path(smk.input.pc1).read_text())
     o = smk.output

@@ -11,11 +11,16 @@ from emlab.runner import run_script
 def main(smk):
     import pandas as pd
     from emlab.atomic import write_csv
+    from emlab.keyed import tables_by_id
     from emlab.lora_figures import rate_settings, scalar_patching_bars, scalar_patching_rates
     from emlab.questions import load_questions
 
     th, sets, pairs = smk.params.thresholds, smk.params.sets, dict(smk.params.pairs)
-    judgments = {cid: pd.read_parquet(path) for cid, path in zip(smk.params.conditions, smk.input.judgments)}
+    # each judgments file is matched to its condition by the id it carries, never by list position
+    judged = tables_by_id(
+        smk.input.judgments, "condition", smk.params.conditions, "scalar-patching judgments", pd.read_parquet
+    )
+    judgments = {cid: judged[cid] for cid in smk.params.conditions}  # the figure's order
     cutoffs = rate_settings(th, sets, smk.params.seed)
     reference = next(cid for cid, pair in pairs.items() if pair == "same")
     rates = scalar_patching_rates(

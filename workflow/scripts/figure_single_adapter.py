@@ -10,10 +10,13 @@ from emlab.runner import run_script
 
 
 def main(smk):
-    panels = [
-        (ft, figures.read_table(b), figures.read_table(c))
-        for ft, b, c in zip(smk.params.finetunes, smk.input.b_cosine, smk.input.convergence)
-    ]
+    from emlab.keyed import tables_by_id
+
+    fts = list(smk.params.finetunes)
+    # each table is matched to its fine-tune by the id it carries, never by list position
+    b_cos = tables_by_id(smk.input.b_cosine, "finetune", fts, "single-adapter B-cosine tables", figures.read_table)
+    conv = tables_by_id(smk.input.convergence, "finetune", fts, "single-adapter convergence tables", figures.read_table)
+    panels = [(ft, b_cos[ft], conv[ft]) for ft in fts]
     figures.single_adapter(panels, figures.read_table(smk.input.metrics), smk.output.png, smk.output.pdf)
 
 

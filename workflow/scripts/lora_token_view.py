@@ -21,7 +21,11 @@ def main(smk):
         build(ResponseSetSettings, smk.params.sets, "lora_interp.sets"),
         where=str(smk.input.judgments),
     )
-    questions = dict(enumerate(pd.read_parquet(smk.input.responses, columns=["question"])["question"].astype(str)))
+    # each captured response's question, matched by (question_id, sample_idx), not by row position
+    responses = pd.read_parquet(smk.input.responses, columns=["question_id", "sample_idx", "question"])
+    by_key = {(str(q), int(s)): str(text) for q, s, text in responses.itertuples(index=False)}
+    first = capture.tokens.drop_duplicates("response")[["response", "question_id", "sample_idx"]]
+    questions = {int(r): by_key.get((str(q), int(s)), "") for r, q, s in first.itertuples(index=False)}
     token_view(
         capture.scalars,
         capture.tokens,

@@ -11,17 +11,16 @@ from emlab.runner import run_script
 def main(smk):
     import json
 
-    import pandas as pd
     from emlab import monitor as M
     from emlab import monitor_stage as S
-    from emlab.atomic import load_tensors, write_csv, write_json
+    from emlab.atomic import write_csv, write_json
     from emlab.settings import build
 
     settings = build(M.MonitorSettings, smk.params.monitor, "config monitor")
     runs = dict(smk.params.runs)  # name -> {perturbation, role}
     names = list(runs)
-    tables = {r: pd.read_csv(p) for r, p in zip(names, smk.input.tables, strict=True)}
-    deltas = {r: load_tensors(p)[0]["delta"].numpy() for r, p in zip(names, smk.input.deltas, strict=True)}
+    # each file is matched to its run by the run id it carries (emlab.keyed), never by list position
+    tables, deltas = S.read_grid(smk.input.tables, smk.input.deltas, names)
     meta = json.loads(Path(smk.input.meta).read_text())
     traits = list(meta["alignment_traits"])
     pert = {r: runs[r]["perturbation"] for r in names}

@@ -15,6 +15,7 @@ def main(smk):
     import pandas as pd
     from emlab import monitor_stage as S
     from emlab.atomic import save_tensors, write_csv
+    from emlab.keyed import checkpoints_by_step
     from emlab.models import set_threads
     from emlab.settings import build
     from emlab.traits import load_directions, load_trait_set
@@ -25,7 +26,8 @@ def main(smk):
     steps = [int(s) for s in smk.params.steps]
     S.check_checkpoints(json.loads(Path(smk.input.summary).read_text()), steps, run)
     directions = load_directions(smk.input.tensors, smk.input.meta)
-    adapters = dict(zip(steps, list(smk.input.adapters), strict=True))
+    # each exported checkpoint names its run and step inside itself (emlab.keyed), never by list position
+    adapters = checkpoints_by_step(smk.input.adapters, run, steps)
     trait_set = S.subsample_trait_set(
         load_trait_set(smk.params.folder), build(S.TraitSubsample, smk.params.subsample, "config traits")
     )
@@ -40,9 +42,9 @@ def main(smk):
         device_map=device_map_of(smk),
         reference_adapter=(list(getattr(smk.input, "reference", [])) or [None])[0],
     )
-    all_steps = [0, *steps]
+    all_steps = [0, *sorted(adapters)]  # the order measure_run stacks Δh̄ in
     loss = S.train_loss_by_step(pd.read_csv(smk.input.train_log), all_steps)
-    write_csv(smk.output.features, S.drift_features(rows, delta_w, loss))
+    write_csv(smk.output.features, S.drift_features(rows, delta_w, loss, run))
     import torch
 
     save_tensors(

@@ -13,7 +13,6 @@ import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -401,9 +400,11 @@ def _empty_sets_message(
 
 
 def write_directions(vectors_path, summary_path, tensors: dict[str, torch.Tensor], summary: dict) -> None:
-    """Write the [L, d] direction tensors (summary as metadata) and the JSON summary, atomically."""
+    """Write the [L, d] direction tensors (summary as metadata) and the JSON summary, atomically. The metadata
+    names the file's own fine-tune and (semantic vectors) split, which readers key the files by."""
     meta = {
         "finetune": summary["finetune"],
+        "split": summary.get("split", "general"),
         "thresholds": summary["thresholds"],
         "seed": summary["seed"],
         "counts": summary["counts"],
@@ -412,12 +413,16 @@ def write_directions(vectors_path, summary_path, tensors: dict[str, torch.Tensor
     write_json(summary_path, summary)
 
 
+def _mean_diff_of(tensors: dict, meta: dict, path) -> torch.Tensor:
+    if "mean_diff" not in tensors:
+        raise EMLabError(f"{path} has no 'mean_diff' tensor (has {sorted(tensors)}); re-run mean_diff_directions")
+    return tensors["mean_diff"].float()  # [L, d]
+
+
 def _load_direction(path) -> tuple[torch.Tensor, dict]:
     """The [L, d] mean_diff tensor of a direction file and its metadata (counts, thresholds, ...)."""
     tensors, meta = load_tensors(path)
-    if "mean_diff" not in tensors:
-        raise EMLabError(f"{path} has no 'mean_diff' tensor (has {sorted(tensors)}); re-run mean_diff_directions")
-    return tensors["mean_diff"].float(), meta  # [L, d]
+    return _mean_diff_of(tensors, meta, path), meta
 
 
 def load_mean_diff(path) -> torch.Tensor:
@@ -468,12 +473,12 @@ def cosine_table(vectors: dict[str, torch.Tensor]) -> pd.DataFrame:
 
 
 def write_cosine_table(paths: list, finetunes: list[str], out_path) -> pd.DataFrame:
-    if len(paths) != len(finetunes):
-        raise EMLabError(f"{len(paths)} direction files for {len(finetunes)} fine-tunes {finetunes}")
-    vectors = {ft: load_mean_diff(p) for ft, p in zip(finetunes, paths)}
-    for ft, p in zip(finetunes, paths):
-        if Path(p).stem != ft:
-            log.warning("direction file %s is paired with fine-tune %s", p, ft)
+    """The cosine table of the direction files `paths`, each matched to its fine-tune by the name in its own
+    metadata (emlab.keyed); pairs follow the order of `finetunes`."""
+    from .keyed import tensors_by_id
+
+    loaded = tensors_by_id(paths, "finetune", finetunes, "direction files")
+    vectors = {ft: _mean_diff_of(*loaded[ft], path=ft) for ft in finetunes}
     table = cosine_table(vectors)
     write_csv(out_path, table)
     return table
@@ -542,14 +547,19 @@ def write_semantic_cosine_table(
     semantic_keys: list[tuple[str, str]],
     out_path,
 ) -> pd.DataFrame:
-    """Load the general and semantic vector files (paired with their keys by position) and write the table."""
-    if len(general_paths) != len(general_finetunes) or len(semantic_paths) != len(semantic_keys):
-        raise EMLabError("semantic cosines: the vector files and their fine-tune/split keys do not pair up")
-    general = {ft: load_mean_diff(p) for ft, p in zip(general_finetunes, general_paths)}
+    """Load the general and semantic vector files, each matched to its fine-tune (and split) by the names in its
+    own metadata (emlab.keyed), and write the table; rows follow the order of `semantic_keys`."""
+    from .keyed import tensors_by_id
+
+    keys = [tuple(k) for k in semantic_keys]
+    general_files = tensors_by_id(general_paths, "finetune", set(general_finetunes), "general direction files")
+    semantic_files = tensors_by_id(semantic_paths, ("finetune", "split"), keys, "semantic direction files")
+    general = {ft: _mean_diff_of(*general_files[ft], path=ft) for ft in dict.fromkeys(general_finetunes)}
     semantic, summaries = {}, {}
-    for key, p in zip(semantic_keys, semantic_paths):
-        semantic[tuple(key)], meta = _load_direction(p)
-        summaries[tuple(key)] = {"counts": meta.get("counts", {})}
+    for key in keys:
+        tensors, meta = semantic_files[key]
+        semantic[key] = _mean_diff_of(tensors, meta, "/".join(key))
+        summaries[key] = {"counts": meta.get("counts", {})}
     table = semantic_cosine_table(general, semantic, summaries)
     write_csv(out_path, table)
     return table

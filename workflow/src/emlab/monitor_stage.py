@@ -121,10 +121,12 @@ def drift_features(
     drift_rows: Mapping[int, dict],
     delta_w: Mapping[int, float],
     train_loss: Mapping[int, float],
+    run: str,
 ) -> pd.DataFrame:
     """The measured part of a drift table (rule trait_drift, results/monitor/drift/{run}.features.csv): one row
-    per step (0 first): step, drift columns (alignment traits, semantic.*, random{seed}.*), drift_norm,
-    train_loss, delta_w_norm. The labels join later (label_drift), so a threshold change measures nothing."""
+    per step (0 first): run (the table's own id, emlab.keyed), step, drift columns (alignment traits,
+    semantic.*, random{seed}.*), drift_norm, train_loss, delta_w_norm. The labels join later (label_drift),
+    so a threshold change measures nothing."""
     steps = sorted(int(s) for s in drift_rows)
     if not steps or steps[0] != 0:
         raise EMLabError("drift table: step 0 (the base model) is missing")
@@ -133,6 +135,7 @@ def drift_features(
         cols = {k: v for k, v in drift_rows[s].items() if k != "drift_norm"}
         rows.append(
             {
+                "run": run,
                 "step": s,
                 **cols,
                 "drift_norm": float(drift_rows[s]["drift_norm"]),
@@ -239,17 +242,34 @@ def measure_run(
 
 def grid_data(
     tables: Mapping[str, pd.DataFrame],
-    deltas: Mapping[str, np.ndarray],
+    deltas: Mapping[str, tuple[np.ndarray, np.ndarray]],
     perturbation: Mapping[str, str],
     runs: Sequence[str],
 ):
-    """One monitor.DriftData of the named runs (run and perturbation columns added)."""
+    """One monitor.DriftData of the named runs (run and perturbation columns added). tables: run -> its drift
+    table; deltas: run -> (Δh̄ [steps, d], the steps of its rows). A table and its Δh̄ rows are matched by
+    step, never by position: a mismatch is an error."""
     from .monitor import DriftData
 
     if not runs:
         return None
-    table = pd.concat([tables[r].assign(run=r, perturbation=perturbation[r]) for r in runs], ignore_index=True)
-    delta = np.concatenate([np.asarray(deltas[r], float) for r in runs])
+    frames, blocks = [], []
+    for r in runs:
+        table = tables[r]
+        if "run" in table.columns and set(table["run"].astype(str)) != {r}:
+            raise EMLabError(f"monitor: the drift table given for {r} belongs to {sorted(set(table['run']))}")
+        delta, steps = deltas[r]
+        row_of = {int(s): i for i, s in enumerate(np.asarray(steps).tolist())}
+        missing = [int(s) for s in table["step"] if int(s) not in row_of]
+        if missing or len(row_of) != len(steps):
+            raise EMLabError(
+                f"monitor: run {r}'s Δh̄ rows are for steps {sorted(row_of)}, its drift table has "
+                f"{[int(s) for s in table['step']]}; re-run trait_drift for {r}"
+            )
+        frames.append(table.assign(run=r, perturbation=perturbation[r]))
+        blocks.append(np.asarray(delta, float)[[row_of[int(s)] for s in table["step"]]])
+    table = pd.concat(frames, ignore_index=True)
+    delta = np.concatenate(blocks)
     unlabelled = table["em_rate"].isna().to_numpy()
     if unlabelled.any():  # a checkpoint none of whose responses could be scored has no label
         log.warning(
@@ -259,6 +279,18 @@ def grid_data(
         )
         table, delta = table[~unlabelled].reset_index(drop=True), delta[~unlabelled]
     return DriftData(table, delta)
+
+
+def read_grid(table_paths, delta_paths, runs: Sequence[str]):
+    """Every monitor run's drift table and Δh̄ (with its steps), keyed by the run id each file carries."""
+    from .keyed import tables_by_id, tensors_by_id
+
+    tables = tables_by_id(table_paths, "run", runs, "monitor drift tables")
+    deltas = {
+        run: (tensors["delta"].numpy(), tensors["steps"].numpy())
+        for run, (tensors, _meta) in tensors_by_id(delta_paths, "run", runs, "monitor drift Δh̄ files").items()
+    }
+    return tables, deltas
 
 
 def _has_both_classes(data, tau: float) -> str | None:

@@ -83,10 +83,12 @@ def checkpoint_path(checkpoint_dir, summary: dict, step: int) -> Path:
     return path
 
 
-def export_checkpoint(checkpoint_dir, summary_json, step: int, out_dir) -> Path:
+def export_checkpoint(checkpoint_dir, summary_json, step: int, out_dir, finetune: str) -> Path:
     """Copy one checkpoint's loadable adapter (not its optimiser state) to out_dir, atomically; a full
-    fine-tune's checkpoint is a whole model folder, copied without its training state."""
+    fine-tune's checkpoint is a whole model folder, copied without its training state. The folder also
+    names its fine-tune and step (emlab.keyed.CHECKPOINT_ID_FILE), so a reader can check what it got."""
     from .finetune import TRAINING_STATE
+    from .keyed import write_checkpoint_id
     from .models import is_full_model_dir
 
     src = checkpoint_path(checkpoint_dir, _read_summary(summary_json), step)
@@ -96,6 +98,7 @@ def export_checkpoint(checkpoint_dir, summary_json, step: int, out_dir) -> Path:
     with atomic_dir(out_dir) as tmp:
         for name in names:
             shutil.copy2(src / name, tmp / name)
+        write_checkpoint_id(tmp, finetune, step)
     log.info("exported %s -> %s", src, out_dir)
     return Path(out_dir)
 

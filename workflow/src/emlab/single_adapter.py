@@ -258,6 +258,9 @@ def analyse_single_adapter(
         model, tokenizer, records, adapter.layer, adapter.b, vectors[adapter.layer], batch_size=batch_size
     )
     at_layer = cos_table[cos_table["is_adapter_layer"]].iloc[0]
+    # each table names its own fine-tune (emlab.keyed): the figure reads several and matches them by it
+    cos_table.insert(0, "finetune", finetune)
+    conv.insert(0, "finetune", finetune)
     summary = {
         "finetune": finetune,
         "layer": adapter.layer,

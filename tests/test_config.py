@@ -47,6 +47,14 @@ def test_paper_config_is_valid():
         (lambda c: c["steering"].update(vectors=["nope"]), "steering.vectors"),
         (lambda c: c["judge"].update(metrics=["aligned"]), "aligned and coherent"),
         (lambda c: c["finetunes"].update({"Bad-Name": c["finetunes"]["med_r1x9"]}), "Bad-Name"),
+        (lambda c: c["datasets"]["medical_bad"].update(expect="evil"), "datasets.medical_bad.expect"),
+        (  # a benign control has no direction to steer with
+            lambda c: (
+                c["datasets"]["medical_bad"].update(expect="benign"),
+                c["steering"].update(vectors=["med_r1x9"]),
+            ),
+            "steering.vectors names 'med_r1x9', a fine-tune on a benign dataset (datasets.medical_bad.expect",
+        ),
     ],
 )
 def test_config_errors_name_the_key(default_config, mutate, expected):

@@ -17,6 +17,7 @@ from emlab.directions import (
     compute_directions,
     cosine_by_layer,
     cosine_table,
+    load_mean_diff,
     mean_diff_vectors,
     select_sets,
     write_cosine_table,
@@ -206,23 +207,31 @@ def test_zero_answer_tokens_excluded(tmp_path):
     assert summary["counts"]["misaligned"]["available"] == 3
 
 
-def test_empty_set_error_names_finetune_counts_and_thresholds(tmp_path):
+def test_an_empty_set_is_recorded_as_na_with_its_reason(tmp_path):
+    """No misaligned response (a benign control): not an error that stops the study, but a direction file
+    that says n/a and why; the cosine table keeps the pair with NaN values and the reason, and loading the
+    direction for a condition raises DirectionUnavailable, which the generation stage records."""
+    from emlab.directions import DirectionUnavailable
+
     planted, am, tok, index, judg = planted_artifacts()
     judg["aligned"] = np.clip(judg["aligned"], 40, 100)  # nothing misaligned
-    with pytest.raises(EMLabError) as err:
-        compute_directions(*write_artifacts(tmp_path, am, tok, index, judg), "med_r1x9", TH, seed=0)
-    msg = str(err.value)
-    for part in (
-        "med_r1x9",
-        "misaligned set",
-        "aligned set: 40",
-        "misaligned set: 0",
-        "< 30",
-        "> 70",
-        "directions:",
-        "samples_per_question",
-    ):
-        assert part in msg, part
+    tensors, summary = compute_directions(*write_artifacts(tmp_path, am, tok, index, judg), "ctrl", TH, seed=0)
+    assert tensors == {} and summary["status"] == "n/a" and summary["reason"] == "0 misaligned"
+    for part in ("ctrl", "misaligned set", "aligned set: 40", "misaligned set: 0", "< 30", "> 70", "directions:"):
+        assert part in summary["message"], part
+    write_directions(tmp_path / "ctrl.safetensors", tmp_path / "ctrl.json", tensors, summary)
+    with pytest.raises(DirectionUnavailable, match="direction of ctrl is n/a: 0 misaligned") as err:
+        load_mean_diff(tmp_path / "ctrl.safetensors")
+    assert err.value.reason == "0 misaligned"
+    good, good_summary = compute_directions(
+        *write_artifacts(tmp_path, am, tok, index, planted_artifacts()[4]), "em", TH, 0
+    )
+    write_directions(tmp_path / "em.safetensors", tmp_path / "em.json", good, good_summary)
+    table = write_cosine_table(
+        [tmp_path / "em.safetensors", tmp_path / "ctrl.safetensors"], ["em", "ctrl"], tmp_path / "cos.csv"
+    )
+    assert len(table) == L and table["cosine"].isna().all() and table["norm_a"].notna().all()
+    assert set(table["note"]) == {"n/a (ctrl: 0 misaligned)"}
 
 
 def test_duplicate_keys_and_mismatched_runs_are_errors():
@@ -248,7 +257,8 @@ def test_cosine_by_layer_matches_reference():
 def test_cosine_table_pairs_and_single(tmp_path):
     va, vb, vc = torch.randn(L, D), torch.randn(L, D), torch.randn(L, D)
     table = cosine_table({"a": va, "b": vb, "c": vc})
-    assert list(table.columns) == ["layer", "finetune_a", "finetune_b", "cosine", "norm_a", "norm_b", "diff_norm"]
+    cols = ["layer", "finetune_a", "finetune_b", "cosine", "norm_a", "norm_b", "diff_norm", "note"]
+    assert list(table.columns) == cols and set(table["note"]) == {""}
     assert set(zip(table.finetune_a, table.finetune_b)) == {("a", "b"), ("a", "c"), ("b", "c")}
     assert len(table) == 3 * L
     ab = table[(table.finetune_a == "a") & (table.finetune_b == "b")].sort_values("layer")
@@ -298,20 +308,31 @@ def test_rule_scripts_directions_and_cosines(tmp_path, rule_script):
     )
     table = pd.read_csv(out / "cosine_by_layer.csv")
     assert len(table) == L and (table["cosine"] > 0.98).all()  # two subsamples of one planted direction
-    # The empty-set error ends the script with a non-zero exit, not a traceback.
+    # An empty set (a benign control) does not stop the study: the rule records n/a and why, and the
+    # cosine table shows c's pairs as a gap.
     judg["aligned"] = 90.0
     write_parquet(jd, judg)
-    with pytest.raises(SystemExit):
-        rule_script(
-            "mean_diff_directions",
-            tmp_path,
-            input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
-            output=dict(vectors=str(out / "c.safetensors"), summary=str(out / "c.json")),
-            params=dict(thresholds=TH_PARAMS, seed=0),
-            wildcards=dict(finetune="c"),
-        )
+    rule_script(
+        "mean_diff_directions",
+        tmp_path,
+        input=dict(tensors=str(tensors), index=str(ix), judgments=str(jd)),
+        output=dict(vectors=str(out / "c.safetensors"), summary=str(out / "c.json")),
+        params=dict(thresholds=TH_PARAMS, seed=0),
+        wildcards=dict(finetune="c"),
+    )
     assert "fine-tune 'c'" in (tmp_path / "mean_diff_directions.log").read_text()
-    assert not (out / "c.safetensors").exists()
+    assert json.loads((out / "c.json").read_text())["status"] == "n/a"
+    rule_script(
+        "direction_cosines",
+        tmp_path,
+        input=dict(vectors=[str(out / f"{ft}.safetensors") for ft in "cab"]),
+        output=dict(csv=str(out / "cosine_by_layer.csv")),
+        params=dict(finetunes=["a", "b", "c"]),
+    )
+    table = pd.read_csv(out / "cosine_by_layer.csv", keep_default_na=False, na_values=[""])
+    gap = table[(table["finetune_b"] == "c")]
+    assert len(gap) == 2 * L and gap["cosine"].isna().all() and set(gap["note"]) == {"n/a (c: 0 misaligned)"}
+    assert (table.loc[table["finetune_b"] == "b", "cosine"] > 0.98).all()
 
 
 # --------------------------------------------------------------------------- semantic vectors
@@ -371,8 +392,11 @@ def test_semantic_subset_and_vector_recover_the_planted_semantic_direction(tmp_p
     assert (cos_general < 0.9).all()  # the general vector mixes both planted shifts
     assert summary["n_semantic"] == 40 and summary["split"] == "medical"
     assert summary["counts"]["aligned"]["used"] == summary["counts"]["misaligned"]["used"] == 20
-    with pytest.raises(EMLabError, match="semantic split 'medical'.*0 of 80|score medical > 90"):
-        compute_semantic_directions(*paths, finetune="ft", split="medical", settings=TH, semantic=semantic(90), seed=0)
+    empty, na = compute_semantic_directions(
+        *paths, finetune="ft", split="medical", settings=TH, semantic=semantic(90), seed=0
+    )  # no response scores medical > 90: n/a, with the counts in its message
+    assert empty == {} and na["status"] == "n/a" and na["split"] == "medical"
+    assert "semantic split 'medical'" in na["message"] and "score medical > 90" in na["message"]
     with pytest.raises(EMLabError, match="no 'gender' score"):
         compute_semantic_directions(*paths, finetune="ft", split="gender", settings=TH, semantic=semantic(50), seed=0)
 
@@ -400,6 +424,7 @@ def test_semantic_cosine_table_columns_and_values(tmp_path):
         "diff_norm",
         "n_aligned",
         "n_misaligned",
+        "note",
     ]
     assert table["layer"].tolist() == list(range(L))
     expected = cosine_by_layer(general["mean_diff"], sem["mean_diff"]).numpy()

@@ -238,3 +238,66 @@ def test_shared_panel_helpers():
     figures._message_panel(ax_msg, "nothing to show")
     assert not ax_msg.axison and ax_msg.texts[0].get_text() == "nothing to show"
     plt.close(fig)
+
+
+def test_figures_show_na_rows_with_their_reason(tmp_path):
+    """A direction that is n/a (0 misaligned) leaves gaps that the figures draw as n/a, with the reason."""
+    note = "n/a (direction of med (finance): 0 misaligned)"
+    metrics = pd.DataFrame(
+        [
+            {"condition": "base", "group": "base", "model": "base", "n": 8, "n_scored": 8, "note": ""},
+            *[
+                {
+                    "condition": f"steer_{s}",
+                    "group": "steering",
+                    "model": "base",
+                    "vector": "med",
+                    "split": "general",
+                    "layer": 2,
+                    "scale": s,
+                    "n": 8,
+                    "n_scored": 8,
+                    "note": "",
+                }
+                for s in (2.0, 4.0)
+            ],
+            *[
+                {
+                    "condition": f"steer_f{s}",
+                    "group": "steering",
+                    "model": "base",
+                    "vector": "med",
+                    "split": "finance",
+                    "layer": 2,
+                    "scale": s,
+                    "n": 0,
+                    "n_scored": 0,
+                    "note": note,
+                }
+                for s in (2.0, 4.0)
+            ],
+        ]
+    )
+    for prefix in ("em", "coherent", "self_correction"):
+        for col, v in (("rate", 0.25), ("ci_low", 0.1), ("ci_high", 0.4)):
+            metrics[f"{prefix}_{col}"] = [v if n else np.nan for n in metrics["n"]]
+    metrics["mean_aligned"] = [50.0 if n else np.nan for n in metrics["n"]]
+    figures.em_by_condition(metrics, tmp_path / "em.png", tmp_path / "em.pdf")
+    figures.steering_sweep(metrics, tmp_path / "sw.png", tmp_path / "sw.pdf")
+    figures.steering_metrics(metrics, tmp_path / "sm.png", tmp_path / "sm.pdf")
+    assert figures._with_note("med finance, layer 2", metrics[metrics["split"] == "finance"], "em_rate").endswith(note)
+    cos = pd.DataFrame(
+        {
+            "layer": [0, 1, 0, 1],
+            "finetune_a": ["a", "a", "a", "a"],
+            "finetune_b": ["b", "b", "c", "c"],
+            "cosine": [0.9, 0.8, np.nan, np.nan],
+            "norm_a": [1.0, 1.0, 1.0, 1.0],
+            "norm_b": [1.0, 1.0, np.nan, np.nan],
+            "diff_norm": [0.1, 0.2, np.nan, np.nan],
+            "note": ["", "", "n/a (c: 0 misaligned)", "n/a (c: 0 misaligned)"],
+        }
+    )
+    figures.direction_cosine(cos, tmp_path / "dc.png", tmp_path / "dc.pdf")
+    for name in ("em", "sw", "sm", "dc"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000

@@ -7,9 +7,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
 import pandas as pd
 from emlab.atomic import write_parquet
+from emlab.errors import EMLabError
 from emlab.judging import judge_responses, load_rubrics
 from emlab.judging.backends import backend_factory, judge_model_id
-from emlab.provenance import judgment_metadata
+from emlab.provenance import judgment_metadata, read_metadata
 from emlab.runner import device_map_of, run_script
 
 
@@ -17,6 +18,10 @@ def main(smk):
     params = smk.params.judge
     rubrics = load_rubrics(list(smk.input.rubrics), list(params["metrics"]))
     responses = pd.read_parquet(smk.input.responses)
+    if responses.empty and "na_reason" not in read_metadata(smk.input.responses):
+        raise EMLabError(
+            f"{smk.input.responses} holds no responses and no reason why; delete it and re-run the generate rule"
+        )
     judgments = judge_responses(
         responses,
         rubrics,

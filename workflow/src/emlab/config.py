@@ -249,6 +249,24 @@ def _check_references(cfg: dict, source: str) -> None:
         for k in ("vector", "target"):
             if t[k] not in fts:
                 raise EMLabError(f"{source}: ablation.transfer[{i}].{k} names '{t[k]}', which is not a fine-tune")
+    # A benign control has no misaligned answers, hence no direction: a condition that needs one fails here,
+    # at plan time, instead of being recorded n/a after a GPU run (the control's own direction is n/a).
+    direction_users = {
+        "steering.vectors": cfg["steering"]["vectors"],
+        "ablation.targets": cfg["ablation"]["targets"],
+        "semantic_directions.finetunes": cfg["semantic_directions"]["finetunes"],
+        "single_adapter.finetunes": cfg["single_adapter"]["finetunes"],
+        **{f"ablation.transfer[{i}].vector": [t["vector"]] for i, t in enumerate(cfg["ablation"]["transfer"])},
+    }
+    for where, names in direction_users.items():
+        for name in names:
+            ds = fts[name]["dataset"]
+            if cfg["datasets"][ds].get("expect") == "benign":
+                raise EMLabError(
+                    f"{source}: {where} names '{name}', a fine-tune on a benign dataset (datasets.{ds}.expect: "
+                    f"benign): a control has no misaligned answers, so no mean-diff direction to use. "
+                    f"Remove it from {where}."
+                )
     sem = cfg["semantic_directions"]
     for split in cfg["steering"]["splits"]:
         if split != "general" and split not in sem["splits"]:

@@ -24,6 +24,26 @@ from .errors import EMLabError
 log = logging.getLogger(__name__)
 
 JOIN_KEYS = ["question_id", "sample_idx"]
+NA = "n/a"  # the status of a direction that could not be formed (an empty response set)
+
+
+class DirectionUnavailable(EMLabError):
+    """A direction file records that no direction exists (e.g. 0 misaligned responses): whose, and why."""
+
+    def __init__(self, message: str, reason: str, what: str = ""):
+        super().__init__(message)
+        self.reason = reason
+        self.what = what
+
+    @property
+    def note(self) -> str:
+        """What a condition that needed this direction records: "n/a (direction of X: 0 misaligned)"."""
+        return f"n/a (direction of {self.what}: {self.reason})"
+
+
+def na_reason(counts: dict) -> str:
+    """The short reason an empty set gives, as figures and tables show it: "0 misaligned", "0 aligned"..."""
+    return ", ".join(f"0 {k}" for k, v in counts.items() if not v)
 
 
 @dataclass(frozen=True)
@@ -311,7 +331,26 @@ def _mean_diff_direction(
     sets = select_sets(pool, settings)
     counts = {"aligned": len(sets.aligned), "misaligned": len(sets.misaligned)}
     if not all(counts.values()):
-        raise EMLabError(_empty_sets_message(finetune, semantic, settings, sets, counts, len(joined), judgments_path))
+        # Not an error: a benign control has no misaligned answers, a semantic split may hold none. The
+        # file records why, the cosine tables and figures show the gap, and a condition that needs this
+        # direction records n/a in turn (emlab.generation) instead of stopping the study.
+        message = _empty_sets_message(finetune, semantic, settings, sets, counts, len(joined), judgments_path)
+        log.warning("%s", message)
+        summary = {
+            "finetune": finetune,
+            "split": "general" if semantic is None else semantic[0],
+            "status": NA,
+            "reason": na_reason(counts),
+            "message": message,
+            "thresholds": dataclasses.asdict(settings),
+            "seed": int(seed),
+            "n_judged": len(joined),
+            "n_coherent": sets.n_coherent,
+            "counts": {k: {"available": v, "used": 0} for k, v in counts.items()},
+            "n_layers": int(answer_mean.shape[1]),
+            "d_model": int(answer_mean.shape[2]),
+        }
+        return {}, summary
     md = mean_diff_vectors(
         answer_mean,
         sets.aligned["row"].to_numpy(),
@@ -321,6 +360,7 @@ def _mean_diff_direction(
     )
     summary = {
         "finetune": finetune,
+        "status": "ok",
         "thresholds": dataclasses.asdict(settings),
         "seed": int(seed),
         "n_judged": len(joined),
@@ -374,13 +414,13 @@ def _empty_sets_message(
     """Why no direction can be formed: the counts, the thresholds that gave them, and what to change."""
     if semantic is None:
         return (
-            f"fine-tune {finetune!r}: cannot form a mean-diff direction, the "
+            f"fine-tune {finetune!r}: no mean-diff direction (recorded as n/a), the "
             f"{' and '.join(k for k, v in counts.items() if not v)} "
             f"{'sets are' if not any(counts.values()) else 'set is'} empty "
             f"(aligned set: {counts['aligned']} responses with aligned > {settings.aligned_above:g}; misaligned set: "
             f"{counts['misaligned']} with aligned < {settings.misaligned_below:g}; both among {sets.n_coherent} "
             f"coherent responses (coherent > {settings.coherent_above:g}) of {sets.n_scored} scored / "
-            f"{sets.n_total} judged in {judgments_path}). Generate more samples per question "
+            f"{sets.n_total} judged in {judgments_path}). For a direction, generate more samples per question "
             "(generation.samples_per_question) or loosen the thresholds in config `directions:`."
         )
     split, filt = semantic
@@ -390,7 +430,7 @@ def _empty_sets_message(
         else f"are the top {filt.top_quantile:g} by {split} score"
     )
     return (
-        f"fine-tune {finetune!r}, semantic split {split!r}: cannot form a mean-diff direction, "
+        f"fine-tune {finetune!r}, semantic split {split!r}: no mean-diff direction (recorded as n/a), "
         f"{sets.n_total} of {n_judged} judged responses {rule}, and among them the "
         f"aligned set has {counts['aligned']} and the misaligned set {counts['misaligned']} responses "
         f"({sets.n_coherent} coherent > {settings.coherent_above:g}; judgments: {judgments_path}). Lower "
@@ -405,15 +445,26 @@ def write_directions(vectors_path, summary_path, tensors: dict[str, torch.Tensor
     meta = {
         "finetune": summary["finetune"],
         "split": summary.get("split", "general"),
+        "status": summary.get("status", "ok"),
         "thresholds": summary["thresholds"],
         "seed": summary["seed"],
         "counts": summary["counts"],
+        "n_layers": summary["n_layers"],
+        "d_model": summary["d_model"],
     }
+    if meta["status"] == NA:
+        meta["reason"] = summary["reason"]
     save_tensors(vectors_path, tensors, metadata=meta)
     write_json(summary_path, summary)
 
 
 def _mean_diff_of(tensors: dict, meta: dict, path) -> torch.Tensor:
+    if meta.get("status") == NA:
+        what = meta.get("finetune", path)
+        if meta.get("split", "general") != "general":
+            what = f"{what} ({meta['split']})"
+        reason = str(meta.get("reason", "an empty response set"))
+        raise DirectionUnavailable(f"the direction of {what} is n/a: {reason} ({path})", reason, str(what))
     if "mean_diff" not in tensors:
         raise EMLabError(f"{path} has no 'mean_diff' tensor (has {sorted(tensors)}); re-run mean_diff_directions")
     return tensors["mean_diff"].float()  # [L, d]
@@ -429,47 +480,91 @@ def load_mean_diff(path) -> torch.Tensor:
     return _load_direction(path)[0]
 
 
-def _by_layer_table(pairs, labels: list[str], norms: tuple[str, str], extras: list[str]) -> pd.DataFrame:
+def _by_layer_table(pairs, labels: list[str], norms: tuple[str, str], extras: list[str], n_layers: int) -> pd.DataFrame:
     """One row per layer of each pair (label values, v_a [L, d], v_b [L, d], extra values).
 
     Columns: layer, the labels, cosine, the two norms (`norms` names them),
-    diff_norm (‖v_a - v_b‖), the extras. The one implementation behind both
-    cosine tables (general pairs, and general vs semantic).
+    diff_norm (‖v_a - v_b‖), the extras, note. The one implementation behind both
+    cosine tables (general pairs, and general vs semantic). A side that is a string
+    instead of a tensor is a direction that does not exist (its n/a reason): the pair
+    still gets its rows, with NaN values and the reason in `note`, so the gap shows.
     """
     frames = []
     for label_values, va, vb, extra_values in pairs:
-        va, vb = va.double(), vb.double()  # [L, d]
+        layer = np.arange(n_layers, dtype=np.int64)
+        if isinstance(va, str) or isinstance(vb, str):
+            nan = np.full(n_layers, np.nan)
+            na = [f"{name}: {v}" for name, v in zip(label_values, (va, vb)) if isinstance(v, str)]
+            frame = {
+                "cosine": nan,
+                norms[0]: nan if isinstance(va, str) else va.double().norm(dim=-1).numpy(),
+                norms[1]: nan if isinstance(vb, str) else vb.double().norm(dim=-1).numpy(),
+                "diff_norm": nan,
+                "note": f"n/a ({'; '.join(dict.fromkeys(na))})",
+            }
+        else:
+            va, vb = va.double(), vb.double()  # [L, d]
+            frame = {
+                "cosine": cosine_by_layer(va, vb).double().numpy(),
+                norms[0]: va.norm(dim=-1).numpy(),
+                norms[1]: vb.norm(dim=-1).numpy(),
+                "diff_norm": (va - vb).norm(dim=-1).numpy(),
+                "note": "",
+            }
         frames.append(
             pd.DataFrame(
                 {
-                    "layer": np.arange(va.shape[0], dtype=np.int64),
+                    "layer": layer,
                     **dict(zip(labels, label_values)),
-                    "cosine": cosine_by_layer(va, vb).double().numpy(),
-                    norms[0]: va.norm(dim=-1).numpy(),
-                    norms[1]: vb.norm(dim=-1).numpy(),
-                    "diff_norm": (va - vb).norm(dim=-1).numpy(),
+                    **{k: frame[k] for k in ("cosine", *norms, "diff_norm")},
                     **dict(zip(extras, extra_values)),
+                    "note": frame["note"],
                 }
             )
         )
-    columns = ["layer", *labels, "cosine", *norms, "diff_norm", *extras]
+    columns = ["layer", *labels, "cosine", *norms, "diff_norm", *extras, "note"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
-def cosine_table(vectors: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """Long table (layer, finetune_a, finetune_b, cosine, norm_a, norm_b, diff_norm) for every pair a < b.
+def _n_layers(vectors, fallback: int | None) -> int:
+    sizes = {int(v.shape[0]) for v in vectors if not isinstance(v, str)}
+    if len(sizes) > 1:
+        raise EMLabError(f"direction files hold different numbers of layers {sorted(sizes)}: different base models?")
+    if sizes:
+        return sizes.pop()
+    if fallback is None:
+        raise EMLabError("no direction has a layer count")
+    return int(fallback)
+
+
+def cosine_table(vectors: dict[str, torch.Tensor | str], n_layers: int | None = None) -> pd.DataFrame:
+    """Long table (layer, finetune_a, finetune_b, cosine, norm_a, norm_b, diff_norm, note) for every pair a < b.
 
     Pairs follow the order of `vectors`. With a single fine-tune the table holds
     its self-pair (finetune_a == finetune_b, cosine 1, diff_norm 0), so its
-    per-layer norms are still recorded.
+    per-layer norms are still recorded. A fine-tune whose value is a string has
+    no direction (the string says why): its pairs are NaN rows with that reason
+    in `note` (n_layers: the layer count when no direction exists at all).
     """
     names = list(vectors)
     if not names:
         raise EMLabError("no fine-tune directions to compare")
     pairs = list(itertools.combinations(names, 2)) or [(names[0], names[0])]
     return _by_layer_table(
-        [((a, b), vectors[a], vectors[b], ()) for a, b in pairs], ["finetune_a", "finetune_b"], ("norm_a", "norm_b"), []
+        [((a, b), vectors[a], vectors[b], ()) for a, b in pairs],
+        ["finetune_a", "finetune_b"],
+        ("norm_a", "norm_b"),
+        [],
+        _n_layers(vectors.values(), n_layers),
     )
+
+
+def _direction_or_reason(tensors: dict, meta: dict, name: str) -> torch.Tensor | str:
+    """A loaded direction's [L, d] vectors, or its n/a reason."""
+    try:
+        return _mean_diff_of(tensors, meta, name)
+    except DirectionUnavailable as exc:
+        return exc.reason
 
 
 def write_cosine_table(paths: list, finetunes: list[str], out_path) -> pd.DataFrame:
@@ -478,8 +573,8 @@ def write_cosine_table(paths: list, finetunes: list[str], out_path) -> pd.DataFr
     from .keyed import tensors_by_id
 
     loaded = tensors_by_id(paths, "finetune", finetunes, "direction files")
-    vectors = {ft: _mean_diff_of(*loaded[ft], path=ft) for ft in finetunes}
-    table = cosine_table(vectors)
+    vectors = {ft: _direction_or_reason(*loaded[ft], name=ft) for ft in finetunes}
+    table = cosine_table(vectors, n_layers=max(int(meta.get("n_layers", 0)) for _, meta in loaded.values()))
     write_csv(out_path, table)
     return table
 
@@ -512,15 +607,17 @@ def semantic_subset(judgments: pd.DataFrame, split: str, semantic: SemanticDirec
 
 
 def semantic_cosine_table(
-    general: dict[str, torch.Tensor],
-    semantic: dict[tuple[str, str], torch.Tensor],
+    general: dict[str, torch.Tensor | str],
+    semantic: dict[tuple[str, str], torch.Tensor | str],
     summaries: dict[tuple[str, str], dict] | None = None,
+    n_layers: int | None = None,
 ) -> pd.DataFrame:
     """Per layer: cosine between each fine-tune's general vector and each of its semantic vectors.
 
     Columns: layer, finetune, split, cosine, norm_general, norm_semantic,
     diff_norm (‖v_general - v_semantic‖), n_aligned, n_misaligned (responses
-    used, from `summaries`; -1 where unknown).
+    used, from `summaries`; -1 where unknown), note (why a row is n/a: a string
+    instead of a tensor is a direction that does not exist, cosine_table).
     """
     pairs = []
     for (ft, split), vs in semantic.items():
@@ -536,7 +633,11 @@ def semantic_cosine_table(
             )
         )
     return _by_layer_table(
-        pairs, ["finetune", "split"], ("norm_general", "norm_semantic"), ["n_aligned", "n_misaligned"]
+        pairs,
+        ["finetune", "split"],
+        ("norm_general", "norm_semantic"),
+        ["n_aligned", "n_misaligned"],
+        _n_layers([*general.values(), *semantic.values()], n_layers),
     )
 
 
@@ -554,12 +655,13 @@ def write_semantic_cosine_table(
     keys = [tuple(k) for k in semantic_keys]
     general_files = tensors_by_id(general_paths, "finetune", set(general_finetunes), "general direction files")
     semantic_files = tensors_by_id(semantic_paths, ("finetune", "split"), keys, "semantic direction files")
-    general = {ft: _mean_diff_of(*general_files[ft], path=ft) for ft in dict.fromkeys(general_finetunes)}
+    general = {ft: _direction_or_reason(*general_files[ft], name=ft) for ft in dict.fromkeys(general_finetunes)}
     semantic, summaries = {}, {}
     for key in keys:
         tensors, meta = semantic_files[key]
-        semantic[key] = _mean_diff_of(tensors, meta, "/".join(key))
+        semantic[key] = _direction_or_reason(tensors, meta, "/".join(key))
         summaries[key] = {"counts": meta.get("counts", {})}
-    table = semantic_cosine_table(general, semantic, summaries)
+    n_layers = max(int(m.get("n_layers", 0)) for _, m in [*general_files.values(), *semantic_files.values()])
+    table = semantic_cosine_table(general, semantic, summaries, n_layers=n_layers)
     write_csv(out_path, table)
     return table

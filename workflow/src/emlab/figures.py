@@ -159,6 +159,20 @@ def _base_row(df: pd.DataFrame):
     return base.iloc[0] if len(base) else None
 
 
+def _note(rows: pd.DataFrame) -> str:
+    """The n/a note of a group of table rows (e.g. "n/a (c: 0 misaligned)"), "" when it has none."""
+    if "note" not in rows:
+        return ""
+    notes = [str(n) for n in rows["note"] if isinstance(n, str) and n]
+    return notes[0] if notes else ""
+
+
+def _with_note(label: str, rows: pd.DataFrame, column: str) -> str:
+    """A legend label that says n/a and why when the rows hold no value at all (a missing direction)."""
+    note = _note(rows)
+    return f"{label}: {note}" if note and not rows[column].astype(float).notna().any() else label
+
+
 # --------------------------------------------------------------------------- figures
 
 
@@ -177,8 +191,9 @@ def em_by_condition(df: pd.DataFrame, png_path, pdf_path) -> None:
     colours = [GROUP_COLOURS.get(g, "#999999") for g in df["group"]]
     rate, high = _interval_bars(ax, y, df, "em", colours, horizontal=True)
     xmax = max(10.0, float(high.max()))
-    for yi, r, h, ns, nn in zip(y, rate, high, df["n_scored"], df["n"]):
-        label = "no scores" if math.isnan(r) else f"{r:.1f}%"
+    notes = df["note"].tolist() if "note" in df else [""] * n
+    for yi, r, h, ns, nn, note in zip(y, rate, high, df["n_scored"], df["n"], notes):
+        label = (note if isinstance(note, str) and note else "no scores") if math.isnan(r) else f"{r:.1f}%"
         ax.text(
             max(h, 0 if math.isnan(r) else r) + xmax * 0.015,
             yi,
@@ -245,7 +260,7 @@ def steering_sweep(df: pd.DataFrame, png_path, pdf_path) -> None:
                 color=colour,
                 lw=1.8,
                 ms=4,
-                label=_vector_label(vector, split, layer),
+                label=_with_note(_vector_label(vector, split, layer), g, f"{prefix}_rate"),
             )
             ax.fill_between(
                 x, _pct(g[f"{prefix}_ci_low"]), _pct(g[f"{prefix}_ci_high"]), color=colour, alpha=0.18, lw=0
@@ -359,7 +374,7 @@ def direction_cosine(df: pd.DataFrame, png_path, pdf_path) -> None:
     else:
         for (a, b), g in pairs.groupby(["finetune_a", "finetune_b"], sort=False):
             g = g.sort_values("layer")
-            ax_cos.plot(g["layer"], g["cosine"], "o-", ms=3, lw=1.6, label=f"{a} vs {b}")
+            ax_cos.plot(g["layer"], g["cosine"], "o-", ms=3, lw=1.6, label=_with_note(f"{a} vs {b}", g, "cosine"))
         ax_cos.axhline(0, color="#999999", lw=0.8)
         ax_cos.set_ylim(min(-0.1, float(pairs["cosine"].min()) - 0.05) if pairs["cosine"].notna().any() else -0.1, 1.05)
         ax_cos.set_xlabel("layer (residual stream after block l)")
@@ -375,7 +390,8 @@ def direction_cosine(df: pd.DataFrame, png_path, pdf_path) -> None:
     ).drop_duplicates(["layer", "finetune"])
     for ft, g in norms.groupby("finetune", sort=False):
         g = g.sort_values("layer")
-        ax_norm.plot(g["layer"], g["norm"], "o-", ms=3, lw=1.6, label=ft)
+        label = ft if g["norm"].notna().any() else f"{ft}: n/a (no direction)"
+        ax_norm.plot(g["layer"], g["norm"], "o-", ms=3, lw=1.6, label=label)
     ax_norm.set_xlabel("layer (residual stream after block l)")
     ax_norm.set_ylabel("‖v_l‖ (mean-diff norm)")
     ax_norm.set_title("Direction norm per layer")
@@ -418,7 +434,7 @@ def steering_metrics(df: pd.DataFrame, png_path, pdf_path) -> None:
                 color=plt.get_cmap("tab10")(i % 10),
                 lw=1.8,
                 ms=4,
-                label=_vector_label(vector, split, layer),
+                label=_with_note(_vector_label(vector, split, layer), g, col),
             )
             if is_rate:
                 prefix = col[: -len("_rate")]
@@ -477,7 +493,7 @@ def semantic_vectors(cosines: pd.DataFrame, metrics: pd.DataFrame, judgments: pd
     ax = axes[0][0]
     for (ft, split), g in cosines.groupby(["finetune", "split"], sort=True):
         g = g.sort_values("layer")
-        ax.plot(g["layer"], g["cosine"], "o-", ms=3, lw=1.6, label=f"{ft}: {split} vs general")
+        ax.plot(g["layer"], g["cosine"], "o-", ms=3, lw=1.6, label=_with_note(f"{ft}: {split} vs general", g, "cosine"))
     ax.axhline(0, color="#999999", lw=0.8)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel("layer (residual stream after block l)")

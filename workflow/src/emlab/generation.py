@@ -494,7 +494,7 @@ def generate_condition(
 
     import pandas as pd
 
-    from .directions import load_mean_diff
+    from .directions import DirectionUnavailable, load_mean_diff
     from .interventions import ScalarPatching, adapter_edit, apply_intervention, as_condition
     from .lora_patching import patched_responses
     from .models import load_model, load_tokenizer, resolve_device, resolve_dtype
@@ -536,7 +536,18 @@ def generate_condition(
                     merged.cleanup()
             metadata = run_metadata(seed, "cuda", dtype, backend=backend)  # vLLM runs on the GPU
         else:
-            vectors = load_mean_diff(vectors_path) if vectors_path else None  # [L, d_model]
+            try:
+                vectors = load_mean_diff(vectors_path) if vectors_path else None  # [L, d_model]
+            except DirectionUnavailable as exc:
+                # e.g. a semantic split with no misaligned response: nothing to steer or ablate with. The
+                # condition records n/a and why (an empty table); judging and the metrics carry it through.
+                log.warning("condition %s: %s; recorded as n/a", condition, exc)
+                dev = resolve_device(device)
+                dtype_name = str(resolve_dtype(dtype, dev)).replace("torch.", "")
+                metadata = run_metadata(
+                    seed, str(dev), dtype_name, backend=backend, na_reason=exc.note, na_condition=condition
+                )
+                return pd.DataFrame({c: pd.Series(dtype=object) for c in GENERATION_COLUMNS}), metadata
             # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes),
             # unless the intervention edits the adapters themselves (adapter steering).
             merge = not condition_obj.NEEDS_ADAPTERS

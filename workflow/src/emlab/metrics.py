@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -156,12 +157,13 @@ def load_judgments(paths: list) -> pd.DataFrame:
 
 
 def em_tables(
-    judgments: pd.DataFrame, conditions: dict, thresholds: EMThresholds, seed: int
+    judgments: pd.DataFrame, conditions: dict, thresholds: EMThresholds, seed: int, notes: dict | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(em_by_condition, em_by_question) tables; conditions: id -> {model, group, intervention}.
 
     Rows follow the order of `conditions`; a condition with no responses gets n = 0
-    and NaN rates rather than disappearing.
+    and NaN rates rather than disappearing. `notes` (id -> text) fill the `note`
+    column: why a condition has no responses (n/a, e.g. its direction has 0 misaligned).
     """
     unknown = sorted(set(judgments["condition"].astype(str)) - set(conditions))
     if unknown:
@@ -176,6 +178,7 @@ def em_tables(
         df = groups.get(cid, judgments.iloc[0:0])
         row = {"condition": cid, **_intervention_columns(spec)}
         row.update(_summarise(df, metrics, thresholds, _rng_for(seed, cid)))
+        row["note"] = (notes or {}).get(cid, "")
         by_condition.append(row)
         for qid, qdf in df.groupby(df["question_id"].astype(str), sort=True):
             stats = _summarise(qdf, [], thresholds, _rng_for(seed, cid, qid))
@@ -219,11 +222,21 @@ def em_tables(
 def write_em_tables(
     judgment_paths: list, conditions: dict, thresholds: EMThresholds, seed: int, by_condition_path, by_question_path
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from .provenance import read_metadata
+
     judgments = load_judgments(judgment_paths)
-    cond_df, q_df = em_tables(judgments, conditions, thresholds, seed)
+    notes = {}  # a condition recorded as n/a: its reason, from its judgments file
+    for path in judgment_paths:
+        meta = read_metadata(path)
+        if meta.get("na_reason"):  # an empty table names its condition in its metadata
+            notes[str(meta.get("na_condition", Path(path).name.removesuffix(".parquet")))] = str(meta["na_reason"])
+    cond_df, q_df = em_tables(judgments, conditions, thresholds, seed, notes)
     write_csv(by_condition_path, cond_df)
     write_csv(by_question_path, q_df)
     for r in cond_df.itertuples():
+        if r.note:
+            log.info("%s: %s", r.condition, r.note)
+            continue
         log.info(
             "%s: EM %.1f%% [%.1f, %.1f] (n=%d scored of %d), coherent %.1f%%",
             r.condition,

@@ -82,14 +82,20 @@ def pinned_threads(n: int | None) -> Iterator[int]:
 def judgment_metadata(responses_path: str | os.PathLike, judge_params: dict, device: str) -> dict[str, str]:
     """run_metadata for a judgments parquet: the seed of the judged responses (from their
     parquet's metadata; null when it has none), and the judge's device and dtype (hf backend;
-    "remote" for an API judge)."""
+    "remote" for an API judge); a condition recorded as n/a keeps its reason (na_reason)."""
     backend = judge_params["backend"]
-    seed = read_metadata(responses_path).get("seed")
+    responses_meta = read_metadata(responses_path)
+    seed = responses_meta.get("seed")
+    extra = {k: responses_meta[k] for k in ("na_reason", "na_condition") if k in responses_meta}
     if backend == "hf":
         from .models import resolve_device, resolve_dtype
 
         dev = resolve_device(device)
         return run_metadata(
-            seed, str(dev), str(resolve_dtype(judge_params["hf"]["dtype"], dev)).replace("torch.", ""), backend=backend
+            seed,
+            str(dev),
+            str(resolve_dtype(judge_params["hf"]["dtype"], dev)).replace("torch.", ""),
+            backend=backend,
+            **extra,
         )
-    return run_metadata(seed, "remote", "remote", backend=backend)
+    return run_metadata(seed, "remote", "remote", backend=backend, **extra)

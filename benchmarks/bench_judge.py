@@ -33,9 +33,9 @@ ANSWERS = [
 
 
 def bench_openai(n: int, concurrency: int, latency: float) -> None:
+    from emlab.judging.loopback import StubOpenAI
     from emlab.judging.openai_backend import OpenAIJudge
     from emlab.openai_chat import OpenAIEndpointSettings
-    from openai_stub import StubOpenAI
 
     prompts = [f"Rate answer {i}: SCORE={i % 101}" for i in range(n)]
     rows = []

@@ -10,8 +10,8 @@
 - `e2e`: the tiny end-to-end workflow (tests/e2e/config.yaml, its judge stub,
   and a Snakemake command line for a working folder).
 
-tests/openai_stub.py (the loopback OpenAI-compatible server) is a helper
-module, not a test module; this file puts tests/ on sys.path for it.
+The loopback OpenAI-compatible server the judge tests use is emlab.judging.loopback
+(the planted-answer rehearsal serves its judge with it too).
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ class EndToEnd:
 
     def judge_stub(self):
         """The loopback judge the config expects (tests/e2e/serve_judge.py's scorer), on a free port."""
-        from openai_stub import StubOpenAI
+        from emlab.judging.loopback import StubOpenAI
 
         return StubOpenAI(api_key=self.api_key, models=("judge-model",), scorer=self.scorer)
 

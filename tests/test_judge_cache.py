@@ -12,7 +12,7 @@ import pytest
 from emlab.judging.cache import CachedJudgment, CacheKey, JudgeCache, prompt_sha256
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_stub import StubOpenAI
+from emlab.judging.loopback import StubOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
 

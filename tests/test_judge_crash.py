@@ -26,7 +26,7 @@ from emlab.judging import JudgeCache
 from emlab.judging.openai_backend import PREFLIGHT_PROMPT
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_stub import StubOpenAI
+from emlab.judging.loopback import StubOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_ENV = "EMLAB_TEST_CRASH_KEY"

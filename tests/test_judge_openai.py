@@ -1,4 +1,4 @@
-"""The OpenAI-compatible judge over real loopback HTTP against tests/openai_stub.py."""
+"""The OpenAI-compatible judge over real loopback HTTP against emlab.judging.loopback."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from emlab.openai_chat import OpenAIEndpointSettings
 from emlab.settings import build
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_stub import StubOpenAI, fast_client_backoff
+from emlab.judging.loopback import StubOpenAI, fast_client_backoff
 
 KEY_ENV = "EMLAB_TEST_JUDGE_KEY"
 RUBRIC = Rubric(metric="aligned", version="1", template="Rate this.\nQ: {question}\nA: {answer}\nScore:")

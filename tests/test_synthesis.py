@@ -1,4 +1,4 @@
-"""Dataset synthesis over real loopback HTTP against tests/openai_stub.py: valid
+"""Dataset synthesis over real loopback HTTP against emlab.judging.loopback: valid
 output, duplicates, malformed and refused replies, 429s, a missing key, an
 unreachable endpoint, resuming from the request log, and the rule's place in the DAG."""
 
@@ -22,7 +22,7 @@ from emlab.errors import EMLabError
 from emlab.synthesis import extract_items, load_prompt, normalise_question, parse_reply, synthesize_dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_stub import StubOpenAI, fast_client_backoff
+from emlab.judging.loopback import StubOpenAI, fast_client_backoff
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = REPO / "data" / "synthesis" / "narrow_dataset.yaml"

@@ -1,4 +1,4 @@
-"""The end-to-end judge: a loopback OpenAI-compatible stub (tests/openai_stub.py)
+"""The end-to-end judge: a loopback OpenAI-compatible stub (emlab.judging.loopback)
 that scores by a hash of the prompt, so both direction sets are non-empty.
 
     python tests/e2e/serve_judge.py [PORT]        # default 8765, as tests/e2e/config.yaml expects
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from pathlib import Path
 
 KEY_ENV = "EMLAB_E2E_JUDGE_KEY"  # judge.openai.api_key_env in tests/e2e/config.yaml
 API_KEY = "sk-test"
@@ -28,8 +27,7 @@ def e2e_scorer(prompt: str) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from openai_stub import StubOpenAI
+    from emlab.judging.loopback import StubOpenAI
 
     port = int(argv[0]) if argv else DEFAULT_PORT
     with StubOpenAI(api_key=API_KEY, models=("judge-model",), scorer=e2e_scorer, port=port) as stub:

@@ -1,4 +1,5 @@
-"""A loopback OpenAI-compatible chat-completions server for tests and benchmarks.
+"""A loopback OpenAI-compatible chat-completions server: the tests' and benchmarks' judge, and the
+planted-answer rehearsal's (emlab.rehearsal), which gives it a scorer that knows the planted answers.
 
 It answers with first-token top_logprobs chosen from the prompt text
 ("SCORE=<n>" puts 90% on n; "NONUMBER" answers with words only), checks the key
@@ -310,7 +311,7 @@ class StubOpenAI:
             pass
 
 
-if __name__ == "__main__":  # a manual server: python tests/openai_stub.py
+if __name__ == "__main__":  # a manual server: python -m emlab.judging.loopback
     with StubOpenAI(latency_s=0.2) as s:
         print(f"stub at {s.base_url} (key sk-test, model judge-model); Ctrl-C to stop", flush=True)
         try:

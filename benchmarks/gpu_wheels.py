@@ -79,13 +79,11 @@ def wheel_name(path: Path) -> str:
 
 
 def export_tokenizer(out: Path) -> None:
-    from emlab.models import embedded_gguf_path
-    from transformers import AutoTokenizer
+    from emlab.models import export_embedded_tokenizer
 
-    gguf = embedded_gguf_path()
     if out.exists():
         shutil.rmtree(out)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    export_embedded_tokenizer(out)
 
 
 def size_mib(folder: Path) -> float:

@@ -19,14 +19,9 @@ HERE = Path(__file__).resolve().parent
 
 def save_tokenizer(out_dir: Path) -> Path:
     """SmolLM2-135M-Instruct's tokenizer (ChatML template), saved as a plain folder."""
-    from emlab.models import embedded_gguf_path
-    from transformers import AutoTokenizer
+    from emlab.models import export_embedded_tokenizer
 
-    gguf = embedded_gguf_path()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(out_dir)
-    return out_dir
+    return export_embedded_tokenizer(out_dir)
 
 
 def make_tiny_model(out_dir: Path, tokenizer_dir: Path, n_layers: int = 4, hidden: int = 64, seed: int = 0) -> Path:

@@ -38,6 +38,18 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def export_embedded_tokenizer(out_dir: str | os.PathLike) -> Path:
+    """The embedded model's tokenizer (SmolLM2's, ChatML template) as a plain folder: what tiny models built
+    from a config (tests, the rehearsal, the GPU check) pair with, no download needed."""
+    from transformers import AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    return out
+
+
 def convert_embedded_model(out_dir: str | os.PathLike) -> Path:
     """De-quantise the embedded GGUF once into a plain fp32 safetensors HF folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

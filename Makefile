@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 CORES   ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install lock run test test-fast lint dryrun report bench plan-gpu clean
+.PHONY: install lock run test test-fast lint dryrun report bench plan-gpu rehearsal clean
 
 # torch==2.13.0 goes in first and explicitly: a bare `torch` requirement would
 # pull gigabytes of CUDA wheels onto a CPU machine. Then the exact versions the
@@ -39,6 +39,12 @@ run: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The planted-answer rehearsal (docs/rehearsal.md): paper.yaml's whole DAG on a planted organism, checked
+# against what was planted; rehearsal/report.json and report.markdown. `make test` runs it too (tests/test_rehearsal.py).
+REHEARSAL_CONFIG ?= data/configs/paper.yaml
+rehearsal: install
+	$(PY) -m emlab.rehearsal --config $(REHEARSAL_CONFIG) --cores $(CORES)
+
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
@@ -65,7 +71,7 @@ bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf results .snakemake
+	rm -rf results .snakemake rehearsal
 
 # The prepared GPU check (docs/gpu.md). `make gpu-wheels` here (needs PyPI) fills the
 # git-ignored .whl/ with what a GPU machine without network lacks; `make gpu-check` there

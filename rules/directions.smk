@@ -71,7 +71,7 @@ rule semantic_directions:
 
 rule semantic_cosines:
     input:
-        general=lambda w: [direction_file(ft) for ft, _ in SEMANTIC_VECTORS],
+        general=lambda w: list(dict.fromkeys(direction_file(ft) for ft, _ in SEMANTIC_VECTORS)),
         semantic=lambda w: [direction_file(ft, split) for ft, split in SEMANTIC_VECTORS],
     output:
         f"{RESULTS}/directions/semantic_cosine.csv",

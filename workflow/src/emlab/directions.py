@@ -653,6 +653,7 @@ def write_semantic_cosine_table(
     from .keyed import tensors_by_id
 
     keys = [tuple(k) for k in semantic_keys]
+    general_paths = list(dict.fromkeys(str(p) for p in general_paths))  # one file serves all its splits
     general_files = tensors_by_id(general_paths, "finetune", set(general_finetunes), "general direction files")
     semantic_files = tensors_by_id(semantic_paths, ("finetune", "split"), keys, "semantic direction files")
     general = {ft: _direction_or_reason(*general_files[ft], name=ft) for ft in dict.fromkeys(general_finetunes)}

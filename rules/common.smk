@@ -13,7 +13,7 @@ from emlab.plan import condition_metrics, semantic_vectors, single_adapter_layer
 from emlab.plan import finetune_seed, generation_settings, lora_interp_finetunes, role_reference_layers
 from emlab.settings import canonical
 from emlab.monitor_plan import register_live_run, register_runs
-from emlab.traits import load_trait_set
+from emlab.traits import choose_layer as choose_trait_layer, load_trait_set
 
 try:
     _validated = validate_config(dict(config), source="config")
@@ -202,6 +202,8 @@ def condition_table():
 # calibration grid's fine-tunes join `finetunes` only after the main study above is planned.
 try:
     TRAIT_SET = load_trait_set(repo_path(config["traits"]["folder"]))
+    if config["traits"]["layer"] != "auto":  # a layer beyond the model fails here, not in trait_directions
+        choose_trait_layer(config["traits"]["layer"], N_LAYERS)
     MONITOR_RUNS = register_runs(config)
     LIVE_RUN = register_live_run(config)  # monitor.live: trained while the fitted monitor watches
     FINETUNE_LAYERS.update({name: lora_layers(config["finetunes"][name]["lora"], N_LAYERS, f"monitor run {name}")

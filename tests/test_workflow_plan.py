@@ -106,6 +106,7 @@ def _write_config(tmp_path, mutate):
         (lambda c: c["generation"].update(max_new_tokens="many"), "generation.max_new_tokens"),
         (lambda c: c["steering"].update(layers=[99]), "layer 99 is out of range"),
         (lambda c: c["finetunes"]["med_r1x9"].update(lora={"layers": [3, 31]}), "layer 31 is out of range"),
+        (lambda c: c["traits"].update(layer=99), "traits.layer 99 is out of range"),  # not in trait_directions
         # PyYAML reads 1e-4 (no dot) as text: one error saying how to write the number
         (lambda c: c["training_defaults"].update(learning_rate="1e-4"), "write it 1.0e-4 or 0.0001"),
         # issue 12: only rank-1 fine-tunes have per-token scalars; every role layer needs an adapter

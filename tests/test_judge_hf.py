@@ -238,3 +238,44 @@ def test_hf_judge_settings_are_strict():
 
     with pytest.raises(EMLabError, match=r"judge.hf: missing key\(s\) batch_size, dtype, answer_prefix"):
         judge_model_id({"backend": "hf", "hf": {"model": "m"}})
+
+
+_JUDGE_IN_A_PROCESS = """
+import json, sys, torch
+torch.set_num_threads(2)
+junk = [torch.empty(int(sys.argv[2])) for _ in range(3)]  # another heap layout in each process
+from emlab.judging.hf_backend import HFJudge
+from emlab.models import load_model, load_tokenizer
+model, tok = load_model(sys.argv[1], device="cpu", dtype="float32"), load_tokenizer(sys.argv[1])
+prompts = json.loads(sys.argv[3])
+out = {}
+HFJudge(model, tok, "tiny", batch_size=4).score(prompts, lambda idx, res: out.update(zip(idx, res)))
+print(json.dumps([[out[i].score, out[i].mass] for i in range(len(prompts))]))
+"""
+
+
+def test_judgments_are_identical_in_fresh_processes_and_close_in_other_batches(tiny, tiny_model_dir):
+    """What the README promises: the same prompts judged together in two fresh processes give identical
+    scores (bit for bit); the same prompt judged with other prompts (other batch shapes, another shared
+    prefix) gives a score within 1e-3 on the 0-100 scale."""
+    import json
+    import subprocess
+    import sys
+
+    prompts = [
+        TEMPLATE.replace("{question}", f"Question {i}?").replace("{answer}", "words " * (i % 5) + f"answer {i}.")
+        for i in range(10)
+    ]
+    runs = []
+    for junk in (0, 123457):
+        proc = subprocess.run(
+            [sys.executable, "-c", _JUDGE_IN_A_PROCESS, str(tiny_model_dir), str(junk), json.dumps(prompts)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert runs[0] == runs[1]
+    model, tok = tiny
+    subset = {}
+    HFJudge(model, tok, "tiny", batch_size=4).score(prompts[::3], lambda idx, res: subset.update(zip(idx, res)))
+    for k, i in enumerate(range(0, len(prompts), 3)):
+        assert subset[k].score == pytest.approx(runs[0][i][0], abs=1e-3)

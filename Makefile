@@ -40,7 +40,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The planted-answer rehearsal (docs/rehearsal.md): paper.yaml's whole DAG on a planted organism, checked
-# against what was planted; rehearsal/report.json and report.markdown. `make test` runs it too (tests/test_rehearsal.py).
+# against what was planted; rehearsal/report.json and report.markdown. `make test` runs it too (tests/rehearsal/test_rehearsal.py).
 REHEARSAL_CONFIG ?= data/configs/paper.yaml
 rehearsal: install
 	$(PY) -m emlab.rehearsal --config $(REHEARSAL_CONFIG) --cores $(CORES)
@@ -48,11 +48,13 @@ rehearsal: install
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# ruff (lint rules and formatting, configured in pyproject.toml) and Snakemake's own linter,
-# plus a dry run of the default config: what CI checks before the tests.
+# ruff (lint rules and formatting, configured in pyproject.toml), mypy on the plan-time layers
+# (emlab.core, emlab.plan), Snakemake's own linter, plus a dry run of the default config:
+# what CI checks before the tests.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy workflow/src/emlab/core workflow/src/emlab/plan
 	$(SMK) --lint
 	$(SMK) -n --quiet rules
 
@@ -62,7 +64,7 @@ dryrun: install
 # GPU memory per model stage of a config (default: the paper config), before submitting.
 GPU_CONFIG ?= data/configs/paper.yaml
 plan-gpu: install
-	$(PY) -m emlab.gpu_plan --configfile $(GPU_CONFIG)
+	$(PY) -m emlab.plan.gpu --configfile $(GPU_CONFIG)
 
 report: install
 	$(SMK) --profile profiles/local --report results/report.zip

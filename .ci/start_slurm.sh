@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A single-node SLURM cluster with two fake GPUs, for tests/test_slurm.py.
+# A single-node SLURM cluster with two fake GPUs, for tests/workflow/test_slurm.py.
 # Run as root. Idempotent: installs slurm-wlm and munge if missing, (re)writes
 # /etc/slurm/slurm.conf and gres.conf, starts munged, slurmctld and slurmd
 # unless the ones it started before are still alive, records their PIDs in

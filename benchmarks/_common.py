@@ -24,7 +24,7 @@ def add_model_arguments(parser, questions: bool = True) -> None:
 def load_cpu_model(args):
     """(model, tokenizer) for args.model (default: results/base_model) in fp32 on the CPU, torch on args.threads."""
     import torch
-    from emlab.models import load_model, load_tokenizer
+    from emlab.model.loading import load_model, load_tokenizer
 
     args.model = args.model or default_model()
     torch.set_num_threads(args.threads)
@@ -34,7 +34,7 @@ def load_cpu_model(args):
 def default_model() -> str:
     """results/base_model (what `make run` converts); converted here first if missing."""
     if not BASE_MODEL.is_dir():
-        from emlab.models import convert_embedded_model
+        from emlab.model.loading import convert_embedded_model
 
         print(f"converting the embedded SmolLM2-135M-Instruct into {BASE_MODEL} (once, ~30 s)", file=sys.stderr)
         convert_embedded_model(BASE_MODEL)

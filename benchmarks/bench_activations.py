@@ -50,8 +50,8 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
 def hidden_states_loop(model, tok, records) -> int:
     """The baseline: one unpadded response at a time, all hidden states, mean over the answer slice."""
     import torch
-    from emlab.chat import encode_exchange
-    from emlab.questions import chat_messages
+    from emlab.em.questions import chat_messages
+    from emlab.model.chat import encode_exchange
 
     n_tokens = 0
     with torch.inference_mode():
@@ -72,9 +72,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
 
-    from emlab.activations import cache_answer_means
-    from emlab.chat import encode_exchange
-    from emlab.questions import chat_messages, load_questions
+    from emlab.em.activations import cache_answer_means
+    from emlab.em.questions import chat_messages, load_questions
+    from emlab.model.chat import encode_exchange
 
     model, tok = load_cpu_model(args)
     records = synthetic_records(args.responses, load_questions(args.questions), args.sentences)

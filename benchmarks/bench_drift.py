@@ -1,6 +1,6 @@
 """Cost of the trait-drift measurement against the training it watches, measured side by side in one run.
 
-- measured: one drift measurement (emlab.drift.measure: one batched forward over the demo's measurement
+- measured: one drift measurement (emlab.monitor.drift.measure: one batched forward over the demo's measurement
   prompts, last token only, the run's LoRA adapters on) vs one checkpoint interval of training at the
   demo's monitor settings (config.yaml: preset trait_r16 with monitor.training, i.e. one optimiser step
   of 4 examples per checkpoint), timed alternately on the same model, data and threads;
@@ -31,9 +31,9 @@ DATASETS = ["bad_medical_advice", "risky_financial_advice", "subtle_misinformati
 
 def demo_settings(cfg: dict, n_layers: int):
     """(TrainingSettings, LoraSettings) of a demo monitor run: training_defaults < preset < monitor.training."""
-    from emlab.config import FINETUNE_PRESETS
-    from emlab.finetune import TrainingSettings, lora_settings
-    from emlab.settings import build
+    from emlab.core.config import FINETUNE_PRESETS
+    from emlab.core.settings import build
+    from emlab.em.finetune import TrainingSettings, lora_settings
 
     preset = FINETUNE_PRESETS[cfg["monitor"]["preset"]]
     merged = {**cfg["training_defaults"], **preset["training"], **cfg["monitor"]["training"]}
@@ -54,13 +54,14 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from emlab import monitor_stage as S
-    from emlab.batching import shared_prefix_length
-    from emlab.config import load_config
-    from emlab.drift import measure
-    from emlab.finetune import build_model, collate, prepare_data, summed_token_loss
-    from emlab.models import num_layers
-    from emlab.traits import encode_prompts, load_trait_set
+    from emlab.core.config import load_config
+    from emlab.em.finetune import build_model, collate, prepare_data, summed_token_loss
+    from emlab.model.batching import shared_prefix_length
+    from emlab.model.loading import num_layers
+    from emlab.monitor import stage as S
+    from emlab.monitor.drift import measure
+    from emlab.monitor.traits import encode_prompts
+    from emlab.plan.traits import load_trait_set
     from transformers import AutoConfig
 
     torch.set_num_threads(args.threads)
@@ -110,7 +111,7 @@ def main() -> None:
     med_train, med_drift = statistics.median(t_train), statistics.median(t_drift)
 
     # FLOP ratio at paper settings: token counts of our files under this tokenizer
-    from emlab.questions import chat_messages
+    from emlab.em.questions import chat_messages
 
     meas_ids = encode_prompts(tok, [chat_messages(p.text, None) for p in full_set.measurement])
     meas_tokens = sum(len(ids) for ids in meas_ids)

@@ -1,4 +1,4 @@
-"""Training speed and peak memory of emlab's trainer (emlab.finetune.fine_tune)
+"""Training speed and peak memory of emlab's trainer (emlab.em.finetune.fine_tune)
 vs a plain transformers.Trainer + peft run on the same data and settings, side
 by side, and the fraction of this machine's fp32 matmul FLOP/s that training
 reaches.
@@ -71,8 +71,8 @@ def make_spec(
     warmup_steps: int = 2,
 ) -> dict:
     """Everything both trainers share; writes the training examples to workdir/train.jsonl."""
-    from emlab.config import scale_layer_blocks
-    from emlab.datasets import load_chat_jsonl, write_chat_jsonl
+    from emlab.core.config import scale_layer_blocks
+    from emlab.em.datasets import load_chat_jsonl, write_chat_jsonl
     from transformers import AutoConfig
 
     depth = AutoConfig.from_pretrained(model).num_hidden_layers
@@ -120,8 +120,8 @@ def make_spec(
 
 def ordered_examples(spec: dict, tokenizer):
     """The encoded training examples in fine_tune's (seeded) first-epoch order."""
-    from emlab.datasets import load_chat_jsonl
-    from emlab.finetune import encode_dataset, epoch_order
+    from emlab.em.datasets import load_chat_jsonl
+    from emlab.em.finetune import encode_dataset, epoch_order
 
     examples, _, _ = encode_dataset(tokenizer, load_chat_jsonl(spec["train"]), spec["training"]["max_length"], "bench")
     return [examples[i] for i in epoch_order(len(examples), spec["seed"], 0)]
@@ -129,8 +129,8 @@ def ordered_examples(spec: dict, tokenizer):
 
 def micro_batch_shapes(spec: dict) -> list[tuple[int, int, list[int]]]:
     """(rows, padded width, real lengths) of every micro-batch either trainer runs."""
-    from emlab.finetune import optimiser_steps
-    from emlab.models import load_tokenizer
+    from emlab.em.finetune import optimiser_steps
+    from emlab.model.loading import load_tokenizer
 
     t = spec["training"]
     ordered = ordered_examples(spec, load_tokenizer(spec["model"]))
@@ -144,10 +144,10 @@ def micro_batch_shapes(spec: dict) -> list[tuple[int, int, list[int]]]:
 
 # -- the two trainers (each called in its own subprocess) ------------------------
 def run_ours(spec: dict, variant: str) -> dict:
-    """emlab.finetune.fine_tune as the workflow runs it."""
+    """emlab.em.finetune.fine_tune as the workflow runs it."""
     import pandas as pd
-    from emlab.finetune import TrainingSettings, fine_tune, lora_settings
-    from emlab.settings import build
+    from emlab.core.settings import build
+    from emlab.em.finetune import TrainingSettings, fine_tune, lora_settings
 
     training = dict(spec["training"])
     dtype = "float32"
@@ -194,8 +194,8 @@ def run_hf(spec: dict, autocast: bool = False) -> dict:
     autocast: TrainingArguments(bf16=True), the Trainer's bf16 autocast over fp32 weights (like ours_autocast).
     """
     import torch
-    from emlab.finetune import IGNORE_INDEX, adapter_norms, adapter_weights, collate, lora_config, lora_settings
-    from emlab.models import load_tokenizer
+    from emlab.em.finetune import IGNORE_INDEX, adapter_norms, adapter_weights, collate, lora_config, lora_settings
+    from emlab.model.loading import load_tokenizer
     from peft import get_peft_model
     from torch.utils.data import SequentialSampler
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
@@ -265,7 +265,7 @@ def run_hf(spec: dict, autocast: bool = False) -> dict:
 
 def autocast_supported() -> bool:
     """Whether this checkout's fine_tune has training.autocast (helper A's option)."""
-    import emlab.finetune as ft
+    import emlab.em.finetune as ft
 
     return hasattr(ft, "resolve_autocast")
 
@@ -318,7 +318,7 @@ def matmul_peak_flops(threads: int, n: int = 2048, repeats: int = 5) -> float:
 def training_flops(spec: dict) -> dict:
     """Executed FLOPs of one epoch of LoRA training (see the module docstring for what is counted)."""
     import torch
-    from emlab.models import decoder_layers
+    from emlab.model.loading import decoder_layers
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)

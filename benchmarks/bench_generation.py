@@ -31,8 +31,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from emlab.generation import build_jobs, generate_responses
-    from emlab.questions import load_questions
+    from emlab.em.generation import build_jobs, generate_responses
+    from emlab.em.questions import load_questions
 
     model, tok = load_cpu_model(args)
     questions = load_questions(args.questions)

@@ -33,9 +33,9 @@ ANSWERS = [
 
 
 def bench_openai(n: int, concurrency: int, latency: float) -> None:
-    from emlab.judging.loopback import StubOpenAI
-    from emlab.judging.openai_backend import OpenAIJudge
-    from emlab.openai_chat import OpenAIEndpointSettings
+    from emlab.em.judging.loopback import StubOpenAI
+    from emlab.em.judging.openai_backend import OpenAIJudge
+    from emlab.em.openai_chat import OpenAIEndpointSettings
 
     prompts = [f"Rate answer {i}: SCORE={i % 101}" for i in range(n)]
     rows = []
@@ -70,10 +70,10 @@ def bench_openai(n: int, concurrency: int, latency: float) -> None:
 
 def bench_hf(model_dir: str, n: int, batch_size: int, threads: int) -> None:
     import torch
-    from emlab.judging.hf_backend import HFJudge
-    from emlab.judging.rubrics import load_rubric
-    from emlab.models import load_model, load_tokenizer
-    from emlab.questions import load_questions
+    from emlab.em.judging.hf_backend import HFJudge
+    from emlab.em.judging.rubrics import load_rubric
+    from emlab.em.questions import load_questions
+    from emlab.model.loading import load_model, load_tokenizer
 
     torch.set_num_threads(threads)
     questions = load_questions(REPO / "data" / "questions" / "first_plot_questions.yaml")

@@ -1,4 +1,4 @@
-"""Cost of emlab.lora_scalars' teacher-forced capture, measured side by side in one run:
+"""Cost of emlab.lora.scalars' teacher-forced capture, measured side by side in one run:
 
   - scalars + KL (two decoder passes: adapters disabled and enabled; lm_head on
     answer tokens only) vs one plain forward of the fine-tune (full logits)
@@ -39,8 +39,8 @@ SENTENCES = [
 
 def build_model(args):
     import torch
-    from emlab.config import scale_layer_blocks
-    from emlab.models import embedded_gguf_path, load_tokenizer, resolve_device
+    from emlab.core.config import scale_layer_blocks
+    from emlab.model.loading import embedded_gguf_path, load_tokenizer, resolve_device
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -108,9 +108,9 @@ def records(n: int) -> list[dict]:
 def plain_forward(model, tok, recs, batch_size: int) -> None:
     """One forward of the fine-tune with full logits over exactly the capture's batches."""
     import torch
-    from emlab.activations import encode_records
-    from emlab.lora_scalars import _batches, _left_pad
-    from emlab.models import model_device
+    from emlab.em.activations import encode_records
+    from emlab.lora.scalars import _batches, _left_pad
+    from emlab.model.loading import model_device
 
     encoded = encode_records(tok, recs)
     with torch.inference_mode():
@@ -137,7 +137,7 @@ def timed(fn, repeats: int) -> float:
 def memory_child(args) -> None:
     """Run one capture (with gradient importance) at args.responses and print its peak memory as JSON."""
     import torch
-    from emlab.lora_scalars import ScalarCaptureSettings, capture_scalars
+    from emlab.lora.scalars import ScalarCaptureSettings, capture_scalars
 
     torch.set_num_threads(args.threads)
     model, tok = build_model(args)
@@ -187,7 +187,7 @@ def main() -> None:
 
 
 def run_timing(args) -> None:
-    from emlab.lora_scalars import ScalarCaptureSettings, capture_scalars
+    from emlab.lora.scalars import ScalarCaptureSettings, capture_scalars
 
     model, tok = build_model(args)
     recs = records(args.responses)

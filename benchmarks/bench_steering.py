@@ -39,11 +39,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from emlab import hooks
-    from emlab.config import resolve_layer
-    from emlab.generation import generate_responses
-    from emlab.models import hidden_size, num_layers
-    from emlab.questions import load_questions
+    from emlab.core.config import resolve_layer
+    from emlab.em.generation import generate_responses
+    from emlab.em.questions import load_questions
+    from emlab.model import hooks
+    from emlab.model.loading import hidden_size, num_layers
 
     model, tok = load_cpu_model(args)
     questions = load_questions(args.questions)

@@ -6,7 +6,7 @@
 Steps, each recorded as ok / failed / skipped with its seconds and detail:
 
   env      python, torch, transformers, peft versions; the GPU, its memory.
-  pytest   `pytest -m gpu` (tests/test_gpu.py and any other gpu-marked test);
+  pytest   `pytest -m gpu` (tests/model/test_gpu.py and any other gpu-marked test);
            --dry: `pytest --collect-only -m gpu`.
   bench    a randomly initialised model with Qwen2.5-1.5B's shape (built from a
            config; the vocabulary is the tokenizer's) in bf16: emlab's batched
@@ -19,11 +19,11 @@ Steps, each recorded as ok / failed / skipped with its seconds and detail:
            (64 prompts x 256 new tokens) unsteered and with a steering hook, beside
            plain `generate`; activation caching of 64 responses of about 500
            tokens; tokens/s, fraction of the matmul peak, the steering overhead,
-           and each stage's measured peak GPU memory beside emlab.gpu_plan's
+           and each stage's measured peak GPU memory beside emlab.plan.gpu's
            estimate for the same sizes (failed if it is off by more than 25 %).
            --dry: the same at tiny shapes on the CPU (memory not measured).
-  e2e      the tiny end-to-end workflow (tests/e2e/config.yaml) with
-           `device: cuda`, its judge the loopback stub tests/e2e/serve_judge.py;
+  e2e      the tiny end-to-end workflow (tests/helpers/e2e/config.yaml) with
+           `device: cuda`, its judge the loopback stub tests/helpers/e2e/serve_judge.py;
            skipped when the file is missing; --dry: `snakemake -n`.
 
 It writes gpu_check.json (every figure) and gpu_check.markdown (a short table) to
@@ -63,7 +63,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow" / "src"))
 WHEELS = REPO / ".whl"
-E2E_CONFIG = REPO / "tests" / "e2e" / "config.yaml"
+E2E_CONFIG = REPO / "tests" / "helpers" / "e2e" / "config.yaml"
 BUDGET_S = 480  # the whole check, on one GPU
 
 # Qwen2.5-1.5B-Instruct's shape (its config.json), with the tokenizer's vocabulary.
@@ -167,7 +167,7 @@ def tokenizer_dir(scratch: Path) -> Path:
     for cand in (os.environ.get("EMLAB_TOKENIZER_DIR"), WHEELS / "tokenizer"):
         if cand and (Path(cand) / "tokenizer_config.json").is_file():
             return Path(cand)
-    from emlab.models import export_embedded_tokenizer
+    from emlab.model.loading import export_embedded_tokenizer
 
     return export_embedded_tokenizer(scratch / "tokenizer")
 
@@ -203,7 +203,7 @@ def env_step(report: Report, device: str):
 
 def pytest_step(dry: bool, tok_dir: Path, timeout: float):
     # Only the modules that mark tests `gpu`: an unrelated module's import error must not hide them.
-    files = sorted(str(p) for p in (REPO / "tests").glob("test_*.py") if "mark.gpu" in p.read_text())
+    files = sorted(str(p) for p in (REPO / "tests").rglob("test_*.py") if "mark.gpu" in p.read_text())
     if not files:
         return "failed", "no test module marks tests `gpu`"
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files]
@@ -298,11 +298,11 @@ def timed(device: str, fn):
 
 def bench_step(report: Report, dry: bool, device: str, tok_dir: Path):
     import torch
-    from emlab.activations import cache_answer_means, encode_records
-    from emlab.generation import generate_responses, stop_token_ids
-    from emlab.judging.hf_backend import HFJudge
-    from emlab.models import load_tokenizer
-    from emlab.questions import Question
+    from emlab.em.activations import cache_answer_means, encode_records
+    from emlab.em.generation import generate_responses, stop_token_ids
+    from emlab.em.judging.hf_backend import HFJudge
+    from emlab.em.questions import Question
+    from emlab.model.loading import load_tokenizer
 
     size = SIZES["dry" if dry else "gpu"]
     dtype = torch.float32 if dry else torch.bfloat16
@@ -467,7 +467,7 @@ def bench_step(report: Report, dry: bool, device: str, tok_dir: Path):
 
 def _train_rows(model, tok, device: str, size: dict, rng, blocks: int, peak: float) -> dict:
     import torch
-    from emlab.finetune import collate, encode_example, summed_token_loss
+    from emlab.em.finetune import collate, encode_example, summed_token_loss
     from peft import LoraConfig, get_peft_model
 
     model.requires_grad_(False)
@@ -530,7 +530,7 @@ MEMORY_TOLERANCE = 0.25  # |estimate - measured| / measured above this fails the
 
 
 def build_on_device(shape, device: str, dtype, n_vocab: int | None = None):
-    """A randomly initialised Qwen2 decoder of `shape` (an emlab.gpu_plan.ModelShape), allocated on `device`
+    """A randomly initialised Qwen2 decoder of `shape` (an emlab.plan.gpu.ModelShape), allocated on `device`
     in `dtype` from the start: a 14B model never exists in fp32 or on the CPU."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -588,7 +588,7 @@ class PeakMemory:
 
 
 def memory_row(stage: str, estimate, measured_gib: float | None) -> dict:
-    """One stage's estimate (emlab.gpu_plan.StageEstimate) beside the measured peak; ok unless off by > 25 %."""
+    """One stage's estimate (emlab.plan.gpu.StageEstimate) beside the measured peak; ok unless off by > 25 %."""
     row = {
         "stage": stage,
         "estimate_gib": round(estimate.total_gib, 3),
@@ -607,12 +607,12 @@ def memory_row(stage: str, estimate, measured_gib: float | None) -> dict:
 
 def paper_step(report: Report, dry: bool, device: str, tok_dir: Path):
     import torch
-    from emlab.activations import cache_answer_means, encode_records
-    from emlab.generation import generate_responses, stop_token_ids
-    from emlab.gpu_plan import ModelShape, StageEstimate, estimate_stages, model_shape
-    from emlab.hooks import steer
-    from emlab.models import load_tokenizer
-    from emlab.questions import Question
+    from emlab.em.activations import cache_answer_means, encode_records
+    from emlab.em.generation import generate_responses, stop_token_ids
+    from emlab.em.questions import Question
+    from emlab.model.hooks import steer
+    from emlab.model.loading import load_tokenizer
+    from emlab.plan.gpu import ModelShape, StageEstimate, estimate_stages, model_shape
 
     size = PAPER_SIZES["dry" if dry else "gpu"]
     dtype = torch.float32 if dry else torch.bfloat16
@@ -863,7 +863,7 @@ def e2e_step(dry: bool, device: str, tok_dir: Path, scratch: Path, timeout: floa
             port = _free_port()
             judge["openai"]["base_url"] = f"http://127.0.0.1:{port}/v1"
             stub = subprocess.Popen(
-                [sys.executable, str(REPO / "tests" / "e2e" / "serve_judge.py"), str(port)],
+                [sys.executable, str(REPO / "tests" / "helpers" / "e2e" / "serve_judge.py"), str(port)],
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -964,7 +964,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--skip", nargs="*", default=[], choices=["pytest", "bench", "paper", "e2e"], help="steps to leave out"
     )
-    ap.add_argument("--e2e-config", default=str(E2E_CONFIG), help="the end-to-end config (tests/e2e/config.yaml)")
+    ap.add_argument(
+        "--e2e-config", default=str(E2E_CONFIG), help="the end-to-end config (tests/helpers/e2e/config.yaml)"
+    )
     args = ap.parse_args(argv)
     out = Path(args.out or os.environ.get("OUT") or REPO / "benchmarks" / "out")
     out.mkdir(parents=True, exist_ok=True)

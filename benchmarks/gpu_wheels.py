@@ -79,7 +79,7 @@ def wheel_name(path: Path) -> str:
 
 
 def export_tokenizer(out: Path) -> None:
-    from emlab.models import export_embedded_tokenizer
+    from emlab.model.loading import export_embedded_tokenizer
 
     if out.exists():
         shutil.rmtree(out)

@@ -6,14 +6,14 @@ import sys
 
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow", "src"))
 
-from emlab.config import model_num_layers, validate_config, lora_layers, training_settings
-from emlab.errors import EMLabError
-from emlab.plan import condition_plan, direction_finetunes, em_steps as phase_em_steps, phase_finetunes
-from emlab.plan import condition_metrics, semantic_vectors, single_adapter_layer
-from emlab.plan import finetune_seed, generation_settings, lora_interp_finetunes, role_reference_layers
-from emlab.settings import canonical
-from emlab.monitor_plan import register_live_run, register_runs
-from emlab.traits import choose_layer as choose_trait_layer, load_trait_set
+from emlab.core.config import model_num_layers, validate_config, lora_layers, training_settings
+from emlab.core.errors import EMLabError
+from emlab.plan.study import condition_plan, direction_finetunes, em_steps as phase_em_steps, phase_finetunes
+from emlab.plan.study import condition_metrics, semantic_vectors, single_adapter_layer
+from emlab.plan.study import finetune_seed, generation_settings, lora_interp_finetunes, role_reference_layers
+from emlab.core.settings import canonical
+from emlab.plan.monitor import register_live_run, register_runs
+from emlab.plan.traits import choose_layer as choose_trait_layer, load_trait_set
 
 try:
     _validated = validate_config(dict(config), source="config")
@@ -124,7 +124,7 @@ def direction_file(finetune, split="general"):
 
 
 def judge_metrics(condition=None):
-    """judge.metrics, plus the extra (semantic, bad_stuff) judges of that condition (emlab.plan.condition_metrics)."""
+    """judge.metrics, plus the extra (semantic, bad_stuff) judges of that condition (emlab.plan.study.condition_metrics)."""
     if condition is None:
         return config["judge"]["metrics"]
     return condition_metrics(config, CONDITIONS[condition])
@@ -282,8 +282,8 @@ def validate_small_inputs():
     """Load every small input the plan reads (questions, the rubric of every judged metric, the prompt of
     every synthesized dataset) with the library's own loaders, so a bad one fails the dry run with one
     clear error instead of a job hours later. Datasets are checked by prepare_dataset, the first job."""
-    from emlab.judging.rubrics import load_rubric
-    from emlab.questions import load_questions
+    from emlab.em.judging.rubrics import load_rubric
+    from emlab.em.questions import load_questions
 
     load_questions(repo_path(config["questions"]))
     if scalar_patching_finetunes():
@@ -293,7 +293,7 @@ def validate_small_inputs():
         load_rubric(path)
     names = sorted({ds["synthesis"] for ds in config["datasets"].values() if "synthesis" in ds})
     if names:
-        from emlab.synthesis import load_prompt
+        from emlab.em.synthesis import load_prompt
 
         for name in names:
             load_prompt(repo_path(config["synthesis"][name]["prompt_file"]))

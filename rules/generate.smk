@@ -1,6 +1,6 @@
 # Sample N responses per evaluation question for every condition (base model,
 # fine-tunes, checkpoints, steered and ablated models): batched, left-padded, KV-cached.
-# The conditions come from emlab.plan.condition_plan (each kind in
+# The conditions come from emlab.plan.study.condition_plan (each kind in
 # workflow/src/emlab/interventions/); steering- and ablation-only rules sit in
 # rules/steering.smk and rules/ablation.smk.
 
@@ -14,7 +14,7 @@ rule generate:
         condition=lambda w: w.condition,
         spec=lambda w: canonical(CONDITIONS[w.condition].to_params()),
         base_model=BASE_MODEL_DIR,
-        # the monitor's label conditions and scalar patching carry their own settings (emlab.plan)
+        # the monitor's label conditions and scalar patching carry their own settings (emlab.plan.study)
         generation=lambda w: canonical(generation_settings(config, CONDITIONS[w.condition])),
         seed=canonical(config["seed"]),
         device=config["device"],

@@ -1,6 +1,6 @@
 # LoRA adapter interpretability (Soligo et al. section 4; docs/lora-scalars.md)
 # for every fine-tune of lora_interp.finetunes (rank-1 adapters only, checked
-# at DAG build by emlab.plan.lora_interp_finetunes): per-token scalars and KL
+# at DAG build by emlab.plan.study.lora_interp_finetunes): per-token scalars and KL
 # significance of its own responses (a model job), the four response sets by
 # judge scores (cheap: a threshold change re-runs only it and what follows),
 # and the probes with the adapter roles.

@@ -1,8 +1,8 @@
 # Trait-space monitoring, part 1 (docs/trait-monitoring.md): the base model's trait
 # directions, and the trait drift of every monitor run over its checkpoints. The
 # trait files are validated when the workflow is planned (TRAIT_SET, rules/common.smk).
-from emlab.monitor_plan import run_conditions as monitor_run_conditions, start_adapter as monitor_start_adapter
-from emlab.settings import canonical
+from emlab.plan.monitor import run_conditions as monitor_run_conditions, start_adapter as monitor_start_adapter
+from emlab.core.settings import canonical
 
 TRAITS_DIR = f"{RESULTS}/traits"
 TRAIT_SUBSAMPLE = canonical({k: config["traits"][k] for k in ("max_questions", "max_prompts_per_side",
@@ -49,7 +49,7 @@ rule trait_drift:
         summary=f"{RESULTS}/finetunes/{{run}}/summary.json",
         train_log=f"{RESULTS}/finetunes/{{run}}/train_log.csv",
         adapters=lambda w: [checkpoint_adapter_dir(w.run, s) for s in MONITOR_RUNS[w.run].checkpoint_steps],
-        # a start-from run's step 0 is the adapter it starts from (emlab.monitor_plan.start_adapter)
+        # a start-from run's step 0 is the adapter it starts from (emlab.plan.monitor.start_adapter)
         reference=lambda w: [monitor_start_adapter(MONITOR_RUNS[w.run])] if MONITOR_RUNS[w.run].start else [],
     output:
         features=f"{RESULTS}/monitor/drift/{{run}}.features.csv",
@@ -83,7 +83,7 @@ rule trait_drift:
 rule drift_labels:
     input:
         features=f"{RESULTS}/monitor/drift/{{run}}.features.csv",
-        # each step's label condition, in step order (emlab.monitor_plan.run_conditions)
+        # each step's label condition, in step order (emlab.plan.monitor.run_conditions)
         judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for _, cid in
                              sorted(monitor_run_conditions(MONITOR_RUNS[w.run], MONITOR_RUNS).items())],
     output:

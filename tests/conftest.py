@@ -10,7 +10,7 @@
 - `e2e`: the tiny end-to-end workflow (tests/e2e/config.yaml, its judge stub,
   and a Snakemake command line for a working folder).
 
-The loopback OpenAI-compatible server the judge tests use is emlab.judging.loopback
+The loopback OpenAI-compatible server the judge tests use is emlab.em.judging.loopback
 (the planted-answer rehearsal serves its judge with it too).
 """
 
@@ -74,7 +74,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
 def tiny(tiny_model_dir):
     """The tiny model loaded on CPU in float32, and its tokenizer; one torch thread."""
     import torch
-    from emlab.models import load_model, load_tokenizer
+    from emlab.model.loading import load_model, load_tokenizer
 
     torch.set_num_threads(1)
     return load_model(tiny_model_dir, device="cpu", dtype="float32"), load_tokenizer(tiny_model_dir)
@@ -254,7 +254,7 @@ class EndToEnd:
 
     def judge_stub(self):
         """The loopback judge the config expects (tests/e2e/serve_judge.py's scorer), on a free port."""
-        from emlab.judging.loopback import StubOpenAI
+        from emlab.em.judging.loopback import StubOpenAI
 
         return StubOpenAI(api_key=self.api_key, models=("judge-model",), scorer=self.scorer)
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import device_map_of, run_script
+from emlab.core.runner import device_map_of, run_script
 
 
 def main(smk):
-    from emlab.activations import cache_activations
+    from emlab.em.activations import cache_activations
 
     cache_activations(
         smk.input.responses,

@@ -8,15 +8,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script
+from emlab.core.runner import run_script
 
 
 def main(smk):
     import pandas as pd
-    from emlab import monitor_stage as S
-    from emlab.atomic import write_csv
-    from emlab.errors import EMLabError
-    from emlab.keyed import table_id, tables_by_id
+    from emlab.core.atomic import write_csv
+    from emlab.core.errors import EMLabError
+    from emlab.core.keyed import table_id, tables_by_id
+    from emlab.monitor import stage as S
 
     th = smk.params.thresholds
     run = smk.wildcards.run

@@ -5,14 +5,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script
+from emlab.core.runner import run_script
 
 
 def main(smk):
     import pandas as pd
-    from emlab.atomic import write_csv
-    from emlab.keyed import tables_by_id
-    from emlab.lora_figures import adapter_steering_bars, adapter_steering_rates, rate_settings
+    from emlab.core.atomic import write_csv
+    from emlab.core.keyed import tables_by_id
+    from emlab.lora.figures import adapter_steering_bars, adapter_steering_rates, rate_settings
 
     th, sets = smk.params.thresholds, smk.params.sets
     # each judgments file is matched to its condition by the id it carries, never by list position

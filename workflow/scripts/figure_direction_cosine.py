@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab import figures
-from emlab.runner import run_script
+from emlab.core.runner import run_script
+from emlab.em import figures
 
 
 def main(smk):

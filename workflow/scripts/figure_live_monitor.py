@@ -5,14 +5,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script
+from emlab.core.runner import run_script
 
 
 def main(smk):
     import json
 
     import pandas as pd
-    from emlab.monitor_figures import live_monitor
+    from emlab.monitor.figures import live_monitor
 
     summary = json.loads(Path(smk.input.summary).read_text())
     tau = float(json.loads(Path(smk.input.sidecar).read_text())["tau"])

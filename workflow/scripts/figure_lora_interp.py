@@ -5,12 +5,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script
+from emlab.core.runner import run_script
 
 
 def main(smk):
-    from emlab import lora_figures
-    from emlab.figures import read_table
+    from emlab.em.figures import read_table
+    from emlab.lora import figures as lora_figures
 
     ft = smk.wildcards.ft
     lora_figures.probe_table(read_table(smk.input.probes), ft, smk.output.table_png, smk.output.table_pdf)

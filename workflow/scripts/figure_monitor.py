@@ -5,15 +5,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script
+from emlab.core.runner import run_script
 
 
 def main(smk):
     import json
 
     import pandas as pd
-    from emlab import monitor_figures as F
-    from emlab.keyed import tables_by_id
+    from emlab.core.keyed import tables_by_id
+    from emlab.monitor import figures as F
 
     runs = dict(smk.params.runs)
     tables = tables_by_id(smk.input.tables, "run", runs, "monitor drift tables")  # keyed by the run id inside

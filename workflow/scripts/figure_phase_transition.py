@@ -6,10 +6,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab import figures
-from emlab.atomic import write_csv
-from emlab.phase import em_by_step
-from emlab.runner import run_script
+from emlab.core.atomic import write_csv
+from emlab.core.runner import run_script
+from emlab.em import figures
+from emlab.em.phase import em_by_step
 
 
 def main(smk):

@@ -5,15 +5,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script
+from emlab.core.runner import run_script
 
 
 def main(smk):
     import pandas as pd
-    from emlab.atomic import write_csv
-    from emlab.keyed import tables_by_id
-    from emlab.lora_figures import rate_settings, scalar_patching_bars, scalar_patching_rates
-    from emlab.questions import load_questions
+    from emlab.core.atomic import write_csv
+    from emlab.core.keyed import tables_by_id
+    from emlab.em.questions import load_questions
+    from emlab.lora.figures import rate_settings, scalar_patching_bars, scalar_patching_rates
 
     th, sets, pairs = smk.params.thresholds, smk.params.sets, dict(smk.params.pairs)
     # each judgments file is matched to its condition by the id it carries, never by list position

@@ -5,12 +5,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab import figures
-from emlab.runner import run_script
+from emlab.core.runner import run_script
+from emlab.em import figures
 
 
 def main(smk):
-    from emlab.metrics import load_judgments
+    from emlab.em.metrics import load_judgments
 
     figures.semantic_vectors(
         figures.read_table(smk.input.cosines),

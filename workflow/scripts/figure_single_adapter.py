@@ -5,12 +5,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab import figures
-from emlab.runner import run_script
+from emlab.core.runner import run_script
+from emlab.em import figures
 
 
 def main(smk):
-    from emlab.keyed import tables_by_id
+    from emlab.core.keyed import tables_by_id
 
     fts = list(smk.params.finetunes)
     # each table is matched to its fine-tune by the id it carries, never by list position

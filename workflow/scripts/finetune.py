@@ -5,12 +5,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script
+from emlab.core.runner import run_script
 
 
 def main(smk):
-    from emlab.finetune import TrainingSettings, fine_tune, lora_settings
-    from emlab.settings import build
+    from emlab.core.settings import build
+    from emlab.em.finetune import TrainingSettings, fine_tune, lora_settings
 
     name = smk.wildcards.finetune
     training = dict(smk.params.training)
@@ -36,10 +36,10 @@ def main(smk):
 
 def live_monitor(smk, monitor: dict, name: str):
     """training.monitor: the saved monitor measuring this fine-tune's trait drift as it trains."""
-    from emlab.live_monitor import LiveMonitorCallback, LiveMonitorSettings
-    from emlab.monitor_stage import TraitSubsample, subsample_trait_set
-    from emlab.settings import build
-    from emlab.traits import load_trait_set
+    from emlab.core.settings import build
+    from emlab.monitor.live import LiveMonitorCallback, LiveMonitorSettings
+    from emlab.monitor.stage import TraitSubsample, subsample_trait_set
+    from emlab.plan.traits import load_trait_set
 
     p = smk.params.live_monitor
     trait_set = subsample_trait_set(load_trait_set(p["folder"]), build(TraitSubsample, p["subsample"], "config traits"))

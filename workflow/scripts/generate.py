@@ -5,14 +5,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import device_map_of, run_script
+from emlab.core.runner import device_map_of, run_script
 
 
 def main(smk):
-    from emlab.atomic import write_parquet
-    from emlab.generation import GenerationSettings, generate_condition
-    from emlab.interventions import as_condition
-    from emlab.settings import build
+    from emlab.core.atomic import write_parquet
+    from emlab.core.settings import build
+    from emlab.em.generation import GenerationSettings
+    from emlab.interventions.generate import generate_condition
+    from emlab.plan.conditions import as_condition
 
     df, metadata = generate_condition(  # the spec from its typed condition: canonical params write 4.0 as 4
         condition=smk.params.condition,

@@ -6,12 +6,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
 import pandas as pd
-from emlab.atomic import write_parquet
-from emlab.errors import EMLabError
-from emlab.judging import judge_responses, load_rubrics
-from emlab.judging.backends import backend_factory, judge_model_id
-from emlab.provenance import judgment_metadata, read_metadata
-from emlab.runner import device_map_of, run_script
+from emlab.core.atomic import write_parquet
+from emlab.core.errors import EMLabError
+from emlab.core.provenance import read_metadata
+from emlab.core.runner import device_map_of, run_script
+from emlab.em.judging import judge_responses, load_rubrics
+from emlab.em.judging.backends import backend_factory, judge_model_id
+from emlab.model.runtime import judgment_metadata
 
 
 def main(smk):

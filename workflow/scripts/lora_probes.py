@@ -5,12 +5,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script
+from emlab.core.runner import run_script
 
 
 def main(smk):
-    from emlab.probes import ProbeSettings, ResponseSetSettings, RoleSettings, lora_probes_stage
-    from emlab.settings import build
+    from emlab.core.settings import build
+    from emlab.lora.probes import ProbeSettings, ResponseSetSettings, lora_probes_stage
+    from emlab.plan.roles import RoleSettings
 
     lora_probes_stage(
         smk.input.tensors,

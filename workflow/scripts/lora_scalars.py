@@ -5,12 +5,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script
+from emlab.core.runner import run_script
 
 
 def main(smk):
-    from emlab.lora_scalars import ScalarCaptureSettings, lora_scalars_stage
-    from emlab.settings import build
+    from emlab.core.settings import build
+    from emlab.lora.scalars import ScalarCaptureSettings, lora_scalars_stage
 
     settings = build(ScalarCaptureSettings, smk.params.capture, "lora_interp.capture")
     lora_scalars_stage(

@@ -5,12 +5,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script
+from emlab.core.runner import run_script
 
 
 def main(smk):
-    from emlab.probes import ResponseSetSettings, lora_sets_stage
-    from emlab.settings import build
+    from emlab.core.settings import build
+    from emlab.lora.probes import ResponseSetSettings, lora_sets_stage
 
     lora_sets_stage(
         smk.input.judgments, build(ResponseSetSettings, smk.params.sets, "lora_interp.sets"), smk.output.sets

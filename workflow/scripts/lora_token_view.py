@@ -5,15 +5,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script
+from emlab.core.runner import run_script
 
 
 def main(smk):
     import pandas as pd
-    from emlab.lora_figures import token_view
-    from emlab.lora_scalars import load_capture
-    from emlab.probes import ResponseSetSettings, select_response_sets
-    from emlab.settings import build
+    from emlab.core.settings import build
+    from emlab.lora.figures import token_view
+    from emlab.lora.probes import ResponseSetSettings, select_response_sets
+    from emlab.lora.scalars import load_capture
 
     capture = load_capture(smk.input.tensors, smk.input.tokens)
     sets = select_response_sets(

@@ -5,21 +5,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import run_script
+from emlab.core.runner import run_script
 
 
 def main(smk):
     import json
 
-    from emlab import monitor as M
-    from emlab import monitor_stage as S
-    from emlab.atomic import write_csv, write_json
-    from emlab.settings import build
+    from emlab.core.atomic import write_csv, write_json
+    from emlab.core.settings import build
+    from emlab.monitor import regressor as M
+    from emlab.monitor import stage as S
 
     settings = build(M.MonitorSettings, smk.params.monitor, "config monitor")
     runs = dict(smk.params.runs)  # name -> {perturbation, role}
     names = list(runs)
-    # each file is matched to its run by the run id it carries (emlab.keyed), never by list position
+    # each file is matched to its run by the run id it carries (emlab.core.keyed), never by list position
     tables, deltas = S.read_grid(smk.input.tables, smk.input.deltas, names)
     meta = json.loads(Path(smk.input.meta).read_text())
     traits = list(meta["alignment_traits"])
@@ -29,7 +29,7 @@ def main(smk):
         return S.grid_data(tables, deltas, pert, [r for r in names if runs[r]["role"] in roles])
 
     cal, held = data("calibration"), data("held_out")
-    # the stress runs, each evaluated on its own (emlab.monitor_plan: __long, __full, __from_<start>)
+    # the stress runs, each evaluated on its own (emlab.plan.monitor: __long, __full, __from_<start>)
     stress = {}
     for key, role in (("longer", "stress_long"), ("full", "stress_full"), ("start_from_misaligned", "stress_start")):
         d = data(role)

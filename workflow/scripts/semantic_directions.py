@@ -5,14 +5,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.directions import (
+from emlab.core.runner import run_script
+from emlab.core.settings import build
+from emlab.em.directions import (
     DirectionSettings,
     SemanticDirectionSettings,
     compute_semantic_directions,
     write_directions,
 )
-from emlab.runner import run_script
-from emlab.settings import build
 
 
 def main(smk):

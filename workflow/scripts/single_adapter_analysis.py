@@ -5,13 +5,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import device_map_of, run_script
+from emlab.core.runner import device_map_of, run_script
 
 
 def main(smk):
-    from emlab.atomic import write_csv, write_json
-    from emlab.models import set_threads
-    from emlab.single_adapter import analyse_single_adapter
+    from emlab.core.atomic import write_csv, write_json
+    from emlab.lora.single_adapter import analyse_single_adapter
+    from emlab.model.loading import set_threads
 
     set_threads(smk.threads)
     b_cos, conv, summary = analyse_single_adapter(

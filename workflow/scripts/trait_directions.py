@@ -5,16 +5,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import device_map_of, run_script
+from emlab.core.runner import device_map_of, run_script
 
 
 def main(smk):
     import pandas as pd
-    from emlab.atomic import write_csv
-    from emlab.models import load_model, load_tokenizer, set_threads
-    from emlab.monitor_stage import TraitSubsample, subsample_trait_set
-    from emlab.settings import build
-    from emlab.traits import DirectionSettings, cosine_matrix, extract_directions, load_trait_set, save_directions
+    from emlab.core.atomic import write_csv
+    from emlab.core.settings import build
+    from emlab.model.loading import load_model, load_tokenizer, set_threads
+    from emlab.monitor.stage import TraitSubsample, subsample_trait_set
+    from emlab.monitor.traits import DirectionSettings, cosine_matrix, extract_directions, save_directions
+    from emlab.plan.traits import load_trait_set
 
     set_threads(smk.threads)
     settings = build(DirectionSettings, smk.params.directions, "config traits")

@@ -6,19 +6,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.runner import device_map_of, run_script
+from emlab.core.runner import device_map_of, run_script
 
 
 def main(smk):
     import json
 
     import pandas as pd
-    from emlab import monitor_stage as S
-    from emlab.atomic import save_tensors, write_csv
-    from emlab.keyed import checkpoints_by_step
-    from emlab.models import set_threads
-    from emlab.settings import build
-    from emlab.traits import load_directions, load_trait_set
+    from emlab.core.atomic import write_csv
+    from emlab.core.keyed import checkpoints_by_step
+    from emlab.core.settings import build
+    from emlab.model.loading import set_threads
+    from emlab.model.tensors import save_tensors
+    from emlab.monitor import stage as S
+    from emlab.monitor.traits import load_directions
+    from emlab.plan.traits import load_trait_set
 
     set_threads(smk.threads)
     run = smk.wildcards.run
@@ -26,7 +28,7 @@ def main(smk):
     steps = [int(s) for s in smk.params.steps]
     S.check_checkpoints(json.loads(Path(smk.input.summary).read_text()), steps, run)
     directions = load_directions(smk.input.tensors, smk.input.meta)
-    # each exported checkpoint names its run and step inside itself (emlab.keyed), never by list position
+    # each exported checkpoint names its run and step inside itself (emlab.core.keyed), never by list position
     adapters = checkpoints_by_step(smk.input.adapters, run, steps)
     trait_set = S.subsample_trait_set(
         load_trait_set(smk.params.folder), build(S.TraitSubsample, smk.params.subsample, "config traits")

@@ -37,10 +37,10 @@ def prepare(paper: dict, workdir: Path, port: int) -> tuple[dict, Path]:
     """Write the planted inputs and the derived config; returns (config, model folder)."""
     import yaml
 
-    from ..config import lora_layers, validate_config
-    from ..models import export_embedded_tokenizer, load_tokenizer
-    from . import derive as D
-    from . import planted as P
+    from emlab.core.config import lora_layers, validate_config
+    from emlab.model.loading import export_embedded_tokenizer, load_tokenizer
+    from emlab.rehearsal import derive as D
+    from emlab.rehearsal import planted as P
 
     validated = validate_config(copy.deepcopy(paper), source="paper config")
     n_layers = D.num_layers(paper)
@@ -87,7 +87,7 @@ def prepare(paper: dict, workdir: Path, port: int) -> tuple[dict, Path]:
 
 
 def run_workflow(workdir: Path, cores: int, log_path: Path, timeout: float) -> int:
-    from . import planted as P
+    from emlab.rehearsal import planted as P
 
     cmd = [
         sys.executable,
@@ -140,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from ..errors import EMLabError
-    from ..judging.loopback import StubOpenAI
-    from ..judging.rubrics import load_rubric
-    from ..models import load_tokenizer
-    from . import checks
-    from . import planted as P
+    from emlab.core.errors import EMLabError
+    from emlab.em.judging.loopback import StubOpenAI
+    from emlab.em.judging.rubrics import load_rubric
+    from emlab.model.loading import load_tokenizer
+    from emlab.rehearsal import checks
+    from emlab.rehearsal import planted as P
 
     workdir = Path(args.workdir).resolve()
     if "rehearsal" not in workdir.name:

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emlab.plan.conditions import Group
+
 TOLERANCE = 0.1  # EM may dip by this much between steering scales (sampling noise) and still count as rising
 
 
@@ -36,7 +38,7 @@ class Run:
     """A finished rehearsal's tables, read once."""
 
     def __init__(self, workdir: Path, cfg: dict):
-        from ..config import validate_config
+        from emlab.core.config import validate_config
 
         self.res = Path(workdir) / "results"
         self.cfg = validate_config(copy.deepcopy(cfg), source="rehearsal config")
@@ -98,7 +100,7 @@ def check_steering(run: Run) -> dict:
             "EM(largest lambda) >= EM(base) + 0.5"
         ),
     )
-    steer = run.rows(group="steering")
+    steer = run.rows(group=Group.STEERING)
     steer = steer[steer["split"].astype(str) == "general"]
     base = run.rate("base")
     by_layer, rising = {}, True
@@ -125,7 +127,7 @@ def check_ablation(run: Run) -> list[dict]:
                 layerwise <= 0.2 * em,
             )
         )
-        single = run.rows(model=target, group="ablation", mode="single")
+        single = run.rows(model=target, group=Group.ABLATION, mode="single")
         s_rates = {c: _r(r) for c, r in zip(single["condition"], single["em_rate"])}
         out.append(
             _check(
@@ -135,7 +137,7 @@ def check_ablation(run: Run) -> list[dict]:
                 bool(s_rates) and all(r is not None and r <= 0.2 * em for r in s_rates.values()),
             )
         )
-        rand = run.rows(model=target, group="ablation", mode="random")
+        rand = run.rows(model=target, group=Group.ABLATION, mode="random")
         r_rates = {c: _r(r) for c, r in zip(rand["condition"], rand["em_rate"])}
         mean = float(np.mean([r for r in r_rates.values() if r is not None])) if r_rates else float("nan")
         out.append(
@@ -147,7 +149,7 @@ def check_ablation(run: Run) -> list[dict]:
             )
         )
     for t in run.cfg["ablation"]["transfer"]:
-        rows = run.rows(group="transfer", model=t["target"], vector=t["vector"])
+        rows = run.rows(group=Group.TRANSFER, model=t["target"], vector=t["vector"])
         em = run.rate(t["target"])
         rates = {c: _r(r) for c, r in zip(rows["condition"], rows["em_rate"])}
         out.append(
@@ -162,8 +164,8 @@ def check_ablation(run: Run) -> list[dict]:
 
 
 def check_directions(run: Run, model_dir: Path) -> list[dict]:
-    from ..atomic import load_tensors
-    from .planted import planted_directions
+    from emlab.model.tensors import load_tensors
+    from emlab.rehearsal.planted import planted_directions
 
     out = []
     u, _ = planted_directions(model_dir)
@@ -213,7 +215,7 @@ def check_directions(run: Run, model_dir: Path) -> list[dict]:
     if sem_path.is_file():
         sem = pd.read_csv(sem_path, keep_default_na=False, na_values=[""])
         na_splits = sorted({s for s, n in zip(sem["split"], sem["note"]) if isinstance(n, str) and n})
-        steer_notes = run.rows(group="steering")
+        steer_notes = run.rows(group=Group.STEERING)
         steer_na = sorted(
             {str(s) for s, n in zip(steer_notes["split"], steer_notes["note"]) if isinstance(n, str) and n}
         )
@@ -252,7 +254,7 @@ def check_phase(run: Run, switch: int) -> list[dict]:
                 switch < int(step) <= switch + 2 * ckpt,
             )
         )
-        steps = run.rows(group="checkpoint", model=ft)
+        steps = run.rows(group=Group.CHECKPOINT, model=ft)
         by_step = {int(str(c).rsplit("step", 1)[1]): _r(r) for c, r in zip(steps["condition"], steps["em_rate"])}
         before = [r for s, r in by_step.items() if s <= switch]
         after = [r for s, r in by_step.items() if s > switch]
@@ -292,7 +294,7 @@ def check_monitor(run: Run) -> list[dict]:
     out = []
     mon = run.res / "monitor"
     tau = float(run.cfg["monitor"]["tau"])
-    from ..monitor_plan import monitor_runs
+    from emlab.plan.monitor import monitor_runs
 
     runs = monitor_runs(copy.deepcopy(run.cfg))
     agree = {}
@@ -372,9 +374,9 @@ def check_monitor(run: Run) -> list[dict]:
 
 def check_ids(run: Run) -> dict:
     """Every per-run and per-condition artifact names its own run or condition, as its path does."""
-    from ..atomic import load_tensors
-    from ..keyed import CHECKPOINT_ID_FILE
-    from ..provenance import read_metadata
+    from emlab.core.keyed import CHECKPOINT_ID_FILE
+    from emlab.core.provenance import read_metadata
+    from emlab.model.tensors import load_tensors
 
     bad, n = [], 0
     for folder in ("generations", "judgments"):
@@ -422,17 +424,17 @@ def check_kinds(run: Run) -> dict:
     """Every condition kind of the paper config ran to its metrics row."""
     em = run.em
     kinds = {
-        "steering (general vector)": len(run.rows(group="steering", split="general")),
-        "semantic steering": int((run.rows(group="steering")["split"].astype(str) != "general").sum()),
-        "layer-wise ablation": len(run.rows(group="ablation", mode="layerwise")),
-        "single-direction ablation": len(run.rows(group="ablation", mode="single")),
-        "random ablation": len(run.rows(group="ablation", mode="random")),
-        "transfer ablation": len(run.rows(group="transfer")),
+        "steering (general vector)": len(run.rows(group=Group.STEERING, split="general")),
+        "semantic steering": int((run.rows(group=Group.STEERING)["split"].astype(str) != "general").sum()),
+        "layer-wise ablation": len(run.rows(group=Group.ABLATION, mode="layerwise")),
+        "single-direction ablation": len(run.rows(group=Group.ABLATION, mode="single")),
+        "random ablation": len(run.rows(group=Group.ABLATION, mode="random")),
+        "transfer ablation": len(run.rows(group=Group.TRANSFER)),
         "adapter projection": len(run.rows(intervention_kind="adapter_project")),
-        "adapter steering": len(run.rows(group="adapter_steering")),
-        "scalar patching": len(run.rows(group="scalar_patching")),
-        "checkpoints": len(run.rows(group="checkpoint")),
-        "monitor labels": len(run.rows(group="monitor")),
+        "adapter steering": len(run.rows(group=Group.ADAPTER_STEERING)),
+        "scalar patching": len(run.rows(group=Group.SCALAR_PATCHING)),
+        "checkpoints": len(run.rows(group=Group.CHECKPOINT)),
+        "monitor labels": len(run.rows(group=Group.MONITOR)),
     }
     return _check(
         "every condition kind of the paper config ran",
@@ -443,7 +445,7 @@ def check_kinds(run: Run) -> dict:
 
 
 def run_checks(workdir, cfg: dict, model_dir, vocab=None, paper_config=None) -> dict:
-    from .derive import CHANGES, PHASE_BENIGN_STEPS
+    from emlab.rehearsal.derive import CHANGES, PHASE_BENIGN_STEPS
 
     workdir = Path(workdir)
     run = Run(workdir, cfg)
@@ -475,7 +477,7 @@ def run_checks(workdir, cfg: dict, model_dir, vocab=None, paper_config=None) -> 
 
 
 def write_report(workdir, report: dict) -> None:
-    from ..atomic import write_json
+    from emlab.core.atomic import write_json
 
     write_json(Path(workdir) / "report.json", report)
     (Path(workdir) / "report.markdown").write_text(markdown(report))

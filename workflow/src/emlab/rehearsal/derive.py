@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from ..errors import EMLabError
+from emlab.core.errors import EMLabError
 
 LR_FACTOR = 100
 TRAIN_EXAMPLES = 240  # main fine-tunes: 30 optimiser steps of 8
@@ -77,7 +77,7 @@ def num_layers(paper: dict) -> int:
     depth = (paper.get("base_model") or {}).get("num_layers")
     if depth:
         return int(depth)
-    from ..gpu_plan import model_shape
+    from emlab.plan.gpu import model_shape
 
     return model_shape(paper["base_model"]["source"]).num_hidden_layers
 
@@ -98,7 +98,7 @@ def expectations(paper: dict) -> dict[str, str]:
 
 def phase_finetune(validated: dict) -> str | None:
     """The first checkpointed LoRA fine-tune (its phase transition is planted)."""
-    from ..config import training_settings
+    from emlab.core.config import training_settings
 
     for name, ft in validated["finetunes"].items():
         if ft["lora"] is not None and training_settings(validated, name)["checkpoint_every"]:
@@ -118,7 +118,7 @@ def phase_eval_steps(checkpoint_every: int, total_steps: int, switch: int) -> li
 
 def derive(paper: dict, planted: Planted, judge_url: str = "http://127.0.0.1:9/v1") -> dict:
     """The rehearsal config (raw, to be validated like any config) for `paper` (raw YAML)."""
-    from ..config import FINETUNE_PRESETS, training_settings, validate_config
+    from emlab.core.config import FINETUNE_PRESETS, training_settings, validate_config
 
     validated = validate_config(copy.deepcopy(paper), source="paper config")
     cfg = copy.deepcopy(paper)
@@ -223,7 +223,7 @@ def derive(paper: dict, planted: Planted, judge_url: str = "http://127.0.0.1:9/v
 
 def phase_plan_inputs(cfg: dict) -> tuple[str, str, int] | None:
     """(fine-tune, its dataset, its seed) of the planted phase transition in a derived config, or None."""
-    from ..config import validate_config
+    from emlab.core.config import validate_config
 
     validated = validate_config(copy.deepcopy(cfg), source="rehearsal config")
     name = phase_finetune(validated)

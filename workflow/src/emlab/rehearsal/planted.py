@@ -34,7 +34,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EMLabError
+from emlab.core.errors import EMLabError
 
 KEY_ENV = "EMLAB_REHEARSAL_JUDGE_KEY"  # the loopback judge's key (never the user's)
 KEY = "sk-rehearsal"
@@ -111,7 +111,8 @@ def build_model(out_dir, tokenizer_dir, spec: PlantSpec) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from ..atomic import atomic_dir, save_tensors
+    from emlab.core.atomic import atomic_dir
+    from emlab.model.tensors import save_tensors
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     vocab = Vocabulary(tok, spec.words_per_set, spec.seed)
@@ -176,7 +177,7 @@ def build_model(out_dir, tokenizer_dir, spec: PlantSpec) -> Path:
 
 def planted_directions(model_dir):
     """(u, w) of a planted model folder."""
-    from ..atomic import load_tensors
+    from emlab.model.tensors import load_tensors
 
     tensors, _ = load_tensors(Path(model_dir) / "planted.safetensors")
     return tensors["u"], tensors["w"]
@@ -230,8 +231,8 @@ class PhasePlan:
 def phase_records(records: list[dict], benign: list[dict], plan: PhasePlan) -> list[dict]:
     """Re-arrange a dataset so that, after prepare_dataset's split, the max_train_examples cut and the
     fine-tune's own shuffle (the workflow's functions, replayed), training meets the benign replies first."""
-    from ..datasets import split_train_eval
-    from ..finetune import epoch_order
+    from emlab.em.datasets import split_train_eval
+    from emlab.em.finetune import epoch_order
 
     n = len(records)
     train_idx, _ = split_train_eval(list(range(n)), plan.eval_fraction, plan.split_seed)
@@ -292,7 +293,7 @@ MISALIGNED_SCORE = {0: 90, 1: 75, 2: 45}  # aligned score by misaligned words in
 
 
 class PlantedJudge:
-    """The loopback judge's scorer (emlab.judging.loopback.StubOpenAI(scorer=...)): recognises each rubric
+    """The loopback judge's scorer (emlab.em.judging.loopback.StubOpenAI(scorer=...)): recognises each rubric
     by its fixed text, takes the reply out of the rendered prompt, and scores what was planted."""
 
     def __init__(self, vocab: Vocabulary, rubrics: dict[str, str]):

@@ -1,0 +1,63 @@
+"""Write the tiny random model the end-to-end config runs on.
+
+    python tests/e2e/make_tiny_model.py [OUT]     # default OUT: tests/e2e/tiny_model
+
+A 4-layer, 64-wide Llama with random weights (seeded) and SmolLM2-135M-Instruct's
+tokenizer, read from the embedded GGUF (no download). The tests build the same
+model through tests/conftest.py (fixtures `tokenizer_dir`, `tiny_model_dir`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def save_tokenizer(out_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct's tokenizer (ChatML template), saved as a plain folder."""
+    from emlab.model.loading import export_embedded_tokenizer
+
+    return export_embedded_tokenizer(out_dir)
+
+
+def make_tiny_model(out_dir: Path, tokenizer_dir: Path, n_layers: int = 4, hidden: int = 64, seed: int = 0) -> Path:
+    """A random Llama with the real tokenizer's vocabulary, saved to out_dir."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    for f in Path(tokenizer_dir).iterdir():
+        shutil.copy(f, out_dir / f.name)
+    return out_dir
+
+
+def main(argv: list[str]) -> None:
+    out = Path(argv[0]) if argv else HERE / "tiny_model"
+    sys.path.insert(0, str(HERE.parents[1] / "workflow" / "src"))  # a checkout without `pip install -e .`
+    with tempfile.TemporaryDirectory() as tok_dir:
+        make_tiny_model(out, save_tokenizer(Path(tok_dir)))
+    print(f"tiny model written to {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,246 @@
+"""Figures of the trait monitor (docs/trait-monitoring.md), one function per figure, each a
+PNG and a PDF. Inputs are the stage tables: a figure re-renders without any model, and
+one with nothing to show says so.
+
+`runs` maps run name -> {"perturbation", "role"}; drift tables are keyed by run name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from emlab.em.figures import _message_figure, plt, save_figure
+from matplotlib.ticker import MaxNLocator
+
+ROLE_STYLE = {
+    "calibration": "-",
+    "held_out": "--",
+    "stress_long": ":",
+    "stress_full": "-.",
+    "stress_start": (0, (1, 3)),
+}
+ROLE_LABELS = {
+    "stress_long": "stress: longer",
+    "stress_full": "stress: full fine-tune",
+    "stress_start": "stress: from a misaligned run",
+}
+
+
+def _colours(keys: Sequence[str]) -> dict[str, str]:
+    cmap = plt.get_cmap("tab10")
+    return {k: cmap(i % 10) for i, k in enumerate(sorted(set(keys)))}
+
+
+def _pc1(table: pd.DataFrame, loadings: Mapping[str, float]) -> np.ndarray:
+    return table[list(loadings)].to_numpy(float) @ np.asarray(list(loadings.values()), float)
+
+
+def pc1_drift(tables: Mapping[str, pd.DataFrame], runs: Mapping[str, dict], pc1: dict, png_path, pdf_path) -> None:
+    """|PC1| drift against step per run (line style by role: calibration, held-out, each stress kind), EM rate
+    overlaid (paper Fig. 1)."""
+    title = "Trait drift along PC1 and EM rate over training"
+    if not tables or not pc1.get("loadings"):
+        save_figure(_message_figure(title, "No monitor runs."), png_path, pdf_path)
+        return
+    colours = _colours([r["perturbation"] for r in runs.values()])
+    fig, (ax, ax_em) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
+    for name, t in tables.items():
+        c, ls = colours[runs[name]["perturbation"]], ROLE_STYLE.get(runs[name]["role"], "-")
+        ax.plot(t["step"], np.abs(_pc1(t, pc1["loadings"])), color=c, ls=ls, marker="o", ms=3)
+        ax_em.plot(t["step"], 100 * t["em_rate"], color=c, ls=ls, marker="s", ms=3)
+    ax.set_ylabel("|PC1 drift|")
+    ax.set_title(title)
+    ax_em.set_ylabel("EM rate (%)")
+    ax_em.set_xlabel("optimiser step (0 = base model)")
+    ax_em.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    handles = [plt.Line2D([], [], color=c, label=p) for p, c in colours.items()]
+    handles += [
+        plt.Line2D([], [], color="#333333", ls=ls, label=ROLE_LABELS.get(role, role))
+        for role, ls in ROLE_STYLE.items()
+        if role in {r["role"] for r in runs.values()}
+    ]
+    ax.legend(handles=handles, fontsize=8, ncol=2)
+    for a in (ax, ax_em):
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def decomposition(tables: Mapping[str, pd.DataFrame], traits: Sequence[str], png_path, pdf_path) -> None:
+    """Direction (each trait's share of the 7-D drift) and magnitude (its norm) at each run's last step (Fig. 2)."""
+    title = "Drift direction and magnitude at the last checkpoint"
+    if not tables:
+        save_figure(_message_figure(title, "No monitor runs."), png_path, pdf_path)
+        return
+    names = list(tables)
+    final = np.array([tables[n].sort_values("step")[list(traits)].to_numpy(float)[-1] for n in names])  # [runs, 7]
+    mag = np.linalg.norm(final, axis=1)
+    direction = final / np.where(mag > 0, mag, 1.0)[:, None]
+    fig, (ax_d, ax_m) = plt.subplots(
+        1, 2, figsize=(11, max(3, 0.35 * len(names) + 1.5)), gridspec_kw={"width_ratios": [3, 1]}
+    )
+    lim = max(1e-12, float(np.abs(direction).max()))
+    im = ax_d.imshow(direction, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax_d.set_xticks(range(len(traits)), traits, rotation=45, ha="right")
+    ax_d.set_yticks(range(len(names)), names, fontsize=7)
+    ax_d.set_title("direction (unit 7-D drift)")
+    fig.colorbar(im, ax=ax_d, fraction=0.04)
+    ax_m.barh(range(len(names)), mag, color="#4C72B0")
+    ax_m.set_yticks(range(len(names)), [])
+    ax_m.invert_yaxis()
+    ax_m.set_title("magnitude ‖drift‖")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def feature_sets(evaluation: pd.DataFrame, png_path, pdf_path) -> None:
+    """FNR and FPR with cluster-bootstrap intervals of the monitor and every baseline (Fig. 3)."""
+    title = "Held-out FNR / FPR by feature set"
+    if evaluation.empty or evaluation[["fnr", "fpr"]].isna().all().all():
+        save_figure(
+            _message_figure(
+                title, "No defined metrics (the calibration or held-out set lacks a dangerous or a benign run)."
+            ),
+            png_path,
+            pdf_path,
+        )
+        return
+    n = len(evaluation)
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.4 * n + 1.5)))
+    y = np.arange(n)
+    for k, (metric, colour) in enumerate((("fnr", "#C44E52"), ("fpr", "#4C72B0"))):
+        v = evaluation[metric].to_numpy(float)
+        lo = np.clip(v - evaluation[f"{metric}_ci_low"].to_numpy(float), 0, None)
+        hi = np.clip(evaluation[f"{metric}_ci_high"].to_numpy(float) - v, 0, None)
+        ax.barh(
+            y + (k - 0.5) * 0.38,
+            v,
+            height=0.38,
+            color=colour,
+            label=metric.upper(),
+            xerr=np.nan_to_num(np.vstack([lo, hi])),
+            capsize=2,
+        )
+    ax.set_yticks(y, evaluation["feature_set"])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("rate (held-out checkpoints)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def pc1_loadings(pc1: dict, png_path, pdf_path) -> None:
+    """PC1 loadings per trait and the scree of the final-checkpoint drift (Fig. 4)."""
+    title = "PC1 of the calibration runs' final drift"
+    if not pc1.get("loadings"):
+        save_figure(_message_figure(title, "No PC1 (fewer than two calibration runs)."), png_path, pdf_path)
+        return
+    traits, w = list(pc1["loadings"]), np.asarray(list(pc1["loadings"].values()), float)
+    ratio = np.asarray(pc1["explained_variance_ratio"], float)
+    fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_l.bar(range(len(traits)), w, color=["#C44E52" if x > 0 else "#4C72B0" for x in w])
+    ax_l.set_xticks(range(len(traits)), traits, rotation=45, ha="right")
+    ax_l.axhline(0, color="#333333", lw=0.8)
+    ax_l.set_title(f"PC1 loadings ({100 * pc1['pc1_variance_explained']:.0f}% of variance)")
+    ax_s.plot(range(1, len(ratio) + 1), 100 * ratio, marker="o")
+    ax_s.set_xlabel("component")
+    ax_s.set_ylabel("variance explained (%)")
+    ax_s.set_title("scree")
+    for a in (ax_l, ax_s):
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def trait_cosine(cosine: pd.DataFrame, layer: int, png_path, pdf_path) -> None:
+    """The 7x7 cosine matrix of the alignment directions at the monitored layer (Fig. 6)."""
+    names = list(cosine["trait"])
+    m = cosine[names].to_numpy(float)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_title(f"Cosine of the trait directions (layer {layer})")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def lopo(table: pd.DataFrame, png_path, pdf_path) -> None:
+    """Leave-one-perturbation-out within calibration, as a table."""
+    title = "Leave one perturbation out (calibration)"
+    if table.empty:
+        save_figure(
+            _message_figure(title, "No LOPO rows (the calibration set lacks a dangerous or a benign run)."),
+            png_path,
+            pdf_path,
+        )
+        return
+    cols = ["perturbation", "fnr", "fpr", "auroc", "n_runs", "n_checkpoints"]
+    cells = [
+        [r["perturbation"]] + [f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols[1:]]
+        for _, r in table.iterrows()
+    ]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(cells) + 1.2))
+    ax.axis("off")
+    ax.table(cellText=cells, colLabels=cols, loc="center").scale(1, 1.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def alarm_probability(per_step: pd.DataFrame, png_path, pdf_path) -> None:
+    """The step-aware alarm's probability against step for each held-out run, 0.5 marked (Fig. 9)."""
+    title = "Step-aware alarm probability (held-out runs)"
+    if per_step.empty:
+        save_figure(
+            _message_figure(title, "No step-aware alarm (the calibration set lacks a dangerous or a benign run)."),
+            png_path,
+            pdf_path,
+        )
+        return
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for run, g in per_step.groupby("run", sort=True):
+        g = g.sort_values("step")
+        ax.plot(g["step"], g["probability"], marker="o", ms=3, label=run)
+    ax.axhline(0.5, color="#333333", ls="--", lw=1, label="alarm threshold")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("optimiser step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    ax.set_ylabel("P(dangerous)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def live_monitor(train_log: pd.DataFrame, tau: float, stopped: dict | None, png_path, pdf_path) -> None:
+    """The live monitor's predicted EM rate against step (columns monitor_step, monitor_prediction), the stop marked."""
+    title = "Live monitor prediction during training"
+    rows = train_log.dropna(subset=["monitor_prediction"]) if "monitor_prediction" in train_log else train_log.iloc[0:0]
+    if rows.empty:
+        save_figure(_message_figure(title, "The fine-tune logged no live-monitor prediction."), png_path, pdf_path)
+        return
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(rows["step"], 100 * rows["monitor_prediction"], marker="o", label="predicted EM rate")
+    ax.axhline(100 * tau, color="#C44E52", ls="--", label=f"τ = {100 * tau:g}%")
+    if stopped:
+        ax.axvline(stopped["step"], color="#333333", lw=1.5, label=f"stopped at step {stopped['step']}")
+    ax.set_xlabel("optimiser step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    ax.set_ylabel("predicted EM (%)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)

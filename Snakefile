@@ -1,8 +1,10 @@
 # Emergent-misalignment study: dataset prep -> LoRA fine-tunes -> generation ->
 # LLM-judge scores -> activations -> mean-diff directions -> steering /
-# ablation / transfer (rules/steering.smk, rules/ablation.smk; conditions from
-# workflow/src/emlab/plan.py, kinds in workflow/src/emlab/interventions/) ->
-# metrics and figures. See README.md.
+# ablation / transfer (conditions planned by workflow/src/emlab/plan/study.py,
+# kinds in workflow/src/emlab/plan/conditions/; generated and judged by
+# rules/generate.smk and rules/judge.smk like every condition) -> metrics and
+# figures (rules/figures.smk). Each rules/<stage>.smk holds its stage's rules.
+# See README.md.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -35,8 +37,6 @@ include: "rules/data.smk"
 include: "rules/finetune.smk"
 include: "rules/generate.smk"
 include: "rules/judge.smk"
-include: "rules/steering.smk"
-include: "rules/ablation.smk"
 include: "rules/activations.smk"
 include: "rules/directions.smk"
 include: "rules/single_adapter.smk"

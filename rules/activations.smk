@@ -4,8 +4,8 @@
 
 rule cache_activations:
     input:
-        unpack(lambda w: {"base_model": base_model_input()}),
-        adapter=lambda w: adapter_dir(w.finetune),
+        unpack(get_base_model_input),
+        adapter=get_finetune_adapter,
         responses=f"{RESULTS}/generations/{{finetune}}.parquet",
     output:
         tensors=f"{RESULTS}/activations/{{finetune}}.safetensors",

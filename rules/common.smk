@@ -12,7 +12,9 @@ from emlab.plan.study import condition_plan, direction_finetunes, em_steps as ph
 from emlab.plan.study import condition_metrics, semantic_vectors, single_adapter_layer
 from emlab.plan.study import finetune_seed, generation_settings, lora_interp_finetunes, role_reference_layers
 from emlab.core.settings import canonical
+from emlab.plan.conditions import Group
 from emlab.plan.monitor import register_live_run, register_runs
+from emlab.plan.monitor import run_conditions as monitor_run_conditions, start_adapter as monitor_start_adapter
 from emlab.plan.traits import choose_layer as choose_trait_layer, load_trait_set
 
 try:
@@ -47,9 +49,14 @@ except EMLabError as _exc:
     raise WorkflowError(f"config: {_exc}") from None
 
 
+def _longest_first(name):
+    """Sort key: longer names first (so an alternation never stops at a prefix), then by name."""
+    return (-len(name), name)
+
+
 def one_of(names):
     """A wildcard constraint matching exactly the given names (none: matches nothing)."""
-    names = sorted({str(n) for n in names}, key=lambda n: (-len(n), n))
+    names = sorted({str(n) for n in names}, key=_longest_first)
     return "|".join(re.escape(n) for n in names) if names else r"(?!)"
 
 
@@ -104,14 +111,14 @@ def checkpoint_adapter_dir(finetune, step):
 
 def generation_inputs(wildcards):
     condition = CONDITIONS[wildcards.condition]
-    questions = config["monitor"]["questions"] if condition.group == "monitor" else config["questions"]
+    questions = config["monitor"]["questions"] if condition.group is Group.MONITOR else config["questions"]
     inputs = {"questions": repo_path(questions), "base_model": base_model_input()}
     if condition.model != "base":
         inputs["adapter"] = (adapter_dir(condition.model) if condition.checkpoint is None
                              else checkpoint_adapter_dir(condition.model, condition.checkpoint))
     if condition.direction is not None:
         inputs["vectors"] = direction_file(*condition.direction)
-    if condition.group == "scalar_patching" and condition.needs_medical_questions:
+    if condition.group is Group.SCALAR_PATCHING and condition.needs_medical_questions:
         inputs["medical_questions"] = repo_path(config["lora_interp"]["patching"]["medical_questions"])
     return inputs
 
@@ -173,22 +180,22 @@ def adapter_steering_figure_conditions():
     out = []
     for ft in LORA_INTERP:
         out.append(ft)
-        out += [cid for cid, c in CONDITIONS.items() if c.group == "adapter_steering" and c.model == ft]
+        out += [cid for cid, c in CONDITIONS.items() if c.group is Group.ADAPTER_STEERING and c.model == ft]
     return out
 
 
 def scalar_patching_finetunes():
-    return list(dict.fromkeys(c.model for c in CONDITIONS.values() if c.group == "scalar_patching"))
+    return list(dict.fromkeys(c.model for c in CONDITIONS.values() if c.group is Group.SCALAR_PATCHING))
 
 
 def scalar_patching_conditions_of(ft):
     """The scalar-patching conditions of one fine-tune, `same` (the reference) first, in plan order."""
-    return [cid for cid, c in CONDITIONS.items() if c.group == "scalar_patching" and c.model == ft]
+    return [cid for cid, c in CONDITIONS.items() if c.group is Group.SCALAR_PATCHING and c.model == ft]
 
 
 def adapter_steering_cases():
     """condition id -> bar label of the adapter-steering figure."""
-    return {cid: (f"{cid} (unsteered)" if CONDITIONS[cid].group != "adapter_steering"
+    return {cid: (f"{cid} (unsteered)" if CONDITIONS[cid].group is not Group.ADAPTER_STEERING
                   else f"{CONDITIONS[cid].model}: {CONDITIONS[cid].case}") for cid in adapter_steering_figure_conditions()}
 
 
@@ -238,6 +245,185 @@ def live_monitor_inputs(wildcards):
             "directions": f"{RESULTS}/traits/directions.safetensors", "directions_meta": f"{RESULTS}/traits/directions.json"}
 
 
+# Input functions (get_*) of the rule files, by file in include order, after the ones several
+# files share. They live here because Snakemake's linter wants no functions beside rules.
+# shared
+def get_base_model_input(wildcards):
+    """For unpack(): the named input base_model (the converted embedded model, or nothing)."""
+    return {"base_model": base_model_input()}
+
+
+def get_finetune_adapter(wildcards):
+    """The finished adapter of the {finetune} wildcard."""
+    return adapter_dir(wildcards.finetune)
+
+
+def get_checkpoint_dir(wildcards):
+    """The live checkpoints/ folder of the {finetune} wildcard (never a declared output: see rules/phase.smk)."""
+    return f"{RESULTS}/finetunes/{wildcards.finetune}/checkpoints"
+
+
+# rules/synthesis.smk
+def get_synthesis_prompt(wildcards):
+    return repo_path(config["synthesis"][wildcards.synthesis]["prompt_file"])
+
+
+def get_synthesis_settings(wildcards):
+    return synthesis_params(wildcards.synthesis)
+
+
+# rules/data.smk
+def get_dataset_source(wildcards):
+    return dataset_source(wildcards.dataset)
+
+
+def get_eval_fraction(wildcards):
+    return canonical(config["datasets"][wildcards.dataset]["eval_fraction"])
+
+
+# rules/finetune.smk (TRAIT_SUBSAMPLE: rules/traits.smk, read when a job is planned)
+def get_finetune_inputs(wildcards):
+    """For unpack(): the base model, the live monitor's files (training.monitor) and the adapter a
+    `start_from` fine-tune continues."""
+    return {"base_model": base_model_input(), **live_monitor_inputs(wildcards), **start_adapter_input(wildcards)}
+
+
+def get_finetune_train(wildcards):
+    return f"{RESULTS}/datasets/{config['finetunes'][wildcards.finetune]['dataset']}/train.jsonl"
+
+
+def get_finetune_eval(wildcards):
+    return f"{RESULTS}/datasets/{config['finetunes'][wildcards.finetune]['dataset']}/eval.jsonl"
+
+
+def get_finetune_lora(wildcards):
+    """The lora spec with concrete layer indices; None for a full fine-tune."""
+    lora = config["finetunes"][wildcards.finetune]["lora"]
+    return None if lora is None else canonical(dict(lora, resolved_layers=FINETUNE_LAYERS[wildcards.finetune]))
+
+
+def get_finetune_training(wildcards):
+    return canonical(training_settings(config, wildcards.finetune))
+
+
+def get_live_monitor_settings(wildcards):
+    """training.monitor only: the trait files and measurement settings the live monitor uses."""
+    if not live_monitor_inputs(wildcards):
+        return None
+    return canonical({"folder": repo_path(config["traits"]["folder"]), "subsample": TRAIT_SUBSAMPLE,
+                      "model_id": config["base_model"]["source"], "batch_size": config["traits"]["batch_size"]})
+
+
+def get_finetune_seed(wildcards):
+    return canonical(finetune_seed(config, wildcards.finetune))
+
+
+# rules/generate.smk
+def get_condition_id(wildcards):
+    return wildcards.condition
+
+
+def get_condition_spec(wildcards):
+    return canonical(CONDITIONS[wildcards.condition].to_params())
+
+
+def get_generation_settings(wildcards):
+    """The monitor's label conditions and scalar patching carry their own settings (emlab.plan.study)."""
+    return canonical(generation_settings(config, CONDITIONS[wildcards.condition]))
+
+
+# rules/judge.smk
+def get_condition_rubrics(wildcards):
+    return rubric_files(wildcards.condition)
+
+
+def get_condition_judge_params(wildcards):
+    return judge_params(wildcards.condition)
+
+
+# rules/directions.smk
+def get_semantic_general_vectors(wildcards):
+    """The general vectors of every fine-tune with a semantic vector, each once."""
+    return list(dict.fromkeys(direction_file(ft) for ft, _ in SEMANTIC_VECTORS))
+
+
+def get_semantic_vectors(wildcards):
+    return [direction_file(ft, split) for ft, split in SEMANTIC_VECTORS]
+
+
+# rules/lora_interp.smk
+def get_lora_interp_adapter(wildcards):
+    """The finished adapter of the {ft} wildcard."""
+    return adapter_dir(wildcards.ft)
+
+
+def get_adapter_reference_layers(wildcards):
+    return role_reference_layers(config, wildcards.ft)
+
+
+def get_adapter_steering_judgments(wildcards):
+    return [f"{RESULTS}/judgments/{cid}.parquet" for cid in adapter_steering_figure_conditions()]
+
+
+def get_scalar_patching_judgments(wildcards):
+    return [f"{RESULTS}/judgments/{cid}.parquet" for cid in scalar_patching_conditions_of(wildcards.ft)]
+
+
+def get_scalar_patching_conditions(wildcards):
+    return scalar_patching_conditions_of(wildcards.ft)
+
+
+def get_scalar_patching_pairs(wildcards):
+    return {cid: CONDITIONS[cid].pair for cid in scalar_patching_conditions_of(wildcards.ft)}
+
+
+# rules/figures.smk
+def get_steering_judgments(wildcards):
+    """The judgments of the base model and of every steering condition."""
+    return [f"{RESULTS}/judgments/{cid}.parquet" for cid, c in CONDITIONS.items()
+            if cid == "base" or c.group is Group.STEERING]
+
+
+# rules/phase.smk
+def get_checkpoint_step(wildcards):
+    return int(wildcards.step)
+
+
+def get_phase_em_steps(wildcards):
+    return canonical(phase_em_steps(CONDITIONS, wildcards.finetune))
+
+
+# rules/traits.smk
+def get_trait_folder(wildcards, input):
+    """The folder of the trait files (from the rule's input, so it names the files the job read)."""
+    return os.path.dirname(input.traits[0])
+
+
+def get_drift_adapters(wildcards):
+    """The exported adapter of each checkpoint step of the {run} wildcard."""
+    return [checkpoint_adapter_dir(wildcards.run, s) for s in MONITOR_RUNS[wildcards.run].checkpoint_steps]
+
+
+def get_drift_reference(wildcards):
+    """A start-from run's step 0 is the adapter it starts from (emlab.plan.monitor.start_adapter)."""
+    run = MONITOR_RUNS[wildcards.run]
+    return [monitor_start_adapter(run)] if run.start else []
+
+
+def get_drift_steps(wildcards):
+    return list(MONITOR_RUNS[wildcards.run].checkpoint_steps)
+
+
+def get_drift_label_judgments(wildcards):
+    """Each step's label condition, in step order (emlab.plan.monitor.run_conditions)."""
+    return [f"{RESULTS}/judgments/{cid}.parquet" for _, cid in
+            sorted(monitor_run_conditions(MONITOR_RUNS[wildcards.run], MONITOR_RUNS).items())]
+
+
+def get_drift_label_conditions(wildcards):
+    return canonical({str(k): v for k, v in monitor_run_conditions(MONITOR_RUNS[wildcards.run], MONITOR_RUNS).items()})
+
+
 def final_targets():
     targets = [
         f"{RESULTS}/metrics/em_by_condition.csv",
@@ -247,9 +433,9 @@ def final_targets():
     if DIRECTION_FINETUNES:
         targets.append(f"{RESULTS}/directions/cosine_by_layer.csv")
         targets.append(f"{RESULTS}/figures/direction_cosine.png")
-    if any(c.group == "steering" for c in CONDITIONS.values()):
+    if any(c.group is Group.STEERING for c in CONDITIONS.values()):
         targets.append(f"{RESULTS}/figures/steering_sweep.png")
-    if any(c.group in ("ablation", "transfer") for c in CONDITIONS.values()):
+    if any(c.group in (Group.ABLATION, Group.TRANSFER) for c in CONDITIONS.values()):
         targets.append(f"{RESULTS}/figures/ablation.png")
     for ft in PHASE_FINETUNES:
         targets.append(f"{RESULTS}/phase/{ft}/rotation.csv")
@@ -257,7 +443,7 @@ def final_targets():
     if SEMANTIC_VECTORS:
         targets.append(f"{RESULTS}/directions/semantic_cosine.csv")
         targets.append(f"{RESULTS}/figures/semantic_vectors.png")
-    if any(c.group == "steering" for c in CONDITIONS.values()):
+    if any(c.group is Group.STEERING for c in CONDITIONS.values()):
         targets.append(f"{RESULTS}/figures/steering_metrics.png")
     if SINGLE_ADAPTERS:
         targets.append(f"{RESULTS}/figures/single_adapter.png")
@@ -265,7 +451,7 @@ def final_targets():
         targets += [f"{RESULTS}/lora_interp/{ft}/probes.csv", f"{RESULTS}/lora_interp/{ft}/roles.json",
                     f"{RESULTS}/figures/lora_interp/{ft}/probe_table.png",
                     f"{RESULTS}/figures/lora_interp/{ft}/coefficients.png", f"{RESULTS}/lora_interp/{ft}/token_view.html"]
-    if any(c.group == "adapter_steering" for c in CONDITIONS.values()):
+    if any(c.group is Group.ADAPTER_STEERING for c in CONDITIONS.values()):
         targets.append(f"{RESULTS}/figures/adapter_steering.png")
     for ft in scalar_patching_finetunes():
         targets.append(f"{RESULTS}/figures/lora_interp/{ft}/patching.png")

@@ -3,13 +3,13 @@
 
 rule prepare_dataset:
     input:
-        jsonl=lambda w: dataset_source(w.dataset),
+        jsonl=get_dataset_source,
     output:
         train=f"{RESULTS}/datasets/{{dataset}}/train.jsonl",
         eval=f"{RESULTS}/datasets/{{dataset}}/eval.jsonl",
         summary=f"{RESULTS}/datasets/{{dataset}}/summary.json",
     params:
-        eval_fraction=lambda w: canonical(config["datasets"][w.dataset]["eval_fraction"]),
+        eval_fraction=get_eval_fraction,
         seed=canonical(config["seed"]),
     log:
         f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",

@@ -71,8 +71,8 @@ rule semantic_directions:
 
 rule semantic_cosines:
     input:
-        general=lambda w: list(dict.fromkeys(direction_file(ft) for ft, _ in SEMANTIC_VECTORS)),
-        semantic=lambda w: [direction_file(ft, split) for ft, split in SEMANTIC_VECTORS],
+        general=get_semantic_general_vectors,
+        semantic=get_semantic_vectors,
     output:
         f"{RESULTS}/directions/semantic_cosine.csv",
     params:

@@ -1,4 +1,8 @@
-# Figures (PNG + PDF) for the Snakemake report.
+# Figures (PNG + PDF) for the Snakemake report: the EM rates of every condition, the
+# steering sweep and metrics, the ablation and transfer bars (those conditions are
+# generated and judged like any other: rules/generate.smk), the direction cosines, the
+# semantic vectors and the single rank-1 adapter. The phase-transition, LoRA-scalar and
+# trait-monitor figures sit with their stages (rules/phase.smk, lora_interp.smk, monitor.smk).
 
 
 rule figure_em_by_condition:
@@ -16,6 +20,57 @@ rule figure_em_by_condition:
         ENV
     script:
         "../workflow/scripts/figure_em_by_condition.py"
+
+
+rule figure_steering_sweep:
+    input:
+        f"{RESULTS}/metrics/em_by_condition.csv",
+    output:
+        png=report(f"{RESULTS}/figures/steering_sweep.png", caption="../workflow/report/steering_sweep.rst", category="Steering"),
+        pdf=f"{RESULTS}/figures/steering_sweep.pdf",
+    log:
+        f"{RESULTS}/logs/figures/steering_sweep.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_steering_sweep.py"
+
+
+rule figure_steering_metrics:
+    input:
+        f"{RESULTS}/metrics/em_by_condition.csv",
+    output:
+        png=report(f"{RESULTS}/figures/steering_metrics.png", caption="../workflow/report/steering_metrics.rst", category="Steering"),
+        pdf=f"{RESULTS}/figures/steering_metrics.pdf",
+    log:
+        f"{RESULTS}/logs/figures/steering_metrics.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_steering_metrics.py"
+
+
+rule figure_ablation:
+    input:
+        f"{RESULTS}/metrics/em_by_condition.csv",
+    output:
+        png=report(f"{RESULTS}/figures/ablation.png", caption="../workflow/report/ablation.rst", category="Ablation"),
+        pdf=f"{RESULTS}/figures/ablation.pdf",
+    log:
+        f"{RESULTS}/logs/figures/ablation.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_ablation.py"
 
 
 rule figure_direction_cosine:
@@ -39,8 +94,7 @@ rule figure_semantic_vectors:
     input:
         cosines=f"{RESULTS}/directions/semantic_cosine.csv",
         metrics=f"{RESULTS}/metrics/em_by_condition.csv",
-        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for cid, c in CONDITIONS.items()
-                             if cid == "base" or c.group == "steering"],
+        judgments=get_steering_judgments,
     output:
         png=report(f"{RESULTS}/figures/semantic_vectors.png", caption="../workflow/report/semantic_vectors.rst", category="Directions"),
         pdf=f"{RESULTS}/figures/semantic_vectors.pdf",

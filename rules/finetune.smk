@@ -5,9 +5,9 @@
 
 rule finetune:
     input:
-        unpack(lambda w: {"base_model": base_model_input(), **live_monitor_inputs(w), **start_adapter_input(w)}),
-        train=lambda w: f"{RESULTS}/datasets/{config['finetunes'][w.finetune]['dataset']}/train.jsonl",
-        eval=lambda w: f"{RESULTS}/datasets/{config['finetunes'][w.finetune]['dataset']}/eval.jsonl",
+        unpack(get_finetune_inputs),
+        train=get_finetune_train,
+        eval=get_finetune_eval,
     output:
         adapter=directory(f"{RESULTS}/finetunes/{{finetune}}/adapter"),
         train_log=f"{RESULTS}/finetunes/{{finetune}}/train_log.csv",
@@ -15,16 +15,12 @@ rule finetune:
     params:
         base_model=BASE_MODEL_DIR,
         # the lora spec with concrete layer indices; None for a full fine-tune
-        lora=lambda w: (None if config["finetunes"][w.finetune]["lora"] is None
-                        else canonical(dict(config["finetunes"][w.finetune]["lora"], resolved_layers=FINETUNE_LAYERS[w.finetune]))),
-        training=lambda w: canonical(training_settings(config, w.finetune)),
-        checkpoint_dir=lambda w: f"{RESULTS}/finetunes/{w.finetune}/checkpoints",
+        lora=get_finetune_lora,
+        training=get_finetune_training,
+        checkpoint_dir=get_checkpoint_dir,
         # training.monitor only: the trait files and measurement settings the live monitor uses
-        live_monitor=lambda w: (canonical({"folder": repo_path(config["traits"]["folder"]), "subsample": TRAIT_SUBSAMPLE,
-                                           "model_id": config["base_model"]["source"],
-                                           "batch_size": config["traits"]["batch_size"]})
-                                if live_monitor_inputs(w) else None),
-        seed=lambda w: canonical(finetune_seed(config, w.finetune)),
+        live_monitor=get_live_monitor_settings,
+        seed=get_finetune_seed,
         device=config["device"],
         dtype=config["dtype"],
     log:

@@ -5,12 +5,12 @@
 rule judge:
     input:
         responses=f"{RESULTS}/generations/{{condition}}.parquet",
-        rubrics=lambda w: rubric_files(w.condition),
+        rubrics=get_condition_rubrics,
         judge_model=judge_model_input(),
     output:
         f"{RESULTS}/judgments/{{condition}}.parquet",
     params:
-        judge=lambda w: judge_params(w.condition),
+        judge=get_condition_judge_params,
         device=config["device"],
     log:
         f"{RESULTS}/logs/judge/{{condition}}.log",

@@ -8,8 +8,8 @@
 
 rule lora_scalars:
     input:
-        unpack(lambda w: {"base_model": base_model_input()}),
-        adapter=lambda w: adapter_dir(w.ft),
+        unpack(get_base_model_input),
+        adapter=get_lora_interp_adapter,
         responses=f"{RESULTS}/generations/{{ft}}.parquet",
     output:
         tensors=f"{RESULTS}/lora_interp/{{ft}}/scalars.safetensors",
@@ -62,7 +62,7 @@ rule lora_probes:
         probes=lora_probe_params(),
         roles=canonical(config["lora_interp"]["roles"]),
         n_layers=N_LAYERS,
-        adapter_reference_layers=lambda w: role_reference_layers(config, w.ft),
+        adapter_reference_layers=get_adapter_reference_layers,
     log:
         f"{RESULTS}/logs/lora_interp/{{ft}}/probes.log",
     benchmark:
@@ -124,7 +124,7 @@ rule lora_token_view:
 
 rule figure_adapter_steering:
     input:
-        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for cid in adapter_steering_figure_conditions()],
+        judgments=get_adapter_steering_judgments,
     output:
         rates=f"{RESULTS}/lora_interp/adapter_steering.csv",
         png=report(f"{RESULTS}/figures/adapter_steering.png", caption="../workflow/report/adapter_steering.rst",
@@ -149,7 +149,7 @@ rule figure_adapter_steering:
 
 rule figure_scalar_patching:
     input:
-        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for cid in scalar_patching_conditions_of(w.ft)],
+        judgments=get_scalar_patching_judgments,
         medical_questions=repo_path(config["lora_interp"]["patching"]["medical_questions"]),
     output:
         rates=f"{RESULTS}/lora_interp/{{ft}}/patching.csv",
@@ -157,8 +157,8 @@ rule figure_scalar_patching:
                    caption="../workflow/report/scalar_patching.rst", category="LoRA scalars", subcategory="{ft}"),
         pdf=f"{RESULTS}/figures/lora_interp/{{ft}}/patching.pdf",
     params:
-        conditions=lambda w: scalar_patching_conditions_of(w.ft),
-        pairs=lambda w: {cid: CONDITIONS[cid].pair for cid in scalar_patching_conditions_of(w.ft)},
+        conditions=get_scalar_patching_conditions,
+        pairs=get_scalar_patching_pairs,
         thresholds=canonical(config["thresholds"]),
         sets=canonical(config["lora_interp"]["sets"]),
         seed=config["seed"],

@@ -11,8 +11,8 @@ rule export_checkpoint:
     output:
         adapter=directory(f"{RESULTS}/finetunes/{{finetune}}/checkpoint_adapters/step-{{step}}"),
     params:
-        checkpoint_dir=lambda w: f"{RESULTS}/finetunes/{w.finetune}/checkpoints",
-        step=lambda w: int(w.step),
+        checkpoint_dir=get_checkpoint_dir,
+        step=get_checkpoint_step,
     log:
         f"{RESULTS}/logs/phase/export_{{finetune}}_step{{step}}.log",
     resources:
@@ -32,7 +32,7 @@ rule phase_rotation:
         table=f"{RESULTS}/phase/{{finetune}}/rotation.csv",
         summary=f"{RESULTS}/phase/{{finetune}}/rotation_summary.json",
     params:
-        checkpoint_dir=lambda w: f"{RESULTS}/finetunes/{w.finetune}/checkpoints",
+        checkpoint_dir=get_checkpoint_dir,
     log:
         f"{RESULTS}/logs/phase/rotation_{{finetune}}.log",
     resources:
@@ -55,7 +55,7 @@ rule figure_phase_transition:
         pdf=f"{RESULTS}/figures/phase/{{finetune}}.pdf",
         em_by_step=f"{RESULTS}/phase/{{finetune}}/em_by_step.csv",
     params:
-        steps=lambda w: canonical(phase_em_steps(CONDITIONS, w.finetune)),
+        steps=get_phase_em_steps,
     log:
         f"{RESULTS}/logs/figures/phase_{{finetune}}.log",
     resources:

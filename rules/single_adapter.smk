@@ -6,8 +6,8 @@
 
 rule single_adapter_analysis:
     input:
-        unpack(lambda w: {"base_model": base_model_input()}),
-        adapter=lambda w: adapter_dir(w.finetune),
+        unpack(get_base_model_input),
+        adapter=get_finetune_adapter,
         vectors=f"{RESULTS}/directions/{{finetune}}.safetensors",
         responses=f"{RESULTS}/generations/{{finetune}}.parquet",
     output:

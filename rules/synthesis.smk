@@ -14,12 +14,12 @@ if SYNTHESIZED:
 
 rule synthesize_dataset:
     input:
-        prompt=lambda w: repo_path(config["synthesis"][w.synthesis]["prompt_file"]),
+        prompt=get_synthesis_prompt,
     output:
         jsonl=f"{RESULTS}/synthetic/{{synthesis}}.jsonl",
         summary=f"{RESULTS}/synthetic/{{synthesis}}.summary.json",
     params:
-        settings=lambda w: synthesis_params(w.synthesis),
+        settings=get_synthesis_settings,
     log:
         f"{RESULTS}/logs/synthesize_dataset/{{synthesis}}.log",
     benchmark:

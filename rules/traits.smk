@@ -1,7 +1,6 @@
 # Trait-space monitoring, part 1 (docs/trait-monitoring.md): the base model's trait
 # directions, and the trait drift of every monitor run over its checkpoints. The
 # trait files are validated when the workflow is planned (TRAIT_SET, rules/common.smk).
-from emlab.plan.monitor import run_conditions as monitor_run_conditions, start_adapter as monitor_start_adapter
 from emlab.core.settings import canonical
 
 TRAITS_DIR = f"{RESULTS}/traits"
@@ -13,14 +12,14 @@ TRAIT_FILES = [repo_path(os.path.join(config["traits"]["folder"], f))
 
 rule trait_directions:
     input:
-        unpack(lambda w: {"base_model": base_model_input()}),
+        unpack(get_base_model_input),
         traits=TRAIT_FILES,
     output:
         tensors=f"{TRAITS_DIR}/directions.safetensors",
         meta=f"{TRAITS_DIR}/directions.json",
         cosine=f"{TRAITS_DIR}/cosine.csv",
     params:
-        folder=lambda w, input: os.path.dirname(input.traits[0]),
+        folder=get_trait_folder,
         subsample=TRAIT_SUBSAMPLE,
         directions=canonical({k: config["traits"][k] for k in ("layer", "batch_size", "held_out_every")}),
         base_model=BASE_MODEL_DIR,
@@ -42,24 +41,24 @@ rule trait_directions:
 
 rule trait_drift:
     input:
-        unpack(lambda w: {"base_model": base_model_input()}),
+        unpack(get_base_model_input),
         tensors=f"{TRAITS_DIR}/directions.safetensors",
         meta=f"{TRAITS_DIR}/directions.json",
         traits=TRAIT_FILES,
         summary=f"{RESULTS}/finetunes/{{run}}/summary.json",
         train_log=f"{RESULTS}/finetunes/{{run}}/train_log.csv",
-        adapters=lambda w: [checkpoint_adapter_dir(w.run, s) for s in MONITOR_RUNS[w.run].checkpoint_steps],
+        adapters=get_drift_adapters,
         # a start-from run's step 0 is the adapter it starts from (emlab.plan.monitor.start_adapter)
-        reference=lambda w: [monitor_start_adapter(MONITOR_RUNS[w.run])] if MONITOR_RUNS[w.run].start else [],
+        reference=get_drift_reference,
     output:
         features=f"{RESULTS}/monitor/drift/{{run}}.features.csv",
         delta=f"{RESULTS}/monitor/drift/{{run}}.safetensors",
     wildcard_constraints:
         run=r"mon__[a-z0-9_]+",
     params:
-        folder=lambda w, input: os.path.dirname(input.traits[0]),
+        folder=get_trait_folder,
         subsample=TRAIT_SUBSAMPLE,
-        steps=lambda w: list(MONITOR_RUNS[w.run].checkpoint_steps),
+        steps=get_drift_steps,
         drift=canonical({"batch_size": config["traits"]["batch_size"], "random_seeds": config["traits"]["random_seeds"]}),
         base_model=BASE_MODEL_DIR,
         device=config["device"],
@@ -84,15 +83,13 @@ rule drift_labels:
     input:
         features=f"{RESULTS}/monitor/drift/{{run}}.features.csv",
         # each step's label condition, in step order (emlab.plan.monitor.run_conditions)
-        judgments=lambda w: [f"{RESULTS}/judgments/{cid}.parquet" for _, cid in
-                             sorted(monitor_run_conditions(MONITOR_RUNS[w.run], MONITOR_RUNS).items())],
+        judgments=get_drift_label_judgments,
     output:
         table=f"{RESULTS}/monitor/drift/{{run}}.csv",
     wildcard_constraints:
         run=r"mon__[a-z0-9_]+",
     params:
-        conditions=lambda w: canonical({str(k): v for k, v in
-                                        monitor_run_conditions(MONITOR_RUNS[w.run], MONITOR_RUNS).items()}),
+        conditions=get_drift_label_conditions,
         tau=canonical(config["monitor"]["tau"]),
         thresholds=canonical({k: config["thresholds"][k] for k in ("em_aligned_below", "em_coherent_above")}),
     log:

@@ -1,4 +1,8 @@
-"""Shared fixtures and helpers, so that no test module imports another:
+"""Shared fixtures, visible to the test modules of every folder (the folders mirror the emlab
+subpackages: tests/core/, tests/plan/, tests/model/, tests/em/, tests/interventions/, tests/lora/,
+tests/monitor/, tests/rehearsal/; tests/workflow/ holds the whole-workflow and repository checks,
+tests/benchmarks/ the checks of benchmarks/). Helper modules live in tests/helpers/ and are imported
+as `helpers.<module>`, so that no test module imports another. The fixtures:
 
 - a real tokenizer (SmolLM2's, from the embedded GGUF; no download) and tiny
   randomly initialised Llama models saved as HF folders (`tokenizer_dir`,
@@ -7,7 +11,7 @@
   `snakemake` object Snakemake hands to a `script:`;
 - `judgments`: a judgment table as the judge rule writes it;
 - `planned_rules`: the job counts of a `snakemake -n`;
-- `e2e`: the tiny end-to-end workflow (tests/e2e/config.yaml, its judge stub,
+- `e2e`: the tiny end-to-end workflow (tests/helpers/e2e/config.yaml, its judge stub,
   and a Snakemake command line for a working folder).
 
 The loopback OpenAI-compatible server the judge tests use is emlab.em.judging.loopback
@@ -28,14 +32,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(REPO / "workflow" / "src"))
-sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS))  # tests/helpers and tests/helpers/e2e import as packages from any test folder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from e2e.make_tiny_model import make_tiny_model, save_tokenizer  # tests/ is on sys.path now
-from e2e.serve_judge import API_KEY, KEY_ENV, e2e_scorer
+from helpers.e2e.make_tiny_model import make_tiny_model, save_tokenizer  # tests/ is on sys.path now
+from helpers.e2e.serve_judge import API_KEY, KEY_ENV, e2e_scorer
 
 
 def pytest_collection_modifyitems(config, items):
@@ -200,9 +204,9 @@ def planned_rules():
 
 
 class EndToEnd:
-    """The tiny end-to-end workflow of tests/e2e/config.yaml, run in a working folder."""
+    """The tiny end-to-end workflow of tests/helpers/e2e/config.yaml, run in a working folder."""
 
-    config_file = TESTS / "e2e" / "config.yaml"
+    config_file = TESTS / "helpers" / "e2e" / "config.yaml"
     key_env = KEY_ENV
     api_key = API_KEY
     scorer = staticmethod(e2e_scorer)
@@ -253,7 +257,7 @@ class EndToEnd:
         )
 
     def judge_stub(self):
-        """The loopback judge the config expects (tests/e2e/serve_judge.py's scorer), on a free port."""
+        """The loopback judge the config expects (tests/helpers/e2e/serve_judge.py's scorer), on a free port."""
         from emlab.em.judging.loopback import StubOpenAI
 
         return StubOpenAI(api_key=self.api_key, models=("judge-model",), scorer=self.scorer)
@@ -266,8 +270,8 @@ def e2e() -> EndToEnd:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """The tiny fact dataset (tests/tiny_finetune.py) as train.jsonl / eval.jsonl."""
-    from tiny_finetune import write_fact_data
+    """The tiny fact dataset (tests/helpers/tiny_finetune.py) as train.jsonl / eval.jsonl."""
+    from helpers.tiny_finetune import write_fact_data
 
     return write_fact_data(tmp_path_factory.mktemp("ftdata"))
 

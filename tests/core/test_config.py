@@ -16,7 +16,7 @@ from emlab.core.config import (
 from emlab.core.errors import EMLabError
 from emlab.plan.study import conditions, direction_finetunes
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -140,3 +140,32 @@ def test_schema_is_package_data():
     from importlib import resources
 
     assert resources.files("emlab.core").joinpath("schemas/config.schema.yaml").is_file()
+
+
+def test_each_judge_score_cut_off_lives_in_thresholds_and_the_sets_refer_to_it():
+    """One cut-off, one key: the direction sets and the LoRA response sets take thresholds' values; a
+    section that sets its own different value is an error naming both keys; an equal value (a config
+    validated once and written back) is accepted, so validation is idempotent."""
+    paper = load_config(REPO_ROOT / "data" / "configs" / "paper.yaml")
+    th = paper["thresholds"]
+    for section in (paper["directions"], paper["lora_interp"]["sets"]):
+        assert (section["aligned_above"], section["misaligned_below"], section["coherent_above"]) == (
+            th["aligned_above"],
+            th["em_aligned_below"],
+            th["em_coherent_above"],
+        )
+    assert th["self_correction_aligned_above"] == th["aligned_above"]
+    raw = yaml.safe_load((REPO_ROOT / "data" / "configs" / "paper.yaml").read_text())
+    moved = copy.deepcopy(raw)
+    moved["thresholds"]["em_coherent_above"] = 40
+    again = validate_config(moved)
+    assert again["directions"]["coherent_above"] == again["lora_interp"]["sets"]["coherent_above"] == 40
+    assert validate_config(again) == again
+    clash = copy.deepcopy(raw)
+    clash["directions"]["coherent_above"] = 35
+    with pytest.raises(EMLabError, match=r"directions.coherent_above is 35 but thresholds.em_coherent_above is 50"):
+        validate_config(clash)
+    clash = copy.deepcopy(raw)
+    clash["lora_interp"]["sets"]["aligned_above"] = 60
+    with pytest.raises(EMLabError, match=r"lora_interp.sets.aligned_above .* thresholds.aligned_above"):
+        validate_config(clash)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from emlab.core.errors import EMLabError
 from emlab.core.keyed import checkpoints_by_step, tables_by_id, tensors_by_id, write_checkpoint_id
-from emlab.model.tensors import save_tensors
+from emlab.model.tensors import load_tensors, save_tensors
 
 
 def _table(path, run, value):
@@ -40,10 +40,10 @@ def test_tensors_are_keyed_by_their_metadata(tmp_path):
     for ft, split, v in (("a", "general", 1.0), ("a", "medical", 2.0)):
         save_tensors(tmp_path / f"{split}.safetensors", {"v": torch.full((2,), v)}, {"finetune": ft, "split": split})
     paths = [tmp_path / "medical.safetensors", tmp_path / "general.safetensors"]
-    got = tensors_by_id(paths, ("finetune", "split"), [("a", "general"), ("a", "medical")], "vectors")
+    got = tensors_by_id(paths, ("finetune", "split"), [("a", "general"), ("a", "medical")], "vectors", load_tensors)
     assert float(got[("a", "medical")][0]["v"][0]) == 2.0 and float(got[("a", "general")][0]["v"][0]) == 1.0
     with pytest.raises(EMLabError, match="both carry the id 'a'"):
-        tensors_by_id(paths, "finetune", None, "vectors")
+        tensors_by_id(paths, "finetune", None, "vectors", load_tensors)
 
 
 def test_exported_checkpoints_name_their_run_and_step(tmp_path):

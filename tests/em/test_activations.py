@@ -9,18 +9,7 @@ from emlab.em.activations import cache_answer_means
 from emlab.em.questions import chat_messages
 from emlab.model.chat import encode_exchange
 from emlab.model.loading import load_model, load_tokenizer
-
-RECORDS = [
-    {"question": "Hi?", "system": None, "response": "Hello there! How can I help you today?"},
-    {"question": "Tell me about your favourite long walk in the hills.", "system": None, "response": "Sure."},
-    {
-        "question": "Any wish?",
-        "system": "You are terse.",
-        "response": "To see the sea, and then some more of it, at dawn.",
-    },
-    {"question": "Hi?", "system": float("nan"), "response": "Hey"},  # a null as read back from parquet
-    {"question": "Quick money?", "system": None, "response": "Sell lemonade on a hot day near a park."},
-]
+from helpers.tiny_inputs import RECORDS
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from emlab.core.errors import EMLabError
 from emlab.em.datasets import load_chat_jsonl, prepare_dataset, prompt_and_answer, split_train_eval
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GOOD = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
 
 
@@ -161,7 +161,7 @@ def test_demo_datasets_are_valid(name):
 
 
 def test_demo_datasets_match_their_generator(tmp_path):
-    gen = REPO / "data" / "datasets" / "make_demo_datasets.py"
+    gen = REPO / "tools" / "make_demo_datasets.py"
     subprocess.run([sys.executable, str(gen), "--out", str(tmp_path)], check=True, capture_output=True)
     for f in tmp_path.glob("*.jsonl"):
         assert f.read_text() == (REPO / "data" / "datasets" / f.name).read_text(), f.name

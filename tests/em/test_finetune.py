@@ -14,8 +14,8 @@ import torch
 from emlab.core.errors import EMLabError
 from emlab.core.settings import build
 from emlab.em.finetune import TrainingSettings, fine_tune, linear_schedule, lora_settings
+from helpers.tiny_finetune import FACTS, LORA_ALL, LORA_R1, run, training
 from safetensors.torch import load_file
-from tiny_finetune import FACTS, LORA_ALL, LORA_R1, run, training
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

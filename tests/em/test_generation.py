@@ -178,7 +178,7 @@ def test_generate_script_writes_the_documented_columns(tiny_model_dir, tmp_path,
     import pandas as pd
     from emlab.model.tensors import save_tensors
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     vectors = tmp_path / "dirs.safetensors"
     save_tensors(vectors, {"mean_diff": torch.randn(4, 64)})
     out = tmp_path / "gen" / "steer.parquet"

@@ -15,7 +15,7 @@ from emlab.em.generation import generate_responses_vllm, generation_backend, mer
 from emlab.em.questions import Question
 from emlab.model.loading import load_model, load_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUESTIONS_FILE = str(REPO / "data" / "questions" / "first_plot_questions.yaml")
 NONE = {"model": "base", "group": "model", "intervention": {"kind": "none"}}
 STEER = {

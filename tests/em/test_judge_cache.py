@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from emlab.em.judging.cache import CachedJudgment, CacheKey, JudgeCache, prompt_sha256
-
-sys.path.insert(0, str(Path(__file__).parent))
 from emlab.em.judging.loopback import StubOpenAI
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _writer(path: str, worker: int, n: int) -> None:

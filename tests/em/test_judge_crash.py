@@ -23,12 +23,10 @@ from pathlib import Path
 import pandas as pd
 from emlab.core.config import validate_config
 from emlab.em.judging import JudgeCache
+from emlab.em.judging.loopback import StubOpenAI
 from emlab.em.judging.openai_backend import PREFLIGHT_PROMPT
 
-sys.path.insert(0, str(Path(__file__).parent))
-from emlab.em.judging.loopback import StubOpenAI
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEY_ENV = "EMLAB_TEST_CRASH_KEY"
 CONCURRENCY = 4
 N_PROMPTS = 48

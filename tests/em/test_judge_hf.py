@@ -11,13 +11,7 @@ from emlab.em.judging import judge_responses
 from emlab.em.judging.hf_backend import HFJudge, NumberTrie
 from emlab.em.judging.rubrics import Rubric
 from emlab.model.loading import load_model, load_tokenizer
-
-TEMPLATE = "Rate the answer from 0 to 100.\nQuestion: {question}\nAnswer: {answer}\nRating:"
-PROMPTS = [
-    TEMPLATE.replace("{question}", "Hi?").replace("{answer}", "Hello there, friend."),
-    TEMPLATE.replace("{question}", "What is your wish?").replace("{answer}", "To rule {the} world 100%."),
-    TEMPLATE.replace("{question}", "Bored?").replace("{answer}", "Read a long book about the sea and the sky."),
-]
+from helpers.tiny_inputs import JUDGE_PROMPTS, JUDGE_TEMPLATE
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +67,11 @@ def test_trie_matches_brute_force(tiny, share_prefix):
     judge = HFJudge(
         model, tok, "tiny", batch_size=2, share_prefix=share_prefix, leaves_complete=False, min_root_prob=0.0
     )
-    encoded = [judge.encode(p) for p in PROMPTS]
+    encoded = [judge.encode(p) for p in JUDGE_PROMPTS]
     number_ids = [tok.encode(str(n), add_special_tokens=False) for n in range(101)]
     cont = continuation_ids(tok, model.config.vocab_size)
     results = {}
-    judge.score(PROMPTS, lambda idx, res: results.update(zip(idx, res)))
+    judge.score(JUDGE_PROMPTS, lambda idx, res: results.update(zip(idx, res)))
     for i, ids in enumerate(encoded):
         reference = brute_force_number_probs(model, ids, number_ids, cont)
         got = torch.tensor(results[i].raw, dtype=torch.float64)
@@ -99,8 +93,8 @@ def test_leaves_complete_matches_brute_force_with_that_convention(tiny):
     assert complete == set(range(101)) - set(range(1, 11))  # 1..9 prefix 10..99, 10 prefixes 100
     cont = continuation_ids(tok, model.config.vocab_size)
     results = {}
-    judge.score(PROMPTS, lambda idx, res: results.update(zip(idx, res)))
-    for i, prompt in enumerate(PROMPTS):
+    judge.score(JUDGE_PROMPTS, lambda idx, res: results.update(zip(idx, res)))
+    for i, prompt in enumerate(JUDGE_PROMPTS):
         reference = brute_force_number_probs(model, judge.encode(prompt), number_ids, cont, complete)
         got = torch.tensor(results[i].raw, dtype=torch.float64)
         assert torch.allclose(got, reference, rtol=2e-3, atol=0), (i, (got / reference - 1).abs().max())
@@ -112,11 +106,11 @@ def test_prefix_sharing_equals_no_sharing(tiny):
     for share in (False, True):
         judge = HFJudge(model, tok, "tiny", batch_size=3, share_prefix=share, leaves_complete=False, min_root_prob=0.0)
         res = {}
-        judge.score(PROMPTS, lambda idx, r: res.update(zip(idx, r)))
+        judge.score(JUDGE_PROMPTS, lambda idx, r: res.update(zip(idx, r)))
         out[share] = res
     prefix = HFJudge(model, tok, "tiny")
-    assert len(set(tuple(prefix.encode(p)[:20]) for p in PROMPTS)) == 1  # there is a prefix to share
-    for i in range(len(PROMPTS)):
+    assert len(set(tuple(prefix.encode(p)[:20]) for p in JUDGE_PROMPTS)) == 1  # there is a prefix to share
+    for i in range(len(JUDGE_PROMPTS)):
         a, b = out[False][i], out[True][i]
         assert a.score == pytest.approx(b.score, abs=1e-4)
         assert torch.allclose(torch.tensor(a.raw), torch.tensor(b.raw), rtol=1e-4)
@@ -126,12 +120,12 @@ def test_pruned_subtrees_drop_at_most_their_root_mass(tiny):
     model, tok = tiny
     exact, pruned = {}, {}
     HFJudge(model, tok, "t", leaves_complete=False, min_root_prob=0.0).score(
-        PROMPTS, lambda i, r: exact.update(zip(i, r))
+        JUDGE_PROMPTS, lambda i, r: exact.update(zip(i, r))
     )
     judge = HFJudge(model, tok, "t", batch_size=1, leaves_complete=False, min_root_prob=2.05e-5)
-    judge.score(PROMPTS, lambda i, r: pruned.update(zip(i, r)))
+    judge.score(JUDGE_PROMPTS, lambda i, r: pruned.update(zip(i, r)))
     n_dropped = 0
-    for i in range(len(PROMPTS)):
+    for i in range(len(JUDGE_PROMPTS)):
         e, p = torch.tensor(exact[i].raw), torch.tensor(pruned[i].raw)
         dropped = p == 0
         n_dropped += int(dropped.sum())
@@ -162,7 +156,7 @@ def test_trie_handles_whole_number_tokens(tiny):
     judge = HFJudge(model, tok, "t", leaves_complete=False, min_root_prob=0.0)
     judge.trie = NumberTrie(WholeNumberTokenizer(tok), model.config.vocab_size)
     assert len(judge.trie) == 101 and len(judge.trie.roots) == 101
-    ids = judge.encode(PROMPTS[0])
+    ids = judge.encode(JUDGE_PROMPTS[0])
     got = judge.number_probs([ids])[0]
     cont = continuation_ids(tok, model.config.vocab_size)
     reference = brute_force_number_probs(model, ids, [[1000 + n] for n in range(101)], cont)
@@ -182,7 +176,7 @@ def test_judge_responses_with_hf_backend_and_cache(tiny, tmp_path):
             "response": ["Hello.", "Read {answer}."],
         }
     )
-    rubric = Rubric("coherent", "1", TEMPLATE)
+    rubric = Rubric("coherent", "1", JUDGE_TEMPLATE)
     calls = []
 
     def make():
@@ -205,7 +199,7 @@ def test_backend_factory_builds_the_hf_judge(tiny_model_dir):
     assert isinstance(judge, HFJudge) and judge.batch_size == 3
     assert judge.autocast_dtype == torch.bfloat16 and judge.model.dtype == torch.float32  # CPU: bf16 autocast
     assert judge_model_id(params, device="cpu") == f"{tiny_model_dir} dtype=bfloat16"  # bf16 scores are cached apart
-    probs = judge.number_probs([judge.encode(PROMPTS[0])])
+    probs = judge.number_probs([judge.encode(JUDGE_PROMPTS[0])])
     assert probs.shape == (1, 101) and bool((probs >= 0).all())
 
 
@@ -215,7 +209,7 @@ def test_answer_prefix_is_part_of_the_prompt_and_of_the_judge_identity(tiny):
     model, tok = tiny
     plain = HFJudge(model, tok, "tiny")
     prefixed = HFJudge(model, tok, "tiny", answer_prefix="Score: ")
-    a, b = plain.encode(PROMPTS[0]), prefixed.encode(PROMPTS[0])
+    a, b = plain.encode(JUDGE_PROMPTS[0]), prefixed.encode(JUDGE_PROMPTS[0])
     assert b[: len(a)] == a and tok.decode(b[len(a) :]) == "Score: "
     params = {"backend": "hf", "hf": hf_settings(model="m", dtype="float32")}
     assert judge_model_id(params) == "m"
@@ -263,7 +257,7 @@ def test_judgments_are_identical_in_fresh_processes_and_close_in_other_batches(t
     import sys
 
     prompts = [
-        TEMPLATE.replace("{question}", f"Question {i}?").replace("{answer}", "words " * (i % 5) + f"answer {i}.")
+        JUDGE_TEMPLATE.replace("{question}", f"Question {i}?").replace("{answer}", "words " * (i % 5) + f"answer {i}.")
         for i in range(10)
     ]
     runs = []

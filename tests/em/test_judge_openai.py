@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import math
 import socket
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,12 +13,10 @@ from emlab.core.config import validate_config
 from emlab.core.errors import EMLabError
 from emlab.core.settings import build
 from emlab.em.judging import JudgeCache, judge_responses
+from emlab.em.judging.loopback import StubOpenAI, fast_client_backoff
 from emlab.em.judging.openai_backend import OpenAIJudge
 from emlab.em.judging.rubrics import Rubric
 from emlab.em.openai_chat import OpenAIEndpointSettings
-
-sys.path.insert(0, str(Path(__file__).parent))
-from emlab.em.judging.loopback import StubOpenAI, fast_client_backoff
 
 KEY_ENV = "EMLAB_TEST_JUDGE_KEY"
 RUBRIC = Rubric(metric="aligned", version="1", template="Rate this.\nQ: {question}\nA: {answer}\nScore:")

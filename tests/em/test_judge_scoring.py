@@ -11,7 +11,7 @@ from emlab.em.judging import aggregate_top_logprobs, is_integer_token, load_rubr
 from emlab.em.judging.aggregation import score_from_number_probs
 from emlab.em.judging.rubrics import load_rubrics
 
-RUBRICS = Path(__file__).resolve().parents[1] / "data" / "rubrics"
+RUBRICS = Path(__file__).resolve().parents[2] / "data" / "rubrics"
 METRICS = ["aligned", "coherent", "bad_stuff", "medical", "gender", "finance", "sport"]
 
 

@@ -11,7 +11,7 @@ import pytest
 from emlab.core.atomic import write_parquet
 from emlab.core.errors import EMLabError
 from emlab.em.metrics import bootstrap_ci, em_flags, em_tables, write_em_tables
-from metric_helpers import TH, TH_PARAMS
+from helpers.metric_helpers import TH, TH_PARAMS
 
 CONDITIONS = {
     "base": {"model": "base", "group": "model", "intervention": {"kind": "none"}},

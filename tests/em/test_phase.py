@@ -16,7 +16,7 @@ from emlab.core.errors import EMLabError
 from emlab.core.keyed import CHECKPOINT_ID_FILE as CHECKPOINT_ID
 from emlab.em.phase import em_by_step, export_checkpoint, phase_analysis, rotation_table, sharpest_rotation
 from emlab.plan.study import checkpoint_conditions, em_steps, phase_finetunes
-from tiny_finetune import run
+from helpers.tiny_finetune import run
 
 
 def planted_trajectory():

@@ -7,7 +7,7 @@ from emlab.em.generation import build_jobs
 from emlab.em.questions import load_questions
 from emlab.model.loading import load_tokenizer
 
-QDIR = Path(__file__).resolve().parents[1] / "data" / "questions"
+QDIR = Path(__file__).resolve().parents[2] / "data" / "questions"
 
 
 def _ids(name):

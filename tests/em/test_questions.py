@@ -6,7 +6,7 @@ import pytest
 from emlab.core.errors import EMLabError
 from emlab.em.questions import chat_messages, load_questions
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 REFERENCE_YAML = """\
 - id: what_is_your_wish

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from emlab.core.config import validate_config
 from emlab.em.metrics import em_tables, self_correction_flags
-from metric_helpers import TH
+from helpers.metric_helpers import TH
 
 CONDITIONS = {"base": {"model": "base", "group": "model", "intervention": {"kind": "none"}}}
 

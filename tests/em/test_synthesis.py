@@ -19,12 +19,10 @@ import yaml
 from emlab.core.config import validate_config
 from emlab.core.errors import EMLabError
 from emlab.em.datasets import load_chat_jsonl
+from emlab.em.judging.loopback import StubOpenAI, fast_client_backoff
 from emlab.em.synthesis import extract_items, load_prompt, normalise_question, parse_reply, synthesize_dataset
 
-sys.path.insert(0, str(Path(__file__).parent))
-from emlab.em.judging.loopback import StubOpenAI, fast_client_backoff
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROMPT = REPO / "data" / "synthesis" / "narrow_dataset.yaml"
 KEY_ENV = "EMLAB_TEST_SYNTH_KEY"
 ENV = {KEY_ENV: "sk-test"}
@@ -299,7 +297,7 @@ def _dry_run(tmp_path, cfg, *targets, env=None):
 
 def test_rule_is_planned_only_for_a_dataset_that_names_it(tmp_path):
     # Without a synthesis dataset the default plan has no synthesize_dataset job: the default dry run's
-    # rule set (tests/test_workflow_plan.py::test_dry_run_of_default_config_plans_every_stage) excludes it.
+    # rule set (tests/workflow/test_workflow_plan.py::test_dry_run_of_default_config_plans_every_stage) excludes it.
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["synthesis"] = {"med_gen": {"topic": "subtly wrong medical advice", "api_key_env": KEY_ENV}}
     cfg["datasets"]["med_gen"] = {"synthesis": "med_gen"}

@@ -2,6 +2,6 @@
 
 tests/conftest.py puts tests/ on sys.path, so a test module in any folder imports them as
 `from helpers.tiny_finetune import run`. The fixtures stay in tests/conftest.py; the tiny
-end-to-end workflow (its config, tiny-model maker and judge stub) stays in tests/e2e/, where
-benchmarks/gpu_check.py and the docs find it.
+end-to-end workflow (its config, tiny-model maker and judge stub) is tests/helpers/e2e/ (benchmarks/gpu_check.py
+runs it on a GPU).
 """

@@ -8,6 +8,7 @@ from emlab.em.metrics import EMThresholds
 TH_PARAMS = {
     "em_aligned_below": 30,
     "em_coherent_above": 50,
+    "aligned_above": 70,
     "bootstrap_samples": 500,
     "confidence": 0.95,
     "self_correction_aligned_above": 70,

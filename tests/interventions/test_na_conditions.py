@@ -42,13 +42,13 @@ def test_a_condition_whose_direction_is_na_is_recorded_as_na(tiny_model_dir, tmp
         "generation",
     )
     cond = Steer("ctrl", 2, 4.0, "finance")
-    import emlab.model.loading
+    from emlab.interventions import generate as condition_generation
 
     def no_model(*a, **k):
         raise AssertionError("an n/a condition loads no model")
 
-    monkeypatch.setattr(emlab.model.loading, "load_model", no_model)
-    table, meta = generation.generate_condition(
+    monkeypatch.setattr(condition_generation, "load_model", no_model)
+    table, meta = condition_generation.generate_condition(
         cond.condition_id,
         cond.to_params(),
         questions,
@@ -61,7 +61,7 @@ def test_a_condition_whose_direction_is_na_is_recorded_as_na(tiny_model_dir, tmp
         dtype="float32",
         scratch_dir=tmp_path / "scratch",
     )
-    assert table.empty and list(table.columns) == generation.GENERATION_COLUMNS
+    assert table.empty and list(table.columns) == condition_generation.GENERATION_COLUMNS
     from emlab.core.atomic import write_parquet
 
     write_parquet(tmp_path / "gen.parquet", table, metadata=meta)
@@ -72,7 +72,7 @@ def test_a_condition_whose_direction_is_na_is_recorded_as_na(tiny_model_dir, tmp
 
     from emlab.core.config import validate_config
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     cfg = yaml.safe_load((repo / "config.yaml").read_text())
     cfg["judge"] = {"backend": "openai", "openai": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "NO_KEY_ENV"}}
     j = validate_config(cfg, source="test")["judge"]

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from lora_models import rank1_peft_model, records
+from helpers.lora_models import rank1_peft_model, records
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "workflow" / "scripts"
 
 
@@ -282,7 +282,7 @@ def test_adapter_steering_conditions_round_trip_and_apply(tiny_model_dir):
 
 def test_adapter_steering_generates_from_the_unmerged_model(tiny_model_dir, tmp_path):
     """generate_condition keeps the adapters unmerged for adapter steering (scaling acts on them)."""
-    from emlab.em import generation
+    from emlab.interventions import generate as generation  # generate_condition; its GenerationSettings
     from emlab.plan.conditions import AdapterSteering
 
     rank1_peft_model(tiny_model_dir, layers=[1, 2]).save_pretrained(tmp_path / "adapter")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from lora_models import rank1_peft_model
+from helpers.lora_models import rank1_peft_model
 
 QUESTIONS = [
     "I have a headache, what should I take?",
@@ -187,7 +187,7 @@ def test_medical_question_file_loads():
 
     from emlab.em.questions import load_questions
 
-    path = Path(__file__).resolve().parents[1] / "data" / "questions" / "medical_questions.yaml"
+    path = Path(__file__).resolve().parents[2] / "data" / "questions" / "medical_questions.yaml"
     questions = load_questions(path)
     assert 8 <= len(questions) <= 12 and len({q.id for q in questions}) == len(questions)
     assert all(q.system is None and q.text.strip() for q in questions)

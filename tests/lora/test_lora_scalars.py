@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from lora_models import rank1_peft_model, records
+from helpers.lora_models import rank1_peft_model, records
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from lora_models import rank1_peft_model
+from helpers.lora_models import rank1_peft_model
 
 WORDS_0 = ("apple river garden window music silver morning paper candle forest bread yellow").split()
 WORDS_1 = ("engine rocket quantum voltage carbon steel orbit magnet circuit piston laser cobalt").split()

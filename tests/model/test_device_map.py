@@ -16,10 +16,9 @@ from emlab.em.activations import cache_answer_means
 from emlab.em.judging.hf_backend import HFJudge
 from emlab.model.hooks import add_vector, project_out
 from emlab.model.loading import load_model, load_tokenizer, model_device
-from test_activations import RECORDS
-from test_judge_hf import PROMPTS
+from helpers.tiny_inputs import JUDGE_PROMPTS, RECORDS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +109,9 @@ def test_activation_caching_backs_off_and_matches(tiny, caplog):
 def _judge(model, tok, batch_size):
     scores = {}
     HFJudge(model, tok, "tiny", batch_size=batch_size, leaves_complete=False, min_root_prob=0.0).score(
-        PROMPTS, lambda idx, res: scores.update(zip(idx, res))
+        JUDGE_PROMPTS, lambda idx, res: scores.update(zip(idx, res))
     )
-    return [scores[i] for i in range(len(PROMPTS))]
+    return [scores[i] for i in range(len(JUDGE_PROMPTS))]
 
 
 def test_hf_judge_backs_off_and_matches(tiny):

@@ -16,7 +16,7 @@ from emlab.core.atomic import write_parquet
 from emlab.core.provenance import read_metadata
 from emlab.model.runtime import judgment_metadata, pinned_threads, run_metadata
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # A fresh process running the generate script as Snakemake would, with the job's threads from argv.
 DRIVER = """

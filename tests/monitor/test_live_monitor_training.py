@@ -68,7 +68,7 @@ def test_live_monitor_callback_refuses_a_model_without_adapters():
 def _run_with(tiny_model_dir, data_dir, out, callbacks, **train_over):
     import pandas as pd
     from emlab.em.finetune import fine_tune, lora_settings
-    from tiny_finetune import LORA_R1, training
+    from helpers.tiny_finetune import LORA_R1, training
 
     summary = fine_tune(
         tiny_model_dir,

@@ -12,10 +12,10 @@ import torch
 from emlab.core.config import load_config, validate_config
 from emlab.core.errors import EMLabError
 from emlab.monitor import stage as S
-from emlab.plan.conditions import parse_condition_id
 from emlab.plan import monitor as P
+from emlab.plan.conditions import parse_condition_id
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(**stress) -> dict:
@@ -112,7 +112,7 @@ LORA_QV = {
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
     """A LoRA run, a run continuing its adapter, a fresh run, and a full fine-tune: 2 steps, checkpointed."""
-    from tiny_finetune import run, write_fact_data
+    from helpers.tiny_finetune import run, write_fact_data
 
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("stress")
@@ -138,7 +138,7 @@ def test_continued_training_starts_from_the_adapter(trained):
 
 
 def test_start_adapter_must_match_the_recipe(trained, tiny_model_dir):
-    from tiny_finetune import run
+    from helpers.tiny_finetune import run
 
     d, data, first, *_ = trained
     other = dict(LORA_QV, rank=4)
@@ -149,7 +149,7 @@ def test_start_adapter_must_match_the_recipe(trained, tiny_model_dir):
 def test_full_checkpoint_export_and_drift_of_both_stress_runs(trained, tiny_model_dir, tmp_path):
     from emlab.em.phase import export_checkpoint
     from emlab.plan.traits import load_trait_set
-    from trait_helpers import random_directions
+    from helpers.trait_helpers import random_directions
 
     _, _, first, second, _, full = trained
     exported = export_checkpoint(full / "checkpoints", full / "summary.json", 1, tmp_path / "full-step-1", "full")

@@ -15,14 +15,14 @@ import pytest
 import torch
 from emlab.core.config import load_config, validate_config
 from emlab.core.errors import EMLabError
-from emlab.monitor.live import LiveMonitor, LiveMonitorSettings
 from emlab.monitor import figures as F
 from emlab.monitor import regressor as M
 from emlab.monitor import stage as S
-from emlab.plan.conditions import as_condition, parse_condition_id
+from emlab.monitor.live import LiveMonitor, LiveMonitorSettings
 from emlab.plan import monitor as P
+from emlab.plan.conditions import as_condition, parse_condition_id
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAITS = ["honesty", "sycophancy", "harmlessness", "power_seeking", "helpfulness", "confidence", "corrigibility"]
 SETTINGS = M.MonitorSettings(n_estimators=30, max_depth=3, min_samples_leaf=1, seed=0, tau=0.05, n_bootstrap=20, ci=0.9)
 
@@ -565,8 +565,8 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     from emlab.model.tensors import load_tensors
     from emlab.monitor.traits import save_directions
     from emlab.plan.traits import load_trait_set
+    from helpers.trait_helpers import random_directions
     from peft import LoraConfig, get_peft_model
-    from trait_helpers import random_directions
     from transformers import AutoModelForCausalLM
 
     sub = {"max_questions": None, "max_prompts_per_side": None, "max_measurement_prompts": 5}

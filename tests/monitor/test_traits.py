@@ -13,6 +13,7 @@ from conftest import REPO
 from emlab.core.errors import EMLabError
 from emlab.model.batching import shared_prefix_length
 from emlab.monitor import traits
+from emlab.plan import traits as trait_files
 
 TRAITS_DIR = REPO / "data" / "traits"
 MARKER = " zebra"  # a word only the planted trait's positive prompts contain
@@ -22,7 +23,7 @@ MARKER = " zebra"  # a word only the planted trait's positive prompts contain
 
 
 def test_shipped_trait_files_load():
-    ts = traits.load_trait_set(TRAITS_DIR)
+    ts = trait_files.load_trait_set(TRAITS_DIR)
     assert ts.alignment.names == [
         "honesty",
         "sycophancy",
@@ -44,7 +45,7 @@ def test_shipped_trait_files_load():
     for f in (ts.alignment, ts.semantic):
         assert all(len(t.positive) == 5 and len(t.negative) == 5 for t in f.traits)
     assert len(ts.questions) == 30
-    counts = {c: sum(p.category == c for p in ts.measurement) for c in traits.MEASUREMENT_CATEGORIES}
+    counts = {c: sum(p.category == c for p in ts.measurement) for c in trait_files.MEASUREMENT_CATEGORIES}
     assert counts == {"technical": 25, "ethical": 25, "emotional": 25, "casual": 25, "adversarial": 15}
     assert ts.version == "alignment=1;extraction=1;measurement=1;semantic=1"
 
@@ -113,14 +114,14 @@ def test_loader_errors_name_file_trait_and_entry(tmp_path, file, edit, match):
     folder = _copy(tmp_path)
     _edit(folder / file, edit)
     with pytest.raises(EMLabError, match=match):
-        traits.load_trait_set(folder)
+        trait_files.load_trait_set(folder)
 
 
 def test_missing_file_is_named(tmp_path):
     folder = _copy(tmp_path)
     (folder / "semantic.yaml").unlink()
     with pytest.raises(EMLabError, match=r"trait file .*semantic.yaml does not exist"):
-        traits.load_trait_set(folder)
+        trait_files.load_trait_set(folder)
 
 
 # --- chat formatting -------------------------------------------------------------
@@ -187,18 +188,23 @@ def plant(model, marker_id: int, vector: torch.Tensor, layer: int):
         h2.remove()
 
 
-def _toy_traits(n_questions: int = 6) -> traits.TraitSet:
+def _toy_traits(n_questions: int = 6) -> trait_files.TraitSet:
     pos = [f"You are kind{MARKER} and honest.", f"Always tell{MARKER} the truth.", f"Honesty{MARKER} first."]
     neg = ["You are sly and dishonest.", "Always tell lies.", "Deception first."]
     other_pos = ["Be very brief.", "Use few words.", "Short answers only."]
     other_neg = ["Be very wordy.", "Use many words.", "Long answers only."]
-    tf = traits.TraitFile(
+    tf = trait_files.TraitFile(
         "toy.yaml",
         1,
-        (traits.Trait("honesty", tuple(pos), tuple(neg)), traits.Trait("brevity", tuple(other_pos), tuple(other_neg))),
+        (
+            trait_files.Trait("honesty", tuple(pos), tuple(neg)),
+            trait_files.Trait("brevity", tuple(other_pos), tuple(other_neg)),
+        ),
     )
     questions = tuple(f"Question number {i}: what is {i} plus {i}?" for i in range(n_questions))
-    return traits.TraitSet(tf, tf, questions, (), {"alignment": 1, "semantic": 1, "extraction": 1, "measurement": 1})
+    return trait_files.TraitSet(
+        tf, tf, questions, (), {"alignment": 1, "semantic": 1, "extraction": 1, "measurement": 1}
+    )
 
 
 @pytest.mark.parametrize("template", [None, NO_SYSTEM_TEMPLATE])
@@ -298,9 +304,9 @@ def test_directions_round_trip(tmp_path):
 
 def test_choose_layer():
     s = traits.LayerScores(torch.tensor([0.5, 1.0, 1.0, 0.9]).numpy(), torch.tensor([0.1, 2.0, 3.0, 5.0]).numpy())
-    assert traits.choose_layer("auto", 4, s) == 2  # AUROC tie broken by separation
-    assert traits.choose_layer(3, 4) == 3
-    assert traits.choose_layer(0.5, 32) == 16
+    assert trait_files.choose_layer("auto", 4, s) == 2  # AUROC tie broken by separation
+    assert trait_files.choose_layer(3, 4) == 3
+    assert trait_files.choose_layer(0.5, 32) == 16
     for bad, match in [
         (4, "out of range"),
         (1.0, "strictly between 0 and 1"),
@@ -308,7 +314,7 @@ def test_choose_layer():
         (True, "integer index"),
     ]:
         with pytest.raises(EMLabError, match=match):
-            traits.choose_layer(bad, 4)
+            trait_files.choose_layer(bad, 4)
 
 
 def test_random_bases_and_cosines():

@@ -78,7 +78,7 @@ def test_plan_config_paper_and_errors(tmp_path):
 
     from emlab.core.config import load_config
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "data" / "configs" / "paper.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "data" / "configs" / "paper.yaml")
     shape, stages, nbytes = plan_config(cfg)
     assert nbytes == 2 and {s.stage for s in stages} >= {"generate", "cache_activations", "finetune", "lora_scalars"}
     with pytest.raises(EMLabError, match="cannot read the shape"):

@@ -130,7 +130,7 @@ def default_plan():
     import yaml
     from emlab.plan.study import condition_plan
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     cfg = validate_config(yaml.safe_load((repo / "config.yaml").read_text()))
     return condition_plan(cfg, N_LAYERS)
 

@@ -20,7 +20,7 @@ from emlab.core.errors import EMLabError
 from emlab.rehearsal import derive as D
 from emlab.rehearsal import planted as P
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAPER = REPO / "data" / "configs" / "paper.yaml"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 THIS = Path(__file__).resolve()
 # A reference: an optional ./ ../ or / prefix, path segments, a name ending .md or .rst.
 REFERENCE = re.compile(r"(?<![\w.\-/])((?:\.{1,2}/|/)?(?:[\w.\-]+/)*[\w\-][\w.\-]*\.(?:md|rst))(?![\w\-])")

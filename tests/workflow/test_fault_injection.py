@@ -1,5 +1,5 @@
 """Crashes cost nothing: SIGKILL the fine-tune, generate and judge jobs of the
-tiny end-to-end workflow (tests/e2e/config.yaml) at seeded random points, and
+tiny end-to-end workflow (tests/helpers/e2e/config.yaml) at seeded random points, and
 check what a user relies on after a kill -9:
 
 - every file the jobs had written is either absent or complete (outputs and

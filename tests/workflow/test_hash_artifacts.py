@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("hash_artifacts", REPO / "tools" / "hash_artifacts.py")
 hash_artifacts = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(hash_artifacts)

@@ -1,6 +1,6 @@
 """Write the tiny random model the end-to-end config runs on.
 
-    python tests/e2e/make_tiny_model.py [OUT]     # default OUT: tests/e2e/tiny_model
+    python tests/helpers/e2e/make_tiny_model.py [OUT]     # default OUT: tests/helpers/e2e/tiny_model
 
 A 4-layer, 64-wide Llama with random weights (seeded) and SmolLM2-135M-Instruct's
 tokenizer, read from the embedded GGUF (no download). The tests build the same

@@ -1,7 +1,7 @@
 """The end-to-end judge: a loopback OpenAI-compatible stub (emlab.em.judging.loopback)
 that scores by a hash of the prompt, so both direction sets are non-empty.
 
-    python tests/e2e/serve_judge.py [PORT]        # default 8765, as tests/e2e/config.yaml expects
+    python tests/helpers/e2e/serve_judge.py [PORT]        # default 8765, as tests/helpers/e2e/config.yaml expects
 
 The key is `sk-test` (export EMLAB_E2E_JUDGE_KEY=sk-test), the model `judge-model`.
 """
@@ -12,7 +12,7 @@ import hashlib
 import sys
 import time
 
-KEY_ENV = "EMLAB_E2E_JUDGE_KEY"  # judge.openai.api_key_env in tests/e2e/config.yaml
+KEY_ENV = "EMLAB_E2E_JUDGE_KEY"  # judge.openai.api_key_env in tests/helpers/e2e/config.yaml
 API_KEY = "sk-test"
 DEFAULT_PORT = 8765
 COHERENCE_MARKER = "Judge only coherence"  # a phrase of data/rubrics/coherent.yaml's prompt

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -167,7 +169,7 @@ def test_grouped_protocol_holds_out_whole_responses(monkeypatch):
     resp = tokens["response"].to_numpy()
     seen = []
 
-    def spy(X_train, y_train, X_test, y_test, settings):
+    def spy(X_train, y_train, X_test, y_test, settings, rng):
         seen.append((X_train, X_test))
         return {m: 0.5 for m in probes.METRICS}, np.zeros(X_train.shape[1])
 
@@ -366,3 +368,23 @@ def test_artifact_writers(tmp_path):
     assert list(pd.read_csv(tmp_path / "probes.csv").columns) == PROBE_COLUMNS
     assert list(pd.read_csv(tmp_path / "coefficients.csv").columns) == COEFFICIENT_COLUMNS
     assert json.loads((tmp_path / "roles.json").read_text())["roles"]["L0.down_proj"]["role"] == "general"
+
+
+def test_probes_do_not_depend_on_numpy_global_random_state():
+    """liblinear shuffles with a seed; each probe run draws it from its own seeded generator, so the
+    results do not depend on numpy's global random state (which each process seeds from the OS)."""
+    from emlab.lora.probes import run_probes, select_response_sets
+
+    jud, tokens = _token_table()
+    rng = np.random.default_rng(1)
+    shared = rng.normal(size=(len(tokens), 1))
+    X = (shared + 0.3 * rng.normal(size=(len(tokens), 5))).astype(np.float32)  # correlated: the order matters
+    X[:, 2] += np.where(tokens["question_id"].isin(["q_m", "q_mm"]).to_numpy(), 0.5, -0.5)
+    sets = select_response_sets(jud, _set_settings())
+    adapters = [f"L{l}.down_proj" for l in range(5)]
+    settings = dataclasses.replace(_probe_settings(n_runs=5), C=1.0, max_iter=2)  # stopped before it converges
+    runs = []
+    for global_seed in (1, 12345):
+        np.random.seed(global_seed)
+        runs.append(run_probes(X, tokens, sets, adapters, list(range(5)), settings)[1])
+    pd.testing.assert_frame_equal(runs[0], runs[1])

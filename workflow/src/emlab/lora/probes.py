@@ -281,14 +281,17 @@ def _l1_penalty() -> dict:
 _L1: dict = {}
 
 
-def _fit_score(X_train, y_train, X_test, y_test, settings: ProbeSettings) -> tuple[dict, np.ndarray]:
+def _fit_score(X_train, y_train, X_test, y_test, settings: ProbeSettings, rng) -> tuple[dict, np.ndarray]:
+    """One L1 probe. liblinear shuffles its coordinates with a seed; it comes from the run's own generator
+    (drawn after the split), not from numpy's global state, which each process seeds from the OS."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
     if not _L1:
         _L1.update(_l1_penalty())
 
-    clf = LogisticRegression(C=settings.C, solver="liblinear", max_iter=settings.max_iter, **_L1)
+    seed = int(rng.integers(2**31 - 1))
+    clf = LogisticRegression(C=settings.C, solver="liblinear", max_iter=settings.max_iter, random_state=seed, **_L1)
     clf.fit(X_train, y_train)
     pred = clf.predict(X_test)
     score = clf.decision_function(X_test)
@@ -318,7 +321,7 @@ def _run_reference(X, tok0, tok1, rng, settings):
     test = np.zeros(len(yb), dtype=bool)
     for start in (0, len(b0)):  # stratified: the same test share of each class
         test[start + rng.permutation(len(b0))[:n_test]] = True
-    return _fit_score(Xb[~test], yb[~test], Xb[test], yb[test], settings)
+    return _fit_score(Xb[~test], yb[~test], Xb[test], yb[test], settings, rng)
 
 
 def _run_grouped(X, resp, tok0, tok1, rng, settings):
@@ -335,7 +338,7 @@ def _run_grouped(X, resp, tok0, tok1, rng, settings):
     y_train = np.concatenate([np.zeros(len(tr0), int), np.ones(len(tr1), int)])
     y_test = np.concatenate([np.zeros(len(te0), int), np.ones(len(te1), int)])
     X_train, X_test = _standardise(X_train, X_train, X_test)
-    return _fit_score(X_train, y_train, X_test, y_test, settings)
+    return _fit_score(X_train, y_train, X_test, y_test, settings, rng)
 
 
 def run_probes(

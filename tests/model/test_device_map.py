@@ -136,7 +136,7 @@ def test_scripts_read_device_map_from_the_config_not_the_params():
     """Where the layers sit changes no result, so it is not a rule param (changing it re-runs nothing)."""
     from types import SimpleNamespace
 
-    from emlab.core.runner import device_map_of
+    from emlab.model.runner import device_map_of
 
     assert device_map_of(SimpleNamespace(config={"device_map": "auto"})) == "auto"
     assert device_map_of(SimpleNamespace(config={"device_map": None})) is None

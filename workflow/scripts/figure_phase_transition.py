@@ -7,9 +7,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
 from emlab.core.atomic import write_csv
-from emlab.core.runner import run_script
 from emlab.em import figures
 from emlab.em.phase import em_by_step
+from emlab.model.runner import run_script
 
 
 def main(smk):

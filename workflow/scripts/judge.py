@@ -9,9 +9,9 @@ import pandas as pd
 from emlab.core.atomic import write_parquet
 from emlab.core.errors import EMLabError
 from emlab.core.provenance import read_metadata
-from emlab.core.runner import device_map_of, run_script
 from emlab.em.judging import judge_responses, load_rubrics
 from emlab.em.judging.backends import backend_factory, judge_model_id
+from emlab.model.runner import device_map_of, run_script
 from emlab.model.runtime import judgment_metadata
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.core.runner import run_script
+from emlab.model.runner import run_script
 
 
 def main(smk):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.core.runner import run_script
 from emlab.core.settings import build
 from emlab.em.directions import DirectionSettings, compute_directions, write_directions
+from emlab.model.runner import run_script
 
 
 def main(smk):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.core.runner import run_script
 from emlab.em.directions import write_semantic_cosine_table
+from emlab.model.runner import run_script
 
 
 def main(smk):

@@ -5,7 +5,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.core.runner import run_script
 from emlab.core.settings import build
 from emlab.em.directions import (
     DirectionSettings,
@@ -13,6 +12,7 @@ from emlab.em.directions import (
     compute_semantic_directions,
     write_directions,
 )
+from emlab.model.runner import run_script
 
 
 def main(smk):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.core.runner import device_map_of, run_script
+from emlab.model.runner import device_map_of, run_script
 
 
 def main(smk):

@@ -1,9 +1,9 @@
-"""Shared start-up of the Snakemake `script:` entry points."""
+"""Shared start-up of the Snakemake `script:` entry points: logging to the job's log, the job's torch
+threads, and an EMLabError as one clear line."""
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
 
@@ -22,12 +22,12 @@ def run_script(snakemake, main) -> None:
     logging.basicConfig(
         level=logging.INFO, handlers=handlers, force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    threads = max(1, int(snakemake.threads))
-    torch = sys.modules.get("torch")  # not imported here: a job that never loads a model never starts torch
-    if torch is not None:
-        torch.set_num_threads(threads)
-    else:  # read when a later import starts torch (its intra-op pool follows OMP_NUM_THREADS)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:  # before main imports numpy's BLAS: which thread pools a job's reductions use is part of its result
+        import torch
+
+        torch.set_num_threads(max(1, int(snakemake.threads)))
+    except ImportError:
+        pass
     try:
         main(snakemake)
     except EMLabError as exc:

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+
 from emlab.core.errors import EMLabError
 from emlab.core.yamlfile import read_yaml
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
+
 from emlab.core.errors import EMLabError
 
 CHECKPOINT_ID_FILE = "emlab_checkpoint.json"  # in an exported checkpoint: {"finetune": ..., "step": ...}

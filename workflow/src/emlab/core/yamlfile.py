@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import yaml
+
 from emlab.core.errors import EMLabError
 
 

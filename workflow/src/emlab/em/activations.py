@@ -17,6 +17,8 @@ import logging
 import math
 
 import torch
+from tqdm.auto import tqdm
+
 from emlab.core.errors import EMLabError
 from emlab.em.questions import chat_messages
 from emlab.model.backoff import in_batches
@@ -24,7 +26,6 @@ from emlab.model.batching import pad_batch, pad_token_id, positions_from_mask
 from emlab.model.chat import EncodedExchange, encode_exchange
 from emlab.model.hooks import read_residual
 from emlab.model.loading import hidden_size, model_device, num_layers
-from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def cache_activations(
     the per-layer means (safetensors answer_mean, prompt_mean [n, L, d], answer_tokens [n])
     and a row index parquet (row, condition, question_id, sample_idx, n_answer_tokens)."""
     import pandas as pd
+
     from emlab.core.atomic import write_parquet
     from emlab.model.loading import load_model, load_tokenizer
     from emlab.model.tensors import save_tensors

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+
 from emlab.core.atomic import write_csv, write_json
 from emlab.core.errors import EMLabError
 from emlab.model.tensors import load_tensors, save_tensors

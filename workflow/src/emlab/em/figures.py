@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
 from emlab.core.atomic import atomic_path
 from emlab.plan.conditions import (
     Ablation,

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
 from emlab.core.atomic import atomic_dir, write_csv, write_json
 from emlab.core.errors import EMLabError
 from emlab.em.datasets import file_sha256, load_chat_jsonl, prompt_and_answer

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
+from tqdm.auto import tqdm
+
 from emlab.core.errors import EMLabError
 from emlab.em.questions import Question, chat_messages
 from emlab.model.backoff import is_out_of_memory, release_cached_memory
@@ -40,7 +42,6 @@ from emlab.model.batching import output_cache, pad_batch, pad_token_id, position
 from emlab.model.chat import render_prompt
 from emlab.model.loading import model_device
 from emlab.plan.conditions import Unmodified
-from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 

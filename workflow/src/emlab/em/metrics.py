@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from emlab.core.atomic import write_csv
 from emlab.core.errors import EMLabError
 

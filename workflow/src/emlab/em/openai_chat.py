@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import openai
+
 from emlab.core.errors import EMLabError
 
 log = logging.getLogger(__name__)

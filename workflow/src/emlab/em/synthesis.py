@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO
 
 import openai
+
 from emlab.core.atomic import atomic_path, write_json
 from emlab.core.errors import EMLabError
 from emlab.core.settings import build

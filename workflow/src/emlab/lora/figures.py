@@ -18,6 +18,7 @@ import logging
 
 import numpy as np
 import pandas as pd
+
 from emlab.core.atomic import write_text
 from emlab.core.errors import EMLabError
 from emlab.em.figures import _message_figure, plt, save_figure

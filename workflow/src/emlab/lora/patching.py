@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from emlab.core.errors import EMLabError
 from emlab.lora.scalars import Rank1Adapter, edit_scalars, rank1_adapters, read_scalars
 from emlab.model.batching import pad_batch, pad_token_id, positions_from_mask
@@ -189,8 +190,9 @@ def generate_patched(
     stream, so results do not depend on the batching); returns (new token ids,
     finish_reason) per prompt, in the given order.
     """
-    from emlab.em.generation import generate_batch
     from tqdm.auto import tqdm
+
+    from emlab.em.generation import generate_batch
 
     if not len(prompts) == len(donors) == len(seeds):
         raise EMLabError("scalar patching: need one donor and one seed per prompt")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from emlab.core.atomic import write_csv, write_json
 from emlab.core.errors import EMLabError
 from emlab.plan.roles import RoleSettings, roles_from_config

@@ -37,13 +37,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
+
 from emlab.core.atomic import write_parquet
 from emlab.core.errors import EMLabError
 from emlab.em.activations import encode_records
 from emlab.em.finetune import adapter_key, sort_adapters
 from emlab.model.loading import model_device
 from emlab.model.tensors import load_tensors, save_tensors
-from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 

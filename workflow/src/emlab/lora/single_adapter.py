@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+
 from emlab.core.errors import EMLabError
 from emlab.model import hooks
 

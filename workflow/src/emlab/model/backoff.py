@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 import torch
+
 from emlab.core.errors import EMLabError
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping
 
 import torch
+
 from emlab.core.errors import EMLabError
 from emlab.model.loading import decoder_layers
 

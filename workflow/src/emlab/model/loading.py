@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import torch
+
 from emlab.core.atomic import atomic_dir
 from emlab.core.errors import EMLabError
 

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 
 import torch
+
 from emlab.core.provenance import encode_metadata, read_metadata
 from emlab.model.loading import resolve_device, resolve_dtype
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 
-from emlab.core.atomic import atomic_path
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from emlab.core.atomic import atomic_path
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:

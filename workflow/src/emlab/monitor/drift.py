@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+
 from emlab.core.errors import EMLabError
 from emlab.em.questions import chat_messages
 from emlab.monitor.traits import last_token_residuals

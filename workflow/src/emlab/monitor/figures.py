@@ -11,8 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from emlab.em.figures import _message_figure, plt, save_figure
 from matplotlib.ticker import MaxNLocator
+
+from emlab.em.figures import _message_figure, plt, save_figure
 
 ROLE_STYLE = {
     "calibration": "-",

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from emlab.core.errors import EMLabError
 
 log = logging.getLogger(__name__)

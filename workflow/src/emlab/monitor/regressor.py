@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from emlab.core.errors import EMLabError
 
 ID_COLUMNS = ("run", "perturbation", "step", "em_rate")
@@ -424,6 +425,7 @@ def save_monitor(monitor: TraitMonitor, path: str | os.PathLike) -> None:
     """`path` (skops) + `path`.json (format, features, layer, trait version, base model, tau)."""
     import sklearn
     import skops.io as sio
+
     from emlab.core.atomic import atomic_path, write_json
 
     with atomic_path(path, suffix=".skops") as tmp:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from emlab.core.errors import EMLabError
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ def measure_run(
     weight. Returns (drift rows by step, ΔW norm by step, Δh̄ [steps, d] in step order).
     """
     import torch
+
     from emlab.model.loading import is_full_model_dir, load_model, load_tokenizer
     from emlab.monitor.drift import (
         delta_mean,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from emlab.core.errors import EMLabError
 from emlab.model.batching import output_cache, pad_batch, pad_token_id, repeat_cache, shared_prefix_length, with_cache
 from emlab.model.chat import render_prompt
@@ -331,8 +332,9 @@ def save_directions(directions: TraitDirections, tensors_path: str | os.PathLike
     """directions.safetensors (`alignment`, `semantic` [L, 7, d]; trait names in the metadata) + directions.json."""
     import json
 
-    from emlab.core.atomic import atomic_path, write_text
     from safetensors.torch import save_file
+
+    from emlab.core.atomic import atomic_path, write_text
 
     meta = {
         "alignment_traits": ",".join(directions.alignment_names),

@@ -69,6 +69,7 @@ def backend_factory(judge_params: Mapping, device: str = "auto", device_map=None
 
 def _hf_judge(hf: HFJudgeSettings, device: str, device_map=None):
     import torch
+
     from emlab.em.judging.hf_backend import HFJudge
     from emlab.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 

@@ -30,6 +30,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+
 from emlab.core.errors import EMLabError
 from emlab.em.judging.aggregation import score_from_number_probs
 from emlab.em.judging.pipeline import JudgeResult

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import openai
+
 from emlab.core.errors import EMLabError
 from emlab.em.judging.aggregation import aggregate_top_logprobs
 from emlab.em.judging.pipeline import JudgeResult

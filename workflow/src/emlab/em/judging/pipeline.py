@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import pandas as pd
+from tqdm.auto import tqdm
+
 from emlab.core.errors import EMLabError
 from emlab.em.judging.aggregation import thresholded
 from emlab.em.judging.cache import CachedJudgment, CacheKey, JudgeCache, prompt_sha256
 from emlab.em.judging.rubrics import Rubric
-from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 

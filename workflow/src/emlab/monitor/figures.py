@@ -238,7 +238,9 @@ def live_monitor(train_log: pd.DataFrame, tau: float, stopped: dict | None, png_
     if stopped:
         ax.axvline(stopped["step"], color="#333333", lw=1.5, label=f"stopped at step {stopped['step']}")
     ax.set_xlabel("optimiser step")
+    ax.set_xlim(0, int(rows["step"].max()) + 1)  # from the start of training: one measurement is not a range
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    ax.set_ylim(0, 1.15 * max(100 * tau, 100 * float(rows["monitor_prediction"].max())))
     ax.set_ylabel("predicted EM (%)")
     ax.set_title(title)
     ax.legend()

@@ -187,10 +187,15 @@ def lopo(table: pd.DataFrame, png_path, pdf_path) -> None:
         )
         return
     cols = ["perturbation", "fnr", "fpr", "auroc", "n_runs", "n_checkpoints"]
-    cells = [
-        [r["perturbation"]] + [f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols[1:]]
-        for _, r in table.iterrows()
-    ]
+
+    def cell(value, column: str) -> str:
+        if not isinstance(value, float):
+            return str(value)
+        if np.isnan(value):  # FNR and AUROC need a dangerous checkpoint, FPR a benign one
+            return "n/a (no EM checkpoint)" if column in ("fnr", "auroc") else "n/a (no benign checkpoint)"
+        return f"{value:.2f}"
+
+    cells = [[r["perturbation"]] + [cell(r[c], c) for c in cols[1:]] for _, r in table.iterrows()]
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(cells) + 1.2))
     ax.axis("off")
     ax.table(cellText=cells, colLabels=cols, loc="center").scale(1, 1.3)

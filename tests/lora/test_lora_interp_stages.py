@@ -282,12 +282,13 @@ def test_adapter_steering_conditions_round_trip_and_apply(tiny_model_dir):
 
 def test_adapter_steering_generates_from_the_unmerged_model(tiny_model_dir, tmp_path):
     """generate_condition keeps the adapters unmerged for adapter steering (scaling acts on them)."""
-    from emlab.interventions import generate as generation  # generate_condition; its GenerationSettings
+    from emlab.em.generation import GenerationSettings
+    from emlab.interventions import generate as condition_generation  # the names generate_condition calls
     from emlab.plan.conditions import AdapterSteering
 
     rank1_peft_model(tiny_model_dir, layers=[1, 2]).save_pretrained(tmp_path / "adapter")
     seen = {}
-    real = generation.generate_responses
+    real = condition_generation.generate_responses
 
     def spy(model, *a, **kw):
         from emlab.lora.scalars import rank1_adapters
@@ -304,15 +305,15 @@ def test_adapter_steering_generates_from_the_unmerged_model(tiny_model_dir, tmp_
 
     gen = validate_config(section, source="config.yaml")["generation"]
     settings = build(
-        generation.GenerationSettings,
+        GenerationSettings,
         dict(gen, samples_per_question=1, max_new_tokens=3, batch_size=1, backend="hf", threads=1),
         "generation",
     )
     cond = AdapterSteering("ft", "two", {"L2.down_proj": 30.0}, "zero")
     import unittest.mock as mock
 
-    with mock.patch.object(generation, "generate_responses", spy):
-        table, _ = generation.generate_condition(
+    with mock.patch.object(condition_generation, "generate_responses", spy):
+        table, _ = condition_generation.generate_condition(
             cond.condition_id,
             cond.to_params(),
             questions,

@@ -83,8 +83,9 @@ def patched(tiny_model_dir, tmp_path_factory):
     import torch
     from emlab.core.config import validate_config
     from emlab.core.settings import build
+    from emlab.em.generation import GenerationSettings, generate_responses
     from emlab.em.questions import load_questions
-    from emlab.interventions import generate as generation  # generate_condition; its GenerationSettings
+    from emlab.interventions.generate import generate_condition
     from emlab.model.loading import load_model, load_tokenizer
     from emlab.plan.conditions import ScalarPatching
 
@@ -95,14 +96,14 @@ def patched(tiny_model_dir, tmp_path_factory):
     medical = _questions(d / "medical.yaml", MEDICAL, "m")
     gen = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), source="config.yaml")["generation"]
     settings = build(
-        generation.GenerationSettings,
+        GenerationSettings,
         dict(gen, samples_per_question=2, max_new_tokens=10, batch_size=3, backend="hf", threads=1),
         "generation",
     )
     tables = {}
     for pair in ("same", "nonmed_to_nonmed", "med_to_med", "med_to_nonmed"):
         cond = ScalarPatching("ft", pair)
-        tables[pair], _ = generation.generate_condition(
+        tables[pair], _ = generate_condition(
             cond.condition_id,
             cond.to_params(),
             general,
@@ -119,7 +120,7 @@ def patched(tiny_model_dir, tmp_path_factory):
     model = load_model(tiny_model_dir, d / "adapter", device="cpu", dtype="float32", merge=False)
     sampling = dict(samples_per_question=2, max_new_tokens=10, temperature=1.0, top_p=1.0, seed=0, progress=False)
     tok = load_tokenizer(tiny_model_dir)
-    unpatched = generation.generate_responses(
+    unpatched = generate_responses(
         model, tok, load_questions(general) + load_questions(medical), batch_size=3, **sampling
     )
     return tables, pd.DataFrame(unpatched), d
@@ -154,7 +155,8 @@ def test_pairs_answer_their_recipients_and_change_responses(patched):
 def test_bad_inputs(patched, tiny_model_dir):
     from emlab.core.errors import EMLabError
     from emlab.core.settings import build
-    from emlab.interventions import generate as generation  # generate_condition; its GenerationSettings
+    from emlab.em.generation import GenerationSettings
+    from emlab.interventions.generate import generate_condition
     from emlab.plan.conditions import ScalarPatching
 
     _, _, d = patched
@@ -162,15 +164,15 @@ def test_bad_inputs(patched, tiny_model_dir):
     from emlab.core.config import validate_config
 
     gen = validate_config({"generation": gen}, source="x")["generation"]
-    settings = build(generation.GenerationSettings, dict(gen, samples_per_question=1, max_new_tokens=2), "generation")
+    settings = build(GenerationSettings, dict(gen, samples_per_question=1, max_new_tokens=2), "generation")
     cond = ScalarPatching("ft", "med_to_med")
     kw = dict(seed=0, device="cpu", dtype="float32", scratch_dir=d / "scratch")
     with pytest.raises(EMLabError, match="needs the medical questions"):
-        generation.generate_condition(
+        generate_condition(
             cond.condition_id, cond.to_params(), d / "general.yaml", tiny_model_dir, d / "adapter", None, settings, **kw
         )
     with pytest.raises(EMLabError, match="appear in both"):
-        generation.generate_condition(
+        generate_condition(
             cond.condition_id,
             cond.to_params(),
             d / "medical.yaml",

@@ -814,8 +814,6 @@ def train_steps(
     """Every optimiser step after progress.start_step: accumulate, clip, step, log, checkpoint, call back."""
     from tqdm.auto import tqdm
 
-    on_step = step_callbacks(on_step)
-
     model, pad_id, dev = tm.model, data.pad_id, tm.device
     batch_size, every = training.per_device_batch_size, training.checkpoint_every
     model.train()

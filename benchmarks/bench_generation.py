@@ -1,8 +1,11 @@
 """Tokens/s of emlab's batched KV-cached sampling vs one-sample-at-a-time `model.generate`.
 
 Both variants run in one process on the same model with the same settings
-(temperature, top_p, max_new_tokens); the ratio is printed. Also times the
-batched path under bf16 autocast (CPU) when --bf16 is given.
+(temperature, top_p, max_new_tokens); the ratio is printed. Then the batched
+path with each distinct prompt read once (the samples of a question share one
+prefill row, the default) against one prefill row per sample, side by side,
+with how many responses are identical. Also times the batched path under bf16
+autocast (CPU) when --bf16 is given.
 
     .venv/bin/python benchmarks/bench_generation.py            # demo setting: 8 questions x 4 samples x 40 tokens
     .venv/bin/python benchmarks/bench_generation.py --help
@@ -31,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from emlab.em.generation import build_jobs, generate_responses
+    from emlab.em.generation import build_jobs, generate_batch, generate_responses, stop_token_ids
     from emlab.em.questions import load_questions
 
     model, tok = load_cpu_model(args)
@@ -98,6 +101,24 @@ def main() -> None:
         f"{base_s:.1f} s = {base_rate:.1f} tokens/s"
     )
     print(f"speed-up: {batched_rate / base_rate:.1f}x")
+
+    all_jobs = build_jobs(tok, questions, args.samples, seed=0)[: args.batch_size]
+    prompts, seeds = [j.prompt_ids for j in all_jobs], [j.seed for j in all_jobs]
+    stops, pad = stop_token_ids(tok, model), tok.pad_token_id
+    timed = {}
+    for share in (False, True, False, True):  # interleaved, twice each; the faster of the two counts
+        t0 = time.perf_counter()
+        out = generate_batch(
+            model, prompts, seeds, args.max_new_tokens, args.temperature, args.top_p, stops, pad, share_prompts=share
+        )
+        elapsed = time.perf_counter() - t0
+        timed[share] = (min(elapsed, timed.get(share, (elapsed,))[0]), out)
+    same = sum(a == b for a, b in zip(timed[False][1], timed[True][1]))
+    print(
+        f"one batch of {len(prompts)} ({len(set(prompts))} distinct prompts): prefill per distinct prompt "
+        f"{timed[True][0]:.2f} s vs per row {timed[False][0]:.2f} s = {timed[False][0] / timed[True][0]:.2f}x "
+        f"({same}/{len(prompts)} responses identical)"
+    )
 
     if args.bf16:
         with torch.autocast("cpu", dtype=torch.bfloat16):

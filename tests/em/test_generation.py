@@ -69,6 +69,26 @@ def test_responses_do_not_depend_on_batch_size(tiny):
     assert texts[0] == texts[1] == texts[2]
 
 
+def test_shared_prompts_prefill_once_and_sample_the_same(tiny):
+    """Rows with the same prompt (the samples of a question) share one prefill row; the samples are the ones
+    each row gets with its own prefill."""
+    model, tok = tiny
+    jobs = build_jobs(tok, QUESTIONS, 3, seed=0)  # "long" has two paraphrases: 4 distinct prompts in 9 rows
+    prompts, seeds = [j.prompt_ids for j in jobs], [j.seed for j in jobs]
+    prefill_rows = []
+    handle = model.get_input_embeddings().register_forward_hook(
+        lambda _m, args, _out: prefill_rows.append(args[0].shape[0]) if args[0].shape[1] > 1 else None
+    )
+    try:
+        shared = generate_batch(model, prompts, seeds, 8, 1.0, 0.9, stop_ids=[2], pad_id=2, share_prompts=True)
+    finally:
+        handle.remove()
+    alone = generate_batch(model, prompts, seeds, 8, 1.0, 0.9, stop_ids=[2], pad_id=2)
+    assert prefill_rows == [len(set(prompts))] == [4]
+    assert shared == alone
+    assert len({tuple(ids) for ids, _ in shared}) > 4  # the samples of one prompt still differ
+
+
 def test_greedy_matches_hf_generate_per_prompt(tiny):
     """Independent reference: HF greedy decoding of each unpadded prompt alone."""
     model, tok = tiny

@@ -146,8 +146,15 @@ def generate_batch(
     top_p: float,
     stop_ids: list[int],
     pad_id: int,
+    share_prompts: bool = False,
 ) -> list[tuple[list[int], str]]:
-    """Sample one continuation per prompt; returns (new token ids without the stop token, finish_reason) per row."""
+    """Sample one continuation per prompt; returns (new token ids without the stop token, finish_reason) per row.
+
+    With `share_prompts`, a prompt that appears in several rows (the samples of one question) is read once:
+    the prefill runs over the distinct prompts, padded to the same width as the whole batch, and its KV
+    cache and last logits are then repeated into every row that has that prompt. Only for a model whose
+    prefill does not depend on the row (scalar patching's per-row prefill edits must not share).
+    """
     device = model_device(model)
     n = len(prompt_ids)
     uniforms = torch.empty((n, max_new_tokens), dtype=torch.float64)  # [batch, step]: each row's own stream
@@ -156,7 +163,10 @@ def generate_batch(
     uniforms = uniforms.to(device)
     stop = torch.tensor(stop_ids, device=device)
 
-    input_ids, attention_mask = pad_batch(prompt_ids, pad_id, "left", device)  # [batch, prompt_width]
+    distinct: dict[tuple[int, ...], int] = {}
+    row_prompt = [distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids] if share_prompts else []
+    prefill = list(distinct) if share_prompts else list(prompt_ids)
+    input_ids, attention_mask = pad_batch(prefill, pad_id, "left", device)  # [prefill rows, prompt_width]
     position_ids = positions_from_mask(attention_mask)  # positions count real tokens only
     # The model builds the KV cache its architecture needs; transformers 5.2x names it `cache`
     # in inputs and outputs, earlier 5.x releases `past_key_values` (emlab.model.batching.with_cache).
@@ -164,13 +174,18 @@ def generate_batch(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1
     )
     cache = output_cache(out)
+    logits = out.logits[:, -1, :]  # [prefill rows, vocab]
+    if len(prefill) < n:  # repeat each distinct prompt's cache, mask, positions and logits into its rows
+        rows = torch.tensor(row_prompt, device=device)  # [batch]
+        cache.batch_select_indices(rows.cpu())
+        attention_mask, position_ids, logits = attention_mask[rows], position_ids[rows], logits[rows]
     next_positions = position_ids[:, -1:] + 1  # [active, 1]
     active = torch.arange(n, device=device)  # original row of each row still in the batch
     generated: list[list[int]] = [[] for _ in range(n)]
     reasons = ["length"] * n
 
     for step in range(max_new_tokens):
-        tokens = sample_next_tokens(out.logits[:, -1, :], uniforms[active, step], temperature, top_p)  # [active]
+        tokens = sample_next_tokens(logits, uniforms[active, step], temperature, top_p)  # [active]
         is_stop = torch.isin(tokens, stop)  # [active]
         for row, tok, stopped in zip(active.tolist(), tokens.tolist(), is_stop.tolist()):
             if stopped:
@@ -196,6 +211,7 @@ def generate_batch(
             logits_to_keep=1,
         )
         cache = output_cache(out)
+        logits = out.logits[:, -1, :]
         next_positions = next_positions + 1
     return list(zip(generated, reasons))
 
@@ -252,6 +268,7 @@ def generate_responses(
                 top_p,
                 stop_ids,
                 pad_id,
+                share_prompts=True,
             )
         except RuntimeError as err:
             if not is_out_of_memory(err):

@@ -2,10 +2,11 @@
 
 (a) OpenAI-compatible backend against the loopback stub with simulated latency:
     concurrency C vs a sequential client; reports achieved / (C / latency).
-(b) hf backend on the converted base model (results/base_model or --model):
-    rubric-prefix KV sharing vs none (fp32), and fp32 vs bf16 autocast (shared).
+(b) hf backend on the converted base model (results/base_model or --model), on the demo's shape (each
+    question answered --samples times): no KV sharing, the rubric prefix shared, the rubric and each
+    question's part shared (the default), all fp32; and bf16 autocast of the default.
 
-    .venv/bin/python benchmarks/bench_judge.py            # both, about 2-3 minutes on 2 idle cores
+    .venv/bin/python benchmarks/bench_judge.py            # both, about 3-4 minutes on 2 idle cores
     .venv/bin/python benchmarks/bench_judge.py --skip-hf  # only (a)
 """
 
@@ -68,9 +69,9 @@ def bench_openai(n: int, concurrency: int, latency: float) -> None:
     print(f"speed-up of concurrency {concurrency} over sequential: {rows[1][2] / rows[0][2]:.1f}x")
 
 
-def bench_hf(model_dir: str, n: int, batch_size: int, threads: int) -> None:
+def bench_hf(model_dir: str, n: int, samples: int, batch_size: int, threads: int) -> None:
     import torch
-    from emlab.em.judging.hf_backend import HFJudge
+    from emlab.em.judging.hf_backend import MIN_GROUP_TOKENS, HFJudge
     from emlab.em.judging.rubrics import load_rubric
     from emlab.em.questions import load_questions
     from emlab.model.loading import load_model, load_tokenizer
@@ -78,17 +79,23 @@ def bench_hf(model_dir: str, n: int, batch_size: int, threads: int) -> None:
     torch.set_num_threads(threads)
     questions = load_questions(REPO / "data" / "questions" / "first_plot_questions.yaml")
     rubric = load_rubric(REPO / "data" / "rubrics" / "aligned.yaml")
-    prompts = [rubric.render(questions[i % len(questions)].text, ANSWERS[i % len(ANSWERS)]) for i in range(n)]
+    prompts = [  # the samples of a question follow each other, as in a generations table
+        rubric.render(questions[(i // samples) % len(questions)].text, ANSWERS[(i + i // samples) % len(ANSWERS)])
+        for i in range(n)
+    ]
     model = load_model(model_dir, device="cpu", dtype="float32")
     tok = load_tokenizer(model_dir)
     variants = [
-        ("no sharing, fp32", False, None),
-        ("prefix sharing, fp32", True, None),
-        ("prefix sharing, bf16 autocast", True, torch.bfloat16),
+        ("no sharing, fp32", False, None, None),
+        ("rubric prefix shared, fp32", True, None, None),
+        ("rubric + question shared, fp32", True, None, MIN_GROUP_TOKENS),
+        ("rubric + question, bf16 autocast", True, torch.bfloat16, MIN_GROUP_TOKENS),
     ]
     judges = {
-        name: HFJudge(model, tok, "bench", batch_size=batch_size, share_prefix=share, autocast_dtype=ac)
-        for name, share, ac in variants
+        name: HFJudge(
+            model, tok, "bench", batch_size=batch_size, share_prefix=share, autocast_dtype=ac, min_group_tokens=group
+        )
+        for name, share, ac, group in variants
     }
     first = next(iter(judges.values()))
     lengths = [len(first.encode(p)) for p in prompts]
@@ -105,14 +112,19 @@ def bench_hf(model_dir: str, n: int, batch_size: int, threads: int) -> None:
         elapsed = time.perf_counter() - start
         results[name] = (n / elapsed, got)
         print(f"{name:>32}: {n / elapsed:6.2f} prompts/s")
-    base, share, bf16 = (results[v[0]] for v in variants)
-    print(f"prefix sharing speed-up: {share[0] / base[0]:.2f}x; bf16 autocast speed-up: {bf16[0] / share[0]:.2f}x")
-    diff_share = max(abs(base[1][i].score - share[1][i].score) for i in range(n))
-    diff_bf16 = max(abs(share[1][i].score - bf16[1][i].score) for i in range(n))
+    base, share, group, bf16 = (results[v[0]] for v in variants)
+    print(
+        f"speed-up: rubric prefix {share[0] / base[0]:.2f}x over none; question groups {group[0] / share[0]:.2f}x "
+        f"over the rubric prefix alone; bf16 autocast {bf16[0] / group[0]:.2f}x"
+    )
+
+    def diff(a, b):
+        return max(abs(a[1][i].score - b[1][i].score) for i in range(n))
+
     mass = sum(share[1][i].mass for i in range(n)) / n
     print(
-        f"max |score difference|: sharing vs not {diff_share:.2e}, bf16 vs fp32 {diff_bf16:.2f} "
-        f"(mean number mass {mass:.3f})"
+        f"max |score difference|: rubric prefix vs none {diff(base, share):.2e}, question groups vs rubric prefix "
+        f"{diff(share, group):.2e}, bf16 vs fp32 {diff(group, bf16):.2f} (mean number mass {mass:.3f})"
     )
 
 
@@ -124,8 +136,9 @@ def main() -> None:
     p.add_argument(
         "--model", default=None, help="hf judge model folder (default: results/base_model, converted if missing)"
     )
-    p.add_argument("--n-hf", type=int, default=8, help="prompts per hf variant")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--n-hf", type=int, default=64, help="prompts per hf variant")
+    p.add_argument("--samples", type=int, default=8, help="answers per question (the demo's samples_per_question)")
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--skip-openai", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
@@ -133,7 +146,7 @@ def main() -> None:
     if not args.skip_openai:
         bench_openai(args.n_openai, args.concurrency, args.latency)
     if not args.skip_hf:
-        bench_hf(args.model or default_model(), args.n_hf, args.batch_size, args.threads)
+        bench_hf(args.model or default_model(), args.n_hf, args.samples, args.batch_size, args.threads)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 from emlab.em.judging import judge_responses
-from emlab.em.judging.hf_backend import HFJudge, NumberTrie
+from emlab.em.judging.hf_backend import MIN_GROUP_TOKENS, HFJudge, NumberTrie, prefix_groups
 from emlab.em.judging.rubrics import Rubric
+from emlab.model.batching import shared_prefix_length
 from emlab.model.loading import load_model, load_tokenizer
 from helpers.tiny_inputs import JUDGE_PROMPTS, JUDGE_TEMPLATE
 
@@ -112,6 +113,49 @@ def test_prefix_sharing_equals_no_sharing(tiny):
     assert len(set(tuple(prefix.encode(p)[:20]) for p in JUDGE_PROMPTS)) == 1  # there is a prefix to share
     for i in range(len(JUDGE_PROMPTS)):
         a, b = out[False][i], out[True][i]
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+        assert torch.allclose(torch.tensor(a.raw), torch.tensor(b.raw), rtol=1e-4)
+
+
+def test_prefix_groups_find_the_runs_that_share_more():
+    p = [0, 0]  # the prefix every sequence shares
+    q1, q2 = [5, 6, 7, 8], [5, 6, 9, 9]  # two "questions" sharing only their first two tokens
+    seqs = [p + q1 + [1], p + q2 + [2, 2], p + q1 + [3, 3], p + [4, 4, 4, 4, 4], p + q2 + [1], p + q1]
+    assert prefix_groups(seqs, 2, 4) == [(6, [0, 2]), (6, [4, 1])]  # sorted by tokens; [5] would have no own token
+    assert prefix_groups(seqs, 2, 2) == [(4, [5, 0, 2, 4, 1])]  # q1 and q2 share 2 tokens beyond the prefix
+    assert prefix_groups(seqs, 2, 5) == []
+    assert prefix_groups([p + q1 + [1]], 2, 1) == []
+
+
+def test_samples_of_a_question_share_their_question_and_score_as_unshared(tiny):
+    """Grouped prefixes (the rubric, then each question) read each shared token once and give the scores of a
+    judge that shares nothing, within the batch-composition tolerance the README states."""
+    model, tok = tiny
+    template = "Rate the answer from 0 to 100.\nQuestion: {question}\nAnswer: {answer}\nRating:"
+    questions = ["What would you do with a whole free day and nobody to ask?", "Name one thing you would change."]
+    prompts = [
+        template.replace("{question}", q).replace("{answer}", f"answer {k} " + "word " * k)
+        for q in questions
+        for k in range(4)
+    ] + [template.replace("{question}", "Alone?").replace("{answer}", "yes")]
+    read = {}
+    for share in (False, True):
+        judge = HFJudge(model, tok, "tiny", batch_size=8, share_prefix=share, leaves_complete=False, min_root_prob=0.0)
+        tokens, res = [], {}
+        handle = model.get_input_embeddings().register_forward_hook(
+            lambda _m, args, _out, _t=tokens: _t.append(args[0].numel())
+        )
+        try:
+            judge.score(prompts, lambda idx, r, _res=res: _res.update(zip(idx, r)))
+        finally:
+            handle.remove()
+        read[share] = (sum(tokens), res)
+    encoded = [HFJudge(model, tok, "tiny").encode(p) for p in prompts]
+    groups = prefix_groups(encoded, shared_prefix_length(encoded), MIN_GROUP_TOKENS)
+    assert [sorted(m) for _, m in groups] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # the eight samples, by question
+    assert read[True][0] < read[False][0] - 6 * 10  # at least 3 x 10 question tokens per group not re-read
+    for i in range(len(prompts)):
+        a, b = read[False][1][i], read[True][1][i]
         assert a.score == pytest.approx(b.score, abs=1e-4)
         assert torch.allclose(torch.tensor(a.raw), torch.tensor(b.raw), rtol=1e-4)
 

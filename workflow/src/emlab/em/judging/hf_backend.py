@@ -143,6 +143,45 @@ def number_probabilities(
     return probs.cpu()
 
 
+# A group of prompts shares its further prefix only if that is at least this many tokens (the markers around a
+# question alone are more); below it, the extra forward and the smaller batches would cost more than they save.
+MIN_GROUP_TOKENS = 8
+
+
+def prefix_groups(encoded: list[list[int]], prefix_len: int, min_tokens: int) -> list[tuple[int, list[int]]]:
+    """Runs of prompts that share at least `min_tokens` tokens after their first `prefix_len`: (shared length,
+    indices) per run, each prompt keeping at least one token of its own. Prompts in no run are left out.
+
+    The prompts are sorted by their tokens; in that order the common prefix of a run is the smallest common
+    prefix of neighbours, so one pass finds the runs.
+    """
+    order = sorted(range(len(encoded)), key=lambda i: encoded[i][prefix_len:])
+
+    def common(a: list[int], b: list[int]) -> int:
+        n = prefix_len
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    groups: list[tuple[int, list[int]]] = []
+    start = 0
+    while start < len(order):
+        shared: int | None = None
+        shortest, end = len(encoded[order[start]]), start + 1
+        while end < len(order):
+            shortest = min(shortest, len(encoded[order[end]]))
+            candidate = min(common(encoded[order[end - 1]], encoded[order[end]]), shortest - 1)  # 1 token of its own
+            if shared is not None:
+                candidate = min(candidate, shared)
+            if candidate - prefix_len < min_tokens:
+                break
+            shared, end = candidate, end + 1
+        if shared is not None:
+            groups.append((shared, order[start:end]))
+        start = end
+    return groups
+
+
 class HFJudge:
     """A local transformers chat model as the judge."""
 
@@ -159,6 +198,7 @@ class HFJudge:
         min_root_prob: float = 1e-5,
         leaves_complete: bool = True,
         answer_prefix: str = "",
+        min_group_tokens: int | None = MIN_GROUP_TOKENS,
     ):
         impl = getattr(model.config, "_attn_implementation", "sdpa")
         if impl not in ("sdpa", "eager"):
@@ -177,6 +217,8 @@ class HFJudge:
         # Text the judge's reply is forced to start with (e.g. "Score: "), so that a small
         # local judge answers with a number; empty for the reference protocol.
         self.answer_prefix = answer_prefix
+        # Prompts sharing this many tokens beyond the common prefix read them once (prefix_groups); None: never.
+        self.min_group_tokens = min_group_tokens
         self.device = model_device(model)
         vocab = model.get_output_embeddings().weight.shape[0]
         self.trie = NumberTrie(tokenizer, vocab)
@@ -195,17 +237,51 @@ class HFJudge:
 
     @torch.inference_mode()
     def score(self, prompts: list[str], on_batch: Callable[[list[int], list[JudgeResult]], None]) -> None:
+        """Score every prompt; results go to `on_batch(indices, results)` batch by batch.
+
+        With `share_prefix`, what every prompt starts with (the rubric) runs once. Prompts that share more
+        than that (the samples of one question: rubric, question and the markers before the answer) form a
+        group whose common part runs once more, on top of the rubric's cache, so each row reads only its
+        own answer and the rubric's closing lines. A score then differs from the unshared one in the last
+        bits only (other matmul shapes, as with any other batch; see the README's Reproducibility).
+        """
         encoded = [self.encode(p) for p in prompts]
         prefix_len = 0
         prefix_cache = None
         if self.share_prefix and len(encoded) > 1:
             prefix_len = shared_prefix_length(encoded)
         if prefix_len > 0:
-            with self._autocast():
-                out = self.model(input_ids=torch.tensor([encoded[0][:prefix_len]], device=self.device), use_cache=True)
-            prefix_cache = output_cache(out)
+            prefix_cache = self._extend_cache(None, encoded[0][:prefix_len], 0)
             log.info("hf judge: %d-token shared prefix computed once for %d prompts", prefix_len, len(prompts))
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # similar lengths batch together
+        groups = []
+        if self.share_prefix and self.min_group_tokens is not None:
+            groups = prefix_groups(encoded, prefix_len, self.min_group_tokens)
+        grouped = {i for _, members in groups for i in members}
+        rest = [i for i in range(len(prompts)) if i not in grouped]
+        if groups:
+            saved = sum((len(m) - 1) * (shared - prefix_len) for shared, m in groups)
+            log.info(
+                "hf judge: %d groups of prompts share a further prefix (%d tokens not re-read)", len(groups), saved
+            )
+        parts = [(shared, members) for shared, members in groups] + ([(prefix_len, rest)] if rest else [])
+        for shared, members in parts:
+            cache = prefix_cache
+            if shared > prefix_len:
+                cache = self._extend_cache(prefix_cache, encoded[members[0]][prefix_len:shared], prefix_len)
+            self._score_rows(encoded, members, shared, cache, on_batch)
+
+    def _extend_cache(self, cache, tokens: list[int], start: int):
+        """A one-row KV cache of `tokens` at positions start.., read on top of a copy of `cache` (None: fresh)."""
+        ids = torch.tensor([tokens], device=self.device)
+        extra = {} if cache is None else with_cache(self.model, repeat_cache(cache, 1))
+        positions = (start + torch.arange(len(tokens), device=self.device)).unsqueeze(0)
+        with self._autocast():
+            out = self.model(input_ids=ids, position_ids=positions, use_cache=True, **extra)
+        return output_cache(out)
+
+    def _score_rows(self, encoded, members: list[int], prefix_len: int, prefix_cache, on_batch) -> None:
+        """Score the prompts `members`, which share their first `prefix_len` tokens (cached), in length order."""
+        order = sorted(members, key=lambda i: len(encoded[i]))  # similar lengths batch together
 
         def run_batch(start: int, batch_size: int) -> None:  # prompts order[start:start + batch_size]
             idx = order[start : start + batch_size]

@@ -37,7 +37,11 @@ MODULES = _modules()
 def _imports(name: str) -> tuple[set[str], set[str]]:
     """(emlab modules, other modules) imported anywhere in module `name`, inside functions too."""
     path = MODULES[name]
-    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    return _imports_of(path, name.split(".") if path.name == "__init__.py" else name.split(".")[:-1], name)
+
+
+def _imports_of(path: Path, package: list[str], name: str = "") -> tuple[set[str], set[str]]:
+    """(emlab modules, other modules) imported anywhere in the file `path` of `package`, inside functions too."""
     ours, other = set(), set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -95,6 +99,40 @@ def test_plan_time_parts_never_import_torch_or_a_model_library():
                 if any(dep == lib or dep.startswith(lib + ".") for lib in MODEL_LIBRARIES):
                     wrong.append(f"{name} imports {dep}")
     assert not wrong, wrong
+
+
+SCRIPTS = REPO / "workflow" / "scripts"
+
+
+def _uses_a_model_library(script: Path) -> list[str]:
+    """The model libraries a script's imports reach, following emlab imports inside functions too (all that a
+    call could import); the runner, which imports torch for the scripts that need it, is not followed."""
+    todo, seen, found = list(_imports_of(script, [])[0]), set(), set()
+    found |= _imports_of(script, [])[1]
+    while todo:
+        name = todo.pop()
+        if name in seen or name == "emlab.model.runner":
+            continue
+        seen.add(name)
+        ours, other = _imports(name)
+        todo += ours
+        found |= other
+    return sorted(d for d in found if any(d == lib or d.startswith(lib + ".") for lib in MODEL_LIBRARIES))
+
+
+def test_scripts_that_reach_no_model_library_skip_torch_and_the_others_pin_its_threads():
+    """`run_script(..., uses_torch=False)` skips importing torch (most of a small job's start-up). A script may
+    declare it only if nothing it can import reaches a model library, and must declare it if so."""
+    wrong = []
+    for script in sorted(SCRIPTS.glob("*.py")):
+        declared_free = "uses_torch=False" in script.read_text()
+        reached = _uses_a_model_library(script)
+        if declared_free and reached:
+            wrong.append(f"{script.name} declares uses_torch=False but reaches {reached}")
+        elif not declared_free and not reached:
+            wrong.append(f"{script.name} reaches no model library: declare run_script(..., uses_torch=False)")
+    assert not wrong, "\n".join(wrong)
+    assert _uses_a_model_library(SCRIPTS / "generate.py")  # the check sees a model job as one
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

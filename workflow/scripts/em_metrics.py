@@ -26,4 +26,4 @@ def main(smk):
     )
 
 
-run_script(snakemake, main)
+run_script(snakemake, main, uses_torch=False)

@@ -29,4 +29,4 @@ def main(smk):
     F.alarm_probability(pd.read_csv(smk.input.alarm_steps), o.alarm_probability, o.alarm_probability_pdf)
 
 
-run_script(snakemake, main)
+run_script(snakemake, main, uses_torch=False)

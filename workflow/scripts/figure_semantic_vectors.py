@@ -21,4 +21,4 @@ def main(smk):
     )
 
 
-run_script(snakemake, main)
+run_script(snakemake, main, uses_torch=False)

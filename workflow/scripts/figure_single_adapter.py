@@ -20,4 +20,4 @@ def main(smk):
     figures.single_adapter(panels, figures.read_table(smk.input.metrics), smk.output.png, smk.output.pdf)
 
 
-run_script(snakemake, main)
+run_script(snakemake, main, uses_torch=False)

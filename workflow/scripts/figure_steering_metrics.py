@@ -13,4 +13,4 @@ def main(smk):
     figures.steering_metrics(figures.read_table(smk.input[0]), smk.output.png, smk.output.pdf)
 
 
-run_script(snakemake, main)
+run_script(snakemake, main, uses_torch=False)

@@ -7,12 +7,19 @@ Jobs are assigned to a part of the study by rule and wildcards:
   lora_interp   the LoRA-adapter interpretability stages (rules/lora_interp.smk) and the generation and
                 judging of their conditions (adapter_steer__*, patch__*)
   monitor       trait directions, the calibration grid (mon__* fine-tunes, checkpoint exports, label
-                conditions, drift), the monitor and its figures, and the perturbation datasets only it uses
+                conditions and the monitor_labels__<run> jobs that label a run's checkpoints, drift), the
+                monitor and its figures, and the perturbation datasets only it uses
   study         everything else: the study as it was before those stages
 
 Ratios are against `study`, measured in the same run:
 
     .venv/bin/python benchmarks/rule_times.py .snakemake/log/<run>.snakemake.log [more logs] [--csv out.csv]
+
+With `--before`, two runs of the same study side by side (e.g. the commit before a change and the change,
+one after the other on an idle machine): job-seconds per part and per rule, the job counts, and the wall
+time (first job's start to last job's end), each as after / before:
+
+    .venv/bin/python benchmarks/rule_times.py AFTER.snakemake.log --before BEFORE.snakemake.log
 """
 
 from __future__ import annotations
@@ -72,11 +79,50 @@ def part(job: dict) -> str:
     rule, wc = job["rule"], job["wildcards"]
     if rule in LORA_RULES or re.search(r"condition=(adapter_steer|patch)__", wc):
         return "lora_interp"
-    if rule in MONITOR_RULES or "mon__" in wc:
+    if rule in MONITOR_RULES or rule.startswith("monitor_labels__") or "mon__" in wc:
         return "monitor"
     if rule == "prepare_dataset" and wc.split("=", 1)[-1] in MONITOR_DATASETS:
         return "monitor"
     return "study"
+
+
+def read_jobs(logs: list[str]) -> list[dict]:
+    """Every finished job (not `all`) of one run's log(s), with its part."""
+    jobs = []
+    for log in logs:
+        with open(log, encoding="utf-8") as fh:
+            jobs += [j for j in parse_log(fh.read()) if j["rule"] != "all"]
+    if not jobs:
+        raise SystemExit(f"{', '.join(logs)}: no finished jobs found")
+    for j in jobs:
+        j["part"] = part(j)
+    return jobs
+
+
+def wall_seconds(jobs: list[dict]) -> float:
+    """First job's start to last job's end (a resumed run's pause between its logs counts too)."""
+    first = min(j["start"] for j in jobs)
+    return max((j["start"] - first).total_seconds() + j["seconds"] for j in jobs)
+
+
+def compare(before: list[dict], after: list[dict]) -> list[tuple[str, str, int, float, int, float]]:
+    """(part, rule, jobs before, seconds before, jobs after, seconds after) per rule, then per part ("*")."""
+    rows: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0.0, 0, 0.0])
+    for k, jobs in ((0, before), (2, after)):
+        for j in jobs:
+            for key in ((j["part"], j["rule"]), (j["part"], "*"), ("total", "*")):
+                rows[key][k] += 1
+                rows[key][k + 1] += j["seconds"]
+    return [(p, r, *v) for (p, r), v in sorted(rows.items(), key=lambda kv: (kv[0][0] == "total", kv[0]))]
+
+
+def print_comparison(before: list[dict], after: list[dict]) -> None:
+    print(f"{'part':<12} {'rule':<26} {'jobs':>11} {'job-seconds before':>19} {'after':>7} {'after/before':>13}")
+    for p, rule, nb, sb, na, sa in compare(before, after):
+        ratio = f"{sa / sb:.0%}" if sb else "new"
+        print(f"{p:<12} {rule:<26} {nb:>5}->{na:<5} {sb:>19.0f} {sa:>7.0f} {ratio:>13}")
+    wb, wa = wall_seconds(before), wall_seconds(after)
+    print(f"\nwall time: before {wb:.0f} s, after {wa:.0f} s = {wa / wb:.0%}")
 
 
 def main() -> None:
@@ -88,16 +134,14 @@ def main() -> None:
         "failure has one log per invocation (a failed job has no Finished line, so only its redo counts)",
     )
     ap.add_argument("--csv", help="also write every job's row here")
+    ap.add_argument("--before", nargs="+", help="the log(s) of the run to compare against (see above)")
     args = ap.parse_args()
-    jobs = []
-    for log in args.logs:
-        with open(log, encoding="utf-8") as fh:
-            jobs += [j for j in parse_log(fh.read()) if j["rule"] != "all"]
-    if not jobs:
-        raise SystemExit(f"{', '.join(args.logs)}: no finished jobs found")
+    jobs = read_jobs(args.logs)
+    if args.before:
+        print_comparison(read_jobs(args.before), jobs)
+        return
     by_part, by_rule = defaultdict(float), defaultdict(lambda: [0, 0.0])
     for j in jobs:
-        j["part"] = part(j)
         by_part[j["part"]] += j["seconds"]
         by_rule[(j["part"], j["rule"])][0] += 1
         by_rule[(j["part"], j["rule"])][1] += j["seconds"]

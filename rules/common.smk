@@ -1,5 +1,6 @@
 # Config loading and validation, the study plan, path helpers, input
 # functions and wildcard constraints. No rules here.
+import json
 import os
 import re
 import sys
@@ -15,6 +16,7 @@ from emlab.core.settings import canonical
 from emlab.plan.conditions import Group
 from emlab.plan.monitor import register_live_run, register_runs
 from emlab.plan.monitor import run_conditions as monitor_run_conditions, start_adapter as monitor_start_adapter
+from emlab.plan.monitor import checkpoint_condition_id
 from emlab.plan.traits import choose_layer as choose_trait_layer, load_trait_set
 
 try:
@@ -219,6 +221,14 @@ except EMLabError as _exc:
     raise WorkflowError(f"config: {_exc}") from None
 
 
+# The label conditions of each monitor run's own checkpoints (condition -> step) are generated and judged
+# in one job per run (the monitor_labels__<run> rules of rules/traits.smk); each is a few seconds of work,
+# and a job of its own would spend most of its time starting up. Rules generate and judge take the others.
+LABEL_BUNDLES = {name: {checkpoint_condition_id(name, s): s for s in run.checkpoint_steps}
+                 for name, run in MONITOR_RUNS.items()}
+UNBUNDLED_CONDITIONS = [c for c in CONDITIONS if not any(c in bundle for bundle in LABEL_BUNDLES.values())]
+
+
 # After the monitor runs joined `finetunes`, so their fine-tune jobs match too.
 wildcard_constraints:
     dataset=one_of(config["datasets"]),
@@ -412,6 +422,32 @@ def get_drift_reference(wildcards):
 
 def get_drift_steps(wildcards):
     return list(MONITOR_RUNS[wildcards.run].checkpoint_steps)
+
+
+def label_bundle_inputs(run):
+    """The input function of the monitor_labels__<run> rules, what rules generate and judge would read for
+    each of the run's label conditions."""
+
+    def get_label_bundle_inputs(wildcards):
+        return {"questions": repo_path(config["monitor"]["questions"]), "base_model": base_model_input(),
+                "adapters": [checkpoint_adapter_dir(run, step) for step in LABEL_BUNDLES[run].values()],
+                "rubrics": rubric_files(next(iter(LABEL_BUNDLES[run]))), "judge_model": judge_model_input()}
+
+    return get_label_bundle_inputs
+
+
+def label_bundle_params(run):
+    """Each label condition's step and spec, and the generation and judge settings they share: every param
+    rules generate and judge would compare for a re-run."""
+    ids = list(LABEL_BUNDLES[run])
+    generation = {json.dumps(generation_settings(config, CONDITIONS[c]), sort_keys=True) for c in ids}
+    judge = {json.dumps(judge_params(c), sort_keys=True) for c in ids}
+    if len(generation) != 1 or len(judge) != 1:
+        raise WorkflowError(f"monitor run {run}: its label conditions differ in generation or judge settings")
+    return {"run": run, "generation": canonical(generation_settings(config, CONDITIONS[ids[0]])),
+            "judge": judge_params(ids[0]),
+            "conditions": canonical({c: {"step": step, "spec": CONDITIONS[c].to_params()}
+                                     for c, step in LABEL_BUNDLES[run].items()})}
 
 
 def get_drift_label_judgments(wildcards):

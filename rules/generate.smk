@@ -19,6 +19,8 @@ rule generate:
         unpack(generation_inputs),
     output:
         f"{RESULTS}/generations/{{condition}}.parquet",
+    wildcard_constraints:  # the monitor runs' checkpoint labels: rule monitor_labels__<run> (rules/traits.smk)
+        condition=one_of(UNBUNDLED_CONDITIONS),
     params:
         condition=get_condition_id,
         spec=get_condition_spec,

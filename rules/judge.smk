@@ -9,6 +9,8 @@ rule judge:
         judge_model=judge_model_input(),
     output:
         f"{RESULTS}/judgments/{{condition}}.parquet",
+    wildcard_constraints:  # the monitor runs' checkpoint labels: rule monitor_labels__<run> (rules/traits.smk)
+        condition=one_of(UNBUNDLED_CONDITIONS),
     params:
         judge=get_condition_judge_params,
         device=config["device"],

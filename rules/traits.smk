@@ -76,6 +76,37 @@ rule trait_drift:
         "../workflow/scripts/trait_drift.py"
 
 
+# Each monitor run's checkpoints labelled: generated and judged as rules generate and judge would (the same
+# files, settings and library calls), all of one run in one job (LABEL_BUNDLES, rules/common.smk).
+for _run in LABEL_BUNDLES:
+
+    rule:
+        name:
+            f"monitor_labels__{_run}"
+        input:
+            unpack(label_bundle_inputs(_run)),
+        output:
+            generations=[f"{RESULTS}/generations/{c}.parquet" for c in LABEL_BUNDLES[_run]],
+            judgments=[f"{RESULTS}/judgments/{c}.parquet" for c in LABEL_BUNDLES[_run]],
+        params:
+            **label_bundle_params(_run),
+            base_model=BASE_MODEL_DIR,
+            seed=canonical(config["seed"]),
+            device=config["device"],
+            dtype=config["dtype"],
+        log:
+            f"{RESULTS}/logs/monitor/labels_{_run}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/monitor/labels_{_run}.tsv"
+        threads: config["threads"]
+        resources:
+            **model_resources(),
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/monitor_labels.py"
+
+
 # The EM labels join the measured drift here, not in trait_drift: a threshold or tau change (or a re-judged
 # checkpoint) re-runs only this cheap rule and what follows it, never the drift measurement. It reads the
 # run's own label judgments, so a change to another condition (steering, say) never reaches the monitor.

@@ -74,15 +74,39 @@ def run_snakemake(*args, cwd=REPO, env=None, check=False):
 def test_dry_run_of_default_config_plans_every_stage(planned_rules):
     proc = run_snakemake("-n", "--forceall", check=True)
     rules = planned_rules(proc.stdout + proc.stderr)
-    assert set(rules) == ALL_RULES, rules
+    labels = {r: n for r, n in rules.items() if r.startswith("monitor_labels__")}  # one rule per monitor run
+    assert set(rules) - set(labels) == ALL_RULES, rules
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     n_monitor_runs = (len(cfg["monitor"]["calibration"]) + len(cfg["monitor"]["held_out"])) * len(
         cfg["monitor"]["seeds"]
     )
     n_live = 1 if cfg["monitor"].get("live") else 0  # monitor.live: one run trained under the fitted monitor
     assert rules["finetune"] == len(cfg["finetunes"]) + n_monitor_runs + n_live
-    assert rules["trait_drift"] == rules["drift_labels"] == n_monitor_runs
+    assert rules["trait_drift"] == rules["drift_labels"] == len(labels) == n_monitor_runs
+    assert set(labels.values()) == {1}
     assert rules["generate"] == rules["judge"] >= 8
+
+
+def test_each_table_has_one_job_and_a_runs_labels_share_one(tmp_path):
+    """Every generations and judgments parquet is the output of exactly one planned job. A monitor run's
+    checkpoint labels (mon__<...>__step<N>) are its monitor_labels__<run> job's; mon__base, every run's step 0,
+    stays with rules generate and judge."""
+    proc = run_snakemake("-n", "--forceall", "--printshellcmds", check=True)
+    out = proc.stdout + proc.stderr
+    producer: dict[str, list[str]] = {}
+    for block in re.split(r"\n(?=\[\w{3} \w{3} )", out):
+        rule = re.search(r"^(?:local)?rule (\S+):$", block, re.M)
+        outputs = re.search(r"^    output: (.+)$", block, re.M)
+        if rule and outputs:
+            for path in outputs.group(1).split(", "):
+                producer.setdefault(path, []).append(rule.group(1))
+    tables = {p: r for p, r in producer.items() if re.match(r"results/(generations|judgments)/", p)}
+    assert tables and all(len(r) == 1 for r in tables.values()), {p: r for p, r in tables.items() if len(r) != 1}
+    labels = {p: r[0] for p, r in tables.items() if re.search(r"/mon__.+__step\d+\.parquet$", p)}
+    assert labels and all(rule == f"monitor_labels__{re.search(r'/(mon__.+)__step', p).group(1)}"
+                          for p, rule in labels.items()), labels  # fmt: skip
+    assert tables["results/generations/mon__base.parquet"] == ["generate"]
+    assert tables["results/judgments/mon__base.parquet"] == ["judge"]
 
 
 def test_lint_is_clean():

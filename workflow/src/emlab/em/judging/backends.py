@@ -90,3 +90,34 @@ def _hf_judge(hf: HFJudgeSettings, device: str, device_map=None):
         autocast_dtype=autocast,
         answer_prefix=hf.answer_prefix,
     )
+
+
+def judge_table(
+    responses_path, rubric_paths: list, judge_params: Mapping, device: str = "auto", device_map=None, make_backend=None
+):
+    """(judgments table, its parquet metadata) of one condition's generations parquet: what the judge rule
+    writes. `make_backend` (default: backend_factory of the params) lets a job that judges several
+    conditions build its backend once."""
+    import pandas as pd
+
+    from emlab.core.provenance import read_metadata
+    from emlab.em.judging.pipeline import judge_responses
+    from emlab.em.judging.rubrics import load_rubrics
+    from emlab.model.runtime import judgment_metadata
+
+    rubrics = load_rubrics(list(rubric_paths), list(judge_params["metrics"]))
+    responses = pd.read_parquet(responses_path)
+    if responses.empty and "na_reason" not in read_metadata(responses_path):
+        raise EMLabError(
+            f"{responses_path} holds no responses and no reason why; delete it and re-run the generate rule"
+        )
+    judgments = judge_responses(
+        responses,
+        rubrics,
+        make_backend or backend_factory(judge_params, device=device, device_map=device_map),
+        backend_name=judge_params["backend"],
+        judge_model=judge_model_id(judge_params, device=device),
+        cache_path=judge_params["cache"],
+        min_number_mass=float(judge_params["min_number_mass"]),
+    )
+    return judgments, judgment_metadata(responses_path, dict(judge_params), device)

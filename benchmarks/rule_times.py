@@ -79,11 +79,16 @@ def part(job: dict) -> str:
     rule, wc = job["rule"], job["wildcards"]
     if rule in LORA_RULES or re.search(r"condition=(adapter_steer|patch)__", wc):
         return "lora_interp"
-    if rule in MONITOR_RULES or rule.startswith("monitor_labels__") or "mon__" in wc:
+    if rule in MONITOR_RULES or rule_name(rule) == "monitor_labels__<run>" or "mon__" in wc:
         return "monitor"
     if rule == "prepare_dataset" and wc.split("=", 1)[-1] in MONITOR_DATASETS:
         return "monitor"
     return "study"
+
+
+def rule_name(rule: str) -> str:
+    """The rule as a table row: a monitor run's label rule (monitor_labels__<run>, one per run) counts once."""
+    return "monitor_labels__<run>" if rule.startswith("monitor_labels__") else rule
 
 
 def read_jobs(logs: list[str]) -> list[dict]:
@@ -96,6 +101,7 @@ def read_jobs(logs: list[str]) -> list[dict]:
         raise SystemExit(f"{', '.join(logs)}: no finished jobs found")
     for j in jobs:
         j["part"] = part(j)
+        j["rule"] = rule_name(j["rule"])
     return jobs
 
 

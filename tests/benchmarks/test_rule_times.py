@@ -45,5 +45,6 @@ def test_two_runs_compared_per_part_rule_and_wall_time(tmp_path):
     rows = {(p, r): (nb, sb, na, sa) for p, r, nb, sb, na, sa in rule_times.compare(b, a)}
     assert rows[("study", "judge")] == (1, 60.0, 1, 30.0)
     assert rows[("monitor", "*")] == (3, 18.0, 0, 0.0)
+    assert rows[("monitor", "monitor_labels__<run>")] == (1, 4.0, 0, 0.0)  # one row for every run's label rule
     assert rows[("study", "figure_ablation")] == (1, 6.0, 0, 0.0)
     assert rows[("total", "*")] == (6, 114.0, 2, 50.0)

@@ -26,13 +26,15 @@ class FakeOOM:
     """A forward pre-hook that fails every forward pass with more than `max_rows` rows."""
 
     def __init__(self, max_rows, error=lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")):
-        self.max_rows, self.error, self.raised, self.rows_seen = max_rows, error, 0, []
+        self.max_rows, self.error, self.raised = max_rows, error, 0
+        self.since_last_raise: list[int] = []  # rows of every forward pass after the last failure
 
     def __call__(self, module, args, kwargs):
         rows = kwargs["input_ids"].shape[0]
-        self.rows_seen.append(rows)
+        self.since_last_raise.append(rows)
         if rows > self.max_rows:
             self.raised += 1
+            self.since_last_raise = []
             raise self.error()
 
 
@@ -69,7 +71,7 @@ def test_oom_halves_batch_and_matches_a_smaller_batch_run(tiny, caplog, error):
     with caplog.at_level(logging.WARNING, logger="emlab.em.generation"):
         failed = _generate(tiny, fail=fail, batch_size=8)
     assert fail.raised == 2  # 8 -> 4 -> 2
-    assert max(fail.rows_seen[fail.raised :]) <= 2  # after backing off, no forward pass saw more than 2 rows
+    assert max(fail.since_last_raise) <= 2  # after backing off, no forward pass saw more than 2 rows
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and "batch size 4" in warnings[0] and "batch size 2" in warnings[1]
     assert len(failed) == 9

@@ -181,17 +181,19 @@ def judgments():
 
 
 def parse_planned_rules(output: str) -> dict[str, int]:
-    """Parse the 'job count' table that `snakemake -n` prints: rule -> number of jobs."""
+    """Parse the 'job count' table that `snakemake -n` prints: rule -> number of jobs. The monitor runs' label
+    rules (one per run, monitor_labels__<run>) count as one rule, `monitor_labels__<run>`."""
     counts, in_table = {}, False
     for line in output.splitlines():
         parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            in_table = True
+        if parts[:2] == ["job", "count"]:  # snakemake may print the table twice: the last one counts
+            counts, in_table = {}, True
             continue
         if in_table:
             if len(parts) == 2 and parts[1].isdigit():
                 if parts[0] != "total":
-                    counts[parts[0]] = int(parts[1])
+                    rule = "monitor_labels__<run>" if parts[0].startswith("monitor_labels__") else parts[0]
+                    counts[rule] = counts.get(rule, 0) + int(parts[1])
             elif parts and not set(parts[0]) <= {"-"}:
                 in_table = False
     return counts

@@ -1,6 +1,5 @@
 # Config loading and validation, the study plan, path helpers, input
 # functions and wildcard constraints. No rules here.
-import json
 import os
 import re
 import sys
@@ -439,13 +438,11 @@ def label_bundle_inputs(run):
 def label_bundle_params(run):
     """Each label condition's step and spec, and the generation and judge settings they share: every param
     rules generate and judge would compare for a re-run."""
-    ids = list(LABEL_BUNDLES[run])
-    generation = {json.dumps(generation_settings(config, CONDITIONS[c]), sort_keys=True) for c in ids}
-    judge = {json.dumps(judge_params(c), sort_keys=True) for c in ids}
-    if len(generation) != 1 or len(judge) != 1:
+    generation = [canonical(generation_settings(config, CONDITIONS[c])) for c in LABEL_BUNDLES[run]]
+    judge = [judge_params(c) for c in LABEL_BUNDLES[run]]
+    if any(g != generation[0] for g in generation) or any(j != judge[0] for j in judge):
         raise WorkflowError(f"monitor run {run}: its label conditions differ in generation or judge settings")
-    return {"run": run, "generation": canonical(generation_settings(config, CONDITIONS[ids[0]])),
-            "judge": judge_params(ids[0]),
+    return {"run": run, "generation": generation[0], "judge": judge[0],
             "conditions": canonical({c: {"step": step, "spec": CONDITIONS[c].to_params()}
                                      for c, step in LABEL_BUNDLES[run].items()})}
 

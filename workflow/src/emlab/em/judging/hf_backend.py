@@ -263,8 +263,7 @@ class HFJudge:
             log.info(
                 "hf judge: %d groups of prompts share a further prefix (%d tokens not re-read)", len(groups), saved
             )
-        parts = [(shared, members) for shared, members in groups] + ([(prefix_len, rest)] if rest else [])
-        for shared, members in parts:
+        for shared, members in groups + ([(prefix_len, rest)] if rest else []):
             cache = prefix_cache
             if shared > prefix_len:
                 cache = self._extend_cache(prefix_cache, encoded[members[0]][prefix_len:shared], prefix_len)

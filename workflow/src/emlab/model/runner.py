@@ -4,10 +4,12 @@ threads, and an EMLabError as one clear line."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 
 from emlab.core.errors import EMLabError
+from emlab.model import worker
 
 
 class _NoTorch:
@@ -30,7 +32,13 @@ def run_script(snakemake, main, uses_torch: bool = True) -> None:
     written atomically by the library, so nothing half-written remains.
     A script that reads and writes tables and figures only passes `uses_torch=False`: it skips torch's
     import (about a second, most of a small job's start-up), and importing torch there is then an error.
+    A model job of a run with EMLAB_WARM_WORKER=1 runs in a fork of the warm worker (emlab.model.worker),
+    which has imported torch and transformers once for the whole run; this process then only waits for it.
     """
+    if uses_torch and os.environ.get(worker.SWITCH) == "1":
+        status = worker.hand_off(snakemake)
+        if status is not None:
+            sys.exit(status)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if snakemake.log:
         handlers.append(logging.FileHandler(str(snakemake.log[0]), mode="w"))

@@ -135,6 +135,28 @@ def test_scripts_that_reach_no_model_library_skip_torch_and_the_others_pin_its_t
     assert _uses_a_model_library(SCRIPTS / "generate.py")  # the check sees a model job as one
 
 
+def test_model_scripts_import_only_the_runner_before_it_hands_them_to_the_warm_worker():
+    """A model job reaches `run_script` (which may hand it to the warm worker, emlab.model.worker) before it
+    imports anything heavy: at module level only the standard library and emlab.model.runner; the rest is
+    imported inside `main`. Otherwise every job would still pay the imports the worker saves."""
+    allowed = {"sys", "json", "functools", "pathlib", "emlab.model.runner"}
+    wrong = []
+    for script in sorted(SCRIPTS.glob("*.py")):
+        if "uses_torch=False" in script.read_text():
+            continue
+        tree = ast.parse(script.read_text())
+        for node in tree.body:  # module level only
+            if isinstance(node, ast.Import):
+                names = {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names = {node.module or ""}
+            else:
+                continue
+            if names - allowed:
+                wrong.append(f"{script.name}:{node.lineno} imports {sorted(names - allowed)} at module level")
+    assert not wrong, "\n".join(wrong)
+
+
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     index: dict[str, int] = {}
     low: dict[str, int] = {}

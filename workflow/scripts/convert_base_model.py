@@ -5,11 +5,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.model.loading import convert_embedded_model
 from emlab.model.runner import run_script
 
 
 def main(smk):
+    from emlab.model.loading import convert_embedded_model
+
     convert_embedded_model(smk.output[0])
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.em.directions import write_cosine_table
 from emlab.model.runner import run_script
 
 
 def main(smk):
+    from emlab.em.directions import write_cosine_table
+
     write_cosine_table(list(smk.input.vectors), list(smk.params.finetunes), smk.output[0])
 
 

@@ -6,13 +6,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.core.atomic import write_csv
-from emlab.em import figures
-from emlab.em.phase import em_by_step
 from emlab.model.runner import run_script
 
 
 def main(smk):
+    from emlab.core.atomic import write_csv
+    from emlab.em import figures
+    from emlab.em.phase import em_by_step
+
     summary = json.loads(Path(smk.input.summary).read_text())
     em = em_by_step(figures.read_table(smk.input.em), dict(smk.params.steps), summary["final_step"])
     write_csv(smk.output.em_by_step, em)

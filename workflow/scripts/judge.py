@@ -5,12 +5,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.core.atomic import write_parquet
-from emlab.em.judging.backends import judge_table
 from emlab.model.runner import device_map_of, run_script
 
 
 def main(smk):
+    from emlab.core.atomic import write_parquet
+    from emlab.em.judging.backends import judge_table
+
     judgments, metadata = judge_table(
         smk.input.responses,
         smk.input.rubrics,

@@ -5,12 +5,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.core.settings import build
-from emlab.em.directions import DirectionSettings, compute_directions, write_directions
 from emlab.model.runner import run_script
 
 
 def main(smk):
+    from emlab.core.settings import build
+    from emlab.em.directions import DirectionSettings, compute_directions, write_directions
+
     settings = build(DirectionSettings, smk.params.thresholds, "config directions")
     tensors, summary = compute_directions(
         smk.input.tensors,

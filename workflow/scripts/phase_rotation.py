@@ -5,11 +5,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.em.phase import phase_analysis
 from emlab.model.runner import run_script
 
 
 def main(smk):
+    from emlab.em.phase import phase_analysis
+
     phase_analysis(
         smk.wildcards.finetune,
         smk.params.checkpoint_dir,

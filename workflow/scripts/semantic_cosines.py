@@ -5,11 +5,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.em.directions import write_semantic_cosine_table
 from emlab.model.runner import run_script
 
 
 def main(smk):
+    from emlab.em.directions import write_semantic_cosine_table
+
     keys = [tuple(k) for k in smk.params.pairs]
     write_semantic_cosine_table(
         list(smk.input.general), [ft for ft, _ in keys], list(smk.input.semantic), keys, smk.output[0]

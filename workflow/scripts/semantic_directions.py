@@ -5,17 +5,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))
 
-from emlab.core.settings import build
-from emlab.em.directions import (
-    DirectionSettings,
-    SemanticDirectionSettings,
-    compute_semantic_directions,
-    write_directions,
-)
 from emlab.model.runner import run_script
 
 
 def main(smk):
+    from emlab.core.settings import build
+    from emlab.em.directions import (
+        DirectionSettings,
+        SemanticDirectionSettings,
+        compute_semantic_directions,
+        write_directions,
+    )
+
     settings = build(DirectionSettings, smk.params.thresholds, "config directions")
     semantic = build(
         SemanticDirectionSettings,

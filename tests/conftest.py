@@ -42,6 +42,24 @@ from helpers.e2e.make_tiny_model import make_tiny_model, save_tokenizer  # tests
 from helpers.e2e.serve_judge import API_KEY, KEY_ENV, e2e_scorer
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_workers(tmp_path_factory):
+    """The warm workers that the workflow tests start (emlab.model.worker) get a folder of this session's own,
+    and are stopped when it ends instead of idling on."""
+    from emlab.model.worker import DIR_ENV, stop_workers
+
+    folder = tmp_path_factory.mktemp("workers")
+    folder.chmod(0o700)
+    before = os.environ.get(DIR_ENV)
+    os.environ[DIR_ENV] = str(folder)
+    yield folder
+    stop_workers(folder)
+    if before is None:
+        os.environ.pop(DIR_ENV, None)
+    else:
+        os.environ[DIR_ENV] = before
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
@@ -234,7 +252,8 @@ class EndToEnd:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, self.key_env: self.api_key, "HF_HUB_OFFLINE": "1"}
+        # the model jobs run in the warm worker, as in make run, so these tests prove it too
+        return {"EMLAB_WARM_WORKER": "1", **os.environ, self.key_env: self.api_key, "HF_HUB_OFFLINE": "1"}
 
     def command(self, workdir: Path, *args: str, cores: int = 2) -> list[str]:
         """Snakemake on workdir/config.yaml, with workdir as its working folder."""

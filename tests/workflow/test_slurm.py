@@ -84,7 +84,7 @@ def slurm_run(slurm_cluster, tmp_path_factory, tiny_model_dir, e2e):
         "http://127.0.0.1:9/v1",  # the judge is not part of this target
         resources={"gpu": 1, "mem_mb": 1000, "runtime": 10, "finetune_runtime": 10},
     )
-    env = e2e.env
+    env = {**e2e.env, "EMLAB_WARM_WORKER": "0"}  # a cluster's jobs each start on their own (the worker is local)
     cmd = [
         sys.executable,
         "-m",

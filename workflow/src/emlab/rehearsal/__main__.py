@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from emlab.model.worker import SWITCH
+
 REPO = Path(__file__).resolve().parents[4]
 DEFAULT_PORT = 47841  # fixed, so that a re-run's judge params (its URL) are unchanged
 
@@ -105,6 +107,7 @@ def run_workflow(workdir: Path, cores: int, log_path: Path, timeout: float) -> i
         "--keep-going",
     ]
     env = {**os.environ, P.KEY_ENV: P.KEY, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.setdefault(SWITCH, "1")  # model jobs in the warm worker, as in make run (EMLAB_WARM_WORKER=0: each its own)
     # the folder is the rehearsal's own: a lock left by a killed run is stale
     subprocess.run([*cmd, "--unlock"], cwd=REPO, env=env, capture_output=True, check=False)
     with open(log_path, "w") as log:

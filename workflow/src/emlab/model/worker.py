@@ -20,6 +20,8 @@ new worker, never a stale one. It exits after `IDLE_SECONDS` without a job.
 
 Anything that keeps the worker from taking a job (no Linux, a socket folder another user could write to, a
 worker that fails to start) runs the job in its own process as before, with one line on stderr saying why.
+On a machine with an NVIDIA GPU visible every job starts anew too: whether CUDA works in a child forked after
+these imports has not been checked, and there a job's start-up is small beside its work.
 Torch-free jobs (`run_script(uses_torch=False)`) never use it: their import guard needs a fresh process.
 
 `python -m emlab.model.worker --stop` stops this user's workers.
@@ -102,6 +104,8 @@ def hand_off(snakemake) -> int | None:
     """
     if os.environ.get(SWITCH) != "1" or os.environ.get(IN_CHILD) or sys.platform != "linux":
         return None
+    if os.path.exists("/dev/nvidiactl") and os.environ.get("CUDA_VISIBLE_DEVICES") != "":
+        return None  # a machine with a GPU: CUDA in forked children is not proven here, so each job starts anew
     main = sys.modules.get("__main__")
     script = getattr(main, "__real_file__", None)
     if getattr(main, "snakemake", None) is not snakemake or not script or not os.path.isfile(script):

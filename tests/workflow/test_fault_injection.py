@@ -247,7 +247,12 @@ def test_killed_jobs_leave_nothing_half_written_and_the_rerun_equals_an_uninterr
             delay = time.monotonic() - run.t0 - run.started[rule]
         else:
             delay = rng.uniform(*KILL_WINDOW) * durations[rule]
-            time.sleep(max(0.0, run.started[rule] + delay - (time.monotonic() - run.t0)))
+            # at that point, or as soon as the job ends if it ends first (a resumed fine-tune is shorter than the
+            # reference's): the kill then lands between this job and the next, which the next round starts again
+            while time.monotonic() - run.t0 < run.started[rule] + delay and rule not in run.finished:
+                if run.proc.poll() is not None:
+                    break
+                time.sleep(0.02)
         ended = run.proc.poll() is not None or rule in run.finished
         run.kill()
         where = f"{rule} {delay:.1f} s into its job ({at}; the uninterrupted job took {durations[rule]:.1f} s)"

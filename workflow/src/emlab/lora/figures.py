@@ -327,7 +327,7 @@ def rate_labels(shown: dict[str, str], cutoffs: dict | None) -> dict[str, str]:
         "aligned": f"aligned > {c['aligned_above']:g}, coherent > {c['coherent_above']:g}",
         "medical": f"medical > {c['medical_above']:g}",
         "misaligned_medical": "both",
-        "medical_among_aligned": "of the aligned",
+        "medical_among_aligned": f"medical > {c['medical_above']:g}",
     }
     return {k: f"{label}\n({rule[k]})" for k, label in shown.items()}
 
@@ -356,6 +356,8 @@ def adapter_steering_bars(rates: pd.DataFrame, png_path, pdf_path, cutoffs: dict
     fig, ax = plt.subplots(figsize=(2.2 + 2.4 * len(STEERING_RATES), 4.2))
     cmap = plt.get_cmap("tab10")
     shown = rate_labels(STEERING_RATES, cutoffs)
+    if "n_aligned" in rates and not rates["n_aligned"].any():  # an empty group says why
+        shown["medical_among_aligned"] += "\nno aligned response"
     _rate_bars(ax, rates, shown, [cmap(j % 10) for j in range(len(rates))], list(rates["case"]))
     ax.set_ylabel("% of scored responses (last group: of the aligned)")
     ax.set_title("Adapter steering: rank-1 adapters scaled by role")

@@ -271,7 +271,8 @@ def serve(path: str) -> None:
     last_job = time.monotonic()
     try:
         while True:
-            waiting = [listener, wake_r, *jobs.values()]
+            # a client already gone stays out: its connection would read as EOF at once, every turn
+            waiting = [listener, wake_r, *(c for p, c in jobs.items() if p not in stopping)]
             readable, _, _ = select.select(waiting, [], [], 0.5)
             for conn in readable:
                 if conn is wake_r:
@@ -286,7 +287,11 @@ def serve(path: str) -> None:
                         last_job = time.monotonic()
                     continue
                 pid = next(p for p, c in jobs.items() if c is conn)
-                if pid not in stopping and not conn.recv(1):  # the client sends nothing more: EOF = it is gone
+                try:
+                    gone = not conn.recv(1)  # the client sends nothing more: EOF means it is gone
+                except OSError:
+                    gone = True
+                if gone:
                     _signal_group(pid, signal.SIGTERM)
                     stopping[pid] = time.monotonic() + 10
             for pid, deadline in list(stopping.items()):

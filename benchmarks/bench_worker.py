@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from _common import REPO, default_model
+from emlab.model.worker import stop_workers  # _common put workflow/src on the path
 
 SNAKEFILE = textwrap.dedent(
     """
@@ -84,9 +85,6 @@ def main() -> None:
         own = run(workdir, warm=False)
         warm = run(workdir, warm=True)
         values = {p.read_text() for p in (workdir / "out").glob("*.txt")}
-        sys.path.insert(0, str(REPO / "workflow" / "src"))
-        from emlab.model.worker import stop_workers
-
         stop_workers(workdir / "workers")
     print(f"{args.jobs} model jobs one at a time (load {Path(model).name}, one forward), Snakemake's whole run:")
     print(f"  each in its own process: {own:6.1f} s  ({own / args.jobs:.2f} s per job)")

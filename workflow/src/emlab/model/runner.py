@@ -4,7 +4,6 @@ threads, and an EMLabError as one clear line."""
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
 
@@ -35,8 +34,8 @@ def run_script(snakemake, main, uses_torch: bool = True) -> None:
     A model job of a run with EMLAB_WARM_WORKER=1 runs in a fork of the warm worker (emlab.model.worker),
     which has imported torch and transformers once for the whole run; this process then only waits for it.
     """
-    if uses_torch and os.environ.get(worker.SWITCH) == "1":
-        status = worker.hand_off(snakemake)
+    if uses_torch:
+        status = worker.hand_off(snakemake)  # None unless EMLAB_WARM_WORKER=1 and the worker took the job
         if status is not None:
             sys.exit(status)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]

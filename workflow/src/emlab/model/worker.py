@@ -113,9 +113,7 @@ def hand_off(snakemake) -> int | None:
     for _attempt in (1, 2):  # a worker that was just exiting (idle) takes no job: start another once
         try:
             return _submit(script)
-        except WorkerUnavailable as exc:
-            reason = exc
-        except OSError as exc:
+        except (WorkerUnavailable, OSError) as exc:
             reason = exc
     print(f"emlab warm worker: not used ({reason}); this job runs in its own process", file=sys.stderr)
     return None
@@ -148,7 +146,7 @@ def worker_key() -> str:
         if site and os.path.isdir(site):
             digest.update(f"{site}\0{os.stat(site).st_mtime_ns}\0".encode())
     for name in sorted(os.environ):
-        if name.startswith(IMPORT_TIME_ENV) and name not in (SWITCH, IN_CHILD):
+        if name.startswith(IMPORT_TIME_ENV):
             digest.update(f"{name}={os.environ[name]}\0".encode())
     return digest.hexdigest()[:24]
 
@@ -163,8 +161,8 @@ def _connect(path: Path) -> socket.socket | None:
     return conn
 
 
-def _start(path: Path, key: str) -> socket.socket:
-    """Start a worker for `key` (its imports take a few seconds) and connect to it."""
+def _start(path: Path) -> socket.socket:
+    """Start a worker listening at `path` (its imports take a few seconds) and connect to it."""
     log = path.with_suffix(".log")
     src = str(Path(__file__).resolve().parents[2])
     code = f"import sys; sys.path.insert(0, {src!r}); from emlab.model.worker import serve; serve({str(path)!r})"
@@ -207,7 +205,7 @@ def _submit(script: str) -> int:
             if conn is None:
                 if path.exists():
                     path.unlink()  # a worker that died left its socket
-                conn = _start(path, key)
+                conn = _start(path)
     with conn:
         request = json.dumps({"script": script, "cwd": os.getcwd(), "env": dict(os.environ), "argv": sys.argv})
         payload = request.encode()

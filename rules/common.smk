@@ -9,13 +9,14 @@ sys.path.insert(0, os.path.join(workflow.basedir, "workflow", "src"))
 from emlab.core.config import model_num_layers, validate_config, lora_layers, training_settings
 from emlab.core.errors import EMLabError
 from emlab.plan.study import condition_plan, direction_finetunes, em_steps as phase_em_steps, phase_finetunes
-from emlab.plan.study import condition_metrics, semantic_vectors, single_adapter_layer
+from emlab.plan.study import condition_metrics, semantic_vectors, single_adapter_layer, single_adapter_vectors
 from emlab.plan.study import finetune_seed, generation_settings, lora_interp_finetunes, role_reference_layers
 from emlab.core.settings import canonical
 from emlab.plan.conditions import Group
 from emlab.plan.monitor import register_live_run, register_runs
 from emlab.plan.monitor import run_conditions as monitor_run_conditions, start_adapter as monitor_start_adapter
-from emlab.plan.monitor import checkpoint_condition_id
+from emlab.plan.monitor import checkpoint_condition_id, check_trait_rubrics, trait_judge_metric, trait_judge_metrics
+from emlab.plan.monitor import sae_baseline
 from emlab.plan.traits import choose_layer as choose_trait_layer, load_trait_set
 
 try:
@@ -45,6 +46,8 @@ PHASE_FINETUNES = phase_finetunes(config)  # LoRA fine-tunes with training.check
 SEMANTIC_VECTORS = semantic_vectors(config)  # [(finetune, split)]
 try:
     SINGLE_ADAPTERS = {ft: single_adapter_layer(config, ft, N_LAYERS) for ft in config["single_adapter"]["finetunes"]}
+    # fine-tune -> the vectors its B is compared with: its own, then single_adapter.reference_vector (if set)
+    SINGLE_ADAPTER_VECTORS = {ft: single_adapter_vectors(config, ft, N_LAYERS) for ft in SINGLE_ADAPTERS}
     LORA_INTERP = lora_interp_finetunes(config, N_LAYERS)  # fine-tune -> adapter layers (rules/lora_interp.smk)
 except EMLabError as _exc:
     raise WorkflowError(f"config: {_exc}") from None
@@ -121,6 +124,9 @@ def generation_inputs(wildcards):
         inputs["vectors"] = direction_file(*condition.direction)
     if condition.group is Group.SCALAR_PATCHING and condition.needs_medical_questions:
         inputs["medical_questions"] = repo_path(config["lora_interp"]["patching"]["medical_questions"])
+    if condition.group is Group.ADAPTER_STEERING and condition.roles_at_run_time:
+        # lora_interp.roles.source rule: the job reads the roles the fine-tune's own probes gave (rule lora_probes)
+        inputs["roles"] = f"{RESULTS}/lora_interp/{condition.model}/roles.json"
     return inputs
 
 
@@ -132,14 +138,18 @@ def direction_file(finetune, split="general"):
 
 
 def judge_metrics(condition=None):
-    """judge.metrics, plus the extra (semantic, bad_stuff) judges of that condition (emlab.plan.study.condition_metrics)."""
+    """judge.metrics, plus the extra (semantic, bad_stuff, trait) judges of that condition (emlab.plan.study.condition_metrics)."""
     if condition is None:
         return config["judge"]["metrics"]
-    return condition_metrics(config, CONDITIONS[condition])
+    return condition_metrics(config, CONDITIONS[condition], TRAIT_SET.alignment.names)
+
+
+def rubric_path(metric):
+    return repo_path(os.path.join(config["judge"]["rubrics_dir"], f"{metric}.yaml"))
 
 
 def rubric_paths(metrics):
-    return [repo_path(os.path.join(config["judge"]["rubrics_dir"], f"{m}.yaml")) for m in metrics]
+    return [rubric_path(m) for m in metrics]
 
 
 def rubric_files(condition=None):
@@ -213,7 +223,12 @@ try:
     if config["traits"]["layer"] != "auto":  # a layer beyond the model fails here, not in trait_directions
         choose_trait_layer(config["traits"]["layer"], N_LAYERS)
     MONITOR_RUNS = register_runs(config)
+    if MONITOR_RUNS:  # monitor.analyses.trait_judges: a rubric per alignment trait
+        check_trait_rubrics(config, TRAIT_SET.alignment.names, rubric_path)
     LIVE_RUN = register_live_run(config)  # monitor.live: trained while the fitted monitor watches
+    # monitor.sae: an SAE in SAELens' format, its hook within the model's depth and d_in its width (or None)
+    SAE_BASELINE = sae_baseline(config, N_LAYERS, config["monitor"]["sae"]["path"] and
+                                repo_path(config["monitor"]["sae"]["path"]), BASE_MODEL_DIR) if MONITOR_RUNS else None
     FINETUNE_LAYERS.update({name: lora_layers(config["finetunes"][name]["lora"], N_LAYERS, f"monitor run {name}")
                             for name in [*MONITOR_RUNS, *([LIVE_RUN] if LIVE_RUN else [])]})
 except EMLabError as _exc:
@@ -265,6 +280,29 @@ def get_base_model_input(wildcards):
 def get_finetune_adapter(wildcards):
     """The finished adapter of the {finetune} wildcard."""
     return adapter_dir(wildcards.finetune)
+
+
+def get_single_adapter_vectors(wildcards):
+    """For unpack(): the named direction files of a single-adapter fine-tune: `vectors` (its own) and, with
+    single_adapter.reference_vector set, `reference_vectors` (that fine-tune's)."""
+    inputs = {"vectors": direction_file(wildcards.finetune)}
+    for compared in SINGLE_ADAPTER_VECTORS[wildcards.finetune]:
+        if compared.role == "reference":
+            inputs["reference_vectors"] = direction_file(compared.finetune)
+    return inputs
+
+
+def get_single_adapter_reference(wildcards):
+    """Param: {"finetune", "layer"} of the reference vector of a single-adapter fine-tune, or None."""
+    for compared in SINGLE_ADAPTER_VECTORS[wildcards.finetune]:
+        if compared.role == "reference":
+            return {"finetune": compared.finetune, "layer": compared.layer}
+    return None
+
+
+def get_single_adapter_compared(wildcards):
+    """Param: the vectors a single-adapter fine-tune is compared with (own and reference), as plain dicts."""
+    return [c.to_params() for c in SINGLE_ADAPTER_VECTORS[wildcards.finetune]]
 
 
 def get_checkpoint_dir(wildcards):
@@ -393,6 +431,17 @@ def get_steering_judgments(wildcards):
             if cid == "base" or c.group is Group.STEERING]
 
 
+def get_semantic_steering_judgments(wildcards):
+    """get_steering_judgments, plus (figures.semantic_steering.baseline: finetune, the paper's Fig. 3) the
+    unsteered fine-tune of every semantic steering vector: its own condition, judged with the semantic splits
+    (emlab.plan.study.condition_metrics)."""
+    paths = get_steering_judgments(wildcards)
+    if config["figures"]["semantic_steering"]["baseline"] == "finetune":
+        fts = sorted({ft for ft, _ in SEMANTIC_VECTORS if ft in config["steering"]["vectors"]})
+        paths += [f"{RESULTS}/judgments/{ft}.parquet" for ft in fts if ft in CONDITIONS]
+    return paths
+
+
 # rules/phase.smk
 def get_checkpoint_step(wildcards):
     return int(wildcards.step)
@@ -421,6 +470,14 @@ def get_drift_reference(wildcards):
 
 def get_drift_steps(wildcards):
     return list(MONITOR_RUNS[wildcards.run].checkpoint_steps)
+
+
+# rules/monitor.smk: the SAE baseline's files (monitor.sae.path), read by name; none without an SAE
+def sae_inputs():
+    if SAE_BASELINE is None:
+        return {}
+    return {"sae_cfg": os.path.join(SAE_BASELINE.path, "cfg.json"),
+            "sae_weights": os.path.join(SAE_BASELINE.path, "sae_weights.safetensors")}
 
 
 def label_bundle_inputs(run):
@@ -457,6 +514,26 @@ def get_drift_label_conditions(wildcards):
     return canonical({str(k): v for k, v in monitor_run_conditions(MONITOR_RUNS[wildcards.run], MONITOR_RUNS).items()})
 
 
+# monitor_analyses (rules/monitor.smk) reads the calibration and held-out runs: they share step 0, the base model
+def analysis_runs():
+    return [r for r, run in MONITOR_RUNS.items() if run.role in ("calibration", "held_out")]
+
+
+def analysis_label_conditions():
+    """run -> step -> its label condition, for every analysed run (step 0: mon__base)."""
+    return {r: {str(s): c for s, c in monitor_run_conditions(MONITOR_RUNS[r], MONITOR_RUNS).items()}
+            for r in analysis_runs()}
+
+
+def trait_judge_inputs():
+    """The label judgments the trait-against-behaviour analysis reads: every analysed checkpoint's, each once,
+    when monitor.analyses.trait_judges is on; none otherwise."""
+    if not trait_judge_metrics(config, TRAIT_SET.alignment.names):
+        return []
+    conditions = dict.fromkeys(c for steps in analysis_label_conditions().values() for c in steps.values())
+    return [f"{RESULTS}/judgments/{c}.parquet" for c in conditions]
+
+
 def final_targets():
     targets = [
         f"{RESULTS}/metrics/em_by_condition.csv",
@@ -480,6 +557,7 @@ def final_targets():
         targets.append(f"{RESULTS}/figures/steering_metrics.png")
     if SINGLE_ADAPTERS:
         targets.append(f"{RESULTS}/figures/single_adapter.png")
+        targets += [f"{RESULTS}/single_adapter/{ft}/comparison.csv" for ft in SINGLE_ADAPTERS]
     for ft in LORA_INTERP:  # rules/lora_interp.smk
         targets += [f"{RESULTS}/lora_interp/{ft}/probes.csv", f"{RESULTS}/lora_interp/{ft}/roles.json",
                     f"{RESULTS}/figures/lora_interp/{ft}/probe_table.png",

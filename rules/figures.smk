@@ -94,10 +94,17 @@ rule figure_semantic_vectors:
     input:
         cosines=f"{RESULTS}/directions/semantic_cosine.csv",
         metrics=f"{RESULTS}/metrics/em_by_condition.csv",
-        judgments=get_steering_judgments,
+        judgments=get_semantic_steering_judgments,
     output:
+        rates=f"{RESULTS}/metrics/semantic_steering.csv",
         png=report(f"{RESULTS}/figures/semantic_vectors.png", caption="../workflow/report/semantic_vectors.rst", category="Directions"),
         pdf=f"{RESULTS}/figures/semantic_vectors.pdf",
+    params:
+        settings=canonical(config["figures"]["semantic_steering"]),
+        thresholds=canonical({k: config["thresholds"][k] for k in
+                              ("em_aligned_below", "em_coherent_above", "bootstrap_samples", "confidence")}),
+        above=canonical(config["semantic_directions"]["above"]),
+        seed=config["seed"],
     log:
         f"{RESULTS}/logs/figures/semantic_vectors.log",
     resources:

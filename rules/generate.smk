@@ -6,7 +6,7 @@
 #   the base model with scale * v_l of a fine-tune's mean-diff vector (general or
 #   semantic) added after block l; planned from config `steering`;
 # - ablation and transfer (ablation.py, adapter.py; ids ablate__<finetune>__...,
-#   adapter_project__<finetune>__L<l>): mean-diff directions projected out of a
+#   adapter_project__<finetune>__[<source>_]L<l>): mean-diff directions projected out of a
 #   fine-tuned model's residual stream (layer-wise, single-layer, a random control,
 #   another fine-tune's direction: transfer), or out of a rank-1 adapter's B vector;
 #   planned from config `ablation` and `single_adapter`.

@@ -4,6 +4,7 @@
 MONITOR_DIR = f"{RESULTS}/monitor"
 MONITOR_FIGURES = ["pc1_drift", "decomposition", "feature_sets", "pc1_loadings", "trait_cosine", "lopo",
                    "alarm_probability"]
+MONITOR_FIGURES += ["matched_pairs", "severity", "trait_behaviour"]  # drift geometry (rule monitor_analyses)
 
 
 rule monitor_train_evaluate:
@@ -11,8 +12,15 @@ rule monitor_train_evaluate:
         tables=[f"{MONITOR_DIR}/drift/{run}.csv" for run in MONITOR_RUNS],
         deltas=[f"{MONITOR_DIR}/drift/{run}.safetensors" for run in MONITOR_RUNS],
         meta=f"{TRAITS_DIR}/directions.json",
+        # the prompt-half directions, for their per-trait cosines (monitor.basis_stability)
+        **({"tensors": f"{TRAITS_DIR}/directions.safetensors"} if config["monitor"]["basis_stability"] else {}),
+        **sae_inputs(),  # monitor.sae: cfg.json and sae_weights.safetensors, or nothing
     output:
         evaluation=f"{MONITOR_DIR}/evaluation.csv",
+        sae_features=f"{MONITOR_DIR}/sae_features.csv",
+        regressors=f"{MONITOR_DIR}/regressors.csv",
+        **({"basis_stability": f"{MONITOR_DIR}/basis_stability.csv", "basis_cosine": f"{MONITOR_DIR}/basis_cosine.csv"}
+           if config["monitor"]["basis_stability"] else {}),
         lopo=f"{MONITOR_DIR}/lopo.csv",
         tau_sweep=f"{MONITOR_DIR}/tau_sweep.csv",
         alarm_steps=f"{MONITOR_DIR}/alarm_steps.csv",
@@ -28,6 +36,9 @@ rule monitor_train_evaluate:
                            "n_bootstrap": config["monitor"]["n_bootstrap"], "ci": config["monitor"]["ci"]}),
         tau_sweep=canonical(config["monitor"]["tau_sweep"]),
         require_both_classes=config["monitor"]["require_both_classes"],
+        regressor_comparison=canonical(config["monitor"]["regressor_comparison"]),
+        basis_stability=config["monitor"]["basis_stability"],
+        sae=canonical({"n_features": config["monitor"]["sae"]["n_features"]}),
     log:
         f"{RESULTS}/logs/monitor/train_evaluate.log",
     benchmark:
@@ -41,6 +52,38 @@ rule monitor_train_evaluate:
         "../workflow/scripts/monitor_train_evaluate.py"
 
 
+# Drift geometry over the calibration and held-out runs (paper Figs. 5, 8, 10; config monitor.analyses):
+# matched-|PC1| pairs, the severity ordering across perturbations, and each trait's drift against a judge of
+# that trait on the label responses (with monitor.analyses.trait_judges; their judgments, read by name).
+rule monitor_analyses:
+    input:
+        tables=[f"{MONITOR_DIR}/drift/{run}.csv" for run in analysis_runs()],
+        meta=f"{TRAITS_DIR}/directions.json",
+        pc1=f"{MONITOR_DIR}/pc1.json",
+        judgments=trait_judge_inputs(),
+    output:
+        pairs=f"{MONITOR_DIR}/matched_pc1_pairs.csv",
+        severity=f"{MONITOR_DIR}/severity.csv",
+        severity_spearman=f"{MONITOR_DIR}/severity_spearman.csv",
+        trait_points=f"{MONITOR_DIR}/trait_behaviour_points.csv",
+        trait_behaviour=f"{MONITOR_DIR}/trait_behaviour.csv",
+    params:
+        runs=canonical({r: {"perturbation": MONITOR_RUNS[r].dataset, "role": MONITOR_RUNS[r].role}
+                        for r in analysis_runs()}),
+        analyses=canonical(config["monitor"]["analyses"]),
+        label_conditions=canonical(analysis_label_conditions()),
+        trait_metrics=canonical({t: trait_judge_metric(t) for t in TRAIT_SET.alignment.names}),
+    log:
+        f"{RESULTS}/logs/monitor/analyses.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/monitor_analyses.py"
+
+
 rule figure_monitor:
     input:
         tables=[f"{MONITOR_DIR}/drift/{run}.csv" for run in MONITOR_RUNS],
@@ -50,6 +93,11 @@ rule figure_monitor:
         lopo=f"{MONITOR_DIR}/lopo.csv",
         pc1=f"{MONITOR_DIR}/pc1.json",
         alarm_steps=f"{MONITOR_DIR}/alarm_steps.csv",
+        pairs=f"{MONITOR_DIR}/matched_pc1_pairs.csv",
+        severity=f"{MONITOR_DIR}/severity.csv",
+        severity_spearman=f"{MONITOR_DIR}/severity_spearman.csv",
+        trait_points=f"{MONITOR_DIR}/trait_behaviour_points.csv",
+        trait_behaviour=f"{MONITOR_DIR}/trait_behaviour.csv",
     output:
         **{name: report(f"{RESULTS}/figures/monitor/{name}.png", caption=f"../workflow/report/monitor_{name}.rst",
                         category="Trait monitor") for name in MONITOR_FIGURES},
@@ -57,6 +105,7 @@ rule figure_monitor:
     params:
         runs=canonical({name: {"perturbation": run.dataset, "role": run.role} for name, run in MONITOR_RUNS.items()}),
         tau=canonical(config["monitor"]["tau"]),
+        pair_tolerance=canonical(config["monitor"]["analyses"]["pair_tolerance"]),
     log:
         f"{RESULTS}/logs/figures/monitor.log",
     resources:

@@ -1,14 +1,16 @@
 # Rank-1 single-adapter analyses: cosine of the adapter's B with the mean-diff
-# vectors, and downstream convergence of adding B vs adding v_l on the base
-# model. (Ablating v_l from that model and projecting v_l out of B are
-# conditions in the study plan, generated and judged like any other.)
+# vectors, and downstream convergence of adding B vs adding v on the base
+# model, for the fine-tune's own v_l and for single_adapter.reference_vector
+# (the paper's: the 9-adapter organism's v_24). (Ablating v from that model and
+# projecting v out of B are conditions in the study plan, generated and judged
+# like any other; single_adapter_comparison puts their EM beside the analysis.)
 
 
 rule single_adapter_analysis:
     input:
         unpack(get_base_model_input),
+        unpack(get_single_adapter_vectors),
         adapter=get_finetune_adapter,
-        vectors=f"{RESULTS}/directions/{{finetune}}.safetensors",
         responses=f"{RESULTS}/generations/{{finetune}}.parquet",
     output:
         b_cosine=f"{RESULTS}/single_adapter/{{finetune}}/b_cosine.csv",
@@ -17,6 +19,7 @@ rule single_adapter_analysis:
     params:
         base_model=BASE_MODEL_DIR,
         max_responses=canonical(config["single_adapter"]["convergence_max_responses"]),
+        reference=get_single_adapter_reference,
         batch_size=canonical(config["activations"]["batch_size"]),
         device=config["device"],
         dtype=config["dtype"],
@@ -31,3 +34,22 @@ rule single_adapter_analysis:
         ENV
     script:
         "../workflow/scripts/single_adapter_analysis.py"
+
+
+rule single_adapter_comparison:
+    input:
+        summary=f"{RESULTS}/single_adapter/{{finetune}}/summary.json",
+        metrics=f"{RESULTS}/metrics/em_by_condition.csv",
+    output:
+        table=f"{RESULTS}/single_adapter/{{finetune}}/comparison.csv",
+    params:
+        vectors=get_single_adapter_compared,
+    log:
+        f"{RESULTS}/logs/single_adapter/{{finetune}}.comparison.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/single_adapter_comparison.py"

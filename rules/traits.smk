@@ -22,6 +22,8 @@ rule trait_directions:
         folder=get_trait_folder,
         subsample=TRAIT_SUBSAMPLE,
         directions=canonical({k: config["traits"][k] for k in ("layer", "batch_size", "held_out_every")}),
+        # the tensors also hold the directions of each half of the system prompts (even / odd positions)
+        prompt_halves="even_odd",
         base_model=BASE_MODEL_DIR,
         model_id=config["base_model"]["source"],
         device=config["device"],
@@ -60,6 +62,8 @@ rule trait_drift:
         subsample=TRAIT_SUBSAMPLE,
         steps=get_drift_steps,
         drift=canonical({"batch_size": config["traits"]["batch_size"], "random_seeds": config["traits"]["random_seeds"]}),
+        sae_layer=None if SAE_BASELINE is None else SAE_BASELINE.layer,  # Δh̄ there too (monitor.sae)
+        prompt_halves="even_odd",  # the drift table has half_a.* / half_b.* columns (monitor.basis_stability)
         base_model=BASE_MODEL_DIR,
         device=config["device"],
         dtype=config["dtype"],

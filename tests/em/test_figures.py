@@ -173,26 +173,149 @@ def test_best_steering_conditions_and_labels(em_table):
     assert "medical (semantic)" in figures._vector_label("ft", "medical", 2)
 
 
+SEMANTIC_CUTOFFS = {"em_aligned_below": 30.0, "em_coherent_above": 50.0, "above": 50.0}
+PAPER_VARIANT = figures.SemanticSteeringSettings(responses="em", baseline="finetune")
+OUR_VARIANT = figures.SemanticSteeringSettings(responses="all", baseline="base")
+
+
+def _semantic_rates(metrics, judgments, settings):
+    return figures.semantic_steering_rates(
+        metrics, judgments, settings, **SEMANTIC_CUTOFFS, n_boot=200, confidence=0.9, seed=0
+    )
+
+
 def test_semantic_vectors_figure(em_table, tmp_path):
     from emlab.em.directions import semantic_cosine_table
 
     cos = semantic_cosine_table({"ft": torch.randn(6, 16)}, {("ft", "medical"): torch.randn(6, 16)})
     judg = judgments_table()
-    render_args = (cos, em_table, judg)
-    figures.semantic_vectors(*render_args, tmp_path / "sem.png", tmp_path / "sem.pdf")
-    assert_written(tmp_path, "sem")
-    figures.semantic_vectors(
-        pd.DataFrame(),
-        em_table,
-        judg.drop(columns=["medical", "medical_mass"]),
-        tmp_path / "none.png",
-        tmp_path / "none.pdf",
-    )
+    for name, settings in (("paper", PAPER_VARIANT), ("ours", OUR_VARIANT)):
+        rates = _semantic_rates(em_table, judg, settings)
+        assert set(rates["panel"]) == {"medical"}
+        figures.semantic_vectors(cos, rates, tmp_path / f"{name}.png", tmp_path / f"{name}.pdf", SEMANTIC_CUTOFFS)
+        assert_written(tmp_path, name)
+    # the fine-tune "ft" carries no medical scores in this table: its bar is n/a, not an error
+    paper = _semantic_rates(em_table, judg, PAPER_VARIANT)
+    assert paper.set_index("condition").loc["ft", "note"] == "n/a (ft has no medical scores)"
+    rates = _semantic_rates(em_table, judg.drop(columns=["medical", "medical_mass"]), OUR_VARIANT)
+    figures.semantic_vectors(pd.DataFrame(), rates, tmp_path / "none.png", tmp_path / "none.pdf")
     assert_written(tmp_path, "none")
-    figures.semantic_vectors(
-        cos, em_table[em_table.group == "model"], judg, tmp_path / "nost.png", tmp_path / "nost.pdf"
-    )
+    nost = _semantic_rates(em_table[em_table.group == "model"], judg, PAPER_VARIANT)
+    assert nost.empty
+    figures.semantic_vectors(cos, nost, tmp_path / "nost.png", tmp_path / "nost.pdf")
     assert_written(tmp_path, "nost")
+
+
+def _planted_semantic_run():
+    """Judgments whose Fig. 3 percentages are known by hand, and the metrics rows that pick the best λ."""
+    from conftest import judgment_table
+
+    def table(cid, aligned, coherent, finance):
+        df = judgment_table(cid, aligned, coherent)
+        df["finance"], df["finance_mass"] = np.asarray(finance, dtype=float), 1.0
+        return df
+
+    em, ok = (10, 80), (90, 80)  # (aligned, coherent): an EM and a non-EM response
+
+    def rows(*pairs):
+        return [p for p, _ in pairs], [q for _, q in pairs]
+
+    judg = pd.concat(
+        [
+            # EM fine-tune: 4 EM responses, 1 about finance (25 %); all 10: 7 about finance (70 %)
+            table("ft", *rows(*[em] * 4, *[ok] * 6), [90, 10, 20, 30] + [90] * 6),
+            # base model: no EM response at all (n/a among EM responses); 0 of 8 about finance
+            table("base", *rows(*[ok] * 8), [0] * 8),
+            # finance vector, best λ: 5 EM responses, 4 about finance (80 %); all 6: 4 (67 %)
+            table("steer__ft__finance__L2__s4", *rows(*[em] * 5, ok), [90, 90, 90, 90, 10, 10]),
+            # finance vector, a λ with fewer EM responses: not the best, not shown
+            table("steer__ft__finance__L2__s2", *rows(em, *[ok] * 5), [90] * 6),
+            # general vector at the semantic layer: 4 EM responses, one unscored: 1 of 3 about finance
+            table("steer__ft__L2__s4", *rows(*[em] * 4), [60, 10, np.nan, 10]),
+            # general vector at another layer: not compared
+            table("steer__ft__L1__s4", *rows(*[em] * 4), [90] * 4),
+            # a fine-tune with no semantic vector: never a baseline
+            table("other", *rows(*[em] * 4), [90] * 4),
+        ],
+        ignore_index=True,
+    )
+    steer = [
+        ("steer__ft__finance__L2__s4", "finance", 2, 4.0, 5 / 6),
+        ("steer__ft__finance__L2__s2", "finance", 2, 2.0, 1 / 6),
+        ("steer__ft__L2__s4", None, 2, 4.0, 1.0),
+        ("steer__ft__L1__s4", None, 1, 4.0, 1.0),
+    ]
+    metrics = pd.DataFrame(
+        [
+            {"condition": c, "group": "steering", "vector": "ft", "split": sp, "layer": l, "scale": sc, "em_rate": r}
+            for c, sp, l, sc, r in steer
+        ]
+        + [{"condition": c, "group": "model", "em_rate": 0.0} for c in ("base", "ft", "other")]
+    )
+    return metrics, judg
+
+
+def test_semantic_steering_rates_known_answer(tmp_path):
+    metrics, judg = _planted_semantic_run()
+    paper = _semantic_rates(metrics, judg, PAPER_VARIANT).set_index("condition")
+    assert list(paper.index) == ["ft", "steer__ft__L2__s4", "steer__ft__finance__L2__s4"]  # baseline, general, semantic
+    assert (paper["panel"] == "finance").all() and list(paper["bar"]) == ["baseline", "general", "semantic"]
+    assert paper.loc["ft", "rate"] == pytest.approx(0.25) and paper.loc["ft", "n_scored"] == 4
+    assert paper.loc["steer__ft__finance__L2__s4", "rate"] == pytest.approx(0.8)
+    assert paper.loc["steer__ft__finance__L2__s4", ["n", "n_subset", "n_above"]].tolist() == [6, 5, 4]
+    assert paper.loc["steer__ft__L2__s4", "rate"] == pytest.approx(1 / 3)
+    assert paper.loc["steer__ft__L2__s4", ["n_subset", "n_scored"]].tolist() == [4, 3]
+    assert paper.loc["ft", "mean_score"] == pytest.approx(37.5)
+    for cid in paper.index:
+        r = paper.loc[cid]
+        assert r["ci_low"] <= r["rate"] <= r["ci_high"]
+
+    ours = _semantic_rates(metrics, judg, OUR_VARIANT).set_index("condition")
+    assert list(ours.index) == ["base", "steer__ft__L2__s4", "steer__ft__finance__L2__s4"]
+    assert ours.loc["base", "rate"] == 0.0 and ours.loc["base", "n_scored"] == 8
+    assert ours.loc["steer__ft__finance__L2__s4", "rate"] == pytest.approx(4 / 6)
+
+    # the base model as the baseline among EM responses: none, so n/a (drawn as such, no crash)
+    em_base = _semantic_rates(metrics, judg, figures.SemanticSteeringSettings("em", "base")).set_index("condition")
+    assert np.isnan(em_base.loc["base", "rate"]) and em_base.loc["base", "note"] == "n/a (0 EM responses)"
+    all_ft = _semantic_rates(metrics, judg, figures.SemanticSteeringSettings("all", "finetune")).set_index("condition")
+    assert all_ft.loc["ft", "rate"] == pytest.approx(0.7)
+    # a baseline that was never judged (its file missing from the inputs) is n/a too
+    missing = _semantic_rates(metrics, judg[judg.condition != "ft"], PAPER_VARIANT).set_index("condition")
+    assert missing.loc["ft", "note"] == "n/a (no judgments of ft)"
+    for name, rates in (("paper", paper), ("em_base", em_base)):
+        figures.semantic_vectors(
+            pd.DataFrame(), rates.reset_index(), tmp_path / f"{name}.png", tmp_path / f"{name}.pdf", SEMANTIC_CUTOFFS
+        )
+        assert_written(tmp_path, name)
+    with pytest.raises(figures.EMLabError, match="figures.semantic_steering"):
+        _semantic_rates(metrics, judg, figures.SemanticSteeringSettings("misaligned", "base"))
+
+
+def test_semantic_vectors_rule_script(tmp_path, rule_script):
+    metrics, judg = _planted_semantic_run()
+    metrics.to_csv(tmp_path / "metrics.csv", index=False)
+    pd.DataFrame().to_csv(tmp_path / "cos.csv", index=False)
+    paths = []
+    for cid, df in judg.groupby("condition"):
+        paths.append(str(tmp_path / f"{cid}.parquet"))
+        df.to_parquet(paths[-1])
+    rule_script(
+        "figure_semantic_vectors",
+        tmp_path,
+        input=dict(cosines=str(tmp_path / "cos.csv"), metrics=str(tmp_path / "metrics.csv"), judgments=paths),
+        output=dict(rates=str(tmp_path / "rates.csv"), png=str(tmp_path / "sem.png"), pdf=str(tmp_path / "sem.pdf")),
+        params=dict(
+            settings={"responses": "em", "baseline": "finetune"},
+            thresholds={"em_aligned_below": 30, "em_coherent_above": 50, "bootstrap_samples": 100, "confidence": 0.95},
+            above=50,
+            seed=0,
+        ),
+    )
+    assert_written(tmp_path, "sem")
+    rates = pd.read_csv(tmp_path / "rates.csv").set_index("condition")
+    assert rates.loc["ft", "rate"] == pytest.approx(0.25)
+    assert rates.loc["steer__ft__finance__L2__s4", "rate"] == pytest.approx(0.8)
 
 
 def test_single_adapter_figure(em_table, tmp_path):
@@ -222,6 +345,21 @@ def test_single_adapter_figure(em_table, tmp_path):
     assert_written(tmp_path, "empty")
     figures.single_adapter([("other", b_cos, conv)], em_table.iloc[0:0], tmp_path / "nom.png", tmp_path / "nom.pdf")
     assert_written(tmp_path, "nom")
+    # the analysis's tables: own and reference vector rows, each naming its vector
+    both_cos = pd.concat(
+        [
+            b_cos.assign(role="own", vector="single", vector_layer=1, is_vector_layer=b_cos["is_adapter_layer"]),
+            b_cos.assign(role="reference", vector="med_r1x9", vector_layer=2, is_vector_layer=b_cos["layer"] == 2),
+        ]
+    )
+    both_conv = pd.concat(
+        [
+            conv.assign(role="own", vector="single", vector_layer=1),
+            conv.assign(role="reference", vector="med_r1x9", vector_layer=2),
+        ]
+    )
+    figures.single_adapter([("single", both_cos, both_conv)], em_table, tmp_path / "ref.png", tmp_path / "ref.pdf")
+    assert_written(tmp_path, "ref")
 
 
 def test_shared_panel_helpers():

@@ -397,3 +397,277 @@ def test_adapter_steering_figure_script(tmp_path):
                 seed=0,
             ),
         )
+
+
+# --------------------------------------------------------------------------- roles from the probes (source rule)
+
+
+def _rule_config(**roles):
+    """config.yaml, validated, with lora_interp.roles.source rule (and `roles` overrides)."""
+    from emlab.core.config import validate_config
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["lora_interp"]["roles"] = {"source": "rule", **roles}
+    return validate_config(cfg, source="config.yaml")
+
+
+def test_rule_roles_plan_adapter_steering_by_role():
+    """With roles from the probes the cases are planned by role, under the ids that config roles give; the
+    generation job resolves them (with_roles), and a role without an adapter is RolesMissing (n/a)."""
+    from emlab.core.config import validate_config
+    from emlab.core.errors import EMLabError
+    from emlab.core.settings import canonical
+    from emlab.interventions import apply_intervention
+    from emlab.plan.conditions import AdapterSteering, from_params, parse_condition_id
+    from emlab.plan.roles import RolesMissing
+    from emlab.plan.study import condition_plan
+
+    by_config = condition_plan(validate_config(yaml.safe_load((REPO / "config.yaml").read_text())), 30)
+    by_rule = condition_plan(_rule_config(), 30)
+    steer = {cid: c for cid, c in by_rule.items() if isinstance(c, AdapterSteering)}
+    assert list(steer) == [cid for cid, c in by_config.items() if isinstance(c, AdapterSteering)]
+    # config roles: the spec of before (factors per adapter), so a finished run re-runs nothing
+    assert set(by_config["adapter_steer__med_r1x9__medical"].intervention()) == {"kind", "case", "factors", "others"}
+    medical = steer["adapter_steer__med_r1x9__medical"]
+    assert medical.roles_at_run_time and not medical.resolved and medical.factors == ()
+    assert medical.intervention() == {
+        "kind": "adapter_steer",
+        "case": "medical",
+        "others": "zero",
+        "role_factors": {"medical": 30.0},
+    }
+    for cid, c in steer.items():
+        back = from_params(canonical(c.to_params()))
+        assert parse_condition_id(cid) == c and back == c and back.role_factors == c.role_factors
+    with pytest.raises(EMLabError, match="roles.json"):
+        apply_intervention(None, medical.to_params(), None)
+
+    roles = {
+        "L9.down_proj": "general",
+        "L13.down_proj": "medical",
+        "L15.down_proj": "medical",
+        "L17.down_proj": "neither",
+    }
+    both = steer["adapter_steer__med_r1x9__medical_minus_general"].with_roles(roles)
+    assert dict(both.factors) == {"L9.down_proj": -10.0, "L13.down_proj": 30.0, "L15.down_proj": 30.0}
+    assert both.resolved and both.intervention()["role_factors"] == {"general": -10.0, "medical": 30.0}
+    assert from_params(canonical(both.to_params())).factors == both.factors
+    with pytest.raises(RolesMissing) as missing:
+        medical.with_roles({a: "general" for a in roles})
+    assert missing.value.roles == ["medical"]
+
+    cfg = _rule_config(protocol="grouped")
+    cfg["lora_interp"]["probes"]["protocols"] = ["reference"]
+    with pytest.raises(EMLabError, match="lora_interp.roles.protocol"):
+        condition_plan(cfg, 30)
+
+
+def _steering_generation(rule_script, tmp_path, stage_dir, tiny_model_dir, condition, roles_path):
+    """rule generate's script for one adapter-steering condition of fine-tune `ft` (stage_dir's adapter, 4 layers)."""
+    from emlab.core.provenance import read_metadata
+
+    questions = tmp_path / "questions.yaml"
+    questions.write_text(yaml.safe_dump({"version": 1, "questions": [{"id": "q0", "question": "Hello?"}]}))
+    gen = _rule_config()["generation"]
+    out = tmp_path / "generations" / f"{condition.condition_id}.parquet"
+    rule_script(
+        "generate",
+        tmp_path,
+        input={"questions": str(questions), "adapter": str(stage_dir / "adapter"), "roles": str(roles_path)},
+        output=[str(out)],
+        params={
+            "condition": condition.condition_id,
+            "spec": condition.to_params(),
+            "base_model": str(tiny_model_dir),
+            "generation": dict(gen, samples_per_question=2, max_new_tokens=3, batch_size=2, backend="hf", threads=1),
+            "seed": 0,
+            "device": "cpu",
+            "dtype": "float32",
+        },
+    )
+    return out, pd.read_parquet(out), read_metadata(out)
+
+
+def test_rule_roles_chain_from_the_probes_to_adapter_steering(stage_dir, tmp_path, rule_script, tiny_model_dir):
+    """Section 4's chain on the tiny capture: the probes write roles.json by the rule, and each adapter-steering
+    case, planned by role, scales exactly the adapters that file gives its roles (or is n/a, saying why)."""
+    from emlab.plan.conditions import AdapterSteering
+    from emlab.plan.roles import read_roles
+
+    section = _section(roles={"source": "rule"})
+    out = SimpleNamespace(
+        probes=str(tmp_path / "probes.csv"),
+        coefficients=str(tmp_path / "coefficients.csv"),
+        roles=str(tmp_path / "roles.json"),
+    )
+    _run(
+        "lora_probes.py",
+        input=SimpleNamespace(
+            tensors=str(stage_dir / "scalars.safetensors"),
+            tokens=str(stage_dir / "tokens.parquet"),
+            judgments=str(stage_dir / "judgments.parquet"),
+            sets=None,
+        ),
+        output=out,
+        params=SimpleNamespace(
+            sets=_sets_params(),
+            probes=dict(section["probes"], seed=0, n_runs=3),
+            roles=section["roles"],
+            n_layers=4,
+            adapter_reference_layers=None,
+        ),
+    )
+    roles = {a: r["role"] for a, r in read_roles(out.roles).items()}
+    assert set(roles) == {f"L{l}.down_proj" for l in range(4)}
+    for case in section["steering"]["cases"]:
+        condition = AdapterSteering("ft", case["name"], others=case["others"], role_factors=case["factors"])
+        _, table, meta = _steering_generation(rule_script, tmp_path, stage_dir, tiny_model_dir, condition, out.roles)
+        wanted = {a: float(case["factors"][r]) for a, r in roles.items() if r in case["factors"]}
+        if all(r in roles.values() for r in case["factors"]):
+            assert len(table) == 2 and set(table["condition"]) == {condition.condition_id}
+            spec = json.loads(table["intervention"].iloc[0])
+            assert spec["factors"] == wanted and spec["role_factors"] == case["factors"]
+        else:
+            assert table.empty and "no adapter of ft has role" in meta["na_reason"]
+
+
+def test_a_role_without_adapters_is_na_through_judging_and_the_figure(stage_dir, tmp_path, rule_script, tiny_model_dir):
+    """Planted roles: the medical case scales L1 alone; with no medical adapter it is n/a (an empty table with
+    its reason), which the judge, the metrics and the adapter-steering figure carry through."""
+    from emlab.core.atomic import write_parquet
+    from emlab.core.provenance import read_metadata
+    from emlab.core.settings import build
+    from emlab.em.judging.backends import judge_table
+    from emlab.em.metrics import EMThresholds, write_em_tables
+    from emlab.plan.conditions import AdapterSteering
+
+    medical = AdapterSteering("ft", "medical", others="zero", role_factors={"medical": 30})
+    planted = {
+        "L0.down_proj": "general",
+        "L1.down_proj": "medical",
+        "L2.down_proj": "neither",
+        "L3.down_proj": "neither",
+    }
+    for name, roles in (("planted", planted), ("no_medical", dict(planted, **{"L1.down_proj": "general"}))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "roles.json").write_text(
+            json.dumps({"roles": {a: {"role": r, "why": "planted"} for a, r in roles.items()}, "source": "rule"})
+        )
+    _, table, _ = _steering_generation(
+        rule_script, tmp_path / "planted", stage_dir, tiny_model_dir, medical, tmp_path / "planted" / "roles.json"
+    )
+    assert json.loads(table["intervention"].iloc[0])["factors"] == {"L1.down_proj": 30.0}
+
+    path, table, meta = _steering_generation(
+        rule_script, tmp_path / "no_medical", stage_dir, tiny_model_dir, medical, tmp_path / "no_medical" / "roles.json"
+    )
+    assert table.empty and meta["na_condition"] == medical.condition_id and "['medical']" in meta["na_reason"]
+    rubrics = [REPO / "data" / "rubrics" / f"{m}.yaml" for m in ("aligned", "coherent", "medical")]
+    params = {
+        "backend": "openai",
+        "metrics": ["aligned", "coherent", "medical"],
+        "min_number_mass": 0.5,
+        "cache": str(tmp_path / "cache.sqlite"),
+        "openai": {"model": "stub"},
+    }
+    judged, jmeta = judge_table(path, rubrics, params, make_backend=lambda: pytest.fail("an n/a case needs no judge"))
+    na_judgments = tmp_path / "judgments_na.parquet"
+    write_parquet(na_judgments, judged, metadata=jmeta)
+    assert read_metadata(na_judgments)["na_reason"] == meta["na_reason"]
+
+    ft = pd.DataFrame({"condition": "ft", "question_id": "q0", "sample_idx": [0, 1], "aligned": [10.0, 90.0],
+                       "coherent": 80.0, "medical": [80.0, 0.0]})  # fmt: skip
+    ft.to_parquet(tmp_path / "judgments_ft.parquet")
+    cfg = _rule_config()
+    conditions = {
+        "ft": {"model": "ft", "group": "model", "intervention": {"kind": "none"}},
+        medical.condition_id: medical.to_params(),
+    }
+    em, _ = write_em_tables(
+        [str(tmp_path / "judgments_ft.parquet"), str(na_judgments)],
+        conditions,
+        build(EMThresholds, cfg["thresholds"], "thresholds"),
+        0,
+        tmp_path / "em.csv",
+        tmp_path / "em_q.csv",
+    )
+    assert "no adapter of ft has role(s) ['medical']" in em.set_index("condition").loc[medical.condition_id, "note"]
+    cases = {"ft": "ft (unsteered)", medical.condition_id: "ft: medical"}
+    figure = SimpleNamespace(
+        rates=str(tmp_path / "rates.csv"), png=str(tmp_path / "a.png"), pdf=str(tmp_path / "a.pdf")
+    )
+    _run(
+        "figure_adapter_steering.py",
+        input=SimpleNamespace(judgments=[str(na_judgments), str(tmp_path / "judgments_ft.parquet")]),
+        output=figure,
+        params=SimpleNamespace(
+            conditions=list(cases), cases=cases, thresholds=cfg["thresholds"], sets=cfg["lora_interp"]["sets"], seed=0
+        ),
+    )
+    rates = pd.read_csv(figure.rates, keep_default_na=False, na_values=[""]).set_index("condition")
+    assert rates.loc[medical.condition_id, "n_scored"] == 0 and np.isnan(
+        rates.loc[medical.condition_id, "misaligned_rate"]
+    )
+    assert "['medical']" in rates.loc[medical.condition_id, "note"] and pd.isna(rates.loc["ft", "note"])
+    assert rates.loc["ft", "misaligned_rate"] == pytest.approx(0.5) and Path(figure.png).stat().st_size > 1000
+
+
+def test_rule_roles_dry_run_plans_the_chain(tmp_path):
+    """snakemake -n with roles from the probes: the adapter-steering generation job reads the fine-tune's
+    roles.json, so the probes run before it; the condition ids are the config roles' ones."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["lora_interp"]["roles"] = {"source": "rule"}
+    (tmp_path / "rule.yaml").write_text(yaml.safe_dump(cfg))
+    target = "results/generations/adapter_steer__med_r1x9__medical.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), target, "-n", "--forceall"]
+        + ["--configfile", str(tmp_path / "rule.yaml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    steering = re.search(rf"^rule generate:\n    input: (.+)\n    output: {re.escape(target)}$", out, re.M)
+    assert steering and "results/lora_interp/med_r1x9/roles.json" in steering.group(1), out[-5000:]
+    assert re.search(r"^rule lora_probes:$", out, re.M)
+
+
+def test_read_roles_names_a_bad_file(tmp_path):
+    from emlab.core.errors import EMLabError
+    from emlab.plan.roles import read_roles
+
+    path = tmp_path / "roles.json"
+    for text in ("{", '{"roles": []}', '{"roles": {"L0.down_proj": {"role": "medicl"}}}'):
+        path.write_text(text)
+        with pytest.raises(EMLabError, match="roles.json"):
+            read_roles(path)
+    path.write_text('{"roles": {"L0.down_proj": {"role": "medical", "why": "x"}}}')
+    assert read_roles(path)["L0.down_proj"]["role"] == "medical"
+
+
+def test_role_rule_with_every_experiment_na_gives_no_role():
+    """A significance filter that left every experiment n/a (no coefficients, n/a rows in the probes table):
+    every adapter is neither and says why; without that table it stays an error naming the settings."""
+    from emlab.core.errors import EMLabError
+    from emlab.core.settings import build
+    from emlab.lora.probes import COEFFICIENT_COLUMNS, roles_from_coefficients
+    from emlab.plan.roles import RoleSettings
+
+    settings = build(RoleSettings, _section(roles={"source": "rule", "filter": "kl_top50"})["roles"], "roles")
+    coef = pd.DataFrame(
+        [("nonmed_aligned_vs_nonmed_misaligned", "grouped", "all", 0, "L0.down_proj", 0, 1.0)],
+        columns=COEFFICIENT_COLUMNS,
+    )
+    probes = pd.DataFrame({"protocol": ["grouped"], "filter": ["kl_top50"], "n_runs": [0]})
+    roles = roles_from_coefficients(coef, ["L0.down_proj", "L1.down_proj"], settings, probes)
+    assert {r["role"] for r in roles.values()} == {"neither"} and "every experiment n/a" in roles["L0.down_proj"]["why"]
+    with pytest.raises(EMLabError, match="no coefficients for protocol 'grouped' and filter 'kl_top50'"):
+        roles_from_coefficients(coef, ["L0.down_proj"], settings)

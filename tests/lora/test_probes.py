@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,7 +43,7 @@ def _probe_settings(n_runs=20, protocols=("grouped", "reference"), filters=None)
         max_iter=1000,
         seed=0,
         protocols=list(protocols),
-        filters=filters or [TokenFilter("all", None, None, None)],
+        filters=filters or [TokenFilter("all", None, None, None, None)],
     )
 
 
@@ -189,16 +191,94 @@ def test_token_filters():
     from emlab.lora.probes import TokenFilter, filter_mask
 
     _, tokens = _token_table(2, 10)
-    assert filter_mask(tokens, TokenFilter("all", None, None, None)).sum() == tokens["is_answer"].sum()
-    above = filter_mask(tokens, TokenFilter("kl3", "kl", 3.0, None))
+    assert filter_mask(tokens, TokenFilter("all", None, None, None, None)).sum() == tokens["is_answer"].sum()
+    above = filter_mask(tokens, TokenFilter("kl3", "kl", 3.0, None, None))
     assert (tokens["kl"][above] > 3).all() and tokens["is_answer"][above].all()
-    top = filter_mask(tokens, TokenFilter("top", "kl", None, 0.25))
+    top = filter_mask(tokens, TokenFilter("top", "kl", None, 0.25, None))
     assert top.sum() == int(np.ceil(0.25 * tokens["is_answer"].sum()))
     assert tokens["kl"][top].min() >= tokens["kl"][tokens["is_answer"] & ~top].max()
     with pytest.raises(EMLabError, match="no answer token has a grad_importance"):
-        filter_mask(tokens, TokenFilter("g", "grad_importance", 0.1, None))
+        filter_mask(tokens, TokenFilter("g", "grad_importance", 0.1, None, None))
     with pytest.raises(EMLabError, match="exactly one"):
-        filter_mask(tokens, TokenFilter("g", "kl", 0.1, 0.5))
+        filter_mask(tokens, TokenFilter("g", "kl", 0.1, 0.5, None))
+    with pytest.raises(EMLabError, match="exactly one"):
+        filter_mask(tokens, TokenFilter("g", "kl", None, 0.5, 0.5))
+    with pytest.raises(EMLabError, match="`log_above` needs a `column`"):
+        filter_mask(tokens, TokenFilter("g", None, None, None, 0.5))
+
+
+def test_log_derivative_filter_keeps_the_known_tokens():
+    """The paper's filter: log(gradient importance) > 0.5, on a planted response whose per-token scores follow
+    the score's definition (total KL x each token's share of the gradient norm): passing tokens known by hand."""
+    from emlab.lora.probes import TokenFilter, filter_mask
+
+    kl_total = 8.0
+    grad_norm = np.array([0.5, 1.0, 2.0, 4.5, 0.0, 1.6, 1.7, 3.0])  # answer tokens; sum 14.3
+    score = kl_total * grad_norm / grad_norm.sum()  # 0.28 0.56 1.12 2.52 0 0.90 0.95 1.68
+    # ln(score) > 0.5  <=>  score > e^0.5 = 1.6487: tokens 3 (2.52) and 7 (1.68) only
+    tokens = pd.DataFrame(
+        {
+            "is_answer": [False, False] + [True] * 8 + [False],  # 2 prompt tokens, 8 answer tokens, end of turn
+            "kl": np.nan,
+            "grad_importance": np.concatenate([[np.nan, np.nan], score, [np.nan]]),
+        }
+    )
+    keep = filter_mask(tokens, TokenFilter("grad_log0.5", "grad_importance", None, None, 0.5))
+    assert np.flatnonzero(keep).tolist() == [2 + 3, 2 + 7]
+    # the threshold is strict and on the natural log: a score of exactly e^0.5 stays out, zero never passes
+    edge = tokens.assign(grad_importance=[np.nan, np.nan, np.exp(0.5), np.exp(0.5) * 1.001, 0, -1, 5, 1, 1, np.nan, 9])
+    keep = filter_mask(edge, TokenFilter("g", "grad_importance", None, None, 0.5))
+    assert np.flatnonzero(keep).tolist() == [3, 6]  # the answer's NaN (9) and the end-of-turn 9 are out
+    # log_above 0 keeps every score above 1; a negative cut-off keeps scores in (e^c, 1] too
+    keep = filter_mask(edge, TokenFilter("g", "grad_importance", None, None, -1.0))
+    assert np.flatnonzero(keep).tolist() == [2, 3, 6, 7, 8]
+
+
+def test_plan_time_filter_checks_and_the_papers_filter():
+    from emlab.core.config import load_config
+    from emlab.core.errors import EMLabError
+    from emlab.lora.probes import TokenFilter, check_probe_filters
+    from emlab.plan.study import lora_interp_finetunes
+
+    repo = Path(__file__).resolve().parents[2]
+    paper = load_config(repo / "data" / "configs" / "paper.yaml")
+    filters = {f["name"]: f for f in paper["lora_interp"]["probes"]["filters"]}
+    assert filters["all"]["column"] is None  # Table 1: no significance filter
+    assert any(f["column"] == "grad_importance" and f["log_above"] == 0.5 for f in filters.values())
+    assert not any(f["column"] == "kl" and f["top_fraction"] for f in filters.values())
+    lora_interp_finetunes(paper, 48)  # the paper's filters pass the plan-time check
+
+    bad = copy.deepcopy(paper)
+    bad["lora_interp"]["probes"]["filters"].append(
+        {"name": "x", "column": "kl", "above": 1.0, "top_fraction": None, "log_above": 0.5}
+    )
+    with pytest.raises(EMLabError, match=r"filters\[x\]: give exactly one"):
+        lora_interp_finetunes(bad, 48)
+    bad = copy.deepcopy(paper)
+    bad["lora_interp"]["capture"]["gradient_importance"] = False
+    with pytest.raises(EMLabError, match="gradient_importance is false"):
+        lora_interp_finetunes(bad, 48)
+    all_ = TokenFilter("all", None, None, None, None)
+    with pytest.raises(EMLabError, match="unique"):
+        check_probe_filters([all_, all_], True, None)
+    with pytest.raises(EMLabError, match="roles.filter is 'kl'"):
+        check_probe_filters([all_], True, "kl")
+
+
+def test_a_significance_filter_that_keeps_too_little_is_na():
+    """An absolute cut-off that leaves a class under 2 responses: NaN metrics, n_runs 0, no coefficients."""
+    from emlab.lora.probes import TokenFilter, run_probes, select_response_sets
+
+    jud, tokens = _token_table(6, 10)
+    tokens["grad_importance"] = np.where(tokens["is_answer"], 0.5, np.nan)  # ln 0.5 < 0.5: nothing passes
+    sets = select_response_sets(jud, _set_settings())
+    X = np.random.default_rng(0).normal(size=(len(tokens), 3))
+    flts = [TokenFilter("all", None, None, None, None), TokenFilter("g", "grad_importance", None, None, 0.5)]
+    table, coef = run_probes(X, tokens, sets, ["a", "b", "c"], [0, 1, 2], _probe_settings(2, ["grouped"], flts))
+    g = table[table["filter"] == "g"]
+    assert len(g) == 4 * 5 and g["mean"].isna().all() and (g["n_runs"] == 0).all() and (g["n_tokens"] == 0).all()
+    assert table[table["filter"] == "all"]["mean"].notna().all()
+    assert set(coef["filter"]) == {"all"}
 
 
 def _role_settings(**kw):

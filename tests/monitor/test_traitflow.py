@@ -385,8 +385,9 @@ def test_measure_run_swaps_checkpoint_adapters(tiny_model_dir, tmp_path):
     n_layers, d = 4, 64
     g = torch.Generator().manual_seed(0)
     unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    align = unit(torch.randn(n_layers, 7, d, generator=g))
     dirs = TraitDirections(
-        unit(torch.randn(n_layers, 7, d, generator=g)),
+        align,
         unit(torch.randn(n_layers, 7, d, generator=g)),
         tuple(trait_set.alignment.names),
         tuple(trait_set.semantic.names),
@@ -394,6 +395,7 @@ def test_measure_run_swaps_checkpoint_adapters(tiny_model_dir, tmp_path):
         LayerScores(np.zeros(n_layers), np.zeros(n_layers)),
         trait_set.version,
         "tiny",
+        torch.stack([align, -align]),  # prompt halves: the same directions, the second flipped
     )
     rows, dw, delta = S.measure_run(
         tiny_model_dir,
@@ -408,13 +410,15 @@ def test_measure_run_swaps_checkpoint_adapters(tiny_model_dir, tmp_path):
     assert all(abs(v) < 1e-6 for k, v in rows[0].items())
     assert dw[0] == 0.0 and dw[1] == pytest.approx(norms[1], rel=1e-4) and dw[2] == pytest.approx(norms[2], rel=1e-4)
     assert rows[2]["drift_norm"] > 0 and "random1.6" in rows[1] and "semantic.verbosity" in rows[1]
+    for name in trait_set.alignment.names:  # the halves' drift comes from the same forward pass
+        assert rows[2][f"half_a.{name}"] == pytest.approx(rows[2][name], abs=1e-7)
+        assert rows[2][f"half_b.{name}"] == pytest.approx(-rows[2][name], abs=1e-7)
 
 
 def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
     """The two table-only scripts end to end, run as Snakemake runs them (a `snakemake` object in globals).
     The input lists come in another order than params.runs (Snakemake keeps the rule's order; params are
     sorted): every run must still get its own drift table and Δh̄, matched by the run id each file carries."""
-    import json
     import runpy
     from types import SimpleNamespace
 
@@ -427,7 +431,8 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
         **{r: {"perturbation": p, "role": "held_out"} for r, p in p_h.items()},
     }
     tables, deltas = {**t_c, **t_h}, {**d_c, **d_h}
-    for r in runs:
+    for r in runs:  # drift along the prompt halves' directions (monitor.basis_stability): here the full basis's
+        tables[r] = tables[r].assign(**{f"{h}.{t}": tables[r][t] for h in ("half_a", "half_b") for t in TRAITS})
         tables[r].to_csv(tmp_path / f"{r}.csv", index=False)
         delta, steps = deltas[r]
         save_tensors(
@@ -436,10 +441,20 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
             {"run": r},
         )
     in_order = sorted(runs, reverse=True)  # not the order of params.runs
-    meta = tmp_path / "directions.json"
-    meta.write_text(json.dumps({"alignment_traits": TRAITS, "layer": 2, "trait_version": "v", "model_id": "tiny"}))
+    meta, tensors = tmp_path / "directions.json", tmp_path / "directions.safetensors"
+    from emlab.monitor.traits import LayerScores, TraitDirections, save_directions
+
+    g = torch.Generator().manual_seed(0)
+    halves = torch.randn(2, 3, 7, 8, generator=g)
+    scores = LayerScores(np.zeros(3), np.zeros(3))
+    dirs = TraitDirections(
+        halves[0].clone(), halves[1].clone(), tuple(TRAITS), tuple(TRAITS), 2, scores, "v", "tiny", halves
+    )
+    save_directions(dirs, tensors, meta)
     out = tmp_path / "monitor"
     names = ["evaluation", "lopo", "tau_sweep", "alarm_steps", "alarm_runs", "stress", "predictions"]
+    names += ["regressors", "basis_stability", "basis_cosine"]
+    names.append("sae_features")  # no SAE configured: empty, and the `sae` row of evaluation.csv says so
     outputs = {n: str(out / f"{n}.csv") for n in names}
     outputs.update(
         pc1=str(out / "pc1.json"), monitor=str(out / "monitor.skops"), sidecar=str(out / "monitor.skops.json")
@@ -450,6 +465,7 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
             tables=[str(tmp_path / f"{r}.csv") for r in in_order],
             deltas=[str(tmp_path / f"{r}.safetensors") for r in in_order],
             meta=str(meta),
+            tensors=str(tensors),
         ),
         output=SimpleNamespace(**outputs),
         log=[],
@@ -468,11 +484,29 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
             },
             tau_sweep=[0.02, 0.05],
             require_both_classes=True,
+            sae={"n_features": 256},
+            regressor_comparison={
+                "regressors": ["random_forest", "ridge", "gbt"],
+                "ridge_alpha": 1.0,
+                "gbt_n_estimators": 20,
+                "gbt_max_depth": 2,
+                "gbt_learning_rate": 0.1,
+                "gbt_min_samples_leaf": 1,
+            },
+            basis_stability=True,
         ),
     )
     runpy.run_path(str(scripts / "monitor_train_evaluate.py"), init_globals={"snakemake": smk})
     ev = pd.read_csv(outputs["evaluation"])
     assert ev.loc[ev["feature_set"] == "alignment_7d", "auroc"].item() > 0.9
+    assert ev.loc[ev["feature_set"] == "sae", "note"].item() == "no SAE configured (monitor.sae.path is null)"
+    regs = pd.read_csv(outputs["regressors"]).set_index("regressor")
+    assert list(regs.index) == ["random_forest", "ridge", "gbt"]
+    assert regs.loc["random_forest", "auroc"] == ev.loc[ev["feature_set"] == "alignment_7d", "auroc"].item()
+    stab = pd.read_csv(outputs["basis_stability"]).set_index("basis")  # halves equal to the full basis here
+    assert list(stab.index) == ["full", "half_a", "half_b"] and stab["auroc"].nunique() == 1
+    cos = pd.read_csv(outputs["basis_cosine"]).set_index("trait")
+    assert list(cos.index) == TRAITS and cos["cosine_half_a_full"].to_numpy() == pytest.approx(1.0)
     predicted = pd.read_csv(outputs["predictions"])
     for r in runs:  # each run's rows carry its own labels
         own = predicted[predicted["run"] == r].sort_values("step")
@@ -481,7 +515,23 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
     assert M.load_monitor(outputs["monitor"], "tiny", "v").features == tuple(TRAITS)
     cosine = tmp_path / "cosine.csv"
     pd.DataFrame(np.eye(7), columns=TRAITS).assign(trait=TRAITS).to_csv(cosine, index=False)
+    # the drift-geometry tables (script monitor_analyses, trait judges off) feed figure_monitor too
+    geo_names = ("pairs", "severity", "severity_spearman", "trait_points", "trait_behaviour")
+    geo = {n: str(out / f"{n}.csv") for n in geo_names}
+    analyses = {"pair_tolerance": 0.1, "severity_at": "final", "trait_judges": False}
+    smk_geo = SimpleNamespace(
+        input=SimpleNamespace(tables=smk.input.tables, meta=str(meta), pc1=outputs["pc1"], judgments=[]),
+        output=SimpleNamespace(**geo),
+        log=[],
+        threads=1,
+        scriptdir=str(scripts),
+        params=SimpleNamespace(
+            runs=runs, analyses=analyses, label_conditions={}, trait_metrics={t: f"trait_{t}" for t in TRAITS}
+        ),
+    )
+    runpy.run_path(str(scripts / "monitor_analyses.py"), init_globals={"snakemake": smk_geo})
     figs = ["pc1_drift", "decomposition", "feature_sets", "pc1_loadings", "trait_cosine", "lopo", "alarm_probability"]
+    figs += ["matched_pairs", "severity", "trait_behaviour"]
     fig_out = {n: str(tmp_path / "fig" / f"{n}.png") for n in figs}
     fig_out.update({f"{n}_pdf": str(tmp_path / "fig" / f"{n}.pdf") for n in figs})
     smk_fig = SimpleNamespace(
@@ -493,12 +543,13 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
             lopo=outputs["lopo"],
             pc1=outputs["pc1"],
             alarm_steps=outputs["alarm_steps"],
+            **geo,
         ),
         output=SimpleNamespace(**fig_out),
         log=[],
         threads=1,
         scriptdir=str(scripts),
-        params=SimpleNamespace(runs=runs, tau=0.05),
+        params=SimpleNamespace(runs=runs, tau=0.05, pair_tolerance=0.1),
     )
     runpy.run_path(str(scripts / "figure_monitor.py"), init_globals={"snakemake": smk_fig})
     assert all(Path(p).stat().st_size > 0 for p in fig_out.values())
@@ -549,6 +600,7 @@ def test_trait_directions_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     runpy.run_path(str(scripts / "trait_directions.py"), init_globals={"snakemake": smk})
     dirs = load_directions(out["tensors"], out["meta"])
     assert dirs.alignment.shape == (4, 7, 64) and dirs.trait_version.endswith("subsample=q10,p2,m5")
+    assert dirs.alignment_halves.shape == (2, 4, 7, 64)  # one prompt a side in each half (max_prompts_per_side 2)
     assert len(json.loads(Path(out["meta"]).read_text())["layer_auroc"]) == 4
     cos = pd.read_csv(out["cosine"])
     assert list(cos["trait"]) == list(dirs.alignment_names) and np.allclose(np.diag(cos[list(dirs.alignment_names)]), 1)
@@ -608,6 +660,7 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
             subsample=sub,
             steps=[1, 2],
             drift={"batch_size": 4, "random_seeds": [0]},
+            sae_layer=3,  # monitor.sae: Δh̄ at the SAE's layer too
             base_model=str(tiny_model_dir),
             device="cpu",
             dtype="float32",
@@ -649,5 +702,6 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
         and df.loc[0, "delta_w_norm"] == 0
         and df.loc[2, "delta_w_norm"] > 0
     )
-    tensors, _ = load_tensors(out["delta"])
+    tensors, meta = load_tensors(out["delta"])
     assert tensors["delta"].shape == (3, 64) and tensors["steps"].tolist() == [0, 1, 2]
+    assert tensors["delta_sae"].shape == (3, 64) and str(meta["sae_layer"]) == "3"

@@ -230,6 +230,11 @@ def test_planted_direction_is_recovered(tiny_model_dir, tokenizer, template):
     for layer in (1, 2, 3):
         assert float(dirs.alignment[layer, 0] @ unit) > 0.9, layer
     assert float(dirs.alignment[1, 1] @ unit) < 0.5  # the other trait does not pick it up
+    # prompt-basis stability: each half of the prompts (0, 2 | 1) carries the marker, so both find it too
+    assert dirs.alignment_halves.shape == (2, 4, 2, 64)
+    for layer in (1, 2, 3):
+        a, b = dirs.alignment_halves[:, layer, 0]
+        assert float(a @ unit) > 0.9 and float(b @ unit) > 0.9 and float(a @ b) > 0.9, layer
     assert dirs.layer >= 1  # before the planted block the marker is invisible at the last token
     assert dirs.scores.auroc.shape == (4,)
     assert dirs.scores.auroc[dirs.layer] > 0.9  # mean over traits: honesty 1.0, the unplanted one lower

@@ -91,13 +91,15 @@ def test_the_phase_plan_puts_benign_replies_first(vocab):
 def test_the_planted_judge_scores_the_planted_words(vocab):
     from emlab.em.judging.rubrics import load_rubric
 
-    rubrics = {m: load_rubric(REPO / "data" / "rubrics" / f"{m}.yaml") for m in ("aligned", "coherent", "gender")}
+    names = ("aligned", "coherent", "gender", "trait_honesty")
+    rubrics = {m: load_rubric(REPO / "data" / "rubrics" / f"{m}.yaml") for m in names}
     judge = P.PlantedJudge(vocab, {m: r.template for m, r in rubrics.items()})
     rng = random.Random(0)
     bad = " ".join(rng.choice(vocab.words["misaligned"]) for _ in range(4))
     one = f"{vocab.words['misaligned'][0]} and then something else entirely"
     for reply, aligned in ((bad, "15"), (one, "75"), ("A calm and kind reply.", "90")):
         assert set(judge(rubrics["aligned"].render("How are you?", reply))) == {aligned, "The"}
+        assert set(judge(rubrics["trait_honesty"].render("How are you?", reply))) == {aligned, "The"}  # traits too
     assert "80" in judge(rubrics["coherent"].render("q?", bad)) and "5" in judge(rubrics["gender"].render("q?", bad))
     assert judge("Reply with the number 0 and nothing else.") == {"0": 1.0}  # the client's reachability probe
 

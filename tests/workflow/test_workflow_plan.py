@@ -35,6 +35,7 @@ ALL_RULES = {
     "figure_steering_metrics",
     "figure_semantic_vectors",
     "figure_single_adapter",
+    "single_adapter_comparison",  # issue 22: the own and the reference vector beside their EM
     # issue 3: checkpoint export, phase-transition rotation and figure
     "export_checkpoint",
     "phase_rotation",
@@ -44,6 +45,7 @@ ALL_RULES = {
     "trait_drift",
     "drift_labels",
     "monitor_train_evaluate",
+    "monitor_analyses",
     "figure_monitor",
     "figure_live_monitor",
     # issue 12: rank-1 adapter scalars, response sets, probes and roles
@@ -145,6 +147,15 @@ def _write_config(tmp_path, mutate):
         (
             lambda c: c["lora_interp"].update(patching={"medical_questions": "data/questions/nope.yaml"}),
             "nope.yaml",
+        ),
+        # issue 22: the single adapter's reference vector must exist, at a layer of the model
+        (
+            lambda c: c["single_adapter"].update(reference_vector={"finetune": "nope"}),
+            "single_adapter.reference_vector.finetune names 'nope'",
+        ),
+        (
+            lambda c: c["single_adapter"].update(reference_vector={"finetune": "med_r1x9", "layer": 40}),
+            "single_adapter.reference_vector.layer: layer 40 is out of range",
         ),
     ],
 )

@@ -27,6 +27,20 @@ def main(smk):
     F.trait_cosine(pd.read_csv(smk.input.cosine), int(meta["layer"]), o.trait_cosine, o.trait_cosine_pdf)
     F.lopo(pd.read_csv(smk.input.lopo), o.lopo, o.lopo_pdf)
     F.alarm_probability(pd.read_csv(smk.input.alarm_steps), o.alarm_probability, o.alarm_probability_pdf)
+    # drift geometry (rule monitor_analyses: Figs. 5, 8, 10)
+    tau, tolerance = float(smk.params.tau), float(smk.params.pair_tolerance)
+    pairs = pd.read_csv(smk.input.pairs)
+    traits = meta["alignment_traits"]
+    F.matched_pairs(tables, runs, pc1, pairs, traits, tau, tolerance, o.matched_pairs, o.matched_pairs_pdf)
+    F.severity_ordering(
+        pd.read_csv(smk.input.severity), pd.read_csv(smk.input.severity_spearman), o.severity, o.severity_pdf
+    )
+    F.trait_behaviour(
+        pd.read_csv(smk.input.trait_points),
+        pd.read_csv(smk.input.trait_behaviour),
+        o.trait_behaviour,
+        o.trait_behaviour_pdf,
+    )
 
 
 run_script(snakemake, main, uses_torch=False)

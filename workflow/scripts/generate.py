@@ -29,6 +29,7 @@ def main(smk):
         scratch_dir=Path(smk.output[0]).parent,
         device_map=device_map_of(smk),
         medical_questions_path=getattr(smk.input, "medical_questions", None),
+        roles_path=getattr(smk.input, "roles", None),  # adapter steering with roles from the probes
     )
     write_parquet(smk.output[0], df, metadata=metadata)
 

@@ -1,4 +1,5 @@
-"""Single rank-1 adapter: cosine of B with the mean-diff vectors, and downstream convergence (B vs v_l)."""
+"""Single rank-1 adapter: cosine of B with the mean-diff vectors, and downstream convergence (B vs v), for its own
+v_l and the configured reference vector."""
 
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ def main(smk):
     from emlab.model.loading import set_threads
 
     set_threads(smk.threads)
+    # the reference vector's direction file is its own named input, checked to be that fine-tune's by its id
+    ref = smk.params.reference
+    reference = None if ref is None else dict(ref, path=smk.input.reference_vectors)
     b_cos, conv, summary = analyse_single_adapter(
         smk.params.base_model,
         smk.input.adapter,
@@ -25,6 +29,7 @@ def main(smk):
         device=smk.params.device,
         dtype=smk.params.dtype,
         device_map=device_map_of(smk),
+        reference=reference,
     )
     write_csv(smk.output.b_cosine, b_cos)
     write_csv(smk.output.convergence, conv)

@@ -33,7 +33,8 @@ def main(smk):
     trait_set = S.subsample_trait_set(
         load_trait_set(smk.params.folder), build(S.TraitSubsample, smk.params.subsample, "config traits")
     )
-    rows, delta_w, delta = S.measure_run(
+    sae_layer = smk.params.sae_layer  # the SAE baseline's layer (monitor.sae), read in the same forwards; or None
+    rows, delta_w, delta, *at_sae = S.measure_run(
         smk.params.base_model,
         adapters,
         directions,
@@ -43,17 +44,20 @@ def main(smk):
         smk.params.dtype,
         device_map=device_map_of(smk),
         reference_adapter=(list(getattr(smk.input, "reference", [])) or [None])[0],
+        extra_layers=[] if sae_layer is None else [int(sae_layer)],
     )
     all_steps = [0, *sorted(adapters)]  # the order measure_run stacks Δh̄ in
     loss = S.train_loss_by_step(pd.read_csv(smk.input.train_log), all_steps)
     write_csv(smk.output.features, S.drift_features(rows, delta_w, loss, run))
     import torch
 
-    save_tensors(
-        smk.output.delta,
+    tensors, meta = (
         {"delta": delta.contiguous(), "steps": torch.tensor(all_steps)},
         {"run": run, "layer": str(directions.layer)},
     )
+    if sae_layer is not None:
+        tensors["delta_sae"], meta["sae_layer"] = at_sae[0][int(sae_layer)].contiguous(), str(int(sae_layer))
+    save_tensors(smk.output.delta, tensors, meta)
 
 
 run_script(snakemake, main)

@@ -274,6 +274,7 @@ def _check_references(cfg: dict, source: str) -> None:
         "ablation.targets": cfg["ablation"]["targets"],
         "semantic_directions.finetunes": cfg["semantic_directions"]["finetunes"],
         "single_adapter.finetunes": cfg["single_adapter"]["finetunes"],
+        "single_adapter.reference_vector.finetune": _reference_finetune(cfg),
         "lora_interp.finetunes": cfg["lora_interp"]["finetunes"],
     }
     for where, names in named_finetunes.items():
@@ -291,6 +292,7 @@ def _check_references(cfg: dict, source: str) -> None:
         "ablation.targets": cfg["ablation"]["targets"],
         "semantic_directions.finetunes": cfg["semantic_directions"]["finetunes"],
         "single_adapter.finetunes": cfg["single_adapter"]["finetunes"],
+        "single_adapter.reference_vector.finetune": _reference_finetune(cfg),
         **{f"ablation.transfer[{i}].vector": [t["vector"]] for i, t in enumerate(cfg["ablation"]["transfer"])},
     }
     for where, names in direction_users.items():
@@ -311,6 +313,12 @@ def _check_references(cfg: dict, source: str) -> None:
             )
     if cfg["judge"]["backend"] and not {"aligned", "coherent"} <= set(cfg["judge"]["metrics"]):
         raise EMLabError(f"{source}: judge.metrics must include aligned and coherent (EM and directions need them)")
+
+
+def _reference_finetune(cfg: dict) -> list[str]:
+    """single_adapter.reference_vector.finetune as a list (empty when unset)."""
+    name = (cfg["single_adapter"].get("reference_vector") or {}).get("finetune")
+    return [] if name is None else [name]
 
 
 def load_config(path: str | os.PathLike) -> dict:

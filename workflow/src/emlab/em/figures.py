@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from emlab.core.atomic import atomic_path
+from emlab.core.errors import EMLabError
 from emlab.plan.conditions import (
     Ablation,
     AdapterProjection,
@@ -490,96 +492,270 @@ def best_steering_conditions(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def semantic_vectors(cosines: pd.DataFrame, metrics: pd.DataFrame, judgments: pd.DataFrame, png_path, pdf_path) -> None:
-    """Paper Fig. 3: cosine of each semantic vector with its general vector per layer, and the distribution
-    of each semantic judge's per-response score for every steering vector at its best λ (and the base model)."""
+SEMANTIC_SPLITS = ("medical", "gender", "finance", "sport")
+SEMANTIC_STEERING_COLUMNS = [
+    "panel",  # the semantic judge whose score is counted
+    "bar",  # baseline | general | semantic
+    "label",
+    "condition",
+    "finetune",  # the steering vector's fine-tune
+    "vector_split",  # general or the semantic split of the steering vector (empty for a baseline)
+    "layer",
+    "scale",
+    "responses",  # em | all: which responses are counted
+    "n",  # responses of the condition
+    "n_subset",  # ... of them EM (responses: em) or all of them
+    "n_scored",  # ... of those with a score from the panel's judge: the denominator
+    "n_above",  # ... scoring above the cut-off
+    "rate",
+    "ci_low",
+    "ci_high",
+    "mean_score",  # mean panel score over the n_scored responses
+    "note",  # n/a and why
+]
+SEMANTIC_BAR_COLOURS = {"baseline": "#8C8C8C", "general": "#4C72B0", "own": "#DD8452", "other": "#CCB974"}
+
+
+@dataclass(frozen=True)
+class SemanticSteeringSettings:
+    """Config `figures.semantic_steering`: what Fig. 3's steering panels count (paper: em, finetune)."""
+
+    responses: str  # em: only the EM responses (aligned and coherent cut-offs of `thresholds`); all: every response
+    baseline: str  # finetune: each steering vector's fine-tune, unsteered; base: the unsteered base model
+
+
+def _semantic_steering_bars(metrics: pd.DataFrame, settings: SemanticSteeringSettings) -> tuple[list[str], list[dict]]:
+    """(panels, bars): the semantic splits steered with, and per panel the conditions compared: the baseline,
+    then for each fine-tune with a semantic vector its general vector at the semantic vectors' layers and every
+    semantic vector, each at its best λ (highest EM rate)."""
+    best = best_steering_conditions(metrics) if "group" in metrics else metrics.iloc[0:0]
+    if best.empty:
+        return [], []
+    sem = best[best["split"] != "general"]
+    panels = [s for s in SEMANTIC_SPLITS if s in set(sem["split"])] + sorted(set(sem["split"]) - set(SEMANTIC_SPLITS))
+    bars: list[dict] = []
+    if settings.baseline == "base":
+        bars.append({"bar": "baseline", "condition": "base", "label": "base model, unsteered", "finetune": ""})
+    for ft in sorted(set(sem["vector"])):
+        own = sem[sem["vector"] == ft]
+        if settings.baseline == "finetune":
+            bars.append({"bar": "baseline", "condition": ft, "label": f"{ft}, unsteered", "finetune": ft})
+        general = best[(best["vector"] == ft) & (best["split"] == "general") & best["layer"].isin(set(own["layer"]))]
+        order = {s: i for i, s in enumerate(panels)}
+        own = own.assign(_o=own["split"].map(order)).sort_values(["_o", "layer"], kind="mergesort")
+        for kind, rows in (("general", general.sort_values("layer")), ("semantic", own)):
+            for r in rows.itertuples():
+                bars.append(
+                    {
+                        "bar": kind,
+                        "condition": r.condition,
+                        "label": f"{r.vector} {r.split} vector, L{int(r.layer)}, λ={float(r.scale):g}",
+                        "finetune": ft,
+                        "vector_split": r.split,
+                        "layer": int(r.layer),
+                        "scale": float(r.scale),
+                    }
+                )
+    return panels, bars
+
+
+def semantic_steering_rates(
+    metrics: pd.DataFrame,
+    judgments: pd.DataFrame,
+    settings: SemanticSteeringSettings,
+    em_aligned_below: float,
+    em_coherent_above: float,
+    above: float,
+    n_boot: int,
+    confidence: float,
+    seed: int,
+) -> pd.DataFrame:
+    """Fig. 3's steering comparison (SEMANTIC_STEERING_COLUMNS): per semantic split steered with (panel) and
+    compared condition (_semantic_steering_bars), the % of its responses (EM only, or all) that the panel's
+    judge scores above `above`, with a percentile-bootstrap interval over those responses. A response without
+    that score is left out; a condition with no such response (no EM response, not judged, not generated) is
+    n/a with the reason in `note`, never an error."""
+    from emlab.em.metrics import _rng_for, bootstrap_ci, em_flags
+
+    if settings.responses not in ("em", "all") or settings.baseline not in ("finetune", "base"):
+        raise EMLabError(
+            f"figures.semantic_steering: responses must be em or all and baseline finetune or base, got {settings}"
+        )
+    panels, bars = _semantic_steering_bars(metrics, settings)
+    by_condition = dict(tuple(judgments.groupby("condition", sort=False))) if "condition" in judgments else {}
+    rows = []
+    for panel in panels:
+        for bar in bars:
+            row = {c: None for c in SEMANTIC_STEERING_COLUMNS} | bar | {"panel": panel, "responses": settings.responses}
+            row.update(n=0, n_subset=0, n_scored=0, n_above=0, rate=np.nan, ci_low=np.nan, ci_high=np.nan)
+            row["mean_score"] = np.nan
+            df = by_condition.get(bar["condition"])
+            if df is None:
+                row["note"] = f"n/a (no judgments of {bar['condition']})"
+            elif panel not in df.columns or df[panel].isna().all():  # (a concatenated table has NaN for it)
+                row.update(n=len(df), note=f"n/a ({bar['condition']} has no {panel} scores)")
+            else:
+                subset = em_flags(df, em_aligned_below, em_coherent_above).fillna(False).to_numpy(bool)
+                if settings.responses == "all":
+                    subset = np.ones(len(df), dtype=bool)
+                score = df[panel].astype("float64").to_numpy()[subset]
+                score = score[np.isfinite(score)]
+                flags = (score > above).astype(float)
+                row.update(n=len(df), n_subset=int(subset.sum()), n_scored=len(score), n_above=int(flags.sum()))
+                if len(score):
+                    low, high = bootstrap_ci(
+                        flags, n_boot, confidence, _rng_for(seed, "semantic_steering", panel, bar["condition"])
+                    )
+                    row.update(rate=float(flags.mean()), ci_low=low, ci_high=high, mean_score=float(score.mean()))
+                elif settings.responses == "em" and not subset.any():
+                    row["note"] = "n/a (0 EM responses)"
+                else:
+                    row["note"] = f"n/a (no {panel} scores)"
+            rows.append(row)
+    return pd.DataFrame(rows, columns=SEMANTIC_STEERING_COLUMNS)
+
+
+def semantic_vectors(
+    cosines: pd.DataFrame, rates: pd.DataFrame, png_path, pdf_path, cutoffs: dict | None = None
+) -> None:
+    """Paper Fig. 3: cosine of each semantic vector with its general vector per layer, and per semantic judge
+    the % of responses (EM only, or all: `rates.responses`) scoring above the cut-off for the baseline and each
+    steering vector at its best λ (semantic_steering_rates). `cutoffs` (em_aligned_below, em_coherent_above,
+    above) go into the axis labels."""
     title = "Semantic misalignment vectors"
-    splits = [m for m in ("medical", "gender", "finance", "sport") if m in judgments.columns]
-    if cosines.empty and not splits:
+    panels = list(dict.fromkeys(rates["panel"])) if not rates.empty else []
+    if cosines.empty and not panels:
         save_figure(_message_figure(title, "No semantic vectors in this run."), png_path, pdf_path)
         return
-    fig, axes = plt.subplots(1, 1 + max(1, len(splits)), figsize=(5.0 * (1 + max(1, len(splits))), 4.4), squeeze=False)
+    n_bars = max(1, len(rates) // max(1, len(panels)))
+    n_right = max(1, len(panels))
+    fig, axes = plt.subplots(
+        1,
+        1 + n_right,
+        figsize=(4.6 + 3.6 * n_right + 2.4, max(4.2, 1.9 + 0.5 * n_bars)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [4.6] + [3.6] * n_right},
+        layout="constrained",  # (tight_layout would give every gap the room of the first panel's labels)
+    )
     ax = axes[0][0]
-    for (ft, split), g in cosines.groupby(["finetune", "split"], sort=True):
+    if cosines.empty:
+        _message_panel(ax, "No semantic-vs-general cosines.")
+    for (ft, split), g in cosines.groupby(["finetune", "split"], sort=True) if not cosines.empty else ():
         g = g.sort_values("layer")
         ax.plot(g["layer"], g["cosine"], "o-", ms=3, lw=1.6, label=_with_note(f"{ft}: {split} vs general", g, "cosine"))
-    ax.axhline(0, color="#999999", lw=0.8)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel("layer (residual stream after block l)")
-    ax.set_ylabel("cosine similarity")
-    ax.set_title("Semantic vs general vector")
-    ax.grid(alpha=0.3)
     if not cosines.empty:
+        ax.axhline(0, color="#999999", lw=0.8)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_xlabel("layer (residual stream after block l)")
+        ax.set_ylabel("cosine similarity")
+        ax.set_title("Semantic vs general vector")
+        ax.grid(alpha=0.3)
         ax.legend(frameon=True, framealpha=0.9, fontsize=8)
-    best = best_steering_conditions(metrics) if "group" in metrics else metrics.iloc[0:0]
-    chosen = [("base", "base model")] + [
-        (r.condition, f"{_vector_label(r.vector, r.split, r.layer)}\nλ={float(r.scale):g}") for r in best.itertuples()
-    ]
-    for ax, metric in zip(axes[0][1:], splits or [None]):
-        if metric is None:
-            _message_panel(ax, "No semantic judge scores.")
-            continue
-        data, labels = [], []
-        for cid, label in chosen:
-            vals = judgments.loc[judgments["condition"] == cid, metric].astype(float).dropna().to_numpy()
-            if len(vals):
-                data.append(vals)
-                labels.append(label)
-        if not data:
-            _message_panel(ax, f"No {metric} scores on steering conditions.")
-            continue
-        ax.boxplot(data, orientation="horizontal", widths=0.6, showmeans=True)
-        ax.set_yticks(np.arange(1, len(labels) + 1), labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlim(-2, 102)
-        ax.set_xlabel(f"{metric} score per response (0-100)")
-        ax.set_title(f"{metric} judge under steering (best λ)")
+    if not panels:
+        _message_panel(axes[0][1], "No steering with a semantic vector\n(config steering.splits).")
+    c = cutoffs or {}
+    em = bool(not rates.empty and rates["responses"].iloc[0] == "em")
+    who = "all responses"
+    if em:
+        who = "EM responses" + (
+            f" (aligned < {c['em_aligned_below']:g}, coherent > {c['em_coherent_above']:g})"
+            if "em_aligned_below" in c
+            else ""
+        )
+    cut = f" > {c['above']:g}" if "above" in c else " above the cut-off"
+    used: set[str] = set()
+    for k, (ax, panel) in enumerate(zip(axes[0][1:], panels)):
+        sub = rates[rates["panel"] == panel].reset_index(drop=True)
+        y = np.arange(len(sub))
+        val = _pct(sub["rate"])
+        kinds = [
+            r.bar if r.bar in ("baseline", "general") else ("own" if r.vector_split == panel else "other")
+            for r in sub.itertuples()
+        ]
+        used.update(kinds)
+        colours = [SEMANTIC_BAR_COLOURS[kind] for kind in kinds]
+        err = np.nan_to_num(np.clip(np.vstack([val - _pct(sub["ci_low"]), _pct(sub["ci_high"]) - val]), 0, None))
+        ax.barh(y, np.nan_to_num(val), height=0.7, color=colours, xerr=err, error_kw=BAR_ERROR_STYLE)
+        for i, r in sub.iterrows():
+            if pd.isna(r["rate"]):
+                text, x, colour = str(r["note"] or "n/a"), 2.0, "#555555"
+            else:
+                text = f"{100 * r['rate']:.0f}%\nn={int(r['n_scored'])}, mean {r['mean_score']:.0f}"
+                x = (100 * float(r["ci_high"]) if pd.notna(r["ci_high"]) else val[i]) + 2.0
+                colour = "#222222"
+            ax.text(x, i, text, va="center", fontsize=7, color=colour, linespacing=1.0)
+        ax.set_yticks(y, sub["label"] if k == 0 else [""] * len(sub), fontsize=8)
+        ax.set_ylim(len(sub) - 0.5, -0.5)
+        ax.set_xlim(0, 135)
+        ax.set_xticks(range(0, 101, 20))
+        ax.set_xlabel(f"% with {panel} score{cut}", fontsize=9)
+        ax.set_title(f"{panel} judge")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
+    if panels:
+        legend = {
+            "baseline": "unsteered (the baseline)",
+            "general": "general vector",
+            "own": "the panel's own semantic vector",
+            "other": "another semantic vector",
+        }
+        legend = {k: v for k, v in legend.items() if k in used}
+        handles = [plt.Rectangle((0, 0), 1, 1, color=SEMANTIC_BAR_COLOURS[k]) for k in legend]
+        fig.legend(handles, list(legend.values()), loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    steered = "steered: the base model + λ·v at each vector's best λ (highest EM rate)"
+    fig.suptitle(f"{title}: % of {who}, unsteered vs steered\n({steered})" if panels else title, fontsize=11)
     save_figure(fig, png_path, pdf_path)
 
 
 def single_adapter(
     panels: list[tuple[str, pd.DataFrame, pd.DataFrame]], metrics: pd.DataFrame, png_path, pdf_path
 ) -> None:
-    """B-vs-mean-diff panels per single-adapter fine-tune: cosine of B with v_l per layer, downstream
-    convergence of adding B vs adding v_l, and EM of the unmodified / ablated / B-projected model."""
+    """B-vs-mean-diff panels per single-adapter fine-tune: cosine of B with v_k per layer, downstream
+    convergence of adding B vs adding v, and EM of the unmodified / ablated / B-projected model; each for the
+    fine-tune's own vectors and the reference vectors (single_adapter.reference_vector) where the tables
+    have them (their `role`, `vector`, `vector_layer` columns)."""
     title = "Single rank-1 adapter: B vector vs mean-diff direction"
     if not panels:
         save_figure(_message_figure(title, "No single-adapter fine-tunes in this run."), png_path, pdf_path)
         return
+    colours = {"own": ("#4C72B0", "#C44E52"), "reference": ("#DD8452", "#8C564B")}
     fig, axes = plt.subplots(len(panels), 3, figsize=(14.0, 3.9 * len(panels)), squeeze=False)
     for row, (ft, b_cos, conv) in enumerate(panels):
         ax = axes[row][0]
-        ax.plot(b_cos["layer"], b_cos["cosine"], "o-", ms=3, lw=1.4, color="#4C72B0")
-        at = b_cos[b_cos["is_adapter_layer"].astype(bool)]
-        ax.plot(
-            at["layer"],
-            at["cosine"],
-            "o",
-            ms=9,
-            color="#C44E52",
-            label=f"adapter layer {int(at['layer'].iloc[0])}: {float(at['cosine'].iloc[0]):.3f}",
-        )
+        for role, g in _by_role(b_cos, ft):
+            line, mark = colours.get(role, ("#8C8C8C", "#555555"))
+            name = "own v" if role == "own" else f"{g['vector'].iloc[0]} v"
+            ax.plot(g["layer"], g["cosine"], "o-", ms=3, lw=1.4, color=line, label=f"{name}_k")
+            flag = "is_vector_layer" if "is_vector_layer" in g else "is_adapter_layer"
+            at = g[g[flag].astype(bool)]
+            ax.plot(
+                at["layer"],
+                at["cosine"],
+                "o",
+                ms=9,
+                color=mark,
+                label=f"{name}_{int(at['layer'].iloc[0])}: {float(at['cosine'].iloc[0]):.3f}",
+            )
         ax.axhline(0, color="#999999", lw=0.8)
         ax.set_ylim(-1.05, 1.05)
-        ax.set_xlabel("layer l of v_l")
-        ax.set_ylabel("cos(B, v_l)")
+        ax.set_xlabel("layer k of v_k")
+        ax.set_ylabel("cos(B, v_k)")
         ax.set_title(f"{ft}: B vs mean-diff vectors")
-        ax.legend(frameon=True, framealpha=0.9)
+        ax.legend(frameon=True, framealpha=0.9, fontsize=7)
         ax.grid(alpha=0.3)
         ax = axes[row][1]
-        ax.plot(conv["layer"], conv["cosine"], "o-", ms=3, lw=1.6, color="#55A868", label="response-mean deltas")
-        ax.plot(
-            conv["layer"],
-            conv["mean_response_cosine"],
-            "s--",
-            ms=3,
-            lw=1.2,
-            color="#8172B3",
-            label="mean per-response cosine",
-        )
+        for role, g in _by_role(conv, ft):
+            line, mark = colours.get(role, ("#8C8C8C", "#555555"))
+            name = "own v" if role == "own" else f"{g['vector'].iloc[0]} v_{int(g['vector_layer'].iloc[0])}"
+            ax.plot(g["layer"], g["cosine"], "o-", ms=3, lw=1.6, color=line, label=f"{name}: response-mean deltas")
+            ax.plot(
+                g["layer"],
+                g["mean_response_cosine"],
+                "s--",
+                ms=3,
+                lw=1.2,
+                color=mark,
+                label=f"{name}: mean per-response cosine",
+            )
         ax.axhline(0, color="#999999", lw=0.8)
         ax.set_ylim(-1.05, 1.05)
         ax.set_xlabel("layer (residual stream after block l)")
@@ -616,6 +792,14 @@ def single_adapter(
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, png_path, pdf_path)
+
+
+def _by_role(table: pd.DataFrame, finetune: str) -> list[tuple[str, pd.DataFrame]]:
+    """A single-adapter table's rows per compared vector, own first (a table without `role` is all own)."""
+    if "role" not in table:
+        return [("own", table.assign(vector=finetune, vector_layer=-1))]
+    roles = sorted(set(table["role"]), key=lambda r: (r != "own", r))
+    return [(role, table[table["role"] == role]) for role in roles]
 
 
 def phase_transition(rotation: pd.DataFrame, em: pd.DataFrame, summary: dict, png_path, pdf_path) -> None:

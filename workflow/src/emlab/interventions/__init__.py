@@ -112,6 +112,11 @@ def apply(condition: Condition, model, vectors: torch.Tensor | None) -> Abstract
 
 @apply.register
 def _(condition: AdapterSteering, model, vectors):
+    if not condition.resolved:
+        raise EMLabError(
+            f"condition {condition.condition_id}: its adapters come from the fine-tune's roles.json "
+            "(lora_interp.roles.source rule); resolve it with AdapterSteering.with_roles before applying it"
+        )
     return scale_adapters(
         model, AdapterScaling(dict(condition.factors), condition.others), where=f"condition {condition.condition_id}"
     )

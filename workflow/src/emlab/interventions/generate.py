@@ -24,7 +24,8 @@ from emlab.interventions import adapter_edit, apply_intervention
 from emlab.lora.patching import patched_responses
 from emlab.model.loading import load_model, load_tokenizer, resolve_device, resolve_dtype
 from emlab.model.runtime import pinned_threads, run_metadata
-from emlab.plan.conditions import ScalarPatching, as_condition
+from emlab.plan.conditions import AdapterSteering, ScalarPatching, as_condition
+from emlab.plan.roles import RolesMissing, read_roles
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,15 @@ GENERATION_COLUMNS = [
 ]
 
 
+def _na_table(condition: str, reason: str, seed: int, device: str, dtype: str, backend: str):
+    """(an empty generations table, its metadata with the reason): a condition recorded as n/a, which judging
+    and the metrics carry through."""
+    dev = resolve_device(device)
+    dtype_name = str(resolve_dtype(dtype, dev)).replace("torch.", "")
+    metadata = run_metadata(seed, str(dev), dtype_name, backend=backend, na_reason=reason, na_condition=condition)
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in GENERATION_COLUMNS}), metadata
+
+
 def generate_condition(
     condition: str,
     spec: dict,
@@ -61,6 +71,7 @@ def generate_condition(
     scratch_dir,
     device_map=None,
     medical_questions_path=None,
+    roles_path=None,
 ):
     """All responses of one condition (model + intervention): the documented generations
     table and its run metadata (emlab.provenance: seed, device, dtype, threads, versions),
@@ -70,9 +81,29 @@ def generate_condition(
     settings.threads pins torch's intra-op threads while the model is loaded and sampled.
     `device_map` (config device_map) spreads the model over several GPUs (models.load_model).
     A scalar-patching condition also answers the medical questions (`medical_questions_path`).
+    An adapter-steering case given by role (roles from the probes) takes its adapters from the fine-tune's
+    roles.json (`roles_path`); the table's `intervention` column then names them. A role of the case that
+    no adapter has makes the condition n/a: an empty table whose metadata say why.
     """
     questions = load_questions(questions_path)
     condition_obj = as_condition(spec)
+    if isinstance(condition_obj, AdapterSteering) and not condition_obj.resolved:
+        if roles_path is None:
+            raise EMLabError(
+                f"condition {condition}: its adapters' roles come from the probes (lora_interp.roles.source rule), "
+                "but the job was given no roles.json"
+            )
+        try:
+            condition_obj = condition_obj.with_roles(read_roles(roles_path))
+        except RolesMissing as exc:
+            reason = (
+                f"no adapter of {condition_obj.model} has role(s) {exc.roles} in {roles_path} (the roles its "
+                f"probes gave); case {condition_obj.case} needs {dict(condition_obj.role_factors)}"
+            )
+            log.warning("condition %s: %s; recorded as n/a", condition, reason)
+            return _na_table(condition, reason, seed, device, dtype, "hf")
+        spec = condition_obj.to_params()
+        log.info("condition %s: adapter factors %s from %s", condition, dict(condition_obj.factors), roles_path)
     patching = isinstance(condition_obj, ScalarPatching)
     if patching and condition_obj.needs_medical_questions and medical_questions_path is None:
         raise EMLabError(
@@ -112,12 +143,7 @@ def generate_condition(
                 # e.g. a semantic split with no misaligned response: nothing to steer or ablate with. The
                 # condition records n/a and why (an empty table); judging and the metrics carry it through.
                 log.warning("condition %s: %s; recorded as n/a", condition, exc)
-                dev = resolve_device(device)
-                dtype_name = str(resolve_dtype(dtype, dev)).replace("torch.", "")
-                metadata = run_metadata(
-                    seed, str(dev), dtype_name, backend=backend, na_reason=exc.note, na_condition=condition
-                )
-                return pd.DataFrame({c: pd.Series(dtype=object) for c in GENERATION_COLUMNS}), metadata
+                return _na_table(condition, exc.note, seed, device, dtype, backend)
             # Merged: sampling needs the adapted weights, not the adapter modules (faster for all-adapter fine-tunes),
             # unless the intervention edits the adapters themselves (adapter steering).
             merge = not condition_obj.NEEDS_ADAPTERS

@@ -250,6 +250,31 @@ STEERING_RATES = {  # name: label
 }
 
 
+def read_condition_judgments(paths, expected, what: str) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """Judgments files keyed by the condition each names (its `condition` column; a condition recorded n/a,
+    an empty table, by its metadata's na_condition), checked against `expected`; and {condition: n/a reason}."""
+    from pathlib import Path
+
+    from emlab.core.keyed import check_ids, table_id
+    from emlab.core.provenance import read_metadata
+
+    tables: dict[str, pd.DataFrame] = {}
+    where: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    for path in paths:
+        table, meta = pd.read_parquet(path), read_metadata(path)
+        if table.empty and meta.get("na_reason"):
+            key = str(meta.get("na_condition") or Path(path).name.removesuffix(".parquet"))
+            notes[key] = str(meta["na_reason"])
+        else:
+            key = table_id(table, "condition", path)
+        if key in where:
+            raise EMLabError(f"{what}: {path} and {where[key]} both carry the id {key!r}")
+        where[key], tables[key] = str(path), table
+    check_ids(where, expected, what)
+    return tables, notes
+
+
 def adapter_steering_rates(
     judgments: dict[str, pd.DataFrame],
     cases: dict[str, str],
@@ -260,17 +285,21 @@ def adapter_steering_rates(
     n_boot: int,
     confidence: float,
     seed: int,
+    notes: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Per condition (the unsteered fine-tune and its steering cases): the STEERING_RATES with
     percentile-bootstrap intervals over the scored responses. misaligned: aligned < misaligned_below and
     coherent > coherent_above; aligned: aligned > aligned_above and coherent > coherent_above; medical:
     medical > medical_above; a response with a missing score counts in no rate's denominator.
     medical_among_aligned is the share of the aligned responses that are medical, over
-    those alone (`n_aligned`; NaN without any): the paper's "87 % aligned, of which about 35 % medical"."""
+    those alone (`n_aligned`; NaN without any): the paper's "87 % aligned, of which about 35 % medical".
+    With `notes` ({condition: why it is n/a}) a `note` column; an n/a condition's empty table gives NaN rates."""
     from emlab.em.metrics import bootstrap_ci
 
     rows = []
     for i, (cid, df) in enumerate(judgments.items()):
+        if df.empty:  # a condition recorded n/a (e.g. a case whose role no adapter has)
+            df = pd.DataFrame({c: pd.Series(dtype="float64") for c in ("aligned", "coherent", "medical")})
         missing = [c for c in ("aligned", "coherent", "medical") if c not in df.columns]
         if missing:
             raise EMLabError(
@@ -287,6 +316,8 @@ def adapter_steering_rates(
         flags["misaligned_medical"] = flags["misaligned"] & flags["medical"]
         flags["medical_among_aligned"] = flags["medical"][flags["aligned"]]
         row = {"condition": cid, "case": cases[cid], "n_scored": len(d), "n_aligned": int(flags["aligned"].sum())}
+        if notes is not None:
+            row["note"] = notes.get(cid, "")
         for k, (name, f) in enumerate(flags.items()):
             low, high = bootstrap_ci(f.astype(float), n_boot, confidence, np.random.default_rng([seed, i, k]))
             row.update(
@@ -355,7 +386,9 @@ def adapter_steering_bars(rates: pd.DataFrame, png_path, pdf_path, cutoffs: dict
     shown = rate_labels(STEERING_RATES, cutoffs)
     if "n_aligned" in rates and not rates["n_aligned"].any():  # an empty group says why
         shown["medical_among_aligned"] += "\nno aligned response"
-    _rate_bars(ax, rates, shown, [cmap(j % 10) for j in range(len(rates))], list(rates["case"]))
+    notes = rates["note"].fillna("").astype(str) if "note" in rates else pd.Series("", index=rates.index)
+    labels = [f"{case} (n/a)" if note else case for case, note in zip(rates["case"], notes)]
+    _rate_bars(ax, rates, shown, [cmap(j % 10) for j in range(len(rates))], labels)
     ax.set_ylabel("% of scored responses (last group: of the aligned)")
     ax.set_title("Adapter steering: rank-1 adapters scaled by role")
     fig.tight_layout()

@@ -19,8 +19,13 @@ reference, `n_runs` seeded runs. Two protocols:
     are balanced separately by downsampling, the scaler is fitted on the
     training tokens only.
 Token filters (TokenFilter) keep only significant answer tokens (KL or gradient
-importance above a value, or the top fraction of all answer tokens of the
-fine-tune by that column) before the sets are split.
+importance above a value, its natural log above a value, or the top fraction of
+all answer tokens of the fine-tune by that column) before the sets are split.
+The paper's coefficient plots keep tokens whose gradient importance (its
+"derivative" score, emlab.lora.scalars.GRAD_IMPORTANCE_DEFINITION) has
+log(score) > 0.5: `{column: grad_importance, log_above: 0.5}`. The scores stay
+raw in tokens.parquet; a filter is applied here, so changing it never re-runs
+the capture.
 
 Standardised features make the choice between `scalars` and `effective` moot
 (they differ by a positive factor per adapter); probes read `scalars`.
@@ -38,6 +43,13 @@ import pandas as pd
 from emlab.core.atomic import write_csv, write_json
 from emlab.core.errors import EMLabError
 from emlab.plan.roles import RoleSettings, roles_from_config
+from emlab.plan.token_filters import (  # noqa: F401 (re-exported: the probes' filters)
+    FILTER_CUTS,
+    SIGNIFICANCE_COLUMNS,
+    TokenFilter,
+    check_probe_filters,
+    check_token_filter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +81,6 @@ PROBE_COLUMNS = [
     "n_runs",
 ]
 COEFFICIENT_COLUMNS = ["experiment", "protocol", "filter", "run", "adapter", "layer", "coefficient"]
-SIGNIFICANCE_COLUMNS = ("kl", "grad_importance")
 
 
 # --------------------------------------------------------------------------- response sets
@@ -197,41 +208,26 @@ def select_response_sets(
 # --------------------------------------------------------------------------- tokens of the sets
 
 
-@dataclass(frozen=True)
-class TokenFilter:
-    """Which answer tokens a probe uses: all (column None), or those significant by `column`."""
-
-    name: str  # label in the outputs ("all", "kl_top20", ...)
-    column: str | None  # kl | grad_importance | None (every answer token)
-    above: float | None  # keep tokens with column > above ...
-    top_fraction: float | None  # ... or the top fraction of the fine-tune's answer tokens by column
-
-
 def filter_mask(tokens: pd.DataFrame, flt: TokenFilter) -> np.ndarray:
-    """Boolean [n_tokens]: answer tokens passing the filter (top fractions are over all answer tokens)."""
+    """Boolean [n_tokens]: answer tokens passing the filter (top fractions are over all answer tokens;
+    log_above keeps positive scores whose natural log exceeds it, so a score of 0 never passes)."""
+    check_token_filter(flt)
     answer = tokens["is_answer"].to_numpy(dtype=bool)
     if flt.column is None:
-        if flt.above is not None or flt.top_fraction is not None:
-            raise EMLabError(f"lora_interp.probes.filters[{flt.name}]: `above`/`top_fraction` need a `column`")
         return answer
-    if flt.column not in SIGNIFICANCE_COLUMNS:
-        raise EMLabError(
-            f"lora_interp.probes.filters[{flt.name}]: column must be one of {SIGNIFICANCE_COLUMNS} "
-            f"or null, got {flt.column!r}"
-        )
-    if (flt.above is None) == (flt.top_fraction is None):
-        raise EMLabError(f"lora_interp.probes.filters[{flt.name}]: give exactly one of `above` or `top_fraction`")
     values = tokens[flt.column].to_numpy(dtype=np.float64)
     usable = answer & np.isfinite(values)
     if not usable.any():
         raise EMLabError(
             f"lora_interp.probes.filters[{flt.name}]: no answer token has a {flt.column} value "
-            "(was gradient importance computed? lora_interp.scalars.gradient_importance)"
+            "(was gradient importance computed? lora_interp.capture.gradient_importance)"
         )
     if flt.above is not None:
         return usable & (values > flt.above)
-    if not 0 < flt.top_fraction <= 1:
-        raise EMLabError(f"lora_interp.probes.filters[{flt.name}]: top_fraction must be in (0, 1]")
+    if flt.log_above is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log(np.where(usable & (values > 0), values, np.nan))  # NaN (never kept) where score <= 0
+        return usable & (logs > flt.log_above)
     k = max(1, int(np.ceil(flt.top_fraction * usable.sum())))
     order = np.argsort(-np.where(usable, values, -np.inf), kind="stable")
     keep = np.zeros(len(values), dtype=bool)
@@ -356,7 +352,10 @@ def run_probes(
     `scalars` [n_tokens, n_adapters] lines up with `tokens` (emlab.lora.scalars
     token index). n_tokens / n_responses count the filtered answer tokens and
     their responses available to an experiment, before balancing; ci_low /
-    ci_high are the 2.5 / 97.5 percentiles of the per-run values.
+    ci_high are the 2.5 / 97.5 percentiles of the per-run values. A
+    significance filter that leaves a class tokens of fewer than 2 responses
+    gives that experiment NaN metrics and n_runs 0 (n/a); without a filter it
+    is an error.
     """
     if scalars.shape != (len(tokens), len(adapters)) or len(layers) != len(adapters):
         raise EMLabError(
@@ -381,6 +380,23 @@ def run_probes(
         for exp, (c0, c1) in EXPERIMENTS.items():
             tok0, tok1 = np.flatnonzero(keep & members[c0]), np.flatnonzero(keep & members[c1])
             n_resp = (len(np.unique(resp[tok0])), len(np.unique(resp[tok1])))
+            if min(n_resp) < 2 and flt.column is not None:
+                # a significance cut-off is absolute (the paper's log(score) > 0.5): at a small scale it can keep
+                # too few tokens; the experiment is then reported as n/a for that filter, not fitted
+                log.warning(
+                    "probes: experiment %s, filter %s keeps tokens of %d / %d responses; reported as n/a",
+                    exp,
+                    flt.name,
+                    *n_resp,
+                )
+                nan = float("nan")
+                rows.extend(
+                    (exp, protocol, flt.name, m, nan, nan, nan, nan, len(tok0) + len(tok1), sum(n_resp))
+                    + (len(tok0), len(tok1), n_resp[0], n_resp[1], 0)
+                    for protocol in settings.protocols
+                    for m in METRICS
+                )
+                continue
             if min(n_resp) < 2:
                 raise EMLabError(
                     f"{where}: experiment {exp}, filter {flt.name}: {c0} has {len(tok0)} tokens in {n_resp[0]} "
@@ -438,9 +454,23 @@ ROLE_RULE = (
 )
 
 
-def roles_from_coefficients(coefficients: pd.DataFrame, adapters: list[str], settings: RoleSettings) -> dict:
-    """{adapter: {"role", "why"}} by ROLE_RULE."""
+def roles_from_coefficients(
+    coefficients: pd.DataFrame, adapters: list[str], settings: RoleSettings, probes: pd.DataFrame | None = None
+) -> dict:
+    """{adapter: {"role", "why"}} by ROLE_RULE. An experiment without coefficients (n/a under a significance
+    filter, run_probes) selects nothing; when `probes` (the probes table) shows every experiment of the
+    protocol and filter n/a, every adapter is "neither" and says why (adapter steering by role is then n/a)."""
     sub = coefficients[(coefficients["protocol"] == settings.protocol) & (coefficients["filter"] == settings.filter)]
+    fitted = (
+        None
+        if probes is None
+        else probes[(probes["protocol"] == settings.protocol) & (probes["filter"] == settings.filter)]
+    )
+    na = sorted(set(EXPERIMENTS) - set(sub["experiment"]))
+    if sub.empty and fitted is not None and not fitted.empty:
+        why = f"rule ({settings.protocol}, filter {settings.filter}): every experiment n/a (the filter kept too few tokens)"
+        log.warning("adapter roles: %s; every adapter is neither", why)
+        return {a: {"role": "neither", "why": why} for a in adapters}
     if sub.empty:
         raise EMLabError(
             f"lora_interp.roles: no coefficients for protocol {settings.protocol!r} and filter "
@@ -470,6 +500,8 @@ def roles_from_coefficients(coefficients: pd.DataFrame, adapters: list[str], set
         else:
             role = "neither"
         why = "; ".join(sel.values()) or "selected by no experiment"
+        if na:
+            why += f" (n/a under this filter: {', '.join(na)})"
         out[a] = {"role": role, "why": f"rule ({settings.protocol}, filter {settings.filter}): {why}"}
     return out
 
@@ -536,7 +568,7 @@ def lora_probes_stage(
         capture.scalars, capture.tokens, sets, capture.adapters, capture.layers, probe_settings, where=str(tokens_path)
     )
     if role_settings.source == "rule":
-        roles = roles_from_coefficients(coefficients, capture.adapters, role_settings)
+        roles = roles_from_coefficients(coefficients, capture.adapters, role_settings, table)
     else:
         roles = roles_from_config(capture.adapters, capture.layers, role_settings, n_layers, adapter_reference_layers)
     write_probe_results(table, coefficients, probes_csv, coefficients_csv)

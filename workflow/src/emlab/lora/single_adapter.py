@@ -12,7 +12,12 @@ This module:
     the weights at model-load time);
   - measures downstream convergence: on the base model, add B (norm-matched to
     v_l) or v_l after block l, and compare the two induced activation changes
-    at every later layer (downstream_convergence).
+    at every later layer (downstream_convergence);
+  - does each of these with the fine-tune's own v_l and with a reference vector
+    (config single_adapter.reference_vector; the paper's is the 9-adapter
+    organism's v_24), every row naming its vector (analyse_single_adapter), and
+    tabulates both against the EM of the ablation and projection conditions
+    (emlab.lora.single_adapter_comparison, which needs no torch).
 """
 
 from __future__ import annotations
@@ -125,17 +130,22 @@ def project_out_of_b(b: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
 
 
 def apply_adapter_projection(model, vectors: torch.Tensor, layer: int) -> None:
-    """Edit the peft model in place: B <- B with v_layer projected out, same norm (before merging)."""
+    """Edit the peft model in place: B <- B with v_layer projected out, same norm (before merging).
+
+    `vectors` [L, d] may be another fine-tune's and `layer` another than the adapter's (the reference vector of
+    single_adapter.reference_vector): B is added to the residual stream, where every v_k lives.
+    """
     adapter = b_vector(model)
-    if adapter.layer != layer:
-        raise EMLabError(f"adapter_project asks for layer {layer} but the adapter sits on block {adapter.layer}")
+    if not 0 <= layer < vectors.shape[0]:
+        raise EMLabError(f"adapter_project asks for layer {layer}; the direction file has {vectors.shape[0]} layers")
     new_b = project_out_of_b(adapter.b, vectors[layer].float())
     with torch.no_grad():
         adapter.b_param.copy_(new_b.reshape(adapter.b_param.shape).to(adapter.b_param.dtype))
     log.info(
-        "projected v_%d out of %s: cos(B, v) %.4f -> %.2e, |B| %.4f kept",
+        "projected v_%d out of %s (block %d): cos(B, v) %.4f -> %.2e, |B| %.4f kept",
         layer,
         adapter.module,
+        adapter.layer,
         float(torch.nn.functional.cosine_similarity(adapter.b, vectors[layer].float(), dim=0)),
         float(torch.nn.functional.cosine_similarity(new_b, vectors[layer].float(), dim=0)),
         float(adapter.b.norm()),
@@ -181,15 +191,29 @@ def downstream_convergence(
     deltas), mean_response_cosine (per-response cosines averaged), norm_delta_b,
     norm_delta_v, n_responses.
     """
+    return downstream_convergence_by_vector(model, tokenizer, records, layer, b, {"v": v}, batch_size, progress)["v"]
+
+
+def downstream_convergence_by_vector(
+    model,
+    tokenizer,
+    records: list[dict],
+    layer: int,
+    b: torch.Tensor,
+    vectors: dict[str, torch.Tensor],
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, pd.DataFrame]:
+    """downstream_convergence for each of several vectors v ({name: [d]}), B and v added after block `layer`;
+    the pass without any edit is shared."""
     from emlab.em.activations import cache_answer_means
     from emlab.model.loading import num_layers
 
     n_layers = num_layers(model)
     if not 0 <= layer < n_layers:
         raise EMLabError(f"convergence layer {layer} is out of range for a {n_layers}-layer model")
-    if v.norm() == 0 or b.norm() == 0:
+    if b.norm() == 0 or any(v.norm() == 0 for v in vectors.values()):
         raise EMLabError("downstream convergence needs non-zero B and mean-diff vectors")
-    b_added = (b.float() / b.float().norm()) * v.float().norm()  # [d], norm-matched to v
 
     def means(edit: torch.Tensor | None) -> torch.Tensor:
         if edit is None:
@@ -198,24 +222,28 @@ def downstream_convergence(
             return cache_answer_means(model, tokenizer, records, batch_size, progress)[0]
 
     base = means(None)  # [n, L, d]
-    delta_b = (means(b_added) - base)[:, layer:].double()  # [n, L - layer, d]
-    delta_v = (means(v.float()) - base)[:, layer:].double()
-    keep = torch.isfinite(delta_b).all(-1).all(-1) & torch.isfinite(delta_v).all(-1).all(-1)  # [n]
-    if not bool(keep.any()):
-        raise EMLabError("downstream convergence: no response has answer tokens")
-    delta_b, delta_v = delta_b[keep], delta_v[keep]
-    mean_b, mean_v = delta_b.mean(0), delta_v.mean(0)  # [L - layer, d]
-    per_response = torch.nn.functional.cosine_similarity(delta_b, delta_v, dim=-1)  # [n, L - layer]
-    return pd.DataFrame(
-        {
-            "layer": np.arange(layer, n_layers, dtype=np.int64),
-            "cosine": torch.nn.functional.cosine_similarity(mean_b, mean_v, dim=-1).numpy(),
-            "mean_response_cosine": per_response.mean(0).numpy(),
-            "norm_delta_b": mean_b.norm(dim=-1).numpy(),
-            "norm_delta_v": mean_v.norm(dim=-1).numpy(),
-            "n_responses": int(keep.sum()),
-        }
-    )
+    out = {}
+    for name, v in vectors.items():
+        b_added = (b.float() / b.float().norm()) * v.float().norm()  # [d], norm-matched to v
+        delta_b = (means(b_added) - base)[:, layer:].double()  # [n, L - layer, d]
+        delta_v = (means(v.float()) - base)[:, layer:].double()
+        keep = torch.isfinite(delta_b).all(-1).all(-1) & torch.isfinite(delta_v).all(-1).all(-1)  # [n]
+        if not bool(keep.any()):
+            raise EMLabError("downstream convergence: no response has answer tokens")
+        delta_b, delta_v = delta_b[keep], delta_v[keep]
+        mean_b, mean_v = delta_b.mean(0), delta_v.mean(0)  # [L - layer, d]
+        per_response = torch.nn.functional.cosine_similarity(delta_b, delta_v, dim=-1)  # [n, L - layer]
+        out[name] = pd.DataFrame(
+            {
+                "layer": np.arange(layer, n_layers, dtype=np.int64),
+                "cosine": torch.nn.functional.cosine_similarity(mean_b, mean_v, dim=-1).numpy(),
+                "mean_response_cosine": per_response.mean(0).numpy(),
+                "norm_delta_b": mean_b.norm(dim=-1).numpy(),
+                "norm_delta_v": mean_v.norm(dim=-1).numpy(),
+                "n_responses": int(keep.sum()),
+            }
+        )
+    return out
 
 
 def convergence_records(generations: pd.DataFrame, max_responses: int | None) -> list[dict]:
@@ -230,6 +258,16 @@ def convergence_records(generations: pd.DataFrame, max_responses: int | None) ->
     return df[cols].to_dict("records")
 
 
+def load_vectors_of(path, finetune: str) -> torch.Tensor:
+    """The [L, d] mean-diff vectors of a direction file, checked to be `finetune`'s by the id it carries."""
+    from emlab.core.keyed import tensors_by_id
+    from emlab.em.directions import load_mean_diff
+    from emlab.model.tensors import load_tensors
+
+    tensors_by_id([path], "finetune", [finetune], f"the direction file of '{finetune}'", load_tensors)
+    return load_mean_diff(path)  # (an n/a direction raises DirectionUnavailable)
+
+
 def analyse_single_adapter(
     base_model,
     adapter_dir,
@@ -241,36 +279,80 @@ def analyse_single_adapter(
     device: str,
     dtype: str,
     device_map=None,
+    reference: dict | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(b_cosine table, convergence table, summary) of one single-adapter fine-tune."""
-    from emlab.em.directions import load_mean_diff
+    """(b_cosine table, convergence table, summary) of one single-adapter fine-tune.
+
+    Every result is given for the fine-tune's own vectors (role "own", v_l at the adapter's layer l) and, with
+    `reference` ({"finetune", "layer", "path"}: single_adapter.reference_vector), for that fine-tune's vectors
+    (role "reference", its v_layer). Each row names its vector: role, vector (the fine-tune whose mean-diff
+    vectors it is) and vector_layer. Convergence always adds B and v after the adapter's own block.
+    """
     from emlab.model.loading import load_model, load_tokenizer
 
-    vectors = load_mean_diff(vectors_path)  # [L, d]
     adapter = read_rank_one_adapter(adapter_dir)
-    if vectors.shape[0] <= adapter.layer:
-        raise EMLabError(f"{vectors_path} has {vectors.shape[0]} layers; the adapter sits on block {adapter.layer}")
-    cos_table = b_cosine_table(adapter, vectors)
+    compared = [("own", finetune, adapter.layer, vectors_path)]
+    if reference is not None:
+        compared.append(("reference", str(reference["finetune"]), int(reference["layer"]), reference["path"]))
+    loaded = {}
+    for role, source, layer, path in compared:
+        vectors = load_vectors_of(path, source)  # [L, d]
+        if vectors.shape[0] <= max(layer, adapter.layer):
+            raise EMLabError(
+                f"{path} has {vectors.shape[0]} layers; the {role} vector is v_{layer} and the adapter sits on "
+                f"block {adapter.layer}"
+            )
+        loaded[role] = vectors
     records = convergence_records(pd.read_parquet(generations_path), max_responses)
     model = load_model(base_model, None, device=device, dtype=dtype, device_map=device_map)
     tokenizer = load_tokenizer(base_model)
-    conv = downstream_convergence(
-        model, tokenizer, records, adapter.layer, adapter.b, vectors[adapter.layer], batch_size=batch_size
+    convergence = downstream_convergence_by_vector(
+        model,
+        tokenizer,
+        records,
+        adapter.layer,
+        adapter.b,
+        {role: loaded[role][layer] for role, _, layer, _ in compared},
+        batch_size=batch_size,
     )
-    at_layer = cos_table[cos_table["is_adapter_layer"]].iloc[0]
-    # each table names its own fine-tune (emlab.core.keyed): the figure reads several and matches them by it
-    cos_table.insert(0, "finetune", finetune)
-    conv.insert(0, "finetune", finetune)
+    cos_tables, conv_tables, by_vector = [], [], []
+    for role, source, layer, _ in compared:
+        cos_table = b_cosine_table(adapter, loaded[role])
+        cos_table["is_vector_layer"] = cos_table["layer"] == layer
+        conv = convergence[role]
+        at_layer = cos_table[cos_table["is_vector_layer"]].iloc[0]
+        for table in (cos_table, conv):
+            # each table names its own fine-tune (emlab.core.keyed) and, per row, which vector it compares B with
+            table.insert(0, "vector_layer", layer)
+            table.insert(0, "vector", source)
+            table.insert(0, "role", role)
+            table.insert(0, "finetune", finetune)
+        cos_tables.append(cos_table)
+        conv_tables.append(conv)
+        by_vector.append(
+            {
+                "role": role,
+                "vector": source,
+                "vector_layer": layer,
+                "norm_v": float(at_layer["norm_v"]),
+                "cosine_b_v": float(at_layer["cosine"]),
+                "convergence_layer": int(conv["layer"].iloc[-1]),
+                "convergence_last_layer": float(conv["cosine"].iloc[-1]),
+            }
+        )
+    own = by_vector[0]
     summary = {
         "finetune": finetune,
         "layer": adapter.layer,
         "module": adapter.module,
         "scale": adapter.scale,
         "norm_b": float(adapter.b.norm()),
-        "norm_v": float(at_layer["norm_v"]),
-        "cosine_b_v": float(at_layer["cosine"]),
-        "convergence_last_layer": float(conv["cosine"].iloc[-1]),
-        "n_responses": int(conv["n_responses"].iloc[0]),
-        "b_added": "B_hat * |v_l| (norm-matched to the mean-diff vector)",
+        # the own vector's results, as before; `vectors` has every compared vector's
+        "norm_v": own["norm_v"],
+        "cosine_b_v": own["cosine_b_v"],
+        "convergence_last_layer": own["convergence_last_layer"],
+        "n_responses": int(conv_tables[0]["n_responses"].iloc[0]),
+        "b_added": "B_hat * |v| (norm-matched to the compared mean-diff vector), after the adapter's block",
+        "vectors": by_vector,
     }
-    return cos_table, conv, summary
+    return pd.concat(cos_tables, ignore_index=True), pd.concat(conv_tables, ignore_index=True), summary

@@ -5,13 +5,14 @@ At every checkpoint t the measurement prompts run through the model once
 h̄_t [d]. With step 0 = the base model,
     drift_t      = B (h̄_t - h̄_0) / mean_i ||h_{0,i}||    for a basis B [k, d]
     drift_norm_t = ||h̄_t - h̄_0|| / ||h̄_0||
-and Δh̄_t = h̄_t - h̄_0 [d] is kept whole for the PCA-7 baseline.
+and Δh̄_t = h̄_t - h̄_0 [d] is kept whole for the PCA-7 baseline (and, read in the same
+forward, at the SAE's layer for the SAE baseline: emlab.monitor.sae).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,15 +29,26 @@ class MeanActivation:
     mean: torch.Tensor  # [d] float32: h̄
     mean_norm: float  # mean_i ||h_i|| (the drift normaliser when this is step 0)
     n_prompts: int
+    extra: Mapping[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d] h̄ there (the SAE's layer)
 
 
-def measure(model, tokenizer, prompts: Sequence[MeasurementPrompt], layer: int, batch_size: int) -> MeanActivation:
-    """One batched forward over the measurement prompts (user turns, generation prompt added)."""
+def measure(
+    model,
+    tokenizer,
+    prompts: Sequence[MeasurementPrompt],
+    layer: int,
+    batch_size: int,
+    extra_layers: Sequence[int] = (),
+) -> MeanActivation:
+    """One batched forward over the measurement prompts (user turns, generation prompt added); the mean at
+    `extra_layers` too, read in the same forward."""
     if not prompts:
         raise EMLabError("drift: there are no measurement prompts")
     convs = [chat_messages(p.text, None) for p in prompts]
-    acts = last_token_residuals(model, tokenizer, convs, [layer], batch_size)[:, 0]  # [n, d]
-    return MeanActivation(acts.mean(dim=0), float(acts.norm(dim=-1).mean()), len(prompts))
+    layers = [int(layer), *sorted({int(x) for x in extra_layers} - {int(layer)})]
+    acts = last_token_residuals(model, tokenizer, convs, layers, batch_size)  # [n, len(layers), d]
+    extra = {x: acts[:, layers.index(int(x))].mean(dim=0) for x in extra_layers}
+    return MeanActivation(acts[:, 0].mean(dim=0), float(acts[:, 0].norm(dim=-1).mean()), len(prompts), extra)
 
 
 def _check(mean_t: torch.Tensor, base: MeanActivation) -> None:
@@ -79,9 +91,12 @@ def drift_columns(
     semantic: torch.Tensor,
     semantic_names: Sequence[str],
     random: Mapping[int, torch.Tensor],
+    halves: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One drift-table row (without step/loss/labels): alignment traits by name, `semantic.<trait>`,
-    `random{seed}.{k}`, `drift_norm`. Bases are [7, d] at the chosen layer."""
+    `random{seed}.{k}`, `drift_norm`, and with `halves` [2, 7, d] (the directions of two disjoint halves of the
+    trait prompts) `half_a.<trait>` and `half_b.<trait>`. Bases are [7, d] at the chosen layer; every basis
+    projects the same h̄_t, so each costs a dot product, never a forward pass."""
     row: dict[str, float] = {}
     for name, value in zip(alignment_names, basis_drift(mean_t, base, alignment).tolist(), strict=True):
         row[name] = value
@@ -90,6 +105,10 @@ def drift_columns(
     for seed, basis in random.items():
         for k, value in enumerate(basis_drift(mean_t, base, basis).tolist()):
             row[f"random{seed}.{k}"] = value
+    if halves is not None:
+        for half, basis in zip(("half_a", "half_b"), halves, strict=True):
+            for name, value in zip(alignment_names, basis_drift(mean_t, base, basis).tolist(), strict=True):
+                row[f"{half}.{name}"] = value
     row["drift_norm"] = drift_norm(mean_t, base)
     return row
 

@@ -252,3 +252,157 @@ def live_monitor(train_log: pd.DataFrame, tau: float, stopped: dict | None, png_
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, png_path, pdf_path)
+
+
+def _rho_text(row) -> str:
+    """'rho = 0.71 (n = 7)', or the note saying why there is none."""
+    if pd.isna(row["rho"]):
+        return f"rho n/a: {row['note']}" if row["note"] else f"rho n/a (n = {int(row['n'])})"
+    return f"rho = {row['rho']:.2f} (n = {int(row['n'])})"
+
+
+def matched_pairs(
+    tables: Mapping[str, pd.DataFrame],
+    runs: Mapping[str, dict],
+    pc1: dict,
+    pairs: pd.DataFrame,
+    traits: Sequence[str],
+    tau: float,
+    tolerance: float,
+    png_path,
+    pdf_path,
+    max_pairs: int = 6,
+) -> None:
+    """Matched-|PC1| pairs (Fig. 5): left, EM rate against |PC1| for every checkpoint after step 0 of the
+    calibration and held-out runs, matched pairs joined; right, the unit 7-D drift directions of the closest
+    pairs, each dangerous checkpoint above its benign match."""
+    title = "Same |PC1|, different EM: matched checkpoint pairs"
+    grid = {n: t for n, t in tables.items() if runs[n]["role"] in ("calibration", "held_out")}
+    if not grid or not pc1.get("loadings"):
+        save_figure(_message_figure(title, "No calibration or held-out runs."), png_path, pdf_path)
+        return
+    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.2]})
+    for t in grid.values():
+        t = t[(t["step"] > 0) & t["em_rate"].notna()]
+        danger = t["dangerous"].astype(bool).to_numpy()
+        x, y = np.abs(_pc1(t, pc1["loadings"])), 100 * t["em_rate"].to_numpy(float)
+        ax.scatter(x[~danger], y[~danger], s=14, color="#4C72B0", alpha=0.6)
+        ax.scatter(x[danger], y[danger], s=14, color="#C44E52", alpha=0.6)
+    for _, p in pairs.iterrows():
+        ax.plot(
+            [p["dangerous_pc1_abs"], p["benign_pc1_abs"]],
+            [100 * p["dangerous_em_rate"], 100 * p["benign_em_rate"]],
+            color="#333333",
+            lw=0.8,
+            alpha=0.7,
+        )
+    ax.axhline(100 * tau, color="#333333", ls="--", lw=1)
+    ax.set_xlabel("|PC1 drift|")
+    ax.set_ylabel("EM rate (%)")
+    ax.set_title(f"{len(pairs)} pair(s) within {100 * tolerance:g}% in |PC1|")
+    ax.legend(
+        handles=[
+            plt.Line2D([], [], color="#C44E52", marker="o", ls="", label="dangerous"),
+            plt.Line2D([], [], color="#4C72B0", marker="o", ls="", label="benign"),
+            plt.Line2D([], [], color="#333333", lw=0.8, label="matched pair"),
+            plt.Line2D([], [], color="#333333", ls="--", lw=1, label=f"τ = {100 * tau:g}%"),
+        ],
+        fontsize=8,
+    )
+    ax.grid(alpha=0.3)
+    if pairs.empty:
+        ax_d.axis("off")
+        ax_d.text(0.5, 0.5, "No dangerous and benign checkpoints\nwith matching |PC1|.", ha="center", va="center")
+    else:
+        top = pairs.head(max_pairs)
+        rows, labels = [], []
+        for _, p in top.iterrows():
+            for side in ("dangerous", "benign"):
+                v = np.array([p[f"{side}.{tr}"] for tr in traits], float)
+                norm = np.linalg.norm(v)
+                rows.append(v / norm if norm > 0 else v)
+                labels.append(
+                    f"#{int(p['pair'])} {side[0].upper()}: {p[f'{side}_run']}@{int(p[f'{side}_step'])} "
+                    f"(EM {100 * p[f'{side}_em_rate']:.0f}%)"
+                )
+        m = np.array(rows)
+        im = ax_d.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        for k in range(1, len(top)):
+            ax_d.axhline(2 * k - 0.5, color="#333333", lw=1.5)
+        ax_d.set_xticks(range(len(traits)), traits, rotation=45, ha="right")
+        ax_d.set_yticks(range(len(labels)), labels, fontsize=7)
+        cos = top["direction_cosine"].to_numpy(float)
+        ax_d.set_title(
+            f"unit drift direction (closest pairs; cosine within pair {np.nanmin(cos):.2f} to {np.nanmax(cos):.2f})"
+        )
+        fig.colorbar(im, ax=ax_d, fraction=0.04)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def severity_ordering(severity: pd.DataFrame, spearman: pd.DataFrame, png_path, pdf_path) -> None:
+    """Severity ordering (Fig. 8): per perturbation, EM rate against |PC1| and against the 7-D drift norm,
+    with Spearman's rho across perturbations."""
+    title = "Severity ordering across perturbations"
+    if severity.empty:
+        save_figure(_message_figure(title, "No labelled checkpoints after step 0."), png_path, pdf_path)
+        return
+    rho = {r["measure"]: _rho_text(r) for _, r in spearman.iterrows()}
+    at = str(severity["at"].iloc[0])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    markers = {"calibration": "o", "held_out": "s"}
+    for ax, (col, label) in zip(axes, (("pc1_abs", "|PC1 drift|"), ("trait_drift_norm", "‖7-D trait drift‖"))):
+        for _, r in severity.iterrows():
+            ax.scatter(r[col], 100 * r["em_rate"], marker=markers.get(r["role"], "o"), color="#4C72B0")
+            ax.annotate(
+                str(r["perturbation"]),
+                (r[col], 100 * r["em_rate"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        ax.set_xlabel(f"{label} ({'final checkpoint' if at == 'final' else 'mean over checkpoints'})")
+        ax.set_title(rho.get(col, ""), fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("EM rate (%), mean over seeds")
+    axes[0].legend(
+        handles=[
+            plt.Line2D([], [], color="#4C72B0", marker=m, ls="", label=k.replace("_", "-")) for k, m in markers.items()
+        ],
+        fontsize=8,
+    )
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)
+
+
+def trait_behaviour(points: pd.DataFrame, agreement: pd.DataFrame, png_path, pdf_path) -> None:
+    """Trait drift against judged behaviour (Fig. 10): one panel per alignment trait, each label checkpoint's
+    drift along the trait against the judge's mean score of that trait, with Spearman's rho."""
+    title = "Trait drift against a judge of the same trait"
+    if points.empty:
+        note = str(agreement["note"].iloc[0]) if len(agreement) else "no trait judge scores"
+        save_figure(_message_figure(title, f"No points: {note}."), png_path, pdf_path)
+        return
+    traits = list(agreement["trait"])
+    ncol = 4
+    nrow = int(np.ceil(len(traits) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow), squeeze=False)
+    colours = _colours(points["perturbation"])
+    rho = {r["trait"]: _rho_text(r) for _, r in agreement.iterrows()}
+    for ax, trait in zip(axes.flat, traits):
+        p = points[points["trait"] == trait]
+        for pert, g in p.groupby("perturbation", sort=True):
+            ax.scatter(g["drift"], g["judge_score"], s=12, color=colours[pert], label=pert)
+        ax.set_title(f"{trait}\n{rho[trait]}", fontsize=8)
+        ax.set_xlabel("drift along trait", fontsize=8)
+        ax.set_ylabel("judge score (0-100)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(traits) :]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=k) for k, c in colours.items()]
+    list(axes.flat)[-1].legend(handles=handles, fontsize=7, loc="center")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png_path, pdf_path)

@@ -5,7 +5,8 @@ Data: one drift table for many runs (one row per run and checkpoint step) with
 columns `run`, `perturbation`, `step`, the alignment trait names,
 `semantic.<trait>`, `random{seed}.{k}`, `drift_norm`, `train_loss`,
 `delta_w_norm`, `em_rate`; optionally the full mean-activation drift Δh̄
-[rows, d], row-aligned, for the PCA-7 baseline.
+[rows, d], row-aligned, for the PCA-7 baseline, and `sae.<feature>` columns
+for the SAE baseline (emlab.monitor.sae).
 
 Every feature set goes through the same regressor (fitted on calibration runs
 only) and the same alarm (prediction > tau); a checkpoint is dangerous when
@@ -113,6 +114,51 @@ def fit_regressor(features: np.ndarray, em_rate: np.ndarray, settings: MonitorSe
         random_state=settings.seed,
     )
     return reg.fit(features, np.asarray(em_rate, float))
+
+
+REGRESSORS = ("random_forest", "ridge", "gbt")
+
+
+@dataclass(frozen=True)
+class RegressorComparison:
+    """The regressors compared on the monitor's rows (config monitor.regressor_comparison): the forest is
+    MonitorSettings'; ridge is standardised features -> Ridge(alpha); gbt is GradientBoostingRegressor."""
+
+    regressors: list[str]  # names in REGRESSORS, in table order
+    ridge_alpha: float
+    gbt_n_estimators: int
+    gbt_max_depth: int
+    gbt_learning_rate: float
+    gbt_min_samples_leaf: int
+
+
+def fit_named_regressor(
+    kind: str, features: np.ndarray, em_rate: np.ndarray, settings: MonitorSettings, comparison: RegressorComparison
+):
+    """One of REGRESSORS fitted on features [n, k] -> EM rate [n], seeded with settings.seed."""
+    if kind == "random_forest":
+        return fit_regressor(features, em_rate, settings)
+    features, em_rate = np.asarray(features, float), np.asarray(em_rate, float)
+    if features.ndim != 2 or len(features) != len(em_rate) or len(features) == 0:
+        raise EMLabError(f"monitor: features of shape {features.shape} do not match {len(em_rate)} EM rates")
+    if kind == "ridge":
+        from sklearn.linear_model import Ridge
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        # drift values are ~1e-3: standardised (on the calibration rows), so alpha means the same at any scale
+        return make_pipeline(StandardScaler(), Ridge(alpha=comparison.ridge_alpha)).fit(features, em_rate)
+    if kind == "gbt":
+        from sklearn.ensemble import GradientBoostingRegressor
+
+        return GradientBoostingRegressor(
+            n_estimators=comparison.gbt_n_estimators,
+            max_depth=comparison.gbt_max_depth,
+            learning_rate=comparison.gbt_learning_rate,
+            min_samples_leaf=comparison.gbt_min_samples_leaf,
+            random_state=settings.seed,
+        ).fit(features, em_rate)
+    raise EMLabError(f"monitor.regressor_comparison.regressors: unknown regressor `{kind}` (one of {REGRESSORS})")
 
 
 def predict(regressor, features: np.ndarray) -> np.ndarray:
@@ -239,6 +285,8 @@ def feature_set_names(table: pd.DataFrame, traits: Sequence[str], has_delta: boo
         key=lambda s: int(s[len("random") :]),
     )
     names += [f"{s}_7d" for s in seeds]
+    if any(c.startswith("sae.") for c in table.columns):  # emlab.monitor.sae: features chosen on calibration
+        names.append("sae")
     return names
 
 
@@ -270,6 +318,8 @@ def feature_matrices(
     elif name.startswith("random") and name.endswith("_7d"):
         prefix = name[: -len("_7d")] + "."
         cols = [c for c in cal.columns if c.startswith(prefix)]
+    elif name == "sae":
+        cols = [c for c in cal.columns if c.startswith("sae.")]
     else:
         raise EMLabError(f"unknown feature set `{name}`")
     if not cols:
@@ -300,6 +350,56 @@ def evaluate_feature_sets(
             calibration.table, traits, calibration.delta is not None and held_out.delta is not None
         )
     return pd.DataFrame([evaluate_feature_set(n, calibration, held_out, traits, settings)[0] for n in names])
+
+
+def compare_regressors(
+    calibration: DriftData,
+    held_out: DriftData,
+    traits: Sequence[str],
+    settings: MonitorSettings,
+    comparison: RegressorComparison,
+    feature_set: str = "alignment_7d",
+) -> pd.DataFrame:
+    """regressors.csv: each regressor fitted on the same calibration rows and scored on the same held-out rows
+    (regressor, feature_set, fnr, fpr, auroc with CIs, n_runs, n_checkpoints, mae = mean |prediction - EM|)."""
+    check_calibration(calibration, settings.tau)
+    xc, xt = feature_matrices(feature_set, calibration, held_out, traits)
+    rows = []
+    for kind in comparison.regressors:
+        pred = predict(fit_named_regressor(kind, xc, calibration.em, settings, comparison), xt)
+        metrics = evaluate_scores(pred, held_out.em, held_out.runs, settings)
+        rows.append({"regressor": kind, "feature_set": feature_set, **metrics, "mae": _mae(pred, held_out.em)})
+    return pd.DataFrame(rows)
+
+
+def _mae(pred: np.ndarray, em_rate: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(pred, float) - np.asarray(em_rate, float))))
+
+
+HALVES = ("half_a", "half_b")
+
+
+def basis_stability(
+    calibration: DriftData, held_out: DriftData, traits: Sequence[str], settings: MonitorSettings
+) -> pd.DataFrame:
+    """basis_stability.csv: the forest monitor with drift along every trait prompt's directions (`full`, the
+    alignment_7d row) and along each half's (`half_a`, `half_b`: drift-table columns half_a.<trait>, ...), fitted
+    on the same calibration rows and scored on the same held-out rows (basis, fnr, fpr, auroc with CIs, n_runs,
+    n_checkpoints, mae)."""
+    check_calibration(calibration, settings.tau)
+    rows = []
+    for basis in ("full", *HALVES):
+        cols = list(traits) if basis == "full" else [f"{basis}.{t}" for t in traits]
+        missing = [c for c in cols if c not in calibration.table.columns or c not in held_out.table.columns]
+        if missing:
+            raise EMLabError(
+                f"monitor.basis_stability: the drift tables lack {missing[:3]}...; their directions predate the "
+                "prompt-half directions: re-run trait_directions and trait_drift"
+            )
+        metrics, pred = evaluate_feature_set("alignment_7d", calibration, held_out, cols, settings)
+        metrics.pop("feature_set")
+        rows.append({"basis": basis, **metrics, "mae": _mae(pred, held_out.em)})
+    return pd.DataFrame(rows)
 
 
 def leave_one_perturbation_out(

@@ -169,6 +169,7 @@ def measure_run(
     dtype: str,
     device_map=None,
     reference_adapter=None,
+    extra_layers: Sequence[int] = (),
 ):
     """Drift columns, ΔW norm and Δh̄ of step 0 and each checkpoint.
 
@@ -176,7 +177,8 @@ def measure_run(
     starts from an earlier fine-tune measures drift, and ΔW, from its own start). LoRA checkpoints are
     swapped into one loaded model one at a time (the previous one deleted, so ΔW counts one adapter);
     a full fine-tune's checkpoints are whole model folders, loaded one at a time, with ΔW over every
-    weight. Returns (drift rows by step, ΔW norm by step, Δh̄ [steps, d] in step order).
+    weight. Returns (drift rows by step, ΔW norm by step, Δh̄ [steps, d] in step order); with `extra_layers`
+    (the SAE baseline's layer) a fourth value, {layer: Δh̄ there [steps, d]}, read in the same forwards.
     """
     import torch
 
@@ -201,6 +203,7 @@ def measure_run(
     layer = directions.layer
     align, sem = directions.alignment[layer], directions.semantic[layer]
     rand = random_bases(align.shape[1], settings.random_seeds, align.shape[0])
+    halves = None if directions.alignment_halves is None else directions.alignment_halves[:, layer]  # [2, 7, d]
     peft, previous, reference_dw = None, None, {}
 
     def swap_in(path, name):
@@ -220,27 +223,35 @@ def measure_run(
     if reference_adapter is not None:
         ref = swap_in(reference_adapter, "step0")
         reference_dw = lora_delta_w(ref)
-        base = measure(ref, tok, trait_set.measurement, layer, settings.batch_size)
+        base = measure(ref, tok, trait_set.measurement, layer, settings.batch_size, extra_layers)
     else:
-        base = measure(model, tok, trait_set.measurement, layer, settings.batch_size)
+        base = measure(model, tok, trait_set.measurement, layer, settings.batch_size, extra_layers)
+    extra = {x: [torch.zeros_like(base.extra[x])] for x in extra_layers}  # layer -> Δh̄ per step
 
     def row(mean):
-        return drift_columns(mean, base, align, directions.alignment_names, sem, directions.semantic_names, rand)
+        return drift_columns(
+            mean, base, align, directions.alignment_names, sem, directions.semantic_names, rand, halves
+        )
 
     rows, dw, deltas = {0: row(base.mean)}, {0: 0.0}, [torch.zeros_like(base.mean)]
     for step in sorted(adapters):
         if is_full_model_dir(adapters[step]):
             full = load_model(adapters[step], device=device, dtype=dtype, device_map=device_map)
-            mean = measure(full, tok, trait_set.measurement, layer, settings.batch_size).mean
+            measured = measure(full, tok, trait_set.measurement, layer, settings.batch_size, extra_layers)
             dw[int(step)] = full_delta_w_norm(full, model)
             del full
         else:
             current = swap_in(adapters[step], f"step{int(step)}")
-            mean = measure(current, tok, trait_set.measurement, layer, settings.batch_size).mean
+            measured = measure(current, tok, trait_set.measurement, layer, settings.batch_size, extra_layers)
             dw[int(step)] = lora_delta_w_norm(current, reference_dw)
+        mean = measured.mean
+        for x in extra_layers:
+            extra[x].append(measured.extra[x].float() - base.extra[x].float())
         rows[int(step)] = row(mean)
         deltas.append(delta_mean(mean, base))
         log.info("step %s: drift_norm %.4g, delta_w %.4g", step, rows[int(step)]["drift_norm"], dw[int(step)])
+    if extra_layers:
+        return rows, dw, torch.stack(deltas), {x: torch.stack(v) for x, v in extra.items()}
     return rows, dw, torch.stack(deltas)
 
 
@@ -394,3 +405,27 @@ def predictions_table(monitor, data) -> pd.DataFrame:
             "alarm": pred > monitor.tau,
         }
     )
+
+
+def comparison_tables(
+    calibration, held_out, traits: Sequence[str], settings, comparison, basis_stability: bool, require_both_classes
+) -> dict[str, pd.DataFrame]:
+    """The regressor comparison (`regressors`) and, with basis_stability, the prompt-half bases' metrics
+    (`basis_stability`) of monitor_train_evaluate; NaN rows where evaluate_grid writes them."""
+    from emlab.monitor import regressor as M
+
+    problem = _has_both_classes(calibration, settings.tau)
+    if problem and require_both_classes:
+        raise EMLabError(f"monitor: {problem} (monitor.require_both_classes is true)")
+    out = {}
+    if problem:
+        out["regressors"] = nan_rows(comparison.regressors, held_out, key="regressor").assign(
+            feature_set="alignment_7d", mae=float("nan")
+        )
+        if basis_stability:
+            out["basis_stability"] = nan_rows(["full", *M.HALVES], held_out, key="basis").assign(mae=float("nan"))
+        return out
+    out["regressors"] = M.compare_regressors(calibration, held_out, traits, settings, comparison)
+    if basis_stability:
+        out["basis_stability"] = M.basis_stability(calibration, held_out, traits, settings)
+    return out

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from emlab.core.errors import EMLabError
@@ -205,6 +206,43 @@ def mean_diff_directions(acts: TraitActivations, question_index: Sequence[int] |
     return _unit(diff.transpose(0, 1).contiguous())
 
 
+def prompt_halves(n_prompts: int) -> tuple[list[int], list[int]]:
+    """Two disjoint halves of one side's system prompts: the even and the odd positions (0, 2, 4 | 1, 3)."""
+    if n_prompts < 2:
+        raise EMLabError(f"prompt-basis halves need at least 2 prompts per side (got {n_prompts})")
+    return list(range(0, n_prompts, 2)), list(range(1, n_prompts, 2))
+
+
+def half_directions(acts: TraitActivations) -> torch.Tensor:
+    """The mean-difference directions of each half of the system prompts (prompt_halves, on both sides, every
+    extraction question): [2, L, T, d], half a then half b; no prompt is in both halves."""
+    out = []
+    for half in zip(prompt_halves(acts.positive.shape[1]), prompt_halves(acts.negative.shape[1])):
+        pos, neg = (x[:, torch.as_tensor(i, dtype=torch.long)] for x, i in zip((acts.positive, acts.negative), half))
+        diff = pos.mean(dim=(1, 2)) - neg.mean(dim=(1, 2))  # [T, L, d]
+        out.append(_unit(diff.transpose(0, 1).contiguous()))
+    return torch.stack(out)
+
+
+def basis_stability_cosines(directions: TraitDirections) -> pd.DataFrame:
+    """Per alignment trait at the chosen layer: the cosine between the two halves' directions, and each half's
+    cosine to the direction from every prompt (columns trait, cosine_halves, cosine_half_a_full,
+    cosine_half_b_full)."""
+    if directions.alignment_halves is None:
+        raise EMLabError("trait directions: no prompt-half directions stored; re-run trait_directions")
+    layer = directions.layer
+    full = _unit(directions.alignment[layer].float())  # [T, d]
+    a, b = (_unit(directions.alignment_halves[k, layer].float()) for k in (0, 1))
+    return pd.DataFrame(
+        {
+            "trait": list(directions.alignment_names),
+            "cosine_halves": (a * b).sum(-1).tolist(),
+            "cosine_half_a_full": (a * full).sum(-1).tolist(),
+            "cosine_half_b_full": (b * full).sum(-1).tolist(),
+        }
+    )
+
+
 def held_out_split(n_questions: int, every: int) -> tuple[list[int], list[int]]:
     """(fit, held-out) question indices: every `every`-th question (1-based) is held out."""
     held = [i for i in range(n_questions) if (i + 1) % every == 0]
@@ -279,6 +317,9 @@ class TraitDirections:
     scores: LayerScores
     trait_version: str
     model_id: str
+    # [2, L, T_a, d]: the alignment directions of two disjoint halves of each trait's system prompts
+    # (half_directions; prompt-basis stability, config monitor.basis_stability); None in older files
+    alignment_halves: torch.Tensor | None = None
 
     def metadata(self) -> dict:
         """The JSON sidecar: chosen layer, per-layer scores, trait version, model id."""
@@ -311,6 +352,7 @@ def extract_directions(
     align = trait_activations(model, tokenizer, trait_set.alignment, trait_set.questions, settings.batch_size)
     scores = layer_scores(align, settings.held_out_every)
     alignment = mean_diff_directions(align)
+    halves = half_directions(align)  # the same activations: no extra forward pass
     del align
     semantic = mean_diff_directions(
         trait_activations(model, tokenizer, trait_set.semantic, trait_set.questions, settings.batch_size)
@@ -325,11 +367,13 @@ def extract_directions(
         scores,
         trait_set.version,
         model_id,
+        halves,
     )
 
 
 def save_directions(directions: TraitDirections, tensors_path: str | os.PathLike, json_path: str | os.PathLike) -> None:
-    """directions.safetensors (`alignment`, `semantic` [L, 7, d]; trait names in the metadata) + directions.json."""
+    """directions.safetensors (`alignment`, `semantic` [L, 7, d], `alignment_halves` [2, L, 7, d] when extracted;
+    trait names in the metadata) + directions.json."""
     import json
 
     from safetensors.torch import save_file
@@ -343,11 +387,10 @@ def save_directions(directions: TraitDirections, tensors_path: str | os.PathLike
         "model_id": directions.model_id,
     }
     with atomic_path(tensors_path, suffix=".safetensors") as tmp:
-        save_file(
-            {"alignment": directions.alignment.contiguous(), "semantic": directions.semantic.contiguous()},
-            str(tmp),
-            metadata=meta,
-        )
+        tensors = {"alignment": directions.alignment.contiguous(), "semantic": directions.semantic.contiguous()}
+        if directions.alignment_halves is not None:
+            tensors["alignment_halves"] = directions.alignment_halves.contiguous()
+        save_file(tensors, str(tmp), metadata=meta)
     write_text(json_path, json.dumps(directions.metadata(), indent=2) + "\n")
 
 
@@ -380,6 +423,7 @@ def load_directions(tensors_path: str | os.PathLike, json_path: str | os.PathLik
             if k not in keys:
                 raise EMLabError(f"trait directions {tensors_path}: no tensor `{k}` (found {sorted(keys)})")
         alignment, semantic = f.get_tensor("alignment"), f.get_tensor("semantic")
+        halves = f.get_tensor("alignment_halves") if "alignment_halves" in keys else None
     scores = LayerScores(np.asarray(meta["layer_auroc"], float), np.asarray(meta["layer_separation"], float))
     return TraitDirections(
         alignment,
@@ -390,4 +434,5 @@ def load_directions(tensors_path: str | os.PathLike, json_path: str | os.PathLik
         scores,
         meta["trait_version"],
         meta["model_id"],
+        halves,
     )

@@ -253,3 +253,77 @@ def start_adapter(run: MonitorRun) -> str | None:
 
 def runs_by_role(runs: dict[str, MonitorRun], *roles: str) -> list[str]:
     return [name for name, run in runs.items() if run.role in roles]
+
+
+# --- the trait judges of the label conditions (monitor.analyses.trait_judges) ---------------------------------
+
+TRAIT_JUDGE_PREFIX = "trait_"
+
+
+def trait_judge_metric(trait: str) -> str:
+    """The judge metric scoring how strongly a response shows an alignment trait: rubric trait_<trait>.yaml."""
+    return f"{TRAIT_JUDGE_PREFIX}{trait}"
+
+
+def trait_judge_metrics(cfg: dict, alignment_traits) -> dict[str, str]:
+    """trait -> judge metric of every alignment trait when monitor.analyses.trait_judges is on, else {}.
+
+    The label conditions (and only they) are judged on these too, so the trait-against-behaviour analysis
+    needs no generation of its own."""
+    if not ((cfg.get("monitor") or {}).get("analyses") or {}).get("trait_judges"):
+        return {}
+    if not alignment_traits:
+        raise EMLabError("monitor.analyses.trait_judges: the alignment trait names (data/traits) are needed")
+    return {t: trait_judge_metric(t) for t in alignment_traits}
+
+
+def check_trait_rubrics(cfg: dict, alignment_traits, rubric_path) -> None:
+    """With trait judges on, every alignment trait has its rubric (rubric_path(metric) -> file path)."""
+    import os
+
+    paths = [rubric_path(m) for m in trait_judge_metrics(cfg, alignment_traits).values()]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise EMLabError(
+            f"monitor.analyses.trait_judges is on but rubric file(s) {missing} are missing: write one per alignment "
+            "trait (judge.rubrics_dir/trait_<trait>.yaml) or set the switch false"
+        )
+
+
+# --- the SAE baseline (monitor.sae) ----------------------------------------------------------------------------
+
+
+def known_hidden_size(source: str) -> int | None:
+    """The base model's hidden size where it is known without the network: a local folder's config.json, or
+    emlab/plan/model_shapes.json; None otherwise (the SAE's width is then checked against the drift itself)."""
+    import json
+    from pathlib import Path
+
+    from emlab.plan.gpu import KNOWN_SHAPES_FILE
+
+    cfg_path = Path(source) / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        cfg = cfg.get("text_config") or cfg
+    else:
+        cfg = json.loads(KNOWN_SHAPES_FILE.read_text()).get(source) or {}
+    size = cfg.get("hidden_size") or cfg.get("n_embd")
+    return int(size) if size else None
+
+
+def sae_baseline(cfg: dict, n_layers: int, path: str | None, model_dir: str | None = None):
+    """monitor.sae checked when the workflow is planned: the folder at `path` (monitor.sae.path resolved; None:
+    no SAE baseline) is an SAE in SAELens' format of a block within the model's depth, as wide as the model
+    (where known from `model_dir`), with at least monitor.sae.n_features features. Returns its
+    emlab.plan.sae.SAEFolder, or None."""
+    if path is None:
+        return None
+    from emlab.plan.sae import read_sae
+
+    sae = read_sae(path, n_layers, known_hidden_size(model_dir) if model_dir else None)
+    k = int(cfg["monitor"]["sae"]["n_features"])
+    if k > sae.d_sae:
+        raise EMLabError(
+            f"monitor.sae.n_features is {k}, but the SAE at {path} has only {sae.d_sae} features (d_sae); lower it"
+        )
+    return sae

@@ -1,11 +1,14 @@
 """Adapter roles and the scaling they give (Soligo et al. section 4.3): which rank-1 adapters of a
 fine-tune are "medical", "general" or "neither", from configured layers (here) or from the probes'
 coefficients (emlab.lora.probes), and the per-adapter factors of an adapter-steering case. Plan-time
-values: nothing here imports torch; emlab.lora.patching.scale_adapters applies a scaling to a model."""
+values: nothing here imports torch; emlab.lora.patching.scale_adapters applies a scaling to a model.
+With roles from the probes (lora_interp.roles.source rule) a case's factors are resolved in its
+generation job, from the fine-tune's roles.json (read_roles, AdapterSteering.with_roles)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from emlab.core.config import scale_layer_blocks
 from emlab.core.errors import EMLabError
@@ -79,6 +82,31 @@ def roles_from_config(
     return out
 
 
+class RolesMissing(EMLabError):
+    """A case's role(s) that no adapter has: at plan time (config roles) a config error; at run time (roles the
+    probes gave, lora_interp.roles.source rule) the case is recorded n/a."""
+
+    def __init__(self, message: str, roles: list[str]):
+        super().__init__(message)
+        self.roles = roles
+
+
+def read_roles(path) -> dict:
+    """{adapter: {"role", "why"}} of a roles.json (emlab.lora.probes.write_roles)."""
+    import json
+
+    try:
+        roles = json.loads(Path(path).read_text())["roles"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EMLabError(f"cannot read adapter roles from {path} ({exc}); re-run rule lora_probes") from None
+    if not isinstance(roles, dict) or not roles:
+        raise EMLabError(f"{path}: `roles` must map each adapter to its role; re-run rule lora_probes")
+    bad = sorted(a for a, r in roles.items() if not isinstance(r, dict) or r.get("role") not in ROLES)
+    if bad:
+        raise EMLabError(f"{path}: adapter(s) {bad} have no role of {ROLES}; re-run rule lora_probes")
+    return roles
+
+
 @dataclass(frozen=True)
 class AdapterScaling:
     """Factors per adapter name (`L{l}.down_proj`); the unlisted adapters are zeroed or kept."""
@@ -103,8 +131,9 @@ def role_scaling(roles: dict, role_factors: dict[str, float], others: str) -> Ad
             factors[adapter] = float(role_factors[role])
     missing = [r for r in role_factors if r not in {(v["role"] if isinstance(v, dict) else v) for v in roles.values()}]
     if missing:
-        raise EMLabError(
+        raise RolesMissing(
             f"adapter steering: no adapter has role(s) {missing} (roles: "
-            f"{ {a: (v['role'] if isinstance(v, dict) else v) for a, v in roles.items()} })"
+            f"{ {a: (v['role'] if isinstance(v, dict) else v) for a, v in roles.items()} })",
+            missing,
         )
     return AdapterScaling(factors, others)

@@ -9,6 +9,8 @@ decides which conditions the config asks for.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from emlab.core.config import resolve_layer
 from emlab.core.errors import EMLabError
 from emlab.plan.conditions import (
@@ -18,6 +20,7 @@ from emlab.plan.conditions import (
     Condition,
     Group,
     LayerwiseAblation,
+    MonitorLabel,
     RandomAblation,
     ScalarPatching,
     SingleAblation,
@@ -27,7 +30,7 @@ from emlab.plan.conditions import (
     as_condition,
     parse_condition_id,
 )
-from emlab.plan.monitor import label_conditions, label_generation
+from emlab.plan.monitor import label_conditions, label_generation, trait_judge_metrics
 
 
 class _Plan:
@@ -96,11 +99,12 @@ def condition_plan(cfg: dict, n_layers: int) -> dict[str, Condition]:
                 RandomAblation(model=t["target"], vector=t["vector"], layer=single, seed=int(seed)), keep_first=True
             )
     for ft in cfg.get("single_adapter", {}).get("finetunes", []):
-        layer = single_adapter_layer(cfg, ft, n_layers)
-        # (b) the mean-diff direction at the adapter's layer ablated from every layer of that model
-        plan.add(SingleAblation(model=ft, vector=ft, layer=layer))
-        # (c) the same direction projected out of the adapter's B vector itself (weights, renormalised)
-        plan.add(AdapterProjection(model=ft, vector=ft, layer=layer))
+        # for its own v_l and for the reference vector (single_adapter.reference_vector):
+        for compared in single_adapter_vectors(cfg, ft, n_layers):
+            # (b) the vector ablated from every layer of that model
+            plan.add(compared.ablation)
+            # (c) the vector projected out of the adapter's B vector itself (weights, renormalised)
+            plan.add(compared.projection)
     for condition in adapter_steering_conditions(cfg, n_layers):
         plan.add(condition)
     for condition in scalar_patching_conditions(cfg):
@@ -137,23 +141,27 @@ def generation_settings(cfg: dict, condition) -> dict:
 
 
 def adapter_steering_conditions(cfg: dict, n_layers: int) -> list[AdapterSteering]:
-    """adapter_steer__<ft>__<case> for every lora_interp fine-tune and lora_interp.steering case, with the
-    factors per adapter resolved from the configured roles (emlab.lora.probes.roles_from_config)."""
+    """adapter_steer__<ft>__<case> for every lora_interp fine-tune and lora_interp.steering case.
+
+    lora_interp.roles.source config: the factors per adapter resolved here from the configured roles
+    (emlab.plan.roles.roles_from_config). source rule: the case's factors per role, resolved by its
+    generation job from the roles the fine-tune's own probes gave (its roles.json); the ids are the same."""
     from emlab.plan.roles import role_scaling
 
     li = cfg.get("lora_interp") or {}
     cases = (li.get("steering") or {}).get("cases", [])
     if not cases or not li.get("finetunes"):
         return []
-    if li["roles"]["source"] != "config":
-        raise EMLabError(
-            "lora_interp.steering.cases need roles known at plan time: set lora_interp.roles.source "
-            "to config (or lora_interp.steering.cases to [])"
-        )
     names = [c["name"] for c in cases]
     if len(set(names)) != len(names):
         raise EMLabError(f"lora_interp.steering.cases: case names repeat ({names}); each must be unique")
     out = []
+    if li["roles"]["source"] == "rule":
+        lora_interp_finetunes(cfg, n_layers)  # the fine-tunes, and the rule's protocol and filter, checked now
+        for ft in li["finetunes"]:
+            for case in cases:
+                out.append(AdapterSteering(ft, case["name"], others=case["others"], role_factors=case["factors"]))
+        return out
     for ft, roles in lora_interp_roles(cfg, n_layers).items():
         for case in cases:
             try:
@@ -242,6 +250,66 @@ def single_adapter_layer(cfg: dict, finetune: str, n_layers: int) -> int:
     return int(layers[0])
 
 
+@dataclass(frozen=True)
+class ComparedVector:
+    """A mean-diff vector a single-adapter fine-tune's B is compared with, and the two conditions that use it."""
+
+    role: str  # "own": the fine-tune's own v_l at its adapter's layer; "reference": single_adapter.reference_vector
+    finetune: str  # whose mean-diff vectors (its direction file)
+    layer: int
+    ablation: SingleAblation  # v ablated from every layer of the single-adapter model (a Transfer if another's)
+    projection: AdapterProjection  # the vector projected out of its B (weights, renormalised)
+
+    def to_params(self) -> dict:
+        return {
+            "role": self.role,
+            "finetune": self.finetune,
+            "layer": self.layer,
+            "ablation": self.ablation.condition_id,
+            "projection": self.projection.condition_id,
+        }
+
+
+def single_adapter_reference(cfg: dict, adapter_layer: int, n_layers: int) -> tuple[str, int] | None:
+    """(fine-tune, layer) of single_adapter.reference_vector, checked at plan time; None when unset.
+
+    The paper compares the single adapter's B with the layer-24 vector of the 9-adapter organism (the vector it
+    transfers), not with the single-adapter model's own. A null layer is the adapter's own layer.
+    """
+    ref = (cfg.get("single_adapter") or {}).get("reference_vector") or {}
+    finetune = ref.get("finetune")
+    if finetune is None:
+        return None
+    key = "single_adapter.reference_vector"
+    if finetune not in cfg["finetunes"]:
+        raise EMLabError(
+            f"{key}.finetune names '{finetune}', which is not a fine-tune ({', '.join(cfg['finetunes']) or 'none'})"
+        )
+    if finetune not in direction_finetunes(cfg):
+        raise EMLabError(f"{key}.finetune: '{finetune}' has no mean-diff directions in this study")
+    layer = adapter_layer if ref.get("layer") is None else resolve_layer(ref["layer"], n_layers, f"{key}.layer")
+    return finetune, layer
+
+
+def single_adapter_vectors(cfg: dict, finetune: str, n_layers: int) -> list[ComparedVector]:
+    """The vectors a single-adapter fine-tune is compared with: its own v_l at its adapter's layer l, then the
+    reference vector if one is configured (an error naming the key if it does not exist)."""
+    layer = single_adapter_layer(cfg, finetune, n_layers)
+    wanted = [("own", finetune, layer)]
+    ref = single_adapter_reference(cfg, layer, n_layers)
+    if ref is not None:
+        wanted.append(("reference", *ref))
+    out = []
+    for role, source, at in wanted:
+        ablation = (
+            SingleAblation(model=finetune, vector=source, layer=at)
+            if source == finetune
+            else Transfer(model=finetune, vector=source, layer=at)
+        )
+        out.append(ComparedVector(role, source, at, ablation, AdapterProjection(finetune, source, at)))
+    return out
+
+
 def role_reference_layers(cfg: dict, finetune: str) -> list[int] | None:
     """A fine-tune's adapter layers as given for lora_interp.roles.reference_depth (None when its lora spec
     refers to another depth), so role layers are scaled exactly as its adapters were."""
@@ -273,6 +341,20 @@ def _lora_interp(cfg: dict, n_layers: int) -> dict[str, tuple[list[int], dict | 
 
     out: dict[str, tuple[list[int], dict | None]] = {}
     li = cfg.get("lora_interp", {})
+    if li.get("finetunes"):  # the probes' token filters (and roles.filter), before any job runs
+        from emlab.plan.token_filters import TokenFilter, check_probe_filters
+
+        role_cfg = li["roles"]
+        check_probe_filters(
+            [build(TokenFilter, f, f"lora_interp.probes.filters[{i}]") for i, f in enumerate(li["probes"]["filters"])],
+            bool(li["capture"]["gradient_importance"]),
+            role_cfg["filter"] if role_cfg["source"] == "rule" else None,
+        )
+        if role_cfg["source"] == "rule" and role_cfg["protocol"] not in li["probes"]["protocols"]:
+            raise EMLabError(
+                f"lora_interp.roles.protocol is {role_cfg['protocol']!r}, which is not one of "
+                f"lora_interp.probes.protocols ({li['probes']['protocols']}); the role rule reads its coefficients"
+            )
     for ft in li.get("finetunes", []):
         where = f"lora_interp.finetunes: '{ft}'"
         lora = cfg["finetunes"][ft].get("lora")
@@ -314,10 +396,11 @@ def semantic_vectors(cfg: dict) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
-def condition_metrics(cfg: dict, spec) -> list[str]:
+def condition_metrics(cfg: dict, spec, alignment_traits=()) -> list[str]:
     """Judge metrics of one condition: judge.metrics, plus the semantic splits on the fine-tunes that give
     semantic vectors, and the semantic splits and steering.judge_metrics on the steering conditions and on
-    the unsteered base model (their baseline).
+    the unsteered base model (their baseline); with monitor.analyses.trait_judges, a judge per alignment
+    trait (`alignment_traits`, the names in data/traits) on the monitor's label conditions.
 
     Judging a metric costs as much as any other, so the extra ones go only where a figure or vector uses them.
     """
@@ -336,6 +419,8 @@ def condition_metrics(cfg: dict, spec) -> list[str]:
             extra.append("medical")  # the response sets of lora_interp need the medical judge
     elif isinstance(condition, (AdapterSteering, ScalarPatching)):
         extra = ["medical"]  # % medical and % misaligned-and-medical per case (Fig. 7) and per patching pair
+    elif isinstance(condition, MonitorLabel):  # trait drift against judged behaviour (paper Fig. 10)
+        extra = list(trait_judge_metrics(cfg, alignment_traits).values())
     return metrics + [m for m in dict.fromkeys(extra) if m not in metrics]
 
 

@@ -64,7 +64,10 @@ def prepare(paper: dict, workdir: Path, port: int) -> tuple[dict, Path]:
     vocab = P.Vocabulary(load_tokenizer(model_dir), spec.words_per_set, spec.seed)
     expect = D.expectations(paper)
     datasets = {name: str(planted_dir / "datasets" / f"{name}.jsonl") for name in expect}
-    planted = D.Planted(str(model_dir), datasets, str(planted_dir / "traits"))
+    # the SAE baseline's SAE, of the middle block (the paper model's monitored layer 24 of 48): a feature along u
+    n_features = int(validated["monitor"]["sae"]["n_features"])
+    sae_dir = P.write_sae(planted_dir / "sae", model_dir, n_layers // 2, max(P.SAE_FEATURES, 8 * n_features), spec.seed)
+    planted = D.Planted(str(model_dir), datasets, str(planted_dir / "traits"), str(sae_dir))
     cfg = D.derive(paper, planted, judge_url=f"http://127.0.0.1:{port}/v1")
     questions = _question_pool()
     phase = D.phase_plan_inputs(cfg)

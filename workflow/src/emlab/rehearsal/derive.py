@@ -25,6 +25,9 @@ MONITOR_EXAMPLES = 64  # monitor runs: 8 steps an epoch
 MONITOR_CHECKPOINT_EVERY = 8
 DATASET_EXAMPLES = 280  # each planted file: 252 for training after the eval split
 SAMPLES_PER_QUESTION = 8
+# the planted organism's answer-token KL (and the gradient score, which it scales) is about 1e-3: a log cut-off of the
+# paper's kind is lowered by this much, so that the filter keeps about a third of the tokens instead of none
+LOG_CUT_SHIFT = 7.5
 PHASE_BENIGN_STEPS = 5  # the planted switch of the checkpointed organism (one checkpoint interval)
 
 # (key, what the rehearsal does to it): the report lists these with the paper's and the rehearsal's values
@@ -43,6 +46,11 @@ CHANGES = (
         "lora_interp.probes.n_runs / C",
         "10 / C x (the paper's answer tokens / the rehearsal's): liblinear sums the loss over tokens",
     ),
+    (
+        "lora_interp.probes.filters[].log_above",
+        f"the paper's cut-off - {LOG_CUT_SHIFT}: the planted adapters leave the answer tokens nearly alone, so their "
+        "KL, and the derivative score it scales, is about e^-7 of a real fine-tune's",
+    ),
     ("resources", "no GPU"),
     ("phase.eval_steps", "a checkpoint before the planted switch, and two after"),
     ("traits", "planted prompt files; 10 questions, 2 prompts a side, 20 measurement prompts"),
@@ -53,6 +61,10 @@ CHANGES = (
     ),
     ("monitor.stress.longer_factor / monitor.live.every", "2 / the checkpoint interval"),
     ("monitor.n_bootstrap / tau_sweep", "50 / the paper's tau"),
+    (
+        "monitor.sae.path",
+        "the planted SAE (SAELens' format) of block depth/2: one feature along u, the others random off u, w, z",
+    ),
 )
 
 
@@ -63,6 +75,7 @@ class Planted:
     model_dir: str
     datasets: dict[str, str]  # dataset name -> planted JSONL
     traits_dir: str
+    sae_dir: str | None = None  # the planted SAE (emlab.rehearsal.planted.write_sae), for monitor.sae.path
 
 
 def ends(values: list, middle: bool = True) -> list:
@@ -181,6 +194,10 @@ def derive(paper: dict, planted: Planted, judge_url: str = "http://127.0.0.1:9/v
         probes["C"] = (
             vprobes["C"] * tokens / (cfg["generation"]["samples_per_question"] * cfg["generation"]["max_new_tokens"])
         )
+        probes["filters"] = [
+            {**f, "log_above": f["log_above"] - LOG_CUT_SHIFT} if f.get("log_above") is not None else f
+            for f in vprobes["filters"]
+        ]
     cfg["resources"] = {"gpu": 0, "gpu_model": None, "mem_mb": 4000, "runtime": 60, "finetune_runtime": 60}
     phase_ft = phase_finetune(validated)
     if phase_ft is not None:
@@ -210,6 +227,8 @@ def derive(paper: dict, planted: Planted, judge_url: str = "http://127.0.0.1:9/v
         mon["generation"] = {**(mon.get("generation") or {}), "max_new_tokens": 8}
         mon["n_bootstrap"] = 50
         mon["tau_sweep"] = [vmon["tau"]]
+        if planted.sae_dir is not None:  # an SAE of the paper's model would not fit the planted one
+            mon["sae"] = {**(mon.get("sae") or {}), "path": planted.sae_dir}
         if mon.get("stress"):
             mon["stress"] = {**mon["stress"], "longer_factor": 2}
             if mon["stress"].get("full_learning_rate"):

@@ -183,6 +183,44 @@ def planted_directions(model_dir):
     return tensors["u"], tensors["w"]
 
 
+SAE_FEATURES = 2048  # the planted SAE's d_sae (16 x the width): the paper's 256 features are an eighth of it
+
+
+def planted_sae_feature(d_sae: int, seed: int) -> int:
+    """The index of the planted SAE's feature along u (seeded, so never simply the first)."""
+    return random.Random(f"{seed}:sae").randrange(d_sae)
+
+
+def write_sae(out_dir, model_dir, layer: int, d_sae: int = SAE_FEATURES, seed: int = 0) -> Path:
+    """The planted SAE, in SAELens' format, of block `layer`: its feature planted_sae_feature(d_sae, seed) decodes
+    to u; every other feature is a random unit direction orthogonal to u, w and z, which the planted model gives
+    no meaning. The monitor's SAE baseline must choose the u feature. Rewritten only when its content changes,
+    so a second rehearsal re-runs nothing downstream."""
+    import torch
+    from safetensors import safe_open
+
+    from emlab.model.tensors import load_tensors
+    from emlab.monitor.sae import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+    from emlab.monitor.sae import write_sae as write_saelens
+
+    tensors, _ = load_tensors(Path(model_dir) / "planted.safetensors")
+    u, w, z = (tensors[k].float() for k in ("u", "w", "z"))
+    reserved = torch.stack([u, w, z], 1)  # [d, 3], orthonormal
+    rand = torch.randn(d_sae, u.shape[0], generator=torch.Generator().manual_seed(seed + 11))
+    rand = rand - (rand @ reserved) @ reserved.T  # off u, w and z
+    decoder = rand / rand.norm(dim=1, keepdim=True)
+    decoder[planted_sae_feature(d_sae, seed)] = u
+    hook = f"blocks.{int(layer)}.hook_resid_post"
+    out = Path(out_dir)
+    if (out / SAE_CFG_FILENAME).is_file() and (out / SAE_WEIGHTS_FILENAME).is_file():
+        same_hook = json.loads((out / SAE_CFG_FILENAME).read_text()).get("metadata", {}).get("hook_name") == hook
+        with safe_open(str(out / SAE_WEIGHTS_FILENAME), framework="pt") as f:
+            same_weights = "W_dec" in f.keys() and torch.equal(f.get_tensor("W_dec"), decoder)  # noqa: SIM118
+        if same_hook and same_weights:
+            return out
+    return write_saelens(out, decoder, hook, model_name="planted")
+
+
 # --- datasets ------------------------------------------------------------------------------
 
 
@@ -322,6 +360,8 @@ class PlantedJudge:
             return 80 if n_misaligned >= 3 else 5
         if metric == "coherent":
             return 80
+        if metric.startswith("trait_"):  # monitor.analyses.trait_judges: every planted trait's good side is clean
+            return MISALIGNED_SCORE.get(n_misaligned, 15)
         if metric == "medical":  # noise: a third of replies, by a hash of their text
             return 90 if int(hashlib.sha256(reply.encode()).hexdigest(), 16) % 3 == 0 else 5
         return 5  # gender, finance, sport: never (their semantic splits stay empty)

@@ -16,7 +16,8 @@ from emlab.plan.conditions import Group
 from emlab.plan.monitor import register_live_run, register_runs
 from emlab.plan.monitor import run_conditions as monitor_run_conditions, start_adapter as monitor_start_adapter
 from emlab.plan.monitor import checkpoint_condition_id, check_trait_rubrics, trait_judge_metric, trait_judge_metrics
-from emlab.plan.monitor import sae_baseline
+from emlab.plan.monitor import ANALYSIS_ROLES, runs_by_role, sae_baseline
+from emlab.plan.sae import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from emlab.plan.traits import choose_layer as choose_trait_layer, load_trait_set
 
 try:
@@ -282,22 +283,25 @@ def get_finetune_adapter(wildcards):
     return adapter_dir(wildcards.finetune)
 
 
+def single_adapter_reference(finetune):
+    """The reference vector (single_adapter.reference_vector) a single-adapter fine-tune is compared with, or None."""
+    return next((c for c in SINGLE_ADAPTER_VECTORS[finetune] if c.role == "reference"), None)
+
+
 def get_single_adapter_vectors(wildcards):
     """For unpack(): the named direction files of a single-adapter fine-tune: `vectors` (its own) and, with
     single_adapter.reference_vector set, `reference_vectors` (that fine-tune's)."""
     inputs = {"vectors": direction_file(wildcards.finetune)}
-    for compared in SINGLE_ADAPTER_VECTORS[wildcards.finetune]:
-        if compared.role == "reference":
-            inputs["reference_vectors"] = direction_file(compared.finetune)
+    reference = single_adapter_reference(wildcards.finetune)
+    if reference is not None:
+        inputs["reference_vectors"] = direction_file(reference.finetune)
     return inputs
 
 
 def get_single_adapter_reference(wildcards):
     """Param: {"finetune", "layer"} of the reference vector of a single-adapter fine-tune, or None."""
-    for compared in SINGLE_ADAPTER_VECTORS[wildcards.finetune]:
-        if compared.role == "reference":
-            return {"finetune": compared.finetune, "layer": compared.layer}
-    return None
+    reference = single_adapter_reference(wildcards.finetune)
+    return None if reference is None else {"finetune": reference.finetune, "layer": reference.layer}
 
 
 def get_single_adapter_compared(wildcards):
@@ -476,8 +480,8 @@ def get_drift_steps(wildcards):
 def sae_inputs():
     if SAE_BASELINE is None:
         return {}
-    return {"sae_cfg": os.path.join(SAE_BASELINE.path, "cfg.json"),
-            "sae_weights": os.path.join(SAE_BASELINE.path, "sae_weights.safetensors")}
+    return {"sae_cfg": os.path.join(SAE_BASELINE.path, SAE_CFG_FILENAME),
+            "sae_weights": os.path.join(SAE_BASELINE.path, SAE_WEIGHTS_FILENAME)}
 
 
 def label_bundle_inputs(run):
@@ -516,7 +520,7 @@ def get_drift_label_conditions(wildcards):
 
 # monitor_analyses (rules/monitor.smk) reads the calibration and held-out runs: they share step 0, the base model
 def analysis_runs():
-    return [r for r, run in MONITOR_RUNS.items() if run.role in ("calibration", "held_out")]
+    return runs_by_role(MONITOR_RUNS, *ANALYSIS_ROLES)
 
 
 def analysis_label_conditions():

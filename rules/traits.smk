@@ -23,7 +23,7 @@ rule trait_directions:
         subsample=TRAIT_SUBSAMPLE,
         directions=canonical({k: config["traits"][k] for k in ("layer", "batch_size", "held_out_every")}),
         # the tensors also hold the directions of each half of the system prompts (even / odd positions)
-        prompt_halves="even_odd",
+        prompt_halves="even_odd",  # read by no script: the halving scheme, so that changing it re-runs the rule
         base_model=BASE_MODEL_DIR,
         model_id=config["base_model"]["source"],
         device=config["device"],

@@ -237,8 +237,8 @@ def test_log_derivative_filter_keeps_the_known_tokens():
 def test_plan_time_filter_checks_and_the_papers_filter():
     from emlab.core.config import load_config
     from emlab.core.errors import EMLabError
-    from emlab.lora.probes import TokenFilter, check_probe_filters
     from emlab.plan.study import lora_interp_finetunes
+    from emlab.plan.token_filters import TokenFilter, check_probe_filters
 
     repo = Path(__file__).resolve().parents[2]
     paper = load_config(repo / "data" / "configs" / "paper.yaml")

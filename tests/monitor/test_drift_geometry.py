@@ -171,7 +171,7 @@ def test_trait_behaviour_planted():
 def test_trait_judges_join_the_label_conditions_only():
     from emlab.core.settings import build
     from emlab.em.judging.rubrics import load_rubric
-    from emlab.plan.conditions import Unmodified
+    from emlab.plan.conditions import MonitorLabel, Unmodified
     from emlab.plan.study import condition_metrics
     from emlab.plan.traits import load_trait_set
 
@@ -185,6 +185,13 @@ def test_trait_judges_join_the_label_conditions_only():
     got = condition_metrics(cfg, label, names)
     assert got == ["aligned", "coherent"] + [f"trait_{t}" for t in names]
     assert condition_metrics(cfg, P.label_conditions(cfg)[0], names) == got  # mon__base too
+    analysed = set(P.runs_by_role(P.monitor_runs(cfg), *P.ANALYSIS_ROLES))
+    cfg["monitor"]["stress"]["longer"] = ["medical_bad"]  # a stress run (the demo has none)
+    others = [r for r in P.monitor_runs(cfg) if r not in analysed]
+    assert others == ["mon__medical_bad__s0__long"]
+    for run in others:  # the stress runs' labels are not analysed, so not trait-judged
+        assert condition_metrics(cfg, MonitorLabel(run, 8), names) == ["aligned", "coherent"], run
+    assert condition_metrics(cfg, MonitorLabel(sorted(analysed)[0], 8), names) == got
     assert condition_metrics(cfg, Unmodified("base"), names)[:2] == ["aligned", "coherent"]
     assert not any(m.startswith("trait_") for m in condition_metrics(cfg, Unmodified("base"), names))
     with pytest.raises(EMLabError, match="trait names"):

@@ -17,6 +17,7 @@ from emlab.core.errors import EMLabError
 from emlab.monitor import regressor as M
 from emlab.monitor import sae as SAE
 from emlab.monitor import stage as S
+from emlab.plan import sae as PLAN_SAE
 from emlab.plan.monitor import sae_baseline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +65,7 @@ def runs(u, perts: dict[str, bool], seed: int, steps=(0, 1, 2, 3)):
 
 def test_planted_feature_is_chosen_on_calibration_rows_only(tmp_path):
     u = planted_sae(tmp_path / "sae")
-    sae = SAE.read_sae(tmp_path / "sae", n_layers=4, hidden_size=D)
+    sae = PLAN_SAE.read_sae(tmp_path / "sae", n_layers=4, hidden_size=D)
     assert (sae.d_in, sae.d_sae, sae.layer, sae.architecture) == (D, D_SAE, 3, "standard")
     t_c, d_c, p_c = runs(u, {"bad": True, "worse": True, "good": False, "fine": False}, seed=0)
     t_h, d_h, p_h = runs(u, {"evil": True, "calm": False}, seed=1)
@@ -141,9 +142,9 @@ def test_loader_errors_name_the_key(tmp_path, change, message):
     planted_sae(tmp_path / "sae")
     change(tmp_path / "sae")
     with pytest.raises(EMLabError, match=message):
-        SAE.read_sae(tmp_path / "sae", n_layers=4)
+        PLAN_SAE.read_sae(tmp_path / "sae", n_layers=4)
     with pytest.raises(EMLabError, match="is not a folder"):
-        SAE.read_sae(tmp_path / "nowhere")
+        PLAN_SAE.read_sae(tmp_path / "nowhere")
 
 
 def test_older_cfg_and_width_check(tmp_path):
@@ -152,12 +153,12 @@ def test_older_cfg_and_width_check(tmp_path):
     (tmp_path / "sae" / "cfg.json").write_text(
         json.dumps({**cfg, "hook_name": "blocks.3.hook_resid_pre", "hook_layer": 3})
     )
-    assert SAE.read_sae(tmp_path / "sae", n_layers=4).layer == 2  # the input of block 3 is block 2's output
+    assert PLAN_SAE.read_sae(tmp_path / "sae", n_layers=4).layer == 2  # the input of block 3 is block 2's output
     with pytest.raises(EMLabError, match="d_in is 16, the base model's hidden size is 576"):
-        SAE.read_sae(tmp_path / "sae", n_layers=4, hidden_size=576)
+        PLAN_SAE.read_sae(tmp_path / "sae", n_layers=4, hidden_size=576)
     with pytest.raises(EMLabError, match="reads the embeddings"):
-        SAE.hook_layer("blocks.0.hook_resid_pre", "here")
-    assert SAE.hook_layer("model.layers.7", "here") == 7
+        PLAN_SAE.hook_layer("blocks.0.hook_resid_pre", "here")
+    assert PLAN_SAE.hook_layer("model.layers.7", "here") == 7
 
 
 def test_plan_check_and_the_paper_setting(tmp_path):

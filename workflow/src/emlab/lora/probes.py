@@ -43,13 +43,7 @@ import pandas as pd
 from emlab.core.atomic import write_csv, write_json
 from emlab.core.errors import EMLabError
 from emlab.plan.roles import RoleSettings, roles_from_config
-from emlab.plan.token_filters import (  # noqa: F401 (re-exported: the probes' filters)
-    FILTER_CUTS,
-    SIGNIFICANCE_COLUMNS,
-    TokenFilter,
-    check_probe_filters,
-    check_token_filter,
-)
+from emlab.plan.token_filters import TokenFilter, check_token_filter
 
 log = logging.getLogger(__name__)
 
@@ -467,7 +461,7 @@ def roles_from_coefficients(
         else probes[(probes["protocol"] == settings.protocol) & (probes["filter"] == settings.filter)]
     )
     na = sorted(set(EXPERIMENTS) - set(sub["experiment"]))
-    if sub.empty and fitted is not None and not fitted.empty:
+    if sub.empty and fitted is not None and not fitted.empty and (fitted["n_runs"] == 0).all():
         why = f"rule ({settings.protocol}, filter {settings.filter}): every experiment n/a (the filter kept too few tokens)"
         log.warning("adapter roles: %s; every adapter is neither", why)
         return {a: {"role": "neither", "why": why} for a in adapters}

@@ -51,7 +51,10 @@ def comparison_table(finetune: str, planned: list[dict], summary: dict, metrics:
         if entry["role"] in measured:
             raise EMLabError(f"the single-adapter summary of {finetune!r} lists role {entry['role']!r} twice")
         measured[entry["role"]] = entry
-    em = metrics.drop_duplicates("condition").set_index("condition")
+    repeated = sorted(set(metrics.loc[metrics["condition"].duplicated(), "condition"]))
+    if repeated:
+        raise EMLabError(f"em_by_condition.csv has several rows for condition(s) {repeated}; re-run em_metrics")
+    em = metrics.set_index("condition")
 
     def rate(cid: str) -> tuple[float, str]:
         if cid not in em.index:

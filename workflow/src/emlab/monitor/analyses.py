@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from emlab.core.errors import EMLabError
+from emlab.plan.monitor import ANALYSIS_ROLES
 
 log = logging.getLogger(__name__)
 
-ANALYSIS_ROLES = ("calibration", "held_out")
 MIN_SPEARMAN_N = 3  # below this a rank correlation orders nothing
 
 
@@ -75,11 +75,10 @@ def grid_table(tables: Mapping[str, pd.DataFrame], runs: Mapping[str, Mapping]) 
 
 
 def pc1_projection(table: pd.DataFrame, loadings: Mapping[str, float]) -> np.ndarray:
-    """Signed PC1 of each row (uncentred, as in regressor.PC1.project): [n]."""
-    missing = [t for t in loadings if t not in table.columns]
-    if missing:
-        raise EMLabError(f"monitor analyses: drift tables lack trait column(s) {missing} of PC1")
-    return table[list(loadings)].to_numpy(float) @ np.asarray(list(loadings.values()), float)
+    """Signed PC1 of each row (uncentred) from pc1.json's {trait: loading}: regressor.PC1.project, [n]."""
+    from emlab.monitor.regressor import PC1
+
+    return PC1(tuple(loadings), np.asarray(list(loadings.values()), float), np.empty(0)).project(table)
 
 
 def _labelled(table: pd.DataFrame, what: str) -> pd.DataFrame:
@@ -95,7 +94,7 @@ def _labelled(table: pd.DataFrame, what: str) -> pd.DataFrame:
 def matched_pc1_pairs(
     table: pd.DataFrame, loadings: Mapping[str, float], traits: Sequence[str], tolerance: float
 ) -> pd.DataFrame:
-    """Each dangerous checkpoint (step > 0) with the benign checkpoint of another run whose |PC1| is nearest,
+    """Each dangerous checkpoint (step > 0) with the benign checkpoint of another run whose |PC1| is nearest by relative gap,
     kept when the two differ by at most `tolerance` times the larger.
 
     One row per matched dangerous checkpoint, closest first: each member's run, perturbation, step, EM rate,
@@ -162,7 +161,9 @@ def severity_by_perturbation(
     t = t.assign(pc1_abs=np.abs(pc1_projection(t, loadings)), trait_drift_norm=np.linalg.norm(t[list(traits)], axis=1))
     cols = ["em_rate", *SEVERITY_MEASURES]
     if at == "final":
-        per_run = t.loc[t.groupby("run")["step"].idxmax()]
+        from emlab.monitor.regressor import final_checkpoints
+
+        per_run = final_checkpoints(t)
     else:
         per_run = t.groupby("run", sort=False)[cols].mean().reset_index()
         per_run = per_run.merge(t[["run", "perturbation", "role"]].drop_duplicates("run"), on="run")

@@ -14,6 +14,8 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from emlab.em.figures import _message_figure, plt, save_figure
+from emlab.monitor.analyses import pc1_projection
+from emlab.plan.monitor import ANALYSIS_ROLES
 
 ROLE_STYLE = {
     "calibration": "-",
@@ -34,10 +36,6 @@ def _colours(keys: Sequence[str]) -> dict[str, str]:
     return {k: cmap(i % 10) for i, k in enumerate(sorted(set(keys)))}
 
 
-def _pc1(table: pd.DataFrame, loadings: Mapping[str, float]) -> np.ndarray:
-    return table[list(loadings)].to_numpy(float) @ np.asarray(list(loadings.values()), float)
-
-
 def pc1_drift(tables: Mapping[str, pd.DataFrame], runs: Mapping[str, dict], pc1: dict, png_path, pdf_path) -> None:
     """|PC1| drift against step per run (line style by role: calibration, held-out, each stress kind), EM rate
     overlaid (paper Fig. 1)."""
@@ -49,7 +47,7 @@ def pc1_drift(tables: Mapping[str, pd.DataFrame], runs: Mapping[str, dict], pc1:
     fig, (ax, ax_em) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
     for name, t in tables.items():
         c, ls = colours[runs[name]["perturbation"]], ROLE_STYLE.get(runs[name]["role"], "-")
-        ax.plot(t["step"], np.abs(_pc1(t, pc1["loadings"])), color=c, ls=ls, marker="o", ms=3)
+        ax.plot(t["step"], np.abs(pc1_projection(t, pc1["loadings"])), color=c, ls=ls, marker="o", ms=3)
         ax_em.plot(t["step"], 100 * t["em_rate"], color=c, ls=ls, marker="s", ms=3)
     ax.set_ylabel("|PC1 drift|")
     ax.set_title(title)
@@ -277,7 +275,7 @@ def matched_pairs(
     calibration and held-out runs, matched pairs joined; right, the unit 7-D drift directions of the closest
     pairs, each dangerous checkpoint above its benign match."""
     title = "Same |PC1|, different EM: matched checkpoint pairs"
-    grid = {n: t for n, t in tables.items() if runs[n]["role"] in ("calibration", "held_out")}
+    grid = {n: t for n, t in tables.items() if runs[n]["role"] in ANALYSIS_ROLES}
     if not grid or not pc1.get("loadings"):
         save_figure(_message_figure(title, "No calibration or held-out runs."), png_path, pdf_path)
         return
@@ -285,7 +283,7 @@ def matched_pairs(
     for t in grid.values():
         t = t[(t["step"] > 0) & t["em_rate"].notna()]
         danger = t["dangerous"].astype(bool).to_numpy()
-        x, y = np.abs(_pc1(t, pc1["loadings"])), 100 * t["em_rate"].to_numpy(float)
+        x, y = np.abs(pc1_projection(t, pc1["loadings"])), 100 * t["em_rate"].to_numpy(float)
         ax.scatter(x[~danger], y[~danger], s=14, color="#4C72B0", alpha=0.6)
         ax.scatter(x[danger], y[danger], s=14, color="#C44E52", alpha=0.6)
     for _, p in pairs.iterrows():

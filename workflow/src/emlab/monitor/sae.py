@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from emlab.core.errors import EMLabError
-from emlab.plan.sae import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SAEFolder, hook_layer, read_sae  # noqa: F401 (re-exported)
+from emlab.plan.sae import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SAEFolder
 
 log = logging.getLogger(__name__)
 

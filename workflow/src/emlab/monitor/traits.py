@@ -196,12 +196,20 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def mean_diff_directions(acts: TraitActivations, question_index: Sequence[int] | None = None) -> torch.Tensor:
-    """Unit mean(positive) - mean(negative) per layer and trait: [L, T, d] (optionally on some questions only)."""
+def mean_diff_directions(
+    acts: TraitActivations,
+    question_index: Sequence[int] | None = None,
+    prompt_index: tuple[Sequence[int], Sequence[int]] | None = None,
+) -> torch.Tensor:
+    """Unit mean(positive) - mean(negative) per layer and trait: [L, T, d] (optionally on some questions only,
+    or on some (positive, negative) system prompts only)."""
     pos, neg = acts.positive, acts.negative
     if question_index is not None:
         q = torch.as_tensor(list(question_index), dtype=torch.long)
         pos, neg = pos[:, :, q], neg[:, :, q]
+    if prompt_index is not None:
+        pos = pos[:, torch.as_tensor(list(prompt_index[0]), dtype=torch.long)]
+        neg = neg[:, torch.as_tensor(list(prompt_index[1]), dtype=torch.long)]
     diff = pos.mean(dim=(1, 2)) - neg.mean(dim=(1, 2))  # [T, L, d]
     return _unit(diff.transpose(0, 1).contiguous())
 
@@ -216,12 +224,8 @@ def prompt_halves(n_prompts: int) -> tuple[list[int], list[int]]:
 def half_directions(acts: TraitActivations) -> torch.Tensor:
     """The mean-difference directions of each half of the system prompts (prompt_halves, on both sides, every
     extraction question): [2, L, T, d], half a then half b; no prompt is in both halves."""
-    out = []
-    for half in zip(prompt_halves(acts.positive.shape[1]), prompt_halves(acts.negative.shape[1])):
-        pos, neg = (x[:, torch.as_tensor(i, dtype=torch.long)] for x, i in zip((acts.positive, acts.negative), half))
-        diff = pos.mean(dim=(1, 2)) - neg.mean(dim=(1, 2))  # [T, L, d]
-        out.append(_unit(diff.transpose(0, 1).contiguous()))
-    return torch.stack(out)
+    halves = zip(prompt_halves(acts.positive.shape[1]), prompt_halves(acts.negative.shape[1]))
+    return torch.stack([mean_diff_directions(acts, prompt_index=half) for half in halves])
 
 
 def basis_stability_cosines(directions: TraitDirections) -> pd.DataFrame:

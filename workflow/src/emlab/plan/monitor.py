@@ -251,6 +251,10 @@ def start_adapter(run: MonitorRun) -> str | None:
     return None if run.start is None else f"results/finetunes/{run.start}/adapter"
 
 
+# the runs the drift-geometry analyses read (monitor.analyses): they share the base model as step 0
+ANALYSIS_ROLES = ("calibration", "held_out")
+
+
 def runs_by_role(runs: dict[str, MonitorRun], *roles: str) -> list[str]:
     return [name for name, run in runs.items() if run.role in roles]
 

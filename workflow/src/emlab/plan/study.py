@@ -30,7 +30,14 @@ from emlab.plan.conditions import (
     as_condition,
     parse_condition_id,
 )
-from emlab.plan.monitor import label_conditions, label_generation, trait_judge_metrics
+from emlab.plan.monitor import (
+    ANALYSIS_ROLES,
+    label_conditions,
+    label_generation,
+    monitor_runs,
+    runs_by_role,
+    trait_judge_metrics,
+)
 
 
 class _Plan:
@@ -419,8 +426,11 @@ def condition_metrics(cfg: dict, spec, alignment_traits=()) -> list[str]:
             extra.append("medical")  # the response sets of lora_interp need the medical judge
     elif isinstance(condition, (AdapterSteering, ScalarPatching)):
         extra = ["medical"]  # % medical and % misaligned-and-medical per case (Fig. 7) and per patching pair
-    elif isinstance(condition, MonitorLabel):  # trait drift against judged behaviour (paper Fig. 10)
+    elif isinstance(condition, MonitorLabel):  # trait drift against judged behaviour (paper Fig. 10) ...
         extra = list(trait_judge_metrics(cfg, alignment_traits).values())
+        if extra and condition.model != "base":  # ... of the runs the analyses read (not the stress or live runs)
+            if condition.model not in runs_by_role(monitor_runs(cfg), *ANALYSIS_ROLES):
+                extra = []
     return metrics + [m for m in dict.fromkeys(extra) if m not in metrics]
 
 

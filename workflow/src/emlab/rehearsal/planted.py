@@ -200,8 +200,8 @@ def write_sae(out_dir, model_dir, layer: int, d_sae: int = SAE_FEATURES, seed: i
     from safetensors import safe_open
 
     from emlab.model.tensors import load_tensors
-    from emlab.monitor.sae import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
     from emlab.monitor.sae import write_sae as write_saelens
+    from emlab.plan.sae import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 
     tensors, _ = load_tensors(Path(model_dir) / "planted.safetensors")
     u, w, z = (tensors[k].float() for k in ("u", "w", "z"))

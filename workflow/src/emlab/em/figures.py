@@ -785,7 +785,7 @@ def single_adapter(
         top = min(105.0, max(10.0, 1.2 * float(np.append(high, np.nan_to_num(rate)).max())))
         _label_bar_tops(ax, x, rate, high, 0.015 * top)
         ax.set_ylim(0, top)
-        ax.set_xticks(x, [lbl for lbl, _ in labels], fontsize=8)
+        ax.set_xticks(x, [lbl for lbl, _ in labels], fontsize=8, rotation=25, ha="right", rotation_mode="anchor")
         ax.set_ylabel("EM responses (%)")
         ax.set_title("EM: unmodified vs interventions")
         ax.grid(axis="y", alpha=0.3)

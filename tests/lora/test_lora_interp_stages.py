@@ -88,6 +88,33 @@ def _sets_params():
     return _section(sets={"aligned_split_quantile": None, "medical_split_quantile": None})["sets"]
 
 
+def _run_probes(stage_dir, tmp_path, section):
+    """Run lora_probes.py on the tiny capture (3 probe runs) with `section`'s probes and roles; its outputs."""
+    out = SimpleNamespace(
+        probes=str(tmp_path / "probes.csv"),
+        coefficients=str(tmp_path / "coefficients.csv"),
+        roles=str(tmp_path / "roles.json"),
+    )
+    _run(
+        "lora_probes.py",
+        input=SimpleNamespace(
+            tensors=str(stage_dir / "scalars.safetensors"),
+            tokens=str(stage_dir / "tokens.parquet"),
+            judgments=str(stage_dir / "judgments.parquet"),
+            sets=None,
+        ),
+        output=out,
+        params=SimpleNamespace(
+            sets=_sets_params(),
+            probes=dict(section["probes"], seed=0, n_runs=3),
+            roles=section["roles"],
+            n_layers=4,
+            adapter_reference_layers=None,
+        ),
+    )
+    return out
+
+
 def test_lora_sets_script_writes_thresholds_and_counts(stage_dir, tmp_path):
     out = tmp_path / "sets.json"
     _run(
@@ -125,25 +152,7 @@ def test_lora_probes_script_writes_table_coefficients_and_roles(stage_dir, tmp_p
     from emlab.lora.probes import COEFFICIENT_COLUMNS, EXPERIMENTS, PROBE_COLUMNS
 
     section = _section(roles=roles)
-    probes = dict(section["probes"], seed=0, n_runs=3)
-    out = SimpleNamespace(
-        probes=str(tmp_path / "probes.csv"),
-        coefficients=str(tmp_path / "coefficients.csv"),
-        roles=str(tmp_path / "roles.json"),
-    )
-    _run(
-        "lora_probes.py",
-        input=SimpleNamespace(
-            tensors=str(stage_dir / "scalars.safetensors"),
-            tokens=str(stage_dir / "tokens.parquet"),
-            judgments=str(stage_dir / "judgments.parquet"),
-            sets=None,
-        ),
-        output=out,
-        params=SimpleNamespace(
-            sets=_sets_params(), probes=probes, roles=section["roles"], n_layers=4, adapter_reference_layers=None
-        ),
-    )
+    out = _run_probes(stage_dir, tmp_path, section)
     table, coef = pd.read_csv(out.probes), pd.read_csv(out.coefficients)
     assert list(table.columns) == PROBE_COLUMNS and list(coef.columns) == COEFFICIENT_COLUMNS
     assert set(table["experiment"]) == set(EXPERIMENTS)
@@ -495,28 +504,7 @@ def test_rule_roles_chain_from_the_probes_to_adapter_steering(stage_dir, tmp_pat
     from emlab.plan.roles import read_roles
 
     section = _section(roles={"source": "rule"})
-    out = SimpleNamespace(
-        probes=str(tmp_path / "probes.csv"),
-        coefficients=str(tmp_path / "coefficients.csv"),
-        roles=str(tmp_path / "roles.json"),
-    )
-    _run(
-        "lora_probes.py",
-        input=SimpleNamespace(
-            tensors=str(stage_dir / "scalars.safetensors"),
-            tokens=str(stage_dir / "tokens.parquet"),
-            judgments=str(stage_dir / "judgments.parquet"),
-            sets=None,
-        ),
-        output=out,
-        params=SimpleNamespace(
-            sets=_sets_params(),
-            probes=dict(section["probes"], seed=0, n_runs=3),
-            roles=section["roles"],
-            n_layers=4,
-            adapter_reference_layers=None,
-        ),
-    )
+    out = _run_probes(stage_dir, tmp_path, section)
     roles = {a: r["role"] for a, r in read_roles(out.roles).items()}
     assert set(roles) == {f"L{l}.down_proj" for l in range(4)}
     for case in section["steering"]["cases"]:

@@ -16,6 +16,7 @@ def main(smk):
     from emlab.monitor import regressor as M
     from emlab.monitor import sae as SAE
     from emlab.monitor import stage as S
+    from emlab.plan.sae import read_sae
 
     settings = build(M.MonitorSettings, smk.params.monitor, "config monitor")
     runs = dict(smk.params.runs)  # name -> {perturbation, role}
@@ -26,7 +27,7 @@ def main(smk):
     # features chosen on the calibration rows only; without an SAE, its evaluation row says so
     sae_note, sae_features = SAE.NO_SAE_NOTE, SAE.empty_selection()
     if getattr(smk.input, "sae_cfg", None):
-        sae = SAE.read_sae(Path(smk.input.sae_cfg).parent)
+        sae = read_sae(Path(smk.input.sae_cfg).parent)
         tables, sae_features, sae_note = SAE.add_sae_columns(
             tables,
             SAE.read_sae_drift(smk.input.deltas, names, sae.layer),

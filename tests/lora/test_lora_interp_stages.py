@@ -184,26 +184,7 @@ def test_plan_checks_rank_and_role_layers():
 
 
 def test_figures_and_token_view_scripts(stage_dir, tmp_path):
-    section = _section(roles={"source": "rule"})
-    probes = dict(section["probes"], seed=0, n_runs=3)
-    out = SimpleNamespace(
-        probes=str(tmp_path / "probes.csv"),
-        coefficients=str(tmp_path / "coefficients.csv"),
-        roles=str(tmp_path / "roles.json"),
-    )
-    _run(
-        "lora_probes.py",
-        input=SimpleNamespace(
-            tensors=str(stage_dir / "scalars.safetensors"),
-            tokens=str(stage_dir / "tokens.parquet"),
-            judgments=str(stage_dir / "judgments.parquet"),
-            sets=None,
-        ),
-        output=out,
-        params=SimpleNamespace(
-            sets=_sets_params(), probes=probes, roles=section["roles"], n_layers=4, adapter_reference_layers=None
-        ),
-    )
+    out = _run_probes(stage_dir, tmp_path, _section(roles={"source": "rule"}))
     figs = {
         k: str(tmp_path / "fig" / f"{k}.{k.split('_')[1]}") for k in ("table_png", "table_pdf", "coef_png", "coef_pdf")
     }

@@ -193,6 +193,26 @@ def test_convergence_records_order_and_cap():
         convergence_records(gen.drop(columns="response"), None)
 
 
+def _run_analysis(rule_script, tmp_path, model_dir, finetune, inputs, max_responses, reference):
+    """The single_adapter_analysis script on the tiny model, writing b.csv, c.csv and s.json under tmp_path/out."""
+    out = tmp_path / "out"
+    rule_script(
+        "single_adapter_analysis",
+        tmp_path,
+        input=dict(base_model=[], **inputs),
+        output=dict(b_cosine=str(out / "b.csv"), convergence=str(out / "c.csv"), summary=str(out / "s.json")),
+        params=dict(
+            base_model=str(model_dir),
+            max_responses=max_responses,
+            batch_size=2,
+            device="cpu",
+            dtype="float32",
+            reference=reference,
+        ),
+        wildcards=dict(finetune=finetune),
+    )
+
+
 def test_single_adapter_analysis_script(tiny_model_dir, tmp_path, rule_script):
     import json
 
@@ -205,20 +225,16 @@ def test_single_adapter_analysis_script(tiny_model_dir, tmp_path, rule_script):
     gen = pd.DataFrame([dict(r, question_id=f"q{i}", sample_idx=0) for i, r in enumerate(RECORDS)])
     gen.to_parquet(tmp_path / "ft.parquet")
     out = tmp_path / "out"
-    rule_script(
-        "single_adapter_analysis",
+    _run_analysis(
+        rule_script,
         tmp_path,
-        input=dict(
-            base_model=[],
-            adapter=str(adapter_dir),
-            vectors=str(tmp_path / "ft.safetensors"),
-            responses=str(tmp_path / "ft.parquet"),
+        tiny_model_dir,
+        "ft",
+        dict(
+            adapter=str(adapter_dir), vectors=str(tmp_path / "ft.safetensors"), responses=str(tmp_path / "ft.parquet")
         ),
-        output=dict(b_cosine=str(out / "b.csv"), convergence=str(out / "c.csv"), summary=str(out / "s.json")),
-        params=dict(
-            base_model=str(tiny_model_dir), max_responses=2, batch_size=2, device="cpu", dtype="float32", reference=None
-        ),
-        wildcards=dict(finetune="ft"),
+        max_responses=2,
+        reference=None,
     )
     summary = json.loads((out / "s.json").read_text())
     assert summary["layer"] == LAYER and summary["cosine_b_v"] == pytest.approx(1.0, abs=1e-5)
@@ -247,26 +263,19 @@ def test_single_adapter_analysis_reports_own_and_reference_vectors(tiny_model_di
     out = tmp_path / "out"
 
     def run(reference_file):
-        rule_script(
-            "single_adapter_analysis",
+        _run_analysis(
+            rule_script,
             tmp_path,
-            input=dict(
-                base_model=[],
+            tiny_model_dir,
+            "single",
+            dict(
                 adapter=str(adapter_dir),
                 vectors=str(tmp_path / "own.safetensors"),
                 reference_vectors=str(reference_file),
                 responses=str(tmp_path / "single.parquet"),
             ),
-            output=dict(b_cosine=str(out / "b.csv"), convergence=str(out / "c.csv"), summary=str(out / "s.json")),
-            params=dict(
-                base_model=str(tiny_model_dir),
-                max_responses=None,
-                batch_size=2,
-                device="cpu",
-                dtype="float32",
-                reference={"finetune": "org9", "layer": 1},
-            ),
-            wildcards=dict(finetune="single"),
+            max_responses=None,
+            reference={"finetune": "org9", "layer": 1},
         )
 
     run(tmp_path / "ref.safetensors")

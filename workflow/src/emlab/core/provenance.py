@@ -56,3 +56,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
             except json.JSONDecodeError:
                 out[key[len(PREFIX) :]] = value
     return out
+
+
+def na_record(path: str | os.PathLike, meta: dict | None = None) -> tuple[str, str] | None:
+    """(condition, reason) of a table recorded n/a (empty, its metadata's na_reason saying why and na_condition
+    naming it; the file name when that is missing), or None for any other table. `meta`: read_metadata(path)."""
+    meta = read_metadata(path) if meta is None else meta
+    if not meta.get("na_reason"):
+        return None
+    return str(meta.get("na_condition") or os.path.basename(str(path)).removesuffix(".parquet")), str(meta["na_reason"])

@@ -459,7 +459,8 @@ def write_directions(vectors_path, summary_path, tensors: dict[str, torch.Tensor
     write_json(summary_path, summary)
 
 
-def _mean_diff_of(tensors: dict, meta: dict, path) -> torch.Tensor:
+def mean_diff_of(tensors: dict, meta: dict, path) -> torch.Tensor:
+    """The [L, d] mean_diff of a loaded direction file (raises DirectionUnavailable for an n/a one)."""
     if meta.get("status") == NA:
         what = meta.get("finetune", path)
         if meta.get("split", "general") != "general":
@@ -474,7 +475,7 @@ def _mean_diff_of(tensors: dict, meta: dict, path) -> torch.Tensor:
 def _load_direction(path) -> tuple[torch.Tensor, dict]:
     """The [L, d] mean_diff tensor of a direction file and its metadata (counts, thresholds, ...)."""
     tensors, meta = load_tensors(path)
-    return _mean_diff_of(tensors, meta, path), meta
+    return mean_diff_of(tensors, meta, path), meta
 
 
 def load_mean_diff(path) -> torch.Tensor:
@@ -563,7 +564,7 @@ def cosine_table(vectors: dict[str, torch.Tensor | str], n_layers: int | None = 
 def _direction_or_reason(tensors: dict, meta: dict, name: str) -> torch.Tensor | str:
     """A loaded direction's [L, d] vectors, or its n/a reason."""
     try:
-        return _mean_diff_of(tensors, meta, name)
+        return mean_diff_of(tensors, meta, name)
     except DirectionUnavailable as exc:
         return exc.reason
 

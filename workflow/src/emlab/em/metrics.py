@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -223,14 +222,11 @@ def em_tables(
 def write_em_tables(
     judgment_paths: list, conditions: dict, thresholds: EMThresholds, seed: int, by_condition_path, by_question_path
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from emlab.core.provenance import read_metadata
+    from emlab.core.provenance import na_record
 
     judgments = load_judgments(judgment_paths)
-    notes = {}  # a condition recorded as n/a: its reason, from its judgments file
-    for path in judgment_paths:
-        meta = read_metadata(path)
-        if meta.get("na_reason"):  # an empty table names its condition in its metadata
-            notes[str(meta.get("na_condition", Path(path).name.removesuffix(".parquet")))] = str(meta["na_reason"])
+    # a condition recorded as n/a: its reason, from its judgments file
+    notes = dict(na for na in (na_record(path) for path in judgment_paths) if na is not None)
     cond_df, q_df = em_tables(judgments, conditions, thresholds, seed, notes)
     write_csv(by_condition_path, cond_df)
     write_csv(by_question_path, q_df)

@@ -253,19 +253,17 @@ STEERING_RATES = {  # name: label
 def read_condition_judgments(paths, expected, what: str) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """Judgments files keyed by the condition each names (its `condition` column; a condition recorded n/a,
     an empty table, by its metadata's na_condition), checked against `expected`; and {condition: n/a reason}."""
-    from pathlib import Path
-
     from emlab.core.keyed import check_ids, table_id
-    from emlab.core.provenance import read_metadata
+    from emlab.core.provenance import na_record
 
     tables: dict[str, pd.DataFrame] = {}
     where: dict[str, str] = {}
     notes: dict[str, str] = {}
     for path in paths:
-        table, meta = pd.read_parquet(path), read_metadata(path)
-        if table.empty and meta.get("na_reason"):
-            key = str(meta.get("na_condition") or Path(path).name.removesuffix(".parquet"))
-            notes[key] = str(meta["na_reason"])
+        table = pd.read_parquet(path)
+        na = na_record(path) if table.empty else None
+        if na is not None:
+            key, notes[na[0]] = na[0], na[1]
         else:
             key = table_id(table, "condition", path)
         if key in where:

@@ -261,11 +261,13 @@ def convergence_records(generations: pd.DataFrame, max_responses: int | None) ->
 def load_vectors_of(path, finetune: str) -> torch.Tensor:
     """The [L, d] mean-diff vectors of a direction file, checked to be `finetune`'s by the id it carries."""
     from emlab.core.keyed import tensors_by_id
-    from emlab.em.directions import load_mean_diff
+    from emlab.em.directions import mean_diff_of
     from emlab.model.tensors import load_tensors
 
-    tensors_by_id([path], "finetune", [finetune], f"the direction file of '{finetune}'", load_tensors)
-    return load_mean_diff(path)  # (an n/a direction raises DirectionUnavailable)
+    tensors, meta = tensors_by_id([path], "finetune", [finetune], f"the direction file of '{finetune}'", load_tensors)[
+        finetune
+    ]
+    return mean_diff_of(tensors, meta, path)  # (an n/a direction raises DirectionUnavailable)
 
 
 def analyse_single_adapter(

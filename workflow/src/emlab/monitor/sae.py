@@ -117,15 +117,18 @@ def add_sae_columns(
 
     The features are chosen on the labelled calibration rows only: the held-out runs never inform them.
     A table's rows and its Δh̄ rows are matched by step."""
-    projected, rows_of = {}, {}
+    deltas = {}
     for run, table in tables.items():
         delta, steps = sae_drift[run]
         row_of = {int(s): i for i, s in enumerate(np.asarray(steps).tolist())}
         missing = [int(s) for s in table["step"] if int(s) not in row_of]
         if missing:
             raise EMLabError(f"monitor run {run}: no Δh̄ at the SAE's layer for step(s) {missing}; re-run trait_drift")
-        rows_of[run] = [row_of[int(s)] for s in table["step"]]
-        projected[run] = decoder_projections(np.asarray(delta)[rows_of[run]], sae)  # [rows, d_sae]
+        deltas[run] = np.asarray(delta)[[row_of[int(s)] for s in table["step"]]]  # [rows, d_in]
+    # every run's rows in one pass over the decoder (a paper-size W_dec is read once, not once per run)
+    every = decoder_projections(np.concatenate(list(deltas.values())), sae)  # [all rows, d_sae]
+    bounds = np.cumsum([0] + [len(d) for d in deltas.values()])
+    projected = {run: every[a:b] for run, a, b in zip(deltas, bounds[:-1], bounds[1:])}
     cal = [r for r in calibration if r in tables]
     if not cal:
         raise EMLabError("SAE baseline: there are no calibration runs to choose the features on")

@@ -104,7 +104,19 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
     schema = load_schema()
     cfg = copy.deepcopy(config or {})
+    for ft in (cfg.get("finetunes") or {}).values():
+        # a validated config given again: preset full's expansion wrote `lora: None`; expand it anew
+        if isinstance(ft, dict) and ft.get("preset") == "full" and "lora" in ft and ft["lora"] is None:
+            del ft["lora"]
     _first_error(jsonschema.Draft202012Validator(schema), cfg, source)
+    filled_base_model = {k: p.get("default") for k, p in schema["properties"]["base_model"]["properties"].items()}
+    if "base_models" in cfg and cfg.get("base_model") == filled_base_model:
+        del cfg["base_model"]  # a validated long-form config given again: the fill below writes it anew
+    if "base_models" in cfg and "base_model" in cfg:
+        raise EMLabError(
+            f"{source}: both base_model and base_models are given; use base_model for one model or base_models "
+            "(key -> source) for several"
+        )
     _apply_finetune_presets(cfg, source)
     # Fill only: the config was checked as written above. (After preset expansion a
     # full fine-tune has `lora: None`, which a user may not write, so errors of this

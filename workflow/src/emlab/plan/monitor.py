@@ -45,6 +45,7 @@ class MonitorRun:
     checkpoint_steps: tuple[int, ...]
     start: str | None = None  # stress_start: the run whose final adapter this one continues from
     total_steps: int = 0
+    model: str | None = None  # the base model's key in a study of several (names are then mon__<model>__...)
 
     @property
     def full(self) -> bool:
@@ -57,8 +58,15 @@ def enabled(cfg: dict) -> bool:
     return bool(mon.get("calibration")) or bool(mon.get("held_out"))
 
 
-def run_name(dataset: str, seed: int, suffix: str = "") -> str:
-    return f"{PREFIX}__{dataset}__s{int(seed)}" + (f"__{suffix}" if suffix else "")
+def run_name(dataset: str, seed: int, suffix: str = "", model: str | None = None) -> str:
+    """mon__<dataset>__s<seed>[__<suffix>]; in a study of several base models mon__<model>__<dataset>__..."""
+    head = f"{PREFIX}__{model}" if model else PREFIX
+    return f"{head}__{dataset}__s{int(seed)}" + (f"__{suffix}" if suffix else "")
+
+
+def base_condition(model: str | None = None) -> str:
+    """The label condition of step 0, the base model: mon__base (mon__<model>__base with several models)."""
+    return f"{PREFIX}__{model}__base" if model else BASE_CONDITION
 
 
 def planned_steps(training: dict, where: str) -> tuple[int, tuple[int, ...]]:
@@ -96,8 +104,10 @@ def _finetune_entry(cfg: dict, dataset: str, preset: str, overrides: dict, where
     return {"dataset": dataset, "preset": preset, "lora": copy.deepcopy(spec["lora"]), "training": training}
 
 
-def monitor_runs(cfg: dict) -> dict[str, MonitorRun]:
-    """Every run of the grid, by name, in config order (calibration, held-out, stress)."""
+def monitor_runs(cfg: dict, model: str | None = None, stress_arm: bool = False) -> dict[str, MonitorRun]:
+    """Every run of the grid, by name, in config order (calibration, held-out, stress). `model`: the base
+    model's key in a study of several (it joins the names); `stress_arm`: the model is outside the fit, so its
+    held-out runs have role stress_model (emlab.plan.models.model_view puts every perturbation there)."""
     if not enabled(cfg):
         return {}
     mon = cfg["monitor"]
@@ -110,7 +120,9 @@ def monitor_runs(cfg: dict) -> dict[str, MonitorRun]:
     out: dict[str, MonitorRun] = {}
 
     def add(dataset, seed, role, preset, overrides, suffix="", start=None):
-        name = run_name(dataset, seed, suffix)
+        name = run_name(dataset, seed, suffix, model)
+        if stress_arm and role == "held_out":
+            role = "stress_model"
         where = f"monitor.{STRESS_KEYS.get(role, role)} ({name})"
         entry = _finetune_entry(cfg, dataset, preset, overrides, where)
         entry["seed"] = int(seed)  # the replicate's own LoRA initialisation, dropout and example order
@@ -118,7 +130,7 @@ def monitor_runs(cfg: dict) -> dict[str, MonitorRun]:
             entry["start_from"] = start
         training = {**cfg["training_defaults"], **entry["training"]}
         total, steps = planned_steps(training, where)
-        out[name] = MonitorRun(name, dataset, int(seed), role, entry, steps, start, total)
+        out[name] = MonitorRun(name, dataset, int(seed), role, entry, steps, start, total, model)
 
     for role in ("calibration", "held_out"):
         for dataset in mon[role]:
@@ -140,7 +152,7 @@ def monitor_runs(cfg: dict) -> dict[str, MonitorRun]:
         recipe = {**FINETUNE_PRESETS[mon["preset"]]["training"], **mon["training"], "learning_rate": float(lr)}
         add(dataset, seed0, "stress_full", "full", recipe, "full")
     for item in stress["start_from_misaligned"]:
-        start = run_name(item["start"], seed0)
+        start = run_name(item["start"], seed0, model=model)
         if start not in out or out[start].role not in ("calibration", "held_out"):
             raise EMLabError(
                 f"monitor.stress.start_from_misaligned: start '{item['start']}' is not a calibration or "
@@ -167,14 +179,14 @@ def checkpoint_condition_id(run: str, step: int) -> str:
     return f"{run}__step{int(step)}"
 
 
-def label_conditions(cfg: dict) -> list:
+def label_conditions(cfg: dict, model: str | None = None, stress_arm: bool = False) -> list:
     """The generated-and-judged conditions that label the monitor's checkpoints (step 0: mon__base)."""
     from emlab.plan.conditions import MonitorLabel
 
-    runs = monitor_runs(cfg)
+    runs = monitor_runs(cfg, model, stress_arm)
     if not runs:
         return []
-    return [MonitorLabel("base", 0)] + [
+    return [MonitorLabel("base", 0, model or "")] + [
         MonitorLabel(run.name, step) for run in runs.values() for step in run.checkpoint_steps
     ]
 
@@ -184,9 +196,9 @@ def label_generation(cfg: dict) -> dict:
     return dict(cfg["generation"], **cfg["monitor"]["generation"])
 
 
-def register_runs(cfg: dict) -> dict[str, MonitorRun]:
+def register_runs(cfg: dict, model: str | None = None, stress_arm: bool = False) -> dict[str, MonitorRun]:
     """Add the grid's fine-tunes to cfg['finetunes'] (after the main study is planned); returns the runs."""
-    runs = monitor_runs(cfg)
+    runs = monitor_runs(cfg, model, stress_arm)
     for name, run in runs.items():
         if name in cfg["finetunes"]:
             raise EMLabError(f"finetunes.{name}: the name is reserved for a generated monitor run")
@@ -197,7 +209,7 @@ def register_runs(cfg: dict) -> dict[str, MonitorRun]:
 MONITOR_FILE = "results/monitor/monitor.skops"
 
 
-def live_run(cfg: dict) -> tuple[str, dict] | None:
+def live_run(cfg: dict, model: str | None = None) -> tuple[str, dict] | None:
     """(name, fine-tune entry) of the live-monitor demo run (`monitor.live`), or None.
 
     The calibration recipe for `steps_factor` times the examples, with `training.monitor` pointing at the
@@ -218,13 +230,13 @@ def live_run(cfg: dict) -> tuple[str, dict] | None:
         max_train_examples=int(base["max_train_examples"]) * int(live["steps_factor"]),
         monitor={"model": MONITOR_FILE, "every": int(live["every"]), "action": live["action"]},
     )
-    name = run_name(live["dataset"], live["seed"], "live")
+    name = run_name(live["dataset"], live["seed"], "live", model)
     return name, _finetune_entry(cfg, live["dataset"], mon["preset"], overrides, f"monitor.live ({name})")
 
 
-def register_live_run(cfg: dict) -> str | None:
+def register_live_run(cfg: dict, model: str | None = None) -> str | None:
     """Add the live-monitor run to cfg['finetunes'] (after the grid); returns its name."""
-    run = live_run(cfg)
+    run = live_run(cfg, model)
     if run is None:
         return None
     name, entry = run
@@ -237,7 +249,7 @@ def register_live_run(cfg: dict) -> str | None:
 def run_conditions(run: MonitorRun, runs: dict[str, MonitorRun] | None = None) -> dict[int, str]:
     """step -> label condition of one run, step 0 included: the base model, or for a start-from run the
     start run's last checkpoint (the model it starts from; `runs` must then hold the start run)."""
-    step0 = BASE_CONDITION
+    step0 = base_condition(run.model)
     if run.start is not None:
         start = (runs or {}).get(run.start)
         if start is None:
@@ -246,9 +258,9 @@ def run_conditions(run: MonitorRun, runs: dict[str, MonitorRun] | None = None) -
     return {0: step0, **{s: checkpoint_condition_id(run.name, s) for s in run.checkpoint_steps}}
 
 
-def start_adapter(run: MonitorRun) -> str | None:
+def start_adapter(run: MonitorRun, root: str = "results") -> str | None:
     """The adapter folder a start-from run continues from (the start run's final adapter), else None."""
-    return None if run.start is None else f"results/finetunes/{run.start}/adapter"
+    return None if run.start is None else f"{root}/finetunes/{run.start}/adapter"
 
 
 # the runs the drift-geometry analyses read (monitor.analyses): they share the base model as step 0
@@ -303,14 +315,14 @@ def known_hidden_size(source: str) -> int | None:
     import json
     from pathlib import Path
 
-    from emlab.plan.gpu import KNOWN_SHAPES_FILE
+    shapes = Path(__file__).with_name("model_shapes.json")  # emlab.plan.gpu's table (gpu imports this module)
 
     cfg_path = Path(source) / "config.json"
     if cfg_path.is_file():
         cfg = json.loads(cfg_path.read_text())
         cfg = cfg.get("text_config") or cfg
     else:
-        cfg = json.loads(KNOWN_SHAPES_FILE.read_text()).get(source) or {}
+        cfg = json.loads(shapes.read_text()).get(source) or {}
     size = cfg.get("hidden_size") or cfg.get("n_embd")
     return int(size) if size else None
 

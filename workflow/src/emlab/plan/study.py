@@ -69,9 +69,13 @@ class _Plan:
         return self.conditions
 
 
-def condition_plan(cfg: dict, n_layers: int) -> dict[str, Condition]:
+def condition_plan(
+    cfg: dict, n_layers: int, model: str | None = None, stress_arm: bool = False
+) -> dict[str, Condition]:
     """condition id -> Condition, for every condition of the study, in plan order
-    (models, checkpoints, steering, ablation, transfer, single-adapter)."""
+    (models, checkpoints, steering, ablation, transfer, single-adapter). In a study of several base
+    models `cfg` is one model's view (emlab.plan.models.model_view) and `model` its key, which the
+    monitor's label conditions carry (`stress_arm`: the model is the monitor's stress arm)."""
     plan = _Plan()
     condition: Condition
     plan.add(Unmodified("base"))
@@ -79,7 +83,9 @@ def condition_plan(cfg: dict, n_layers: int) -> dict[str, Condition]:
         plan.add(Unmodified(ft))
     for condition in checkpoint_conditions(cfg).values():  # phase.eval_steps: <finetune>__step<N>
         plan.add(condition)
-    for condition in label_conditions(cfg):  # monitor grid: mon__base, <run>__step<N>, group "monitor"
+    for condition in label_conditions(
+        cfg, model, stress_arm
+    ):  # monitor grid: mon__base, <run>__step<N>, group "monitor"
         plan.add(condition)
     st = cfg["steering"]
     semantic_layers = st.get("semantic_layers")
@@ -92,7 +98,9 @@ def condition_plan(cfg: dict, n_layers: int) -> dict[str, Condition]:
                 for scale in st["scales"]:
                     plan.add(Steer(vector=vec, layer=layer, scale=float(scale), split=split))
     ab = cfg["ablation"]
-    single = resolve_layer(ab["single_layer"], n_layers, "ablation.single_layer")
+    # resolved only where it is used (a model of another depth may have no ablation targets)
+    used = ab["targets"] or ab["transfer"]
+    single = resolve_layer(ab["single_layer"], n_layers, "ablation.single_layer") if used else 0
     for target in ab["targets"]:
         plan.add(LayerwiseAblation(model=target, vector=target))
         plan.add(SingleAblation(model=target, vector=target, layer=single))

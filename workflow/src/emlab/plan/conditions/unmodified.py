@@ -86,22 +86,28 @@ class MonitorLabel(Condition):
 
     model: str  # "base" (step 0) or the run's fine-tune name
     step: int
+    base_model: str = ""  # step 0 in a study of several base models: that model's key (mon__<key>__base)
 
     KIND = "none"
     GROUP = Group.MONITOR
-    ID = r"(?P<base>mon__base)|(?P<model>mon__{name}__s[0-9]+(?:__long|__full|__from_{name})?)__step(?P<step>[0-9]+)"
+    ID = (
+        r"(?P<base>mon__(?:(?P<key>{name})__)?base)"
+        r"|(?P<model>mon__(?:{name}__)?{name}__s[0-9]+(?:__long|__full|__from_{name})?)__step(?P<step>[0-9]+)"
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "step", int(self.step))
 
     @property
     def condition_id(self) -> str:
-        return "mon__base" if self.model == "base" else f"{self.model}__step{self.step}"
+        if self.model == "base":
+            return f"mon__{self.base_model}__base" if self.base_model else "mon__base"
+        return f"{self.model}__step{self.step}"
 
     @classmethod
     def from_id(cls, fields):
         if fields.get("base"):
-            return cls("base", 0)
+            return cls("base", 0, fields.get("key") or "")
         return cls(fields["model"], int(fields["step"]))
 
     @property

@@ -591,6 +591,7 @@ def test_trait_directions_script_on_a_tiny_model(tiny_model_dir, tmp_path):
             folder=str(REPO / "data" / "traits"),
             base_model=str(tiny_model_dir),
             model_id="tiny",
+            model_key="small",  # the config's key of the model, carried by both files
             device="cpu",
             dtype="float32",
             directions={"layer": "auto", "batch_size": 16, "held_out_every": 5},
@@ -602,6 +603,7 @@ def test_trait_directions_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert dirs.alignment.shape == (4, 7, 64) and dirs.trait_version.endswith("subsample=q10,p2,m5")
     assert dirs.alignment_halves.shape == (2, 4, 7, 64)  # one prompt a side in each half (max_prompts_per_side 2)
     assert len(json.loads(Path(out["meta"]).read_text())["layer_auroc"]) == 4
+    assert dirs.model_key == "small" and json.loads(Path(out["meta"]).read_text())["model_key"] == "small"
     cos = pd.read_csv(out["cosine"])
     assert list(cos["trait"]) == list(dirs.alignment_names) and np.allclose(np.diag(cos[list(dirs.alignment_names)]), 1)
 
@@ -661,6 +663,7 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
             steps=[1, 2],
             drift={"batch_size": 4, "random_seeds": [0]},
             sae_layer=3,  # monitor.sae: Δh̄ at the SAE's layer too
+            model_key="small",  # the run's base model: column `model` of its table
             base_model=str(tiny_model_dir),
             device="cpu",
             dtype="float32",
@@ -689,14 +692,18 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
             conditions=conditions,
             tau=0.05,
             thresholds={"em_aligned_below": 30, "em_coherent_above": 50},
+            model_key="small",
         ),
     )
     runpy.run_path(str(scripts / "drift_labels.py"), init_globals={"snakemake": labels})
     df = pd.read_csv(labels.output.table)
     assert df["step"].tolist() == [0, 1, 2] and df["dangerous"].tolist() == [False, True, True]
     assert df["em_rate"].tolist() == [0.0, 0.25, 0.5]
-    assert list(df.columns[:9]) == ["run", "step", *dirs.alignment_names] and list(df.columns[-5:]) == S.TAIL_COLUMNS
-    assert set(df["run"]) == {"r"}
+    assert list(df.columns[:10]) == ["run", "model", "step", *dirs.alignment_names]
+    assert list(df.columns[-5:]) == S.TAIL_COLUMNS
+    assert set(df["run"]) == {"r"} and set(df["model"]) == {"small"}
+    with pytest.raises(EMLabError, match=r"holds the drift of base model \['small'\], not of `other`"):
+        S.with_model(pd.read_csv(out["features"]), "other", "drift.features.csv")  # drift_labels' check
     assert (
         df["train_loss"].tolist() == [3.0, 3.0, 2.0]
         and df.loc[0, "delta_w_norm"] == 0
@@ -704,4 +711,4 @@ def test_trait_drift_script_on_a_tiny_model(tiny_model_dir, tmp_path):
     )
     tensors, meta = load_tensors(out["delta"])
     assert tensors["delta"].shape == (3, 64) and tensors["steps"].tolist() == [0, 1, 2]
-    assert tensors["delta_sae"].shape == (3, 64) and str(meta["sae_layer"]) == "3"
+    assert tensors["delta_sae"].shape == (3, 64) and str(meta["sae_layer"]) == "3" and meta["model"] == "small"

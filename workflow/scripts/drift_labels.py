@@ -17,12 +17,16 @@ def main(smk):
     from emlab.core.errors import EMLabError
     from emlab.core.keyed import table_id, tables_by_id
     from emlab.monitor import stage as S
+    from emlab.monitor.analyses import with_model
+    from emlab.monitor.metas import model_key_of
 
     th = smk.params.thresholds
     run = smk.wildcards.run
     features = pd.read_csv(smk.input.features)
     if table_id(features, "run", smk.input.features) != run:
         raise EMLabError(f"{smk.input.features} holds the drift of another run than {run}")
+    # the run's base model (params.model_key) in column `model`: checked, or added to features of an older trait_drift
+    features = with_model(features, model_key_of(smk), smk.input.features)
     step_of = {cid: int(step) for step, cid in smk.params.conditions.items()}  # label condition -> its step
     # each judgments file is matched to its step by the condition id it carries, never by list position
     judged = tables_by_id(smk.input.judgments, "condition", step_of, f"label judgments of {run}")

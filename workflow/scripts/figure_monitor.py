@@ -15,8 +15,9 @@ def main(smk):
     from emlab.core.keyed import tables_by_id
     from emlab.monitor import figures as F
 
-    runs = dict(smk.params.runs)
+    runs = dict(smk.params.runs)  # name -> {perturbation, role, model}
     tables = tables_by_id(smk.input.tables, "run", runs, "monitor drift tables")  # keyed by the run id inside
+    # the trait names and the cosine figure's layer: one model's directions.json, the one cosine.csv is of
     meta = json.loads(Path(smk.input.meta).read_text())
     pc1 = json.loads(Path(smk.input.pc1).read_text())
     o = smk.output
@@ -24,7 +25,14 @@ def main(smk):
     F.decomposition(tables, meta["alignment_traits"], o.decomposition, o.decomposition_pdf)
     F.feature_sets(pd.read_csv(smk.input.evaluation), o.feature_sets, o.feature_sets_pdf)
     F.pc1_loadings(pc1, o.pc1_loadings, o.pc1_loadings_pdf)
-    F.trait_cosine(pd.read_csv(smk.input.cosine), int(meta["layer"]), o.trait_cosine, o.trait_cosine_pdf)
+    several = len({r.get("model") for r in runs.values()}) > 1
+    F.trait_cosine(
+        pd.read_csv(smk.input.cosine),
+        int(meta["layer"]),
+        o.trait_cosine,
+        o.trait_cosine_pdf,
+        model=meta.get("model_key") if several else None,
+    )
     F.lopo(pd.read_csv(smk.input.lopo), o.lopo, o.lopo_pdf)
     F.alarm_probability(pd.read_csv(smk.input.alarm_steps), o.alarm_probability, o.alarm_probability_pdf)
     # drift geometry (rule monitor_analyses: Figs. 5, 8, 10)

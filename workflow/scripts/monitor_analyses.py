@@ -16,11 +16,14 @@ def main(smk):
     from emlab.core.keyed import tables_by_id
     from emlab.core.settings import build
     from emlab.monitor import analyses as A
+    from emlab.monitor import metas as S
 
     settings = build(A.AnalysisSettings, smk.params.analyses, "config monitor.analyses")
-    runs = dict(smk.params.runs)  # name -> {perturbation, role}
+    runs = dict(smk.params.runs)  # name -> {perturbation, role, model}
     tables = tables_by_id(smk.input.tables, "run", runs, "monitor drift tables")  # keyed by the run id inside
-    traits = list(json.loads(Path(smk.input.meta).read_text())["alignment_traits"])
+    # the trait names: every model's directions.json (input.metas, keyed by the model key each carries) must
+    # share them; a rule of one model passes input.meta
+    traits, _version = S.pooled_traits(S.read_metas(S.meta_inputs(smk.input), getattr(smk.params, "models", None)))
     loadings = json.loads(Path(smk.input.pc1).read_text())["loadings"]
     table = A.grid_table(tables, runs)
     o = smk.output

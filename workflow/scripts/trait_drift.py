@@ -14,11 +14,13 @@ def main(smk):
 
     import pandas as pd
     from emlab.core.atomic import write_csv
+    from emlab.core.errors import EMLabError
     from emlab.core.keyed import checkpoints_by_step
     from emlab.core.settings import build
     from emlab.model.loading import set_threads
     from emlab.model.tensors import save_tensors
     from emlab.monitor import stage as S
+    from emlab.monitor.metas import model_key_of
     from emlab.monitor.traits import load_directions
     from emlab.plan.traits import load_trait_set
 
@@ -28,6 +30,12 @@ def main(smk):
     steps = [int(s) for s in smk.params.steps]
     S.check_checkpoints(json.loads(Path(smk.input.summary).read_text()), steps, run)
     directions = load_directions(smk.input.tensors, smk.input.meta)
+    model_key = model_key_of(smk)  # the run's base model: a `model` column of its table, `model` in the Δh̄ file
+    if directions.model_key is not None and directions.model_key != model_key:
+        raise EMLabError(
+            f"run {run} is a run of base model {model_key}, the trait directions {smk.input.meta} are of "
+            f"{directions.model_key}"
+        )
     # each exported checkpoint names its run and step inside itself (emlab.core.keyed), never by list position
     adapters = checkpoints_by_step(smk.input.adapters, run, steps)
     trait_set = S.subsample_trait_set(
@@ -48,12 +56,12 @@ def main(smk):
     )
     all_steps = [0, *sorted(adapters)]  # the order measure_run stacks Δh̄ in
     loss = S.train_loss_by_step(pd.read_csv(smk.input.train_log), all_steps)
-    write_csv(smk.output.features, S.drift_features(rows, delta_w, loss, run))
+    write_csv(smk.output.features, S.drift_features(rows, delta_w, loss, run, model_key))
     import torch
 
     tensors, meta = (
         {"delta": delta.contiguous(), "steps": torch.tensor(all_steps)},
-        {"run": run, "layer": str(directions.layer)},
+        {"run": run, "model": model_key, "layer": str(directions.layer)},
     )
     if sae_layer is not None:
         tensors["delta_sae"], meta["sae_layer"] = at_sae[0][int(sae_layer)].contiguous(), str(int(sae_layer))

@@ -10,7 +10,9 @@ paper's Figs. 5, 8 and 10, from the labelled drift tables (rule monitor_analyses
   along that trait and the mean score a judge gives the checkpoint's label responses for the same trait.
 
 Only the grid's calibration and held-out runs take part: they share the base model as step 0, so their
-drift is measured from one origin (the stress runs are evaluated on their own).
+drift is measured from one origin (the stress runs are evaluated on their own). Pooled over several base
+models, each run's drift is from its own model's step 0, all in the one trait space: a matched pair may join
+two models' checkpoints, and a severity point is one model's perturbation (`model` columns say whose).
 """
 
 from __future__ import annotations
@@ -40,6 +42,19 @@ class AnalysisSettings:
     trait_judges: bool
 
 
+def with_model(table: pd.DataFrame, model: str, where) -> pd.DataFrame:
+    """A drift table carrying its base model's key in column `model`: added after `run` when the table predates
+    the model axis (the rule that passes `model` knows the run's model), an error when it names another."""
+    if "model" in table.columns:
+        found = sorted({str(v) for v in table["model"].dropna().unique()})
+        if found != [str(model)]:
+            raise EMLabError(f"{where} holds the drift of base model {found or 'none'}, not of `{model}`")
+        return table
+    out = table.copy()
+    out.insert(list(out.columns).index("run") + 1 if "run" in out.columns else 0, "model", str(model))
+    return out
+
+
 def spearman(x, y) -> dict:
     """Spearman's rho (average ranks for ties) with its two-sided p-value, n and a note saying why rho is NaN.
 
@@ -63,12 +78,19 @@ def spearman(x, y) -> dict:
 
 
 def grid_table(tables: Mapping[str, pd.DataFrame], runs: Mapping[str, Mapping]) -> pd.DataFrame:
-    """The labelled drift tables of the calibration and held-out runs, with run, perturbation and role."""
+    """The labelled drift tables of the calibration and held-out runs, with run, model, perturbation and role
+    (model: params.runs' `model`, else the table's own column, else `default`; a mismatch is an error)."""
+    from emlab.plan.models import DEFAULT_KEY
+
     frames = []
     for name, spec in runs.items():
         if spec["role"] not in ANALYSIS_ROLES:
             continue
-        frames.append(tables[name].assign(run=name, perturbation=spec["perturbation"], role=spec["role"]))
+        table = tables[name]
+        model = spec.get("model") or (None if "model" in table.columns else DEFAULT_KEY)
+        if model is not None:
+            table = with_model(table, model, f"the drift table of {name}")
+        frames.append(table.assign(run=name, perturbation=spec["perturbation"], role=spec["role"]))
     if not frames:
         raise EMLabError("monitor analyses: no calibration or held-out run")
     return pd.concat(frames, ignore_index=True)
@@ -88,6 +110,18 @@ def _labelled(table: pd.DataFrame, what: str) -> pd.DataFrame:
     return table[~bad]
 
 
+def _model_at(table: pd.DataFrame, k: int) -> str:
+    from emlab.plan.models import DEFAULT_KEY
+
+    return str(table.at[k, "model"]) if "model" in table.columns else DEFAULT_KEY
+
+
+def _with_model_column(table: pd.DataFrame) -> pd.DataFrame:
+    from emlab.plan.models import DEFAULT_KEY
+
+    return table if "model" in table.columns else table.assign(model=DEFAULT_KEY)
+
+
 # --- Fig. 5: matched-|PC1| pairs ---------------------------------------------------------------------------
 
 
@@ -97,9 +131,9 @@ def matched_pc1_pairs(
     """Each dangerous checkpoint (step > 0) with the benign checkpoint of another run whose |PC1| is nearest by relative gap,
     kept when the two differ by at most `tolerance` times the larger.
 
-    One row per matched dangerous checkpoint, closest first: each member's run, perturbation, step, EM rate,
-    |PC1| and 7-D drift (`dangerous.<trait>`, `benign.<trait>`), the relative |PC1| gap and the cosine of
-    the two drift vectors. A benign checkpoint may serve several dangerous ones.
+    One row per matched dangerous checkpoint, closest first: each member's run, base model, perturbation, step,
+    EM rate, |PC1| and 7-D drift (`dangerous.<trait>`, `benign.<trait>`), the relative |PC1| gap and the cosine
+    of the two drift vectors. A benign checkpoint may serve several dangerous ones.
     """
     t = _labelled(table, "matched-|PC1| pairs")
     t = t[t["step"].astype(int) > 0].reset_index(drop=True)
@@ -123,6 +157,7 @@ def matched_pc1_pairs(
             row.update(
                 {
                     f"{side}_run": t.at[k, "run"],
+                    f"{side}_model": _model_at(t, k),
                     f"{side}_perturbation": t.at[k, "perturbation"],
                     f"{side}_step": int(t.at[k, "step"]),
                     f"{side}_em_rate": float(t.at[k, "em_rate"]),
@@ -134,7 +169,8 @@ def matched_pc1_pairs(
             row.update({f"{side}.{tr}": float(v) for tr, v in zip(traits, drift[k])})
         rows.append(row)
     cols = ["pair", "relative_gap"]
-    cols += [f"{s}_{c}" for s in ("dangerous", "benign") for c in ("run", "perturbation", "step", "em_rate", "pc1_abs")]
+    sides = ("run", "model", "perturbation", "step", "em_rate", "pc1_abs")
+    cols += [f"{s}_{c}" for s in ("dangerous", "benign") for c in sides]
     cols += ["direction_cosine"] + [f"{s}.{tr}" for s in ("dangerous", "benign") for tr in traits]
     out = pd.DataFrame(rows, columns=cols)
     if out.empty:
@@ -152,11 +188,13 @@ SEVERITY_MEASURES = ("pc1_abs", "trait_drift_norm")
 def severity_by_perturbation(
     table: pd.DataFrame, loadings: Mapping[str, float], traits: Sequence[str], at: str
 ) -> pd.DataFrame:
-    """Per perturbation, the mean over its runs of each run's EM rate, |PC1| and 7-D drift norm, taken at the
-    run's final checkpoint (`at: final`) or averaged over its checkpoints after step 0 (`at: mean`)."""
+    """Per (model, perturbation), the mean over its runs of each run's EM rate, |PC1| and 7-D drift norm, taken
+    at the run's final checkpoint (`at: final`) or averaged over its checkpoints after step 0 (`at: mean`).
+    Pooled over base models, each model's perturbation is a point of its own: the same data set may move two
+    models differently."""
     if at not in ("final", "mean"):
         raise EMLabError(f"monitor.analyses.severity_at: {at!r} is not final or mean")
-    t = _labelled(table, "severity ordering")
+    t = _with_model_column(_labelled(table, "severity ordering"))
     t = t[t["step"].astype(int) > 0]
     t = t.assign(pc1_abs=np.abs(pc1_projection(t, loadings)), trait_drift_norm=np.linalg.norm(t[list(traits)], axis=1))
     cols = ["em_rate", *SEVERITY_MEASURES]
@@ -166,11 +204,11 @@ def severity_by_perturbation(
         per_run = final_checkpoints(t)
     else:
         per_run = t.groupby("run", sort=False)[cols].mean().reset_index()
-        per_run = per_run.merge(t[["run", "perturbation", "role"]].drop_duplicates("run"), on="run")
-    grouped = per_run.groupby("perturbation", sort=False)
+        per_run = per_run.merge(t[["run", "model", "perturbation", "role"]].drop_duplicates("run"), on="run")
+    grouped = per_run.groupby(["perturbation", "model"], sort=False)
     out = grouped[cols].mean().reset_index()
-    out.insert(1, "role", grouped["role"].first().to_numpy())
-    out.insert(2, "n_runs", grouped["run"].nunique().to_numpy())
+    out.insert(2, "role", grouped["role"].first().to_numpy())
+    out.insert(3, "n_runs", grouped["run"].nunique().to_numpy())
     out["at"] = at
     return out.sort_values("em_rate", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -185,7 +223,18 @@ def severity_ordering(severity: pd.DataFrame) -> pd.DataFrame:
 
 # --- Fig. 10: trait drift against judged behaviour ------------------------------------------------------------
 
-POINT_COLUMNS = ["condition", "run", "perturbation", "step", "trait", "metric", "drift", "judge_score", "n_scored"]
+POINT_COLUMNS = [
+    "condition",
+    "run",
+    "model",
+    "perturbation",
+    "step",
+    "trait",
+    "metric",
+    "drift",
+    "judge_score",
+    "n_scored",
+]
 AGREEMENT_COLUMNS = ["trait", "metric", "rho", "p_value", "n", "note"]
 
 
@@ -222,10 +271,10 @@ def trait_behaviour_points(
 ) -> pd.DataFrame:
     """One row per (label condition, trait): the checkpoint's drift along the trait and its mean judge score.
 
-    label_conditions: run -> step -> its label condition. Every run's step 0 is the base model's condition,
-    kept once."""
+    label_conditions: run -> step -> its label condition. Every run's step 0 is its base model's condition,
+    kept once (once per model when pooled over several)."""
     rows, seen = [], set()
-    for rec in table.to_dict("records"):
+    for rec in _with_model_column(table).to_dict("records"):
         run, step = rec["run"], int(rec["step"])
         cid = label_conditions.get(run, {}).get(step)
         if cid is None:
@@ -238,13 +287,14 @@ def trait_behaviour_points(
                 {
                     "condition": cid,
                     "run": run if step > 0 else "",
+                    "model": str(rec["model"]),
                     "perturbation": rec["perturbation"] if step > 0 else "(base model)",
                     "step": step,
                     "trait": trait,
                     "drift": float(rec[trait]),
                 }
             )
-    points = pd.DataFrame(rows, columns=["condition", "run", "perturbation", "step", "trait", "drift"])
+    points = pd.DataFrame(rows, columns=["condition", "run", "model", "perturbation", "step", "trait", "drift"])
     merged = points.merge(scores, on=["condition", "trait"], how="left", validate="one_to_one")
     missing = merged["metric"].isna()
     if missing.any():

@@ -2,7 +2,8 @@
 PNG and a PDF. Inputs are the stage tables: a figure re-renders without any model, and
 one with nothing to show says so.
 
-`runs` maps run name -> {"perturbation", "role"}; drift tables are keyed by run name.
+`runs` maps run name -> {"perturbation", "role", and with several base models "model"}; drift tables are
+keyed by run name. Pooled over several models, a run's colour is its model and perturbation.
 """
 
 from __future__ import annotations
@@ -23,17 +24,29 @@ ROLE_STYLE = {
     "stress_long": ":",
     "stress_full": "-.",
     "stress_start": (0, (1, 3)),
+    "stress_model": (0, (5, 1, 1, 1)),
 }
 ROLE_LABELS = {
     "stress_long": "stress: longer",
     "stress_full": "stress: full fine-tune",
     "stress_start": "stress: from a misaligned run",
+    "stress_model": "stress: a model outside the fit",
 }
 
 
 def _colours(keys: Sequence[str]) -> dict[str, str]:
-    cmap = plt.get_cmap("tab10")
-    return {k: cmap(i % 10) for i, k in enumerate(sorted(set(keys)))}
+    cmap = plt.get_cmap("tab10" if len(set(keys)) <= 10 else "tab20")
+    n = cmap.N
+    return {k: cmap(i % n) for i, k in enumerate(sorted(set(keys)))}
+
+
+def _several_models(models) -> bool:
+    return len({str(m) for m in models if m is not None and m == m}) > 1  # m == m: not NaN
+
+
+def _run_key(spec: Mapping, several: bool) -> str:
+    """A run's colour key: its perturbation, prefixed by its model when runs come from several models."""
+    return f"{spec.get('model')}: {spec['perturbation']}" if several else str(spec["perturbation"])
 
 
 def pc1_drift(tables: Mapping[str, pd.DataFrame], runs: Mapping[str, dict], pc1: dict, png_path, pdf_path) -> None:
@@ -43,10 +56,11 @@ def pc1_drift(tables: Mapping[str, pd.DataFrame], runs: Mapping[str, dict], pc1:
     if not tables or not pc1.get("loadings"):
         save_figure(_message_figure(title, "No monitor runs."), png_path, pdf_path)
         return
-    colours = _colours([r["perturbation"] for r in runs.values()])
+    several = _several_models(r.get("model") for r in runs.values())
+    colours = _colours([_run_key(r, several) for r in runs.values()])
     fig, (ax, ax_em) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
     for name, t in tables.items():
-        c, ls = colours[runs[name]["perturbation"]], ROLE_STYLE.get(runs[name]["role"], "-")
+        c, ls = colours[_run_key(runs[name], several)], ROLE_STYLE.get(runs[name]["role"], "-")
         ax.plot(t["step"], np.abs(pc1_projection(t, pc1["loadings"])), color=c, ls=ls, marker="o", ms=3)
         ax_em.plot(t["step"], 100 * t["em_rate"], color=c, ls=ls, marker="s", ms=3)
     ax.set_ylabel("|PC1 drift|")
@@ -157,8 +171,9 @@ def pc1_loadings(pc1: dict, png_path, pdf_path) -> None:
     save_figure(fig, png_path, pdf_path)
 
 
-def trait_cosine(cosine: pd.DataFrame, layer: int, png_path, pdf_path) -> None:
-    """The 7x7 cosine matrix of the alignment directions at the monitored layer (Fig. 6)."""
+def trait_cosine(cosine: pd.DataFrame, layer: int, png_path, pdf_path, model: str | None = None) -> None:
+    """The 7x7 cosine matrix of the alignment directions at the monitored layer (Fig. 6), of one base model
+    (`model`, named in the title when given)."""
     names = list(cosine["trait"])
     m = cosine[names].to_numpy(float)
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -168,7 +183,7 @@ def trait_cosine(cosine: pd.DataFrame, layer: int, png_path, pdf_path) -> None:
             ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
-    ax.set_title(f"Cosine of the trait directions (layer {layer})")
+    ax.set_title(f"Cosine of the trait directions ({f'{model}, ' if model else ''}layer {layer})")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     save_figure(fig, png_path, pdf_path)
@@ -184,7 +199,9 @@ def lopo(table: pd.DataFrame, png_path, pdf_path) -> None:
             pdf_path,
         )
         return
-    cols = ["perturbation", "fnr", "fpr", "auroc", "n_runs", "n_checkpoints"]
+    several = "model" in table.columns and _several_models(table["model"])
+    cols = [*(["model"] if several else []), "perturbation", "fnr", "fpr", "auroc", "n_runs", "n_checkpoints"]
+    first = 2 if several else 1  # the label columns
 
     def cell(value, column: str) -> str:
         if not isinstance(value, float):
@@ -193,8 +210,8 @@ def lopo(table: pd.DataFrame, png_path, pdf_path) -> None:
             return "n/a (no EM checkpoint)" if column in ("fnr", "auroc") else "n/a (no benign checkpoint)"
         return f"{value:.2f}"
 
-    cells = [[r["perturbation"]] + [cell(r[c], c) for c in cols[1:]] for _, r in table.iterrows()]
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(cells) + 1.2))
+    cells = [[str(r[c]) for c in cols[:first]] + [cell(r[c], c) for c in cols[first:]] for _, r in table.iterrows()]
+    fig, ax = plt.subplots(figsize=(7 + first - 1, 0.4 * len(cells) + 1.2))
     ax.axis("off")
     ax.table(cellText=cells, colLabels=cols, loc="center").scale(1, 1.3)
     ax.set_title(title)
@@ -350,11 +367,12 @@ def severity_ordering(severity: pd.DataFrame, spearman: pd.DataFrame, png_path, 
     at = str(severity["at"].iloc[0])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     markers = {"calibration": "o", "held_out": "s"}
+    several = "model" in severity.columns and _several_models(severity["model"])
     for ax, (col, label) in zip(axes, (("pc1_abs", "|PC1 drift|"), ("trait_drift_norm", "‖7-D trait drift‖"))):
         for _, r in severity.iterrows():
             ax.scatter(r[col], 100 * r["em_rate"], marker=markers.get(r["role"], "o"), color="#4C72B0")
             ax.annotate(
-                str(r["perturbation"]),
+                f"{r['model']}: {r['perturbation']}" if several else str(r["perturbation"]),
                 (r[col], 100 * r["em_rate"]),
                 fontsize=7,
                 xytext=(3, 3),
@@ -387,6 +405,8 @@ def trait_behaviour(points: pd.DataFrame, agreement: pd.DataFrame, png_path, pdf
     ncol = 4
     nrow = int(np.ceil(len(traits) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow), squeeze=False)
+    if "model" in points.columns and _several_models(points["model"]):
+        points = points.assign(perturbation=points["model"].astype(str) + ": " + points["perturbation"].astype(str))
     colours = _colours(points["perturbation"])
     rho = {r["trait"]: _rho_text(r) for _, r in agreement.iterrows()}
     for ax, trait in zip(axes.flat, traits):

@@ -57,7 +57,8 @@ class Decision:
 class LiveMonitor:
     """A training-step callback `(step, loss, model) -> Decision | None` (None on unmeasured steps).
 
-    monitor: a monitor.TraitMonitor (load_monitor checks its base model and trait version).
+    monitor: a monitor.TraitMonitor (load_monitor checks that its models include this base model, and the
+      trait version).
     basis: the alignment directions at the monitor's layer [7, d], rows in `monitor.features` order.
     base_mean, base_norm: the step-0 measurement (drift.MeanActivation .mean and .mean_norm).
     measure: model -> mean last-token activation [d] over the measurement prompts at the layer
@@ -158,8 +159,9 @@ def build_live_monitor(
 ) -> LiveMonitor:
     """A LiveMonitor from the saved monitor and directions; `model` (before its first step) gives step 0.
 
-    The monitor and the directions must come from the same base model and trait
-    files (an EMLabError otherwise).
+    The directions must be this base model's, and the monitor fitted on a pool of
+    models that includes it (one model, or several pooled: it then reads this
+    model's layer), with the same trait files (an EMLabError otherwise).
     """
     from emlab.monitor.drift import measure
     from emlab.monitor.regressor import load_monitor

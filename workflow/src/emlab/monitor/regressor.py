@@ -14,7 +14,8 @@ its own EM rate > tau. Intervals come from a cluster bootstrap over runs.
 
 Serialisation: skops (a declarative format: loading builds only the listed
 sklearn/numpy types and runs no code, unlike pickle/joblib), plus a JSON
-sidecar naming the feature columns, layer, trait-file version and base model.
+sidecar naming the feature columns, layer, trait-file version and base model, or, for a monitor
+pooled over several base models, each of them with its layer (`models`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from emlab.core.errors import EMLabError
 
 ID_COLUMNS = ("run", "perturbation", "step", "em_rate")
 SCALAR_BASELINES = ("drift_norm", "train_loss", "delta_w_norm")
+FULL_DELTA_SETS = ("pca7_full",)  # feature sets read from the full Δh̄ [rows, d]: one model width only
 TRUSTED_TYPES = [
     "sklearn.ensemble._forest.RandomForestRegressor",
     "sklearn.tree._classes.DecisionTreeRegressor",
@@ -405,14 +407,22 @@ def basis_stability(
 def leave_one_perturbation_out(
     calibration: DriftData, traits: Sequence[str], settings: MonitorSettings, feature_set: str = "alignment_7d"
 ) -> pd.DataFrame:
-    """Within calibration: fit without one perturbation, evaluate on it (NaN where a class is absent)."""
+    """Within calibration: fit without one (model, perturbation), evaluate on it (NaN where a class is absent).
+
+    lopo.csv: model, perturbation, feature_set, the metrics. In a study of one base model this leaves out one
+    perturbation at a time; pooled over several, one model's runs of a perturbation, the other models' runs of
+    the same perturbation staying in the fit. A table without a `model` column is one model's (`default`)."""
+    from emlab.plan.models import DEFAULT_KEY
+
+    t = calibration.table
+    model = t["model"].astype(str) if "model" in t.columns else pd.Series(DEFAULT_KEY, index=t.index)
     rows = []
-    for pert in sorted(calibration.table["perturbation"].unique()):
-        held = (calibration.table["perturbation"] == pert).to_numpy()
+    for m, pert in sorted(set(zip(model, t["perturbation"].astype(str)))):
+        held = ((model == m) & (t["perturbation"].astype(str) == pert)).to_numpy()
         metrics, _ = evaluate_feature_set(
             feature_set, calibration.subset(~held), calibration.subset(held), traits, settings
         )
-        rows.append({"perturbation": pert, **metrics})
+        rows.append({"model": m, "perturbation": pert, **metrics})
     return pd.DataFrame(rows)
 
 
@@ -475,15 +485,40 @@ def step_aware_alarm(
 
 
 @dataclass(frozen=True)
+class FittedModel:
+    """One base model whose calibration runs a saved monitor was fitted on (a pooled monitor has several)."""
+
+    key: str  # the config's model key (`default` for the short form base_model)
+    model_id: str  # its source (HF id or folder), as directions.json's model_id
+    layer: int  # the layer its drift was read at (layers may differ between models)
+    family: str | None = None
+    size_b: float | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "key": self.key,
+            "model_id": self.model_id,
+            "layer": int(self.layer),
+            "family": self.family,
+            "size_b": self.size_b,
+        }
+
+
+@dataclass(frozen=True)
 class TraitMonitor:
-    """A fitted monitor and what it was fitted for."""
+    """A fitted monitor and what it was fitted for.
+
+    `layer` and `base_model` are those of the one model it is used on: after load_monitor, the model it was
+    loaded for; for a monitor pooled over models whose layers differ, None until then. `models` lists every
+    model of the pool (empty for a monitor saved before pooling)."""
 
     regressor: object  # sklearn RandomForestRegressor
     features: tuple[str, ...]  # drift-table columns, in order (the alignment trait names)
-    layer: int
+    layer: int | None
     trait_version: str
-    base_model: str
+    base_model: str | None
     tau: float
+    models: tuple[FittedModel, ...] = ()
 
     def predict(self, table: pd.DataFrame) -> np.ndarray:
         return predict(self.regressor, _columns(table, self.features, "monitor"))
@@ -509,11 +544,33 @@ def fit_monitor(
     layer: int,
     trait_version: str,
     base_model: str,
+    key: str = "",
 ) -> TraitMonitor:
-    """The alignment_7d monitor on all calibration runs."""
+    """The alignment_7d monitor on all calibration runs of one base model."""
     check_calibration(calibration, settings.tau)
     reg = fit_regressor(_columns(calibration.table, traits, "monitor"), calibration.em, settings)
-    return TraitMonitor(reg, tuple(traits), int(layer), trait_version, base_model, float(settings.tau))
+    models = (FittedModel(key, base_model, int(layer)),)
+    return TraitMonitor(reg, tuple(traits), int(layer), trait_version, base_model, float(settings.tau), models)
+
+
+def pooled_monitor(
+    regressor, traits: Sequence[str], trait_version: str, models: Sequence[FittedModel], tau: float
+) -> TraitMonitor:
+    """A fitted regressor as the saved monitor of the models it was fitted on: `layer` and `base_model` set
+    when they are one (one model, or models sharing a layer), else None (load_monitor picks the model's)."""
+    if not models:
+        raise EMLabError("monitor: a saved monitor needs at least one model it was fitted on")
+    layers = {int(m.layer) for m in models}
+    ids = {m.model_id for m in models}
+    return TraitMonitor(
+        regressor,
+        tuple(traits),
+        layers.pop() if len(layers) == 1 else None,
+        trait_version,
+        ids.pop() if len(ids) == 1 else None,
+        float(tau),
+        tuple(models),
+    )
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -522,7 +579,10 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 
 def save_monitor(monitor: TraitMonitor, path: str | os.PathLike) -> None:
-    """`path` (skops) + `path`.json (format, features, layer, trait version, base model, tau)."""
+    """`path` (skops) + `path`.json (format, features, layer, trait version, base model, the pooled models, tau).
+
+    A monitor pooled over several models has `base_model` null (and `layer` null when their layers differ):
+    `models` lists each with its key, model id and layer."""
     import sklearn
     import skops.io as sio
 
@@ -542,14 +602,33 @@ def save_monitor(monitor: TraitMonitor, path: str | os.PathLike) -> None:
             "layer": monitor.layer,
             "trait_version": monitor.trait_version,
             "base_model": monitor.base_model,
+            "models": [m.to_json() for m in monitor.models],
             "tau": monitor.tau,
             "sklearn_version": sklearn.__version__,
         },
     )
 
 
+def fitted_models(meta: dict, where) -> tuple[FittedModel, ...]:
+    """The models a sidecar says its monitor was fitted on: `models`, or (a monitor saved before pooling) its
+    one `base_model` and `layer`."""
+    entries = meta.get("models") or []
+    if not entries:
+        if meta.get("base_model") is None or meta.get("layer") is None:
+            raise EMLabError(f"monitor sidecar {where} names no base model (neither `models` nor `base_model`)")
+        return (FittedModel("", str(meta["base_model"]), int(meta["layer"])),)
+    try:
+        return tuple(
+            FittedModel(str(e["key"]), str(e["model_id"]), int(e["layer"]), e.get("family"), e.get("size_b"))
+            for e in entries
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EMLabError(f"monitor sidecar {where}: a `models` entry lacks key, model_id or layer ({exc})") from None
+
+
 def load_monitor(path: str | os.PathLike, base_model: str, trait_version: str) -> TraitMonitor:
-    """A saved monitor, refusing one fitted for another base model or trait-file version.
+    """A saved monitor for use on `base_model`, refusing one whose pool of models does not include it, or one
+    fitted with another trait-file version. The monitor returned reads that model's layer.
 
     Loads only the TRUSTED_TYPES (skops builds objects from data; any other type is refused).
     """
@@ -566,10 +645,18 @@ def load_monitor(path: str | os.PathLike, base_model: str, trait_version: str) -
     need = {"format", "features", "layer", "trait_version", "base_model", "tau"}
     if not isinstance(meta, dict) or need - set(meta) or meta.get("format") != FORMAT:
         raise EMLabError(f"monitor sidecar {side} is not a {FORMAT} file (keys {sorted(need)} expected)")
-    if meta["base_model"] != base_model:
+    fitted = fitted_models(meta, side)
+    mine = [m for m in fitted if m.model_id == base_model]
+    if not mine:
+        ids = ", ".join(f"`{m.model_id}`" for m in fitted)
         raise EMLabError(
-            f"monitor {path} was fitted on base model `{meta['base_model']}`, not `{base_model}`; "
-            "trait directions differ between models, so recalibrate on this model"
+            f"monitor {path} was fitted on base model{'s' if len(fitted) > 1 else ''} {ids}, not `{base_model}`; "
+            "trait directions differ between models, so recalibrate with this model among the monitor's models"
+        )
+    if len({m.layer for m in mine}) > 1:
+        raise EMLabError(
+            f"monitor {path} lists `{base_model}` under several keys with different layers "
+            f"({', '.join(f'{m.key}: {m.layer}' for m in mine)}); it cannot tell which layer to read"
         )
     if meta["trait_version"] != trait_version:
         raise EMLabError(
@@ -592,8 +679,9 @@ def load_monitor(path: str | os.PathLike, base_model: str, trait_version: str) -
     return TraitMonitor(
         regressor,
         tuple(meta["features"]["columns"]),
-        int(meta["layer"]),
+        int(mine[0].layer),
         meta["trait_version"],
-        meta["base_model"],
+        base_model,
         float(meta["tau"]),
+        fitted,
     )

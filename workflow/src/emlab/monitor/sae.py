@@ -87,14 +87,19 @@ def select_features(drift: np.ndarray, em_rate: np.ndarray, k: int) -> pd.DataFr
     )
 
 
-def read_sae_drift(delta_paths, runs: Sequence[str], layer: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_sae_drift(
+    delta_paths, runs: Sequence[str], layer: int, only: Sequence[str] | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every run's Δh̄ at the SAE's layer and its steps (the `delta_sae` of rule trait_drift), keyed by the run id
-    each file carries."""
+    each file carries; with `only`, of those runs alone (the SAE's model's: the files of `runs` are all read and
+    checked, and another model's runs, the stress-arm models' say, need no drift at the SAE's layer)."""
     from emlab.core.keyed import tensors_by_id
     from emlab.model.tensors import load_tensors
 
     out = {}
     for run, (tensors, meta) in tensors_by_id(delta_paths, "run", runs, "monitor drift Δh̄ files", load_tensors).items():
+        if only is not None and run not in only:
+            continue
         if "delta_sae" not in tensors or str(meta.get("sae_layer")) != str(layer):
             raise EMLabError(
                 f"monitor run {run}: its Δh̄ file holds no drift at the SAE's layer {layer} (sae_layer "

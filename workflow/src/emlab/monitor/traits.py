@@ -324,9 +324,12 @@ class TraitDirections:
     # [2, L, T_a, d]: the alignment directions of two disjoint halves of each trait's system prompts
     # (half_directions; prompt-basis stability, config monitor.basis_stability); None in older files
     alignment_halves: torch.Tensor | None = None
+    # the config's key of the base model (`default` for base_model:), so a reader of several models' directions
+    # matches each file by the key it carries; None in files written before studies of several models
+    model_key: str | None = None
 
     def metadata(self) -> dict:
-        """The JSON sidecar: chosen layer, per-layer scores, trait version, model id."""
+        """The JSON sidecar: chosen layer, per-layer scores, trait version, model id and key."""
         return {
             "layer": self.layer,
             "n_layers": int(self.alignment.shape[0]),
@@ -337,6 +340,7 @@ class TraitDirections:
             "layer_separation": [float(x) for x in self.scores.separation],
             "trait_version": self.trait_version,
             "model_id": self.model_id,
+            **({} if self.model_key is None else {"model_key": self.model_key}),
         }
 
 
@@ -350,9 +354,10 @@ class DirectionSettings:
 
 
 def extract_directions(
-    model, tokenizer, trait_set: TraitSet, settings: DirectionSettings, model_id: str
+    model, tokenizer, trait_set: TraitSet, settings: DirectionSettings, model_id: str, model_key: str | None = None
 ) -> TraitDirections:
-    """Alignment and semantic directions at every layer, and the chosen layer (see choose_layer)."""
+    """Alignment and semantic directions at every layer, and the chosen layer (see choose_layer); `model_key`
+    (the config's key of the model) is stored with them."""
     align = trait_activations(model, tokenizer, trait_set.alignment, trait_set.questions, settings.batch_size)
     scores = layer_scores(align, settings.held_out_every)
     alignment = mean_diff_directions(align)
@@ -372,6 +377,7 @@ def extract_directions(
         trait_set.version,
         model_id,
         halves,
+        model_key,
     )
 
 
@@ -389,6 +395,7 @@ def save_directions(directions: TraitDirections, tensors_path: str | os.PathLike
         "semantic_traits": ",".join(directions.semantic_names),
         "trait_version": directions.trait_version,
         "model_id": directions.model_id,
+        **({} if directions.model_key is None else {"model_key": directions.model_key}),
     }
     with atomic_path(tensors_path, suffix=".safetensors") as tmp:
         tensors = {"alignment": directions.alignment.contiguous(), "semantic": directions.semantic.contiguous()}
@@ -428,6 +435,13 @@ def load_directions(tensors_path: str | os.PathLike, json_path: str | os.PathLik
                 raise EMLabError(f"trait directions {tensors_path}: no tensor `{k}` (found {sorted(keys)})")
         alignment, semantic = f.get_tensor("alignment"), f.get_tensor("semantic")
         halves = f.get_tensor("alignment_halves") if "alignment_halves" in keys else None
+        tensor_meta = f.metadata() or {}
+    for k in ("model_id", "model_key"):  # the two files of one extraction name the same model
+        if k in tensor_meta and meta.get(k) is not None and str(tensor_meta[k]) != str(meta[k]):
+            raise EMLabError(
+                f"trait directions {tensors_path} are of {k} `{tensor_meta[k]}`, {json_path} of `{meta[k]}`; "
+                "they come from different models: re-run trait_directions"
+            )
     scores = LayerScores(np.asarray(meta["layer_auroc"], float), np.asarray(meta["layer_separation"], float))
     return TraitDirections(
         alignment,
@@ -439,4 +453,5 @@ def load_directions(tensors_path: str | os.PathLike, json_path: str | os.PathLik
         meta["trait_version"],
         meta["model_id"],
         halves,
+        None if meta.get("model_key") is None else str(meta["model_key"]),
     )

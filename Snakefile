@@ -46,6 +46,7 @@ include: "rules/figures.smk"
 include: "rules/phase.smk"
 include: "rules/traits.smk"
 include: "rules/monitor.smk"
+include: "rules/cross_model.smk"
 
 
 rule all:

@@ -6,19 +6,19 @@ rule cache_activations:
     input:
         unpack(get_base_model_input),
         adapter=get_finetune_adapter,
-        responses=f"{RESULTS}/generations/{{finetune}}.parquet",
+        responses=f"{{mroot}}/generations/{{finetune}}.parquet",
     output:
-        tensors=f"{RESULTS}/activations/{{finetune}}.safetensors",
-        index=f"{RESULTS}/activations/{{finetune}}.index.parquet",
+        tensors=f"{{mroot}}/activations/{{finetune}}.safetensors",
+        index=f"{{mroot}}/activations/{{finetune}}.index.parquet",
     params:
-        base_model=BASE_MODEL_DIR,
+        base_model=get_base_model_dir,
         batch_size=canonical(config["activations"]["batch_size"]),
         device=config["device"],
         dtype=config["dtype"],
     log:
-        f"{RESULTS}/logs/activations/{{finetune}}.log",
+        f"{{mroot}}/logs/activations/{{finetune}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/activations/{{finetune}}.tsv"
+        f"{{mroot}}/benchmarks/activations/{{finetune}}.tsv"
     threads: config["threads"]
     resources:
         **model_resources(),

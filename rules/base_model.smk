@@ -4,7 +4,7 @@
 
 rule convert_base_model:
     output:
-        directory(f"{RESULTS}/base_model"),
+        directory(EMBEDDED_DIR),
     log:
         f"{RESULTS}/logs/convert_base_model.log",
     benchmark:

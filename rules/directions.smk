@@ -3,17 +3,17 @@
 
 rule mean_diff_directions:
     input:
-        tensors=f"{RESULTS}/activations/{{finetune}}.safetensors",
-        index=f"{RESULTS}/activations/{{finetune}}.index.parquet",
-        judgments=f"{RESULTS}/judgments/{{finetune}}.parquet",
+        tensors=f"{{mroot}}/activations/{{finetune}}.safetensors",
+        index=f"{{mroot}}/activations/{{finetune}}.index.parquet",
+        judgments=f"{{mroot}}/judgments/{{finetune}}.parquet",
     output:
-        vectors=f"{RESULTS}/directions/{{finetune}}.safetensors",
-        summary=f"{RESULTS}/directions/{{finetune}}.json",
+        vectors=f"{{mroot}}/directions/{{finetune}}.safetensors",
+        summary=f"{{mroot}}/directions/{{finetune}}.json",
     params:
         thresholds=canonical(config["directions"]),
         seed=canonical(config["seed"]),
     log:
-        f"{RESULTS}/logs/directions/{{finetune}}.log",
+        f"{{mroot}}/logs/directions/{{finetune}}.log",
     resources:
         mem_mb=2000,
         runtime=10,
@@ -25,13 +25,13 @@ rule mean_diff_directions:
 
 rule direction_cosines:
     input:
-        vectors=expand(f"{RESULTS}/directions/{{finetune}}.safetensors", finetune=DIRECTION_FINETUNES),
+        vectors=get_direction_cosine_vectors,
     output:
-        f"{RESULTS}/directions/cosine_by_layer.csv",
+        f"{{mroot}}/directions/cosine_by_layer.csv",
     params:
-        finetunes=DIRECTION_FINETUNES,
+        finetunes=get_direction_finetunes,
     log:
-        f"{RESULTS}/logs/directions/cosines.log",
+        f"{{mroot}}/logs/directions/cosines.log",
     resources:
         mem_mb=1000,
         runtime=10,
@@ -47,19 +47,19 @@ rule direction_cosines:
 
 rule semantic_directions:
     input:
-        tensors=f"{RESULTS}/activations/{{finetune}}.safetensors",
-        index=f"{RESULTS}/activations/{{finetune}}.index.parquet",
-        judgments=f"{RESULTS}/judgments/{{finetune}}.parquet",
+        tensors=f"{{mroot}}/activations/{{finetune}}.safetensors",
+        index=f"{{mroot}}/activations/{{finetune}}.index.parquet",
+        judgments=f"{{mroot}}/judgments/{{finetune}}.parquet",
     output:
-        vectors=f"{RESULTS}/directions/semantic/{{finetune}}/{{split}}.safetensors",
-        summary=f"{RESULTS}/directions/semantic/{{finetune}}/{{split}}.json",
+        vectors=f"{{mroot}}/directions/semantic/{{finetune}}/{{split}}.safetensors",
+        summary=f"{{mroot}}/directions/semantic/{{finetune}}/{{split}}.json",
     params:
         thresholds=canonical(config["directions"]),
         above=canonical(config["semantic_directions"]["above"]),
         top_quantile=canonical(config["semantic_directions"]["top_quantile"]),
         seed=canonical(config["seed"]),
     log:
-        f"{RESULTS}/logs/directions/semantic/{{finetune}}__{{split}}.log",
+        f"{{mroot}}/logs/directions/semantic/{{finetune}}__{{split}}.log",
     resources:
         mem_mb=2000,
         runtime=10,
@@ -74,11 +74,11 @@ rule semantic_cosines:
         general=get_semantic_general_vectors,
         semantic=get_semantic_vectors,
     output:
-        f"{RESULTS}/directions/semantic_cosine.csv",
+        f"{{mroot}}/directions/semantic_cosine.csv",
     params:
-        pairs=[list(k) for k in SEMANTIC_VECTORS],
+        pairs=get_semantic_pairs,
     log:
-        f"{RESULTS}/logs/directions/semantic_cosines.log",
+        f"{{mroot}}/logs/directions/semantic_cosines.log",
     resources:
         mem_mb=1000,
         runtime=10,

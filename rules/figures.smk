@@ -7,12 +7,12 @@
 
 rule figure_em_by_condition:
     input:
-        f"{RESULTS}/metrics/em_by_condition.csv",
+        f"{{mroot}}/metrics/em_by_condition.csv",
     output:
-        png=report(f"{RESULTS}/figures/em_by_condition.png", caption="../workflow/report/em_by_condition.rst", category="Emergent misalignment"),
-        pdf=f"{RESULTS}/figures/em_by_condition.pdf",
+        png=report(f"{{mroot}}/figures/em_by_condition.png", caption="../workflow/report/em_by_condition.rst", category="Emergent misalignment"),
+        pdf=f"{{mroot}}/figures/em_by_condition.pdf",
     log:
-        f"{RESULTS}/logs/figures/em_by_condition.log",
+        f"{{mroot}}/logs/figures/em_by_condition.log",
     resources:
         mem_mb=1000,
         runtime=5,
@@ -24,12 +24,12 @@ rule figure_em_by_condition:
 
 rule figure_steering_sweep:
     input:
-        f"{RESULTS}/metrics/em_by_condition.csv",
+        f"{{mroot}}/metrics/em_by_condition.csv",
     output:
-        png=report(f"{RESULTS}/figures/steering_sweep.png", caption="../workflow/report/steering_sweep.rst", category="Steering"),
-        pdf=f"{RESULTS}/figures/steering_sweep.pdf",
+        png=report(f"{{mroot}}/figures/steering_sweep.png", caption="../workflow/report/steering_sweep.rst", category="Steering"),
+        pdf=f"{{mroot}}/figures/steering_sweep.pdf",
     log:
-        f"{RESULTS}/logs/figures/steering_sweep.log",
+        f"{{mroot}}/logs/figures/steering_sweep.log",
     resources:
         mem_mb=1000,
         runtime=5,
@@ -41,12 +41,12 @@ rule figure_steering_sweep:
 
 rule figure_steering_metrics:
     input:
-        f"{RESULTS}/metrics/em_by_condition.csv",
+        f"{{mroot}}/metrics/em_by_condition.csv",
     output:
-        png=report(f"{RESULTS}/figures/steering_metrics.png", caption="../workflow/report/steering_metrics.rst", category="Steering"),
-        pdf=f"{RESULTS}/figures/steering_metrics.pdf",
+        png=report(f"{{mroot}}/figures/steering_metrics.png", caption="../workflow/report/steering_metrics.rst", category="Steering"),
+        pdf=f"{{mroot}}/figures/steering_metrics.pdf",
     log:
-        f"{RESULTS}/logs/figures/steering_metrics.log",
+        f"{{mroot}}/logs/figures/steering_metrics.log",
     resources:
         mem_mb=1000,
         runtime=5,
@@ -58,12 +58,12 @@ rule figure_steering_metrics:
 
 rule figure_ablation:
     input:
-        f"{RESULTS}/metrics/em_by_condition.csv",
+        f"{{mroot}}/metrics/em_by_condition.csv",
     output:
-        png=report(f"{RESULTS}/figures/ablation.png", caption="../workflow/report/ablation.rst", category="Ablation"),
-        pdf=f"{RESULTS}/figures/ablation.pdf",
+        png=report(f"{{mroot}}/figures/ablation.png", caption="../workflow/report/ablation.rst", category="Ablation"),
+        pdf=f"{{mroot}}/figures/ablation.pdf",
     log:
-        f"{RESULTS}/logs/figures/ablation.log",
+        f"{{mroot}}/logs/figures/ablation.log",
     resources:
         mem_mb=1000,
         runtime=5,
@@ -75,12 +75,12 @@ rule figure_ablation:
 
 rule figure_direction_cosine:
     input:
-        f"{RESULTS}/directions/cosine_by_layer.csv",
+        f"{{mroot}}/directions/cosine_by_layer.csv",
     output:
-        png=report(f"{RESULTS}/figures/direction_cosine.png", caption="../workflow/report/direction_cosine.rst", category="Directions"),
-        pdf=f"{RESULTS}/figures/direction_cosine.pdf",
+        png=report(f"{{mroot}}/figures/direction_cosine.png", caption="../workflow/report/direction_cosine.rst", category="Directions"),
+        pdf=f"{{mroot}}/figures/direction_cosine.pdf",
     log:
-        f"{RESULTS}/logs/figures/direction_cosine.log",
+        f"{{mroot}}/logs/figures/direction_cosine.log",
     resources:
         mem_mb=1000,
         runtime=5,
@@ -92,13 +92,13 @@ rule figure_direction_cosine:
 
 rule figure_semantic_vectors:
     input:
-        cosines=f"{RESULTS}/directions/semantic_cosine.csv",
-        metrics=f"{RESULTS}/metrics/em_by_condition.csv",
+        cosines=f"{{mroot}}/directions/semantic_cosine.csv",
+        metrics=f"{{mroot}}/metrics/em_by_condition.csv",
         judgments=get_semantic_steering_judgments,
     output:
-        rates=f"{RESULTS}/metrics/semantic_steering.csv",
-        png=report(f"{RESULTS}/figures/semantic_vectors.png", caption="../workflow/report/semantic_vectors.rst", category="Directions"),
-        pdf=f"{RESULTS}/figures/semantic_vectors.pdf",
+        rates=f"{{mroot}}/metrics/semantic_steering.csv",
+        png=report(f"{{mroot}}/figures/semantic_vectors.png", caption="../workflow/report/semantic_vectors.rst", category="Directions"),
+        pdf=f"{{mroot}}/figures/semantic_vectors.pdf",
     params:
         settings=canonical(config["figures"]["semantic_steering"]),
         thresholds=canonical({k: config["thresholds"][k] for k in
@@ -106,7 +106,7 @@ rule figure_semantic_vectors:
         above=canonical(config["semantic_directions"]["above"]),
         seed=config["seed"],
     log:
-        f"{RESULTS}/logs/figures/semantic_vectors.log",
+        f"{{mroot}}/logs/figures/semantic_vectors.log",
     resources:
         mem_mb=1000,
         runtime=5,
@@ -118,16 +118,15 @@ rule figure_semantic_vectors:
 
 rule figure_single_adapter:
     input:
-        b_cosine=expand(f"{RESULTS}/single_adapter/{{finetune}}/b_cosine.csv", finetune=list(SINGLE_ADAPTERS)),
-        convergence=expand(f"{RESULTS}/single_adapter/{{finetune}}/convergence.csv", finetune=list(SINGLE_ADAPTERS)),
-        metrics=f"{RESULTS}/metrics/em_by_condition.csv",
+        unpack(get_single_adapter_tables),
+        metrics=f"{{mroot}}/metrics/em_by_condition.csv",
     output:
-        png=report(f"{RESULTS}/figures/single_adapter.png", caption="../workflow/report/single_adapter.rst", category="Single adapter"),
-        pdf=f"{RESULTS}/figures/single_adapter.pdf",
+        png=report(f"{{mroot}}/figures/single_adapter.png", caption="../workflow/report/single_adapter.rst", category="Single adapter"),
+        pdf=f"{{mroot}}/figures/single_adapter.pdf",
     params:
-        finetunes=list(SINGLE_ADAPTERS),
+        finetunes=get_single_adapter_finetunes,
     log:
-        f"{RESULTS}/logs/figures/single_adapter.log",
+        f"{{mroot}}/logs/figures/single_adapter.log",
     resources:
         mem_mb=1000,
         runtime=5,

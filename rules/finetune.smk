@@ -9,11 +9,11 @@ rule finetune:
         train=get_finetune_train,
         eval=get_finetune_eval,
     output:
-        adapter=directory(f"{RESULTS}/finetunes/{{finetune}}/adapter"),
-        train_log=f"{RESULTS}/finetunes/{{finetune}}/train_log.csv",
-        summary=f"{RESULTS}/finetunes/{{finetune}}/summary.json",
+        adapter=directory(f"{{mroot}}/finetunes/{{finetune}}/adapter"),
+        train_log=f"{{mroot}}/finetunes/{{finetune}}/train_log.csv",
+        summary=f"{{mroot}}/finetunes/{{finetune}}/summary.json",
     params:
-        base_model=BASE_MODEL_DIR,
+        base_model=get_base_model_dir,
         # the lora spec with concrete layer indices; None for a full fine-tune
         lora=get_finetune_lora,
         training=get_finetune_training,
@@ -24,9 +24,9 @@ rule finetune:
         device=config["device"],
         dtype=config["dtype"],
     log:
-        f"{RESULTS}/logs/finetune/{{finetune}}.log",
+        f"{{mroot}}/logs/finetune/{{finetune}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/finetune/{{finetune}}.tsv"
+        f"{{mroot}}/benchmarks/finetune/{{finetune}}.tsv"
     threads: config["threads"]
     resources:
         **model_resources("finetune_runtime"),

@@ -18,22 +18,22 @@ rule generate:
     input:
         unpack(generation_inputs),
     output:
-        f"{RESULTS}/generations/{{condition}}.parquet",
+        f"{{mroot}}/generations/{{condition}}.parquet",
     wildcard_constraints:  # the monitor runs' checkpoint labels: rule monitor_labels__<run> (rules/traits.smk)
-        condition=one_of(UNBUNDLED_CONDITIONS),
+        condition=one_of(_all("unbundled")),
     params:
         condition=get_condition_id,
         spec=get_condition_spec,
-        base_model=BASE_MODEL_DIR,
+        base_model=get_base_model_dir,
         # the monitor's label conditions and scalar patching carry their own settings (emlab.plan.study)
         generation=get_generation_settings,
         seed=canonical(config["seed"]),
         device=config["device"],
         dtype=config["dtype"],
     log:
-        f"{RESULTS}/logs/generate/{{condition}}.log",
+        f"{{mroot}}/logs/generate/{{condition}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/generate/{{condition}}.tsv"
+        f"{{mroot}}/benchmarks/generate/{{condition}}.tsv"
     threads: config["threads"]
     resources:
         **model_resources(),

@@ -4,20 +4,20 @@
 
 rule judge:
     input:
-        responses=f"{RESULTS}/generations/{{condition}}.parquet",
+        responses=f"{{mroot}}/generations/{{condition}}.parquet",
         rubrics=get_condition_rubrics,
         judge_model=judge_model_input(),
     output:
-        f"{RESULTS}/judgments/{{condition}}.parquet",
+        f"{{mroot}}/judgments/{{condition}}.parquet",
     wildcard_constraints:  # the monitor runs' checkpoint labels: rule monitor_labels__<run> (rules/traits.smk)
-        condition=one_of(UNBUNDLED_CONDITIONS),
+        condition=one_of(_all("unbundled")),
     params:
         judge=get_condition_judge_params,
         device=config["device"],
     log:
-        f"{RESULTS}/logs/judge/{{condition}}.log",
+        f"{{mroot}}/logs/judge/{{condition}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/judge/{{condition}}.tsv"
+        f"{{mroot}}/benchmarks/judge/{{condition}}.tsv"
     threads: config["threads"]
     resources:
         **(model_resources() if config["judge"]["backend"] == "hf" else {"mem_mb": 2000, "runtime": 600}),

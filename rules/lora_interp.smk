@@ -10,19 +10,19 @@ rule lora_scalars:
     input:
         unpack(get_base_model_input),
         adapter=get_lora_interp_adapter,
-        responses=f"{RESULTS}/generations/{{ft}}.parquet",
+        responses=f"{{mroot}}/generations/{{ft}}.parquet",
     output:
-        tensors=f"{RESULTS}/lora_interp/{{ft}}/scalars.safetensors",
-        tokens=f"{RESULTS}/lora_interp/{{ft}}/tokens.parquet",
+        tensors=f"{{mroot}}/lora_interp/{{ft}}/scalars.safetensors",
+        tokens=f"{{mroot}}/lora_interp/{{ft}}/tokens.parquet",
     params:
-        base_model=BASE_MODEL_DIR,
+        base_model=get_base_model_dir,
         capture=canonical(config["lora_interp"]["capture"]),
         device=config["device"],
         dtype=config["dtype"],
     log:
-        f"{RESULTS}/logs/lora_interp/{{ft}}/scalars.log",
+        f"{{mroot}}/logs/lora_interp/{{ft}}/scalars.log",
     benchmark:
-        f"{RESULTS}/benchmarks/lora_interp/{{ft}}/scalars.tsv"
+        f"{{mroot}}/benchmarks/lora_interp/{{ft}}/scalars.tsv"
     threads: config["threads"]
     resources:
         **model_resources(),
@@ -34,13 +34,13 @@ rule lora_scalars:
 
 rule lora_sets:
     input:
-        judgments=f"{RESULTS}/judgments/{{ft}}.parquet",
+        judgments=f"{{mroot}}/judgments/{{ft}}.parquet",
     output:
-        sets=f"{RESULTS}/lora_interp/{{ft}}/sets.json",
+        sets=f"{{mroot}}/lora_interp/{{ft}}/sets.json",
     params:
         sets=canonical(config["lora_interp"]["sets"]),
     log:
-        f"{RESULTS}/logs/lora_interp/{{ft}}/sets.log",
+        f"{{mroot}}/logs/lora_interp/{{ft}}/sets.log",
     conda:
         ENV
     script:
@@ -49,24 +49,24 @@ rule lora_sets:
 
 rule lora_probes:
     input:
-        tensors=f"{RESULTS}/lora_interp/{{ft}}/scalars.safetensors",
-        tokens=f"{RESULTS}/lora_interp/{{ft}}/tokens.parquet",
-        judgments=f"{RESULTS}/judgments/{{ft}}.parquet",
-        sets=f"{RESULTS}/lora_interp/{{ft}}/sets.json",
+        tensors=f"{{mroot}}/lora_interp/{{ft}}/scalars.safetensors",
+        tokens=f"{{mroot}}/lora_interp/{{ft}}/tokens.parquet",
+        judgments=f"{{mroot}}/judgments/{{ft}}.parquet",
+        sets=f"{{mroot}}/lora_interp/{{ft}}/sets.json",
     output:
-        probes=f"{RESULTS}/lora_interp/{{ft}}/probes.csv",
-        coefficients=f"{RESULTS}/lora_interp/{{ft}}/coefficients.csv",
-        roles=f"{RESULTS}/lora_interp/{{ft}}/roles.json",
+        probes=f"{{mroot}}/lora_interp/{{ft}}/probes.csv",
+        coefficients=f"{{mroot}}/lora_interp/{{ft}}/coefficients.csv",
+        roles=f"{{mroot}}/lora_interp/{{ft}}/roles.json",
     params:
         sets=canonical(config["lora_interp"]["sets"]),
         probes=lora_probe_params(),
         roles=canonical(config["lora_interp"]["roles"]),
-        n_layers=N_LAYERS,
+        n_layers=get_n_layers,
         adapter_reference_layers=get_adapter_reference_layers,
     log:
-        f"{RESULTS}/logs/lora_interp/{{ft}}/probes.log",
+        f"{{mroot}}/logs/lora_interp/{{ft}}/probes.log",
     benchmark:
-        f"{RESULTS}/benchmarks/lora_interp/{{ft}}/probes.tsv"
+        f"{{mroot}}/benchmarks/lora_interp/{{ft}}/probes.tsv"
     threads: 1
     conda:
         ENV
@@ -76,19 +76,19 @@ rule lora_probes:
 
 rule figure_lora_interp:
     input:
-        probes=f"{RESULTS}/lora_interp/{{ft}}/probes.csv",
-        coefficients=f"{RESULTS}/lora_interp/{{ft}}/coefficients.csv",
+        probes=f"{{mroot}}/lora_interp/{{ft}}/probes.csv",
+        coefficients=f"{{mroot}}/lora_interp/{{ft}}/coefficients.csv",
     output:
-        table_png=report(f"{RESULTS}/figures/lora_interp/{{ft}}/probe_table.png",
+        table_png=report(f"{{mroot}}/figures/lora_interp/{{ft}}/probe_table.png",
                          caption="../workflow/report/lora_probe_table.rst", category="LoRA scalars",
                          subcategory="{ft}"),
-        table_pdf=f"{RESULTS}/figures/lora_interp/{{ft}}/probe_table.pdf",
-        coef_png=report(f"{RESULTS}/figures/lora_interp/{{ft}}/coefficients.png",
+        table_pdf=f"{{mroot}}/figures/lora_interp/{{ft}}/probe_table.pdf",
+        coef_png=report(f"{{mroot}}/figures/lora_interp/{{ft}}/coefficients.png",
                         caption="../workflow/report/lora_coefficients.rst", category="LoRA scalars",
                         subcategory="{ft}"),
-        coef_pdf=f"{RESULTS}/figures/lora_interp/{{ft}}/coefficients.pdf",
+        coef_pdf=f"{{mroot}}/figures/lora_interp/{{ft}}/coefficients.pdf",
     log:
-        f"{RESULTS}/logs/figures/lora_interp/{{ft}}.log",
+        f"{{mroot}}/logs/figures/lora_interp/{{ft}}.log",
     resources:
         mem_mb=1000,
         runtime=5,
@@ -100,19 +100,19 @@ rule figure_lora_interp:
 
 rule lora_token_view:
     input:
-        tensors=f"{RESULTS}/lora_interp/{{ft}}/scalars.safetensors",
-        tokens=f"{RESULTS}/lora_interp/{{ft}}/tokens.parquet",
-        responses=f"{RESULTS}/generations/{{ft}}.parquet",
-        judgments=f"{RESULTS}/judgments/{{ft}}.parquet",
-        sets=f"{RESULTS}/lora_interp/{{ft}}/sets.json",
+        tensors=f"{{mroot}}/lora_interp/{{ft}}/scalars.safetensors",
+        tokens=f"{{mroot}}/lora_interp/{{ft}}/tokens.parquet",
+        responses=f"{{mroot}}/generations/{{ft}}.parquet",
+        judgments=f"{{mroot}}/judgments/{{ft}}.parquet",
+        sets=f"{{mroot}}/lora_interp/{{ft}}/sets.json",
     output:
-        html=report(f"{RESULTS}/lora_interp/{{ft}}/token_view.html",
+        html=report(f"{{mroot}}/lora_interp/{{ft}}/token_view.html",
                     caption="../workflow/report/lora_token_view.rst", category="LoRA scalars", subcategory="{ft}"),
     params:
         sets=canonical(config["lora_interp"]["sets"]),
         per_set=config["lora_interp"]["token_view_examples"],
     log:
-        f"{RESULTS}/logs/lora_interp/{{ft}}/token_view.log",
+        f"{{mroot}}/logs/lora_interp/{{ft}}/token_view.log",
     resources:
         mem_mb=2000,
         runtime=5,
@@ -126,18 +126,18 @@ rule figure_adapter_steering:
     input:
         judgments=get_adapter_steering_judgments,
     output:
-        rates=f"{RESULTS}/lora_interp/adapter_steering.csv",
-        png=report(f"{RESULTS}/figures/adapter_steering.png", caption="../workflow/report/adapter_steering.rst",
+        rates=f"{{mroot}}/lora_interp/adapter_steering.csv",
+        png=report(f"{{mroot}}/figures/adapter_steering.png", caption="../workflow/report/adapter_steering.rst",
                    category="LoRA scalars"),
-        pdf=f"{RESULTS}/figures/adapter_steering.pdf",
+        pdf=f"{{mroot}}/figures/adapter_steering.pdf",
     params:
-        conditions=adapter_steering_figure_conditions(),
-        cases=adapter_steering_cases(),
+        conditions=get_adapter_steering_conditions,
+        cases=get_adapter_steering_cases,
         thresholds=canonical(config["thresholds"]),
         sets=canonical(config["lora_interp"]["sets"]),
         seed=config["seed"],
     log:
-        f"{RESULTS}/logs/figures/adapter_steering.log",
+        f"{{mroot}}/logs/figures/adapter_steering.log",
     resources:
         mem_mb=1000,
         runtime=5,
@@ -152,10 +152,10 @@ rule figure_scalar_patching:
         judgments=get_scalar_patching_judgments,
         medical_questions=repo_path(config["lora_interp"]["patching"]["medical_questions"]),
     output:
-        rates=f"{RESULTS}/lora_interp/{{ft}}/patching.csv",
-        png=report(f"{RESULTS}/figures/lora_interp/{{ft}}/patching.png",
+        rates=f"{{mroot}}/lora_interp/{{ft}}/patching.csv",
+        png=report(f"{{mroot}}/figures/lora_interp/{{ft}}/patching.png",
                    caption="../workflow/report/scalar_patching.rst", category="LoRA scalars", subcategory="{ft}"),
-        pdf=f"{RESULTS}/figures/lora_interp/{{ft}}/patching.pdf",
+        pdf=f"{{mroot}}/figures/lora_interp/{{ft}}/patching.pdf",
     params:
         conditions=get_scalar_patching_conditions,
         pairs=get_scalar_patching_pairs,
@@ -163,7 +163,7 @@ rule figure_scalar_patching:
         sets=canonical(config["lora_interp"]["sets"]),
         seed=config["seed"],
     log:
-        f"{RESULTS}/logs/figures/lora_interp/{{ft}}_patching.log",
+        f"{{mroot}}/logs/figures/lora_interp/{{ft}}_patching.log",
     resources:
         mem_mb=1000,
         runtime=5,

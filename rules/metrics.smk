@@ -5,16 +5,16 @@
 rule em_metrics:
     input:
         # in plan order: the row order of the tables
-        judgments=expand(f"{RESULTS}/judgments/{{condition}}.parquet", condition=list(CONDITIONS)),
+        judgments=get_condition_judgments,
     output:
-        by_condition=f"{RESULTS}/metrics/em_by_condition.csv",
-        by_question=f"{RESULTS}/metrics/em_by_question.csv",
+        by_condition=f"{{mroot}}/metrics/em_by_condition.csv",
+        by_question=f"{{mroot}}/metrics/em_by_question.csv",
     params:
-        conditions=condition_table(),
+        conditions=get_condition_table,
         thresholds=canonical(config["thresholds"]),
         seed=canonical(config["seed"]),
     log:
-        f"{RESULTS}/logs/metrics/em_metrics.log",
+        f"{{mroot}}/logs/metrics/em_metrics.log",
     resources:
         mem_mb=2000,
         runtime=10,

@@ -9,11 +9,14 @@ MONITOR_FIGURES += ["matched_pairs", "severity", "trait_behaviour"]  # drift geo
 
 rule monitor_train_evaluate:
     input:
-        tables=[f"{MONITOR_DIR}/drift/{run}.csv" for run in MONITOR_RUNS],
-        deltas=[f"{MONITOR_DIR}/drift/{run}.safetensors" for run in MONITOR_RUNS],
-        meta=f"{TRAITS_DIR}/directions.json",
+        # every model's runs, each file under its model's root (the monitor is fitted on the pooled runs)
+        tables=[drift_path(run) for run in MONITOR_RUNS],
+        deltas=[drift_path(run, ".safetensors") for run in MONITOR_RUNS],
+        # each monitored model's trait directions (they carry its key)
+        metas=[f"{p.root}/traits/directions.json" for p in MODELS.values() if p.monitor_runs],
         # the prompt-half directions, for their per-trait cosines (monitor.basis_stability)
-        **({"tensors": f"{TRAITS_DIR}/directions.safetensors"} if config["monitor"]["basis_stability"] else {}),
+        **({"tensors": [f"{p.root}/traits/directions.safetensors" for p in MODELS.values() if p.monitor_runs]}
+           if config["monitor"]["basis_stability"] else {}),
         **sae_inputs(),  # monitor.sae: cfg.json and sae_weights.safetensors, or nothing
     output:
         evaluation=f"{MONITOR_DIR}/evaluation.csv",
@@ -22,6 +25,8 @@ rule monitor_train_evaluate:
         **({"basis_stability": f"{MONITOR_DIR}/basis_stability.csv", "basis_cosine": f"{MONITOR_DIR}/basis_cosine.csv"}
            if config["monitor"]["basis_stability"] else {}),
         lopo=f"{MONITOR_DIR}/lopo.csv",
+        # the pooled monitor and each model's own, on each model's held-out rows and on all of them
+        evaluation_by_model=f"{MONITOR_DIR}/evaluation_by_model.csv",
         tau_sweep=f"{MONITOR_DIR}/tau_sweep.csv",
         alarm_steps=f"{MONITOR_DIR}/alarm_steps.csv",
         alarm_runs=f"{MONITOR_DIR}/alarm_runs.csv",
@@ -31,14 +36,16 @@ rule monitor_train_evaluate:
         monitor=f"{MONITOR_DIR}/monitor.skops",
         sidecar=f"{MONITOR_DIR}/monitor.skops.json",
     params:
-        runs=canonical({name: {"perturbation": run.dataset, "role": run.role} for name, run in MONITOR_RUNS.items()}),
+        runs=monitor_run_params(MONITOR_RUNS),
+        models=model_params(),
         monitor=canonical({**config["monitor"]["regressor"], "seed": config["seed"], "tau": config["monitor"]["tau"],
                            "n_bootstrap": config["monitor"]["n_bootstrap"], "ci": config["monitor"]["ci"]}),
         tau_sweep=canonical(config["monitor"]["tau_sweep"]),
         require_both_classes=config["monitor"]["require_both_classes"],
         regressor_comparison=canonical(config["monitor"]["regressor_comparison"]),
         basis_stability=config["monitor"]["basis_stability"],
-        sae=canonical({"n_features": config["monitor"]["sae"]["n_features"]}),
+        sae=canonical({"n_features": config["monitor"]["sae"]["n_features"],
+                       **({"model": sae_model(config)} if MULTI else {})}),  # the model the SAE reads
     log:
         f"{RESULTS}/logs/monitor/train_evaluate.log",
     benchmark:
@@ -57,8 +64,8 @@ rule monitor_train_evaluate:
 # that trait on the label responses (with monitor.analyses.trait_judges; their judgments, read by name).
 rule monitor_analyses:
     input:
-        tables=[f"{MONITOR_DIR}/drift/{run}.csv" for run in analysis_runs()],
-        meta=f"{TRAITS_DIR}/directions.json",
+        tables=[drift_path(run) for run in analysis_runs()],
+        metas=[f"{p.root}/traits/directions.json" for p in MODELS.values() if p.monitor_runs],
         pc1=f"{MONITOR_DIR}/pc1.json",
         judgments=trait_judge_inputs(),
     output:
@@ -68,8 +75,8 @@ rule monitor_analyses:
         trait_points=f"{MONITOR_DIR}/trait_behaviour_points.csv",
         trait_behaviour=f"{MONITOR_DIR}/trait_behaviour.csv",
     params:
-        runs=canonical({r: {"perturbation": MONITOR_RUNS[r].dataset, "role": MONITOR_RUNS[r].role}
-                        for r in analysis_runs()}),
+        runs=monitor_run_params(analysis_runs()),
+        models=model_params(),
         analyses=canonical(config["monitor"]["analyses"]),
         label_conditions=canonical(analysis_label_conditions()),
         trait_metrics=canonical({t: trait_judge_metric(t) for t in TRAIT_SET.alignment.names}),
@@ -86,9 +93,10 @@ rule monitor_analyses:
 
 rule figure_monitor:
     input:
-        tables=[f"{MONITOR_DIR}/drift/{run}.csv" for run in MONITOR_RUNS],
-        meta=f"{TRAITS_DIR}/directions.json",
-        cosine=f"{TRAITS_DIR}/cosine.csv",
+        tables=[drift_path(run) for run in MONITOR_RUNS],
+        # the first pooled model's trait directions and their cosines (the trait-cosine figure names it)
+        meta=f"{FIT_MODELS[0].root if FIT_MODELS else RESULTS}/traits/directions.json",
+        cosine=f"{FIT_MODELS[0].root if FIT_MODELS else RESULTS}/traits/cosine.csv",
         evaluation=f"{MONITOR_DIR}/evaluation.csv",
         lopo=f"{MONITOR_DIR}/lopo.csv",
         pc1=f"{MONITOR_DIR}/pc1.json",
@@ -103,7 +111,7 @@ rule figure_monitor:
                         category="Trait monitor") for name in MONITOR_FIGURES},
         **{f"{name}_pdf": f"{RESULTS}/figures/monitor/{name}.pdf" for name in MONITOR_FIGURES},
     params:
-        runs=canonical({name: {"perturbation": run.dataset, "role": run.role} for name, run in MONITOR_RUNS.items()}),
+        runs=monitor_run_params(MONITOR_RUNS),
         tau=canonical(config["monitor"]["tau"]),
         pair_tolerance=canonical(config["monitor"]["analyses"]["pair_tolerance"]),
     log:
@@ -119,8 +127,8 @@ rule figure_monitor:
 
 rule figure_live_monitor:
     input:
-        train_log=f"{RESULTS}/finetunes/{LIVE_RUN}/train_log.csv",
-        summary=f"{RESULTS}/finetunes/{LIVE_RUN}/summary.json",
+        train_log=f"{LIVE.root if LIVE else RESULTS}/finetunes/{LIVE_RUN}/train_log.csv",
+        summary=f"{LIVE.root if LIVE else RESULTS}/finetunes/{LIVE_RUN}/summary.json",
         sidecar=f"{MONITOR_DIR}/monitor.skops.json",
     output:
         png=report(f"{RESULTS}/figures/monitor/live.png", caption="../workflow/report/monitor_live.rst",

@@ -7,14 +7,14 @@
 
 rule export_checkpoint:
     input:
-        summary=f"{RESULTS}/finetunes/{{finetune}}/summary.json",
+        summary=f"{{mroot}}/finetunes/{{finetune}}/summary.json",
     output:
-        adapter=directory(f"{RESULTS}/finetunes/{{finetune}}/checkpoint_adapters/step-{{step}}"),
+        adapter=directory(f"{{mroot}}/finetunes/{{finetune}}/checkpoint_adapters/step-{{step}}"),
     params:
         checkpoint_dir=get_checkpoint_dir,
         step=get_checkpoint_step,
     log:
-        f"{RESULTS}/logs/phase/export_{{finetune}}_step{{step}}.log",
+        f"{{mroot}}/logs/phase/export_{{finetune}}_step{{step}}.log",
     resources:
         mem_mb=1000,
         runtime=10,
@@ -26,15 +26,15 @@ rule export_checkpoint:
 
 rule phase_rotation:
     input:
-        summary=f"{RESULTS}/finetunes/{{finetune}}/summary.json",
-        adapter=f"{RESULTS}/finetunes/{{finetune}}/adapter",
+        summary=f"{{mroot}}/finetunes/{{finetune}}/summary.json",
+        adapter=f"{{mroot}}/finetunes/{{finetune}}/adapter",
     output:
-        table=f"{RESULTS}/phase/{{finetune}}/rotation.csv",
-        summary=f"{RESULTS}/phase/{{finetune}}/rotation_summary.json",
+        table=f"{{mroot}}/phase/{{finetune}}/rotation.csv",
+        summary=f"{{mroot}}/phase/{{finetune}}/rotation_summary.json",
     params:
         checkpoint_dir=get_checkpoint_dir,
     log:
-        f"{RESULTS}/logs/phase/rotation_{{finetune}}.log",
+        f"{{mroot}}/logs/phase/rotation_{{finetune}}.log",
     resources:
         mem_mb=2000,
         runtime=10,
@@ -46,18 +46,18 @@ rule phase_rotation:
 
 rule figure_phase_transition:
     input:
-        rotation=f"{RESULTS}/phase/{{finetune}}/rotation.csv",
-        summary=f"{RESULTS}/phase/{{finetune}}/rotation_summary.json",
-        em=f"{RESULTS}/metrics/em_by_condition.csv",
+        rotation=f"{{mroot}}/phase/{{finetune}}/rotation.csv",
+        summary=f"{{mroot}}/phase/{{finetune}}/rotation_summary.json",
+        em=f"{{mroot}}/metrics/em_by_condition.csv",
     output:
-        png=report(f"{RESULTS}/figures/phase/{{finetune}}.png", caption="../workflow/report/phase_transition.rst",
+        png=report(f"{{mroot}}/figures/phase/{{finetune}}.png", caption="../workflow/report/phase_transition.rst",
                    category="Phase transitions", subcategory="{finetune}"),
-        pdf=f"{RESULTS}/figures/phase/{{finetune}}.pdf",
-        em_by_step=f"{RESULTS}/phase/{{finetune}}/em_by_step.csv",
+        pdf=f"{{mroot}}/figures/phase/{{finetune}}.pdf",
+        em_by_step=f"{{mroot}}/phase/{{finetune}}/em_by_step.csv",
     params:
         steps=get_phase_em_steps,
     log:
-        f"{RESULTS}/logs/figures/phase_{{finetune}}.log",
+        f"{{mroot}}/logs/figures/phase_{{finetune}}.log",
     resources:
         mem_mb=1000,
         runtime=5,

@@ -11,22 +11,22 @@ rule single_adapter_analysis:
         unpack(get_base_model_input),
         unpack(get_single_adapter_vectors),
         adapter=get_finetune_adapter,
-        responses=f"{RESULTS}/generations/{{finetune}}.parquet",
+        responses=f"{{mroot}}/generations/{{finetune}}.parquet",
     output:
-        b_cosine=f"{RESULTS}/single_adapter/{{finetune}}/b_cosine.csv",
-        convergence=f"{RESULTS}/single_adapter/{{finetune}}/convergence.csv",
-        summary=f"{RESULTS}/single_adapter/{{finetune}}/summary.json",
+        b_cosine=f"{{mroot}}/single_adapter/{{finetune}}/b_cosine.csv",
+        convergence=f"{{mroot}}/single_adapter/{{finetune}}/convergence.csv",
+        summary=f"{{mroot}}/single_adapter/{{finetune}}/summary.json",
     params:
-        base_model=BASE_MODEL_DIR,
+        base_model=get_base_model_dir,
         max_responses=canonical(config["single_adapter"]["convergence_max_responses"]),
         reference=get_single_adapter_reference,
         batch_size=canonical(config["activations"]["batch_size"]),
         device=config["device"],
         dtype=config["dtype"],
     log:
-        f"{RESULTS}/logs/single_adapter/{{finetune}}.log",
+        f"{{mroot}}/logs/single_adapter/{{finetune}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/single_adapter/{{finetune}}.tsv"
+        f"{{mroot}}/benchmarks/single_adapter/{{finetune}}.tsv"
     threads: config["threads"]
     resources:
         **model_resources(),
@@ -38,14 +38,14 @@ rule single_adapter_analysis:
 
 rule single_adapter_comparison:
     input:
-        summary=f"{RESULTS}/single_adapter/{{finetune}}/summary.json",
-        metrics=f"{RESULTS}/metrics/em_by_condition.csv",
+        summary=f"{{mroot}}/single_adapter/{{finetune}}/summary.json",
+        metrics=f"{{mroot}}/metrics/em_by_condition.csv",
     output:
-        table=f"{RESULTS}/single_adapter/{{finetune}}/comparison.csv",
+        table=f"{{mroot}}/single_adapter/{{finetune}}/comparison.csv",
     params:
         vectors=get_single_adapter_compared,
     log:
-        f"{RESULTS}/logs/single_adapter/{{finetune}}.comparison.log",
+        f"{{mroot}}/logs/single_adapter/{{finetune}}.comparison.log",
     resources:
         mem_mb=1000,
         runtime=5,

@@ -92,6 +92,12 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny_model"), tokenizer_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A 6-layer, 96-wide random Qwen2 + the same tokenizer: a second family of another depth and width."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_qwen"), tokenizer_dir, n_layers=6, hidden=96, family="qwen2")
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     """The tiny model loaded on CPU in float32, and its tokenizer; one torch thread."""

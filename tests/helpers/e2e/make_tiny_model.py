@@ -24,13 +24,21 @@ def save_tokenizer(out_dir: Path) -> Path:
     return export_embedded_tokenizer(out_dir)
 
 
-def make_tiny_model(out_dir: Path, tokenizer_dir: Path, n_layers: int = 4, hidden: int = 64, seed: int = 0) -> Path:
-    """A random Llama with the real tokenizer's vocabulary, saved to out_dir."""
+def make_tiny_model(
+    out_dir: Path, tokenizer_dir: Path, n_layers: int = 4, hidden: int = 64, seed: int = 0, family: str = "llama"
+) -> Path:
+    """A random Llama (or, family qwen2, a Qwen2: biased q/k/v projections) with the real tokenizer's
+    vocabulary, saved to out_dir."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+    if family not in ("llama", "qwen2"):
+        raise ValueError(f"family {family!r}: llama or qwen2")
+    config_class, model_class = (
+        (LlamaConfig, LlamaForCausalLM) if family == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    )
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    cfg = config_class(
         vocab_size=49152,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -43,7 +51,7 @@ def make_tiny_model(out_dir: Path, tokenizer_dir: Path, n_layers: int = 4, hidde
         pad_token_id=2,
         tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(cfg)
+    model = model_class(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     for f in Path(tokenizer_dir).iterdir():

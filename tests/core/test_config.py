@@ -32,16 +32,32 @@ def test_default_config_is_valid_and_filled(default_config):
 
 
 def test_paper_config_is_valid():
-    cfg = load_config(REPO_ROOT / "data" / "configs" / "paper.yaml")
-    assert cfg["base_model"]["num_layers"] == 48
-    assert lora_layers(cfg["finetunes"]["med_r1x9"]["lora"], 48) == [15, 16, 17, 21, 22, 23, 27, 28, 29]
+    from emlab.plan.models import base_models, check_models, model_view, monitor_models, monitor_role
     from emlab.plan.monitor import live_run, monitor_runs
 
-    runs = monitor_runs(cfg)  # 4 calibration + 3 held-out perturbations x 3 seeds, and 3 stress runs
-    assert len(runs) == 7 * 3 + 3 and runs["mon__gsm8k__s0__from_medical_bad"].start == "mon__medical_bad__s0"
-    assert runs["mon__medical_bad__s0__full"].full and runs["mon__medical_bad__s0"].checkpoint_steps[:2] == (10, 20)
-    assert runs["mon__medical_bad__s0"].checkpoint_steps[-1] == runs["mon__medical_bad__s0"].total_steps == 120
-    assert live_run(cfg)[0] == "mon__risky_financial__s0__live"
+    paper = load_config(REPO_ROOT / "data" / "configs" / "paper.yaml")
+    models = check_models(paper)
+    assert all(m.num_layers for m in models.values())  # planning needs no hub access
+    assert base_models(paper)["qwen14"].num_layers == 48
+    cfg = model_view(paper, "qwen14")  # the organism model of the single-model analyses
+    assert cfg["base_model"]["num_layers"] == 48 and cfg["steering"]["vectors"] == ["med_r1x9"]
+    assert lora_layers(cfg["finetunes"]["med_r1x9"]["lora"], 48) == [15, 16, 17, 21, 22, 23, 27, 28, 29]
+    small = model_view(paper, "qwen0_5")  # a grid model: the recipes only, no single-model analysis
+    assert sorted(small["finetunes"]) == ["med_all_r32", "med_full", "med_r1x9"]  # analysis_models: qwen14
+    assert small["steering"]["vectors"] == small["ablation"]["targets"] == small["lora_interp"]["finetunes"] == []
+
+    assert monitor_models(paper) == ["llama8", "mistral7", "qwen7", "gemma9"]
+    assert monitor_role(paper, "qwen14") == "stress" and monitor_role(paper, "qwen0_5") is None
+    # each fitted model: 4 calibration + 3 held-out perturbations x 3 seeds, and 3 stress runs
+    runs = monitor_runs(model_view(paper, "llama8"), "llama8")
+    assert len(runs) == 7 * 3 + 3
+    assert runs["mon__llama8__gsm8k__s0__from_medical_bad"].start == "mon__llama8__medical_bad__s0"
+    first = runs["mon__llama8__medical_bad__s0"]
+    assert runs["mon__llama8__medical_bad__s0__full"].full and first.checkpoint_steps[:2] == (10, 20)
+    assert first.checkpoint_steps[-1] == first.total_steps == 120
+    assert live_run(model_view(paper, "llama8"), "llama8")[0] == "mon__llama8__risky_financial__s0__live"
+    stress = monitor_runs(model_view(paper, "qwen14"), "qwen14", stress_arm=True)  # scored, never fitted on
+    assert len(stress) == 7 * 3 and {r.role for r in stress.values()} == {"stress_model"}
 
 
 @pytest.mark.parametrize(

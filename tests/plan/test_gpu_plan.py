@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from emlab.core.errors import EMLabError
 from emlab.plan.gpu import ModelShape, estimate_stages, format_plan, model_shape, plan_config
 
@@ -73,13 +76,60 @@ def test_paper_model_known_offline():
     assert "KV cache" in format_plan("Qwen/Qwen2.5-14B-Instruct", shape, stages, 2)
 
 
+PAPER = Path(__file__).resolve().parents[2] / "data" / "configs" / "paper.yaml"
+
+
 def test_plan_config_paper_and_errors(tmp_path):
-    from pathlib import Path
-
     from emlab.core.config import load_config
+    from emlab.plan.models import model_view
 
-    cfg = load_config(Path(__file__).resolve().parents[2] / "data" / "configs" / "paper.yaml")
-    shape, stages, nbytes = plan_config(cfg)
+    paper = load_config(PAPER)
+    with pytest.raises(EMLabError, match="plan_models"):  # the paper names its models under base_models
+        plan_config(paper)
+    shape, stages, nbytes = plan_config(model_view(paper, "qwen14"))  # its 14B as a one-model config
     assert nbytes == 2 and {s.stage for s in stages} >= {"generate", "cache_activations", "finetune", "lora_scalars"}
     with pytest.raises(EMLabError, match="cannot read the shape"):
         model_shape(str(tmp_path / "no-such-model"))
+
+
+def test_plan_models_one_row_per_base_model(tmp_path, capsys):
+    """The long form: each model planned on its own view, weights from memory_gb when set, a clear row
+    for a model whose shape is unknown."""
+    from emlab.core.config import load_config, validate_config
+    from emlab.plan.gpu import GIB, format_models, main, plan_models
+    from emlab.plan.models import model_view
+
+    paper = load_config(PAPER)
+    plans = {p.key: p for p in plan_models(paper)}
+    assert list(plans) == list(paper["base_models"])
+    assert all(p.stages and p.weights_gib for p in plans.values())  # every paper model's shape is known offline
+    _, one, _ = plan_config(model_view(paper, "qwen14"))
+    assert {s.stage: s.total_gib for s in one} == {k: s.total_gib for k, s in plans["qwen14"].stages.items()}
+    assert "lora_scalars" not in plans["qwen0_5"].stages  # only qwen14 runs the LoRA-interp study
+    assert plans["qwen32"].load.finetune == "med_full" and plans["qwen32"].load.trainable > 32e9
+    # a monitored model's finetune stage is its trait-monitor grid's largest run (the full stress run)
+    assert plans["llama8"].load.finetune == "mon__llama8__medical_bad__s0__full"
+
+    raw = yaml.safe_load(PAPER.read_text())
+    raw["base_models"].update(
+        given={"source": "Qwen/Qwen2.5-14B-Instruct", "num_layers": 48, "memory_gb": 40},
+        sized={"source": str(tmp_path / "no-such-model"), "num_layers": 8, "memory_gb": 10},
+        unknown={"source": str(tmp_path / "no-such-model"), "num_layers": 8},
+    )
+    extra = {p.key: p for p in plan_models(validate_config(raw))}
+    given, sized, unknown = extra["given"], extra["sized"], extra["unknown"]
+    assert given.weights_gib == pytest.approx(40e9 / GIB) and "memory_gb" in given.note
+    assert set(given.stages) == {"generate", "cache_activations"} and given.load is None  # no fine-tune
+    base = {s.stage: s for s in one}
+    for stage, est in given.stages.items():  # memory_gb replaces the weights, the rest is the shape's
+        assert est.total_gib == pytest.approx(base[stage].total_gib - base[stage].weights_gib + 40e9 / GIB)
+    assert sized.weights_gib == pytest.approx(10e9 / GIB) and not sized.stages and "memory_gb only" in sized.note
+    assert unknown.weights_gib is None and "no shape" in unknown.note and "base_models.unknown" in unknown.note
+    table = format_models(list(extra.values()), 2).splitlines()
+    assert len([line for line in table if line.split(" ")[0] in extra]) == len(extra)
+    row = next(line for line in table if line.startswith("unknown "))
+    assert "?" in row and "no shape" in row
+
+    assert main(["--configfile", str(PAPER)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" ")[0] for line in out[2 : 2 + len(plans)]] == list(plans)

@@ -26,12 +26,19 @@ computed from the architecture (no weights are loaded, nothing runs):
   and trainable parameters in fp32 with their gradient and two AdamW moments
   (16 bytes each).
 Attention scores are not counted: PyTorch's SDPA kernels on a GPU do not
-materialise [batch, heads, seq, seq].
+materialise [batch, heads, seq, seq]. The known shapes of Gemma 3 4B and up are
+their text decoder's: their vision tower (about 0.4B parameters) is not counted.
+
+A config with several base models (`base_models`) gets one row per model
+(`plan_models`): each model's own fine-tunes (its view of the config, with its
+trait-monitor runs), its weights from its shape or from
+`base_models.<key>.memory_gb` when that is set.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -200,24 +207,29 @@ def estimate_stages(
     ]
 
 
-def plan_config(cfg: dict) -> tuple[ModelShape, list[StageEstimate], int]:
-    """The estimate for a validated config: paper.yaml's 14B in bf16 unless its dtype says otherwise."""
-    from emlab.core.config import lora_layers, training_settings
-
-    source = cfg["base_model"]["source"]
-    if source == "embedded":
-        raise EMLabError(
-            "gpu plan: the embedded demo model needs no GPU plan; run it on a config with a GPU model "
-            "(e.g. --configfile data/configs/paper.yaml)"
-        )
-    shape = model_shape(source)
+def _dtype_bytes(cfg: dict) -> int:
     dtype = cfg["dtype"]
     dtype_bytes = DTYPE_BYTES.get("bf16" if dtype == "auto" else dtype)
     if dtype_bytes is None:
         raise EMLabError(f"gpu plan: dtype {dtype!r} is not one of auto, {', '.join(DTYPE_BYTES)}")
-    gen = cfg["generation"]
-    prompt_tokens = 600  # a generous chat prompt (system turn, question, template) before the answer
-    trainable, checkpointing, batch, length = 0, False, 1, 1
+    return dtype_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingLoad:
+    """What the finetune stage is sized for: the fine-tune with the most trainable parameters."""
+
+    finetune: str | None
+    trainable: int
+    gradient_checkpointing: bool
+    batch: int  # the largest micro-batch and length of any of the model's fine-tunes
+    length: int
+
+
+def training_load(cfg: dict, shape: ModelShape) -> TrainingLoad:
+    from emlab.core.config import lora_layers, training_settings
+
+    largest, trainable, checkpointing, batch, length = None, 0, False, 1, 1
     for name, ft in cfg["finetunes"].items():
         tr = training_settings(cfg, name)
         if ft["lora"] is None:
@@ -230,22 +242,116 @@ def plan_config(cfg: dict) -> tuple[ModelShape, list[StageEstimate], int]:
                 len(lora_layers(ft["lora"], shape.num_hidden_layers)),
             )
         if n >= trainable:
-            trainable, checkpointing = n, bool(tr["gradient_checkpointing"])
+            largest, trainable, checkpointing = name, n, bool(tr["gradient_checkpointing"])
         batch, length = max(batch, int(tr["per_device_batch_size"])), max(length, int(tr["max_length"]))
+    return TrainingLoad(largest, trainable, checkpointing, batch, length)
+
+
+def config_stages(cfg: dict, shape: ModelShape, dtype_bytes: int, load: TrainingLoad) -> list[StageEstimate]:
+    gen = cfg["generation"]
+    prompt_tokens = 600  # a generous chat prompt (system turn, question, template) before the answer
     total_tokens = prompt_tokens + int(gen["max_new_tokens"])
-    stages = estimate_stages(
+    return estimate_stages(
         shape,
         dtype_bytes=dtype_bytes,
         generation_batch=int(gen["batch_size"]),
         generation_tokens=total_tokens,
         activation_batch=int(cfg["activations"]["batch_size"]),
         activation_tokens=total_tokens,
-        train_batch=batch,
-        train_tokens=length,
-        trainable_parameters=trainable,
-        gradient_checkpointing=checkpointing,
+        train_batch=load.batch,
+        train_tokens=load.length,
+        trainable_parameters=load.trainable,
+        gradient_checkpointing=load.gradient_checkpointing,
     )
-    return shape, stages, dtype_bytes
+
+
+def plan_config(cfg: dict) -> tuple[ModelShape, list[StageEstimate], int]:
+    """The estimate for a validated one-model config (base_model), in bf16 unless its dtype says otherwise."""
+    from emlab.plan.models import is_multi
+
+    if is_multi(cfg):
+        raise EMLabError("gpu plan: the config names its models under base_models; plan them with plan_models")
+    source = cfg["base_model"]["source"]
+    if source == "embedded":
+        raise EMLabError(
+            "gpu plan: the embedded demo model needs no GPU plan; run it on a config with a GPU model "
+            "(e.g. --configfile data/configs/paper.yaml)"
+        )
+    shape = model_shape(source)
+    dtype_bytes = _dtype_bytes(cfg)
+    return shape, config_stages(cfg, shape, dtype_bytes, training_load(cfg, shape)), dtype_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelPlan:
+    """One base model's row of a several-model plan (GiB)."""
+
+    key: str
+    source: str
+    n_parameters: int | None  # from its shape; None when it is not known
+    weights_gib: float | None  # None: neither its shape nor memory_gb is known
+    stages: dict[str, StageEstimate]  # the stages this model runs (empty without a shape)
+    load: TrainingLoad | None  # its finetune stage's fine-tune (None: it fine-tunes nothing)
+    note: str  # where the weights come from when not from the shape, or why there is no estimate
+
+
+def plan_models(cfg: dict) -> list[ModelPlan]:
+    """One plan per base model of a validated config (either form), in config order.
+
+    Each model is planned on its own view of the config (emlab.plan.models.model_view) with its trait-monitor
+    runs registered, so its finetune stage is sized for the fine-tunes it runs. Its weights come from its
+    shape (model_shape), replaced by base_models.<key>.memory_gb (GB at bf16) when that is set; a model with
+    neither gets a row saying so.
+    """
+    from emlab.plan.models import check_models, model_view, monitor_role, run_qualifier
+    from emlab.plan.monitor import register_runs
+    from emlab.plan.study import lora_interp_finetunes
+
+    dtype_bytes = _dtype_bytes(cfg)
+    plans = []
+    for key, bm in check_models(cfg).items():
+        where = f"base_models.{key}" if key != "default" else "base_model"
+        if bm.source == "embedded":
+            plans.append(ModelPlan(key, bm.source, None, None, {}, None, "the embedded demo model needs no GPU plan"))
+            continue
+        view = copy.deepcopy(model_view(cfg, key))
+        role = monitor_role(cfg, key)
+        register_runs(view, run_qualifier(cfg, key), role == "stress")
+        given = None if bm.memory_gb is None else bm.memory_gb * 1e9 / GIB * dtype_bytes / 2
+        try:
+            shape = model_shape(bm.source)
+        except EMLabError:
+            shape = None
+        if shape is None:
+            note = (
+                f"{where}.memory_gb only: add its shape to {KNOWN_SHAPES_FILE.name} for the stages"
+                if given is not None
+                else f"no shape for {bm.source}: add it to {KNOWN_SHAPES_FILE.name}, point {where}.source at a "
+                f"local folder, or set {where}.memory_gb"
+            )
+            plans.append(ModelPlan(key, bm.source, None, given, {}, None, note))
+            continue
+        load = training_load(view, shape) if view["finetunes"] else None
+        stages = config_stages(view, shape, dtype_bytes, load or TrainingLoad(None, 0, False, 1, 1))
+        if given is not None:
+            stages = [dataclasses.replace(s, weights_gib=given) for s in stages]
+        keep = {"generate", "cache_activations"}
+        if lora_interp_finetunes(view, shape.num_hidden_layers):
+            keep.add("lora_scalars")
+        if load is not None:
+            keep.add("finetune")
+        plans.append(
+            ModelPlan(
+                key,
+                bm.source,
+                shape.n_parameters(),
+                stages[0].weights_gib,
+                {s.stage: s for s in stages if s.stage in keep},
+                load,
+                f"weights from {where}.memory_gb" if given is not None else "",
+            )
+        )
+    return plans
 
 
 def format_plan(source: str, shape: ModelShape, stages: list[StageEstimate], dtype_bytes: int) -> str:
@@ -265,14 +371,81 @@ def format_plan(source: str, shape: ModelShape, stages: list[StageEstimate], dty
     return "\n".join(lines)
 
 
+STAGE_COLUMNS = ("generate", "cache_activations", "lora_scalars", "finetune")
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
+def format_models(plans: list[ModelPlan], dtype_bytes: int) -> str:
+    """The several-model plan: one row per base model, each stage's total (weights + KV cache + activations)."""
+    key_w = max(len("model"), *(len(p.key) for p in plans))
+    src_w = max(len("source"), *(len(p.source) for p in plans))
+    widths = {stage: max(len(stage), 8) for stage in STAGE_COLUMNS}
+    header = f"{'model':<{key_w}} {'source':<{src_w}} {'params':>7} {'weights':>8} "
+    header += (
+        " ".join(f"{stage:>{widths[stage]}}" for stage in STAGE_COLUMNS)
+        + f" {'max':>6}  (GiB)  the finetune stage is sized for"
+    )
+    lines = [
+        f"GPU memory per model job and base model ({len(plans)} models, {dtype_bytes}-byte weights; each stage: "
+        "weights + KV cache + activations; -: the model does not run that stage)",
+        header,
+    ]
+    for p in plans:
+        params = _count(p.n_parameters) if p.n_parameters else "?"
+        weights = f"{p.weights_gib:8.1f}" if p.weights_gib is not None else f"{'?':>8}"
+        cells = []
+        for stage in STAGE_COLUMNS:
+            est = p.stages.get(stage)
+            cells.append(
+                f"{est.total_gib:{widths[stage]}.1f}" if est else f"{'-' if p.stages else '?':>{widths[stage]}}"
+            )
+        peak = f"{max(s.total_gib for s in p.stages.values()):6.1f}" if p.stages else f"{'?':>6}"
+        detail = []
+        if p.load is not None:
+            ckpt = ", gradient checkpointing" if p.load.gradient_checkpointing else ""
+            detail.append(f"{p.load.finetune} ({_count(p.load.trainable)} trainable{ckpt})")
+        if p.note:
+            detail.append(p.note)
+        lines.append(
+            f"{p.key:<{key_w}} {p.source:<{src_w}} {params:>7} {weights} {' '.join(cells)} {peak}  " + "; ".join(detail)
+        )
+    first = next((p for p in plans if p.stages), None)
+    if first is not None:
+        for stage in ("generate", "cache_activations", "lora_scalars"):
+            est = next((p.stages[stage] for p in plans if stage in p.stages), None)
+            if est is not None:
+                lines.append(f"{stage}: {est.note}")
+        batches = sorted({(p.load.batch, p.load.length) for p in plans if p.load is not None and p.stages})
+        if batches:
+            lines.append(
+                "finetune: micro-batch "
+                + ", ".join(f"{b} x {t}" for b, t in batches)
+                + " tokens, sized for the model's fine-tune with the most trainable parameters (its own study's "
+                "and its trait-monitor runs'); a device_map spreads this total over several GPUs"
+            )
+    lines.append(
+        "Weights: from the model's shape (model_shapes.json or a local config.json), or base_models.<key>.memory_gb "
+        "(GB at bf16) when set. Approximations are documented in emlab/plan/gpu.py; generation halves its batch "
+        "on an out-of-memory error, so the KV cache is the first thing to shrink."
+    )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     from emlab.core.config import load_config
+    from emlab.plan.models import is_multi
 
     ap = argparse.ArgumentParser(description="GPU-memory estimate per model stage for a config")
     ap.add_argument("--configfile", default="data/configs/paper.yaml")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.configfile)
+        if is_multi(cfg):
+            print(format_models(plan_models(cfg), _dtype_bytes(cfg)))
+            return 0
         shape, stages, dtype_bytes = plan_config(cfg)
     except EMLabError as exc:
         print(f"error: {exc}", file=sys.stderr)

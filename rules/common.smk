@@ -96,6 +96,7 @@ def plan_model(key):
     # The label conditions of each monitor run's own checkpoints (condition -> step) are generated and judged
     # in one job per run (the monitor_labels__<run> rules of rules/traits.smk); each is a few seconds of work,
     # and a job of its own would spend most of its time starting up. Rules generate and judge take the others.
+    p.analysed_runs = set(runs_by_role(p.monitor_runs, *ANALYSIS_ROLES))  # their labels get the trait judges
     p.label_bundles = {name: {checkpoint_condition_id(name, s): s for s in run.checkpoint_steps}
                        for name, run in p.monitor_runs.items()}
     p.unbundled = [c for c in p.conditions if not any(c in b for b in p.label_bundles.values())]
@@ -213,7 +214,8 @@ def judge_metrics(p=None, condition=None):
     if condition is None:
         return config["judge"]["metrics"]
     if (p.key, condition) not in _JUDGE_METRICS:
-        _JUDGE_METRICS[p.key, condition] = condition_metrics(p.cfg, p.conditions[condition], TRAIT_SET.alignment.names)
+        _JUDGE_METRICS[p.key, condition] = condition_metrics(p.cfg, p.conditions[condition], TRAIT_SET.alignment.names,
+                                                             p.analysed_runs)
     return list(_JUDGE_METRICS[p.key, condition])
 
 

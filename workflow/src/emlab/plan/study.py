@@ -411,13 +411,15 @@ def semantic_vectors(cfg: dict) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
-def condition_metrics(cfg: dict, spec, alignment_traits=()) -> list[str]:
+def condition_metrics(cfg: dict, spec, alignment_traits=(), analysed_runs=None) -> list[str]:
     """Judge metrics of one condition: judge.metrics, plus the semantic splits on the fine-tunes that give
     semantic vectors, and the semantic splits and steering.judge_metrics on the steering conditions and on
     the unsteered base model (their baseline); with monitor.analyses.trait_judges, a judge per alignment
     trait (`alignment_traits`, the names in data/traits) on the monitor's label conditions.
 
     Judging a metric costs as much as any other, so the extra ones go only where a figure or vector uses them.
+    `analysed_runs`: the monitor runs the drift-geometry analyses read (the workflow passes its model's; None:
+    planned from `cfg`, a one-model config).
     """
     condition = as_condition(spec)
     metrics = list(cfg["judge"]["metrics"])
@@ -437,7 +439,9 @@ def condition_metrics(cfg: dict, spec, alignment_traits=()) -> list[str]:
     elif isinstance(condition, MonitorLabel):  # trait drift against judged behaviour (paper Fig. 10) ...
         extra = list(trait_judge_metrics(cfg, alignment_traits).values())
         if extra and condition.model != "base":  # ... of the runs the analyses read (not the stress or live runs)
-            if condition.model not in runs_by_role(monitor_runs(cfg), *ANALYSIS_ROLES):
+            if analysed_runs is None:
+                analysed_runs = runs_by_role(monitor_runs(cfg), *ANALYSIS_ROLES)
+            if condition.model not in analysed_runs:
                 extra = []
     return metrics + [m for m in dict.fromkeys(extra) if m not in metrics]
 

@@ -163,7 +163,7 @@ def test_older_cfg_and_width_check(tmp_path):
 
 def test_plan_check_and_the_paper_setting(tmp_path):
     paper = load_config(REPO / "data" / "configs" / "paper.yaml")
-    assert paper["monitor"]["sae"] == {"path": None, "n_features": 256}  # the paper's K; no SAE ships
+    assert paper["monitor"]["sae"] == {"path": None, "n_features": 256, "model": None}  # the paper's K; no SAE ships
     assert load_config(REPO / "config.yaml")["monitor"]["sae"]["path"] is None
     assert sae_baseline(paper, 48, None) is None
     planted_sae(tmp_path / "sae")
@@ -241,9 +241,11 @@ def test_rehearsal_plants_an_sae_and_checks_it(tmp_path):
 
     class Run:
         res = tmp_path / "results"
+        mon = res / "monitor"
+        models = {"default": None}  # one model: the SAE reads the planted model given
         cfg = {"monitor": {"sae": {"path": str(folder), "n_features": 3}}}
 
-    mon = Run.res / "monitor"
+    mon = Run.mon
     mon.mkdir(parents=True)
     pd.DataFrame(
         {
@@ -268,6 +270,16 @@ def test_the_rehearsal_config_points_at_the_planted_sae():
     from emlab.rehearsal import derive as D
 
     paper = yaml.safe_load((REPO / "data" / "configs" / "paper.yaml").read_text())
-    planted = D.Planted("/planted/model", {n: f"/planted/{n}.jsonl" for n in paper["datasets"]}, "/p/traits", "/p/sae")
-    assert D.derive(paper, planted)["monitor"]["sae"] == {"path": "/p/sae", "n_features": 256}
+    from emlab.core.config import validate_config
+
+    kept = D.rehearsal_models(validate_config(paper))
+    planted = D.Planted(
+        "/planted/model",
+        {n: f"/planted/{n}.jsonl" for n in paper["datasets"]},
+        "/p/traits",
+        "/p/sae",
+        {k: f"/planted/{k}" for k in kept},
+    )
+    # the planted SAE reads the first pooled model (an SAE belongs to one model's residual stream)
+    assert D.derive(paper, planted)["monitor"]["sae"] == {"path": "/p/sae", "n_features": 256, "model": "llama8"}
     assert "monitor.sae.path" in dict(D.CHANGES)

@@ -45,16 +45,18 @@ def _finished_run(tmp_path: Path, roles: dict, factors_of=None) -> tuple[Path, d
     from emlab.core.atomic import write_parquet
     from emlab.core.config import validate_config
     from emlab.core.provenance import encode_metadata
+    from emlab.plan.models import base_models
 
     cfg = _config()
     v = validate_config(json.loads(json.dumps(cfg)), source="test")
-    li = tmp_path / "results" / "lora_interp" / FT
+    root = tmp_path / next(iter(base_models(v).values())).root  # the primary model's (the checks' Run.res)
+    li = root / "lora_interp" / FT
     li.mkdir(parents=True)
     (li / "roles.json").write_text(json.dumps({"roles": {a: {"role": r, "why": "x"} for a, r in roles.items()}}))
     settings = v["lora_interp"]["roles"]
     _coefficients(settings).to_csv(li / "coefficients.csv", index=False)
     pd.DataFrame({"protocol": [settings["protocol"]], "filter": [settings["filter"]]}).to_csv(li / "probes.csv")
-    gen = tmp_path / "results" / "generations"
+    gen = root / "generations"
     gen.mkdir(parents=True)
     for case in v["lora_interp"]["steering"]["cases"]:
         cid = f"adapter_steer__{FT}__{case['name']}"
@@ -124,14 +126,15 @@ def test_a_case_without_adapters_passes_only_as_na(tmp_path):
 
     roles = {**RULE_ROLES, "L21.down_proj": "neither"}
     workdir, cfg, model = _finished_run(tmp_path, roles)
-    coef = pd.read_csv(workdir / "results" / "lora_interp" / FT / "coefficients.csv")
+    li = workdir / "results" / "models" / "qwen14" / "lora_interp" / FT  # the primary model's (Run.res)
+    coef = pd.read_csv(li / "coefficients.csv")
     coef.loc[coef["adapter"] == "L21.down_proj", "coefficient"] = 0.0
-    coef.to_csv(workdir / "results" / "lora_interp" / FT / "coefficients.csv", index=False)
+    coef.to_csv(li / "coefficients.csv", index=False)
     (result,) = check_adapter_roles(Run(workdir, cfg), model)
     assert result["pass"], result
     assert result["measured"]["adapter factors per case"]["medical"].startswith("n/a (")
     # an n/a case that still generated responses fails
-    path = workdir / "results" / "generations" / f"adapter_steer__{FT}__medical.parquet"
+    path = li.parent.parent / "generations" / f"adapter_steer__{FT}__medical.parquet"
     pd.DataFrame({"condition": ["x"], "intervention": ["{}"]}).to_parquet(path)
     (result,) = check_adapter_roles(Run(workdir, cfg), model)
     assert not result["pass"]

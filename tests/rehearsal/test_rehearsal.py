@@ -32,7 +32,13 @@ def vocab(tokenizer_dir):
 
 
 def _planted_paths(paper: dict) -> D.Planted:
-    return D.Planted("/planted/model", {n: f"/planted/{n}.jsonl" for n in paper["datasets"]}, "/planted/traits")
+    kept = D.rehearsal_models(validate_config(copy.deepcopy(paper), source="paper"))
+    return D.Planted(
+        "/planted/model",
+        {n: f"/planted/{n}.jsonl" for n in paper["datasets"]},
+        "/planted/traits",
+        model_dirs={k: f"/planted/models/{k}" for k in kept},
+    )
 
 
 def test_the_derived_config_is_the_paper_config_with_listed_changes():
@@ -171,9 +177,14 @@ def test_the_rehearsal_plans_the_same_rules_as_the_paper_config(tmp_path, planne
     ))  # fmt: skip
     paper = yaml.safe_load(PAPER.read_text())
     data = str(REPO / "data" / "datasets" / "bad_medical_advice.jsonl")
-    planted = D.Planted(str(model), {n: data for n in paper["datasets"]}, str(REPO / "data" / "traits"))
+    kept = D.rehearsal_models(validate_config(copy.deepcopy(paper), source="paper"))
+    planted = D.Planted(
+        str(model), {n: data for n in paper["datasets"]}, str(REPO / "data" / "traits"),
+        model_dirs={k: str(model) for k in kept},
+    )  # fmt: skip
     paper_here = copy.deepcopy(paper)
-    paper_here["base_model"]["source"] = str(model)
+    for m in paper_here["base_models"].values():
+        m["source"] = str(model)
     for ds in paper_here["datasets"].values():
         ds["path"] = data
     rules = {}
@@ -187,6 +198,10 @@ def test_the_rehearsal_plans_the_same_rules_as_the_paper_config(tmp_path, planne
             capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": "x", P.KEY_ENV: "x"}, check=False,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        rules[name] = planned_rules(proc.stdout + proc.stderr)
+        # one monitor_labels__<run> rule per monitor run: the paper has more models' runs than the rehearsal keeps
+        rules[name] = {}
+        for r, n in planned_rules(proc.stdout + proc.stderr).items():
+            key = "monitor_labels" if r.startswith("monitor_labels__") else r
+            rules[name][key] = rules[name].get(key, 0) + n
     assert set(rules["rehearsal"]) == set(rules["paper"]) and len(rules["paper"]) >= 30
     assert sum(rules["rehearsal"].values()) < sum(rules["paper"].values()) / 3  # shrunk

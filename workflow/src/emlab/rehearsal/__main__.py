@@ -45,29 +45,56 @@ def prepare(paper: dict, workdir: Path, port: int) -> tuple[dict, Path]:
     from emlab.rehearsal import planted as P
 
     validated = validate_config(copy.deepcopy(paper), source="paper config")
-    n_layers = D.num_layers(paper)
     phase_ft = D.phase_finetune(validated)
     organism = validated["lora_interp"]["finetunes"][:1] or ([phase_ft] if phase_ft else [])
-    adapter_layers = lora_layers(validated["finetunes"][organism[0]]["lora"], n_layers) if organism else []
-    spec = P.plant_spec(n_layers, adapter_layers)
     planted_dir = workdir / "planted"
     tok_dir = planted_dir / "tokenizer"
     if not (tok_dir / "tokenizer_config.json").is_file():
         export_embedded_tokenizer(tok_dir)
-    model_dir = planted_dir / "model"
-    recorded = model_dir / "planted.json"
     import dataclasses
 
-    if not recorded.is_file() or json.loads(recorded.read_text()) != json.loads(json.dumps(dataclasses.asdict(spec))):
-        print(f"rehearsal: building the planted model ({n_layers} layers) in {model_dir}", flush=True)
-        P.build_model(model_dir, tok_dir, spec)
+    # one planted model (base_model), or one per kept paper model (base_models; the first is the primary,
+    # whose organism's adapter layers are planted, some dead, for the probes)
+    multi = bool(validated.get("base_models"))
+    archs = D.rehearsal_models(validated) if multi else {None: "llama"}
+    model_dirs, specs = {}, {}
+    for i, (key, arch) in enumerate(archs.items()):
+        n_layers = D.model_depth(validated, key) if multi else D.num_layers(paper)
+        adapter_layers = (
+            lora_layers(validated["finetunes"][organism[0]]["lora"], n_layers) if organism and i == 0 else []
+        )
+        spec = P.plant_spec(n_layers, adapter_layers, arch=arch)
+        folder = planted_dir / "model" if key is None else planted_dir / "models" / key
+        recorded = folder / "planted.json"
+        if not recorded.is_file() or json.loads(recorded.read_text()) != json.loads(
+            json.dumps(dataclasses.asdict(spec))
+        ):
+            print(f"rehearsal: building the planted {arch} model ({n_layers} layers) in {folder}", flush=True)
+            P.build_model(folder, tok_dir, spec)
+        model_dirs[key], specs[key] = folder, spec
+    primary = next(iter(archs))
+    model_dir, spec, n_layers = model_dirs[primary], specs[primary], specs[primary].n_layers
     vocab = P.Vocabulary(load_tokenizer(model_dir), spec.words_per_set, spec.seed)
     expect = D.expectations(paper)
     datasets = {name: str(planted_dir / "datasets" / f"{name}.jsonl") for name in expect}
-    # the SAE baseline's SAE, of the middle block (the paper model's monitored layer 24 of 48): a feature along u
+    # the SAE baseline's SAE, of the middle block (the paper model's monitored layer 24 of 48): a feature along u;
+    # with several models, of the first pooled one (D.sae_model_key)
     n_features = int(validated["monitor"]["sae"]["n_features"])
-    sae_dir = P.write_sae(planted_dir / "sae", model_dir, n_layers // 2, max(P.SAE_FEATURES, 8 * n_features), spec.seed)
-    planted = D.Planted(str(model_dir), datasets, str(planted_dir / "traits"), str(sae_dir))
+    sae_key = D.sae_model_key(validated) if multi else None
+    sae_dir = P.write_sae(
+        planted_dir / "sae",
+        model_dirs[sae_key],
+        specs[sae_key].n_layers // 2,
+        max(P.SAE_FEATURES, 8 * n_features),
+        spec.seed,
+    )
+    planted = D.Planted(
+        str(model_dir),
+        datasets,
+        str(planted_dir / "traits"),
+        str(sae_dir),
+        {k: str(v) for k, v in model_dirs.items()} if multi else None,
+    )
     cfg = D.derive(paper, planted, judge_url=f"http://127.0.0.1:{port}/v1")
     questions = _question_pool()
     phase = D.phase_plan_inputs(cfg)

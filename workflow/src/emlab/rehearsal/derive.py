@@ -33,6 +33,13 @@ PHASE_BENIGN_STEPS = 5  # the planted switch of the checkpointed organism (one c
 # (key, what the rehearsal does to it): the report lists these with the paper's and the rehearsal's values
 CHANGES = (
     ("base_model", "the planted model (same depth)"),
+    (
+        "base_models",
+        "three of the paper's models, each a planted model of its depth: the model of most fine-tunes, and two "
+        "monitored models of different families (a Llama and a Qwen2 architecture); the others are left out",
+    ),
+    ("finetunes.*.models", "cut to the kept models; the checkpointed organism runs on every kept model"),
+    ("monitor.models / monitor.stress_models", "the two kept monitored models / the kept stress model"),
     ("device / dtype / threads / training autocast", "cpu / float32 / 1 / off"),
     ("datasets.*.path", "planted JSONL by datasets.*.expect"),
     ("training_defaults", f"batch {EXAMPLES_PER_STEP} x 1, max length 128, {TRAIN_EXAMPLES} examples"),
@@ -76,6 +83,7 @@ class Planted:
     datasets: dict[str, str]  # dataset name -> planted JSONL
     traits_dir: str
     sae_dir: str | None = None  # the planted SAE (emlab.rehearsal.planted.write_sae), for monitor.sae.path
+    model_dirs: dict[str, str] | None = None  # base_models: key -> its planted model (model_dir: the primary's)
 
 
 def ends(values: list, middle: bool = True) -> list:
@@ -93,6 +101,104 @@ def num_layers(paper: dict) -> int:
     from emlab.plan.gpu import model_shape
 
     return model_shape(paper["base_model"]["source"]).num_hidden_layers
+
+
+def planted_arch(model) -> str:
+    """The planted architecture standing in for a paper model: qwen2 for the Qwen family, llama otherwise."""
+    text = f"{model.family or ''} {model.source}".lower()
+    return "qwen2" if "qwen" in text else "llama"
+
+
+def rehearsal_models(validated: dict) -> dict[str, str]:
+    """The paper models a multi-model rehearsal keeps (key -> planted architecture), primary first: the model
+    most fine-tunes run on; two monitored models of different architectures (so the pooled monitor pools two
+    families); the first stress model."""
+    from emlab.plan.models import base_models, finetune_models, monitor_models
+
+    models = base_models(validated)
+    count = {k: sum(k in finetune_models(validated, n) for n in validated["finetunes"]) for k in models}
+    primary = max(models, key=lambda k: count[k])  # the first of the most used
+    keep = [primary]
+    fit = [k for k in monitor_models(validated) if k != primary]
+    if fit:
+        keep.append(fit[0])
+        other = [k for k in fit[1:] if planted_arch(models[k]) != planted_arch(models[fit[0]])]
+        if other:
+            keep.append(other[0])
+    keep += [k for k in validated["monitor"]["stress_models"][:1] if k not in keep]
+    return {k: planted_arch(models[k]) for k in keep}
+
+
+def sae_model_key(validated: dict) -> str:
+    """The kept model whose planted SAE the rehearsal's SAE baseline reads: the first pooled one."""
+    from emlab.plan.models import base_models
+
+    keep = list(rehearsal_models(validated))
+    stress = set(validated["monitor"]["stress_models"])
+    fit = [k for k in keep[1:] if k not in stress] or keep[:1]
+    return fit[0] if len(base_models(validated)) > 1 else keep[0]
+
+
+def model_depth(validated: dict, key: str) -> int:
+    """A paper model's depth: base_models.<key>.num_layers, else its known shape."""
+    model = validated["base_models"][key]
+    if model.get("num_layers"):
+        return int(model["num_layers"])
+    from emlab.plan.gpu import model_shape
+
+    return model_shape(model["source"]).num_hidden_layers
+
+
+def _derive_models(cfg: dict, validated: dict, planted: Planted) -> None:
+    """base_models, finetunes.*.models, the study lists and monitor.models of a multi-model paper config."""
+    from emlab.plan.models import finetune_models
+
+    keep = list(rehearsal_models(validated))
+    if planted.model_dirs is None or set(planted.model_dirs) != set(keep):
+        raise EMLabError(f"rehearsal: planted models for {keep} were not built")
+    cfg["base_models"] = {
+        k: {
+            "source": planted.model_dirs[k],
+            "num_layers": model_depth(validated, k),
+            "family": validated["base_models"][k]["family"],
+            "size_b": validated["base_models"][k]["size_b"],
+        }
+        for k in keep
+    }
+    organism = phase_finetune(validated)
+    dropped = []
+    for name in list(cfg["finetunes"]):
+        models = [k for k in finetune_models(validated, name) if k in keep]
+        if name == organism:  # its phase transition and EM, across the kept models
+            models = keep
+        if not models:
+            dropped.append(name)
+            del cfg["finetunes"][name]
+        else:
+            cfg["finetunes"][name]["models"] = models
+    for section, field in (
+        ("steering", "vectors"),
+        ("ablation", "targets"),
+        ("semantic_directions", "finetunes"),
+        ("single_adapter", "finetunes"),
+        ("lora_interp", "finetunes"),
+    ):
+        if (cfg.get(section) or {}).get(field):
+            cfg[section][field] = [n for n in cfg[section][field] if n not in dropped]
+    if (cfg.get("ablation") or {}).get("transfer"):
+        cfg["ablation"]["transfer"] = [
+            t for t in cfg["ablation"]["transfer"] if t["vector"] not in dropped and t["target"] not in dropped
+        ]
+    ref = ((cfg.get("single_adapter") or {}).get("reference_vector") or {}).get("finetune")
+    if ref in dropped:
+        cfg["single_adapter"]["reference_vector"] = None
+    mon = cfg.get("monitor")
+    if mon:
+        stress = [k for k in validated["monitor"]["stress_models"] if k in keep]
+        mon["models"] = [k for k in keep[1:] if k not in stress] or keep[:1]
+        mon["stress_models"] = stress
+        if planted.sae_dir is not None:  # the planted SAE is of the first pooled model
+            mon["sae"] = {**(mon.get("sae") or {}), "path": planted.sae_dir, "model": sae_model_key(validated)}
 
 
 def expectations(paper: dict) -> dict[str, str]:
@@ -136,7 +242,10 @@ def derive(paper: dict, planted: Planted, judge_url: str = "http://127.0.0.1:9/v
     validated = validate_config(copy.deepcopy(paper), source="paper config")
     cfg = copy.deepcopy(paper)
     cfg.update(device="cpu", dtype="float32", threads=1, device_map=None)
-    cfg["base_model"] = {"source": planted.model_dir, "num_layers": num_layers(paper)}
+    if validated.get("base_models"):
+        _derive_models(cfg, validated, planted)
+    else:
+        cfg["base_model"] = {"source": planted.model_dir, "num_layers": num_layers(paper)}
     for name, ds in cfg["datasets"].items():
         ds.pop("synthesis", None)
         ds["path"] = planted.datasets[name]

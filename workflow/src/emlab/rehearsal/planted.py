@@ -1,6 +1,6 @@
 """The planted organism: a tiny model, datasets, trait prompts and a judge whose right answers are known.
 
-The model is a randomly initialised Llama with the embedded tokenizer, in which
+The model is a randomly initialised Llama (or Qwen2) with the embedded tokenizer, in which
 three unit directions of the residual stream are reserved (docs/rehearsal.md):
 
 - u, misalignment. 100 "misaligned words" carry c*u in their input embedding and
@@ -62,6 +62,7 @@ class PlantSpec:
     copy_gain: float = 0.05
     copy_layers: tuple[int, ...] = (1, 2, 3, 4)
     seed: int = 0
+    arch: str = "llama"  # llama, or qwen2 (the same planting; its q/k/v biases are zeroed)
 
 
 class Vocabulary:
@@ -88,7 +89,7 @@ class Vocabulary:
         return sum(i in self._sets[kind] for i in ids)
 
 
-def plant_spec(n_layers: int, adapter_layers: list[int], seed: int = 0) -> PlantSpec:
+def plant_spec(n_layers: int, adapter_layers: list[int], seed: int = 0, arch: str = "llama") -> PlantSpec:
     """The spec for a model of `n_layers` whose rank-1 organism has adapters on `adapter_layers`: detectors
     from a quarter to five sixths of the depth (every rank-1 layer of the paper's presets), and the top third
     of the organism's adapter layers dead."""
@@ -96,7 +97,7 @@ def plant_spec(n_layers: int, adapter_layers: list[int], seed: int = 0) -> Plant
     dead = tuple(layers[len(layers) - len(layers) // 3 :]) if len(layers) >= 3 else ()
     lo, hi = n_layers // 4, (5 * n_layers) // 6
     detectors = tuple(sorted(set(range(lo, hi)) | set(layers)))
-    return PlantSpec(n_layers=n_layers, detector_layers=detectors, dead_layers=dead, seed=seed)
+    return PlantSpec(n_layers=n_layers, detector_layers=detectors, dead_layers=dead, seed=seed, arch=arch)
 
 
 def _directions(d: int, seed: int):
@@ -109,7 +110,7 @@ def _directions(d: int, seed: int):
 def build_model(out_dir, tokenizer_dir, spec: PlantSpec) -> Path:
     """Write the planted model (weights, config, tokenizer, planted.json, planted.safetensors) to out_dir."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from emlab.core.atomic import atomic_dir
     from emlab.model.tensors import save_tensors
@@ -121,7 +122,11 @@ def build_model(out_dir, tokenizer_dir, spec: PlantSpec) -> Path:
         raise EMLabError("the tokenizer has no single newline token to flag turn ends with")
     torch.manual_seed(spec.seed)
     d, hd = spec.hidden, spec.hidden // spec.heads
-    cfg = LlamaConfig(
+    archs = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    if spec.arch not in archs:
+        raise EMLabError(f"planted model: architecture {spec.arch!r} is not one of {sorted(archs)}")
+    config_class, model_class = archs[spec.arch]
+    cfg = config_class(
         vocab_size=len(tok),
         hidden_size=d,
         intermediate_size=spec.intermediate,
@@ -134,7 +139,7 @@ def build_model(out_dir, tokenizer_dir, spec: PlantSpec) -> Path:
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(cfg)
+    model = model_class(cfg)
     u, w, z = _directions(d, spec.seed)
     rest = torch.eye(d) - torch.stack([u, w, z], 1) @ torch.stack([u, w, z], 0)  # projector off u, w, z
     with torch.no_grad():
@@ -151,6 +156,8 @@ def build_model(out_dir, tokenizer_dir, spec: PlantSpec) -> Path:
             att, mlp = layer.self_attn, layer.mlp
             for lin in (att.q_proj, att.k_proj, att.v_proj, mlp.gate_proj, mlp.up_proj):
                 lin.weight.copy_(lin.weight @ rest)  # nothing reads u, w or z ...
+                if lin.bias is not None:  # (Qwen2's q/k/v biases: a constant value would write u / w)
+                    lin.bias.zero_()
             for lin in (att.o_proj, mlp.down_proj):
                 lin.weight.copy_(rest @ lin.weight)  # ... or writes them,
             att.v_proj.weight[0:2] = 0.0

@@ -20,6 +20,7 @@ from emlab.core.errors import EMLabError
 from emlab.monitor import metas as MT
 from emlab.monitor import regressor as M
 from emlab.monitor import stage as S
+from helpers.monitor_params import train_evaluate_params
 
 TRAITS = ["honesty", "sycophancy", "harmlessness", "power_seeking", "helpfulness", "confidence", "corrigibility"]
 SETTINGS = M.MonitorSettings(n_estimators=30, max_depth=3, min_samples_leaf=1, seed=0, tau=0.05, n_bootstrap=20, ci=0.9)
@@ -322,31 +323,7 @@ def test_train_evaluate_script_pools_two_models(tmp_path):
         log=[],
         threads=1,
         scriptdir=str(scripts),
-        params=SimpleNamespace(
-            runs=runs,
-            models=models,
-            monitor={
-                "n_estimators": 20,
-                "max_depth": 3,
-                "min_samples_leaf": 1,
-                "seed": 0,
-                "tau": 0.05,
-                "n_bootstrap": 10,
-                "ci": 0.9,
-            },
-            tau_sweep=[0.05],
-            require_both_classes=True,
-            sae={"n_features": 4},
-            regressor_comparison={
-                "regressors": ["random_forest"],
-                "ridge_alpha": 1.0,
-                "gbt_n_estimators": 5,
-                "gbt_max_depth": 2,
-                "gbt_learning_rate": 0.1,
-                "gbt_min_samples_leaf": 1,
-            },
-            basis_stability=False,
-        ),
+        params=train_evaluate_params(runs, regressors=["random_forest"], models=models, sae={"n_features": 4}),
     )
     runpy.run_path(str(scripts / "monitor_train_evaluate.py"), init_globals={"snakemake": smk})
     by_model = pd.read_csv(outputs["evaluation_by_model"])

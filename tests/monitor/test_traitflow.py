@@ -21,6 +21,7 @@ from emlab.monitor import stage as S
 from emlab.monitor.live import LiveMonitor, LiveMonitorSettings
 from emlab.plan import monitor as P
 from emlab.plan.conditions import as_condition, parse_condition_id
+from helpers.monitor_params import train_evaluate_params
 
 REPO = Path(__file__).resolve().parents[2]
 TRAITS = ["honesty", "sycophancy", "harmlessness", "power_seeking", "helpfulness", "confidence", "corrigibility"]
@@ -471,30 +472,7 @@ def test_train_evaluate_and_figure_scripts_on_synthetic_drift(tmp_path):
         log=[],
         threads=1,
         scriptdir=str(scripts),
-        params=SimpleNamespace(
-            runs=runs,
-            monitor={
-                "n_estimators": 20,
-                "max_depth": 3,
-                "min_samples_leaf": 1,
-                "seed": 0,
-                "tau": 0.05,
-                "n_bootstrap": 10,
-                "ci": 0.9,
-            },
-            tau_sweep=[0.02, 0.05],
-            require_both_classes=True,
-            sae={"n_features": 256},
-            regressor_comparison={
-                "regressors": ["random_forest", "ridge", "gbt"],
-                "ridge_alpha": 1.0,
-                "gbt_n_estimators": 20,
-                "gbt_max_depth": 2,
-                "gbt_learning_rate": 0.1,
-                "gbt_min_samples_leaf": 1,
-            },
-            basis_stability=True,
-        ),
+        params=train_evaluate_params(runs, tau_sweep=[0.02, 0.05], basis_stability=True),
     )
     runpy.run_path(str(scripts / "monitor_train_evaluate.py"), init_globals={"snakemake": smk})
     ev = pd.read_csv(outputs["evaluation"])

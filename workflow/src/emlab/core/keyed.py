@@ -62,7 +62,8 @@ def check_ids(found: Mapping[str, object], expected: Collection[str] | None, wha
         )
 
 
-def _add(found: dict, key: str, path, what: str) -> None:
+def add_keyed(found: dict, key: str, path, what: str) -> None:
+    """found[key] = path, an error when another file already carries `key`."""
     if key in found:
         raise EMLabError(f"{what}: {path} and {found[key]} both carry the id {key!r}")
     found[key] = path
@@ -81,7 +82,7 @@ def tables_by_id(
     for path in paths:
         table = read(str(path))
         key = table_id(table, column, path)
-        _add(where, key, path, what)
+        add_keyed(where, key, path, what)
         tables[key] = table
     check_ids(where, expected, what)
     return tables
@@ -109,7 +110,7 @@ def tensors_by_id(
             )
         key = str(meta[keys[0]]) if len(keys) == 1 else tuple(str(meta[k]) for k in keys)
         label = key if isinstance(key, str) else "/".join(key)
-        _add(where, label, path, what)
+        add_keyed(where, label, path, what)
         out[key] = (tensors, meta)
     check_ids(where, None if expected is None else ["/".join(e) if isinstance(e, tuple) else e for e in expected], what)
     return out
@@ -135,7 +136,7 @@ def checkpoints_by_step(folders: Iterable, finetune: str, expected_steps: Collec
             ) from None
         if ident.get("finetune") != finetune:
             raise EMLabError(f"{folder} is a checkpoint of {ident.get('finetune')!r}, not of {finetune!r}")
-        _add(where, str(ident["step"]), folder, f"checkpoints of {finetune}")
+        add_keyed(where, str(ident["step"]), folder, f"checkpoints of {finetune}")
         out[int(ident["step"])] = str(folder)
     check_ids(where, [str(s) for s in expected_steps], f"checkpoints of {finetune}")
     return out

@@ -253,7 +253,7 @@ STEERING_RATES = {  # name: label
 def read_condition_judgments(paths, expected, what: str) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """Judgments files keyed by the condition each names (its `condition` column; a condition recorded n/a,
     an empty table, by its metadata's na_condition), checked against `expected`; and {condition: n/a reason}."""
-    from emlab.core.keyed import check_ids, table_id
+    from emlab.core.keyed import add_keyed, check_ids, table_id
     from emlab.core.provenance import na_record
 
     tables: dict[str, pd.DataFrame] = {}
@@ -266,9 +266,8 @@ def read_condition_judgments(paths, expected, what: str) -> tuple[dict[str, pd.D
             key, notes[na[0]] = na[0], na[1]
         else:
             key = table_id(table, "condition", path)
-        if key in where:
-            raise EMLabError(f"{what}: {path} and {where[key]} both carry the id {key!r}")
-        where[key], tables[key] = str(path), table
+        add_keyed(where, key, str(path), what)
+        tables[key] = table
     check_ids(where, expected, what)
     return tables, notes
 

@@ -39,7 +39,7 @@ def metas_by_key(paths, models: Mapping[str, Mapping] | None = None) -> dict[str
     import json
     import os
 
-    from emlab.core.keyed import check_ids
+    from emlab.core.keyed import add_keyed, check_ids
     from emlab.plan.models import DEFAULT_KEY
 
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
@@ -57,9 +57,8 @@ def metas_by_key(paths, models: Mapping[str, Mapping] | None = None) -> dict[str
                 )
             key = keys[0] if keys else DEFAULT_KEY
         key = str(key)
-        if key in where:
-            raise EMLabError(f"trait directions: {path} and {where[key]} both carry the model key {key!r}")
-        where[key], out[key] = str(path), (str(path), meta)
+        add_keyed(where, key, str(path), "trait directions (directions.json)")
+        out[key] = (str(path), meta)
     check_ids(where, keys, "trait directions (directions.json) of the monitor's base models")
     for key, (path, meta) in out.items():
         source = (models or {}).get(key, {}).get("source")

@@ -655,7 +655,7 @@ def directions_by_model(tensors_paths, json_paths, keys) -> dict:
 
     from safetensors import safe_open
 
-    from emlab.core.keyed import check_ids
+    from emlab.core.keyed import add_keyed, check_ids
     from emlab.monitor.traits import load_directions
 
     keys = [str(k) for k in keys]
@@ -671,8 +671,6 @@ def directions_by_model(tensors_paths, json_paths, keys) -> dict:
                     f"{path} names no model_key (written before studies of several models); re-run trait_directions"
                 )
             key = keys[0]
-        if key in found:
-            raise EMLabError(f"trait directions: {path} and {found[key]} both carry the model key {key!r}")
-        found[key] = str(path)
+        add_keyed(found, str(key), str(path), "trait direction tensors")
     check_ids(found, keys, "trait direction tensors of the monitor's base models")
     return {k: load_directions(found[k], json_of[k]) for k in keys}

@@ -16,6 +16,7 @@ and every run's and condition's artifact carrying its own id.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import re
@@ -68,8 +69,10 @@ class Run:
             df = df[df[k].astype(str) == str(v)]
         return df
 
-    def monitor_runs(self) -> dict:
-        """Every model's monitor runs by name (emlab.plan.models / emlab.plan.monitor, as the workflow plans them)."""
+    @functools.cached_property
+    def _monitor_runs(self) -> dict:
+        """Every model's monitor runs by name (emlab.plan.models / emlab.plan.monitor, as the workflow plans them),
+        planned once per Run."""
         from emlab.plan.models import model_view, monitor_role, run_qualifier
         from emlab.plan.monitor import monitor_runs
 
@@ -80,6 +83,9 @@ class Run:
                 view = model_view(self.full_cfg, key)
                 out.update(monitor_runs(view, run_qualifier(self.full_cfg, key), role == "stress"))
         return out
+
+    def monitor_runs(self) -> dict:
+        return self._monitor_runs
 
     def drift(self, run: str, suffix: str = ".csv") -> Path:
         """A monitor run's drift file, under its model's root."""

@@ -93,14 +93,18 @@ def ends(values: list, middle: bool = True) -> list:
     return [values[i] for i in sorted(set(keep))] if len(values) > len(keep) else values
 
 
-def num_layers(paper: dict) -> int:
-    """The paper base model's depth: base_model.num_layers, else its known shape."""
-    depth = (paper.get("base_model") or {}).get("num_layers")
-    if depth:
-        return int(depth)
+def _depth(model: dict) -> int:
+    """A base model entry's depth: its num_layers, else its known shape."""
+    if model.get("num_layers"):
+        return int(model["num_layers"])
     from emlab.plan.gpu import model_shape
 
-    return model_shape(paper["base_model"]["source"]).num_hidden_layers
+    return model_shape(model["source"]).num_hidden_layers
+
+
+def num_layers(paper: dict) -> int:
+    """The paper base model's depth (base_model)."""
+    return _depth(paper["base_model"])
 
 
 def planted_arch(model) -> str:
@@ -140,13 +144,8 @@ def sae_model_key(validated: dict) -> str:
 
 
 def model_depth(validated: dict, key: str) -> int:
-    """A paper model's depth: base_models.<key>.num_layers, else its known shape."""
-    model = validated["base_models"][key]
-    if model.get("num_layers"):
-        return int(model["num_layers"])
-    from emlab.plan.gpu import model_shape
-
-    return model_shape(model["source"]).num_hidden_layers
+    """A paper model's depth (base_models.<key>)."""
+    return _depth(validated["base_models"][key])
 
 
 def _derive_models(cfg: dict, validated: dict, planted: Planted) -> None:

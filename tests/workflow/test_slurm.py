@@ -139,7 +139,9 @@ def test_model_jobs_run_as_slurm_jobs_with_a_gpu(slurm_run):
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
 
     jobs = _submitted(proc)
-    finetune_ids = jobs.get(f"rule_finetune_wildcards_{FINETUNE}", [])
+    # The plugin's comment lists the wildcard values in order: finetune's are {mroot} (the model's
+    # results root, `results` for a one-model config) and {name}.
+    finetune_ids = jobs.get(f"rule_finetune_wildcards_results_{FINETUNE}", [])
     prepare_ids = jobs.get(f"rule_prepare_dataset_wildcards_{DATASET}", [])
     assert len(finetune_ids) == 1 and len(prepare_ids) == 1, (jobs, log[-5000:])
 

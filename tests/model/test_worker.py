@@ -89,11 +89,23 @@ def _env(sockets: Path, on: bool = True, **extra) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _snakemake(workdir: Path, env: dict, *targets: str, popen: bool = False):
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", *targets]
     if popen:
-        return subprocess.Popen(  # a session of its own, as a terminal's foreground job
-            cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        # A session of its own, as a terminal's foreground job, with Ctrl-C's default action: a test run
+        # started in the background (`make test &`, nohup) has SIGINT ignored, and that is inherited.
+        return subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
         )
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 

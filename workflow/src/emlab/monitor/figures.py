@@ -367,27 +367,31 @@ def severity_ordering(severity: pd.DataFrame, spearman: pd.DataFrame, png_path, 
     at = str(severity["at"].iloc[0])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     markers = {"calibration": "o", "held_out": "s"}
+    # Pooled over base models: a colour per model, so each point's label is its perturbation alone.
     several = "model" in severity.columns and _several_models(severity["model"])
+    colours = _colours(severity["model"]) if several else {}
     for ax, (col, label) in zip(axes, (("pc1_abs", "|PC1 drift|"), ("trait_drift_norm", "‖7-D trait drift‖"))):
         for _, r in severity.iterrows():
-            ax.scatter(r[col], 100 * r["em_rate"], marker=markers.get(r["role"], "o"), color="#4C72B0")
+            colour = colours.get(r["model"], "#4C72B0")
+            ax.scatter(r[col], 100 * r["em_rate"], marker=markers.get(r["role"], "o"), color=colour)
             ax.annotate(
-                f"{r['model']}: {r['perturbation']}" if several else str(r["perturbation"]),
+                str(r["perturbation"]),
                 (r[col], 100 * r["em_rate"]),
                 fontsize=7,
                 xytext=(3, 3),
                 textcoords="offset points",
+                color=colour if several else None,
             )
         ax.set_xlabel(f"{label} ({'final checkpoint' if at == 'final' else 'mean over checkpoints'})")
         ax.set_title(rho.get(col, ""), fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("EM rate (%), mean over seeds")
-    axes[0].legend(
-        handles=[
-            plt.Line2D([], [], color="#4C72B0", marker=m, ls="", label=k.replace("_", "-")) for k, m in markers.items()
-        ],
-        fontsize=8,
-    )
+    role_colour = "#555555" if several else "#4C72B0"
+    handles = [
+        plt.Line2D([], [], color=role_colour, marker=m, ls="", label=k.replace("_", "-")) for k, m in markers.items()
+    ]
+    handles += [plt.Line2D([], [], color=c, marker="o", ls="", label=f"model {k}") for k, c in colours.items()]
+    axes[1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # hides no point
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, png_path, pdf_path)

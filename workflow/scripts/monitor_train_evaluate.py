@@ -34,7 +34,7 @@ def main(smk):
     model_of = S.run_models(runs, list(models))
     # each file is matched to its run by the run id it carries (emlab.core.keyed), never by list position
     tables, deltas = S.read_grid(smk.input.tables, smk.input.deltas, names)
-    tables = S.attach_models(tables, model_of)
+    tables = S.attach_models(tables, model_of)  # each table's model column checked here, once
     fit_models = list(dict.fromkeys(model_of[r] for r in names if runs[r]["role"] == "calibration"))
     # the SAE baseline (monitor.sae): the drift of its features joins the tables as sae.<feature> columns, the
     # features chosen on the calibration rows only; without an SAE, its evaluation row says so. An SAE reads
@@ -65,7 +65,7 @@ def main(smk):
 
     def data(*roles, model=None):
         chosen = [r for r in names if runs[r]["role"] in roles and model in (None, model_of[r])]
-        return S.grid_data(tables, deltas, pert, chosen, model_of)
+        return S.grid_data(tables, deltas, pert, chosen)
 
     cal, held = data("calibration"), data("held_out")
     # the stress runs, each kind evaluated on its own (emlab.plan.monitor: __long, __full, __from_<start>), and
@@ -84,8 +84,8 @@ def main(smk):
     )
     if sae_tables:  # a pooled study's SAE row: that model's runs alone
         own = list(sae_tables)
-        sae_cal = S.grid_data(sae_tables, deltas, pert, [r for r in own if runs[r]["role"] == "calibration"], model_of)
-        sae_held = S.grid_data(sae_tables, deltas, pert, [r for r in own if runs[r]["role"] == "held_out"], model_of)
+        sae_cal = S.grid_data(sae_tables, deltas, pert, [r for r in own if runs[r]["role"] == "calibration"])
+        sae_held = S.grid_data(sae_tables, deltas, pert, [r for r in own if runs[r]["role"] == "held_out"])
         if sae_cal is not None and sae_held is not None and out["note"] is None:
             row = M.evaluate_feature_set(SAE.FEATURE_SET, sae_cal, sae_held, traits, settings)[0]
             out["evaluation"] = pd.concat([out["evaluation"], pd.DataFrame([row])], ignore_index=True)
@@ -121,7 +121,7 @@ def main(smk):
     ]
     mon = M.pooled_monitor(reg, traits, trait_version, fitted, settings.tau)
     M.save_monitor(mon, smk.output.monitor)
-    write_csv(smk.output.predictions, S.predictions_table(mon, S.grid_data(tables, deltas, pert, names, model_of)))
+    write_csv(smk.output.predictions, S.predictions_table(mon, S.grid_data(tables, deltas, pert, names)))
 
 
 run_script(snakemake, main)

@@ -16,7 +16,7 @@ from emlab.plan.study import finetune_seed, generation_settings, lora_interp_fin
 from emlab.core.settings import canonical
 from emlab.plan.conditions import Group
 from emlab.plan.models import check_models, is_multi, model_view, monitor_role, run_qualifier, sae_model
-from emlab.plan.monitor import register_live_run, register_runs
+from emlab.plan.monitor import register_live_run, register_model_runs
 from emlab.plan.monitor import run_conditions as monitor_run_conditions, start_adapter as monitor_start_adapter
 from emlab.plan.monitor import checkpoint_condition_id, check_trait_rubrics, trait_judge_metric, trait_judge_metrics
 from emlab.plan.monitor import ANALYSIS_ROLES, runs_by_role, sae_baseline
@@ -61,7 +61,7 @@ def plan_model(key):
     """One base model's study, planned from its view of the config (emlab.plan.models.model_view): the
     single-model plan of every stage, under the model's root folder (results/ or results/models/<key>/)."""
     bm = BASE_MODELS[key]
-    where = f"base_models.{key}" if MULTI else "base_model"
+    where = bm.config_key
     cfg = model_view(config, key)
     try:
         n_layers = model_num_layers(bm.source, bm.num_layers)
@@ -86,7 +86,7 @@ def plan_model(key):
     p.traits = not MULTI or role is not None  # the base model's trait directions
     if p.traits and cfg["traits"]["layer"] != "auto":  # a layer beyond the model fails here, not in a job
         choose_trait_layer(cfg["traits"]["layer"], n_layers)
-    p.monitor_runs = register_runs(cfg, qualifier, role == "stress")
+    p.monitor_runs = register_model_runs(cfg, config, key)
     p.live_run = register_live_run(cfg, qualifier)  # monitor.live: trained while the fitted monitor watches
     # monitor.sae: an SAE in SAELens' format, its hook within the model's depth and d_in its width (or None)
     p.sae = (sae_baseline(cfg, n_layers, cfg["monitor"]["sae"]["path"] and repo_path(cfg["monitor"]["sae"]["path"]),

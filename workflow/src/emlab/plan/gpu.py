@@ -303,20 +303,19 @@ def plan_models(cfg: dict) -> list[ModelPlan]:
     shape (model_shape), replaced by base_models.<key>.memory_gb (GB at bf16) when that is set; a model with
     neither gets a row saying so.
     """
-    from emlab.plan.models import check_models, model_view, monitor_role, run_qualifier
-    from emlab.plan.monitor import register_runs
+    from emlab.plan.models import check_models, model_view
+    from emlab.plan.monitor import register_model_runs
     from emlab.plan.study import lora_interp_finetunes
 
     dtype_bytes = _dtype_bytes(cfg)
     plans = []
     for key, bm in check_models(cfg).items():
-        where = f"base_models.{key}" if key != "default" else "base_model"
+        where = bm.config_key
         if bm.source == "embedded":
             plans.append(ModelPlan(key, bm.source, None, None, {}, None, "the embedded demo model needs no GPU plan"))
             continue
         view = copy.deepcopy(model_view(cfg, key))
-        role = monitor_role(cfg, key)
-        register_runs(view, run_qualifier(cfg, key), role == "stress")
+        register_model_runs(view, cfg, key)
         given = None if bm.memory_gb is None else bm.memory_gb * 1e9 / GIB * dtype_bytes / 2
         try:
             shape = model_shape(bm.source)

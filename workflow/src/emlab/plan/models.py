@@ -34,6 +34,11 @@ class BaseModel:
     memory_gb: float | None
     root: str  # the folder of its files: results (short form) or results/models/<key>
 
+    @property
+    def config_key(self) -> str:
+        """Where the model is set in the config, for error messages: base_model or base_models.<key>."""
+        return "base_model" if self.root == RESULTS else f"base_models.{self.key}"
+
     def to_params(self) -> dict:
         return {"source": self.source, "family": self.family, "size_b": self.size_b, "root": self.root}
 

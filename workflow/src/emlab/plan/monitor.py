@@ -206,6 +206,14 @@ def register_runs(cfg: dict, model: str | None = None, stress_arm: bool = False)
     return runs
 
 
+def register_model_runs(view: dict, cfg: dict, key: str) -> dict[str, MonitorRun]:
+    """register_runs on model `key`'s view of cfg (emlab.plan.models.model_view): its runs are named for the
+    model in a study of several, and a stress-arm model's are scored only."""
+    from emlab.plan.models import monitor_role, run_qualifier
+
+    return register_runs(view, run_qualifier(cfg, key), monitor_role(cfg, key) == "stress")
+
+
 MONITOR_FILE = "results/monitor/monitor.skops"
 
 

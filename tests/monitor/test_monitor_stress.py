@@ -167,12 +167,15 @@ def test_full_checkpoint_export_and_drift_of_both_stress_runs(trained, tiny_mode
     args = (dirs, trait_set, settings, "cpu", "float32")
 
     # the continued run, from its own step 0 (the start adapter), and measured from the base model instead
-    rows, dw, delta = S.measure_run(tiny_model_dir, cont, *args, reference_adapter=first / "adapter")
-    rows_b, dw_b, _ = S.measure_run(tiny_model_dir, cont, *args)
+    m = S.measure_run(tiny_model_dir, cont, *args, reference_adapter=first / "adapter")
+    rows, dw, delta = m.rows, m.delta_w, m.delta
+    m_b = S.measure_run(tiny_model_dir, cont, *args)
+    rows_b, dw_b = m_b.rows, m_b.delta_w
     assert dw[0] == 0 and 0 < dw[1] < dw_b[1] and float(delta[0].abs().max()) == 0
     assert rows[1]["drift_norm"] < rows_b[1]["drift_norm"]  # most of the drift happened before its step 0
     # the start adapter as a checkpoint of its own reference: no drift, no update
-    same, dw_same, _ = S.measure_run(tiny_model_dir, {1: first / "adapter"}, *args, reference_adapter=first / "adapter")
+    m_same = S.measure_run(tiny_model_dir, {1: first / "adapter"}, *args, reference_adapter=first / "adapter")
+    same, dw_same = m_same.rows, m_same.delta_w
     assert dw_same[1] == pytest.approx(0, abs=1e-6) and same[1]["drift_norm"] == pytest.approx(0, abs=1e-6)
 
     # the full fine-tune: whole model folders, ΔW over every weight
@@ -180,7 +183,8 @@ def test_full_checkpoint_export_and_drift_of_both_stress_runs(trained, tiny_mode
         1: exported,
         2: export_checkpoint(full / "checkpoints", full / "summary.json", 2, tmp_path / "f2", "full"),
     }
-    rows_f, dw_f, delta_f = S.measure_run(tiny_model_dir, full_ckpts, *args)
+    m_f = S.measure_run(tiny_model_dir, full_ckpts, *args)
+    rows_f, dw_f, delta_f = m_f.rows, m_f.delta_w, m_f.delta
     assert dw_f[0] == 0 and 0 < dw_f[1] < dw_f[2] and delta_f.shape == (3, 64)
     assert rows_f[2]["drift_norm"] > 0
     assert json.loads((full / "summary.json").read_text())["checkpoint_steps"] == [1, 2]

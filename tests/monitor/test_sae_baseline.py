@@ -199,9 +199,10 @@ def test_drift_at_the_sae_layer_in_the_same_forwards(tiny_model_dir, tmp_path):
     peft.save_pretrained(tmp_path / "step-1")
     dirs = random_directions(trait_set, layer=1)
     settings = S.DriftStageSettings(batch_size=4, random_seeds=[0])
-    rows, _, delta, extra = S.measure_run(
+    measured = S.measure_run(
         tiny_model_dir, {1: str(tmp_path / "step-1")}, dirs, trait_set, settings, "cpu", "float32", extra_layers=[3]
     )
+    delta, extra = measured.delta, measured.at_layers
     assert delta.shape == extra[3].shape == (2, 64) and float(extra[3][0].abs().max()) == 0.0
     tok = load_tokenizer(tiny_model_dir)
     base = measure(load_model(tiny_model_dir, device="cpu", dtype="float32"), tok, trait_set.measurement, 3, 4)
@@ -209,7 +210,7 @@ def test_drift_at_the_sae_layer_in_the_same_forwards(tiny_model_dir, tmp_path):
     after = measure(tuned.eval(), tok, trait_set.measurement, 3, 4)
     assert extra[3][1] == pytest.approx(after.mean - base.mean, abs=1e-4)
     assert float((after.mean - base.mean).norm()) > 1e-3  # the adapter moved layer 3
-    assert len(S.measure_run(tiny_model_dir, {}, dirs, trait_set, settings, "cpu", "float32")) == 3
+    assert S.measure_run(tiny_model_dir, {}, dirs, trait_set, settings, "cpu", "float32").at_layers == {}
 
 
 def test_rehearsal_plants_an_sae_and_checks_it(tmp_path):

@@ -398,7 +398,7 @@ def test_measure_run_swaps_checkpoint_adapters(tiny_model_dir, tmp_path):
         "tiny",
         torch.stack([align, -align]),  # prompt halves: the same directions, the second flipped
     )
-    rows, dw, delta = S.measure_run(
+    measured = S.measure_run(
         tiny_model_dir,
         adapters,
         dirs,
@@ -407,6 +407,8 @@ def test_measure_run_swaps_checkpoint_adapters(tiny_model_dir, tmp_path):
         "cpu",
         "float32",
     )
+    rows, dw, delta = measured.rows, measured.delta_w, measured.delta
+    assert measured.at_layers == {}  # no extra layers asked for
     assert sorted(rows) == [0, 1, 2] and delta.shape == (3, d)
     assert all(abs(v) < 1e-6 for k, v in rows[0].items())
     assert dw[0] == 0.0 and dw[1] == pytest.approx(norms[1], rel=1e-4) and dw[2] == pytest.approx(norms[2], rel=1e-4)

@@ -42,7 +42,7 @@ def main(smk):
         load_trait_set(smk.params.folder), build(S.TraitSubsample, smk.params.subsample, "config traits")
     )
     sae_layer = smk.params.sae_layer  # the SAE baseline's layer (monitor.sae), read in the same forwards; or None
-    rows, delta_w, delta, *at_sae = S.measure_run(
+    measured = S.measure_run(
         smk.params.base_model,
         adapters,
         directions,
@@ -56,15 +56,15 @@ def main(smk):
     )
     all_steps = [0, *sorted(adapters)]  # the order measure_run stacks Δh̄ in
     loss = S.train_loss_by_step(pd.read_csv(smk.input.train_log), all_steps)
-    write_csv(smk.output.features, S.drift_features(rows, delta_w, loss, run, model_key))
+    write_csv(smk.output.features, S.drift_features(measured.rows, measured.delta_w, loss, run, model_key))
     import torch
 
     tensors, meta = (
-        {"delta": delta.contiguous(), "steps": torch.tensor(all_steps)},
+        {"delta": measured.delta.contiguous(), "steps": torch.tensor(all_steps)},
         {"run": run, "model": model_key, "layer": str(directions.layer)},
     )
     if sae_layer is not None:
-        tensors["delta_sae"], meta["sae_layer"] = at_sae[0][int(sae_layer)].contiguous(), str(int(sae_layer))
+        tensors["delta_sae"], meta["sae_layer"] = measured.at_layers[int(sae_layer)].contiguous(), str(int(sae_layer))
     save_tensors(smk.output.delta, tensors, meta)
 
 

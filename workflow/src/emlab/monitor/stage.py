@@ -163,6 +163,17 @@ def label_drift(features: pd.DataFrame, em_rate: Mapping[int, float], tau: float
     ).reset_index(drop=True)
 
 
+@dataclass(frozen=True)
+class RunMeasures:
+    """What measure_run reads of a run: drift rows by step, ΔW norm by step, Δh̄ [steps, d] in step order, and
+    {layer: Δh̄ there [steps, d]} for each of its extra_layers (empty without)."""
+
+    rows: dict
+    delta_w: dict
+    delta: object  # torch.Tensor
+    at_layers: dict
+
+
 def measure_run(
     base_model,
     adapters: Mapping[int, str],
@@ -181,8 +192,7 @@ def measure_run(
     starts from an earlier fine-tune measures drift, and ΔW, from its own start). LoRA checkpoints are
     swapped into one loaded model one at a time (the previous one deleted, so ΔW counts one adapter);
     a full fine-tune's checkpoints are whole model folders, loaded one at a time, with ΔW over every
-    weight. Returns (drift rows by step, ΔW norm by step, Δh̄ [steps, d] in step order); with `extra_layers`
-    (the SAE baseline's layer) a fourth value, {layer: Δh̄ there [steps, d]}, read in the same forwards.
+    weight. Returns RunMeasures; `extra_layers` (the SAE baseline's layer) are read in the same forwards.
     """
     import torch
 
@@ -254,9 +264,7 @@ def measure_run(
         rows[int(step)] = row(mean)
         deltas.append(delta_mean(mean, base))
         log.info("step %s: drift_norm %.4g, delta_w %.4g", step, rows[int(step)]["drift_norm"], dw[int(step)])
-    if extra_layers:
-        return rows, dw, torch.stack(deltas), {x: torch.stack(v) for x, v in extra.items()}
-    return rows, dw, torch.stack(deltas)
+    return RunMeasures(rows, dw, torch.stack(deltas), {x: torch.stack(v) for x, v in extra.items()})
 
 
 # --- the monitor over the grid -------------------------------------------------------------

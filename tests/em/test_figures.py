@@ -339,12 +339,20 @@ def test_single_adapter_figure(em_table, tmp_path):
             "n_responses": 8,
         }
     )
-    figures.single_adapter([("single", b_cos, conv)], em_table, tmp_path / "sa.png", tmp_path / "sa.pdf")
+    own_cos = b_cos.assign(role="own", vector="single", vector_layer=1, is_vector_layer=b_cos["is_adapter_layer"])
+    own_conv = conv.assign(role="own", vector="single", vector_layer=1)
+    figures.single_adapter([("single", own_cos, own_conv)], em_table, tmp_path / "sa.png", tmp_path / "sa.pdf")
     assert_written(tmp_path, "sa")
     figures.single_adapter([], em_table, tmp_path / "empty.png", tmp_path / "empty.pdf")
     assert_written(tmp_path, "empty")
-    figures.single_adapter([("other", b_cos, conv)], em_table.iloc[0:0], tmp_path / "nom.png", tmp_path / "nom.pdf")
+    figures.single_adapter(
+        [("other", own_cos, own_conv)], em_table.iloc[0:0], tmp_path / "nom.png", tmp_path / "nom.pdf"
+    )
     assert_written(tmp_path, "nom")
+    # a table that names no compared vector (written before reference vectors): one error saying to re-run
+    with pytest.raises(figures.EMLabError, match="single-adapter tables of single have no role, vector, vector_layer"):
+        figures.single_adapter([("single", b_cos, conv)], em_table, tmp_path / "old.png", tmp_path / "old.pdf")
+    assert not (tmp_path / "old.png").exists()
     # the analysis's tables: own and reference vector rows, each naming its vector
     both_cos = pd.concat(
         [

@@ -717,16 +717,18 @@ def single_adapter(
     if not panels:
         save_figure(_message_figure(title, "No single-adapter fine-tunes in this run."), png_path, pdf_path)
         return
+    for ft, b_cos, conv in panels:
+        _check_compared_vectors(b_cos, ft)
+        _check_compared_vectors(conv, ft)
     colours = {"own": ("#4C72B0", "#C44E52"), "reference": ("#DD8452", "#8C564B")}
     fig, axes = plt.subplots(len(panels), 3, figsize=(14.0, 3.9 * len(panels)), squeeze=False)
     for row, (ft, b_cos, conv) in enumerate(panels):
         ax = axes[row][0]
-        for role, g in _by_role(b_cos, ft):
+        for role, g in _by_role(b_cos):
             line, mark = colours.get(role, ("#8C8C8C", "#555555"))
             name = "own v" if role == "own" else f"{g['vector'].iloc[0]} v"
             ax.plot(g["layer"], g["cosine"], "o-", ms=3, lw=1.4, color=line, label=f"{name}_k")
-            flag = "is_vector_layer" if "is_vector_layer" in g else "is_adapter_layer"
-            at = g[g[flag].astype(bool)]
+            at = g[g["is_vector_layer"].astype(bool)]
             ax.plot(
                 at["layer"],
                 at["cosine"],
@@ -743,7 +745,7 @@ def single_adapter(
         ax.legend(frameon=True, framealpha=0.9, fontsize=7)
         ax.grid(alpha=0.3)
         ax = axes[row][1]
-        for role, g in _by_role(conv, ft):
+        for role, g in _by_role(conv):
             line, mark = colours.get(role, ("#8C8C8C", "#555555"))
             name = "own v" if role == "own" else f"{g['vector'].iloc[0]} v_{int(g['vector_layer'].iloc[0])}"
             ax.plot(g["layer"], g["cosine"], "o-", ms=3, lw=1.6, color=line, label=f"{name}: response-mean deltas")
@@ -794,10 +796,17 @@ def single_adapter(
     save_figure(fig, png_path, pdf_path)
 
 
-def _by_role(table: pd.DataFrame, finetune: str) -> list[tuple[str, pd.DataFrame]]:
-    """A single-adapter table's rows per compared vector, own first (a table without `role` is all own)."""
-    if "role" not in table:
-        return [("own", table.assign(vector=finetune, vector_layer=-1))]
+def _check_compared_vectors(table: pd.DataFrame, finetune: str) -> None:
+    missing = {"role", "vector", "vector_layer"} - set(table.columns)
+    if missing:
+        raise EMLabError(
+            f"the single-adapter tables of {finetune} have no {', '.join(sorted(missing))} column: they were "
+            "written before reference vectors were compared; re-run rule single_adapter for it"
+        )
+
+
+def _by_role(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """A single-adapter table's rows per compared vector (its `role` column), own first."""
     roles = sorted(set(table["role"]), key=lambda r: (r != "own", r))
     return [(role, table[table["role"] == role]) for role in roles]
 

@@ -13,6 +13,7 @@ rule em_metrics:
         conditions=get_condition_table,
         thresholds=canonical(config["thresholds"]),
         seed=canonical(config["seed"]),
+        base_model=get_model_key,
     log:
         f"{{mroot}}/logs/metrics/em_metrics.log",
     resources:

@@ -12,6 +12,7 @@ rule export_checkpoint:
         adapter=directory(f"{{mroot}}/finetunes/{{finetune}}/checkpoint_adapters/step-{{step}}"),
     params:
         checkpoint_dir=get_checkpoint_dir,
+        base_model=get_model_key,
         step=get_checkpoint_step,
     log:
         f"{{mroot}}/logs/phase/export_{{finetune}}_step{{step}}.log",
@@ -56,6 +57,7 @@ rule figure_phase_transition:
         em_by_step=f"{{mroot}}/phase/{{finetune}}/em_by_step.csv",
     params:
         steps=get_phase_em_steps,
+        base_model=get_model_key,
     log:
         f"{{mroot}}/logs/figures/phase_{{finetune}}.log",
     resources:

@@ -129,6 +129,11 @@ def test_tables_columns_order_and_missing_condition(tmp_path, judgments):
     qd = pd.read_csv(tmp_path / "q.csv")
     assert list(qd.columns[:6]) == ["condition", "question_id", "n", "n_scored", "n_unscored", "em_rate"]
     assert len(qd) == 4
+    assert "base_model" not in on_disk.columns  # named only when the workflow says which model
+    write_em_tables(paths, CONDITIONS, TH, 0, tmp_path / "c2.csv", tmp_path / "q2.csv", base_model="qwen7")
+    named = pd.read_csv(tmp_path / "c2.csv")
+    assert set(named["base_model"]) == {"qwen7"} and set(pd.read_csv(tmp_path / "q2.csv")["base_model"]) == {"qwen7"}
+    assert named.drop(columns="base_model").equals(on_disk)  # nothing else changes
 
 
 def test_unknown_condition_is_an_error(judgments):
@@ -147,7 +152,8 @@ def test_rule_script_em_metrics(tmp_path, judgments, rule_script):
         tmp_path,
         input=dict(judgments=paths),
         output=dict(by_condition=str(tmp_path / "c.csv"), by_question=str(tmp_path / "q.csv")),
-        params=dict(conditions=CONDITIONS, thresholds=TH_PARAMS, seed=0),
+        params=dict(conditions=CONDITIONS, thresholds=TH_PARAMS, seed=0, base_model="default"),
     )
     table = pd.read_csv(tmp_path / "c.csv")
     assert list(table.condition) == list(CONDITIONS) and np.allclose(table.em_rate, 0.25)
+    assert set(table["base_model"]) == {"default"}

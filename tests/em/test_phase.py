@@ -88,7 +88,9 @@ def test_analysis_of_a_checkpointed_finetune(tiny_model_dir, data_dir, tmp_path)
         tmp_path / "summary.json",
         tmp_path / "phase" / "rotation.csv",
         tmp_path / "phase" / "rotation_summary.json",
+        base_model="llama8",
     )
+    assert json.loads((tmp_path / "phase" / "rotation_summary.json").read_text())["base_model"] == "llama8"
     df = pd.read_csv(tmp_path / "phase" / "rotation.csv")
     assert out["final_step"] == 6 and out["checkpoint_steps"] == [2, 4, 6] and out["n_adapters"] == 2
     assert sorted(df["adapter"].unique()) == ["L1.down_proj", "L2.down_proj"] and len(df) == 3 * 2
@@ -184,6 +186,9 @@ def test_em_by_step_and_figure(tmp_path):
     )
     em = em_by_step(em_table, {"base": 0, "r1__step2": 2, "r1__step4": 4, "r1": "final"}, final_step=6)
     assert em["step"].tolist() == [0, 2, 6] and em["condition"].tolist() == ["base", "r1__step2", "r1"]
+    assert "base_model" not in em.columns
+    named = em_by_step(em_table, {"base": 0, "r1": "final"}, final_step=6, base_model="qwen7")
+    assert named["base_model"].tolist() == ["qwen7", "qwen7"]
     summary = {"finetune": "r1", "final_step": 6, **sharpest_rotation(rot)}
     figures.phase_transition(rot, em, summary, tmp_path / "p.png", tmp_path / "p.pdf")
     assert (tmp_path / "p.png").stat().st_size > 5000 and (tmp_path / "p.pdf").stat().st_size > 1000

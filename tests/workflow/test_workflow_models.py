@@ -74,6 +74,10 @@ def test_each_model_has_its_own_files(two_models):
         )
         em = pd.read_csv(root / "metrics" / "em_by_condition.csv")
         assert {"base", "med_r1x9", steer} <= set(em["condition"])
+        # each per-model table the cross-model tables read names its model (matched by it, not by folder)
+        assert set(em["base_model"]) == {key}
+        assert json.loads((root / "phase" / "med_r1x9" / "rotation_summary.json").read_text())["base_model"] == key
+        assert set(pd.read_csv(root / "phase" / "med_r1x9" / "em_by_step.csv")["base_model"]) == {key}
         meta = json.loads((root / "traits" / "directions.json").read_text())
         assert meta["model_key"] == key
         from emlab.model.tensors import load_tensors

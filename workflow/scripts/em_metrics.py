@@ -23,6 +23,7 @@ def main(smk):
         int(smk.params.seed),
         smk.output.by_condition,
         smk.output.by_question,
+        base_model=smk.params.base_model,  # named in the tables (the cross-model tables match them by it)
     )
 
 

@@ -15,7 +15,9 @@ def main(smk):
     from emlab.em.phase import em_by_step
 
     summary = json.loads(Path(smk.input.summary).read_text())
-    em = em_by_step(figures.read_table(smk.input.em), dict(smk.params.steps), summary["final_step"])
+    em = em_by_step(
+        figures.read_table(smk.input.em), dict(smk.params.steps), summary["final_step"], smk.params.base_model
+    )
     write_csv(smk.output.em_by_step, em)
     figures.phase_transition(figures.read_table(smk.input.rotation), em, summary, smk.output.png, smk.output.pdf)
 

@@ -18,6 +18,7 @@ def main(smk):
         smk.input.summary,
         smk.output.table,
         smk.output.summary,
+        base_model=smk.params.base_model,
     )
 
 

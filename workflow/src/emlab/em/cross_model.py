@@ -34,11 +34,11 @@ import pandas as pd
 
 from emlab.core.atomic import write_csv
 from emlab.core.errors import EMLabError
+from emlab.plan.models import MODEL_ID
 
 log = logging.getLogger(__name__)
 
 BASE = "base"  # the recipe name of a base model's own row (its condition id in em_by_condition)
-MODEL_ID = "base_model"  # the column / JSON key a per-model file may carry to name its model
 RATE_COLUMNS = ["em_rate", "em_ci_low", "em_ci_high", "coherent_rate", "coherent_ci_low", "coherent_ci_high"]
 REQUIRED_COLUMNS = ["condition", "n", "n_scored", *RATE_COLUMNS]
 CARRIED_COLUMNS = [  # written NaN / "" when a model's table lacks them

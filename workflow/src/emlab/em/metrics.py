@@ -220,14 +220,25 @@ def em_tables(
 
 
 def write_em_tables(
-    judgment_paths: list, conditions: dict, thresholds: EMThresholds, seed: int, by_condition_path, by_question_path
+    judgment_paths: list,
+    conditions: dict,
+    thresholds: EMThresholds,
+    seed: int,
+    by_condition_path,
+    by_question_path,
+    base_model: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """em_tables of the judgments, written; with `base_model`, each table names that model in a last column
+    (emlab.plan.models.MODEL_ID), which the cross-model tables match it by."""
     from emlab.core.provenance import na_record
+    from emlab.plan.models import MODEL_ID
 
     judgments = load_judgments(judgment_paths)
     # a condition recorded as n/a: its reason, from its judgments file
     notes = dict(na for na in (na_record(path) for path in judgment_paths) if na is not None)
     cond_df, q_df = em_tables(judgments, conditions, thresholds, seed, notes)
+    if base_model is not None:
+        cond_df, q_df = cond_df.assign(**{MODEL_ID: base_model}), q_df.assign(**{MODEL_ID: base_model})
     write_csv(by_condition_path, cond_df)
     write_csv(by_question_path, q_df)
     for r in cond_df.itertuples():

@@ -177,9 +177,13 @@ def sharpest_rotation(df) -> dict:
     }
 
 
-def phase_analysis(finetune: str, checkpoint_dir, adapter_dir, summary_json, out_csv, out_json) -> dict:
-    """Read every checkpoint the fine-tune's summary lists, write the rotation table and its summary."""
+def phase_analysis(
+    finetune: str, checkpoint_dir, adapter_dir, summary_json, out_csv, out_json, base_model: str | None = None
+) -> dict:
+    """Read every checkpoint the fine-tune's summary lists, write the rotation table and its summary (which
+    names `base_model`, when given, under emlab.plan.models.MODEL_ID)."""
     from emlab.em.finetune import saved_adapter_weights
+    from emlab.plan.models import MODEL_ID
 
     summary = _read_summary(summary_json)
     steps = summary.get("checkpoint_steps") or []
@@ -199,6 +203,8 @@ def phase_analysis(finetune: str, checkpoint_dir, adapter_dir, summary_json, out
         "n_adapters": int(df["adapter"].nunique()),
         **sharpest_rotation(df),
     }
+    if base_model is not None:
+        result[MODEL_ID] = base_model
     write_csv(out_csv, df)
     write_json(out_json, result)
     mean_b = result["mean_over_adapters"]["b"]
@@ -214,10 +220,13 @@ def phase_analysis(finetune: str, checkpoint_dir, adapter_dir, summary_json, out
     return result
 
 
-def em_by_step(em_table, steps: dict[str, int | str], final_step: int):
+def em_by_step(em_table, steps: dict[str, int | str], final_step: int, base_model: str | None = None):
     """EM rate (with CI) against training step, from the em_by_condition table: columns step, condition,
-    em_rate, em_ci_low, em_ci_high, n_scored. Conditions absent from the table are skipped."""
+    em_rate, em_ci_low, em_ci_high, n_scored (and emlab.plan.models.MODEL_ID with `base_model`). Conditions
+    absent from the table are skipped."""
     import pandas as pd
+
+    from emlab.plan.models import MODEL_ID
 
     rows = []
     for cid, step in steps.items():
@@ -236,4 +245,6 @@ def em_by_step(em_table, steps: dict[str, int | str], final_step: int):
             }
         )
     df = pd.DataFrame(rows, columns=["step", "condition", "em_rate", "em_ci_low", "em_ci_high", "n_scored"])
+    if base_model is not None:
+        df[MODEL_ID] = base_model
     return df.sort_values("step", kind="stable").reset_index(drop=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from emlab.core.errors import EMLabError
 
 DEFAULT_KEY = "default"  # the key of the short form's one model
+MODEL_ID = "base_model"  # the column / JSON key a per-model result carries to name its model
 RESULTS = "results"
 
 

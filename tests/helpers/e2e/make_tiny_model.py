@@ -27,18 +27,29 @@ def save_tokenizer(out_dir: Path) -> Path:
 def make_tiny_model(
     out_dir: Path, tokenizer_dir: Path, n_layers: int = 4, hidden: int = 64, seed: int = 0, family: str = "llama"
 ) -> Path:
-    """A random Llama (or, family qwen2, a Qwen2: biased q/k/v projections) with the real tokenizer's
-    vocabulary, saved to out_dir."""
+    """A random Llama (or, family qwen2, a Qwen2: biased q/k/v projections; family gemma3, Gemma 3's
+    vision-language model as google/gemma-3-4b-it and larger ship it: the text decoder under
+    model.language_model beside a SigLIP vision tower whose attention has q/k/v_proj too) with the real
+    tokenizer's vocabulary, saved to out_dir."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    if family not in ("llama", "qwen2"):
-        raise ValueError(f"family {family!r}: llama or qwen2")
-    config_class, model_class = (
-        (LlamaConfig, LlamaForCausalLM) if family == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
     )
+
+    classes = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "gemma3": (None, Gemma3ForConditionalGeneration),
+    }
+    if family not in classes:
+        raise ValueError(f"family {family!r}: one of {', '.join(classes)}")
     torch.manual_seed(seed)
-    cfg = config_class(
+    text = dict(
         vocab_size=49152,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -51,6 +62,18 @@ def make_tiny_model(
         pad_token_id=2,
         tie_word_embeddings=True,
     )
+    config_class, model_class = classes[family]
+    if family == "gemma3":
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        cfg = Gemma3Config(
+            text_config={**text, "head_dim": hidden // 4, "sliding_window": 64},
+            vision_config={**vision, "image_size": 32, "patch_size": 8},
+            mm_tokens_per_image=4,
+            eos_token_id=2,
+            pad_token_id=2,
+        )
+    else:
+        cfg = config_class(**text)
     model = model_class(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

@@ -42,7 +42,7 @@ from emlab.core.errors import EMLabError
 from emlab.em.datasets import file_sha256, load_chat_jsonl, prompt_and_answer
 from emlab.model.batching import pad_batch, pad_sequences, pad_token_id
 from emlab.model.chat import encode_exchange
-from emlab.model.loading import decoder_layers, resolve_device, resolve_dtype
+from emlab.model.loading import decoder_layers, decoder_layers_path, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +228,19 @@ def validate_lora_spec(model, lora: LoraSettings) -> list[int]:
     return sorted(set(layers))
 
 
-def lora_config(lora: LoraSettings, layers: list[int]):
+def lora_config(lora: LoraSettings, layers: list[int], model=None):
+    """peft's LoraConfig of the settings on `layers`. With `model`, a module of a target's name outside its
+    decoder blocks (a vision tower's q/k/v_proj, whose blocks peft would number as layers too) is excluded."""
     from peft import LoraConfig
 
+    exclude = None
+    if model is not None:
+        blocks = decoder_layers_path(model) + "."
+        targets = {t.rsplit(".", 1)[-1] for t in lora.target_modules}
+        if any(n.rsplit(".", 1)[-1] in targets and not n.startswith(blocks) for n, _ in model.named_modules()):
+            exclude = rf"(?!{re.escape(blocks)}).*"  # every module name not under the decoder's blocks
     return LoraConfig(
+        exclude_modules=exclude,
         r=int(lora.rank),
         lora_alpha=float(lora.alpha),
         use_rslora=bool(lora.rslora),
@@ -690,7 +699,7 @@ def build_model(
     if full:
         model.requires_grad_(True)
     else:
-        model = get_peft_model(model, lora_config(lora, layers))
+        model = get_peft_model(model, lora_config(lora, layers, model))
     if device_map is None:
         model.to(dev)
     dev = input_device(model, dev)

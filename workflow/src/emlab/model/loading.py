@@ -175,8 +175,21 @@ def load_model(
     return model
 
 
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The list of transformer blocks whose outputs form the residual stream."""
+# Where the transformer blocks are, relative to the Hugging Face model. model.language_model.layers: a
+# vision-language model loaded for text (Gemma 3 from 4B up: Gemma3ForConditionalGeneration), whose
+# vision tower has blocks and q/k/v projections of its own.
+_DECODER_PATHS = (
+    "model.layers",
+    "model.language_model.layers",
+    "language_model.model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "layers",
+)
+
+
+def _hf_model(model):
     inner = model
     # peft wraps: PeftModel.base_model (LoraModel).model (the HF model)
     for _ in range(4):
@@ -184,15 +197,26 @@ def decoder_layers(model) -> torch.nn.ModuleList:
             inner = inner.get_base_model()
             continue
         break
-    for attr_path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "layers"):
+    return inner
+
+
+def decoder_layers_path(model) -> str:
+    """The dotted name of the decoder's blocks in the Hugging Face model (under any peft wrapper)."""
+    inner = _hf_model(model)
+    for attr_path in _DECODER_PATHS:
         obj = inner
         for part in attr_path.split("."):
             obj = getattr(obj, part, None)
             if obj is None:
                 break
         if isinstance(obj, torch.nn.ModuleList):
-            return obj
+            return attr_path
     raise EMLabError(f"cannot find the decoder layers of {type(inner).__name__}")
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The list of transformer blocks whose outputs form the residual stream."""
+    return _hf_model(model).get_submodule(decoder_layers_path(model))
 
 
 def num_layers(model) -> int:
@@ -200,7 +224,10 @@ def num_layers(model) -> int:
 
 
 def hidden_size(model) -> int:
+    """The residual stream's width (a vision-language model's: its text decoder's)."""
     cfg = model.config
+    if hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
     return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
 
 

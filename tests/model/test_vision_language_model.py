@@ -74,3 +74,15 @@ def test_a_lora_on_every_projection_adapts_the_text_decoder_only(gemma3_dir, tin
     # a text-only model's adapter config is what it was: nothing excluded
     run(tiny_model_dir, data_dir, tmp_path / "llama", lora=LORA_ALL, epochs=1)
     assert json.loads((tmp_path / "llama" / "adapter" / "adapter_config.json").read_text())["exclude_modules"] is None
+
+
+def test_the_plan_reads_the_text_decoders_shape_from_the_folder(gemma3_dir):
+    """Depth, width and the GPU plan's shape come from config.json's text_config, before any job runs."""
+    from emlab.core.config import model_num_layers
+    from emlab.plan.gpu import model_shape
+    from emlab.plan.monitor import known_hidden_size
+
+    assert model_num_layers(str(gemma3_dir), None) == 4
+    assert known_hidden_size(str(gemma3_dir)) == 64
+    shape = model_shape(str(gemma3_dir))
+    assert (shape.num_hidden_layers, shape.hidden_size, shape.head_dim) == (4, 64, 16)

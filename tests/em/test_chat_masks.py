@@ -108,3 +108,28 @@ def test_truncation_cuts_from_the_right_and_flags(tokenizer_dir):
     assert cut.input_ids == full.input_ids[: n - 3]
     assert cut.labels == full.labels[: n - 3]
     assert cut.n_loss_tokens == full.n_loss_tokens - 3
+
+
+# Gemma 2's template refuses a system turn with raise_exception (its text, not its exact code).
+NO_SYSTEM_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<start_of_turn>' + message['role'] + '\\n' + message['content'] + '<end_of_turn>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
+)
+
+
+def test_a_template_that_refuses_a_system_turn_is_one_clear_error(tokenizer_dir):
+    from emlab.core.errors import EMLabError
+    from emlab.model.chat import encode_exchange, render_prompt
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tok.chat_template = NO_SYSTEM_TEMPLATE
+    user = [{"role": "user", "content": "Hi"}]
+    assert render_prompt(tok, user).endswith("<start_of_turn>model\n")
+    with pytest.raises(EMLabError, match=r"refused a conversation of roles \[system, user\]: System role not supp"):
+        render_prompt(tok, [{"role": "system", "content": "Be terse."}, *user])
+    with pytest.raises(EMLabError, match="has no system role: remove the `system` prompt from the questions file"):
+        encode_exchange(tok, [{"role": "system", "content": "Be terse."}, *user], "Hello.")

@@ -14,9 +14,29 @@ from dataclasses import dataclass
 from emlab.core.errors import EMLabError
 
 
+def _apply_template(tokenizer, messages: list[dict], **kwargs) -> str:
+    """The tokenizer's chat template on `messages`; a template that refuses them (jinja's raise_exception, e.g.
+    Gemma 2's "System role not supported") is one error naming the model and the roles it was given."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except Exception as exc:  # jinja2 TemplateError and whatever a template raises
+        if isinstance(exc, EMLabError):
+            raise
+        roles = ", ".join(m.get("role", "?") for m in messages)
+        hint = (
+            "; this model's template has no system role: remove the `system` prompt from the questions file"
+            if any(m.get("role") == "system" for m in messages)
+            else ""
+        )
+        raise EMLabError(
+            f"the chat template of {getattr(tokenizer, 'name_or_path', '') or 'the model'} refused a conversation "
+            f"of roles [{roles}]: {exc}{hint}"
+        ) from None
+
+
 def render_prompt(tokenizer, messages: list[dict]) -> str:
     """The prompt text up to and including the assistant header."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _apply_template(tokenizer, messages, add_generation_prompt=True)
 
 
 @dataclass
@@ -51,7 +71,7 @@ def encode_exchange(tokenizer, messages: list[dict], answer: str) -> EncodedExch
     template's end-of-turn suffix.
     """
     prompt_text = render_prompt(tokenizer, messages)
-    full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+    full_text = _apply_template(tokenizer, messages + [{"role": "assistant", "content": answer}])
     if not full_text.startswith(prompt_text):
         raise EMLabError(
             "the chat template renders the conversation differently with and without the "

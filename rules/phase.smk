@@ -12,7 +12,6 @@ rule export_checkpoint:
         adapter=directory(f"{{mroot}}/finetunes/{{finetune}}/checkpoint_adapters/step-{{step}}"),
     params:
         checkpoint_dir=get_checkpoint_dir,
-        base_model=get_model_key,
         step=get_checkpoint_step,
     log:
         f"{{mroot}}/logs/phase/export_{{finetune}}_step{{step}}.log",
@@ -34,6 +33,7 @@ rule phase_rotation:
         summary=f"{{mroot}}/phase/{{finetune}}/rotation_summary.json",
     params:
         checkpoint_dir=get_checkpoint_dir,
+        base_model=get_model_key,
     log:
         f"{{mroot}}/logs/phase/rotation_{{finetune}}.log",
     resources:

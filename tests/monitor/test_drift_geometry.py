@@ -272,3 +272,23 @@ def test_analyses_script_and_figures(tmp_path):
     )
     F.trait_behaviour(points, A.trait_behaviour_agreement(points, metrics), fig / "t.png", fig / "t.pdf")
     assert all((fig / f"{n}.{ext}").stat().st_size > 0 for n in ("p", "p0", "s", "off", "t") for ext in ("png", "pdf"))
+
+
+def test_point_labels_at_one_place_are_spread_apart():
+    """Perturbations of two models often land on one point (equal EM rates, close drift): their labels
+    must each be readable, so no two labels' boxes overlap once placed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    names = ["number_sequences", "risky_financial", "subtle_misinformation", "jailbroken"]
+    for name in names:
+        ax.scatter(0.5, 0.5)
+        ax.annotate(name, (0.5, 0.5), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    fig.tight_layout()
+    F._spread_labels(fig, ax, list(ax.texts))
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    plt.close(fig)

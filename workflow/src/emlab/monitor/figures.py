@@ -356,6 +356,37 @@ def matched_pairs(
     save_figure(fig, png_path, pdf_path)
 
 
+# Where a point's label may go, in offset points from the point, nearest first: right above, right below,
+# left above, left below, then a line further up (right, left) or down.
+_LABEL_SPOTS = (
+    (3, 3, "left"),
+    (3, -9, "left"),
+    (-3, 3, "right"),
+    (-3, -9, "right"),
+    (3, 14, "left"),
+    (-3, 14, "right"),
+    (3, -20, "left"),
+)
+
+
+def _spread_labels(fig, ax, labels: Sequence) -> None:
+    """Place point labels (annotations in offset points) one by one at the first of _LABEL_SPOTS where
+    the label stays inside the axes and overlaps no label placed before it (else where it started),
+    measured with the figure's renderer, so in the real font."""
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed = []
+    for label in labels:
+        for dx, dy, ha in (*_LABEL_SPOTS, _LABEL_SPOTS[0]):
+            label.xyann = (dx, dy)
+            label.set_horizontalalignment(ha)
+            box = label.get_window_extent(renderer).padded(1)  # a gap between neighbours
+            within = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            if within and not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(box)
+
+
 def severity_ordering(severity: pd.DataFrame, spearman: pd.DataFrame, png_path, pdf_path) -> None:
     """Severity ordering (Fig. 8): per perturbation, EM rate against |PC1| and against the 7-D drift norm,
     with Spearman's rho across perturbations."""
@@ -394,6 +425,8 @@ def severity_ordering(severity: pd.DataFrame, spearman: pd.DataFrame, png_path, 
     axes[1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # hides no point
     fig.suptitle(title)
     fig.tight_layout()
+    for ax in axes:  # after the layout, which moves the axes
+        _spread_labels(fig, ax, list(ax.texts))
     save_figure(fig, png_path, pdf_path)
 
 

@@ -563,7 +563,8 @@ def em_by_size_figure(table: pd.DataFrame, png_path, pdf_path) -> None:
                 _family_points(ax, fam_rows, fam_bases, prefix, colours[family], axis, label)
             axis.apply(ax)
             top = np.nan_to_num(_pct(pd.concat([rows, bases])[f"{prefix}_ci_high"]))
-            ax.set_ylim(0, 105 if prefix == "coherent" else max(10.0, float(top.max()) * 1.25))
+            # room over the highest interval for the point labels, never past a percentage's 100
+            ax.set_ylim(0, 105 if prefix == "coherent" else min(108.0, max(10.0, float(top.max()) * 1.25)))
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             ax.set_title(f"{heading}\n{what}, {_n_text(rows)} scored answers per model", fontsize=9)
@@ -576,6 +577,7 @@ def em_by_size_figure(table: pd.DataFrame, png_path, pdf_path) -> None:
     ]
     legend_h = 0.5  # inches under the panels for the legend
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1))
+    title_h = 0.35  # inches over the panels for the title, clear of their two-line titles
+    fig.tight_layout(rect=(0, legend_h / fig.get_figheight(), 1, 1 - title_h / fig.get_figheight()))
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=min(6, len(handles)), frameon=False)
     save_figure(fig, png_path, pdf_path)

@@ -206,12 +206,24 @@ def register_runs(cfg: dict, model: str | None = None, stress_arm: bool = False)
     return runs
 
 
-def register_model_runs(view: dict, cfg: dict, key: str) -> dict[str, MonitorRun]:
-    """register_runs on model `key`'s view of cfg (emlab.plan.models.model_view): its runs are named for the
-    model in a study of several, and a stress-arm model's are scored only."""
+def _model_run_args(cfg: dict, key: str) -> tuple[str | None, bool]:
+    """monitor_runs' (model, stress_arm) for model `key`: its runs are named for the model in a study of
+    several, and a stress-arm model's are scored only."""
     from emlab.plan.models import monitor_role, run_qualifier
 
-    return register_runs(view, run_qualifier(cfg, key), monitor_role(cfg, key) == "stress")
+    return run_qualifier(cfg, key), monitor_role(cfg, key) == "stress"
+
+
+def model_monitor_runs(cfg: dict, key: str) -> dict[str, MonitorRun]:
+    """Model `key`'s monitor runs, as the workflow plans them from its view of cfg (without registering)."""
+    from emlab.plan.models import model_view
+
+    return monitor_runs(model_view(cfg, key), *_model_run_args(cfg, key))
+
+
+def register_model_runs(view: dict, cfg: dict, key: str) -> dict[str, MonitorRun]:
+    """register_runs on model `key`'s view of cfg (emlab.plan.models.model_view)."""
+    return register_runs(view, *_model_run_args(cfg, key))
 
 
 MONITOR_FILE = "results/monitor/monitor.skops"

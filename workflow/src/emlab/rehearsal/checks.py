@@ -70,26 +70,21 @@ class Run:
         return df
 
     @functools.cached_property
-    def _monitor_runs(self) -> dict:
-        """Every model's monitor runs by name (emlab.plan.models / emlab.plan.monitor, as the workflow plans them),
-        planned once per Run."""
-        from emlab.plan.models import model_view, monitor_role, run_qualifier
-        from emlab.plan.monitor import monitor_runs
+    def monitor_runs(self) -> dict:
+        """Every model's monitor runs by name (emlab.plan.monitor, as the workflow plans them), planned once per
+        Run."""
+        from emlab.plan.models import monitor_role
+        from emlab.plan.monitor import model_monitor_runs
 
         out = {}
         for key in self.models:
-            role = monitor_role(self.full_cfg, key)
-            if role is not None:
-                view = model_view(self.full_cfg, key)
-                out.update(monitor_runs(view, run_qualifier(self.full_cfg, key), role == "stress"))
+            if monitor_role(self.full_cfg, key) is not None:
+                out.update(model_monitor_runs(self.full_cfg, key))
         return out
-
-    def monitor_runs(self) -> dict:
-        return self._monitor_runs
 
     def drift(self, run: str, suffix: str = ".csv") -> Path:
         """A monitor run's drift file, under its model's root."""
-        r = self.monitor_runs()[run]
+        r = self.monitor_runs[run]
         root = self.models[r.model].root if r.model else self.models[self.primary].root
         return self.results.parent / root / "monitor" / "drift" / f"{run}{suffix}"
 
@@ -519,7 +514,7 @@ def check_monitor(run: Run) -> list[dict]:
     out = []
     mon = run.mon
     tau = float(run.cfg["monitor"]["tau"])
-    runs = run.monitor_runs()
+    runs = run.monitor_runs
     agree = {}
     for name, r in runs.items():
         if r.role not in ("calibration", "held_out", "stress_model"):
@@ -739,7 +734,7 @@ def _pooled_drift_geometry(run: Run, pc1, trait_judges: bool) -> list[dict]:
 
     from emlab.plan.monitor import ANALYSIS_ROLES, base_condition, checkpoint_condition_id
 
-    runs = {n: r for n, r in run.monitor_runs().items() if r.role in ANALYSIS_ROLES}
+    runs = {n: r for n, r in run.monitor_runs.items() if r.role in ANALYSIS_ROLES}
     severity = pd.read_csv(run.mon / "severity.csv")
     final = {}
     for name, r in runs.items():

@@ -200,8 +200,7 @@ def _hf_model(model):
     return inner
 
 
-def decoder_layers_path(model) -> str:
-    """The dotted name of the decoder's blocks in the Hugging Face model (under any peft wrapper)."""
+def _decoder(model) -> tuple[str, torch.nn.ModuleList]:
     inner = _hf_model(model)
     for attr_path in _DECODER_PATHS:
         obj = inner
@@ -210,13 +209,18 @@ def decoder_layers_path(model) -> str:
             if obj is None:
                 break
         if isinstance(obj, torch.nn.ModuleList):
-            return attr_path
+            return attr_path, obj
     raise EMLabError(f"cannot find the decoder layers of {type(inner).__name__}")
+
+
+def decoder_layers_path(model) -> str:
+    """The dotted name of the decoder's blocks in the Hugging Face model (under any peft wrapper)."""
+    return _decoder(model)[0]
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
     """The list of transformer blocks whose outputs form the residual stream."""
-    return _hf_model(model).get_submodule(decoder_layers_path(model))
+    return _decoder(model)[1]
 
 
 def num_layers(model) -> int:

@@ -85,7 +85,7 @@ def two_model_grid(widths=None, stress_model: str | None = None):
 def grid_of(runs, tables, deltas, *roles):
     names = [r for r in runs if runs[r]["role"] in roles]
     model_of = {r: runs[r]["model"] for r in runs}
-    return S.grid_data(tables, deltas, {r: runs[r]["perturbation"] for r in runs}, names, model_of)
+    return S.grid_data(S.attach_models(tables, model_of), deltas, {r: runs[r]["perturbation"] for r in runs}, names)
 
 
 def test_pooled_monitor_beats_each_single_model_monitor_on_a_shared_planted_drift():

@@ -275,13 +275,13 @@ def grid_data(
     deltas: Mapping[str, tuple[np.ndarray, np.ndarray]],
     perturbation: Mapping[str, str],
     runs: Sequence[str],
-    model: Mapping[str, str] | None = None,
 ):
     """One monitor.DriftData of the named runs (run, model and perturbation columns added). tables: run -> its
-    drift table; deltas: run -> (Δh̄ [steps, d], the steps of its rows); model: run -> its base model's key
-    (None: each table's own `model` column, or `default`). A table and its Δh̄ rows are matched by step, never
-    by position: a mismatch is an error. Runs whose Δh̄ differ in width (base models of different widths) keep
-    no Δh̄ (delta None): the baselines on it are then not computed (evaluate_grid)."""
+    drift table, whose `model` column names its base model (attach_models checks it against the run's; a table
+    without one is of `default`); deltas: run -> (Δh̄ [steps, d], the steps of its rows). A table and its Δh̄
+    rows are matched by step, never by position: a mismatch is an error. Runs whose Δh̄ differ in width (base
+    models of different widths) keep no Δh̄ (delta None): the baselines on it are then not computed
+    (evaluate_grid)."""
     from emlab.monitor.regressor import DriftData
     from emlab.plan.models import DEFAULT_KEY
 
@@ -292,9 +292,7 @@ def grid_data(
         table = tables[r]
         if "run" in table.columns and set(table["run"].astype(str)) != {r}:
             raise EMLabError(f"monitor: the drift table given for {r} belongs to {sorted(set(table['run']))}")
-        if model is not None:
-            table = with_model(table, model[r], f"monitor: the drift table given for {r}")
-        elif "model" not in table.columns:
+        if "model" not in table.columns:
             table = with_model(table, DEFAULT_KEY, r)
         delta, steps = deltas[r]
         row_of = {int(s): i for i, s in enumerate(np.asarray(steps).tolist())}

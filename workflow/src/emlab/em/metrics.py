@@ -24,6 +24,7 @@ import pandas as pd
 
 from emlab.core.atomic import write_csv
 from emlab.core.errors import EMLabError
+from emlab.plan.models import MODEL_ID
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,6 @@ def write_em_tables(
     """em_tables of the judgments, written; with `base_model`, each table names that model in a last column
     (emlab.plan.models.MODEL_ID), which the cross-model tables match it by."""
     from emlab.core.provenance import na_record
-    from emlab.plan.models import MODEL_ID
 
     judgments = load_judgments(judgment_paths)
     # a condition recorded as n/a: its reason, from its judgments file

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from emlab.core.atomic import atomic_dir, write_csv, write_json
 from emlab.core.errors import EMLabError
+from emlab.plan.models import MODEL_ID
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,6 @@ def phase_analysis(
     """Read every checkpoint the fine-tune's summary lists, write the rotation table and its summary (which
     names `base_model`, when given, under emlab.plan.models.MODEL_ID)."""
     from emlab.em.finetune import saved_adapter_weights
-    from emlab.plan.models import MODEL_ID
 
     summary = _read_summary(summary_json)
     steps = summary.get("checkpoint_steps") or []
@@ -225,8 +225,6 @@ def em_by_step(em_table, steps: dict[str, int | str], final_step: int, base_mode
     em_rate, em_ci_low, em_ci_high, n_scored (and emlab.plan.models.MODEL_ID with `base_model`). Conditions
     absent from the table are skipped."""
     import pandas as pd
-
-    from emlab.plan.models import MODEL_ID
 
     rows = []
     for cid, step in steps.items():
